@@ -1,0 +1,49 @@
+//! One PKCS#11 context per module per process.
+//!
+//! C_Initialize is called once per module path; a module that another part
+//! of the process already initialised (CKR_CRYPTOKI_ALREADY_INITIALIZED) is
+//! used as it is. Contexts are never finalised: other backends in the
+//! process may share the module.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, LazyLock, Mutex};
+
+use cryptoki::context::{CInitializeArgs, CInitializeFlags, Pkcs11};
+use cryptoki::error::{Error as CkError, RvError};
+
+use super::raw::RawModule;
+use crate::backend::BackendError;
+
+/// A loaded and initialised module.
+#[derive(Debug)]
+pub struct Module {
+    #[allow(dead_code)]
+    pub path: PathBuf,
+    pub ctx: Pkcs11,
+    pub raw: RawModule,
+}
+
+static MODULES: LazyLock<Mutex<HashMap<PathBuf, Arc<Module>>>> = LazyLock::new(Default::default);
+
+/// The process-wide context for the module at `path`.
+pub fn module(path: &Path) -> Result<Arc<Module>, BackendError> {
+    let err = |reason: String| BackendError::Module { module: path.display().to_string(), reason };
+    let key = std::fs::canonicalize(path).map_err(|e| err(format!("cannot be opened: {e}")))?;
+    let mut map = MODULES.lock().unwrap_or_else(|e| e.into_inner());
+    if let Some(m) = map.get(&key) {
+        return Ok(m.clone());
+    }
+    let ctx = Pkcs11::new(&key).map_err(|e| err(format!("cannot be loaded: {e}")))?;
+    match ctx.initialize(CInitializeArgs::new(CInitializeFlags::OS_LOCKING_OK)) {
+        Ok(()) | Err(CkError::Pkcs11(RvError::CryptokiAlreadyInitialized, _)) => {}
+        Err(CkError::Pkcs11(rv, _)) => {
+            return Err(err(format!("C_Initialize failed: {}", super::rv::ckr_name(rv))))
+        }
+        Err(e) => return Err(err(format!("C_Initialize failed: {e}"))),
+    }
+    let raw = RawModule::load(&key).map_err(|e| err(format!("cannot read its function list: {e}")))?;
+    let m = Arc::new(Module { path: key.clone(), ctx, raw });
+    map.insert(key, m.clone());
+    Ok(m)
+}

@@ -1,0 +1,197 @@
+//! What to do about each PKCS#11 return value.
+//!
+//! One exhaustive match over every `CKR_*` code cryptoki knows. A new code in
+//! a cryptoki upgrade fails to compile here, so someone has to decide. The
+//! rule: retry only where a second attempt can succeed without anybody
+//! changing anything; everything caused by our input, the key material or the
+//! token's configuration is permanent and reported at once.
+
+use cryptoki::error::RvError;
+
+/// The response to a failed PKCS#11 call.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Disposition {
+    /// Report the error; retrying cannot help.
+    Permanent,
+    /// Retry the call on the same session after a short pause.
+    Retry,
+    /// The session is gone or unusable: close it, open a new one, retry.
+    ReopenSession,
+    /// The login state was lost: log in again, then retry.
+    Relogin,
+}
+
+/// Classify a return value.
+pub fn disposition(rv: RvError) -> Disposition {
+    use Disposition::*;
+    match rv {
+        // --- Session lost: a fresh session usually works. ---
+        // The session was closed under us (by another thread, C_CloseAllSessions
+        // or the token) or the handle is stale.
+        RvError::SessionClosed | RvError::SessionHandleInvalid => ReopenSession,
+        // The device was removed or reset; when it comes back, a new session
+        // is needed. Bounded retries decide whether it did.
+        RvError::DeviceRemoved | RvError::TokenNotPresent => ReopenSession,
+        // A previous caller left an operation active on this session (e.g. a
+        // timed-out call finished late): the session state is unknown.
+        RvError::OperationActive | RvError::OperationNotInitialized => ReopenSession,
+
+        // --- Login state lost (all sessions were closed at some point). ---
+        RvError::UserNotLoggedIn => Relogin,
+
+        // --- Transient conditions in the token or host. ---
+        // The spec says a retry of CKR_FUNCTION_FAILED may succeed.
+        RvError::FunctionFailed => Retry,
+        // Out of memory or session slots right now; others may free them.
+        RvError::HostMemory | RvError::DeviceMemory | RvError::SessionCount => Retry,
+        // Network HSMs report link trouble as device errors.
+        RvError::DeviceError => Retry,
+        // Cancelled by the library (surrender callbacks, HA failover).
+        RvError::Cancel | RvError::FunctionCanceled => Retry,
+
+        // --- Our arguments or the key material: permanent. ---
+        RvError::ArgumentsBad
+        | RvError::AttributeReadOnly
+        | RvError::AttributeSensitive
+        | RvError::AttributeTypeInvalid
+        | RvError::AttributeValueInvalid
+        | RvError::ActionProhibited
+        | RvError::DataInvalid
+        | RvError::DataLenRange
+        | RvError::EncryptedDataInvalid
+        | RvError::EncryptedDataLenRange
+        | RvError::CurveNotSupported
+        | RvError::KeyHandleInvalid
+        | RvError::KeySizeRange
+        | RvError::KeyTypeInconsistent
+        | RvError::KeyNotNeeded
+        | RvError::KeyChanged
+        | RvError::KeyNeeded
+        | RvError::KeyIndigestible
+        | RvError::KeyFunctionNotPermitted
+        | RvError::KeyNotWrappable
+        | RvError::KeyUnextractable
+        | RvError::MechanismInvalid
+        | RvError::MechanismParamInvalid
+        | RvError::ObjectHandleInvalid
+        | RvError::SignatureInvalid
+        | RvError::SignatureLenRange
+        | RvError::TemplateIncomplete
+        | RvError::TemplateInconsistent
+        | RvError::UnwrappingKeyHandleInvalid
+        | RvError::UnwrappingKeySizeRange
+        | RvError::UnwrappingKeyTypeInconsistent
+        | RvError::WrappedKeyInvalid
+        | RvError::WrappedKeyLenRange
+        | RvError::WrappingKeyHandleInvalid
+        | RvError::WrappingKeySizeRange
+        | RvError::WrappingKeyTypeInconsistent
+        | RvError::DomainParamsInvalid
+        | RvError::BufferTooSmall
+        | RvError::PublicKeyInvalid
+        | RvError::InformationSensitive => Permanent,
+
+        // --- Authentication: retrying a wrong PIN only burns tries. ---
+        RvError::PinIncorrect
+        | RvError::PinInvalid
+        | RvError::PinLenRange
+        | RvError::PinExpired
+        | RvError::PinLocked
+        | RvError::PinTooWeak
+        | RvError::UserPinNotInitialized
+        | RvError::UserTypeInvalid
+        | RvError::UserAnotherAlreadyLoggedIn
+        | RvError::UserTooManyTypes
+        | RvError::NewPinMode
+        | RvError::NextOtp => Permanent,
+        // Callers treat this one as success before classifying.
+        RvError::UserAlreadyLoggedIn => Permanent,
+
+        // --- Token or library configuration: an operator must act. ---
+        RvError::SlotIdInvalid
+        | RvError::TokenNotRecognized
+        | RvError::TokenWriteProtected
+        | RvError::SessionReadOnly
+        | RvError::SessionExists
+        | RvError::SessionReadOnlyExists
+        | RvError::SessionReadWriteSoExists
+        | RvError::SessionParallelNotSupported
+        | RvError::FunctionNotParallel
+        | RvError::FunctionNotSupported
+        | RvError::RandomSeedNotSupported
+        | RvError::RandomNoRng
+        | RvError::SavedStateInvalid
+        | RvError::StateUnsaveable
+        | RvError::CryptokiNotInitialized
+        | RvError::CryptokiAlreadyInitialized
+        | RvError::NeedToCreateThreads
+        | RvError::CantLock
+        | RvError::MutexBad
+        | RvError::MutexNotLocked
+        | RvError::FipsSelfTestFailed
+        | RvError::LibraryLoadFailed
+        | RvError::FunctionRejected
+        | RvError::ExceededMaxIterations
+        | RvError::NoEvent => Permanent,
+
+        // Unrecoverable by definition: the token may be inconsistent.
+        RvError::GeneralError => Permanent,
+
+        // Codes we cannot interpret are not retried blindly.
+        RvError::VendorDefined(_) | RvError::UnknownErrorCode(_) => Permanent,
+    }
+}
+
+/// The `CKR_*` name of a return value, e.g. `CKR_PIN_INCORRECT`.
+pub fn ckr_name(rv: RvError) -> String {
+    match rv {
+        RvError::VendorDefined(code) => format!("CKR_VENDOR_DEFINED(0x{code:08X})"),
+        RvError::UnknownErrorCode(code) => format!("unknown CK_RV 0x{code:08X}"),
+        other => {
+            let camel = format!("{other:?}");
+            let mut name = String::from("CKR");
+            for ch in camel.chars() {
+                if ch.is_ascii_uppercase() || (ch.is_ascii_digit() && !name.ends_with(|c: char| c.is_ascii_digit())) {
+                    name.push('_');
+                }
+                name.push(ch.to_ascii_uppercase());
+            }
+            name
+        }
+    }
+}
+
+/// An operator-facing hint for the codes that have an obvious cause.
+pub fn hint(rv: RvError) -> &'static str {
+    match rv {
+        RvError::PinIncorrect => " (wrong PIN)",
+        RvError::PinLocked => " (the user PIN is locked; the security officer must reset it)",
+        RvError::UserPinNotInitialized => " (the token's user PIN was never set)",
+        RvError::TokenNotPresent | RvError::DeviceRemoved => " (the token is not present)",
+        RvError::MechanismInvalid | RvError::MechanismParamInvalid => " (the token does not support this mechanism or its parameters)",
+        RvError::WrappedKeyInvalid | RvError::WrappedKeyLenRange => " (the wrapped key is corrupted or was wrapped under another key)",
+        RvError::EncryptedDataInvalid | RvError::EncryptedDataLenRange => " (the ciphertext is corrupted or belongs to another key)",
+        RvError::KeyHandleInvalid | RvError::ObjectHandleInvalid => " (the key no longer exists in the token)",
+        _ => "",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names() {
+        assert_eq!(ckr_name(RvError::PinIncorrect), "CKR_PIN_INCORRECT");
+        assert_eq!(ckr_name(RvError::SessionHandleInvalid), "CKR_SESSION_HANDLE_INVALID");
+        assert_eq!(ckr_name(RvError::VendorDefined(0x8000_0001)), "CKR_VENDOR_DEFINED(0x80000001)");
+    }
+
+    #[test]
+    fn wrong_pin_is_never_retried() {
+        assert_eq!(disposition(RvError::PinIncorrect), Disposition::Permanent);
+        assert_eq!(disposition(RvError::SessionHandleInvalid), Disposition::ReopenSession);
+        assert_eq!(disposition(RvError::UserNotLoggedIn), Disposition::Relogin);
+        assert_eq!(disposition(RvError::WrappedKeyInvalid), Disposition::Permanent);
+    }
+}

@@ -1,0 +1,364 @@
+//! The catalog: SQLite (WAL, versioned migrations) holding the public and
+//! wrapped halves of the key hierarchy. It never holds a key in the clear:
+//! the private KEK only wrapped by the master key, DEKs only RSA-OAEP
+//! encrypted, clients only as public key material derived from their
+//! password.
+//!
+//! Every multi-step change is one transaction. DEK inserts go through a
+//! group-commit writer ([`writer`]) so that durable (`synchronous=FULL`)
+//! writes do not cost one fsync per DEK under load.
+
+mod schema;
+mod writer;
+
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+
+use rusqlite::{params, Connection, OptionalExtension, Row};
+
+use crate::backend::{MasterKeyRef, NewKek};
+use crate::crypto::OaepHash;
+use crate::{Error, Result};
+
+pub use writer::DekRow;
+
+/// A storage pool as stored.
+#[derive(Debug, Clone)]
+pub struct PoolRecord {
+    pub id: i64,
+    pub name: String,
+    pub kms_name: String,
+    pub master_key: MasterKeyRef,
+    pub kek_bits: usize,
+    pub kek_public: Vec<u8>,
+    pub kek_wrapped: Vec<u8>,
+    pub wrap_mechanism: String,
+    pub oaep_hash: OaepHash,
+    pub params: serde_json::Value,
+    pub created_at: String,
+}
+
+/// A registered client: only public, password-derived material.
+#[derive(Debug, Clone)]
+pub struct ClientRecord {
+    pub id: i64,
+    pub name: String,
+    pub kdf: crate::seal::KdfParams,
+    pub salt: Vec<u8>,
+    pub seal_public: [u8; 32],
+    pub created_at: String,
+}
+
+/// A DEK row: the RSA-OAEP ciphertext and what it belongs to.
+#[derive(Debug, Clone)]
+pub struct DekRecord {
+    pub id: String,
+    pub pool_id: i64,
+    pub client_id: i64,
+    pub encrypted_dek: Vec<u8>,
+    pub created_at: String,
+}
+
+/// The catalog handle. Cheap to share behind an `Arc`.
+#[derive(Debug)]
+pub struct Catalog {
+    path: PathBuf,
+    conn: Mutex<Connection>,
+    writer: writer::DekWriter,
+}
+
+const NOW: &str = "strftime('%Y-%m-%dT%H:%M:%fZ','now')";
+
+fn open_connection(path: &Path) -> Result<Connection> {
+    let conn = Connection::open(path).map_err(Error::catalog(format!("opening {}", path.display())))?;
+    conn.busy_timeout(std::time::Duration::from_secs(30))
+        .map_err(Error::catalog("setting busy timeout"))?;
+    // WAL for concurrent readers; FULL so that a committed DEK survives power
+    // loss (the group-commit writer amortises the fsync).
+    conn.execute_batch("PRAGMA journal_mode=WAL; PRAGMA synchronous=FULL; PRAGMA foreign_keys=ON;")
+        .map_err(Error::catalog(format!("configuring {}", path.display())))?;
+    Ok(conn)
+}
+
+impl Catalog {
+    /// Open an existing catalog, applying pending migrations.
+    pub fn open(path: &Path) -> Result<Catalog> {
+        if !path.exists() {
+            return Err(Error::CatalogSchema {
+                path: path.to_owned(),
+                reason: "does not exist; run `keybridge init` first".into(),
+            });
+        }
+        Self::open_or_create(path)
+    }
+
+    /// Open the catalog, creating it if missing, and apply migrations.
+    pub fn open_or_create(path: &Path) -> Result<Catalog> {
+        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+            std::fs::create_dir_all(dir).map_err(|source| Error::Io {
+                context: "creating catalog directory",
+                path: dir.to_owned(),
+                source,
+            })?;
+        }
+        let mut conn = open_connection(path)?;
+        migrate(&mut conn, path)?;
+        let writer = writer::DekWriter::new(path.to_owned());
+        Ok(Catalog {
+            path: path.to_owned(),
+            conn: Mutex::new(conn),
+            writer,
+        })
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    fn conn(&self) -> std::sync::MutexGuard<'_, Connection> {
+        // A panic while holding the lock cannot leave SQLite inconsistent
+        // (transactions roll back on drop), so a poisoned lock is usable.
+        self.conn.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Record a new pool (and its KMS entry on first use) in one transaction.
+    pub fn insert_pool(
+        &self,
+        name: &str,
+        kms_name: &str,
+        kms_kind: &str,
+        kms_identity: &str,
+        mk: &MasterKeyRef,
+        kek: &NewKek,
+    ) -> Result<PoolRecord> {
+        let mut conn = self.conn();
+        let tx = conn.transaction().map_err(Error::catalog("starting pool transaction"))?;
+        tx.execute(
+            &format!("INSERT INTO kms(name, kind, identity, first_used) VALUES (?1, ?2, ?3, {NOW}) ON CONFLICT(name) DO NOTHING"),
+            params![kms_name, kms_kind, kms_identity],
+        )
+        .map_err(Error::catalog("recording KMS entry"))?;
+        let exists: bool = tx
+            .query_row("SELECT 1 FROM pools WHERE name = ?1", [name], |_| Ok(true))
+            .optional()
+            .map_err(Error::catalog("checking pool name"))?
+            .unwrap_or(false);
+        if exists {
+            return Err(Error::AlreadyExists { what: "pool", name: name.to_owned() });
+        }
+        tx.execute(
+            &format!(
+                "INSERT INTO pools(name, kms_name, mk_id, mk_label, mk_material, mk_owned, kek_bits, kek_public,
+                                   kek_wrapped, wrap_mechanism, oaep_hash, params, created_at)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, {NOW})"
+            ),
+            params![
+                name,
+                kms_name,
+                mk.id,
+                mk.label,
+                mk.material,
+                mk.owned,
+                kek.bits as i64,
+                kek.public_spki,
+                kek.wrapped_private,
+                kek.wrap_mechanism,
+                kek.oaep_hash.to_string(),
+                kek.params.to_string(),
+            ],
+        )
+        .map_err(Error::catalog(format!("inserting pool '{name}'")))?;
+        let id = tx.last_insert_rowid();
+        tx.commit().map_err(Error::catalog(format!("committing pool '{name}'")))?;
+        drop(conn);
+        self.pool_by_id(id)
+    }
+
+    fn pool_query(&self, clause: &str, param: &dyn rusqlite::ToSql) -> Result<Option<PoolRecord>> {
+        let conn = self.conn();
+        conn.query_row(
+            &format!(
+                "SELECT id, name, kms_name, mk_id, mk_label, mk_material, mk_owned, kek_bits, kek_public,
+                        kek_wrapped, wrap_mechanism, oaep_hash, params, created_at FROM pools WHERE {clause}"
+            ),
+            [param],
+            pool_from_row,
+        )
+        .optional()
+        .map_err(Error::catalog("reading pool"))
+    }
+
+    pub fn pool_by_name(&self, name: &str) -> Result<PoolRecord> {
+        self.pool_query("name = ?1", &name)?
+            .ok_or_else(|| Error::NotFound { what: "pool", name: name.to_owned() })
+    }
+
+    pub fn pool_by_id(&self, id: i64) -> Result<PoolRecord> {
+        self.pool_query("id = ?1", &id)?
+            .ok_or_else(|| Error::NotFound { what: "pool id", name: id.to_string() })
+    }
+
+    pub fn list_pools(&self) -> Result<Vec<PoolRecord>> {
+        let conn = self.conn();
+        let mut stmt = conn
+            .prepare(
+                "SELECT id, name, kms_name, mk_id, mk_label, mk_material, mk_owned, kek_bits, kek_public,
+                        kek_wrapped, wrap_mechanism, oaep_hash, params, created_at FROM pools ORDER BY name",
+            )
+            .map_err(Error::catalog("listing pools"))?;
+        let rows = stmt
+            .query_map([], pool_from_row)
+            .map_err(Error::catalog("listing pools"))?
+            .collect::<rusqlite::Result<Vec<_>>>()
+            .map_err(Error::catalog("listing pools"))?;
+        Ok(rows)
+    }
+
+    /// Number of DEKs issued under a pool.
+    pub fn count_deks(&self, pool_id: i64) -> Result<u64> {
+        let conn = self.conn();
+        conn.query_row("SELECT COUNT(*) FROM deks WHERE pool_id = ?1", [pool_id], |r| r.get::<_, i64>(0))
+            .map(|n| n as u64)
+            .map_err(Error::catalog("counting DEKs"))
+    }
+
+    /// Register a client.
+    pub fn insert_client(
+        &self,
+        name: &str,
+        kdf: &crate::seal::KdfParams,
+        salt: &[u8],
+        seal_public: &[u8; 32],
+    ) -> Result<ClientRecord> {
+        let conn = self.conn();
+        let kdf_json = serde_json::to_string(kdf).expect("KdfParams serialises");
+        let res = conn.execute(
+            &format!("INSERT INTO clients(name, kdf, salt, seal_public, created_at) VALUES (?1, ?2, ?3, ?4, {NOW})"),
+            params![name, kdf_json, salt, &seal_public[..]],
+        );
+        match res {
+            Err(rusqlite::Error::SqliteFailure(e, _)) if e.code == rusqlite::ErrorCode::ConstraintViolation => {
+                return Err(Error::AlreadyExists { what: "client", name: name.to_owned() })
+            }
+            other => other.map_err(Error::catalog(format!("inserting client '{name}'")))?,
+        };
+        drop(conn);
+        self.client_by_name(name)
+    }
+
+    fn client_query(&self, clause: &str, param: &dyn rusqlite::ToSql) -> Result<Option<ClientRecord>> {
+        let conn = self.conn();
+        conn.query_row(
+            &format!("SELECT id, name, kdf, salt, seal_public, created_at FROM clients WHERE {clause}"),
+            [param],
+            |r| {
+                let kdf: String = r.get(2)?;
+                let public: Vec<u8> = r.get(4)?;
+                Ok((r.get(0)?, r.get(1)?, kdf, r.get(3)?, public, r.get(5)?))
+            },
+        )
+        .optional()
+        .map_err(Error::catalog("reading client"))?
+        .map(|(id, name, kdf, salt, public, created_at): (i64, String, String, Vec<u8>, Vec<u8>, String)| {
+            let corrupt = |reason: &str| Error::Integrity {
+                what: format!("client '{name}' in the catalog"),
+                reason: reason.to_owned(),
+            };
+            let kdf = serde_json::from_str(&kdf).map_err(|_| corrupt("KDF parameters are not valid JSON"))?;
+            let seal_public: [u8; 32] =
+                public.as_slice().try_into().map_err(|_| corrupt("seal public key is not 32 bytes"))?;
+            Ok(ClientRecord { id, name, kdf, salt, seal_public, created_at })
+        })
+        .transpose()
+    }
+
+    pub fn client_by_name(&self, name: &str) -> Result<ClientRecord> {
+        self.client_query("name = ?1", &name)?
+            .ok_or_else(|| Error::NotFound { what: "client", name: name.to_owned() })
+    }
+
+    pub fn client_by_id(&self, id: i64) -> Result<ClientRecord> {
+        self.client_query("id = ?1", &id)?
+            .ok_or_else(|| Error::NotFound { what: "client id", name: id.to_string() })
+    }
+
+    /// Durably store one DEK row. Concurrent callers share one commit.
+    pub async fn insert_dek(&self, row: DekRow) -> Result<()> {
+        self.writer.insert(row).await
+    }
+
+    pub fn dek(&self, id: &str) -> Result<DekRecord> {
+        let conn = self.conn();
+        conn.query_row(
+            "SELECT id, pool_id, client_id, encrypted_dek, created_at FROM deks WHERE id = ?1",
+            [id],
+            |r| {
+                Ok(DekRecord {
+                    id: r.get(0)?,
+                    pool_id: r.get(1)?,
+                    client_id: r.get(2)?,
+                    encrypted_dek: r.get(3)?,
+                    created_at: r.get(4)?,
+                })
+            },
+        )
+        .optional()
+        .map_err(Error::catalog(format!("reading DEK {id}")))?
+        .ok_or_else(|| Error::NotFound { what: "DEK", name: id.to_owned() })
+    }
+
+    /// Run raw SQL against the catalog. For tests and repair tools only.
+    #[doc(hidden)]
+    pub fn execute_raw(&self, sql: &str) -> Result<usize> {
+        self.conn().execute(sql, []).map_err(Error::catalog("raw statement"))
+    }
+}
+
+fn pool_from_row(r: &Row<'_>) -> rusqlite::Result<PoolRecord> {
+    let hash: String = r.get(11)?;
+    let params: String = r.get(12)?;
+    let bits: i64 = r.get(7)?;
+    Ok(PoolRecord {
+        id: r.get(0)?,
+        name: r.get(1)?,
+        kms_name: r.get(2)?,
+        master_key: MasterKeyRef {
+            id: r.get(3)?,
+            label: r.get(4)?,
+            material: r.get(5)?,
+            owned: r.get(6)?,
+        },
+        kek_bits: bits as usize,
+        kek_public: r.get(8)?,
+        kek_wrapped: r.get(9)?,
+        wrap_mechanism: r.get(10)?,
+        oaep_hash: hash.parse().map_err(|_| {
+            rusqlite::Error::FromSqlConversionFailure(11, rusqlite::types::Type::Text, format!("unknown OAEP hash '{hash}'").into())
+        })?,
+        params: serde_json::from_str(&params).map_err(|e| {
+            rusqlite::Error::FromSqlConversionFailure(12, rusqlite::types::Type::Text, Box::new(e))
+        })?,
+        created_at: r.get(13)?,
+    })
+}
+
+fn migrate(conn: &mut Connection, path: &Path) -> Result<()> {
+    let version: i64 = conn
+        .query_row("PRAGMA user_version", [], |r| r.get(0))
+        .map_err(Error::catalog("reading schema version"))?;
+    let known = schema::MIGRATIONS.len() as i64;
+    if version > known {
+        return Err(Error::CatalogSchema {
+            path: path.to_owned(),
+            reason: format!("schema version {version} is newer than this keybridge understands ({known}); upgrade keybridge"),
+        });
+    }
+    for (i, sql) in schema::MIGRATIONS.iter().enumerate().skip(version as usize) {
+        let tx = conn.transaction().map_err(Error::catalog("starting migration"))?;
+        tx.execute_batch(sql).map_err(Error::catalog(format!("applying migration {}", i + 1)))?;
+        tx.pragma_update(None, "user_version", (i + 1) as i64)
+            .map_err(Error::catalog("recording schema version"))?;
+        tx.commit().map_err(Error::catalog(format!("committing migration {}", i + 1)))?;
+    }
+    Ok(())
+}

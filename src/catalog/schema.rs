@@ -1,0 +1,51 @@
+//! Versioned schema migrations. Migration N (1-based) takes the catalog from
+//! `user_version` N-1 to N in one transaction. Never edit a released
+//! migration; append a new one.
+//!
+//! The SQL is kept to what SQLite and PostgreSQL both accept (TEXT, BLOB/
+//! BYTEA aside), so that a shared PostgreSQL catalog can later replace SQLite
+//! for several adapter instances.
+
+pub const MIGRATIONS: &[&str] = &[
+    // 1: the key hierarchy.
+    r#"
+    CREATE TABLE kms (
+        name        TEXT PRIMARY KEY,
+        kind        TEXT NOT NULL,
+        identity    TEXT NOT NULL,            -- token label/serial, not secret
+        first_used  TEXT NOT NULL
+    );
+    CREATE TABLE pools (
+        id              INTEGER PRIMARY KEY,
+        name            TEXT NOT NULL UNIQUE,
+        kms_name        TEXT NOT NULL REFERENCES kms(name),
+        mk_id           TEXT NOT NULL,        -- master key reference in the KMS
+        mk_label        TEXT NOT NULL,
+        mk_material     BLOB,                 -- built-in KMS only: MK sealed under the root key
+        mk_owned        INTEGER NOT NULL,     -- 1: created by keybridge, 0: adopted
+        kek_bits        INTEGER NOT NULL,
+        kek_public      BLOB NOT NULL,        -- SubjectPublicKeyInfo DER, in clear
+        kek_wrapped     BLOB NOT NULL,        -- private KEK wrapped by the MK
+        wrap_mechanism  TEXT NOT NULL,        -- e.g. CKM_AES_KEY_WRAP_KWP
+        oaep_hash       TEXT NOT NULL,        -- sha1 | sha256, probed per pool
+        params          TEXT NOT NULL,        -- JSON: exact mechanisms and parameters
+        created_at      TEXT NOT NULL
+    );
+    CREATE TABLE clients (
+        id          INTEGER PRIMARY KEY,
+        name        TEXT NOT NULL UNIQUE,
+        kdf         TEXT NOT NULL,            -- JSON: Argon2id parameters
+        salt        BLOB NOT NULL,
+        seal_public BLOB NOT NULL,            -- X25519 public key derived from the password
+        created_at  TEXT NOT NULL
+    );
+    CREATE TABLE deks (
+        id            TEXT PRIMARY KEY,
+        pool_id       INTEGER NOT NULL REFERENCES pools(id),
+        client_id     INTEGER NOT NULL REFERENCES clients(id),
+        encrypted_dek BLOB NOT NULL,          -- RSA-OAEP under the pool's public KEK
+        created_at    TEXT NOT NULL
+    );
+    CREATE INDEX deks_by_pool_client ON deks(pool_id, client_id);
+    "#,
+];

@@ -1,0 +1,108 @@
+//! Group commit for DEK rows.
+//!
+//! Issuing a DEK must be durable before the DEK is handed out (a DEK that
+//! encrypted a backup but is not in the catalog is lost data). With
+//! `synchronous=FULL` every commit costs an fsync, which would cap DEK issue
+//! at the disk's fsync rate. One writer thread owns its own connection,
+//! takes every row queued while the previous commit ran, and commits them
+//! together; each caller is answered only after the commit that holds its
+//! row succeeded.
+
+use std::path::PathBuf;
+use std::sync::mpsc;
+use std::sync::Mutex;
+
+use rusqlite::params;
+use tokio::sync::oneshot;
+
+use crate::{Error, Result};
+
+/// Largest number of rows in one commit.
+const MAX_BATCH: usize = 512;
+
+/// A DEK row to insert.
+#[derive(Debug, Clone)]
+pub struct DekRow {
+    pub id: String,
+    pub pool_id: i64,
+    pub client_id: i64,
+    pub encrypted_dek: Vec<u8>,
+}
+
+type Job = (DekRow, oneshot::Sender<Result<()>>);
+
+#[derive(Debug)]
+pub(super) struct DekWriter {
+    path: PathBuf,
+    tx: Mutex<Option<mpsc::Sender<Job>>>,
+}
+
+impl DekWriter {
+    pub(super) fn new(path: PathBuf) -> Self {
+        DekWriter { path, tx: Mutex::new(None) }
+    }
+
+    fn sender(&self) -> Result<mpsc::Sender<Job>> {
+        let mut guard = self.tx.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(tx) = guard.as_ref() {
+            return Ok(tx.clone());
+        }
+        let conn = super::open_connection(&self.path)?;
+        let (tx, rx) = mpsc::channel::<Job>();
+        std::thread::Builder::new()
+            .name("keybridge-dek-writer".into())
+            .spawn(move || run(conn, rx))
+            .map_err(|source| Error::Io { context: "starting catalog writer thread for", path: self.path.clone(), source })?;
+        *guard = Some(tx.clone());
+        Ok(tx)
+    }
+
+    pub(super) async fn insert(&self, row: DekRow) -> Result<()> {
+        let (done_tx, done_rx) = oneshot::channel();
+        let id = row.id.clone();
+        self.sender()?
+            .send((row, done_tx))
+            .map_err(|_| Error::CatalogSchema { path: self.path.clone(), reason: "catalog writer thread stopped".into() })?;
+        done_rx.await.map_err(|_| Error::CatalogSchema {
+            path: self.path.clone(),
+            reason: format!("catalog writer thread stopped before DEK {id} was committed"),
+        })?
+    }
+}
+
+fn run(mut conn: rusqlite::Connection, rx: mpsc::Receiver<Job>) {
+    while let Ok(first) = rx.recv() {
+        let mut batch = vec![first];
+        while batch.len() < MAX_BATCH {
+            match rx.try_recv() {
+                Ok(job) => batch.push(job),
+                Err(_) => break,
+            }
+        }
+        let result = commit(&mut conn, &batch);
+        for (row, done) in batch {
+            let answer = match &result {
+                Ok(()) => Ok(()),
+                Err(e) => Err(Error::CatalogSchema {
+                    path: PathBuf::from(conn.path().unwrap_or("")),
+                    reason: format!("DEK {} not stored: {e}", row.id),
+                }),
+            };
+            let _ = done.send(answer);
+        }
+    }
+}
+
+fn commit(conn: &mut rusqlite::Connection, batch: &[Job]) -> rusqlite::Result<()> {
+    let tx = conn.transaction()?;
+    {
+        let mut stmt = tx.prepare_cached(
+            "INSERT INTO deks(id, pool_id, client_id, encrypted_dek, created_at)
+             VALUES (?1, ?2, ?3, ?4, strftime('%Y-%m-%dT%H:%M:%fZ','now'))",
+        )?;
+        for (row, _) in batch {
+            stmt.execute(params![row.id, row.pool_id, row.client_id, row.encrypted_dek])?;
+        }
+    }
+    tx.commit()
+}

@@ -1,0 +1,305 @@
+//! The `keybridge` command line. Every command prints one JSON object on
+//! stdout with `--json`; exit codes are listed in README.md and come from
+//! [`crate::Error::exit_code`].
+
+use std::io::Read;
+use std::path::{Path, PathBuf};
+
+use clap::{Parser, Subcommand};
+use serde_json::{json, Value};
+
+use crate::config::{Config, DEFAULT_CONFIG};
+use crate::flows::{backup, clients, pool_creation, restore};
+use crate::secret::read_secret_file;
+use crate::{seal, Error, Keybridge, Result};
+
+/// keybridge: hardware-backed keys for backup systems.
+#[derive(Debug, Parser)]
+#[command(name = "keybridge", version, about)]
+pub struct Cli {
+    /// Configuration file (default: ./keybridge.toml).
+    #[arg(long, global = true, env = "KEYBRIDGE_CONFIG")]
+    pub config: Option<PathBuf>,
+    /// Print one JSON object on stdout instead of text.
+    #[arg(long, global = true)]
+    pub json: bool,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Create the catalog and built-in root keys (and a default config if none exists).
+    Init,
+    /// Key-management systems.
+    Kms {
+        #[command(subcommand)]
+        command: KmsCommand,
+    },
+    /// Storage pools.
+    Pool {
+        #[command(subcommand)]
+        command: PoolCommand,
+    },
+    /// Clients.
+    Client {
+        #[command(subcommand)]
+        command: ClientCommand,
+    },
+    /// Data-encryption keys.
+    Dek {
+        #[command(subcommand)]
+        command: DekCommand,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum KmsCommand {
+    /// Check health and capabilities of one or all KMS entries.
+    Probe { name: Option<String> },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum PoolCommand {
+    /// Create a pool: master key in the KMS, KEK pair, wrapped KEK in the catalog.
+    Create {
+        name: String,
+        #[arg(long)]
+        kms: String,
+        #[arg(long, default_value_t = 3072)]
+        kek_bits: usize,
+        /// Adopt an existing master key (PKCS#11 URI) instead of creating one.
+        #[arg(long)]
+        master_key: Option<String>,
+    },
+    /// List pools.
+    List,
+    /// Show one pool.
+    Show { name: String },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ClientCommand {
+    /// Register a client with its network password (read from a file).
+    Add {
+        name: String,
+        #[arg(long)]
+        password_file: PathBuf,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum DekCommand {
+    /// Issue a new DEK for a backup.
+    Issue {
+        #[arg(long)]
+        pool: String,
+        #[arg(long)]
+        client: String,
+    },
+    /// Recover a DEK for a restore.
+    Recover {
+        dek_id: String,
+        #[arg(long)]
+        client: String,
+    },
+    /// Client side: open a sealed DEK read from stdin; prints the DEK as hex.
+    Open {
+        #[arg(long)]
+        client: String,
+        #[arg(long)]
+        password_file: PathBuf,
+    },
+}
+
+fn config_path(cli: &Cli) -> PathBuf {
+    cli.config.clone().unwrap_or_else(|| PathBuf::from(DEFAULT_CONFIG))
+}
+
+async fn open(cli: &Cli) -> Result<Keybridge> {
+    Keybridge::open(Config::load(&config_path(cli))?)
+}
+
+fn pool_json(p: &crate::catalog::PoolRecord, deks: Option<u64>) -> Value {
+    let mut v = json!({
+        "name": p.name,
+        "kms": p.kms_name,
+        "master_key": { "id": p.master_key.id, "label": p.master_key.label, "created_by_keybridge": p.master_key.owned },
+        "kek_bits": p.kek_bits,
+        "wrap_mechanism": p.wrap_mechanism,
+        "oaep_hash": p.oaep_hash,
+        "params": p.params,
+        "created_at": p.created_at,
+    });
+    if let Some(n) = deks {
+        v["deks"] = json!(n);
+    }
+    v
+}
+
+/// Run one command; returns the JSON result and a text rendering.
+async fn run(cli: &Cli) -> Result<(Value, String)> {
+    match &cli.command {
+        Command::Init => init(&config_path(cli)),
+        Command::Kms { command: KmsCommand::Probe { name } } => {
+            let kb = open(cli).await?;
+            let names: Vec<String> = match name {
+                Some(n) => vec![kb.config().kms(n)?.name().to_owned()],
+                None => kb.config().kms.iter().map(|k| k.name().to_owned()).collect(),
+            };
+            let mut reports = Vec::new();
+            let mut text = String::new();
+            let mut first_err = None;
+            for n in names {
+                let result = match kb.backend(&n).await {
+                    Ok(b) => b.probe().await.map_err(Error::backend(&n)),
+                    Err(e) => Err(e),
+                };
+                match result {
+                    Ok(r) => {
+                        text += &format!("{}: {} ({}) {}\n{}\n", r.name, r.state, r.kind, r.identity, serde_json::to_string_pretty(&r.details).unwrap_or_default());
+                        reports.push(serde_json::to_value(&r).unwrap_or_default());
+                    }
+                    Err(e) => {
+                        text += &format!("{n}: unusable: {e}\n");
+                        reports.push(json!({ "name": n, "state": "unusable", "error": e.to_string() }));
+                        first_err.get_or_insert(e);
+                    }
+                }
+            }
+            if let Some(e) = first_err {
+                if !cli.json {
+                    print!("{text}");
+                }
+                return Err(e);
+            }
+            Ok((json!({ "kms": reports }), text))
+        }
+        Command::Pool { command } => {
+            let kb = open(cli).await?;
+            match command {
+                PoolCommand::Create { name, kms, kek_bits, master_key } => {
+                    let opts = pool_creation::PoolOptions { kek_bits: *kek_bits, master_key: master_key.as_deref() };
+                    let p = pool_creation::create_pool(&kb, name, kms, &opts).await?;
+                    let text = format!(
+                        "pool '{}' created on KMS '{}': master key {} (id {}), RSA-{} KEK wrapped with {}, OAEP {}\n",
+                        p.name, p.kms_name, p.master_key.label, p.master_key.id, p.kek_bits, p.wrap_mechanism, p.oaep_hash
+                    );
+                    Ok((pool_json(&p, None), text))
+                }
+                PoolCommand::List => {
+                    let pools = kb.catalog().list_pools()?;
+                    let text = pools.iter().map(|p| format!("{}\t{}\tRSA-{}\t{}\t{}\n", p.name, p.kms_name, p.kek_bits, p.wrap_mechanism, p.created_at)).collect();
+                    Ok((json!({ "pools": pools.iter().map(|p| pool_json(p, None)).collect::<Vec<_>>() }), text))
+                }
+                PoolCommand::Show { name } => {
+                    let p = kb.catalog().pool_by_name(name)?;
+                    let n = kb.catalog().count_deks(p.id)?;
+                    let v = pool_json(&p, Some(n));
+                    Ok((v.clone(), serde_json::to_string_pretty(&v).unwrap_or_default() + "\n"))
+                }
+            }
+        }
+        Command::Client { command: ClientCommand::Add { name, password_file } } => {
+            let kb = open(cli).await?;
+            let password = read_secret_file(password_file, "password")?;
+            let c = clients::add_client(&kb, name, &password, seal::KdfParams::default()).await?;
+            let v = json!({ "name": c.name, "kdf": c.kdf, "created_at": c.created_at });
+            Ok((v, format!("client '{}' registered (Argon2id m={} KiB, t={})\n", c.name, c.kdf.m_kib, c.kdf.t)))
+        }
+        Command::Dek { command } => match command {
+            DekCommand::Issue { pool, client } => {
+                let kb = open(cli).await?;
+                let g = backup::issue_dek(&kb, pool, client).await?;
+                Ok((serde_json::to_value(&g).unwrap_or_default(), format!("dek_id: {}\nsealed_dek: {}\n", g.dek_id, g.sealed_dek)))
+            }
+            DekCommand::Recover { dek_id, client } => {
+                let kb = open(cli).await?;
+                let g = restore::recover_dek(&kb, dek_id, client).await?;
+                Ok((serde_json::to_value(&g).unwrap_or_default(), format!("dek_id: {}\nsealed_dek: {}\n", g.dek_id, g.sealed_dek)))
+            }
+            DekCommand::Open { client, password_file } => {
+                let password = read_secret_file(password_file, "password")?;
+                let mut input = String::new();
+                std::io::stdin().read_to_string(&mut input).map_err(|source| Error::Io { context: "reading sealed DEK from", path: "stdin".into(), source })?;
+                let sealed = extract_sealed(&input);
+                let (header, dek) = seal::open(&sealed, client, &password)?;
+                let hex = dek.expose_hex();
+                let v = json!({ "dek_id": header.dek_id, "pool": header.pool, "client": header.client, "dek": hex.as_str() });
+                Ok((v, format!("{}\n", hex.as_str())))
+            }
+        },
+    }
+}
+
+/// Accept either the bare `kbseal1.` string or the JSON printed by
+/// `dek issue --json` / `dek recover --json` on stdin.
+fn extract_sealed(input: &str) -> String {
+    if let Ok(v) = serde_json::from_str::<Value>(input) {
+        if let Some(s) = v.get("sealed_dek").and_then(Value::as_str) {
+            return s.to_owned();
+        }
+    }
+    input.trim().to_owned()
+}
+
+fn init(path: &Path) -> Result<(Value, String)> {
+    let mut created = Vec::new();
+    if !path.exists() {
+        std::fs::write(path, Config::default_text()).map_err(|source| Error::Io { context: "writing default configuration", path: path.to_owned(), source })?;
+        created.push(format!("configuration {}", path.display()));
+    }
+    let config = Config::load(path)?;
+    let existed = config.catalog.path.exists();
+    crate::catalog::Catalog::open_or_create(&config.catalog.path)?;
+    if !existed {
+        created.push(format!("catalog {}", config.catalog.path.display()));
+    }
+    for kms in &config.kms {
+        if let crate::config::KmsConfig::Builtin(b) = kms {
+            if !b.root_key.exists() {
+                crate::backend::builtin::create_root_key(&b.root_key).map_err(Error::backend(&b.name))?;
+                created.push(format!("root key {} (mode 0600)", b.root_key.display()));
+            }
+        }
+    }
+    let text = if created.is_empty() {
+        "already initialised; nothing created\n".to_owned()
+    } else {
+        created.iter().map(|c| format!("created {c}\n")).collect()
+    };
+    Ok((json!({ "config": path, "created": created }), text))
+}
+
+/// Entry point of the binary; returns the process exit code.
+pub fn main() -> i32 {
+    let cli = Cli::parse();
+    tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_env_filter(tracing_subscriber::EnvFilter::try_from_env("KEYBRIDGE_LOG").unwrap_or_else(|_| "warn".into()))
+        .init();
+    let rt = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("keybridge: cannot start runtime: {e}");
+            return 1;
+        }
+    };
+    match rt.block_on(run(&cli)) {
+        Ok((value, text)) => {
+            if cli.json {
+                println!("{value}");
+            } else {
+                print!("{text}");
+            }
+            0
+        }
+        Err(e) => {
+            if cli.json {
+                println!("{}", json!({ "error": { "kind": e.kind(), "message": e.to_string(), "exit_code": e.exit_code() } }));
+            }
+            eprintln!("keybridge: error: {e}");
+            e.exit_code()
+        }
+    }
+}

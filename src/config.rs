@@ -1,0 +1,211 @@
+//! The TOML configuration (`--config PATH` or `KEYBRIDGE_CONFIG`).
+//!
+//! Relative paths in the file are resolved against the directory that holds
+//! the file, so a config can be moved together with its catalog and keys.
+//! Unknown keys are refused: a typo must not silently fall back to a default.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+
+use crate::{Error, Result};
+
+/// Default name of the configuration file.
+pub const DEFAULT_CONFIG: &str = "keybridge.toml";
+
+/// The whole configuration.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    pub catalog: CatalogConfig,
+    #[serde(default)]
+    pub kms: Vec<KmsConfig>,
+    /// Where the file was read from (not a TOML key).
+    #[serde(skip)]
+    pub source: PathBuf,
+}
+
+/// `[catalog]`
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CatalogConfig {
+    /// SQLite database file.
+    pub path: PathBuf,
+}
+
+/// One `[[kms]]` entry.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(tag = "kind", rename_all = "lowercase")]
+pub enum KmsConfig {
+    Pkcs11(Pkcs11Config),
+    Builtin(BuiltinConfig),
+}
+
+impl KmsConfig {
+    pub fn name(&self) -> &str {
+        match self {
+            KmsConfig::Pkcs11(c) => &c.name,
+            KmsConfig::Builtin(c) => &c.name,
+        }
+    }
+
+    pub fn kind(&self) -> &'static str {
+        match self {
+            KmsConfig::Pkcs11(_) => "pkcs11",
+            KmsConfig::Builtin(_) => "builtin",
+        }
+    }
+}
+
+fn default_timeout() -> u64 {
+    30
+}
+fn default_ttl() -> u64 {
+    300
+}
+
+/// `kind = "pkcs11"`
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Pkcs11Config {
+    pub name: String,
+    /// Path of the PKCS#11 module (`.so`).
+    pub module: PathBuf,
+    /// Token label. Exactly one of `token` and `uri` is required.
+    pub token: Option<String>,
+    /// RFC 7512 PKCS#11 URI naming the token (`pkcs11:token=...`).
+    pub uri: Option<String>,
+    /// Environment variable that holds the user PIN.
+    pub pin_env: Option<String>,
+    /// File whose first line is the user PIN.
+    pub pin_file: Option<PathBuf>,
+    /// Upper bound on concurrent sessions (default: the token's own limit,
+    /// at most 16).
+    pub max_sessions: Option<usize>,
+    /// Timeout for one PKCS#11 call, in seconds.
+    #[serde(default = "default_timeout")]
+    pub timeout_secs: u64,
+    /// How long an unwrapped KEK handle stays cached in the token.
+    #[serde(default = "default_ttl")]
+    pub kek_cache_ttl_secs: u64,
+}
+
+impl Pkcs11Config {
+    pub fn timeout(&self) -> Duration {
+        Duration::from_secs(self.timeout_secs.max(1))
+    }
+    pub fn kek_cache_ttl(&self) -> Duration {
+        Duration::from_secs(self.kek_cache_ttl_secs)
+    }
+}
+
+/// `kind = "builtin"`
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BuiltinConfig {
+    pub name: String,
+    /// Root key file (32 random bytes, mode 0600), created by `keybridge init`.
+    pub root_key: PathBuf,
+    /// How long an unwrapped KEK stays cached in (zeroizing) memory.
+    #[serde(default = "default_ttl")]
+    pub kek_cache_ttl_secs: u64,
+}
+
+impl BuiltinConfig {
+    pub fn kek_cache_ttl(&self) -> Duration {
+        Duration::from_secs(self.kek_cache_ttl_secs)
+    }
+}
+
+impl Config {
+    /// Read and validate a configuration file.
+    pub fn load(path: &Path) -> Result<Config> {
+        let text = std::fs::read_to_string(path).map_err(|e| Error::Config {
+            path: path.to_owned(),
+            reason: format!("cannot read: {e}"),
+        })?;
+        Self::parse(&text, path)
+    }
+
+    /// Parse configuration text; `path` is used for messages and to resolve
+    /// relative paths.
+    pub fn parse(text: &str, path: &Path) -> Result<Config> {
+        let bad = |reason: String| Error::Config {
+            path: path.to_owned(),
+            reason,
+        };
+        let mut config: Config = toml::from_str(text).map_err(|e| bad(e.to_string()))?;
+        let base = path
+            .parent()
+            .filter(|p| !p.as_os_str().is_empty())
+            .map(Path::to_path_buf)
+            .unwrap_or_else(|| PathBuf::from("."));
+        config.source = path.to_owned();
+        config.catalog.path = base.join(&config.catalog.path);
+        let mut seen = std::collections::HashSet::new();
+        for kms in &mut config.kms {
+            if crate::error::check_name("KMS name", kms.name()).is_err() {
+                return Err(bad(format!(
+                    "[[kms]] name '{}' must be 1-64 letters, digits, '.', '_' or '-'",
+                    kms.name()
+                )));
+            }
+            if !seen.insert(kms.name().to_owned()) {
+                return Err(bad(format!("[[kms]] name '{}' appears twice", kms.name())));
+            }
+            match kms {
+                KmsConfig::Pkcs11(c) => {
+                    match (&c.token, &c.uri) {
+                        (Some(_), None) | (None, Some(_)) => {}
+                        _ => {
+                            return Err(bad(format!(
+                                "[[kms]] '{}': give exactly one of `token` and `uri`",
+                                c.name
+                            )))
+                        }
+                    }
+                    match (&c.pin_env, &c.pin_file) {
+                        (Some(_), None) | (None, Some(_)) => {}
+                        _ => {
+                            return Err(bad(format!(
+                                "[[kms]] '{}': give exactly one of `pin_env` and `pin_file`",
+                                c.name
+                            )))
+                        }
+                    }
+                    if let Some(f) = &mut c.pin_file {
+                        *f = base.join(&*f);
+                    }
+                    if c.max_sessions == Some(0) {
+                        return Err(bad(format!("[[kms]] '{}': max_sessions must be at least 1", c.name)));
+                    }
+                }
+                KmsConfig::Builtin(c) => c.root_key = base.join(&c.root_key),
+            }
+        }
+        Ok(config)
+    }
+
+    /// The `[[kms]]` entry with this name.
+    pub fn kms(&self, name: &str) -> Result<&KmsConfig> {
+        self.kms.iter().find(|k| k.name() == name).ok_or_else(|| Error::NotFound {
+            what: "KMS (no [[kms]] entry in the configuration)",
+            name: name.to_owned(),
+        })
+    }
+
+    /// The configuration written by `keybridge init` when none exists: the
+    /// embedded default, built-in KMS and SQLite catalog beside the file.
+    pub fn default_text() -> &'static str {
+        "# keybridge configuration written by `keybridge init`.\n\
+         # See keybridge.toml.example for every key.\n\
+         [catalog]\n\
+         path = \"keybridge.db\"\n\
+         \n\
+         [[kms]]\n\
+         name = \"builtin\"\n\
+         kind = \"builtin\"\n\
+         root_key = \"root.key\"\n"
+    }
+}

@@ -1,0 +1,164 @@
+//! The crate's error type. Every error names what was being done, to which
+//! object, and why it failed, in words an operator can act on. No variant ever
+//! carries secret material (keys, PINs, passwords).
+
+use std::path::PathBuf;
+
+use crate::backend::BackendError;
+use crate::crypto::CryptoError;
+
+/// Result alias used across keybridge.
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// Top-level error of the library and CLI.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// The configuration file could not be read or is invalid.
+    #[error("configuration {path}: {reason}")]
+    Config { path: PathBuf, reason: String },
+
+    /// A key-management backend failed.
+    #[error("KMS '{kms}': {source}")]
+    Backend {
+        kms: String,
+        #[source]
+        source: BackendError,
+    },
+
+    /// The catalog (SQLite) failed.
+    #[error("catalog: {context}: {source}")]
+    Catalog {
+        context: String,
+        #[source]
+        source: rusqlite::Error,
+    },
+
+    /// The catalog holds a schema this build does not understand.
+    #[error("catalog {path}: {reason}")]
+    CatalogSchema { path: PathBuf, reason: String },
+
+    /// A named object does not exist.
+    #[error("{what} '{name}' not found")]
+    NotFound { what: &'static str, name: String },
+
+    /// A named object exists already.
+    #[error("{what} '{name}' already exists")]
+    AlreadyExists { what: &'static str, name: String },
+
+    /// A name given on the command line or API is not acceptable.
+    #[error("invalid {what} '{value}': {reason}")]
+    InvalidName {
+        what: &'static str,
+        value: String,
+        reason: &'static str,
+    },
+
+    /// Stored key material failed an integrity check (tampered, moved or
+    /// corrupted catalog data).
+    #[error("integrity check failed for {what}: {reason}")]
+    Integrity { what: String, reason: String },
+
+    /// A sealed DEK did not open for this client.
+    #[error("sealed DEK for client '{client}' did not open: {reason}")]
+    Seal { client: String, reason: String },
+
+    /// A software cryptographic primitive failed.
+    #[error("{context}: {source}")]
+    Crypto {
+        context: String,
+        #[source]
+        source: CryptoError,
+    },
+
+    /// File-system error on a named path.
+    #[error("{context} {path}: {source}")]
+    Io {
+        context: &'static str,
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+
+    /// A caller asked for something not allowed (e.g. another client's DEK).
+    #[error("denied: {0}")]
+    Denied(String),
+}
+
+impl Error {
+    pub(crate) fn catalog(context: impl Into<String>) -> impl FnOnce(rusqlite::Error) -> Error {
+        let context = context.into();
+        move |source| Error::Catalog { context, source }
+    }
+
+    pub(crate) fn crypto(context: impl Into<String>) -> impl FnOnce(CryptoError) -> Error {
+        let context = context.into();
+        move |source| Error::Crypto { context, source }
+    }
+
+    pub(crate) fn backend(kms: &str) -> impl FnOnce(BackendError) -> Error + '_ {
+        move |source| Error::Backend {
+            kms: kms.to_owned(),
+            source,
+        }
+    }
+
+    /// The process exit code for this error (documented in README.md).
+    pub fn exit_code(&self) -> i32 {
+        match self {
+            Error::Config { .. } => 3,
+            Error::NotFound { .. } => 4,
+            Error::Backend { .. } => 5,
+            Error::Integrity { .. } => 6,
+            Error::Seal { .. } => 7,
+            Error::AlreadyExists { .. } | Error::InvalidName { .. } => 8,
+            Error::Denied(_) => 9,
+            Error::Catalog { .. }
+            | Error::CatalogSchema { .. }
+            | Error::Crypto { .. }
+            | Error::Io { .. } => 1,
+        }
+    }
+
+    /// A short machine-readable kind, used in `--json` error output.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Error::Config { .. } => "config",
+            Error::Backend { .. } => "kms",
+            Error::Catalog { .. } | Error::CatalogSchema { .. } => "catalog",
+            Error::NotFound { .. } => "not_found",
+            Error::AlreadyExists { .. } => "already_exists",
+            Error::InvalidName { .. } => "invalid_name",
+            Error::Integrity { .. } => "integrity",
+            Error::Seal { .. } => "seal",
+            Error::Crypto { .. } => "crypto",
+            Error::Io { .. } => "io",
+            Error::Denied(_) => "denied",
+        }
+    }
+}
+
+/// Check a pool or client name: 1-64 characters of `[A-Za-z0-9._-]`, not
+/// starting with a dot or dash.
+pub fn check_name(what: &'static str, value: &str) -> Result<()> {
+    let reason = if value.is_empty() || value.len() > 64 {
+        Some("must be 1 to 64 characters")
+    } else if !value
+        .bytes()
+        .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
+    {
+        Some("only letters, digits, '.', '_' and '-' are allowed")
+    } else if value.starts_with(['.', '-']) {
+        Some("must not start with '.' or '-'")
+    } else {
+        None
+    };
+    match reason {
+        Some(reason) => Err(Error::InvalidName {
+            what,
+            value: value.chars().take(80).collect(),
+            reason,
+        }),
+        None => Ok(()),
+    }
+}

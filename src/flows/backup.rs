@@ -1,0 +1,50 @@
+//! Backup (seed, "Backup"): issue a DEK to a client.
+//!
+//! 1. DEK = 32 bytes from the OS CSPRNG.
+//! 2. DEK (plus its catalog binding) encrypted with the pool's *public* KEK,
+//!    RSA-OAEP with the hash recorded for the pool. No KMS call: issuing a
+//!    DEK never waits on the HSM.
+//! 3. The ciphertext is stored durably before the DEK is handed out.
+//! 4. The DEK is returned sealed under the client's network password.
+//!
+//! Steps 5 and 6 (client-side encryption, MediaAgent) live in the client and
+//! media-agent modules.
+
+use zeroize::Zeroizing;
+
+use super::{dek_binding, DekGrant};
+use crate::catalog::{ClientRecord, DekRow, PoolRecord};
+use crate::context::Keybridge;
+use crate::crypto::PublicKek;
+use crate::secret::Dek;
+use crate::{seal, Error, Result};
+
+/// Issue a new DEK for `client` in `pool`.
+pub async fn issue_dek(kb: &Keybridge, pool: &str, client: &str) -> Result<DekGrant> {
+    let pool = kb.catalog().pool_by_name(pool)?;
+    let client = kb.catalog().client_by_name(client)?;
+    let public = PublicKek::from_spki_der(&pool.kek_public).map_err(|e| Error::Integrity {
+        what: format!("public KEK of pool '{}'", pool.name),
+        reason: e.to_string(),
+    })?;
+    issue_with(kb, &pool, &public, &client).await
+}
+
+/// Issue a DEK with an already parsed public KEK (for callers issuing many).
+pub async fn issue_with(kb: &Keybridge, pool: &PoolRecord, public: &PublicKek, client: &ClientRecord) -> Result<DekGrant> {
+    let dek = Dek::generate().map_err(Error::crypto("generating DEK"))?;
+    let dek_id = uuid::Uuid::new_v4().to_string();
+    let mut plain = Zeroizing::new(Vec::with_capacity(64));
+    plain.extend_from_slice(dek.expose());
+    plain.extend_from_slice(&dek_binding(&dek_id, &pool.name, &client.name));
+    let encrypted = public
+        .encrypt(pool.oaep_hash, &plain)
+        .map_err(Error::crypto(format!("encrypting DEK under the KEK of pool '{}'", pool.name)))?;
+    kb.catalog()
+        .insert_dek(DekRow { id: dek_id.clone(), pool_id: pool.id, client_id: client.id, encrypted_dek: encrypted })
+        .await?;
+    let sealed_dek = seal::seal(&dek, client, &pool.name, &dek_id)?;
+    tracing::info!(pool = %pool.name, client = %client.name, dek = %dek_id, "DEK issued");
+    let created_at = kb.catalog().dek(&dek_id)?.created_at;
+    Ok(DekGrant { dek_id, pool: pool.name.clone(), client: client.name.clone(), sealed_dek, created_at })
+}

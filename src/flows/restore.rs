@@ -1,0 +1,61 @@
+//! Restore (seed, "Restore"): recover a DEK for a client.
+//!
+//! 1. The wrapped private KEK and the encrypted DEK are read from the catalog.
+//! 2. The KMS unwraps the KEK with the master key and decrypts the DEK
+//!    (PKCS#11: both inside the token; the unwrapped KEK is a
+//!    non-extractable session object cached per pool).
+//! 3. The DEK's binding to its row is checked; the DEK is returned sealed
+//!    under the client's network password.
+
+use super::{dek_binding, DekGrant, BINDING_LEN};
+use crate::backend::PoolKek;
+use crate::context::Keybridge;
+use crate::secret::{Dek, DEK_LEN};
+use crate::{seal, Error, Result};
+
+/// Recover DEK `dek_id` for `client`. A client can recover only its own DEKs.
+pub async fn recover_dek(kb: &Keybridge, dek_id: &str, client: &str) -> Result<DekGrant> {
+    let (dek, grant) = recover_inner(kb, dek_id, client).await?;
+    drop(dek);
+    Ok(grant)
+}
+
+/// Recover and return the DEK itself alongside the grant (service-internal
+/// and tests; the CLI never prints it).
+pub async fn recover_inner(kb: &Keybridge, dek_id: &str, client: &str) -> Result<(Dek, DekGrant)> {
+    let catalog = kb.catalog();
+    let row = catalog.dek(dek_id)?;
+    let requester = catalog.client_by_name(client)?;
+    if row.client_id != requester.id {
+        return Err(Error::Denied(format!("DEK {dek_id} was not issued to client '{client}'")));
+    }
+    let pool = catalog.pool_by_id(row.pool_id)?;
+    let backend = kb.backend(&pool.kms_name).await?;
+    let kek = PoolKek {
+        pool_id: pool.id,
+        pool_name: &pool.name,
+        master_key: &pool.master_key,
+        wrapped_private: &pool.kek_wrapped,
+        wrap_mechanism: &pool.wrap_mechanism,
+        oaep_hash: pool.oaep_hash,
+    };
+    let plain = backend
+        .decrypt_dek(&kek, &row.encrypted_dek)
+        .await
+        .map_err(Error::backend(&pool.kms_name))?;
+    let what = || format!("DEK {dek_id}");
+    if plain.len() != DEK_LEN + BINDING_LEN {
+        return Err(Error::Integrity { what: what(), reason: format!("decrypted envelope is {} bytes, expected {}", plain.len(), DEK_LEN + BINDING_LEN) });
+    }
+    let expected = dek_binding(dek_id, &pool.name, &requester.name);
+    if plain[DEK_LEN..] != expected {
+        return Err(Error::Integrity {
+            what: what(),
+            reason: format!("it is bound to another pool, client or id than its catalog row (pool '{}', client '{}'): the row was moved or edited", pool.name, requester.name),
+        });
+    }
+    let dek = Dek::from_bytes(plain[..DEK_LEN].try_into().expect("length checked"));
+    let sealed_dek = seal::seal(&dek, &requester, &pool.name, dek_id)?;
+    tracing::info!(pool = %pool.name, client, dek = dek_id, "DEK recovered");
+    Ok((dek, DekGrant { dek_id: dek_id.to_owned(), pool: pool.name, client: requester.name, sealed_dek, created_at: row.created_at }))
+}

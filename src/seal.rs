@@ -1,0 +1,242 @@
+//! Delivery of a DEK to a client under its network password.
+//!
+//! Registration: the client's password and a random per-client salt go
+//! through Argon2id; the 32-byte output seeds an X25519 key pair (through
+//! HKDF). The catalog stores only the salt, the Argon2id parameters and the
+//! *public* key: no password and nothing from which the DEKs could be opened.
+//!
+//! Sealing (service side): an ephemeral X25519 key agrees a secret with the
+//! client's public key; HKDF-SHA256 turns it into an AES-256-GCM key; the DEK
+//! is encrypted with the header (client, pool, DEK id, salt, KDF parameters,
+//! ephemeral public key) as associated data. Opening (client side) needs the
+//! password. The password itself never crosses the network, and a sealed DEK
+//! replayed under another client, pool or DEK id does not open.
+//!
+//! Wire form: `kbseal1.` followed by base64url (no padding) of
+//! ```text
+//! "KBS1" | u8 len | client | u8 len | pool | u8 len | dek_id | u8 len | salt
+//!        | u32 m_kib | u32 t | u32 p | ephemeral public (32) | nonce (12)
+//!        | ciphertext (32) | tag (16)
+//! ```
+
+use aes_gcm::aead::{Aead, KeyInit, Payload};
+use aes_gcm::Aes256Gcm;
+use base64::Engine;
+use serde::{Deserialize, Serialize};
+use sha2::Sha256;
+use x25519_dalek::{PublicKey, StaticSecret};
+use zeroize::Zeroizing;
+
+use crate::secret::{Dek, ExposeSecret, SecretString, DEK_LEN};
+use crate::{Error, Result};
+
+const PREFIX: &str = "kbseal1.";
+const MAGIC: &[u8; 4] = b"KBS1";
+const SALT_LEN: usize = 16;
+const HKDF_CLIENT_KEY: &[u8] = b"keybridge/v1/client-seal-x25519";
+const HKDF_SEAL_KEY: &[u8] = b"keybridge/v1/dek-seal-aes256gcm";
+
+/// Argon2id parameters, stored per client so they can be raised later.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct KdfParams {
+    pub alg: KdfAlg,
+    pub m_kib: u32,
+    pub t: u32,
+    pub p: u32,
+}
+
+/// The password KDF.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum KdfAlg {
+    Argon2id,
+}
+
+impl Default for KdfParams {
+    /// OWASP's baseline for Argon2id: 19 MiB, 2 passes, 1 lane.
+    fn default() -> Self {
+        KdfParams { alg: KdfAlg::Argon2id, m_kib: 19 * 1024, t: 2, p: 1 }
+    }
+}
+
+/// What registering a client stores in the catalog.
+#[derive(Debug, Clone)]
+pub struct Registration {
+    pub kdf: KdfParams,
+    pub salt: Vec<u8>,
+    pub seal_public: [u8; 32],
+}
+
+fn client_secret(password: &SecretString, salt: &[u8], kdf: &KdfParams) -> Result<StaticSecret> {
+    let bad = |reason: String| Error::Seal { client: String::new(), reason };
+    let params = argon2::Params::new(kdf.m_kib, kdf.t, kdf.p, Some(32))
+        .map_err(|e| bad(format!("invalid Argon2id parameters: {e}")))?;
+    let argon = argon2::Argon2::new(argon2::Algorithm::Argon2id, argon2::Version::V0x13, params);
+    let mut stretched = Zeroizing::new([0u8; 32]);
+    argon
+        .hash_password_into(password.expose_secret().as_bytes(), salt, &mut stretched[..])
+        .map_err(|e| bad(format!("Argon2id failed: {e}")))?;
+    let mut seed = Zeroizing::new([0u8; 32]);
+    hkdf::Hkdf::<Sha256>::new(None, &stretched[..])
+        .expand(HKDF_CLIENT_KEY, &mut seed[..])
+        .expect("32 bytes is a valid HKDF-SHA256 output length");
+    Ok(StaticSecret::from(*seed))
+}
+
+/// Derive a client's registration record from its password.
+pub fn register(password: &SecretString, kdf: KdfParams) -> Result<Registration> {
+    if password.expose_secret().chars().count() < 8 {
+        return Err(Error::Seal {
+            client: String::new(),
+            reason: "the network password must be at least 8 characters".into(),
+        });
+    }
+    let salt = crate::crypto::random_array::<SALT_LEN>().map_err(Error::crypto("generating client salt"))?;
+    let secret = client_secret(password, &salt[..], &kdf)?;
+    Ok(Registration { kdf, salt: salt.to_vec(), seal_public: PublicKey::from(&secret).to_bytes() })
+}
+
+fn seal_key(shared: &[u8; 32], ephemeral: &[u8; 32], client_public: &[u8; 32]) -> Zeroizing<[u8; 32]> {
+    let mut salt = [0u8; 64];
+    salt[..32].copy_from_slice(ephemeral);
+    salt[32..].copy_from_slice(client_public);
+    let mut key = Zeroizing::new([0u8; 32]);
+    hkdf::Hkdf::<Sha256>::new(Some(&salt), shared)
+        .expand(HKDF_SEAL_KEY, &mut key[..])
+        .expect("32 bytes is a valid HKDF-SHA256 output length");
+    key
+}
+
+fn push_field(out: &mut Vec<u8>, field: &[u8]) {
+    out.push(u8::try_from(field.len()).expect("fields are at most 255 bytes"));
+    out.extend_from_slice(field);
+}
+
+/// Identity of a sealed DEK, readable without the password.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct SealedHeader {
+    pub client: String,
+    pub pool: String,
+    pub dek_id: String,
+}
+
+/// Seal `dek` for `client` (service side).
+pub fn seal(dek: &Dek, client: &crate::catalog::ClientRecord, pool: &str, dek_id: &str) -> Result<String> {
+    let ephemeral_bytes = crate::crypto::random_array::<32>().map_err(Error::crypto("generating ephemeral key"))?;
+    let ephemeral = StaticSecret::from(*ephemeral_bytes);
+    let ephemeral_public = PublicKey::from(&ephemeral).to_bytes();
+    let shared = ephemeral.diffie_hellman(&PublicKey::from(client.seal_public));
+    let key = seal_key(shared.as_bytes(), &ephemeral_public, &client.seal_public);
+    let nonce = crate::crypto::random_array::<12>().map_err(Error::crypto("generating seal nonce"))?;
+
+    let mut out = Vec::with_capacity(200);
+    out.extend_from_slice(MAGIC);
+    push_field(&mut out, client.name.as_bytes());
+    push_field(&mut out, pool.as_bytes());
+    push_field(&mut out, dek_id.as_bytes());
+    push_field(&mut out, &client.salt);
+    for v in [client.kdf.m_kib, client.kdf.t, client.kdf.p] {
+        out.extend_from_slice(&v.to_be_bytes());
+    }
+    out.extend_from_slice(&ephemeral_public);
+    out.extend_from_slice(&nonce[..]);
+    let cipher = Aes256Gcm::new_from_slice(&key[..]).expect("32-byte key");
+    let ct = cipher
+        .encrypt((&nonce[..]).try_into().expect("12-byte nonce"), Payload { msg: dek.expose(), aad: &out })
+        .map_err(|_| Error::Seal { client: client.name.clone(), reason: "AES-GCM sealing failed".into() })?;
+    out.extend_from_slice(&ct);
+    Ok(format!("{PREFIX}{}", base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(out)))
+}
+
+struct Parsed<'a> {
+    header: SealedHeader,
+    salt: &'a [u8],
+    kdf: KdfParams,
+    ephemeral: [u8; 32],
+    nonce: &'a [u8],
+    aad: &'a [u8],
+    ct: &'a [u8],
+}
+
+fn parse(raw: &[u8]) -> std::result::Result<Parsed<'_>, &'static str> {
+    let mut pos = 0usize;
+    let take = |pos: &mut usize, n: usize| -> std::result::Result<&[u8], &'static str> {
+        let s = raw.get(*pos..*pos + n).ok_or("it is truncated")?;
+        *pos += n;
+        Ok(s)
+    };
+    if take(&mut pos, 4)? != MAGIC {
+        return Err("it is not a keybridge sealed DEK (bad magic)");
+    }
+    let text = |pos: &mut usize| -> std::result::Result<String, &'static str> {
+        let n = take(pos, 1)?[0] as usize;
+        String::from_utf8(take(pos, n)?.to_vec()).map_err(|_| "a name field is not UTF-8")
+    };
+    let client = text(&mut pos)?;
+    let pool = text(&mut pos)?;
+    let dek_id = text(&mut pos)?;
+    let n = take(&mut pos, 1)?[0] as usize;
+    let salt = take(&mut pos, n)?;
+    let mut u32s = [0u32; 3];
+    for v in &mut u32s {
+        *v = u32::from_be_bytes(take(&mut pos, 4)?.try_into().expect("4 bytes"));
+    }
+    let ephemeral: [u8; 32] = take(&mut pos, 32)?.try_into().expect("32 bytes");
+    let nonce = take(&mut pos, 12)?;
+    let aad = &raw[..pos];
+    let ct = take(&mut pos, DEK_LEN + 16)?;
+    if pos != raw.len() {
+        return Err("it has trailing bytes");
+    }
+    Ok(Parsed {
+        header: SealedHeader { client, pool, dek_id },
+        salt,
+        kdf: KdfParams { alg: KdfAlg::Argon2id, m_kib: u32s[0], t: u32s[1], p: u32s[2] },
+        ephemeral,
+        nonce,
+        aad,
+        ct,
+    })
+}
+
+fn decode(sealed: &str, client: &str) -> Result<Vec<u8>> {
+    let bad = |reason: &str| Error::Seal { client: client.to_owned(), reason: reason.to_owned() };
+    let body = sealed.trim().strip_prefix(PREFIX).ok_or_else(|| bad("it does not start with 'kbseal1.'"))?;
+    base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(body)
+        .map_err(|_| bad("it is not valid base64url"))
+}
+
+/// Read the header of a sealed DEK without opening it.
+pub fn peek(sealed: &str) -> Result<SealedHeader> {
+    let raw = decode(sealed, "?")?;
+    parse(&raw)
+        .map(|p| p.header)
+        .map_err(|reason| Error::Seal { client: "?".into(), reason: reason.into() })
+}
+
+/// Open a sealed DEK with the client's password (client side).
+pub fn open(sealed: &str, client: &str, password: &SecretString) -> Result<(SealedHeader, Dek)> {
+    let bad = |reason: String| Error::Seal { client: client.to_owned(), reason };
+    let raw = decode(sealed, client)?;
+    let p = parse(&raw).map_err(|r| bad(r.into()))?;
+    if p.header.client != client {
+        return Err(bad(format!("it was sealed for client '{}'", p.header.client)));
+    }
+    // Refuse parameters that would let a forged blob exhaust memory.
+    if p.kdf.m_kib > 4 * 1024 * 1024 || p.kdf.t > 64 || p.kdf.p > 64 {
+        return Err(bad("its KDF parameters are out of range".into()));
+    }
+    let secret = client_secret(password, p.salt, &p.kdf).map_err(|e| bad(e.to_string()))?;
+    let client_public = PublicKey::from(&secret).to_bytes();
+    let shared = secret.diffie_hellman(&PublicKey::from(p.ephemeral));
+    let key = seal_key(shared.as_bytes(), &p.ephemeral, &client_public);
+    let cipher = Aes256Gcm::new_from_slice(&key[..]).expect("32-byte key");
+    let plain = Zeroizing::new(
+        cipher
+            .decrypt(p.nonce.try_into().expect("12-byte nonce"), Payload { msg: p.ct, aad: p.aad })
+            .map_err(|_| bad("wrong network password, or the sealed DEK was altered".into()))?,
+    );
+    let bytes: [u8; DEK_LEN] = plain.as_slice().try_into().map_err(|_| bad("the DEK has the wrong length".into()))?;
+    Ok((p.header, Dek::from_bytes(bytes)))
+}

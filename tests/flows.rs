@@ -1,0 +1,302 @@
+//! The seed's flows and their failure modes, run on every backend: built-in,
+//! SoftHSM2 and Kryoptic (real tokens initialised by scripts/init-tokens).
+
+mod common;
+
+use common::{catalog_digest, password, test_kdf, Kind, Rig};
+use keybridge::backend::pkcs11::Pkcs11Backend;
+use keybridge::config::KmsConfig;
+use keybridge::crypto::PrivateKek;
+use keybridge::flows::{backup, clients, pool_creation, restore};
+use keybridge::{seal, Error, Keybridge};
+
+fn pool_name() -> String {
+    format!("pool-{}", &uuid::Uuid::new_v4().to_string()[..8])
+}
+
+async fn pool_and_client(kb: &Keybridge) -> (String, String) {
+    let pool = pool_name();
+    pool_creation::create_pool(kb, &pool, "kms", &pool_creation::PoolOptions { kek_bits: 2048, master_key: None }).await.unwrap();
+    let client = format!("client-{}", &uuid::Uuid::new_v4().to_string()[..8]);
+    clients::add_client(kb, &client, &password("network-password-1"), test_kdf()).await.unwrap();
+    (pool, client)
+}
+
+async fn pkcs11_backend(rig: &Rig) -> Pkcs11Backend {
+    match rig.config().kms("kms").unwrap() {
+        KmsConfig::Pkcs11(c) => Pkcs11Backend::open(c).await.unwrap(),
+        _ => panic!("not a PKCS#11 rig"),
+    }
+}
+
+/// Pool creation → DEK issue → client opens → DEK recover → same DEK.
+async fn full_chain(kind: Kind) {
+    let Some(rig) = Rig::new(kind) else { return };
+    let kb = rig.open();
+    let pool = pool_name();
+    let p = pool_creation::create_pool(&kb, &pool, "kms", &pool_creation::PoolOptions::default()).await.unwrap();
+    assert_eq!(p.kek_bits, 3072);
+    let (wrap, hash) = match kind {
+        Kind::Builtin => ("RFC5649-AES256-KWP", "sha256"),
+        Kind::SoftHsm => ("CKM_AES_KEY_WRAP_PAD", "sha1"),
+        Kind::Kryoptic => ("CKM_AES_KEY_WRAP_KWP", "sha256"),
+    };
+    assert_eq!(p.wrap_mechanism, wrap);
+    assert_eq!(p.oaep_hash.to_string(), hash);
+    assert_eq!(p.params["oaep"]["hash"], hash);
+
+    clients::add_client(&kb, "alice", &password("alice-network-pw"), test_kdf()).await.unwrap();
+    let grant = backup::issue_dek(&kb, &pool, "alice").await.unwrap();
+    let (header, issued) = seal::open(&grant.sealed_dek, "alice", &password("alice-network-pw")).unwrap();
+    assert_eq!(header.dek_id, grant.dek_id);
+    assert_eq!(header.pool, pool);
+
+    // Restore in a fresh instance: nothing cached, the KMS must unwrap.
+    let kb2 = rig.open();
+    let back = restore::recover_dek(&kb2, &grant.dek_id, "alice").await.unwrap();
+    assert_ne!(back.sealed_dek, grant.sealed_dek, "each seal uses a fresh ephemeral key");
+    let (_, recovered) = seal::open(&back.sealed_dek, "alice", &password("alice-network-pw")).unwrap();
+    assert_eq!(recovered, issued);
+
+    // Many DEKs, one pool: all recover to what was issued (warm cache).
+    let mut issued_all = Vec::new();
+    for _ in 0..5 {
+        let g = backup::issue_dek(&kb2, &pool, "alice").await.unwrap();
+        issued_all.push((g.dek_id.clone(), seal::open(&g.sealed_dek, "alice", &password("alice-network-pw")).unwrap().1));
+    }
+    for (id, dek) in issued_all {
+        let (got, _) = restore::recover_inner(&kb2, &id, "alice").await.unwrap();
+        assert_eq!(got, dek);
+    }
+}
+
+/// The catalog holds no private key and no DEK in the clear.
+async fn catalog_holds_no_secret(kind: Kind) {
+    let Some(rig) = Rig::new(kind) else { return };
+    let kb = rig.open();
+    let (pool, client) = pool_and_client(&kb).await;
+    let g = backup::issue_dek(&kb, &pool, &client).await.unwrap();
+    let (dek, _) = restore::recover_inner(&kb, &g.dek_id, &client).await.unwrap();
+    drop(kb);
+    let conn = rusqlite::Connection::open(rig.dir.path().join("keybridge.db")).unwrap();
+    conn.execute_batch("PRAGMA wal_checkpoint(TRUNCATE);").unwrap();
+    let mut blobs = 0;
+    for table in ["kms", "pools", "clients", "deks"] {
+        let mut stmt = conn.prepare(&format!("SELECT * FROM {table}")).unwrap();
+        let n = stmt.column_count();
+        let mut rows = stmt.query([]).unwrap();
+        while let Some(row) = rows.next().unwrap() {
+            for i in 0..n {
+                if let rusqlite::types::Value::Blob(b) = row.get::<_, rusqlite::types::Value>(i).unwrap() {
+                    blobs += 1;
+                    assert!(PrivateKek::from_pkcs8_der(&b).is_err(), "{table} column {i} parses as a private key");
+                    assert!(!b.windows(32).any(|w| w == dek.expose()), "{table} column {i} contains the DEK");
+                }
+            }
+        }
+    }
+    assert!(blobs >= 4, "expected the KEK, seal key and DEK blobs, saw {blobs}");
+    let file = std::fs::read(rig.dir.path().join("keybridge.db")).unwrap();
+    assert!(!file.windows(32).any(|w| w == dek.expose()), "catalog file contains the DEK");
+}
+
+fn assert_kms_error(err: Error, needle: &str) {
+    let msg = err.to_string();
+    assert!(matches!(err, Error::Backend { .. }), "expected a KMS error, got {msg}");
+    assert!(msg.contains(needle), "error '{msg}' does not mention '{needle}'");
+}
+
+/// Tampered wrapped KEK and tampered encrypted DEK: clear errors, catalog unchanged.
+async fn tampering(kind: Kind) {
+    let Some(rig) = Rig::new(kind) else { return };
+    let kb = rig.open();
+    let (pool, client) = pool_and_client(&kb).await;
+    let g = backup::issue_dek(&kb, &pool, &client).await.unwrap();
+
+    // Flip one byte of the encrypted DEK.
+    kb.catalog().execute_raw(&format!(
+        "UPDATE deks SET encrypted_dek = CAST(substr(encrypted_dek, 1, 100) || x'{:02x}' || substr(encrypted_dek, 102) AS BLOB) WHERE id = '{}'",
+        0x5a, g.dek_id
+    )).unwrap();
+    let before = catalog_digest(&kb);
+    let err = restore::recover_dek(&rig.open(), &g.dek_id, &client).await.unwrap_err();
+    assert_kms_error(err, "encrypted DEK does not decrypt under the KEK of pool");
+    assert_eq!(before, catalog_digest(&kb));
+
+    // Flip one byte of the wrapped private KEK.
+    let g2 = backup::issue_dek(&kb, &pool, &client).await.unwrap();
+    kb.catalog().execute_raw(&format!(
+        "UPDATE pools SET kek_wrapped = CAST(substr(kek_wrapped, 1, 40) || x'00' || substr(kek_wrapped, 42) AS BLOB) WHERE name = '{pool}'"
+    )).unwrap();
+    let before = catalog_digest(&kb);
+    let err = restore::recover_dek(&rig.open(), &g2.dek_id, &client).await.unwrap_err();
+    assert_kms_error(err, &format!("wrapped KEK of pool '{pool}' did not unwrap"));
+    assert_eq!(before, catalog_digest(&kb));
+}
+
+/// A DEK row moved to another client or pool is refused.
+async fn moved_rows(kind: Kind) {
+    let Some(rig) = Rig::new(kind) else { return };
+    let kb = rig.open();
+    let (pool, client) = pool_and_client(&kb).await;
+    clients::add_client(&kb, "mallory", &password("mallory-password"), test_kdf()).await.unwrap();
+    let g = backup::issue_dek(&kb, &pool, &client).await.unwrap();
+
+    // Another client asks for it: denied, no KMS call needed.
+    let err = restore::recover_dek(&kb, &g.dek_id, "mallory").await.unwrap_err();
+    assert!(matches!(err, Error::Denied(_)), "{err}");
+
+    // The row is re-assigned to mallory in the catalog: the binding inside
+    // the RSA envelope no longer matches.
+    let mallory = kb.catalog().client_by_name("mallory").unwrap();
+    kb.catalog().execute_raw(&format!("UPDATE deks SET client_id = {} WHERE id = '{}'", mallory.id, g.dek_id)).unwrap();
+    let err = restore::recover_dek(&kb, &g.dek_id, "mallory").await.unwrap_err();
+    assert!(matches!(err, Error::Integrity { .. }), "{err}");
+    assert!(err.to_string().contains("bound to another pool, client or id"), "{err}");
+
+    // Moved to another pool: the other pool's KEK cannot decrypt it.
+    let original = kb.catalog().client_by_name(&client).unwrap();
+    kb.catalog().execute_raw(&format!("UPDATE deks SET client_id = {} WHERE id = '{}'", original.id, g.dek_id)).unwrap();
+    let other = pool_name();
+    let p2 = pool_creation::create_pool(&kb, &other, "kms", &pool_creation::PoolOptions { kek_bits: 2048, master_key: None }).await.unwrap();
+    kb.catalog().execute_raw(&format!("UPDATE deks SET pool_id = {} WHERE id = '{}'", p2.id, g.dek_id)).unwrap();
+    let err = restore::recover_dek(&kb, &g.dek_id, &client).await.unwrap_err();
+    assert_kms_error(err, &format!("KEK of pool '{other}'"));
+}
+
+/// Wrong network password: the sealed DEK does not open.
+async fn wrong_password(kind: Kind) {
+    let Some(rig) = Rig::new(kind) else { return };
+    let kb = rig.open();
+    let (pool, client) = pool_and_client(&kb).await;
+    let g = backup::issue_dek(&kb, &pool, &client).await.unwrap();
+    let err = seal::open(&g.sealed_dek, &client, &password("not-the-password")).unwrap_err();
+    assert!(err.to_string().contains("wrong network password"), "{err}");
+    let err = seal::open(&g.sealed_dek, "someone-else", &password("network-password-1")).unwrap_err();
+    assert!(err.to_string().contains(&format!("sealed for client '{client}'")), "{err}");
+    // One flipped character anywhere breaks it.
+    let mut s = g.sealed_dek.clone().into_bytes();
+    let i = s.len() - 10;
+    s[i] = if s[i] == b'A' { b'B' } else { b'A' };
+    assert!(seal::open(std::str::from_utf8(&s).unwrap(), &client, &password("network-password-1")).is_err());
+}
+
+/// The master key is gone from the KMS: restore says so.
+async fn missing_master_key(kind: Kind) {
+    let Some(rig) = Rig::new(kind) else { return };
+    let kb = rig.open();
+    let (pool, client) = pool_and_client(&kb).await;
+    let g = backup::issue_dek(&kb, &pool, &client).await.unwrap();
+    let p = kb.catalog().pool_by_name(&pool).unwrap();
+    match kind {
+        Kind::Builtin => {
+            kb.catalog().execute_raw(&format!("UPDATE pools SET mk_material = NULL WHERE id = {}", p.id)).unwrap();
+        }
+        _ => {
+            let backend = kb.backend("kms").await.unwrap();
+            backend.destroy_master_key(&p.master_key).await.unwrap();
+        }
+    }
+    let before = catalog_digest(&kb);
+    let err = restore::recover_dek(&rig.open(), &g.dek_id, &client).await.unwrap_err();
+    assert_kms_error(err, "is not in the KMS");
+    assert_eq!(before, catalog_digest(&kb));
+}
+
+/// A pool whose catalog write fails leaves no master key behind.
+async fn no_orphan_master_key(kind: Kind) {
+    let Some(rig) = Rig::new(kind) else { return };
+    let kb = rig.open();
+    kb.catalog()
+        .execute_raw("CREATE TRIGGER injected_fault BEFORE INSERT ON pools BEGIN SELECT RAISE(ABORT, 'injected fault'); END")
+        .unwrap();
+    let pool = pool_name();
+    let err = pool_creation::create_pool(&kb, &pool, "kms", &pool_creation::PoolOptions { kek_bits: 2048, master_key: None }).await.unwrap_err();
+    assert!(err.to_string().contains("injected fault"), "{err}");
+    assert!(kb.catalog().list_pools().unwrap().is_empty());
+    if kind != Kind::Builtin {
+        let backend = pkcs11_backend(&rig).await;
+        let label = format!("keybridge-mk-{pool}");
+        assert_eq!(backend.count_keys_labelled(&label).await.unwrap(), 0, "orphan master key {label} left in the token");
+    }
+}
+
+macro_rules! on_every_backend {
+    ($($test:ident),* $(,)?) => {
+        mod builtin { $( #[tokio::test(flavor = "multi_thread", worker_threads = 2)] async fn $test() { super::$test(super::Kind::Builtin).await } )* }
+        mod softhsm { $( #[tokio::test(flavor = "multi_thread", worker_threads = 2)] async fn $test() { super::$test(super::Kind::SoftHsm).await } )* }
+        mod kryoptic { $( #[tokio::test(flavor = "multi_thread", worker_threads = 2)] async fn $test() { super::$test(super::Kind::Kryoptic).await } )* }
+    };
+}
+
+on_every_backend!(full_chain, catalog_holds_no_secret, tampering, moved_rows, wrong_password, missing_master_key, no_orphan_master_key);
+
+/// From the token itself: the MK is sensitive, never extractable; the
+/// unwrapped KEK is a sensitive, non-extractable session object.
+async fn key_attributes_from_token(kind: Kind) {
+    let Some(rig) = Rig::new(kind) else { return };
+    let kb = rig.open();
+    let (pool, client) = pool_and_client(&kb).await;
+    let g = backup::issue_dek(&kb, &pool, &client).await.unwrap();
+    let p = kb.catalog().pool_by_name(&pool).unwrap();
+
+    let backend = pkcs11_backend(&rig).await;
+    let mk = backend.master_key_facts(&p.master_key).await.unwrap();
+    assert!(mk.token && mk.sensitive && mk.always_sensitive, "{mk:?}");
+    assert!(!mk.extractable && mk.never_extractable, "{mk:?}");
+    assert!(mk.wrap && mk.unwrap && !mk.encrypt && !mk.decrypt, "{mk:?}");
+    assert_eq!(mk.label, format!("keybridge-mk-{pool}"));
+
+    // Restore through this backend instance, then inspect its cached KEK.
+    use keybridge::backend::{KeyBackend, PoolKek};
+    let row = kb.catalog().dek(&g.dek_id).unwrap();
+    let kek = PoolKek {
+        pool_id: p.id,
+        pool_name: &p.name,
+        master_key: &p.master_key,
+        wrapped_private: &p.kek_wrapped,
+        wrap_mechanism: &p.wrap_mechanism,
+        oaep_hash: p.oaep_hash,
+    };
+    backend.decrypt_dek(&kek, &row.encrypted_dek).await.unwrap();
+    let kek_facts = backend.cached_kek_facts(p.id).await.unwrap().expect("KEK cached after a restore");
+    assert!(!kek_facts.token, "unwrapped KEK must be a session object: {kek_facts:?}");
+    assert!(kek_facts.sensitive && !kek_facts.extractable, "{kek_facts:?}");
+    backend.clear_cache().await;
+    assert!(backend.cached_kek_facts(p.id).await.unwrap().is_none());
+}
+
+/// An existing key adopted by PKCS#11 URI works as master key and is never destroyed by keybridge.
+async fn adopt_existing_master_key(kind: Kind) {
+    let Some(rig) = Rig::new(kind) else { return };
+    let kb = rig.open();
+    let backend = pkcs11_backend(&rig).await;
+    use keybridge::backend::KeyBackend;
+    let label = format!("operator-mk-{}", &uuid::Uuid::new_v4().to_string()[..8]);
+    let made = backend.create_master_key(&label).await.unwrap();
+    let uri = format!("pkcs11:token=keybridge;object={label};type=secret-key");
+    let pool = pool_name();
+    let p = pool_creation::create_pool(&kb, &pool, "kms", &pool_creation::PoolOptions { kek_bits: 2048, master_key: Some(&uri) }).await.unwrap();
+    assert_eq!(p.master_key.id, made.id);
+    assert!(!p.master_key.owned);
+    clients::add_client(&kb, "c1", &password("client-one-pw"), test_kdf()).await.unwrap();
+    let g = backup::issue_dek(&kb, &pool, "c1").await.unwrap();
+    restore::recover_dek(&rig.open(), &g.dek_id, "c1").await.unwrap();
+    let err = kb.backend("kms").await.unwrap().destroy_master_key(&p.master_key).await.unwrap_err();
+    assert!(err.to_string().contains("adopted"), "{err}");
+    // A URI naming nothing is a clear error.
+    let err = pool_creation::create_pool(&kb, &pool_name(), "kms", &pool_creation::PoolOptions { kek_bits: 2048, master_key: Some("pkcs11:object=no-such-key") }).await.unwrap_err();
+    assert!(err.to_string().contains("is not in the KMS"), "{err}");
+}
+
+mod token_only {
+    use super::*;
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn softhsm_key_attributes() { key_attributes_from_token(Kind::SoftHsm).await }
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn kryoptic_key_attributes() { key_attributes_from_token(Kind::Kryoptic).await }
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn softhsm_adopt_master_key() { adopt_existing_master_key(Kind::SoftHsm).await }
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn kryoptic_adopt_master_key() { adopt_existing_master_key(Kind::Kryoptic).await }
+}
