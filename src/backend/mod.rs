@@ -152,6 +152,10 @@ pub trait KeyBackend: Send + Sync + fmt::Debug {
     /// `pkcs11`, `builtin`, ...
     fn kind(&self) -> &'static str;
 
+    /// Stable description of the KMS instance (token label and serial, root
+    /// key path, ...), recorded in the catalog on first use.
+    fn identity(&self) -> String;
+
     /// Learn what the KMS can do and whether it is healthy.
     async fn probe(&self) -> Result<ProbeReport, BackendError>;
 

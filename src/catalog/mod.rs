@@ -5,7 +5,7 @@
 //! password.
 //!
 //! Every multi-step change is one transaction. DEK inserts go through a
-//! group-commit writer ([`writer`]) so that durable (`synchronous=FULL`)
+//! group-commit writer (`writer.rs`) so that durable (`synchronous=FULL`)
 //! writes do not cost one fsync per DEK under load.
 
 mod schema;

@@ -47,7 +47,7 @@ pub async fn create_pool(kb: &Keybridge, name: &str, kms: &str, opts: &PoolOptio
     }
     let backend = kb.backend(kms).await?;
     let on_kms = Error::backend(kms);
-    let identity = backend.probe().await.map_err(Error::backend(kms))?.identity;
+    let identity = backend.identity();
 
     // Step 1: the master key.
     let mk = match opts.master_key {

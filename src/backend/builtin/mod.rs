@@ -152,6 +152,10 @@ impl KeyBackend for BuiltinBackend {
         "builtin"
     }
 
+    fn identity(&self) -> String {
+        format!("builtin:{}", self.root_key_path.display())
+    }
+
     async fn probe(&self) -> Result<ProbeReport, BackendError> {
         // Re-read the file: a probe reports the state on disk now.
         load_root_key(&self.root_key_path)?;
@@ -159,7 +163,7 @@ impl KeyBackend for BuiltinBackend {
             name: self.name.clone(),
             kind: self.kind(),
             state: "usable",
-            identity: format!("builtin:{}", self.root_key_path.display()),
+            identity: self.identity(),
             details: serde_json::json!({
                 "root_key": self.root_key_path.display().to_string(),
                 "wrap_mechanism": WRAP_MECHANISM,

@@ -90,29 +90,34 @@ pub struct KeyFacts {
     pub decrypt: bool,
 }
 
-/// Unwrapped KEK handles per pool, with their insertion time.
+/// Unwrapped KEK handles per pool, with insertion time and session epoch.
 #[derive(Debug, Default)]
 struct KekCache {
-    entries: Mutex<HashMap<i64, (Instant, ObjectHandle)>>,
+    entries: Mutex<HashMap<i64, (Instant, u64, ObjectHandle)>>,
 }
 
 impl KekCache {
     /// The live handle for `pool`, and the expired handles to destroy.
-    fn get(&self, pool: i64, ttl: Duration) -> (Option<ObjectHandle>, Vec<ObjectHandle>) {
+    /// Entries from an older session epoch are dropped without destroying:
+    /// their objects died with their session.
+    fn get(&self, pool: i64, ttl: Duration, epoch: u64) -> (Option<ObjectHandle>, Vec<ObjectHandle>) {
         let mut map = self.entries.lock().unwrap_or_else(|e| e.into_inner());
         let now = Instant::now();
-        let expired: Vec<i64> = map.iter().filter(|(_, (at, _))| now.duration_since(*at) >= ttl).map(|(k, _)| *k).collect();
-        let stale = expired.iter().filter_map(|k| map.remove(k)).map(|(_, h)| h).collect();
-        (map.get(&pool).map(|(_, h)| *h), stale)
+        map.retain(|_, (_, e, _)| *e == epoch);
+        let expired: Vec<i64> = map.iter().filter(|(_, (at, _, _))| now.duration_since(*at) >= ttl).map(|(k, _)| *k).collect();
+        let stale = expired.iter().filter_map(|k| map.remove(k)).map(|(_, _, h)| h).collect();
+        (map.get(&pool).map(|(_, _, h)| *h), stale)
     }
-    fn insert(&self, pool: i64, h: ObjectHandle) -> Option<ObjectHandle> {
-        self.entries.lock().unwrap_or_else(|e| e.into_inner()).insert(pool, (Instant::now(), h)).map(|(_, old)| old)
+    fn insert(&self, pool: i64, epoch: u64, h: ObjectHandle) -> Option<ObjectHandle> {
+        let old = self.entries.lock().unwrap_or_else(|e| e.into_inner()).insert(pool, (Instant::now(), epoch, h));
+        old.filter(|(_, e, _)| *e == epoch).map(|(_, _, h)| h)
     }
-    fn remove(&self, pool: i64) -> Option<ObjectHandle> {
-        self.entries.lock().unwrap_or_else(|e| e.into_inner()).remove(&pool).map(|(_, h)| h)
+    fn remove(&self, pool: i64) {
+        self.entries.lock().unwrap_or_else(|e| e.into_inner()).remove(&pool);
     }
-    fn drain(&self) -> Vec<ObjectHandle> {
-        self.entries.lock().unwrap_or_else(|e| e.into_inner()).drain().map(|(_, (_, h))| h).collect()
+    fn drain(&self, epoch: u64) -> Vec<ObjectHandle> {
+        let mut map = self.entries.lock().unwrap_or_else(|e| e.into_inner());
+        map.drain().filter(|(_, (_, e, _))| *e == epoch).map(|(_, (_, _, h))| h).collect()
     }
 }
 
@@ -357,10 +362,14 @@ fn rsa_pair_templates(bits: usize) -> (Vec<Attribute>, Vec<Attribute>) {
 impl Pkcs11Backend {
     /// Load the module, find the token, log in, read its mechanisms.
     pub async fn open(config: &Pkcs11Config) -> Result<Self, BackendError> {
+        let timeout = config.timeout();
         let config = config.clone();
-        tokio::task::spawn_blocking(move || Self::open_blocking(&config))
-            .await
-            .map_err(|e| BackendError::Other(format!("opening the PKCS#11 backend failed: {e}")))?
+        let task = tokio::task::spawn_blocking(move || Self::open_blocking(&config));
+        match tokio::time::timeout(timeout, task).await {
+            Err(_) => Err(BackendError::Timeout { operation: "opening the PKCS#11 token".into(), secs: timeout.as_secs() }),
+            Ok(Err(e)) => Err(BackendError::Other(format!("opening the PKCS#11 backend failed: {e}"))),
+            Ok(Ok(r)) => r,
+        }
     }
 
     fn open_blocking(config: &Pkcs11Config) -> Result<Self, BackendError> {
@@ -420,7 +429,8 @@ impl Pkcs11Backend {
             OpError::Backend(b) => b,
             OpError::Ck { err, doing } => ck_to_backend(err, &doing),
         })?;
-        drop(first); // closing it keeps nothing: the pool opens sessions on demand.
+        // Keep it: closing the application's last session would log it out.
+        sessions.put_back(first);
         let mechanisms = module.raw.mechanism_list(slot.id()).map_err(|e| ck_to_backend(e, "listing mechanisms"))?;
         let wrap = [CKM_AES_KEY_WRAP_KWP, CKM_AES_KEY_WRAP_PAD].into_iter().find(|m| mechanisms.contains(m));
         let lib = module.ctx.get_library_info().map(|i| format!("{} {}", i.manufacturer_id().trim_end(), i.library_description().trim_end())).unwrap_or_default();
@@ -452,10 +462,6 @@ impl Pkcs11Backend {
                 self.token.label
             ))
         })
-    }
-
-    fn identity(&self) -> String {
-        format!("pkcs11:token={};serial={};manufacturer={}", self.token.label, self.token.serial, self.token.manufacturer)
     }
 
     /// Sessions this backend may hold open at once.
@@ -490,7 +496,7 @@ impl Pkcs11Backend {
 
     /// The token's view of the cached unwrapped KEK of a pool, if cached.
     pub async fn cached_kek_facts(&self, pool_id: i64) -> Result<Option<KeyFacts>, BackendError> {
-        let (handle, _) = self.kek_cache.get(pool_id, self.kek_ttl);
+        let (handle, _) = self.kek_cache.get(pool_id, self.kek_ttl, self.sessions.epoch());
         match handle {
             None => Ok(None),
             Some(h) => self.sessions.run("reading KEK attributes", move |s| key_facts(s, h)).await.map(Some),
@@ -525,6 +531,10 @@ impl KeyBackend for Pkcs11Backend {
 
     fn kind(&self) -> &'static str {
         "pkcs11"
+    }
+
+    fn identity(&self) -> String {
+        format!("pkcs11:token={};serial={};manufacturer={}", self.token.label, self.token.serial, self.token.manufacturer)
     }
 
     async fn probe(&self) -> Result<ProbeReport, BackendError> {
@@ -693,19 +703,21 @@ impl KeyBackend for Pkcs11Backend {
         let wrap = wrap_mechanism_code(kek.wrap_mechanism).ok_or_else(|| {
             BackendError::Unsupported(format!("pool '{}' was wrapped with {}, which this backend does not use", kek.pool_name, kek.wrap_mechanism))
         })?;
-        let (cached, stale) = self.kek_cache.get(kek.pool_id, self.kek_ttl);
         let cache = self.kek_cache.clone();
+        let sessions = self.sessions.clone();
+        let ttl = self.kek_ttl;
         let (pool_id, pool, hash) = (kek.pool_id, kek.pool_name.to_owned(), kek.oaep_hash);
         let mk = kek.master_key.clone();
         let wrapped = kek.wrapped_private.to_vec();
         let ct = encrypted.to_vec();
         let module = self.sessions.module.clone();
-        let ttl_on = !self.kek_ttl.is_zero();
-        let mut stale = Some(stale);
-        let mut cached = cached;
         self.sessions
             .run("decrypting a DEK", move |s| {
-                for h in stale.take().unwrap_or_default() {
+                // Read the cache inside the call: a retry after a lost
+                // session sees the new epoch and unwraps again.
+                let epoch = sessions.epoch();
+                let (cached, stale) = cache.get(pool_id, ttl, epoch);
+                for h in stale {
                     let _ = s.destroy_object(h);
                 }
                 // Warm path: the KEK is already unwrapped in the token.
@@ -715,7 +727,6 @@ impl KeyBackend for Pkcs11Backend {
                         // The session that held it was closed: unwrap again.
                         Err(CkError::Pkcs11(RvError::KeyHandleInvalid | RvError::ObjectHandleInvalid, _)) => {
                             cache.remove(pool_id);
-                            cached = None;
                         }
                         Err(CkError::Pkcs11(rv, _)) if bad_ciphertext(rv) => {
                             return Err(BackendError::DekDecrypt { pool: pool.clone(), detail: format!("the token answered {}", rv::ckr_name(rv)) }.into())
@@ -734,11 +745,10 @@ impl KeyBackend for Pkcs11Backend {
                     Err(e) => return Err(e),
                 };
                 let result = s.decrypt(&oaep(hash), h, &ct);
-                if ttl_on {
-                    if let Some(old) = cache.insert(pool_id, h) {
+                if !ttl.is_zero() {
+                    if let Some(old) = cache.insert(pool_id, epoch, h) {
                         let _ = s.destroy_object(old);
                     }
-                    cached = Some(h);
                 } else {
                     let _ = s.destroy_object(h);
                 }
@@ -767,7 +777,7 @@ impl KeyBackend for Pkcs11Backend {
     }
 
     async fn clear_cache(&self) {
-        let handles = self.kek_cache.drain();
+        let handles = self.kek_cache.drain(self.sessions.epoch());
         if handles.is_empty() {
             return;
         }

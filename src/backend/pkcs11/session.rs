@@ -9,6 +9,7 @@
 //! logs in and later ones see CKR_USER_ALREADY_LOGGED_IN, which is success.
 //! The pool always keeps its idle sessions open so the login persists.
 
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -95,6 +96,11 @@ pub struct TokenSessions {
     permits: Arc<Semaphore>,
     pub max_sessions: usize,
     pub timeout: Duration,
+    /// Bumped whenever a session is discarded or the login was lost. Session
+    /// objects die with the session that made them, so a cached object
+    /// handle from an older epoch may be gone (or, on tokens that reuse
+    /// handles, name another object) and must not be used.
+    epoch: AtomicU64,
 }
 
 impl std::fmt::Debug for TokenSessions {
@@ -118,6 +124,7 @@ impl TokenSessions {
             permits: Arc::new(Semaphore::new(max_sessions)),
             max_sessions,
             timeout,
+            epoch: AtomicU64::new(0),
         }
     }
 
@@ -139,6 +146,15 @@ impl TokenSessions {
         Ok(session)
     }
 
+    /// The current session epoch (see the field).
+    pub fn epoch(&self) -> u64 {
+        self.epoch.load(Ordering::SeqCst)
+    }
+
+    fn session_lost(&self) {
+        self.epoch.fetch_add(1, Ordering::SeqCst);
+    }
+
     fn take(&self) -> Result<Session, OpError> {
         let idle = self.idle.lock().unwrap_or_else(|e| e.into_inner()).pop();
         match idle {
@@ -147,7 +163,7 @@ impl TokenSessions {
         }
     }
 
-    fn put_back(&self, session: Session) {
+    pub fn put_back(&self, session: Session) {
         self.idle.lock().unwrap_or_else(|e| e.into_inner()).push(session);
     }
 
@@ -184,6 +200,9 @@ impl TokenSessions {
                 }
                 _ if last => {
                     // Out of attempts: drop the session, it may be the cause.
+                    if session.is_some() {
+                        self.session_lost();
+                    }
                     return Err(err.into_backend());
                 }
                 Disposition::Retry => {
@@ -195,8 +214,10 @@ impl TokenSessions {
                 Disposition::ReopenSession => {
                     // Dropping the session closes it; the next attempt opens a new one.
                     drop(session);
+                    self.session_lost();
                 }
                 Disposition::Relogin => {
+                    self.session_lost();
                     if let Some(s) = session {
                         if let Err(e) = self.login(&s) {
                             return Err(e.into_backend());

@@ -1,0 +1,776 @@
+//! keybridge benchmark: every figure is a RATIO against a baseline measured
+//! in the same run, because absolute numbers on shared machines are noise.
+//!
+//! Run with `scripts/bench` (installs and initialises the tokens, then
+//! `cargo bench --bench keybridge`). Per token (SoftHSM2, Kryoptic; a token
+//! whose module is not in the environment is skipped loudly):
+//!
+//! - a/b: DEK recover (`restore::recover_inner`, warm KEK handle, 1 caller)
+//!   against a raw cryptoki loop of RSA-3072 OAEP `C_Decrypt` (1 thread) of
+//!   the same kind of ciphertext (64-byte plaintext, the token's OAEP hash).
+//! - c: recover with 2 concurrent callers against 1, with the raw loop on 2
+//!   threads (2 sessions) against 1 thread as evidence of whether the token
+//!   itself runs decryptions in parallel.
+//!
+//! And on the built-in backend (no token): d, DEK issue (OAEP encrypt +
+//! durable group-committed catalog insert + seal) against raw software OAEP
+//! encryption with the same key and hash.
+//!
+//! The two sides of a comparison are interleaved in slices (A B B A ...) so
+//! background load hits both alike. Environment:
+//!
+//! - `KEYBRIDGE_BENCH_SECS`    seconds measured per side (default 3)
+//! - `KEYBRIDGE_BENCH_SLICES`  slices per side (default 4)
+//! - `KEYBRIDGE_BENCH_ISSUERS` concurrent issuers tried in d (default 2,8,32)
+//! - `KEYBRIDGE_BENCH_ONLY`    comma list of softhsm2,kryoptic,issue
+//! - `KEYBRIDGE_BENCH_DIR`     where the temporary catalogs go (default TMPDIR)
+//!
+//! Output: a table (metric, ops/s of each side, ratio, target, PASS/SHORT),
+//! a per-operation cost breakdown, and as the last line one JSON object with
+//! every ratio. Nothing here asserts a timing.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use cryptoki::context::{CInitializeArgs, CInitializeFlags, Pkcs11};
+use cryptoki::error::{Error as CkError, RvError};
+use cryptoki::mechanism::rsa::{PkcsMgfType, PkcsOaepParams, PkcsOaepSource};
+use cryptoki::mechanism::{Mechanism, MechanismType};
+use cryptoki::object::{Attribute, AttributeType, ObjectHandle};
+use cryptoki::session::{Session, UserType};
+use cryptoki::types::AuthPin;
+use keybridge::catalog::{Catalog, ClientRecord, PoolRecord};
+use keybridge::config::Config;
+use keybridge::crypto::{OaepHash, PublicKek};
+use keybridge::flows::{backup, clients, pool_creation, restore};
+use keybridge::secret::Dek;
+use keybridge::{seal, Keybridge};
+use serde_json::{json, Map, Value};
+use tokio::runtime::Runtime;
+
+/// Plaintext length keybridge puts under RSA-OAEP: 32-byte DEK + 32-byte binding.
+const ENVELOPE_LEN: usize = 64;
+const KEK_BITS: usize = 3072;
+const PASSWORD: &str = "bench-network-password";
+
+// ------------------------------------------------------------------ settings
+
+#[derive(Debug, Clone)]
+struct Settings {
+    secs: f64,
+    slices: usize,
+    issuers: Vec<usize>,
+    only: Option<Vec<String>>,
+    dir: PathBuf,
+    cores: usize,
+}
+
+impl Settings {
+    fn from_env() -> Settings {
+        let var = |k: &str| std::env::var(k).ok().filter(|v| !v.trim().is_empty());
+        let secs = var("KEYBRIDGE_BENCH_SECS")
+            .map(|v| v.trim().parse::<f64>().unwrap_or_else(|_| panic!("KEYBRIDGE_BENCH_SECS={v:?} is not a number")))
+            .unwrap_or(3.0);
+        assert!(secs > 0.0, "KEYBRIDGE_BENCH_SECS must be positive");
+        let slices = var("KEYBRIDGE_BENCH_SLICES")
+            .map(|v| v.trim().parse::<usize>().unwrap_or_else(|_| panic!("KEYBRIDGE_BENCH_SLICES={v:?} is not a count")))
+            .unwrap_or(4)
+            .max(1);
+        let issuers = var("KEYBRIDGE_BENCH_ISSUERS")
+            .map(|v| {
+                v.split(',')
+                    .map(|s| s.trim().parse::<usize>().unwrap_or_else(|_| panic!("KEYBRIDGE_BENCH_ISSUERS={v:?}: not a list of counts")))
+                    .filter(|n| *n > 0)
+                    .collect::<Vec<_>>()
+            })
+            .unwrap_or_else(|| vec![2, 8, 32]);
+        assert!(!issuers.is_empty(), "KEYBRIDGE_BENCH_ISSUERS is empty");
+        let only = var("KEYBRIDGE_BENCH_ONLY").map(|v| v.split(',').map(|s| s.trim().to_ascii_lowercase()).collect());
+        let dir = var("KEYBRIDGE_BENCH_DIR").map(PathBuf::from).unwrap_or_else(std::env::temp_dir);
+        let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2);
+        Settings { secs, slices, issuers, only, dir, cores }
+    }
+
+    fn wants(&self, what: &str) -> bool {
+        self.only.as_ref().is_none_or(|o| o.iter().any(|w| w == what))
+    }
+
+    fn slice(&self) -> Duration {
+        Duration::from_secs_f64(self.secs / self.slices as f64)
+    }
+}
+
+// ------------------------------------------------------------------ measuring
+
+/// Throughput of one side: operations and the wall time they took.
+#[derive(Debug, Clone, Copy, Default)]
+struct Tally {
+    ops: u64,
+    time: Duration,
+}
+
+impl Tally {
+    fn add(&mut self, (ops, time): (u64, Duration)) {
+        self.ops += ops;
+        self.time += time;
+    }
+    fn rate(&self) -> f64 {
+        if self.time.is_zero() {
+            0.0
+        } else {
+            self.ops as f64 / self.time.as_secs_f64()
+        }
+    }
+}
+
+/// Run side A (`run(false, ..)`) and side B (`run(true, ..)`) for
+/// `settings.secs` each, interleaved in slices (A B, B A, A B, ...) after a
+/// short warm-up of each.
+fn compare(s: &Settings, run: &mut dyn FnMut(bool, Duration) -> (u64, Duration)) -> (Tally, Tally) {
+    let warm = Duration::from_millis(300);
+    run(false, warm);
+    run(true, warm);
+    let (mut ta, mut tb) = (Tally::default(), Tally::default());
+    for i in 0..s.slices {
+        if i % 2 == 0 {
+            ta.add(run(false, s.slice()));
+            tb.add(run(true, s.slice()));
+        } else {
+            tb.add(run(true, s.slice()));
+            ta.add(run(false, s.slice()));
+        }
+    }
+    (ta, tb)
+}
+
+/// Mean cost in µs of `f` run repeatedly on this thread for about `d`.
+fn micro(d: Duration, mut f: impl FnMut()) -> f64 {
+    for _ in 0..3 {
+        f();
+    }
+    let start = Instant::now();
+    let mut n = 0u64;
+    while start.elapsed() < d {
+        f();
+        n += 1;
+    }
+    start.elapsed().as_secs_f64() * 1e6 / n as f64
+}
+
+// ------------------------------------------------------------------ report
+
+#[derive(Debug)]
+struct Row {
+    key: String,
+    metric: String,
+    base_side: String,
+    base: f64,
+    kb_side: String,
+    kb: f64,
+    target: Option<f64>,
+    verdict: String,
+}
+
+impl Row {
+    fn ratio(&self) -> f64 {
+        if self.base > 0.0 {
+            self.kb / self.base
+        } else {
+            f64::NAN
+        }
+    }
+}
+
+#[derive(Debug, Default)]
+struct Report {
+    rows: Vec<Row>,
+    notes: Vec<String>,
+    skipped: Vec<String>,
+    ops: Map<String, Value>,
+}
+
+impl Report {
+    #[allow(clippy::too_many_arguments)]
+    fn row(&mut self, key: &str, metric: &str, base_side: &str, base: Tally, kb_side: &str, kb: Tally, target: Option<f64>) -> f64 {
+        let ratio = if base.rate() > 0.0 { kb.rate() / base.rate() } else { f64::NAN };
+        let verdict = match target {
+            Some(t) if ratio >= t => "PASS".to_owned(),
+            Some(_) => "SHORT".to_owned(),
+            None => "info".to_owned(),
+        };
+        self.ops.insert(key.to_owned(), json!({ "baseline_ops_s": round(base.rate(), 1), "keybridge_ops_s": round(kb.rate(), 1) }));
+        self.rows.push(Row {
+            key: key.to_owned(),
+            metric: metric.to_owned(),
+            base_side: base_side.to_owned(),
+            base: base.rate(),
+            kb_side: kb_side.to_owned(),
+            kb: kb.rate(),
+            target,
+            verdict,
+        });
+        ratio
+    }
+
+    fn print(&self, s: &Settings) {
+        println!();
+        println!(
+            "keybridge benchmark: {} s per side in {} interleaved slices, {} cores; ratio = keybridge side / baseline side",
+            s.secs, s.slices, s.cores
+        );
+        let line = "-".repeat(150);
+        println!("{line}");
+        println!(
+            "{:<44} {:<30} {:>10}  {:<30} {:>10}  {:>6}  {:>7}  {}",
+            "metric", "baseline", "ops/s", "keybridge / compared side", "ops/s", "ratio", "target", "result"
+        );
+        println!("{line}");
+        for r in &self.rows {
+            let target = r.target.map(|t| format!(">={t:.2}")).unwrap_or_else(|| "-".into());
+            println!(
+                "{:<44} {:<30} {:>10.1}  {:<30} {:>10.1}  {:>6.3}  {:>7}  {}",
+                r.metric, r.base_side, r.base, r.kb_side, r.kb, r.ratio(), target, r.verdict
+            );
+        }
+        for k in &self.skipped {
+            println!("{:<44} {:<30} {:>10}  {:<30} {:>10}  {:>6}  {:>7}  SKIPPED", k, "-", "-", "-", "-", "-", "-");
+        }
+        println!("{line}");
+        if !self.notes.is_empty() {
+            println!("notes:");
+            for n in &self.notes {
+                println!("  {n}");
+            }
+        }
+        let mut ratios = Map::new();
+        let mut verdicts = Map::new();
+        for r in &self.rows {
+            ratios.insert(r.key.clone(), json!(round(r.ratio(), 4)));
+            verdicts.insert(r.key.clone(), json!(r.verdict));
+        }
+        for k in &self.skipped {
+            ratios.insert(k.clone(), Value::Null);
+            verdicts.insert(k.clone(), json!("SKIPPED"));
+        }
+        let all = json!({
+            "bench": "keybridge",
+            "secs_per_side": s.secs,
+            "slices": s.slices,
+            "cores": s.cores,
+            "ratios": ratios,
+            "verdicts": verdicts,
+            "ops_per_s": self.ops,
+        });
+        println!("{all}");
+    }
+}
+
+fn round(v: f64, digits: i32) -> f64 {
+    let m = 10f64.powi(digits);
+    (v * m).round() / m
+}
+
+// ------------------------------------------------------------------ keybridge rig
+
+/// A temporary keybridge installation (as tests/common does): temp dir,
+/// config with one `[[kms]]` named "kms", catalog, a 3072-bit pool and one
+/// client with cheap KDF parameters.
+struct Rig {
+    _dir: tempfile::TempDir,
+    kb: Arc<Keybridge>,
+    pool: PoolRecord,
+    client: ClientRecord,
+    public: PublicKek,
+}
+
+fn rig(rt: &Runtime, s: &Settings, kms_toml: &str, builtin: bool) -> Rig {
+    std::fs::create_dir_all(&s.dir).expect("creating KEYBRIDGE_BENCH_DIR");
+    let dir = tempfile::Builder::new().prefix("keybridge-bench-").tempdir_in(&s.dir).expect("tempdir");
+    let config_path = dir.path().join("keybridge.toml");
+    std::fs::write(&config_path, format!("[catalog]\npath = \"keybridge.db\"\n\n{kms_toml}")).expect("writing config");
+    let config = Config::load(&config_path).expect("loading config");
+    Catalog::open_or_create(&config.catalog.path).expect("creating catalog");
+    if builtin {
+        keybridge::backend::builtin::create_root_key(&dir.path().join("root.key")).expect("root key");
+    }
+    let kb = Arc::new(Keybridge::open(config).expect("opening keybridge"));
+    let (pool, client) = rt.block_on(async {
+        let opts = pool_creation::PoolOptions { kek_bits: KEK_BITS, master_key: None };
+        let pool = pool_creation::create_pool(&kb, "bench", "kms", &opts).await.expect("creating pool");
+        let kdf = keybridge::seal::KdfParams { m_kib: 1024, t: 1, ..Default::default() };
+        let password = keybridge::secret::SecretString::from(PASSWORD.to_owned());
+        let client = clients::add_client(&kb, "bench-client", &password, kdf).await.expect("adding client");
+        (pool, client)
+    });
+    let public = PublicKek::from_spki_der(&pool.kek_public).expect("public KEK");
+    Rig { _dir: dir, kb, pool, client, public }
+}
+
+/// Issue `n` DEKs with `concurrency` callers; returns their ids.
+fn issue_many(rt: &Runtime, rig: &Rig, n: usize, concurrency: usize) -> Vec<String> {
+    rt.block_on(async {
+        let shared = Arc::new((rig.kb.clone(), rig.pool.clone(), rig.public.clone(), rig.client.clone()));
+        let per = n.div_ceil(concurrency);
+        let tasks: Vec<_> = (0..concurrency)
+            .map(|_| {
+                let shared = shared.clone();
+                tokio::spawn(async move {
+                    let (kb, pool, public, client) = &*shared;
+                    let mut ids = Vec::with_capacity(per);
+                    for _ in 0..per {
+                        ids.push(backup::issue_with(kb, pool, public, client).await.expect("issuing DEK").dek_id);
+                    }
+                    ids
+                })
+            })
+            .collect();
+        let mut ids = Vec::with_capacity(n);
+        for t in tasks {
+            ids.extend(t.await.expect("issuer task"));
+        }
+        ids.truncate(n);
+        ids
+    })
+}
+
+/// Issue one DEK, open its seal as the client would, recover it and check
+/// both are the same DEK (and warm the KEK handle in the KMS).
+fn sanity_round_trip(rt: &Runtime, rig: &Rig) {
+    rt.block_on(async {
+        let grant = backup::issue_dek(&rig.kb, &rig.pool.name, &rig.client.name).await.expect("issue");
+        let password = keybridge::secret::SecretString::from(PASSWORD.to_owned());
+        let (_, issued) = seal::open(&grant.sealed_dek, &rig.client.name, &password).expect("open seal");
+        let (recovered, _) = restore::recover_inner(&rig.kb, &grant.dek_id, &rig.client.name).await.expect("recover");
+        assert!(recovered == issued, "recovered DEK differs from the issued one");
+    });
+}
+
+/// `callers` tokio tasks recovering DEKs (round robin over `ids`) for `d`.
+fn recover_run(rt: &Runtime, rig: &Rig, ids: &Arc<Vec<String>>, callers: usize, d: Duration) -> (u64, Duration) {
+    rt.block_on(async {
+        let start = Instant::now();
+        let deadline = start + d;
+        let tasks: Vec<_> = (0..callers)
+            .map(|c| {
+                let (kb, ids, client) = (rig.kb.clone(), ids.clone(), rig.client.name.clone());
+                tokio::spawn(async move {
+                    let mut i = c * ids.len() / callers;
+                    let mut n = 0u64;
+                    while Instant::now() < deadline {
+                        let (dek, _) = restore::recover_inner(&kb, &ids[i % ids.len()], &client).await.expect("recover");
+                        drop(dek);
+                        i += 1;
+                        n += 1;
+                    }
+                    n
+                })
+            })
+            .collect();
+        let mut total = 0;
+        for t in tasks {
+            total += t.await.expect("recover task");
+        }
+        (total, start.elapsed())
+    })
+}
+
+/// `issuers` tokio tasks issuing DEKs for `d`.
+fn issue_run(rt: &Runtime, rig: &Rig, issuers: usize, d: Duration) -> (u64, Duration) {
+    rt.block_on(async {
+        let shared = Arc::new((rig.kb.clone(), rig.pool.clone(), rig.public.clone(), rig.client.clone()));
+        let start = Instant::now();
+        let deadline = start + d;
+        let tasks: Vec<_> = (0..issuers)
+            .map(|_| {
+                let shared = shared.clone();
+                tokio::spawn(async move {
+                    let (kb, pool, public, client) = &*shared;
+                    let mut n = 0u64;
+                    while Instant::now() < deadline {
+                        backup::issue_with(kb, pool, public, client).await.expect("issue");
+                        n += 1;
+                    }
+                    n
+                })
+            })
+            .collect();
+        let mut total = 0;
+        for t in tasks {
+            total += t.await.expect("issuer task");
+        }
+        (total, start.elapsed())
+    })
+}
+
+/// Software RSA-OAEP encryption of a 64-byte envelope on `threads` OS threads for `d`.
+fn encrypt_run(public: &PublicKek, hash: OaepHash, threads: usize, d: Duration) -> (u64, Duration) {
+    let start = Instant::now();
+    let deadline = start + d;
+    let total = std::thread::scope(|sc| {
+        let hs: Vec<_> = (0..threads)
+            .map(|_| {
+                sc.spawn(move || {
+                    let plain = [0x5au8; ENVELOPE_LEN];
+                    let mut n = 0u64;
+                    while Instant::now() < deadline {
+                        let ct = public.encrypt(hash, &plain).expect("encrypt");
+                        assert_eq!(ct.len(), KEK_BITS / 8);
+                        n += 1;
+                    }
+                    n
+                })
+            })
+            .collect();
+        hs.into_iter().map(|h| h.join().expect("encrypt thread")).sum()
+    });
+    (total, start.elapsed())
+}
+
+// ------------------------------------------------------------------ raw cryptoki
+
+fn oaep(hash: OaepHash) -> Mechanism<'static> {
+    let (h, mgf) = match hash {
+        OaepHash::Sha1 => (MechanismType::SHA1, PkcsMgfType::MGF1_SHA1),
+        OaepHash::Sha256 => (MechanismType::SHA256, PkcsMgfType::MGF1_SHA256),
+    };
+    Mechanism::RsaPkcsOaep(PkcsOaepParams::new(h, mgf, PkcsOaepSource::empty()))
+}
+
+/// The baseline: our own cryptoki context on the module, logged-in
+/// sessions, and an RSA-3072 session key pair generated in the token.
+struct RawToken {
+    /// Kept alive for the whole run (never finalised: keybridge shares the module).
+    _ctx: Pkcs11,
+    sessions: Vec<Session>,
+    public: ObjectHandle,
+    private: ObjectHandle,
+    hash: OaepHash,
+    ct: Vec<u8>,
+}
+
+fn raw_open(module: &Path, token: &str, pin: &str, hash: OaepHash, n_sessions: usize) -> Result<RawToken, String> {
+    let ctx = Pkcs11::new(module).map_err(|e| format!("loading {}: {e}", module.display()))?;
+    // One C_Initialize per module per process: keybridge has usually done it already.
+    match ctx.initialize(CInitializeArgs::new(CInitializeFlags::OS_LOCKING_OK)) {
+        Ok(()) | Err(CkError::Pkcs11(RvError::CryptokiAlreadyInitialized, _)) => {}
+        Err(e) => return Err(format!("C_Initialize: {e}")),
+    }
+    let slot = ctx
+        .get_slots_with_token()
+        .map_err(|e| format!("listing slots: {e}"))?
+        .into_iter()
+        .find(|s| ctx.get_token_info(*s).map(|i| i.label().trim_end() == token).unwrap_or(false))
+        .ok_or_else(|| format!("no token labelled '{token}'"))?;
+    let pin = AuthPin::from(pin.to_owned());
+    let mut sessions = Vec::new();
+    for _ in 0..n_sessions {
+        let s = ctx.open_rw_session(slot).map_err(|e| format!("C_OpenSession: {e}"))?;
+        match s.login(UserType::User, Some(&pin)) {
+            Ok(()) | Err(CkError::Pkcs11(RvError::UserAlreadyLoggedIn, _)) => {}
+            Err(e) => return Err(format!("C_Login: {e}")),
+        }
+        sessions.push(s);
+    }
+    let s = &sessions[0];
+    let pub_t = [
+        Attribute::Token(false),
+        Attribute::ModulusBits((KEK_BITS as u64).into()),
+        Attribute::PublicExponent(vec![0x01, 0x00, 0x01]),
+        Attribute::Encrypt(true),
+    ];
+    let priv_t = [
+        Attribute::Token(false),
+        Attribute::Private(true),
+        Attribute::Sensitive(true),
+        Attribute::Extractable(false),
+        Attribute::Decrypt(true),
+        Attribute::Sign(false),
+    ];
+    let (public, private) = s
+        .generate_key_pair(&Mechanism::RsaPkcsKeyPairGen, &pub_t, &priv_t)
+        .map_err(|e| format!("generating the RSA-{KEK_BITS} session key pair: {e}"))?;
+    let attrs = s
+        .get_attributes(public, &[AttributeType::Modulus, AttributeType::PublicExponent])
+        .map_err(|e| format!("reading the public key: {e}"))?;
+    let (mut n, mut e) = (Vec::new(), Vec::new());
+    for a in attrs {
+        match a {
+            Attribute::Modulus(v) => n = v,
+            Attribute::PublicExponent(v) => e = v,
+            _ => {}
+        }
+    }
+    // Encrypt in software, as keybridge's backup flow does.
+    let pk = PublicKek::from_components(&n, &e).map_err(|e| format!("public key: {e}"))?;
+    let plain: Vec<u8> = (0..ENVELOPE_LEN as u8).collect();
+    let ct = pk.encrypt(hash, &plain).map_err(|e| format!("encrypting: {e}"))?;
+    let back = s.decrypt(&oaep(hash), private, &ct).map_err(|e| format!("C_Decrypt OAEP-{hash}: {e}"))?;
+    if back != plain {
+        return Err("the token decrypted to something else".into());
+    }
+    Ok(RawToken { _ctx: ctx, sessions, public, private, hash, ct })
+}
+
+/// The raw loop: `threads` threads, one session each, `C_Decrypt` for `d`.
+fn raw_run(raw: &mut RawToken, threads: usize, d: Duration) -> (u64, Duration) {
+    let RawToken { sessions, private, hash, ct, .. } = raw;
+    let (private, hash, ct) = (*private, *hash, ct.as_slice());
+    assert!(threads <= sessions.len());
+    let start = Instant::now();
+    let deadline = start + d;
+    let total = std::thread::scope(|sc| {
+        let hs: Vec<_> = sessions
+            .iter_mut()
+            .take(threads)
+            .map(|session| {
+                sc.spawn(move || {
+                    let mech = oaep(hash);
+                    let mut n = 0u64;
+                    while Instant::now() < deadline {
+                        let pt = session.decrypt(&mech, private, ct).expect("raw C_Decrypt");
+                        assert_eq!(pt.len(), ENVELOPE_LEN);
+                        n += 1;
+                    }
+                    n
+                })
+            })
+            .collect();
+        hs.into_iter().map(|h| h.join().expect("raw thread")).sum()
+    });
+    (total, start.elapsed())
+}
+
+impl Drop for RawToken {
+    fn drop(&mut self) {
+        if let Some(s) = self.sessions.first() {
+            let _ = s.destroy_object(self.private);
+            let _ = s.destroy_object(self.public);
+        }
+    }
+}
+
+// ------------------------------------------------------------------ the benchmarks
+
+#[derive(Debug, Clone, Copy)]
+enum Token {
+    SoftHsm2,
+    Kryoptic,
+}
+
+impl Token {
+    fn key(self) -> &'static str {
+        match self {
+            Token::SoftHsm2 => "softhsm2",
+            Token::Kryoptic => "kryoptic",
+        }
+    }
+    fn module_var(self) -> &'static str {
+        match self {
+            Token::SoftHsm2 => "KEYBRIDGE_TEST_SOFTHSM_MODULE",
+            Token::Kryoptic => "KEYBRIDGE_TEST_KRYOPTIC_MODULE",
+        }
+    }
+    fn conf_var(self) -> &'static str {
+        match self {
+            Token::SoftHsm2 => "SOFTHSM2_CONF",
+            Token::Kryoptic => "KRYOPTIC_CONF",
+        }
+    }
+}
+
+/// The module path, or `None` after a loud skip (a panic under CI=true).
+fn token_module(t: Token) -> Option<PathBuf> {
+    let var = t.module_var();
+    match std::env::var_os(var).map(PathBuf::from) {
+        Some(p) if p.exists() && std::env::var_os("KEYBRIDGE_TEST_PIN").is_some() && std::env::var_os(t.conf_var()).is_some() => Some(p),
+        _ => {
+            let msg = format!(
+                "{} is not available ({var} unset or missing, or KEYBRIDGE_TEST_PIN / {} unset); run scripts/bench, which installs and initialises the tokens",
+                t.key(),
+                t.conf_var()
+            );
+            if std::env::var("CI").as_deref() == Ok("true") {
+                panic!("CI=true: {msg}");
+            }
+            eprintln!("\n!!!!!!!! SKIPPED: {msg} !!!!!!!!\n");
+            None
+        }
+    }
+}
+
+fn bench_token(rt: &Runtime, s: &Settings, t: Token, report: &mut Report) {
+    let k = t.key();
+    let keys = [format!("{k}.recover_vs_raw"), format!("{k}.recover_2v1"), format!("{k}.raw_2v1")];
+    let Some(module) = token_module(t) else {
+        report.skipped.extend(keys);
+        return;
+    };
+    let token = std::env::var("KEYBRIDGE_TEST_TOKEN").unwrap_or_else(|_| "keybridge".into());
+    let pin = std::env::var("KEYBRIDGE_TEST_PIN").expect("checked above");
+    eprintln!("[{k}] setting up: pool with RSA-{KEK_BITS} KEK in token '{token}' ({})", module.display());
+    let kms = format!(
+        "[[kms]]\nname = \"kms\"\nkind = \"pkcs11\"\nmodule = \"{}\"\ntoken = \"{token}\"\npin_env = \"KEYBRIDGE_TEST_PIN\"\n",
+        module.display()
+    );
+    let rig = rig(rt, s, &kms, false);
+    let hash = rig.pool.oaep_hash;
+    sanity_round_trip(rt, &rig);
+    eprintln!("[{k}] issuing DEKs to recover ({} wrap, OAEP-{hash})", rig.pool.wrap_mechanism);
+    let ids = Arc::new(issue_many(rt, &rig, 256, 32));
+    // Warm: the KEK handle is unwrapped and cached in the token.
+    recover_run(rt, &rig, &ids, 1, Duration::from_millis(50));
+
+    let mut raw = match raw_open(&module, &token, &pin, hash, 2) {
+        Ok(r) => r,
+        Err(e) => panic!("[{k}] raw cryptoki baseline could not be set up: {e}"),
+    };
+
+    eprintln!("[{k}] a/b: raw C_Decrypt 1 thread vs recover 1 caller");
+    let (a, b) = compare(s, &mut |b, d| if b { recover_run(rt, &rig, &ids, 1, d) } else { raw_run(&mut raw, 1, d) });
+    let ratio_b = report.row(
+        &keys[0],
+        &format!("{k}: DEK recover vs raw OAEP-{hash} decrypt"),
+        "raw C_Decrypt, 1 thread",
+        a,
+        "recover_inner, 1 caller",
+        b,
+        Some(0.90),
+    );
+
+    eprintln!("[{k}] c: recover 1 caller vs 2 callers");
+    let (c1, c2) = compare(s, &mut |b, d| recover_run(rt, &rig, &ids, if b { 2 } else { 1 }, d));
+    let ratio_c = report.row(
+        &keys[1],
+        &format!("{k}: recover 2 callers vs 1"),
+        "recover_inner, 1 caller",
+        c1,
+        "recover_inner, 2 callers",
+        c2,
+        Some(1.70),
+    );
+    eprintln!("[{k}] c evidence: raw C_Decrypt 1 thread vs 2 threads");
+    let (r1, r2) = compare(s, &mut |b, d| raw_run(&mut raw, if b { 2 } else { 1 }, d));
+    let ratio_raw = report.row(&keys[2], &format!("{k}: raw decrypt 2 threads vs 1 (evidence)"), "raw C_Decrypt, 1 thread", r1, "raw C_Decrypt, 2 threads", r2, None);
+    if ratio_c < 1.70 {
+        // The target allows "evidence that the token serialises": judge 2-caller
+        // scaling against what the token itself does with 2 threads.
+        let row = report.rows.iter_mut().find(|r| r.key == keys[1]).expect("row just added");
+        if ratio_raw < 1.70 && ratio_c >= 0.9 * ratio_raw {
+            row.verdict = format!("PASS (token-bound: raw 2T/1T = {ratio_raw:.2})");
+        } else {
+            row.verdict = format!("SHORT (raw 2T/1T = {ratio_raw:.2})");
+        }
+    }
+
+    // Where a recover's time goes, per operation on one thread.
+    let base_us = 1e6 / a.rate();
+    let kb_us = 1e6 / b.rate();
+    let md = Duration::from_millis(300);
+    let catalog = rig.kb.catalog().clone();
+    let id0 = ids[0].clone();
+    let dek_us = micro(md, || drop(catalog.dek(&id0).expect("dek")));
+    let client_us = micro(md, || drop(catalog.client_by_name(&rig.client.name).expect("client")));
+    let pool_us = micro(md, || drop(catalog.pool_by_id(rig.pool.id).expect("pool")));
+    let dek = Dek::from_bytes([7u8; 32]);
+    let seal_us = micro(md, || drop(seal::seal(&dek, &rig.client, &rig.pool.name, &id0).expect("seal")));
+    let components = dek_us + client_us + pool_us + seal_us;
+    report.notes.push(format!(
+        "{k} recover: {kb_us:.0} us/op vs raw C_Decrypt {base_us:.0} us/op -> keybridge adds {:.0} us ({:.1}%): catalog dek() {dek_us:.0} + client_by_name {client_us:.0} + pool_by_id {pool_us:.0} + seal {seal_us:.0} = {components:.0} us in-line; remaining {:.0} us = async dispatch (semaphore, spawn_blocking hand-off, timeout, session pool) and noise",
+        kb_us - base_us,
+        (kb_us - base_us) / kb_us * 100.0,
+        kb_us - base_us - components
+    ));
+    if ratio_b < 0.90 {
+        report.notes.push(format!("{k} recover SHORT (ratio {ratio_b:.3}): see the cost line above for what adds time"));
+    }
+    drop(raw);
+    rt.block_on(async {
+        if let Ok(b) = rig.kb.backend("kms").await {
+            b.clear_cache().await;
+        }
+    });
+}
+
+fn bench_issue(rt: &Runtime, s: &Settings, report: &mut Report) {
+    eprintln!("[issue] setting up: built-in KMS, pool with RSA-{KEK_BITS} KEK (software key generation)");
+    let kms = "[[kms]]\nname = \"kms\"\nkind = \"builtin\"\nroot_key = \"root.key\"\n";
+    let rig = rig(rt, s, kms, true);
+    let hash = rig.pool.oaep_hash;
+    sanity_round_trip(rt, &rig);
+    let threads = s.cores;
+
+    // Fair setup: the baseline saturates every core with raw OAEP encryption
+    // (`cores` OS threads). keybridge gets the same CPU: a tokio runtime with
+    // `cores` worker threads (issue's crypto runs in-line on them), and
+    // enough concurrent issuers that CPU work overlaps the wait for the
+    // group commit. Each issuer count is compared against its own
+    // interleaved baseline; the headline is keybridge's best (its capacity).
+    let mut best: Option<(usize, Tally, Tally)> = None;
+    for &n in &s.issuers {
+        eprintln!("[issue] d: raw encrypt {threads} threads vs issue with {n} concurrent issuers");
+        let (base, kb) = compare(s, &mut |b, d| if b { issue_run(rt, &rig, n, d) } else { encrypt_run(&rig.public, hash, threads, d) });
+        let ratio = kb.rate() / base.rate();
+        if best.as_ref().is_none_or(|(_, b, k)| ratio > k.rate() / b.rate()) {
+            best = Some((n, base, kb));
+        }
+        report.row(
+            &format!("issue.n{n}_vs_encrypt"),
+            &format!("DEK issue, {n} issuers vs raw encrypt"),
+            &format!("PublicKek::encrypt, {threads} thr"),
+            base,
+            &format!("issue_with, {n} concurrent"),
+            kb,
+            None,
+        );
+    }
+    let (n, base, kb) = best.expect("at least one issuer count");
+    report.row(
+        "issue_vs_encrypt",
+        &format!("DEK issue vs raw OAEP-{hash} encrypt (best)"),
+        &format!("PublicKek::encrypt, {threads} thr"),
+        base,
+        &format!("issue_with, {n} concurrent"),
+        kb,
+        Some(0.80),
+    );
+
+    let md = Duration::from_millis(300);
+    let plain = [1u8; ENVELOPE_LEN];
+    let enc_us = micro(md, || drop(rig.public.encrypt(hash, &plain).expect("encrypt")));
+    let dek = Dek::from_bytes([7u8; 32]);
+    let seal_us = micro(md, || drop(seal::seal(&dek, &rig.client, &rig.pool.name, "00000000-0000-0000-0000-000000000000").expect("seal")));
+    let ids = issue_many(rt, &rig, 1, 1);
+    let catalog = rig.kb.catalog().clone();
+    let read_us = micro(md, || drop(catalog.dek(&ids[0]).expect("dek")));
+    let gen_us = micro(md, || {
+        drop(Dek::generate().expect("dek"));
+        drop(uuid::Uuid::new_v4());
+    });
+    let one_us = micro(Duration::from_millis(500), || drop(issue_many(rt, &rig, 1, 1)));
+    report.notes.push(format!(
+        "issue: in-line CPU per DEK on one thread = OAEP encrypt {enc_us:.0} + seal {seal_us:.0} + catalog dek() re-read {read_us:.0} + DEK/uuid {gen_us:.1} us (encrypt alone is {:.0}% of it); the durable insert adds a group-commit fsync + writer-thread CPU; one issue with no concurrency takes {one_us:.0} us",
+        enc_us / (enc_us + seal_us + read_us + gen_us) * 100.0
+    ));
+}
+
+fn main() {
+    // `cargo bench` passes `--bench`; ignore arguments (no filtering).
+    let s = Settings::from_env();
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(s.cores)
+        .enable_all()
+        .build()
+        .expect("tokio runtime");
+    eprintln!("keybridge bench: {} s per side, {} slices, {} cores, catalogs under {}", s.secs, s.slices, s.cores, s.dir.display());
+    let mut report = Report::default();
+    for t in [Token::SoftHsm2, Token::Kryoptic] {
+        if s.wants(t.key()) {
+            bench_token(&rt, &s, t, &mut report);
+        }
+    }
+    if s.wants("issue") {
+        bench_issue(&rt, &s, &mut report);
+    }
+    report.print(&s);
+}
