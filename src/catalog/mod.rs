@@ -282,8 +282,9 @@ impl Catalog {
             .ok_or_else(|| Error::NotFound { what: "client id", name: id.to_string() })
     }
 
-    /// Durably store one DEK row. Concurrent callers share one commit.
-    pub async fn insert_dek(&self, row: DekRow) -> Result<()> {
+    /// Durably store one DEK row; returns its `created_at`. Concurrent
+    /// callers share one commit.
+    pub async fn insert_dek(&self, row: DekRow) -> Result<String> {
         self.writer.insert(row).await
     }
 

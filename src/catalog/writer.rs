@@ -29,7 +29,7 @@ pub struct DekRow {
     pub encrypted_dek: Vec<u8>,
 }
 
-type Job = (DekRow, oneshot::Sender<Result<()>>);
+type Job = (DekRow, oneshot::Sender<Result<String>>);
 
 #[derive(Debug)]
 pub(super) struct DekWriter {
@@ -57,7 +57,8 @@ impl DekWriter {
         Ok(tx)
     }
 
-    pub(super) async fn insert(&self, row: DekRow) -> Result<()> {
+    /// Insert `row`; returns its `created_at` once the commit is durable.
+    pub(super) async fn insert(&self, row: DekRow) -> Result<String> {
         let (done_tx, done_rx) = oneshot::channel();
         let id = row.id.clone();
         self.sender()?
@@ -79,30 +80,47 @@ fn run(mut conn: rusqlite::Connection, rx: mpsc::Receiver<Job>) {
                 Err(_) => break,
             }
         }
-        let result = commit(&mut conn, &batch);
-        for (row, done) in batch {
-            let answer = match &result {
-                Ok(()) => Ok(()),
-                Err(e) => Err(Error::CatalogSchema {
-                    path: PathBuf::from(conn.path().unwrap_or("")),
-                    reason: format!("DEK {} not stored: {e}", row.id),
-                }),
-            };
-            let _ = done.send(answer);
+        match commit(&mut conn, &batch) {
+            Ok(stamps) => {
+                for ((_, done), stamp) in batch.into_iter().zip(stamps) {
+                    let _ = done.send(Ok(stamp));
+                }
+            }
+            // One bad row must not fail its neighbours: retry each alone.
+            Err(_) if batch.len() > 1 => {
+                for job in batch {
+                    let result = commit(&mut conn, std::slice::from_ref(&job));
+                    answer(&conn, job, result.map(|mut s| s.remove(0)));
+                }
+            }
+            Err(e) => {
+                if let Some(job) = batch.pop() {
+                    answer(&conn, job, Err(e));
+                }
+            }
         }
     }
 }
 
-fn commit(conn: &mut rusqlite::Connection, batch: &[Job]) -> rusqlite::Result<()> {
+fn answer(conn: &rusqlite::Connection, (row, done): Job, result: rusqlite::Result<String>) {
+    let _ = done.send(result.map_err(|e| Error::CatalogSchema {
+        path: PathBuf::from(conn.path().unwrap_or("")),
+        reason: format!("DEK {} not stored: {e}", row.id),
+    }));
+}
+
+fn commit(conn: &mut rusqlite::Connection, batch: &[Job]) -> rusqlite::Result<Vec<String>> {
     let tx = conn.transaction()?;
+    let mut stamps = Vec::with_capacity(batch.len());
     {
         let mut stmt = tx.prepare_cached(
             "INSERT INTO deks(id, pool_id, client_id, encrypted_dek, created_at)
-             VALUES (?1, ?2, ?3, ?4, strftime('%Y-%m-%dT%H:%M:%fZ','now'))",
+             VALUES (?1, ?2, ?3, ?4, strftime('%Y-%m-%dT%H:%M:%fZ','now')) RETURNING created_at",
         )?;
         for (row, _) in batch {
-            stmt.execute(params![row.id, row.pool_id, row.client_id, row.encrypted_dek])?;
+            stamps.push(stmt.query_row(params![row.id, row.pool_id, row.client_id, row.encrypted_dek], |r| r.get(0))?);
         }
     }
-    tx.commit()
+    tx.commit()?;
+    Ok(stamps)
 }

@@ -40,11 +40,11 @@ pub async fn issue_with(kb: &Keybridge, pool: &PoolRecord, public: &PublicKek, c
     let encrypted = public
         .encrypt(pool.oaep_hash, &plain)
         .map_err(Error::crypto(format!("encrypting DEK under the KEK of pool '{}'", pool.name)))?;
-    kb.catalog()
+    let created_at = kb
+        .catalog()
         .insert_dek(DekRow { id: dek_id.clone(), pool_id: pool.id, client_id: client.id, encrypted_dek: encrypted })
         .await?;
     let sealed_dek = seal::seal(&dek, client, &pool.name, &dek_id)?;
     tracing::info!(pool = %pool.name, client = %client.name, dek = %dek_id, "DEK issued");
-    let created_at = kb.catalog().dek(&dek_id)?.created_at;
     Ok(DekGrant { dek_id, pool: pool.name.clone(), client: client.name.clone(), sealed_dek, created_at })
 }
