@@ -39,6 +39,7 @@ pub struct CatalogConfig {
 #[serde(tag = "kind", rename_all = "lowercase")]
 pub enum KmsConfig {
     Pkcs11(Pkcs11Config),
+    Kmip(KmipConfig),
     Builtin(BuiltinConfig),
 }
 
@@ -46,6 +47,7 @@ impl KmsConfig {
     pub fn name(&self) -> &str {
         match self {
             KmsConfig::Pkcs11(c) => &c.name,
+            KmsConfig::Kmip(c) => &c.name,
             KmsConfig::Builtin(c) => &c.name,
         }
     }
@@ -53,6 +55,7 @@ impl KmsConfig {
     pub fn kind(&self) -> &'static str {
         match self {
             KmsConfig::Pkcs11(_) => "pkcs11",
+            KmsConfig::Kmip(_) => "kmip",
             KmsConfig::Builtin(_) => "builtin",
         }
     }
@@ -95,6 +98,62 @@ impl Pkcs11Config {
     pub fn timeout(&self) -> Duration {
         Duration::from_secs(self.timeout_secs.max(1))
     }
+    pub fn kek_cache_ttl(&self) -> Duration {
+        Duration::from_secs(self.kek_cache_ttl_secs)
+    }
+}
+
+fn default_connect_timeout() -> u64 {
+    5
+}
+fn default_idle_timeout() -> u64 {
+    20
+}
+fn default_max_connections() -> usize {
+    8
+}
+
+/// `kind = "kmip"`
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct KmipConfig {
+    pub name: String,
+    /// `host:port` (port 5696 if omitted), in priority order; later ones
+    /// are failover replicas of the first.
+    pub servers: Vec<String>,
+    /// CA bundle (PEM) that signed the servers' certificates. Only these
+    /// CAs are trusted.
+    pub ca: PathBuf,
+    /// Client certificate chain (PEM).
+    pub cert: PathBuf,
+    /// Client private key (PEM, PKCS#8/PKCS#1/SEC1, unencrypted).
+    pub key: PathBuf,
+    /// Name to verify in the servers' certificates (default: the host part
+    /// of each server address).
+    pub server_name: Option<String>,
+    /// Pin the KMIP version ("2.0", "1.4", ...) instead of negotiating.
+    pub version: Option<String>,
+    /// Allow the seed's literal flow on servers without Encrypt/Decrypt:
+    /// Get of the master key. The key then leaves the appliance.
+    #[serde(default)]
+    pub allow_key_export: bool,
+    #[serde(default = "default_connect_timeout")]
+    pub connect_timeout_secs: u64,
+    /// Timeout of one request/response exchange.
+    #[serde(default = "default_timeout")]
+    pub timeout_secs: u64,
+    /// Pooled connections idle longer than this are closed; keep it below
+    /// the appliance's own idle timeout (often 30 s).
+    #[serde(default = "default_idle_timeout")]
+    pub idle_timeout_secs: u64,
+    #[serde(default = "default_max_connections")]
+    pub max_connections: usize,
+    /// How long a decrypted KEK stays cached in (zeroizing) memory.
+    #[serde(default = "default_ttl")]
+    pub kek_cache_ttl_secs: u64,
+}
+
+impl KmipConfig {
     pub fn kek_cache_ttl(&self) -> Duration {
         Duration::from_secs(self.kek_cache_ttl_secs)
     }
@@ -179,6 +238,14 @@ impl Config {
                     }
                     if c.max_sessions == Some(0) {
                         return Err(bad(format!("[[kms]] '{}': max_sessions must be at least 1", c.name)));
+                    }
+                }
+                KmsConfig::Kmip(c) => {
+                    if c.servers.is_empty() {
+                        return Err(bad(format!("[[kms]] '{}': `servers` must name at least one host:port", c.name)));
+                    }
+                    for p in [&mut c.ca, &mut c.cert, &mut c.key] {
+                        *p = base.join(&*p);
                     }
                 }
                 KmsConfig::Builtin(c) => c.root_key = base.join(&c.root_key),

@@ -15,6 +15,7 @@ pub mod context;
 pub mod crypto;
 pub mod error;
 pub mod flows;
+pub mod kmip;
 pub mod seal;
 pub mod secret;
 

@@ -120,32 +120,66 @@ pub struct SealedHeader {
     pub dek_id: String,
 }
 
+/// The per-seal key agreement for one client, done ahead of the DEK: an
+/// ephemeral X25519 key and the AES-256-GCM key it agrees with the client's
+/// public key. It depends only on the client, so restore computes it while
+/// the KMS decrypts the DEK. Use once; the key is zeroized on drop.
+pub struct Sealer {
+    client: String,
+    salt: Vec<u8>,
+    kdf: KdfParams,
+    ephemeral_public: [u8; 32],
+    key: Zeroizing<[u8; 32]>,
+}
+
+impl std::fmt::Debug for Sealer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Sealer").field("client", &self.client).finish_non_exhaustive()
+    }
+}
+
+impl Sealer {
+    /// Agree a fresh seal key with `client`'s public key.
+    pub fn new(client: &crate::catalog::ClientRecord) -> Result<Sealer> {
+        let ephemeral_bytes = crate::crypto::random_array::<32>().map_err(Error::crypto("generating ephemeral key"))?;
+        let ephemeral = StaticSecret::from(*ephemeral_bytes);
+        let ephemeral_public = PublicKey::from(&ephemeral).to_bytes();
+        let shared = ephemeral.diffie_hellman(&PublicKey::from(client.seal_public));
+        Ok(Sealer {
+            client: client.name.clone(),
+            salt: client.salt.clone(),
+            kdf: client.kdf,
+            ephemeral_public,
+            key: seal_key(shared.as_bytes(), &ephemeral_public, &client.seal_public),
+        })
+    }
+
+    /// Seal `dek` (with its pool and id) into the `kbseal1.` string.
+    pub fn seal(self, dek: &Dek, pool: &str, dek_id: &str) -> Result<String> {
+        let nonce = crate::crypto::random_array::<12>().map_err(Error::crypto("generating seal nonce"))?;
+        let mut out = Vec::with_capacity(200);
+        out.extend_from_slice(MAGIC);
+        push_field(&mut out, self.client.as_bytes());
+        push_field(&mut out, pool.as_bytes());
+        push_field(&mut out, dek_id.as_bytes());
+        push_field(&mut out, &self.salt);
+        for v in [self.kdf.m_kib, self.kdf.t, self.kdf.p] {
+            out.extend_from_slice(&v.to_be_bytes());
+        }
+        out.extend_from_slice(&self.ephemeral_public);
+        out.extend_from_slice(&nonce[..]);
+        let cipher = Aes256Gcm::new_from_slice(&self.key[..]).expect("32-byte key");
+        let ct = cipher
+            .encrypt((&nonce[..]).try_into().expect("12-byte nonce"), Payload { msg: dek.expose(), aad: &out })
+            .map_err(|_| Error::Seal { client: self.client.clone(), reason: "AES-GCM sealing failed".into() })?;
+        out.extend_from_slice(&ct);
+        Ok(format!("{PREFIX}{}", base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(out)))
+    }
+}
+
 /// Seal `dek` for `client` (service side).
 pub fn seal(dek: &Dek, client: &crate::catalog::ClientRecord, pool: &str, dek_id: &str) -> Result<String> {
-    let ephemeral_bytes = crate::crypto::random_array::<32>().map_err(Error::crypto("generating ephemeral key"))?;
-    let ephemeral = StaticSecret::from(*ephemeral_bytes);
-    let ephemeral_public = PublicKey::from(&ephemeral).to_bytes();
-    let shared = ephemeral.diffie_hellman(&PublicKey::from(client.seal_public));
-    let key = seal_key(shared.as_bytes(), &ephemeral_public, &client.seal_public);
-    let nonce = crate::crypto::random_array::<12>().map_err(Error::crypto("generating seal nonce"))?;
-
-    let mut out = Vec::with_capacity(200);
-    out.extend_from_slice(MAGIC);
-    push_field(&mut out, client.name.as_bytes());
-    push_field(&mut out, pool.as_bytes());
-    push_field(&mut out, dek_id.as_bytes());
-    push_field(&mut out, &client.salt);
-    for v in [client.kdf.m_kib, client.kdf.t, client.kdf.p] {
-        out.extend_from_slice(&v.to_be_bytes());
-    }
-    out.extend_from_slice(&ephemeral_public);
-    out.extend_from_slice(&nonce[..]);
-    let cipher = Aes256Gcm::new_from_slice(&key[..]).expect("32-byte key");
-    let ct = cipher
-        .encrypt((&nonce[..]).try_into().expect("12-byte nonce"), Payload { msg: dek.expose(), aad: &out })
-        .map_err(|_| Error::Seal { client: client.name.clone(), reason: "AES-GCM sealing failed".into() })?;
-    out.extend_from_slice(&ct);
-    Ok(format!("{PREFIX}{}", base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(out)))
+    Sealer::new(client)?.seal(dek, pool, dek_id)
 }
 
 struct Parsed<'a> {

@@ -3,11 +3,12 @@
 //! A [`KeyBackend`] holds master keys (MKs) and performs every operation that
 //! needs one: creating the MK, producing a KEK pair whose private half comes
 //! out only wrapped by the MK, and decrypting a DEK with that wrapped KEK.
-//! Implementations: [`builtin`] (software, root key file) and [`pkcs11`]
-//! (HSMs through cryptoki). A KMIP backend slots in beside them.
+//! Implementations: [`builtin`] (software, root key file), [`pkcs11`]
+//! (HSMs through cryptoki) and [`kmip`] (KMIP appliances over mutual TLS).
 
 pub mod builtin;
 pub mod cache;
+pub mod kmip;
 pub mod pkcs11;
 
 use std::fmt;
@@ -136,6 +137,9 @@ pub enum BackendError {
         #[source]
         source: CryptoError,
     },
+    /// A KMIP server failed or refused.
+    #[error("{0}")]
+    Kmip(String),
     /// Root key file problems (built-in KMS).
     #[error("root key {path}: {reason}")]
     RootKey { path: String, reason: String },
@@ -192,5 +196,6 @@ pub async fn open(config: &KmsConfig) -> Result<Arc<dyn KeyBackend>, BackendErro
     Ok(match config {
         KmsConfig::Builtin(c) => Arc::new(builtin::BuiltinBackend::open(c)?),
         KmsConfig::Pkcs11(c) => Arc::new(pkcs11::Pkcs11Backend::open(c).await?),
+        KmsConfig::Kmip(c) => Arc::new(kmip::KmipBackend::open(c)?),
     })
 }

@@ -30,8 +30,17 @@ pub async fn issue_dek(kb: &Keybridge, pool: &str, client: &str) -> Result<DekGr
     issue_with(kb, &pool, &public, &client).await
 }
 
-/// Issue a DEK with an already parsed public KEK (for callers issuing many).
-pub async fn issue_with(kb: &Keybridge, pool: &PoolRecord, public: &PublicKek, client: &ClientRecord) -> Result<DekGrant> {
+/// A DEK that is durably stored, not yet sealed for its client.
+#[derive(Debug)]
+pub struct StoredDek {
+    pub dek: Dek,
+    pub dek_id: String,
+    pub created_at: String,
+}
+
+/// Backup steps 1-3: generate a DEK, encrypt it (with its binding) under the
+/// pool's public KEK, store the ciphertext durably.
+pub async fn store_new_dek(kb: &Keybridge, pool: &PoolRecord, public: &PublicKek, client: &ClientRecord) -> Result<StoredDek> {
     let dek = Dek::generate().map_err(Error::crypto("generating DEK"))?;
     let dek_id = uuid::Uuid::new_v4().to_string();
     let mut plain = Zeroizing::new(Vec::with_capacity(64));
@@ -44,7 +53,14 @@ pub async fn issue_with(kb: &Keybridge, pool: &PoolRecord, public: &PublicKek, c
         .catalog()
         .insert_dek(DekRow { id: dek_id.clone(), pool_id: pool.id, client_id: client.id, encrypted_dek: encrypted })
         .await?;
-    let sealed_dek = seal::seal(&dek, client, &pool.name, &dek_id)?;
-    tracing::info!(pool = %pool.name, client = %client.name, dek = %dek_id, "DEK issued");
-    Ok(DekGrant { dek_id, pool: pool.name.clone(), client: client.name.clone(), sealed_dek, created_at })
+    Ok(StoredDek { dek, dek_id, created_at })
+}
+
+/// Issue a DEK with an already parsed public KEK (for callers issuing many):
+/// steps 1-3, then step 4, the seal under the client's password.
+pub async fn issue_with(kb: &Keybridge, pool: &PoolRecord, public: &PublicKek, client: &ClientRecord) -> Result<DekGrant> {
+    let stored = store_new_dek(kb, pool, public, client).await?;
+    let sealed_dek = seal::seal(&stored.dek, client, &pool.name, &stored.dek_id)?;
+    tracing::info!(pool = %pool.name, client = %client.name, dek = %stored.dek_id, "DEK issued");
+    Ok(DekGrant { dek_id: stored.dek_id, pool: pool.name.clone(), client: client.name.clone(), sealed_dek, created_at: stored.created_at })
 }

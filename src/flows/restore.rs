@@ -39,10 +39,12 @@ pub async fn recover_inner(kb: &Keybridge, dek_id: &str, client: &str) -> Result
         wrap_mechanism: &pool.wrap_mechanism,
         oaep_hash: pool.oaep_hash,
     };
-    let plain = backend
-        .decrypt_dek(&kek, &row.encrypted_dek)
-        .await
-        .map_err(Error::backend(&pool.kms_name))?;
+    // The seal's key agreement depends only on the client: do it on this
+    // thread while the KMS decrypts (join! polls the decryption first, which
+    // hands the KMS call to another thread).
+    let (plain, sealer) = tokio::join!(backend.decrypt_dek(&kek, &row.encrypted_dek), async { seal::Sealer::new(&requester) });
+    let plain = plain.map_err(Error::backend(&pool.kms_name))?;
+    let sealer = sealer?;
     let what = || format!("DEK {dek_id}");
     if plain.len() != DEK_LEN + BINDING_LEN {
         return Err(Error::Integrity { what: what(), reason: format!("decrypted envelope is {} bytes, expected {}", plain.len(), DEK_LEN + BINDING_LEN) });
@@ -55,7 +57,7 @@ pub async fn recover_inner(kb: &Keybridge, dek_id: &str, client: &str) -> Result
         });
     }
     let dek = Dek::from_bytes(plain[..DEK_LEN].try_into().expect("length checked"));
-    let sealed_dek = seal::seal(&dek, &requester, &pool.name, dek_id)?;
+    let sealed_dek = sealer.seal(&dek, &pool.name, dek_id)?;
     tracing::info!(pool = %pool.name, client, dek = dek_id, "DEK recovered");
     Ok((dek, DekGrant { dek_id: dek_id.to_owned(), pool: pool.name, client: requester.name, sealed_dek, created_at: row.created_at }))
 }

@@ -272,6 +272,16 @@ fn bad_ciphertext(rv: RvError) -> bool {
     )
 }
 
+/// The error of a failed DEK decryption in pool `pool`.
+fn decrypt_error(err: CkError, pool: &str) -> OpError {
+    match err {
+        CkError::Pkcs11(rv, _) if bad_ciphertext(rv) => {
+            BackendError::DekDecrypt { pool: pool.to_owned(), detail: format!("the token answered {}", rv::ckr_name(rv)) }.into()
+        }
+        err => OpError::Ck { err, doing: format!("decrypting a DEK of pool '{pool}'") },
+    }
+}
+
 /// Codes a token returns from C_UnwrapKey when the blob fails the key-wrap
 /// integrity check or is not a valid private key once unwrapped. Kryoptic
 /// answers CKR_DEVICE_ERROR and SoftHSM2 CKR_GENERAL_ERROR for some of them;
@@ -728,10 +738,7 @@ impl KeyBackend for Pkcs11Backend {
                         Err(CkError::Pkcs11(RvError::KeyHandleInvalid | RvError::ObjectHandleInvalid, _)) => {
                             cache.remove(pool_id);
                         }
-                        Err(CkError::Pkcs11(rv, _)) if bad_ciphertext(rv) => {
-                            return Err(BackendError::DekDecrypt { pool: pool.clone(), detail: format!("the token answered {}", rv::ckr_name(rv)) }.into())
-                        }
-                        Err(e) => return Err(OpError::Ck { err: e, doing: format!("decrypting a DEK of pool '{pool}'") }),
+                        Err(e) => return Err(decrypt_error(e, &pool)),
                     }
                 }
                 let mk_handle = find_mk(s, &mk)?;
@@ -752,13 +759,7 @@ impl KeyBackend for Pkcs11Backend {
                 } else {
                     let _ = s.destroy_object(h);
                 }
-                match result {
-                    Ok(pt) => Ok(Zeroizing::new(pt)),
-                    Err(CkError::Pkcs11(rv, _)) if bad_ciphertext(rv) => {
-                        Err(BackendError::DekDecrypt { pool: pool.clone(), detail: format!("the token answered {}", rv::ckr_name(rv)) }.into())
-                    }
-                    Err(e) => Err(OpError::Ck { err: e, doing: format!("decrypting a DEK of pool '{pool}'") }),
-                }
+                result.map(Zeroizing::new).map_err(|e| decrypt_error(e, &pool))
             })
             .await
     }
