@@ -40,6 +40,7 @@ async fn full_chain(kind: Kind) {
         Kind::Builtin => ("RFC5649-AES256-KWP", "sha256"),
         Kind::SoftHsm => ("CKM_AES_KEY_WRAP_PAD", "sha1"),
         Kind::Kryoptic => ("CKM_AES_KEY_WRAP_KWP", "sha256"),
+        Kind::Kmip => ("KMIP-Encrypt-AES-GCM", "sha256"),
     };
     assert_eq!(p.wrap_mechanism, wrap);
     assert_eq!(p.oaep_hash.to_string(), hash);
@@ -214,10 +215,17 @@ async fn no_orphan_master_key(kind: Kind) {
     let err = pool_creation::create_pool(&kb, &pool, "kms", &pool_creation::PoolOptions { kek_bits: 2048, master_key: None }).await.unwrap_err();
     assert!(err.to_string().contains("injected fault"), "{err}");
     assert!(kb.catalog().list_pools().unwrap().is_empty());
-    if kind != Kind::Builtin {
-        let backend = pkcs11_backend(&rig).await;
-        let label = format!("keybridge-mk-{pool}");
-        assert_eq!(backend.count_keys_labelled(&label).await.unwrap(), 0, "orphan master key {label} left in the token");
+    let label = format!("keybridge-mk-{pool}");
+    match kind {
+        Kind::Builtin => {}
+        Kind::Kmip => {
+            let err = kb.backend("kms").await.unwrap().adopt_master_key(&format!("name:{label}")).await.unwrap_err();
+            assert!(err.to_string().contains("is not in the KMS"), "orphan master key {label} left on the KMIP server: {err}");
+        }
+        _ => {
+            let backend = pkcs11_backend(&rig).await;
+            assert_eq!(backend.count_keys_labelled(&label).await.unwrap(), 0, "orphan master key {label} left in the token");
+        }
     }
 }
 
@@ -226,6 +234,7 @@ macro_rules! on_every_backend {
         mod builtin { $( #[tokio::test(flavor = "multi_thread", worker_threads = 2)] async fn $test() { super::$test(super::Kind::Builtin).await } )* }
         mod softhsm { $( #[tokio::test(flavor = "multi_thread", worker_threads = 2)] async fn $test() { super::$test(super::Kind::SoftHsm).await } )* }
         mod kryoptic { $( #[tokio::test(flavor = "multi_thread", worker_threads = 2)] async fn $test() { super::$test(super::Kind::Kryoptic).await } )* }
+        mod kmip { $( #[tokio::test(flavor = "multi_thread", worker_threads = 2)] async fn $test() { super::$test(super::Kind::Kmip).await } )* }
     };
 }
 
@@ -334,4 +343,6 @@ mod concurrency {
     async fn softhsm_concurrent() { concurrent_issue_and_recover(Kind::SoftHsm).await }
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn kryoptic_concurrent() { concurrent_issue_and_recover(Kind::Kryoptic).await }
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn kmip_concurrent() { concurrent_issue_and_recover(Kind::Kmip).await }
 }

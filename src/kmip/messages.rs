@@ -257,16 +257,17 @@ impl Request {
             // previous batch item created.
             Request::Activate { uid: u } | Request::Get { uid: u } | Request::Destroy { uid: u } if u.is_empty() => vec![],
             Request::Activate { uid: u } | Request::Get { uid: u } | Request::Destroy { uid: u } => vec![uid(u)],
+            // Authenticated-encryption fields exist from KMIP 1.4 on.
             Request::Encrypt { uid: u, mode, data, iv, aad } => {
                 let mut v = vec![uid(u), mode.parameters(), Item::bytes(t::DATA, data.clone()), Item::bytes(t::IV_COUNTER_NONCE, iv.clone())];
-                if *mode == CipherMode::Gcm && !aad.is_empty() {
+                if *mode == CipherMode::Gcm && !aad.is_empty() && version >= Version::new(1, 4) {
                     v.push(Item::bytes(t::AUTHENTICATED_ENCRYPTION_ADDITIONAL_DATA, aad.clone()));
                 }
                 v
             }
             Request::Decrypt { uid: u, mode, data, iv, aad, tag } => {
                 let mut v = vec![uid(u), mode.parameters(), Item::bytes(t::DATA, data.clone()), Item::bytes(t::IV_COUNTER_NONCE, iv.clone())];
-                if *mode == CipherMode::Gcm {
+                if *mode == CipherMode::Gcm && version >= Version::new(1, 4) {
                     if !aad.is_empty() {
                         v.push(Item::bytes(t::AUTHENTICATED_ENCRYPTION_ADDITIONAL_DATA, aad.clone()));
                     }

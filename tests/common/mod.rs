@@ -16,12 +16,14 @@ pub enum Kind {
     Builtin,
     SoftHsm,
     Kryoptic,
+    /// The PyKMIP server started by scripts/test (KEYBRIDGE_TEST_KMIP_SERVER).
+    Kmip,
 }
 
 impl Kind {
     fn module_var(self) -> Option<&'static str> {
         match self {
-            Kind::Builtin => None,
+            Kind::Builtin | Kind::Kmip => None,
             Kind::SoftHsm => Some("KEYBRIDGE_TEST_SOFTHSM_MODULE"),
             Kind::Kryoptic => Some("KEYBRIDGE_TEST_KRYOPTIC_MODULE"),
         }
@@ -46,7 +48,11 @@ impl Kind {
     }
 
     pub fn available(self) -> bool {
-        self == Kind::Builtin || self.module().is_some()
+        match self {
+            Kind::Builtin => true,
+            Kind::Kmip => kmip::shared_server().is_some(),
+            _ => self.module().is_some(),
+        }
     }
 }
 
@@ -54,6 +60,7 @@ impl Kind {
 pub fn kms_toml(kind: Kind, dir: &Path) -> Option<String> {
     Some(match kind {
         Kind::Builtin => format!("[[kms]]\nname = \"kms\"\nkind = \"builtin\"\nroot_key = \"{}\"\n", dir.join("root.key").display()),
+        Kind::Kmip => kmip::kms_toml("kms", &[kmip::shared_server()?], "client", ""),
         _ => {
             let module = kind.module()?;
             let token = std::env::var("KEYBRIDGE_TEST_TOKEN").unwrap_or_else(|_| "keybridge".into());
@@ -123,4 +130,106 @@ pub fn catalog_digest(kb: &Keybridge) -> String {
         }
     }
     hex::encode(h.finalize())
+}
+
+/// PyKMIP servers for tests (real servers, started by scripts/pykmip-server).
+pub mod kmip {
+    use std::path::PathBuf;
+    use std::process::Command;
+
+    fn repo() -> PathBuf {
+        PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+    }
+
+    /// Test PKI made by scripts/kmip-certs.
+    pub fn pki() -> PathBuf {
+        std::env::var_os("KEYBRIDGE_TEST_KMIP_PKI").map(PathBuf::from).unwrap_or_else(|| repo().join("target/kmip/pki"))
+    }
+
+    fn skip_or_fail(msg: &str) {
+        if std::env::var("CI").as_deref() == Ok("true") {
+            panic!("CI=true: {msg}");
+        }
+        eprintln!("\n!!!!!!!! SKIPPED: {msg} !!!!!!!!\n");
+    }
+
+    /// `host:port` of the shared PyKMIP server, or a loud skip.
+    pub fn shared_server() -> Option<String> {
+        match std::env::var("KEYBRIDGE_TEST_KMIP_SERVER") {
+            Ok(s) if !s.is_empty() => Some(s),
+            _ => {
+                skip_or_fail("PyKMIP is not running (KEYBRIDGE_TEST_KMIP_SERVER unset); run scripts/test, which installs and starts it");
+                None
+            }
+        }
+    }
+
+    /// A `[[kms]]` block for a KMIP entry; `cert` names a client cert in the PKI.
+    pub fn kms_toml(name: &str, servers: &[String], cert: &str, extra: &str) -> String {
+        let p = pki();
+        let list = servers.iter().map(|s| format!("\"{s}\"")).collect::<Vec<_>>().join(", ");
+        format!(
+            "[[kms]]\nname = \"{name}\"\nkind = \"kmip\"\nservers = [{list}]\nca = \"{}\"\ncert = \"{}\"\nkey = \"{}\"\n{extra}",
+            p.join("ca.crt").display(),
+            p.join(format!("{cert}.crt")).display(),
+            p.join(format!("{cert}.key")).display()
+        )
+    }
+
+    /// A free TCP port on 127.0.0.1.
+    pub fn free_port() -> u16 {
+        std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    }
+
+    /// A PyKMIP server owned by one test; killed when dropped.
+    pub struct PyKmip {
+        pub name: String,
+        pub port: u16,
+        pub db: Option<PathBuf>,
+        pub cert: &'static str,
+    }
+
+    impl PyKmip {
+        /// Start a server with its own name and a free port. `db`: a shared
+        /// or persistent database file (replicas, restarts).
+        pub fn start(name: &str, db: Option<PathBuf>, cert: &'static str) -> Option<PyKmip> {
+            shared_server()?;
+            let name = format!("{name}-{}", std::process::id());
+            let s = PyKmip { name, port: free_port(), db, cert };
+            s.run_start();
+            Some(s)
+        }
+
+        fn run_start(&self) {
+            let mut cmd = Command::new(repo().join("scripts/pykmip-server"));
+            cmd.args(["start", &self.name, &self.port.to_string(), "--cert", self.cert]);
+            if let Some(db) = &self.db {
+                cmd.arg("--db").arg(db);
+            }
+            let out = cmd.output().expect("run scripts/pykmip-server");
+            assert!(out.status.success(), "starting PyKMIP {}: {}{}", self.name, String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+        }
+
+        pub fn addr(&self) -> String {
+            format!("127.0.0.1:{}", self.port)
+        }
+
+        /// SIGKILL the server's process group (a crash).
+        pub fn kill(&self) {
+            let out = Command::new(repo().join("scripts/pykmip-server")).args(["kill", &self.name]).output().expect("run scripts/pykmip-server");
+            assert!(out.status.success(), "killing PyKMIP {}: {}", self.name, String::from_utf8_lossy(&out.stderr));
+        }
+
+        /// Start it again on the same port (and database, if shared).
+        pub fn restart(&self) {
+            self.kill();
+            self.run_start();
+        }
+    }
+
+    impl Drop for PyKmip {
+        fn drop(&mut self) {
+            let _ = Command::new(repo().join("scripts/pykmip-server")).args(["kill", &self.name]).output();
+        }
+    }
 }

@@ -3,9 +3,12 @@
 //! - MK: Create (AES-256, usage Encrypt|Decrypt, Name = the pool's label,
 //!   Object Group "keybridge"), then Activate.
 //! - KEK: generated in software; its PKCS#8 is encrypted by the server's
-//!   Encrypt under the MK with AES-GCM (12-byte IV and AAD chosen here, tag
-//!   returned by the server). The blob is `KBW1 | iv | tag | ciphertext`.
-//!   Pool creation decrypts it once through the server before storing.
+//!   Encrypt under the MK: AES-GCM from KMIP 1.4 on (12-byte IV and AAD
+//!   chosen here, tag returned by the server; blob `KBW1 | iv | tag | ct`);
+//!   on KMIP 1.2/1.3, which have no AEAD fields, AES-CBC with PKCS#5
+//!   padding plus an integrity check kept with the blob (`KBC1 | iv(16) |
+//!   SHA-256(PKCS#8)[..16] | ct`). Pool creation decrypts the blob once
+//!   through the server before storing it.
 //! - Restore: the server's Decrypt returns the PKCS#8, held in zeroizing
 //!   memory and cached per pool with a TTL; the DEK is decrypted in software.
 //! - A server without Encrypt/Decrypt (KMIP 1.0/1.1) is refused unless the
@@ -33,12 +36,37 @@ use crate::kmip::tags as enums;
 
 /// Wrap mechanism: the server's Encrypt, AES-256-GCM under the MK.
 pub const WRAP_SERVER_GCM: &str = "KMIP-Encrypt-AES-GCM";
+/// Wrap mechanism on KMIP 1.2/1.3: the server's Encrypt, AES-256-CBC/PKCS#5.
+pub const WRAP_SERVER_CBC: &str = "KMIP-Encrypt-AES-CBC-PKCS5";
 /// Wrap mechanism in export mode: AES-256-GCM here, under the fetched MK.
 pub const WRAP_EXPORTED_GCM: &str = "KMIP-Get-AES-GCM-local";
 
 const BLOB_MAGIC: &[u8; 4] = b"KBW1";
+const CBC_MAGIC: &[u8; 4] = b"KBC1";
 const IV_LEN: usize = 12;
+const CBC_IV_LEN: usize = 16;
 const TAG_LEN: usize = 16;
+
+/// How the master key is used.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Mode {
+    /// KMIP >= 1.4: the server's Encrypt/Decrypt with AES-GCM.
+    ServerGcm,
+    /// KMIP 1.2/1.3: the server's Encrypt/Decrypt with AES-CBC.
+    ServerCbc,
+    /// No Encrypt/Decrypt; Get of the MK (allow_key_export = true).
+    Export,
+}
+
+impl Mode {
+    fn mechanism(self) -> &'static str {
+        match self {
+            Mode::ServerGcm => WRAP_SERVER_GCM,
+            Mode::ServerCbc => WRAP_SERVER_CBC,
+            Mode::Export => WRAP_EXPORTED_GCM,
+        }
+    }
+}
 /// Object Group given to every master key keybridge creates.
 pub const OBJECT_GROUP: &str = "keybridge";
 
@@ -68,18 +96,25 @@ fn wrap_aad(mk: &MasterKeyRef) -> Vec<u8> {
     format!("keybridge/v1/kek-wrap/{}", mk.id).into_bytes()
 }
 
-fn split_blob(blob: &[u8]) -> Option<(&[u8], &[u8], &[u8])> {
-    let rest = blob.strip_prefix(BLOB_MAGIC)?;
-    if rest.len() < IV_LEN + TAG_LEN + 1 {
+/// Split `magic | iv | check | ciphertext`.
+fn split_blob<'a>(blob: &'a [u8], magic: &[u8; 4], iv_len: usize) -> Option<(&'a [u8], &'a [u8], &'a [u8])> {
+    let rest = blob.strip_prefix(magic)?;
+    if rest.len() < iv_len + TAG_LEN + 1 {
         return None;
     }
-    let (iv, rest) = rest.split_at(IV_LEN);
-    let (tag, ct) = rest.split_at(TAG_LEN);
-    Some((iv, tag, ct))
+    let (iv, rest) = rest.split_at(iv_len);
+    let (check, ct) = rest.split_at(TAG_LEN);
+    Some((iv, check, ct))
 }
 
-fn join_blob(iv: &[u8], tag: &[u8], ct: &[u8]) -> Vec<u8> {
-    [BLOB_MAGIC.as_slice(), iv, tag, ct].concat()
+fn join_blob(magic: &[u8; 4], iv: &[u8], check: &[u8], ct: &[u8]) -> Vec<u8> {
+    [magic.as_slice(), iv, check, ct].concat()
+}
+
+/// Integrity check kept with a CBC blob: SHA-256 of the PKCS#8, 16 bytes.
+fn cbc_check(pkcs8: &[u8]) -> Vec<u8> {
+    use sha2::Digest;
+    sha2::Sha256::digest(pkcs8)[..TAG_LEN].to_vec()
 }
 
 impl KmipBackend {
@@ -98,17 +133,18 @@ impl KmipBackend {
         &self.client
     }
 
-    /// True when the servers can Encrypt and Decrypt; otherwise export mode
-    /// must be allowed explicitly.
-    async fn server_side_crypto(&self) -> Result<bool, BackendError> {
+    /// How the MK can be used on these servers. Export mode only when
+    /// allowed explicitly.
+    async fn mode(&self) -> Result<Mode, BackendError> {
+        use crate::kmip::messages::Version;
         let facts = self.client.facts().await?;
-        let can = facts.query.supports(enums::operation::ENCRYPT) && facts.query.supports(enums::operation::DECRYPT) && facts.version >= crate::kmip::messages::Version::new(1, 2);
-        if can {
-            return Ok(true);
+        let crypto = facts.query.supports(enums::operation::ENCRYPT) && facts.query.supports(enums::operation::DECRYPT) && facts.version >= Version::new(1, 2);
+        if crypto {
+            return Ok(if facts.version >= Version::new(1, 4) { Mode::ServerGcm } else { Mode::ServerCbc });
         }
         if self.allow_key_export {
             tracing::warn!(kms = %self.name, version = %facts.version, "KMIP server lacks Encrypt/Decrypt: using Get of the master key (allow_key_export = true); the master key leaves the appliance");
-            Ok(false)
+            Ok(Mode::Export)
         } else {
             Err(BackendError::Unsupported(format!(
                 "KMIP server {} (KMIP {}) does not offer Encrypt and Decrypt, so the master key could only be used by exporting it; set allow_key_export = true to accept that weaker mode",
@@ -135,51 +171,78 @@ impl KmipBackend {
     }
 
     /// Wrap `pkcs8` under the MK.
-    async fn wrap(&self, mk: &MasterKeyRef, pkcs8: &[u8], server_side: bool) -> Result<Vec<u8>, BackendError> {
-        let iv = crate::crypto::random_array::<IV_LEN>().map_err(|source| BackendError::Crypto { context: "generating IV".into(), source })?;
+    async fn wrap(&self, mk: &MasterKeyRef, pkcs8: &[u8], mode: Mode) -> Result<Vec<u8>, BackendError> {
+        let random = |what: &str| BackendError::Crypto { context: format!("generating {what}"), source: crate::crypto::CryptoError::Random("OS CSPRNG".into()) };
         let aad = wrap_aad(mk);
-        if server_side {
-            let r = self
-                .client
-                .call_one(Request::Encrypt { uid: mk.id.clone(), mode: CipherMode::Gcm, data: pkcs8.to_vec(), iv: iv.to_vec(), aad })
-                .await
-                .map_err(|e| missing_or(e, mk))?;
-            let (ct, _iv, tag) = r.encrypted().map_err(|e| BackendError::Kmip(e.0))?;
-            let tag = tag.filter(|t| t.len() == TAG_LEN).ok_or_else(|| {
-                BackendError::Unsupported("the KMIP server returned no 16-byte AES-GCM tag (KMIP before 1.4 has no tag in Encrypt responses)".into())
-            })?;
-            Ok(join_blob(&iv[..], &tag, &ct))
-        } else {
-            let key = self.export_mk(mk).await?;
-            let out = Self::local_gcm(&key, &iv[..], &aad, pkcs8, true)?;
-            let (ct, tag) = out.split_at(out.len() - TAG_LEN);
-            Ok(join_blob(&iv[..], tag, ct))
+        match mode {
+            Mode::ServerGcm => {
+                let iv = crate::crypto::random_array::<IV_LEN>().map_err(|_| random("IV"))?;
+                let r = self
+                    .client
+                    .call_one(Request::Encrypt { uid: mk.id.clone(), mode: CipherMode::Gcm, data: pkcs8.to_vec(), iv: iv.to_vec(), aad })
+                    .await
+                    .map_err(|e| missing_or(e, mk))?;
+                let (ct, _iv, tag) = r.encrypted().map_err(|e| BackendError::Kmip(e.0))?;
+                let tag = tag.filter(|t| t.len() == TAG_LEN).ok_or_else(|| BackendError::Unsupported("the KMIP server returned no 16-byte AES-GCM tag".into()))?;
+                Ok(join_blob(BLOB_MAGIC, &iv[..], &tag, &ct))
+            }
+            Mode::ServerCbc => {
+                let iv = crate::crypto::random_array::<CBC_IV_LEN>().map_err(|_| random("IV"))?;
+                let r = self
+                    .client
+                    .call_one(Request::Encrypt { uid: mk.id.clone(), mode: CipherMode::CbcPkcs5, data: pkcs8.to_vec(), iv: iv.to_vec(), aad: Vec::new() })
+                    .await
+                    .map_err(|e| missing_or(e, mk))?;
+                let (ct, _, _) = r.encrypted().map_err(|e| BackendError::Kmip(e.0))?;
+                Ok(join_blob(CBC_MAGIC, &iv[..], &cbc_check(pkcs8), &ct))
+            }
+            Mode::Export => {
+                let iv = crate::crypto::random_array::<IV_LEN>().map_err(|_| random("IV"))?;
+                let key = self.export_mk(mk).await?;
+                let out = Self::local_gcm(&key, &iv[..], &aad, pkcs8, true)?;
+                let (ct, tag) = out.split_at(out.len() - TAG_LEN);
+                Ok(join_blob(BLOB_MAGIC, &iv[..], tag, ct))
+            }
         }
     }
 
     /// Unwrap a KEK blob into its PKCS#8.
     async fn unwrap(&self, kek: &PoolKek<'_>) -> Result<Zeroizing<Vec<u8>>, BackendError> {
         let unwrap_err = |detail: String| BackendError::KekUnwrap { pool: kek.pool_name.to_owned(), mk: kek.master_key.label.clone(), detail };
-        let (iv, tag, ct) = split_blob(kek.wrapped_private).ok_or_else(|| unwrap_err("the blob is not a keybridge KMIP wrap (bad magic or too short)".into()))?;
+        let not_ours = || unwrap_err("the blob is not a keybridge KMIP wrap (bad magic or too short)".into());
+        let refused = |e: KmipError| match e {
+            KmipError::Refused { reason, code, .. } if code != Some(enums::result_reason::ITEM_NOT_FOUND) => unwrap_err(format!("the server's Decrypt refused it: {reason}")),
+            other => missing_or(other, kek.master_key),
+        };
         let aad = wrap_aad(kek.master_key);
         match kek.wrap_mechanism {
             WRAP_SERVER_GCM => {
+                let (iv, tag, ct) = split_blob(kek.wrapped_private, BLOB_MAGIC, IV_LEN).ok_or_else(not_ours)?;
                 let r = self
                     .client
                     .call_one(Request::Decrypt { uid: kek.master_key.id.clone(), mode: CipherMode::Gcm, data: ct.to_vec(), iv: iv.to_vec(), aad, tag: tag.to_vec() })
                     .await
-                    .map_err(|e| match e {
-                        KmipError::Refused { reason, code, .. } if code != Some(enums::result_reason::ITEM_NOT_FOUND) => {
-                            unwrap_err(format!("the server's Decrypt refused it: {reason}"))
-                        }
-                        other => missing_or(other, kek.master_key),
-                    })?;
+                    .map_err(refused)?;
                 r.decrypted().map(Zeroizing::new).map_err(|e| BackendError::Kmip(e.0))
+            }
+            WRAP_SERVER_CBC => {
+                let (iv, check, ct) = split_blob(kek.wrapped_private, CBC_MAGIC, CBC_IV_LEN).ok_or_else(not_ours)?;
+                let r = self
+                    .client
+                    .call_one(Request::Decrypt { uid: kek.master_key.id.clone(), mode: CipherMode::CbcPkcs5, data: ct.to_vec(), iv: iv.to_vec(), aad: Vec::new(), tag: Vec::new() })
+                    .await
+                    .map_err(refused)?;
+                let pkcs8 = Zeroizing::new(r.decrypted().map_err(|e| BackendError::Kmip(e.0))?);
+                if cbc_check(&pkcs8) != check {
+                    return Err(unwrap_err("integrity check failed after AES-CBC decryption".into()));
+                }
+                Ok(pkcs8)
             }
             WRAP_EXPORTED_GCM => {
                 if !self.allow_key_export {
                     return Err(BackendError::Unsupported(format!("pool '{}' was wrapped in export mode; set allow_key_export = true", kek.pool_name)));
                 }
+                let (iv, tag, ct) = split_blob(kek.wrapped_private, BLOB_MAGIC, IV_LEN).ok_or_else(not_ours)?;
                 let key = self.export_mk(kek.master_key).await?;
                 let mut data = ct.to_vec();
                 data.extend_from_slice(tag);
@@ -215,11 +278,11 @@ impl KeyBackend for KmipBackend {
     async fn probe(&self) -> Result<ProbeReport, BackendError> {
         let facts = self.client.facts().await?.clone();
         let latency = self.client.ping().await?;
-        let server_side = self.server_side_crypto().await;
-        let (state, mode) = match &server_side {
-            Ok(true) => ("usable", "server-side Encrypt/Decrypt (master key never leaves the server)".to_owned()),
-            Ok(false) => ("usable", "export mode: Get of the master key (allow_key_export = true)".to_owned()),
-            Err(e) => ("unusable", e.to_string()),
+        let mode = self.mode().await;
+        let (state, mode_text, mechanism) = match &mode {
+            Ok(Mode::Export) => ("usable", "export mode: Get of the master key (allow_key_export = true)".to_owned(), Some(WRAP_EXPORTED_GCM)),
+            Ok(m) => ("usable", "server-side Encrypt/Decrypt (master key never leaves the server)".to_owned(), Some(m.mechanism())),
+            Err(e) => ("unusable", e.to_string(), None),
         };
         Ok(ProbeReport {
             name: self.name.clone(),
@@ -233,8 +296,8 @@ impl KeyBackend for KmipBackend {
                 "vendor": facts.vendor,
                 "operations": facts.operations,
                 "latency_ms": (latency.as_secs_f64() * 1000.0 * 100.0).round() / 100.0,
-                "mode": mode,
-                "wrap_mechanism": if matches!(server_side, Ok(false)) { WRAP_EXPORTED_GCM } else { WRAP_SERVER_GCM },
+                "mode": mode_text,
+                "wrap_mechanism": mechanism,
                 "oaep_hash": OaepHash::Sha256,
                 "kek_generation": "software",
             }),
@@ -242,7 +305,7 @@ impl KeyBackend for KmipBackend {
     }
 
     async fn create_master_key(&self, label: &str) -> Result<MasterKeyRef, BackendError> {
-        self.server_side_crypto().await?;
+        self.mode().await?;
         use enums::cryptographic_usage_mask as usage;
         // Create, then Activate by identifier. (Batching the two with the
         // ID placeholder would save a round trip, but PyKMIP 0.11 cannot
@@ -298,15 +361,15 @@ impl KeyBackend for KmipBackend {
     }
 
     async fn generate_kek(&self, mk: &MasterKeyRef, bits: usize) -> Result<NewKek, BackendError> {
-        let server_side = self.server_side_crypto().await?;
+        let mode = self.mode().await?;
         let private = tokio::task::spawn_blocking(move || PrivateKek::generate(bits))
             .await
             .map_err(|e| BackendError::Other(format!("KEK generation task failed: {e}")))?
             .map_err(|source| BackendError::Crypto { context: format!("generating a {bits}-bit KEK"), source })?;
         let pkcs8 = private.to_pkcs8_der().map_err(|source| BackendError::Crypto { context: "encoding the KEK".into(), source })?;
         let public = private.public().to_spki_der().map_err(|source| BackendError::Crypto { context: "encoding the public KEK".into(), source })?;
-        let wrapped = self.wrap(mk, &pkcs8, server_side).await?;
-        let mechanism = if server_side { WRAP_SERVER_GCM } else { WRAP_EXPORTED_GCM };
+        let wrapped = self.wrap(mk, &pkcs8, mode).await?;
+        let mechanism = mode.mechanism();
         // Verify before anything is stored: the blob opens through the server.
         let check = PoolKek { pool_id: -1, pool_name: &mk.label, master_key: mk, wrapped_private: &wrapped, wrap_mechanism: mechanism, oaep_hash: OaepHash::Sha256 };
         let back = self.unwrap(&check).await?;
@@ -324,10 +387,10 @@ impl KeyBackend for KmipBackend {
                 "kek_generation": "software",
                 "wrap": {
                     "mechanism": mechanism,
-                    "operation": if server_side { "KMIP Encrypt/Decrypt on the server" } else { "KMIP Get of the master key, AES-GCM locally" },
-                    "cipher": "AES-256-GCM", "iv_bytes": IV_LEN, "tag_bytes": TAG_LEN,
-                    "aad": String::from_utf8_lossy(&wrap_aad(mk)),
-                    "blob": "KBW1 | iv | tag | ciphertext of PKCS#8 PrivateKeyInfo",
+                    "operation": if mode == Mode::Export { "KMIP Get of the master key, AES-GCM locally" } else { "KMIP Encrypt/Decrypt on the server" },
+                    "cipher": if mode == Mode::ServerCbc { "AES-256-CBC-PKCS5" } else { "AES-256-GCM" },
+                    "aad": if mode == Mode::ServerCbc { String::new() } else { String::from_utf8_lossy(&wrap_aad(mk)).into_owned() },
+                    "blob": if mode == Mode::ServerCbc { "KBC1 | iv(16) | SHA-256(PKCS#8)[..16] | ciphertext" } else { "KBW1 | iv(12) | tag(16) | ciphertext of PKCS#8 PrivateKeyInfo" },
                 },
                 "oaep": { "hash": "sha256", "mgf": "mgf1-sha256", "label": "" },
                 "kmip": { "version": facts.version.to_string(), "server": facts.server, "vendor": facts.vendor },
