@@ -897,6 +897,116 @@ fn bench_issue(rt: &Runtime, s: &Settings, report: &mut Report) {
     ));
 }
 
+// ------------------------------------------------------------------ KMIP
+
+/// keybridge's KMIP client: `conns` tasks doing AES-GCM Encrypt of 64
+/// bytes for `d`, at KMIP 1.4 (the version PyKMIP's client uses here).
+fn kmip_encrypt_run(rt: &Runtime, client: &Arc<keybridge::backend::kmip::client::KmipClient>, uid: &str, conns: usize, d: Duration) -> (u64, Duration) {
+    use keybridge::kmip::messages::{CipherMode, Request};
+    rt.block_on(async {
+        let start = Instant::now();
+        let deadline = start + d;
+        let tasks: Vec<_> = (0..conns)
+            .map(|_| {
+                let (client, uid) = (client.clone(), uid.to_owned());
+                tokio::spawn(async move {
+                    let mut n = 0u64;
+                    while Instant::now() < deadline {
+                        let iv = keybridge::crypto::random_array::<12>().expect("iv").to_vec();
+                        client
+                            .call_one(Request::Encrypt { uid: uid.clone(), mode: CipherMode::Gcm, data: vec![0x5a; 64], iv, aad: Vec::new() })
+                            .await
+                            .expect("KMIP Encrypt");
+                        n += 1;
+                    }
+                    n
+                })
+            })
+            .collect();
+        let mut total = 0;
+        for t in tasks {
+            total += t.await.expect("encrypt task");
+        }
+        (total, start.elapsed())
+    })
+}
+
+/// PyKMIP's own Python client (scripts/pykmip-smoke.py --bench) against the
+/// same server, same operation; its own count and timing (interpreter start
+/// excluded).
+fn pykmip_encrypt_run(port: u16, conns: usize, d: Duration) -> (u64, Duration) {
+    let repo = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let out = std::process::Command::new(repo.join("target/pykmip-venv/bin/python"))
+        .arg(repo.join("scripts/pykmip-smoke.py"))
+        .args(["--port", &port.to_string(), "--bench", &format!("{:.2}", d.as_secs_f64()), "--connections", &conns.to_string()])
+        .output()
+        .expect("running scripts/pykmip-smoke.py");
+    assert!(out.status.success(), "pykmip-smoke.py failed: {}", String::from_utf8_lossy(&out.stderr));
+    let line = String::from_utf8_lossy(&out.stdout).lines().last().unwrap_or_default().to_owned();
+    let v: Value = serde_json::from_str(&line).unwrap_or_else(|e| panic!("pykmip-smoke.py printed {line:?}: {e}"));
+    (v["ops"].as_u64().expect("ops"), Duration::from_secs_f64(v["secs"].as_f64().expect("secs")))
+}
+
+fn bench_kmip(rt: &Runtime, s: &Settings, report: &mut Report) {
+    let Some(server) = std::env::var("KEYBRIDGE_BENCH_KMIP_SERVER").ok().filter(|v| !v.is_empty()) else {
+        let msg = "KMIP: no PyKMIP server (KEYBRIDGE_BENCH_KMIP_SERVER unset); run scripts/bench";
+        if std::env::var("CI").as_deref() == Ok("true") {
+            panic!("CI=true: {msg}");
+        }
+        eprintln!("\n!!!!!!!! SKIPPED: {msg} !!!!!!!!\n");
+        return;
+    };
+    let port: u16 = server.rsplit(':').next().and_then(|p| p.parse().ok()).expect("KEYBRIDGE_BENCH_KMIP_SERVER is host:port");
+    let pki = Path::new(env!("CARGO_MANIFEST_DIR")).join("target/kmip/pki");
+    let entry = |extra: &str| {
+        format!(
+            "[[kms]]\nname = \"kms\"\nkind = \"kmip\"\nservers = [\"{server}\"]\nca = \"{}\"\ncert = \"{}\"\nkey = \"{}\"\n{extra}",
+            pki.join("ca.crt").display(),
+            pki.join("client.crt").display(),
+            pki.join("client.key").display()
+        )
+    };
+
+    // a. Client vs PyKMIP's client, 1 and 4 connections. Each side runs
+    // twice for half the time, alternating, so drift hits both.
+    let key_rig = rig(rt, s, &entry("version = \"1.4\"\nmax_connections = 4\n"), false);
+    let backend = match key_rig.kb.config().kms("kms").expect("kms entry") {
+        keybridge::config::KmsConfig::Kmip(c) => keybridge::backend::kmip::KmipBackend::open(c).expect("KMIP backend"),
+        _ => unreachable!(),
+    };
+    let client = backend.client().clone();
+    let uid = key_rig.pool.master_key.id.clone();
+    for conns in [1usize, 4] {
+        eprintln!("[kmip] PyKMIP client vs keybridge client, AES-GCM Encrypt of 64 bytes, {conns} connection(s)");
+        let half = Duration::from_secs_f64(s.secs.max(2.0) / 2.0);
+        let (mut py, mut kb) = (Tally::default(), Tally::default());
+        kmip_encrypt_run(rt, &client, &uid, conns, Duration::from_millis(300));
+        for _ in 0..2 {
+            py.add(pykmip_encrypt_run(port, conns, half));
+            kb.add(kmip_encrypt_run(rt, &client, &uid, conns, half));
+        }
+        report.row(
+            &format!("kmip.client_vs_pykmip_{conns}c"),
+            &format!("KMIP Encrypt 64 B, {conns} conn: keybridge vs PyKMIP client"),
+            &format!("PyKMIP client, {conns} conn"),
+            py,
+            &format!("KmipClient, {conns} conn"),
+            kb,
+            Some(1.0),
+        );
+    }
+
+    // b. Restore through the KMIP backend: warm KEK cache vs none.
+    eprintln!("[kmip] restore with the KEK cached vs a server Decrypt per restore");
+    let cold = rig(rt, s, &entry("kek_cache_ttl_secs = 0\n"), false);
+    let warm = rig(rt, s, &entry(""), false);
+    let cold_ids = Arc::new(issue_many(rt, &cold, 64, 4));
+    let warm_ids = Arc::new(issue_many(rt, &warm, 64, 4));
+    sanity_round_trip(rt, &warm);
+    let (c, w) = compare(s, &mut |b, d| if b { recover_run(rt, &warm, &warm_ids, 1, d) } else { recover_run(rt, &cold, &cold_ids, 1, d) });
+    report.row("kmip.restore_warm_vs_cold", "KMIP restore: KEK cached vs uncached", "recover, uncached (Decrypt per DEK)", c, "recover, KEK cached", w, None);
+}
+
 fn main() {
     // `cargo bench` passes `--bench`; ignore arguments (no filtering).
     let s = Settings::from_env();
@@ -914,6 +1024,9 @@ fn main() {
     }
     if s.wants("issue") {
         bench_issue(&rt, &s, &mut report);
+    }
+    if s.wants("kmip") {
+        bench_kmip(&rt, &s, &mut report);
     }
     report.print(&s);
 }

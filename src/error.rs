@@ -80,6 +80,10 @@ pub enum Error {
         source: std::io::Error,
     },
 
+    /// Input given to a command (a file, stdin) is not what it should be.
+    #[error("{what}: {reason}")]
+    Input { what: String, reason: String },
+
     /// A caller asked for something not allowed (e.g. another client's DEK).
     #[error("denied: {0}")]
     Denied(String),
@@ -106,7 +110,7 @@ impl Error {
     /// The process exit code for this error (documented in README.md).
     pub fn exit_code(&self) -> i32 {
         match self {
-            Error::Config { .. } => 3,
+            Error::Config { .. } | Error::Input { .. } => 3,
             Error::NotFound { .. } => 4,
             Error::Backend { .. } => 5,
             Error::Integrity { .. } => 6,
@@ -124,6 +128,7 @@ impl Error {
     pub fn kind(&self) -> &'static str {
         match self {
             Error::Config { .. } => "config",
+            Error::Input { .. } => "input",
             Error::Backend { .. } => "kms",
             Error::Catalog { .. } | Error::CatalogSchema { .. } => "catalog",
             Error::NotFound { .. } => "not_found",

@@ -175,3 +175,30 @@ fn softhsm_token_errors() {
 fn kryoptic_token_errors() {
     token_errors(Kind::Kryoptic);
 }
+
+/// `ttlv decode`: a real KMIP message (PyKMIP's test vector) as a named tree
+/// and as JSON; a broken one says where it broke.
+#[test]
+fn ttlv_decode_for_interop_debugging() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let vectors: Value = serde_json::from_str(&std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("hsm-fixtures/kmip/pykmip-0.11.0-messages.json")).unwrap()).unwrap();
+    let create = vectors.as_array().unwrap().iter().find(|v| v["name"] == "TestRequestMessage.setUp.create").expect("create vector");
+    let hex = create["hex"].as_str().unwrap();
+
+    let out = keybridge(d, &["ttlv", "decode"], Some(hex));
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let tree = String::from_utf8_lossy(&out.stdout);
+    for needle in ["RequestMessage", "ProtocolVersion", "Operation", "Create", "ObjectType", "SymmetricKey"] {
+        assert!(tree.contains(needle), "tree lacks {needle}:\n{tree}");
+    }
+    // Binary from a file, JSON out.
+    std::fs::write(d.join("msg.bin"), hex::decode(hex).unwrap()).unwrap();
+    let json = ok(keybridge(d, &["ttlv", "decode", "msg.bin", "--json"], None));
+    assert_eq!(json["tag"], "RequestMessage");
+    assert_eq!(json["type"], "Structure");
+
+    // Truncated: exit 3, with the byte offset.
+    let out = keybridge(d, &["ttlv", "decode"], Some(&hex[..hex.len() - 16]));
+    fails(&out, 3, "TTLV decode error at byte");
+}

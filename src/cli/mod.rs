@@ -51,6 +51,21 @@ pub enum Command {
         #[command(subcommand)]
         command: DekCommand,
     },
+    /// KMIP wire format tools.
+    Ttlv {
+        #[command(subcommand)]
+        command: TtlvCommand,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum TtlvCommand {
+    /// Decode a TTLV message (hex or binary, from FILE or stdin) into a
+    /// readable tree with tag, type and enumeration names.
+    Decode {
+        /// File to read; `-` or nothing for stdin.
+        file: Option<PathBuf>,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -207,6 +222,7 @@ async fn run(cli: &Cli) -> Result<(Value, String)> {
             let v = json!({ "name": c.name, "kdf": c.kdf, "created_at": c.created_at });
             Ok((v, format!("client '{}' registered (Argon2id m={} KiB, t={})\n", c.name, c.kdf.m_kib, c.kdf.t)))
         }
+        Command::Ttlv { command: TtlvCommand::Decode { file } } => ttlv_decode(file.as_deref()),
         Command::Dek { command } => match command {
             DekCommand::Issue { pool, client } => {
                 let kb = open(cli).await?;
@@ -230,6 +246,27 @@ async fn run(cli: &Cli) -> Result<(Value, String)> {
             }
         },
     }
+}
+
+/// `ttlv decode`: hex (whitespace ignored) or raw bytes.
+fn ttlv_decode(file: Option<&Path>) -> Result<(Value, String)> {
+    use crate::kmip::{render, ttlv};
+    let (name, raw) = match file {
+        Some(p) if p != Path::new("-") => (p.to_owned(), std::fs::read(p).map_err(|source| Error::Io { context: "reading TTLV from", path: p.to_owned(), source })?),
+        _ => {
+            let mut buf = Vec::new();
+            std::io::stdin().read_to_end(&mut buf).map_err(|source| Error::Io { context: "reading TTLV from", path: "stdin".into(), source })?;
+            (PathBuf::from("stdin"), buf)
+        }
+    };
+    let text: String = String::from_utf8_lossy(&raw).split_whitespace().collect();
+    let bytes = if !text.is_empty() && text.len() % 2 == 0 && text.bytes().all(|b| b.is_ascii_hexdigit()) {
+        hex::decode(&text).expect("checked hex")
+    } else {
+        raw
+    };
+    let item = ttlv::decode(&bytes, &ttlv::Limits::default()).map_err(|e| Error::Input { what: format!("TTLV from {}", name.display()), reason: e.to_string() })?;
+    Ok((render::to_json(&item), render::render_tree(&item)))
 }
 
 /// Accept either the bare `kbseal1.` string or the JSON printed by

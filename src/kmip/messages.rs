@@ -431,14 +431,14 @@ impl BatchResult {
         uid_of(self.payload()?)
     }
 
-    /// Encrypt result: ciphertext, IV (if the server returned one), tag.
-    pub fn encrypted(&self) -> Result<(Vec<u8>, Option<Vec<u8>>, Option<Vec<u8>>), ResponseError> {
+    /// Encrypt result.
+    pub fn encrypted(&self) -> Result<Encrypted, ResponseError> {
         let p = self.payload()?;
-        Ok((
-            bytes_of(p, t::DATA, "Data")?,
-            p.child(t::IV_COUNTER_NONCE).and_then(Item::as_bytes).map(<[u8]>::to_vec),
-            p.child(t::AUTHENTICATED_ENCRYPTION_TAG).and_then(Item::as_bytes).map(<[u8]>::to_vec),
-        ))
+        Ok(Encrypted {
+            data: bytes_of(p, t::DATA, "Data")?,
+            iv: p.child(t::IV_COUNTER_NONCE).and_then(Item::as_bytes).map(<[u8]>::to_vec),
+            tag: p.child(t::AUTHENTICATED_ENCRYPTION_TAG).and_then(Item::as_bytes).map(<[u8]>::to_vec),
+        })
     }
 
     /// Decrypt result: the plaintext.
@@ -505,6 +505,22 @@ impl BatchResult {
             None => Vec::new(),
             Some(p) => p.children(t::PROTOCOL_VERSION).filter_map(Version::from_item).collect(),
         })
+    }
+}
+
+/// What Encrypt returned.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Encrypted {
+    pub data: Vec<u8>,
+    /// The IV, if the server chose or echoed one.
+    pub iv: Option<Vec<u8>>,
+    /// The AEAD tag (KMIP 1.4 and later).
+    pub tag: Option<Vec<u8>>,
+}
+
+impl fmt::Debug for Encrypted {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "Encrypted({} bytes)", self.data.len())
     }
 }
 

@@ -182,8 +182,9 @@ impl KmipBackend {
                     .call_one(Request::Encrypt { uid: mk.id.clone(), mode: CipherMode::Gcm, data: pkcs8.to_vec(), iv: iv.to_vec(), aad })
                     .await
                     .map_err(|e| missing_or(e, mk))?;
-                let (ct, _iv, tag) = r.encrypted().map_err(|e| BackendError::Kmip(e.0))?;
-                let tag = tag.filter(|t| t.len() == TAG_LEN).ok_or_else(|| BackendError::Unsupported("the KMIP server returned no 16-byte AES-GCM tag".into()))?;
+                let enc = r.encrypted().map_err(|e| BackendError::Kmip(e.0))?;
+                let ct = enc.data;
+                let tag = enc.tag.filter(|t| t.len() == TAG_LEN).ok_or_else(|| BackendError::Unsupported("the KMIP server returned no 16-byte AES-GCM tag".into()))?;
                 Ok(join_blob(BLOB_MAGIC, &iv[..], &tag, &ct))
             }
             Mode::ServerCbc => {
@@ -193,7 +194,7 @@ impl KmipBackend {
                     .call_one(Request::Encrypt { uid: mk.id.clone(), mode: CipherMode::CbcPkcs5, data: pkcs8.to_vec(), iv: iv.to_vec(), aad: Vec::new() })
                     .await
                     .map_err(|e| missing_or(e, mk))?;
-                let (ct, _, _) = r.encrypted().map_err(|e| BackendError::Kmip(e.0))?;
+                let ct = r.encrypted().map_err(|e| BackendError::Kmip(e.0))?.data;
                 Ok(join_blob(CBC_MAGIC, &iv[..], &cbc_check(pkcs8), &ct))
             }
             Mode::Export => {
