@@ -2,9 +2,15 @@
 //! backend so that restoring many DEKs of one pool costs one unwrap.
 
 use std::collections::HashMap;
+use std::future::Future;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use tokio::sync::Mutex;
+use zeroize::Zeroizing;
+
+use super::{BackendError, PoolKek};
+use crate::crypto::PrivateKek;
 
 /// Cached values expire `ttl` after insertion. Expired entries are dropped
 /// (and so zeroized or destroyed by their `Drop`) on the next access.
@@ -40,5 +46,50 @@ impl<V: Clone> TtlCache<V> {
 
     pub async fn clear(&self) {
         self.entries.lock().await.clear();
+    }
+}
+
+/// KEKs held in software (built-in and KMIP backends): the parsed private
+/// key, cached per pool; DEKs are decrypted off the async runtime.
+#[derive(Debug)]
+pub struct SoftwareKeks {
+    cache: TtlCache<Arc<PrivateKek>>,
+}
+
+impl SoftwareKeks {
+    pub fn new(ttl: Duration) -> Self {
+        SoftwareKeks { cache: TtlCache::new(ttl) }
+    }
+
+    /// Decrypt `encrypted` with the pool's KEK; on a cache miss `unwrap`
+    /// produces the KEK's PKCS#8 (from the KMS).
+    pub async fn decrypt_dek<F, Fut>(&self, kek: &PoolKek<'_>, encrypted: &[u8], unwrap: F) -> Result<Zeroizing<Vec<u8>>, BackendError>
+    where
+        F: FnOnce() -> Fut,
+        Fut: Future<Output = Result<Zeroizing<Vec<u8>>, BackendError>>,
+    {
+        let private = match self.cache.get(kek.pool_id).await {
+            Some(p) => p,
+            None => {
+                let pkcs8 = unwrap().await?;
+                let private = Arc::new(PrivateKek::from_pkcs8_der(&pkcs8).map_err(|e| BackendError::KekUnwrap {
+                    pool: kek.pool_name.to_owned(),
+                    mk: kek.master_key.label.clone(),
+                    detail: format!("the unwrapped bytes are not a private key: {e}"),
+                })?);
+                self.cache.insert(kek.pool_id, private.clone()).await;
+                private
+            }
+        };
+        let hash = kek.oaep_hash;
+        let ct = encrypted.to_vec();
+        tokio::task::spawn_blocking(move || private.decrypt(hash, &ct))
+            .await
+            .map_err(|e| BackendError::Other(format!("DEK decryption task failed: {e}")))?
+            .map_err(|e| BackendError::DekDecrypt { pool: kek.pool_name.to_owned(), detail: e.to_string() })
+    }
+
+    pub async fn clear(&self) {
+        self.cache.clear().await;
     }
 }

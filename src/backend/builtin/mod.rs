@@ -13,12 +13,11 @@
 use std::io::Write;
 use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 
 use async_trait::async_trait;
 use zeroize::Zeroizing;
 
-use super::cache::TtlCache;
+use super::cache::SoftwareKeks;
 use super::{BackendError, KeyBackend, MasterKeyRef, NewKek, PoolKek, ProbeReport};
 use crate::config::BuiltinConfig;
 use crate::crypto::{kwp, OaepHash, PrivateKek};
@@ -33,7 +32,7 @@ pub struct BuiltinBackend {
     name: String,
     root_key_path: PathBuf,
     root_key: Zeroizing<[u8; ROOT_KEY_LEN]>,
-    cache: TtlCache<Arc<PrivateKek>>,
+    keks: SoftwareKeks,
 }
 
 impl std::fmt::Debug for BuiltinBackend {
@@ -97,7 +96,7 @@ impl BuiltinBackend {
             name: config.name.clone(),
             root_key_path: config.root_key.clone(),
             root_key: load_root_key(&config.root_key)?,
-            cache: TtlCache::new(config.kek_cache_ttl()),
+            keks: SoftwareKeks::new(config.kek_cache_ttl()),
         })
     }
 
@@ -115,10 +114,8 @@ impl BuiltinBackend {
         })
     }
 
-    async fn open_kek(&self, kek: &PoolKek<'_>) -> Result<Arc<PrivateKek>, BackendError> {
-        if let Some(k) = self.cache.get(kek.pool_id).await {
-            return Ok(k);
-        }
+    /// The PKCS#8 of a pool's KEK: unseal the MK, unwrap the blob.
+    fn unwrap_kek(&self, kek: &PoolKek<'_>) -> Result<Zeroizing<Vec<u8>>, BackendError> {
         if kek.wrap_mechanism != WRAP_MECHANISM {
             return Err(BackendError::Unsupported(format!(
                 "pool '{}' was wrapped with {}, which the built-in KMS does not use",
@@ -126,19 +123,11 @@ impl BuiltinBackend {
             )));
         }
         let mk = self.unseal_master_key(kek.master_key)?;
-        let pkcs8 = kwp::unwrap(&mk, kek.wrapped_private).map_err(|e| BackendError::KekUnwrap {
+        kwp::unwrap(&mk, kek.wrapped_private).map_err(|e| BackendError::KekUnwrap {
             pool: kek.pool_name.to_owned(),
             mk: kek.master_key.label.clone(),
             detail: e.to_string(),
-        })?;
-        let private = PrivateKek::from_pkcs8_der(&pkcs8).map_err(|e| BackendError::KekUnwrap {
-            pool: kek.pool_name.to_owned(),
-            mk: kek.master_key.label.clone(),
-            detail: format!("unwrapped bytes are not a private key: {e}"),
-        })?;
-        let private = Arc::new(private);
-        self.cache.insert(kek.pool_id, private.clone()).await;
-        Ok(private)
+        })
     }
 }
 
@@ -211,13 +200,7 @@ impl KeyBackend for BuiltinBackend {
     }
 
     async fn decrypt_dek(&self, kek: &PoolKek<'_>, encrypted: &[u8]) -> Result<Zeroizing<Vec<u8>>, BackendError> {
-        let private = self.open_kek(kek).await?;
-        let hash = kek.oaep_hash;
-        let ct = encrypted.to_vec();
-        tokio::task::spawn_blocking(move || private.decrypt(hash, &ct))
-            .await
-            .map_err(|e| BackendError::Other(format!("DEK decryption task failed: {e}")))?
-            .map_err(|e| BackendError::DekDecrypt { pool: kek.pool_name.to_owned(), detail: e.to_string() })
+        self.keks.decrypt_dek(kek, encrypted, || async { self.unwrap_kek(kek) }).await
     }
 
     async fn destroy_master_key(&self, _mk: &MasterKeyRef) -> Result<(), BackendError> {
@@ -227,6 +210,6 @@ impl KeyBackend for BuiltinBackend {
     }
 
     async fn clear_cache(&self) {
-        self.cache.clear().await;
+        self.keks.clear().await;
     }
 }

@@ -27,7 +27,7 @@ use async_trait::async_trait;
 use zeroize::Zeroizing;
 
 use self::client::{KmipClient, KmipError};
-use super::cache::TtlCache;
+use super::cache::SoftwareKeks;
 use super::{BackendError, KeyBackend, MasterKeyRef, NewKek, PoolKek, ProbeReport};
 use crate::config::KmipConfig;
 use crate::crypto::{OaepHash, PrivateKek};
@@ -81,7 +81,7 @@ pub struct KmipBackend {
     name: String,
     client: Arc<KmipClient>,
     allow_key_export: bool,
-    cache: TtlCache<Arc<PrivateKek>>,
+    keks: SoftwareKeks,
     servers: Vec<String>,
 }
 
@@ -123,7 +123,7 @@ impl KmipBackend {
             name: config.name.clone(),
             client: Arc::new(KmipClient::new(config)?),
             allow_key_export: config.allow_key_export,
-            cache: TtlCache::new(config.kek_cache_ttl()),
+            keks: SoftwareKeks::new(config.kek_cache_ttl()),
             servers: config.servers.clone(),
         })
     }
@@ -400,25 +400,7 @@ impl KeyBackend for KmipBackend {
     }
 
     async fn decrypt_dek(&self, kek: &PoolKek<'_>, encrypted: &[u8]) -> Result<Zeroizing<Vec<u8>>, BackendError> {
-        let private = match self.cache.get(kek.pool_id).await {
-            Some(p) => p,
-            None => {
-                let pkcs8 = self.unwrap(kek).await?;
-                let private = Arc::new(PrivateKek::from_pkcs8_der(&pkcs8).map_err(|e| BackendError::KekUnwrap {
-                    pool: kek.pool_name.to_owned(),
-                    mk: kek.master_key.label.clone(),
-                    detail: format!("the decrypted blob is not a private key: {e}"),
-                })?);
-                self.cache.insert(kek.pool_id, private.clone()).await;
-                private
-            }
-        };
-        let hash = kek.oaep_hash;
-        let ct = encrypted.to_vec();
-        tokio::task::spawn_blocking(move || private.decrypt(hash, &ct))
-            .await
-            .map_err(|e| BackendError::Other(format!("DEK decryption task failed: {e}")))?
-            .map_err(|e| BackendError::DekDecrypt { pool: kek.pool_name.to_owned(), detail: e.to_string() })
+        self.keks.decrypt_dek(kek, encrypted, || self.unwrap(kek)).await
     }
 
     async fn destroy_master_key(&self, mk: &MasterKeyRef) -> Result<(), BackendError> {
@@ -436,6 +418,6 @@ impl KeyBackend for KmipBackend {
     }
 
     async fn clear_cache(&self) {
-        self.cache.clear().await;
+        self.keks.clear().await;
     }
 }
