@@ -1,23 +1,27 @@
-//! A pool of logged-in sessions on one token, and the one place PKCS#11
-//! calls are run: off the async runtime (`spawn_blocking`), with a timeout,
-//! and with bounded retries decided by [`super::rv::disposition`].
+//! The sessions of one token and the one place PKCS#11 calls are run: on
+//! worker threads that each own one logged-in session, off the async
+//! runtime, with a timeout, and with bounded retries decided by
+//! [`super::rv::disposition`].
 //!
 //! `cryptoki::session::Session` is `Send` but not `Sync`: a session is used
-//! by one thread at a time. The pool hands each call a session of its own
-//! and takes it back afterwards; a session whose state is in doubt is
-//! closed instead. Login is per application and token, so the first session
-//! logs in and later ones see CKR_USER_ALREADY_LOGGED_IN, which is success.
-//! The pool always keeps its idle sessions open so the login persists.
+//! by one thread at a time. Here each session lives on one worker thread for
+//! its whole life, and calls are queued to whichever worker is free (workers
+//! are started on demand, at most one per allowed session). Keeping a session
+//! on one thread keeps the token's per-thread state warm; SoftHSM2 scales
+//! across cores this way but not when calls hop between pool threads.
+//! Login is per application and token, so the first session logs in and
+//! later ones see CKR_USER_ALREADY_LOGGED_IN, which is success. Workers keep
+//! their sessions open so the login persists.
 
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{mpsc, Arc, Mutex};
 use std::time::Duration;
 
 use cryptoki::error::{Error as CkError, RvError};
 use cryptoki::session::{Session, UserType};
 use cryptoki::slot::Slot;
 use secrecy::SecretString;
-use tokio::sync::Semaphore;
+use tokio::sync::oneshot;
 
 use super::module::Module;
 use super::rv::{ckr_name, disposition, hint, Disposition};
@@ -86,14 +90,15 @@ impl OpError {
     }
 }
 
+/// A queued call: runs on a worker with that worker's session slot.
+type Job = Box<dyn FnOnce(&mut Option<Session>) + Send>;
+
 /// The sessions of one token.
 pub struct TokenSessions {
     pub module: Arc<Module>,
     pub slot: Slot,
     pub token_label: String,
     pin: SecretString,
-    idle: Mutex<Vec<Session>>,
-    permits: Arc<Semaphore>,
     pub max_sessions: usize,
     pub timeout: Duration,
     /// Bumped whenever a session is discarded or the login was lost. Session
@@ -101,6 +106,13 @@ pub struct TokenSessions {
     /// handle from an older epoch may be gone (or, on tokens that reuse
     /// handles, name another object) and must not be used.
     epoch: AtomicU64,
+    /// Sessions opened outside a worker (the login check at open), handed
+    /// to the first workers.
+    spare: Mutex<Vec<Session>>,
+    queue: Mutex<mpsc::Sender<Job>>,
+    jobs: Arc<Mutex<mpsc::Receiver<Job>>>,
+    workers: AtomicUsize,
+    idle_workers: Arc<AtomicUsize>,
 }
 
 impl std::fmt::Debug for TokenSessions {
@@ -113,19 +125,46 @@ impl std::fmt::Debug for TokenSessions {
     }
 }
 
+fn worker(jobs: Arc<Mutex<mpsc::Receiver<Job>>>, idle: Arc<AtomicUsize>) {
+    let mut session: Option<Session> = None;
+    loop {
+        idle.fetch_add(1, Ordering::SeqCst);
+        let job = jobs.lock().unwrap_or_else(|e| e.into_inner()).recv();
+        idle.fetch_sub(1, Ordering::SeqCst);
+        match job {
+            Ok(job) => job(&mut session),
+            // The backend was dropped: close the session and stop.
+            Err(_) => return,
+        }
+    }
+}
+
 impl TokenSessions {
     pub fn new(module: Arc<Module>, slot: Slot, token_label: String, pin: SecretString, max_sessions: usize, timeout: Duration) -> Self {
+        let (tx, rx) = mpsc::channel();
         TokenSessions {
             module,
             slot,
             token_label,
             pin,
-            idle: Mutex::new(Vec::new()),
-            permits: Arc::new(Semaphore::new(max_sessions)),
             max_sessions,
             timeout,
             epoch: AtomicU64::new(0),
+            spare: Mutex::new(Vec::new()),
+            queue: Mutex::new(tx),
+            jobs: Arc::new(Mutex::new(rx)),
+            workers: AtomicUsize::new(0),
+            idle_workers: Arc::new(AtomicUsize::new(0)),
         }
+    }
+
+    /// The current session epoch (see the field).
+    pub fn epoch(&self) -> u64 {
+        self.epoch.load(Ordering::SeqCst)
+    }
+
+    fn session_lost(&self) {
+        self.epoch.fetch_add(1, Ordering::SeqCst);
     }
 
     fn login(&self, session: &Session) -> Result<(), OpError> {
@@ -146,107 +185,100 @@ impl TokenSessions {
         Ok(session)
     }
 
-    /// The current session epoch (see the field).
-    pub fn epoch(&self) -> u64 {
-        self.epoch.load(Ordering::SeqCst)
-    }
-
-    fn session_lost(&self) {
-        self.epoch.fetch_add(1, Ordering::SeqCst);
-    }
-
-    fn take(&self) -> Result<Session, OpError> {
-        let idle = self.idle.lock().unwrap_or_else(|e| e.into_inner()).pop();
-        match idle {
-            Some(s) => Ok(s),
-            None => self.open_session(),
-        }
-    }
-
+    /// Keep a session opened outside the workers for the first worker.
     pub fn put_back(&self, session: Session) {
-        self.idle.lock().unwrap_or_else(|e| e.into_inner()).push(session);
+        self.spare.lock().unwrap_or_else(|e| e.into_inner()).push(session);
     }
 
-    /// Run `f` on a session of this token, blocking; with retries.
-    fn run_blocking<T>(&self, operation: &str, mut f: impl FnMut(&Session) -> Result<T, OpError>) -> Result<T, BackendError> {
+    /// Run `f` on the worker's session, blocking; with retries.
+    fn run_on<T>(&self, slot: &mut Option<Session>, operation: &str, mut f: impl FnMut(&Session) -> Result<T, OpError>) -> Result<T, BackendError> {
         let mut attempt = 0;
         loop {
             attempt += 1;
             let last = attempt >= MAX_ATTEMPTS;
-            let (session, result) = match self.take() {
-                Ok(s) => {
-                    let r = f(&s);
-                    (Some(s), r)
-                }
-                Err(e) => (None, Err(e)),
-            };
-            let err = match result {
-                Ok(v) => {
-                    if let Some(s) = session {
-                        self.put_back(s);
+            if slot.is_none() {
+                let spare = self.spare.lock().unwrap_or_else(|e| e.into_inner()).pop();
+                match spare.map(Ok).unwrap_or_else(|| self.open_session()) {
+                    Ok(s) => *slot = Some(s),
+                    Err(e) => {
+                        let retry = e.rv().map(disposition).is_some_and(|d| d != Disposition::Permanent);
+                        if retry && !last {
+                            std::thread::sleep(Duration::from_millis(50 << attempt));
+                            continue;
+                        }
+                        return Err(e.into_backend());
                     }
-                    return Ok(v);
                 }
+            }
+            let session = slot.as_ref().expect("filled above");
+            let err = match f(session) {
+                Ok(v) => return Ok(v),
                 Err(e) => e,
             };
             let action = err.rv().map(disposition).unwrap_or(Disposition::Permanent);
             tracing::debug!(operation, attempt, ?action, "PKCS#11 call failed");
             match action {
-                Disposition::Permanent => {
-                    if let Some(s) = session {
-                        self.put_back(s);
-                    }
-                    return Err(err.into_backend());
-                }
+                Disposition::Permanent => return Err(err.into_backend()),
                 _ if last => {
                     // Out of attempts: drop the session, it may be the cause.
-                    if session.is_some() {
-                        self.session_lost();
-                    }
+                    *slot = None;
+                    self.session_lost();
                     return Err(err.into_backend());
                 }
-                Disposition::Retry => {
-                    if let Some(s) = session {
-                        self.put_back(s);
-                    }
-                    std::thread::sleep(Duration::from_millis(50 << attempt));
-                }
+                Disposition::Retry => std::thread::sleep(Duration::from_millis(50 << attempt)),
                 Disposition::ReopenSession => {
                     // Dropping the session closes it; the next attempt opens a new one.
-                    drop(session);
+                    *slot = None;
                     self.session_lost();
                 }
                 Disposition::Relogin => {
                     self.session_lost();
-                    if let Some(s) = session {
-                        if let Err(e) = self.login(&s) {
-                            return Err(e.into_backend());
-                        }
-                        self.put_back(s);
+                    if let Err(e) = self.login(session) {
+                        return Err(e.into_backend());
                     }
                 }
             }
         }
     }
 
-    /// Run `f` on a session off the async runtime, with the configured
-    /// timeout. A call that times out keeps its session until it returns;
-    /// its result is discarded.
+    fn ensure_worker(&self) -> Result<(), BackendError> {
+        if self.idle_workers.load(Ordering::SeqCst) > 0 {
+            return Ok(());
+        }
+        let more = self.workers.fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| (n < self.max_sessions).then_some(n + 1)).is_ok();
+        if more {
+            let (jobs, idle) = (self.jobs.clone(), self.idle_workers.clone());
+            std::thread::Builder::new()
+                .name(format!("keybridge-pkcs11-{}", self.slot.id()))
+                .spawn(move || worker(jobs, idle))
+                .map_err(|e| BackendError::Other(format!("cannot start a PKCS#11 worker thread: {e}")))?;
+        }
+        Ok(())
+    }
+
+    /// Run `f` on a session of this token, on a worker thread, with the
+    /// configured timeout. A call that times out keeps its worker (and
+    /// session) until it returns; its result is discarded.
     pub async fn run<T, F>(self: &Arc<Self>, operation: &str, f: F) -> Result<T, BackendError>
     where
         T: Send + 'static,
         F: FnMut(&Session) -> Result<T, OpError> + Send + 'static,
     {
-        let permit = self.permits.clone().acquire_owned().await.expect("semaphore never closed");
+        let (tx, rx) = oneshot::channel();
         let this = self.clone();
         let op = operation.to_owned();
-        let task = tokio::task::spawn_blocking(move || {
-            let _permit = permit;
-            this.run_blocking(&op, f)
+        let job: Job = Box::new(move |slot| {
+            let _ = tx.send(this.run_on(slot, &op, f));
         });
-        match tokio::time::timeout(self.timeout, task).await {
+        self.ensure_worker()?;
+        self.queue
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .send(job)
+            .map_err(|_| BackendError::Other(format!("{operation}: the PKCS#11 workers stopped")))?;
+        match tokio::time::timeout(self.timeout, rx).await {
             Err(_) => Err(BackendError::Timeout { operation: operation.to_owned(), secs: self.timeout.as_secs() }),
-            Ok(Err(join)) => Err(BackendError::Other(format!("{operation}: PKCS#11 worker failed: {join}"))),
+            Ok(Err(_)) => Err(BackendError::Other(format!("{operation}: the PKCS#11 worker stopped"))),
             Ok(Ok(r)) => r,
         }
     }
