@@ -89,7 +89,7 @@ impl Settings {
                     .filter(|n| *n > 0)
                     .collect::<Vec<_>>()
             })
-            .unwrap_or_else(|| vec![2, 8, 32]);
+            .unwrap_or_else(|| vec![32, 128, 256]);
         assert!(!issuers.is_empty(), "KEYBRIDGE_BENCH_ISSUERS is empty");
         let only = var("KEYBRIDGE_BENCH_ONLY").map(|v| v.split(',').map(|s| s.trim().to_ascii_lowercase()).collect());
         let dir = var("KEYBRIDGE_BENCH_DIR").map(PathBuf::from).unwrap_or_else(std::env::temp_dir);

@@ -362,7 +362,7 @@ impl BatchResult {
         self.status == enums::result_status::SUCCESS
     }
 
-    /// "Operation Failed: Item Not Found: <message>".
+    /// `OperationFailed: ItemNotFound: <message>`.
     pub fn describe_failure(&self) -> String {
         let status = t::enum_name(t::RESULT_STATUS, self.status).map(str::to_owned).unwrap_or_else(|| format!("status 0x{:X}", self.status));
         let reason = self.reason.map(|r| t::enum_name(t::RESULT_REASON, r).map(str::to_owned).unwrap_or_else(|| format!("reason 0x{r:X}")));
@@ -584,6 +584,6 @@ mod tests {
         let r = parse_response(&msg).unwrap();
         assert!(!r.items[0].is_success());
         let d = r.items[0].describe_failure();
-        assert!(d.contains("no such object") && d.contains("Not Found"), "{d}");
+        assert!(d.contains("no such object") && d.contains("ItemNotFound"), "{d}");
     }
 }
