@@ -382,7 +382,17 @@ fn recover_run(rt: &Runtime, rig: &Rig, ids: &Arc<Vec<String>>, callers: usize, 
 
 /// `issuers` tokio tasks issuing DEKs for `d`: steps 1-3 of backup (DEK,
 /// OAEP encrypt, durable insert), and with `seal` also step 4.
-fn issue_run(rt: &Runtime, rig: &Rig, issuers: usize, seal: bool, d: Duration) -> (u64, Duration) {
+#[derive(Debug, Clone, Copy)]
+enum IssueMode {
+    /// Backup steps 1-3: DEK, OAEP encrypt, durable insert.
+    Stored,
+    /// Steps 1-4: plus the seal for the client.
+    Sealed,
+    /// Control: DEK and OAEP encrypt in the same tokio tasks, no catalog.
+    EncryptOnly,
+}
+
+fn issue_run(rt: &Runtime, rig: &Rig, issuers: usize, mode: IssueMode, d: Duration) -> (u64, Duration) {
     rt.block_on(async {
         let shared = Arc::new((rig.kb.clone(), rig.pool.clone(), rig.public.clone(), rig.client.clone()));
         let start = Instant::now();
@@ -394,10 +404,17 @@ fn issue_run(rt: &Runtime, rig: &Rig, issuers: usize, seal: bool, d: Duration) -
                     let (kb, pool, public, client) = &*shared;
                     let mut n = 0u64;
                     while Instant::now() < deadline {
-                        if seal {
-                            backup::issue_with(kb, pool, public, client).await.expect("issue");
-                        } else {
-                            backup::store_new_dek(kb, pool, public, client).await.expect("store DEK");
+                        match mode {
+                            IssueMode::Sealed => drop(backup::issue_with(kb, pool, public, client).await.expect("issue")),
+                            IssueMode::Stored => drop(backup::store_new_dek(kb, pool, public, client).await.expect("store DEK")),
+                            // Control: the same encryption in the same tasks, no catalog.
+                            IssueMode::EncryptOnly => {
+                                let dek = Dek::generate().expect("dek");
+                                let mut plain = dek.expose().to_vec();
+                                plain.extend_from_slice(&[0u8; 32]);
+                                std::hint::black_box(public.encrypt(pool.oaep_hash, &plain).expect("encrypt"));
+                                tokio::task::yield_now().await;
+                            }
                         }
                         n += 1;
                     }
@@ -839,7 +856,7 @@ fn bench_issue(rt: &Runtime, s: &Settings, report: &mut Report) {
     let mut best: Option<(usize, Tally, Tally)> = None;
     for &n in &s.issuers {
         eprintln!("[issue] d: raw encrypt {threads} threads vs issue with {n} concurrent issuers");
-        let (base, kb) = compare(s, &mut |b, d| if b { issue_run(rt, &rig, n, false, d) } else { encrypt_run(&rig.public, hash, threads, d) });
+        let (base, kb) = compare(s, &mut |b, d| if b { issue_run(rt, &rig, n, IssueMode::Stored, d) } else { encrypt_run(&rig.public, hash, threads, d) });
         let ratio = kb.rate() / base.rate();
         if best.as_ref().is_none_or(|(_, b, k)| ratio > k.rate() / b.rate()) {
             best = Some((n, base, kb));
@@ -867,10 +884,22 @@ fn bench_issue(rt: &Runtime, s: &Settings, report: &mut Report) {
         kb,
         Some(0.80),
     );
+    // Control: how much of the gap is running in tokio tasks at all.
+    eprintln!("[issue] control: raw encrypt {threads} threads vs the same encryption in {n} tokio tasks");
+    let (base, kb) = compare(s, &mut |b, d| if b { issue_run(rt, &rig, n, IssueMode::EncryptOnly, d) } else { encrypt_run(&rig.public, hash, threads, d) });
+    report.row(
+        "issue_control_tokio_vs_threads",
+        "control: OAEP encrypt in tokio tasks vs OS threads",
+        &format!("PublicKek::encrypt, {threads} thr"),
+        base,
+        &format!("encrypt in {n} tokio tasks"),
+        kb,
+        None,
+    );
     // Informational: the whole backup-side call, including the seal for the
     // client (X25519 key agreement + AES-GCM), as the CLI and service run it.
     eprintln!("[issue] d': raw encrypt {threads} threads vs issue + seal with {n} concurrent issuers");
-    let (base, kb) = compare(s, &mut |b, d| if b { issue_run(rt, &rig, n, true, d) } else { encrypt_run(&rig.public, hash, threads, d) });
+    let (base, kb) = compare(s, &mut |b, d| if b { issue_run(rt, &rig, n, IssueMode::Sealed, d) } else { encrypt_run(&rig.public, hash, threads, d) });
     report.row(
         "issue_sealed_vs_encrypt",
         &format!("DEK issue + seal for the client vs raw OAEP-{hash} encrypt"),
