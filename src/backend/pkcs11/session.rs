@@ -125,11 +125,32 @@ impl std::fmt::Debug for TokenSessions {
     }
 }
 
+/// After a call, how long a worker polls for the next one before it
+/// sleeps. A caller issuing calls back to back (a restore loop) sends the
+/// next within tens of microseconds; catching it awake saves a thread
+/// wake-up per call, which costs more than that on small virtual machines.
+const LINGER: Duration = Duration::from_micros(200);
+
 fn worker(jobs: Arc<Mutex<mpsc::Receiver<Job>>>, idle: Arc<AtomicUsize>) {
     let mut session: Option<Session> = None;
     loop {
         idle.fetch_add(1, Ordering::SeqCst);
-        let job = jobs.lock().unwrap_or_else(|e| e.into_inner()).recv();
+        let mut job = None;
+        let until = std::time::Instant::now() + LINGER;
+        while std::time::Instant::now() < until {
+            if let Ok(rx) = jobs.try_lock() {
+                match rx.try_recv() {
+                    Ok(j) => {
+                        job = Some(Ok(j));
+                        break;
+                    }
+                    Err(mpsc::TryRecvError::Disconnected) => return,
+                    Err(mpsc::TryRecvError::Empty) => {}
+                }
+            }
+            std::hint::spin_loop();
+        }
+        let job = job.unwrap_or_else(|| jobs.lock().unwrap_or_else(|e| e.into_inner()).recv());
         idle.fetch_sub(1, Ordering::SeqCst);
         match job {
             Ok(job) => job(&mut session),
