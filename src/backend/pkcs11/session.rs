@@ -112,7 +112,10 @@ pub struct TokenSessions {
     queue: Mutex<mpsc::Sender<Job>>,
     jobs: Arc<Mutex<mpsc::Receiver<Job>>>,
     workers: AtomicUsize,
-    idle_workers: Arc<AtomicUsize>,
+    /// Calls queued or running. A worker is started only when there are more
+    /// calls in flight than workers (a call is counted out just before its
+    /// result is sent, so back-to-back calls reuse the same worker).
+    in_flight: AtomicUsize,
 }
 
 impl std::fmt::Debug for TokenSessions {
@@ -131,10 +134,9 @@ impl std::fmt::Debug for TokenSessions {
 /// wake-up per call, which costs more than that on small virtual machines.
 const LINGER: Duration = Duration::from_micros(200);
 
-fn worker(jobs: Arc<Mutex<mpsc::Receiver<Job>>>, idle: Arc<AtomicUsize>) {
+fn worker(jobs: Arc<Mutex<mpsc::Receiver<Job>>>) {
     let mut session: Option<Session> = None;
     loop {
-        idle.fetch_add(1, Ordering::SeqCst);
         let mut job = None;
         let until = std::time::Instant::now() + LINGER;
         while std::time::Instant::now() < until {
@@ -151,7 +153,6 @@ fn worker(jobs: Arc<Mutex<mpsc::Receiver<Job>>>, idle: Arc<AtomicUsize>) {
             std::hint::spin_loop();
         }
         let job = job.unwrap_or_else(|| jobs.lock().unwrap_or_else(|e| e.into_inner()).recv());
-        idle.fetch_sub(1, Ordering::SeqCst);
         match job {
             Ok(job) => job(&mut session),
             // The backend was dropped: close the session and stop.
@@ -175,7 +176,7 @@ impl TokenSessions {
             queue: Mutex::new(tx),
             jobs: Arc::new(Mutex::new(rx)),
             workers: AtomicUsize::new(0),
-            idle_workers: Arc::new(AtomicUsize::new(0)),
+            in_flight: AtomicUsize::new(0),
         }
     }
 
@@ -262,16 +263,17 @@ impl TokenSessions {
         }
     }
 
-    fn ensure_worker(&self) -> Result<(), BackendError> {
-        if self.idle_workers.load(Ordering::SeqCst) > 0 {
-            return Ok(());
-        }
-        let more = self.workers.fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| (n < self.max_sessions).then_some(n + 1)).is_ok();
+    /// Start another worker if calls in flight outnumber workers.
+    fn ensure_worker(&self, in_flight: usize) -> Result<(), BackendError> {
+        let more = self
+            .workers
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| (n < in_flight && n < self.max_sessions).then_some(n + 1))
+            .is_ok();
         if more {
-            let (jobs, idle) = (self.jobs.clone(), self.idle_workers.clone());
+            let jobs = self.jobs.clone();
             std::thread::Builder::new()
                 .name(format!("keybridge-pkcs11-{}", self.slot.id()))
-                .spawn(move || worker(jobs, idle))
+                .spawn(move || worker(jobs))
                 .map_err(|e| BackendError::Other(format!("cannot start a PKCS#11 worker thread: {e}")))?;
         }
         Ok(())
@@ -289,14 +291,19 @@ impl TokenSessions {
         let this = self.clone();
         let op = operation.to_owned();
         let job: Job = Box::new(move |slot| {
-            let _ = tx.send(this.run_on(slot, &op, f));
+            let result = this.run_on(slot, &op, f);
+            this.in_flight.fetch_sub(1, Ordering::SeqCst);
+            let _ = tx.send(result);
         });
-        self.ensure_worker()?;
-        self.queue
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .send(job)
-            .map_err(|_| BackendError::Other(format!("{operation}: the PKCS#11 workers stopped")))?;
+        let in_flight = self.in_flight.fetch_add(1, Ordering::SeqCst) + 1;
+        if let Err(e) = self.ensure_worker(in_flight) {
+            self.in_flight.fetch_sub(1, Ordering::SeqCst);
+            return Err(e);
+        }
+        if self.queue.lock().unwrap_or_else(|e| e.into_inner()).send(job).is_err() {
+            self.in_flight.fetch_sub(1, Ordering::SeqCst);
+            return Err(BackendError::Other(format!("{operation}: the PKCS#11 workers stopped")));
+        }
         match tokio::time::timeout(self.timeout, rx).await {
             Err(_) => Err(BackendError::Timeout { operation: operation.to_owned(), secs: self.timeout.as_secs() }),
             Ok(Err(_)) => Err(BackendError::Other(format!("{operation}: the PKCS#11 worker stopped"))),
