@@ -90,34 +90,64 @@ pub struct KeyFacts {
     pub decrypt: bool,
 }
 
-/// Unwrapped KEK handles per pool, with insertion time and session epoch.
+/// An unwrapped KEK in the token. Shared by the calls using it; when the
+/// last user drops it (after it left the cache), its handle goes to the
+/// graveyard and is destroyed by the next call, never while in use. Tokens
+/// reuse handle numbers, so destroying a handle someone still holds could
+/// make their next call hit another object.
+#[derive(Debug)]
+struct CachedKek {
+    handle: ObjectHandle,
+    epoch: u64,
+    graveyard: Arc<Mutex<Vec<(ObjectHandle, u64)>>>,
+}
+
+impl Drop for CachedKek {
+    fn drop(&mut self) {
+        self.graveyard.lock().unwrap_or_else(|e| e.into_inner()).push((self.handle, self.epoch));
+    }
+}
+
+/// Unwrapped KEKs per pool, with insertion time.
 #[derive(Debug, Default)]
 struct KekCache {
-    entries: Mutex<HashMap<i64, (Instant, u64, ObjectHandle)>>,
+    entries: Mutex<HashMap<i64, (Instant, Arc<CachedKek>)>>,
+    graveyard: Arc<Mutex<Vec<(ObjectHandle, u64)>>>,
 }
 
 impl KekCache {
-    /// The live handle for `pool`, and the expired handles to destroy.
-    /// Entries from an older session epoch are dropped without destroying:
-    /// their objects died with their session.
-    fn get(&self, pool: i64, ttl: Duration, epoch: u64) -> (Option<ObjectHandle>, Vec<ObjectHandle>) {
+    /// The live KEK for `pool`. Entries past their TTL or from an older
+    /// session epoch leave the cache (old-epoch objects died with their
+    /// session and are never destroyed by handle).
+    fn get(&self, pool: i64, ttl: Duration, epoch: u64) -> Option<Arc<CachedKek>> {
         let mut map = self.entries.lock().unwrap_or_else(|e| e.into_inner());
         let now = Instant::now();
-        map.retain(|_, (_, e, _)| *e == epoch);
-        let expired: Vec<i64> = map.iter().filter(|(_, (at, _, _))| now.duration_since(*at) >= ttl).map(|(k, _)| *k).collect();
-        let stale = expired.iter().filter_map(|k| map.remove(k)).map(|(_, _, h)| h).collect();
-        (map.get(&pool).map(|(_, _, h)| *h), stale)
+        map.retain(|_, (at, k)| k.epoch == epoch && now.duration_since(*at) < ttl);
+        map.get(&pool).map(|(_, k)| k.clone())
     }
-    fn insert(&self, pool: i64, epoch: u64, h: ObjectHandle) -> Option<ObjectHandle> {
-        let old = self.entries.lock().unwrap_or_else(|e| e.into_inner()).insert(pool, (Instant::now(), epoch, h));
-        old.filter(|(_, e, _)| *e == epoch).map(|(_, _, h)| h)
+
+    fn insert(&self, pool: i64, epoch: u64, handle: ObjectHandle) -> Arc<CachedKek> {
+        let k = Arc::new(CachedKek { handle, epoch, graveyard: self.graveyard.clone() });
+        self.entries.lock().unwrap_or_else(|e| e.into_inner()).insert(pool, (Instant::now(), k.clone()));
+        k
     }
-    fn remove(&self, pool: i64) {
-        self.entries.lock().unwrap_or_else(|e| e.into_inner()).remove(&pool);
-    }
-    fn drain(&self, epoch: u64) -> Vec<ObjectHandle> {
+
+    /// Drop `pool`'s entry if it is still `k` (a stale or failing handle).
+    fn evict(&self, pool: i64, k: &Arc<CachedKek>) {
         let mut map = self.entries.lock().unwrap_or_else(|e| e.into_inner());
-        map.drain().filter(|(_, (_, e, _))| *e == epoch).map(|(_, (_, _, h))| h).collect()
+        if map.get(&pool).is_some_and(|(_, cur)| Arc::ptr_eq(cur, k)) {
+            map.remove(&pool);
+        }
+    }
+
+    fn clear(&self) {
+        self.entries.lock().unwrap_or_else(|e| e.into_inner()).clear();
+    }
+
+    /// Handles no longer used by anyone, to destroy in session epoch `epoch`.
+    fn buried(&self, epoch: u64) -> Vec<ObjectHandle> {
+        let mut g = self.graveyard.lock().unwrap_or_else(|e| e.into_inner());
+        g.drain(..).filter(|(_, e)| *e == epoch).map(|(h, _)| h).collect()
     }
 }
 
@@ -506,10 +536,9 @@ impl Pkcs11Backend {
 
     /// The token's view of the cached unwrapped KEK of a pool, if cached.
     pub async fn cached_kek_facts(&self, pool_id: i64) -> Result<Option<KeyFacts>, BackendError> {
-        let (handle, _) = self.kek_cache.get(pool_id, self.kek_ttl, self.sessions.epoch());
-        match handle {
+        match self.kek_cache.get(pool_id, self.kek_ttl, self.sessions.epoch()) {
             None => Ok(None),
-            Some(h) => self.sessions.run("reading KEK attributes", move |s| key_facts(s, h)).await.map(Some),
+            Some(k) => self.sessions.run("reading KEK attributes", move |s| key_facts(s, k.handle)).await.map(Some),
         }
     }
 
@@ -584,8 +613,10 @@ impl KeyBackend for Pkcs11Backend {
         let label = label.to_owned();
         let id = hex::encode(crate::crypto::random_array::<16>().map_err(|source| BackendError::Crypto { context: "generating CKA_ID".into(), source })?);
         let (l, i) = (label.clone(), id.clone());
+        let module = self.sessions.module.clone();
         self.sessions
             .run("creating the master key", move |s| {
+                let _writes = module.token_writes.lock().unwrap_or_else(|e| e.into_inner());
                 let template = [
                     Attribute::Class(ObjectClass::SECRET_KEY),
                     Attribute::KeyType(KeyType::AES),
@@ -726,40 +757,38 @@ impl KeyBackend for Pkcs11Backend {
                 // Read the cache inside the call: a retry after a lost
                 // session sees the new epoch and unwraps again.
                 let epoch = sessions.epoch();
-                let (cached, stale) = cache.get(pool_id, ttl, epoch);
-                for h in stale {
+                for h in cache.buried(epoch) {
                     let _ = s.destroy_object(h);
                 }
-                // Warm path: the KEK is already unwrapped in the token.
-                if let Some(h) = cached {
-                    match s.decrypt(&oaep(hash), h, &ct) {
+                // Warm path: the KEK is already unwrapped in the token. Any
+                // failure other than a lost session sends us to the cold path
+                // once (the handle may have died or been reused); errors of
+                // the cold path are the ones reported.
+                if let Some(k) = cache.get(pool_id, ttl, epoch) {
+                    match s.decrypt(&oaep(hash), k.handle, &ct) {
                         Ok(pt) => return Ok(Zeroizing::new(pt)),
-                        // The session that held it was closed: unwrap again.
-                        Err(CkError::Pkcs11(RvError::KeyHandleInvalid | RvError::ObjectHandleInvalid, _)) => {
-                            cache.remove(pool_id);
+                        Err(CkError::Pkcs11(rv, f)) if !matches!(rv::disposition(rv), rv::Disposition::Permanent) && !bad_ciphertext(rv) => {
+                            return Err(OpError::Ck { err: CkError::Pkcs11(rv, f), doing: format!("decrypting a DEK of pool '{pool}'") });
                         }
-                        Err(e) => return Err(decrypt_error(e, &pool)),
+                        Err(_) => cache.evict(pool_id, &k),
                     }
                 }
                 let mk_handle = find_mk(s, &mk)?;
                 let h = match unwrap_kek(s, &module.raw, wrap, mk_handle, &wrapped) {
                     Ok(h) => h,
-                    Err(OpError::Ck { err: CkError::Pkcs11(rv, _), .. })
-                        if bad_wrapped_key(rv) =>
-                    {
+                    Err(OpError::Ck { err: CkError::Pkcs11(rv, _), .. }) if bad_wrapped_key(rv) => {
                         return Err(BackendError::KekUnwrap { pool: pool.clone(), mk: mk.label.clone(), detail: format!("the token answered {}", rv::ckr_name(rv)) }.into())
                     }
                     Err(e) => return Err(e),
                 };
-                let result = s.decrypt(&oaep(hash), h, &ct);
-                if !ttl.is_zero() {
-                    if let Some(old) = cache.insert(pool_id, epoch, h) {
-                        let _ = s.destroy_object(old);
-                    }
+                // Held until this call ends; cached for others (TTL) or, with
+                // no TTL, destroyed by a later call.
+                let kek = if ttl.is_zero() {
+                    Arc::new(CachedKek { handle: h, epoch, graveyard: cache.graveyard.clone() })
                 } else {
-                    let _ = s.destroy_object(h);
-                }
-                result.map(Zeroizing::new).map_err(|e| decrypt_error(e, &pool))
+                    cache.insert(pool_id, epoch, h)
+                };
+                s.decrypt(&oaep(hash), kek.handle, &ct).map(Zeroizing::new).map_err(|e| decrypt_error(e, &pool))
             })
             .await
     }
@@ -769,8 +798,10 @@ impl KeyBackend for Pkcs11Backend {
             return Err(BackendError::Other(format!("master key {} was adopted, not created by keybridge; refusing to destroy it", mk.label)));
         }
         let mk = mk.clone();
+        let module = self.sessions.module.clone();
         self.sessions
             .run("destroying the master key", move |s| {
+                let _writes = module.token_writes.lock().unwrap_or_else(|e| e.into_inner());
                 let h = find_mk(s, &mk)?;
                 s.destroy_object(h).doing("destroying the master key")
             })
@@ -778,15 +809,14 @@ impl KeyBackend for Pkcs11Backend {
     }
 
     async fn clear_cache(&self) {
-        let handles = self.kek_cache.drain(self.sessions.epoch());
-        if handles.is_empty() {
-            return;
-        }
+        self.kek_cache.clear();
+        let cache = self.kek_cache.clone();
+        let sessions = self.sessions.clone();
         let _ = self
             .sessions
             .run("destroying cached KEKs", move |s| {
-                for h in &handles {
-                    let _ = s.destroy_object(*h);
+                for h in cache.buried(sessions.epoch()) {
+                    let _ = s.destroy_object(h);
                 }
                 Ok(())
             })

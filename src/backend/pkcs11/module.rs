@@ -22,6 +22,11 @@ pub struct Module {
     pub path: PathBuf,
     pub ctx: Pkcs11,
     pub raw: RawModule,
+    /// Held while creating or destroying token objects. SoftHSM2 2.6 can
+    /// answer CKR_GENERAL_ERROR when two threads of one process write its
+    /// object store at once; such writes are rare here (pool creation and
+    /// its rollback), so they are serialised per module.
+    pub token_writes: Mutex<()>,
 }
 
 static MODULES: LazyLock<Mutex<HashMap<PathBuf, Arc<Module>>>> = LazyLock::new(Default::default);
@@ -43,7 +48,7 @@ pub fn module(path: &Path) -> Result<Arc<Module>, BackendError> {
         Err(e) => return Err(err(format!("C_Initialize failed: {e}"))),
     }
     let raw = RawModule::load(&key).map_err(|e| err(format!("cannot read its function list: {e}")))?;
-    let m = Arc::new(Module { path: key.clone(), ctx, raw });
+    let m = Arc::new(Module { path: key.clone(), ctx, raw, token_writes: Mutex::new(()) });
     map.insert(key, m.clone());
     Ok(m)
 }
