@@ -42,7 +42,9 @@ pub struct StoredDek {
 /// pool's public KEK, store the ciphertext durably.
 pub async fn store_new_dek(kb: &Keybridge, pool: &PoolRecord, public: &PublicKek, client: &ClientRecord) -> Result<StoredDek> {
     let dek = Dek::generate().map_err(Error::crypto("generating DEK"))?;
-    let dek_id = uuid::Uuid::new_v4().to_string();
+    // Time-ordered (UUIDv7): catalog inserts append to the id index instead
+    // of touching a random leaf page per DEK, which multiplied WAL traffic.
+    let dek_id = uuid::Uuid::now_v7().to_string();
     let mut plain = Zeroizing::new(Vec::with_capacity(64));
     plain.extend_from_slice(dek.expose());
     plain.extend_from_slice(&dek_binding(&dek_id, &pool.name, &client.name));
