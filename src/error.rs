@@ -87,6 +87,10 @@ pub enum Error {
     /// A caller asked for something not allowed (e.g. another client's DEK).
     #[error("denied: {0}")]
     Denied(String),
+
+    /// A bug or a failed background task; the message says which.
+    #[error("internal error: {0}")]
+    Internal(String),
 }
 
 impl Error {
@@ -120,7 +124,8 @@ impl Error {
             Error::Catalog { .. }
             | Error::CatalogSchema { .. }
             | Error::Crypto { .. }
-            | Error::Io { .. } => 1,
+            | Error::Io { .. }
+            | Error::Internal(_) => 1,
         }
     }
 
@@ -139,6 +144,7 @@ impl Error {
             Error::Crypto { .. } => "crypto",
             Error::Io { .. } => "io",
             Error::Denied(_) => "denied",
+            Error::Internal(_) => "internal",
         }
     }
 }

@@ -17,7 +17,7 @@ pub async fn add_client(kb: &Keybridge, name: &str, password: &SecretString, kdf
     let password = password.clone();
     let reg = tokio::task::spawn_blocking(move || seal::register(&password, kdf))
         .await
-        .map_err(|e| Error::Denied(format!("client registration task failed: {e}")))?
+        .map_err(|e| Error::Internal(format!("client registration task failed: {e}")))?
         .map_err(|e| match e {
             Error::Seal { reason, .. } => Error::Seal { client: name.to_owned(), reason },
             other => other,
