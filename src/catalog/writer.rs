@@ -71,11 +71,10 @@ impl DekWriter {
         let id = row.id.clone();
         self.sender()?
             .send((row, done_tx))
-            .map_err(|_| Error::CatalogSchema { path: self.path.clone(), reason: "catalog writer thread stopped".into() })?;
-        done_rx.await.map_err(|_| Error::CatalogSchema {
-            path: self.path.clone(),
-            reason: format!("catalog writer thread stopped before DEK {id} was committed"),
-        })?
+            .map_err(|_| Error::Internal(format!("catalog writer thread for {} stopped", self.path.display())))?;
+        done_rx
+            .await
+            .map_err(|_| Error::Internal(format!("catalog writer thread for {} stopped before DEK {id} was committed", self.path.display())))?
     }
 }
 
@@ -103,23 +102,20 @@ fn run(mut conn: rusqlite::Connection, rx: mpsc::Receiver<Job>) {
             Err(_) if batch.len() > 1 => {
                 for job in batch {
                     let result = commit(&mut conn, std::slice::from_ref(&job));
-                    answer(&conn, job, result.map(|mut s| s.remove(0)));
+                    answer(job, result.map(|mut s| s.remove(0)));
                 }
             }
             Err(e) => {
                 if let Some(job) = batch.pop() {
-                    answer(&conn, job, Err(e));
+                    answer(job, Err(e));
                 }
             }
         }
     }
 }
 
-fn answer(conn: &rusqlite::Connection, (row, done): Job, result: rusqlite::Result<String>) {
-    let _ = done.send(result.map_err(|e| Error::CatalogSchema {
-        path: PathBuf::from(conn.path().unwrap_or("")),
-        reason: format!("DEK {} not stored: {e}", row.id),
-    }));
+fn answer((row, done): Job, result: rusqlite::Result<String>) {
+    let _ = done.send(result.map_err(|source| Error::Catalog { context: format!("storing DEK {} (not issued)", row.id), source }));
 }
 
 fn commit(conn: &mut rusqlite::Connection, batch: &[Job]) -> rusqlite::Result<Vec<String>> {
