@@ -59,6 +59,16 @@ pub enum Attribute {
     Other { name: String, value: Item },
 }
 
+/// The attributes keybridge types: KMIP 1.x name and 2.0 tag.
+const KNOWN_ATTRIBUTES: &[(&str, Tag)] = &[
+    ("Cryptographic Algorithm", t::CRYPTOGRAPHIC_ALGORITHM),
+    ("Cryptographic Length", t::CRYPTOGRAPHIC_LENGTH),
+    ("Cryptographic Usage Mask", t::CRYPTOGRAPHIC_USAGE_MASK),
+    ("Name", t::NAME),
+    ("Object Group", t::OBJECT_GROUP),
+    ("State", t::STATE),
+];
+
 impl Attribute {
     /// The KMIP 1.x attribute name.
     pub fn name(&self) -> &str {
@@ -75,15 +85,7 @@ impl Attribute {
 
     /// The attribute's own tag (KMIP 2.0 encoding, and 2.0 references).
     pub fn tag_for_name(name: &str) -> Option<Tag> {
-        Some(match name {
-            "Cryptographic Algorithm" => t::CRYPTOGRAPHIC_ALGORITHM,
-            "Cryptographic Length" => t::CRYPTOGRAPHIC_LENGTH,
-            "Cryptographic Usage Mask" => t::CRYPTOGRAPHIC_USAGE_MASK,
-            "Name" => t::NAME,
-            "Object Group" => t::OBJECT_GROUP,
-            "State" => t::STATE,
-            _ => return None,
-        })
+        KNOWN_ATTRIBUTES.iter().find(|(n, _)| *n == name).map(|(_, tag)| *tag)
     }
 
     /// The value encoded under `tag` (1.x: `Attribute Value`; 2.0: the attribute's tag).
@@ -130,16 +132,10 @@ impl Attribute {
             let value = item.child(t::ATTRIBUTE_VALUE)?;
             return Some(Attribute::from_value(name, value));
         }
-        let name = match item.tag {
-            x if x == t::CRYPTOGRAPHIC_ALGORITHM => "Cryptographic Algorithm",
-            x if x == t::CRYPTOGRAPHIC_LENGTH => "Cryptographic Length",
-            x if x == t::CRYPTOGRAPHIC_USAGE_MASK => "Cryptographic Usage Mask",
-            x if x == t::NAME => "Name",
-            x if x == t::OBJECT_GROUP => "Object Group",
-            x if x == t::STATE => "State",
-            _ => return Some(Attribute::Other { name: item.tag.to_string(), value: item.clone() }),
-        };
-        Some(Attribute::from_value(name, item))
+        Some(match KNOWN_ATTRIBUTES.iter().find(|(_, tag)| *tag == item.tag) {
+            Some((name, _)) => Attribute::from_value(name, item),
+            None => Attribute::Other { name: item.tag.to_string(), value: item.clone() },
+        })
     }
 }
 

@@ -172,11 +172,11 @@ impl KmipBackend {
 
     /// Wrap `pkcs8` under the MK.
     async fn wrap(&self, mk: &MasterKeyRef, pkcs8: &[u8], mode: Mode) -> Result<Vec<u8>, BackendError> {
-        let random = |what: &str| BackendError::Crypto { context: format!("generating {what}"), source: crate::crypto::CryptoError::Random("OS CSPRNG".into()) };
+        let random = |source| BackendError::Crypto { context: "generating an IV".into(), source };
         let aad = wrap_aad(mk);
         match mode {
             Mode::ServerGcm => {
-                let iv = crate::crypto::random_array::<IV_LEN>().map_err(|_| random("IV"))?;
+                let iv = crate::crypto::random_array::<IV_LEN>().map_err(random)?;
                 let r = self
                     .client
                     .call_one(Request::Encrypt { uid: mk.id.clone(), mode: CipherMode::Gcm, data: pkcs8.to_vec(), iv: iv.to_vec(), aad })
@@ -188,7 +188,7 @@ impl KmipBackend {
                 Ok(join_blob(BLOB_MAGIC, &iv[..], &tag, &ct))
             }
             Mode::ServerCbc => {
-                let iv = crate::crypto::random_array::<CBC_IV_LEN>().map_err(|_| random("IV"))?;
+                let iv = crate::crypto::random_array::<CBC_IV_LEN>().map_err(random)?;
                 let r = self
                     .client
                     .call_one(Request::Encrypt { uid: mk.id.clone(), mode: CipherMode::CbcPkcs5, data: pkcs8.to_vec(), iv: iv.to_vec(), aad: Vec::new() })
@@ -198,7 +198,7 @@ impl KmipBackend {
                 Ok(join_blob(CBC_MAGIC, &iv[..], &cbc_check(pkcs8), &ct))
             }
             Mode::Export => {
-                let iv = crate::crypto::random_array::<IV_LEN>().map_err(|_| random("IV"))?;
+                let iv = crate::crypto::random_array::<IV_LEN>().map_err(random)?;
                 let key = self.export_mk(mk).await?;
                 let out = Self::local_gcm(&key, &iv[..], &aad, pkcs8, true)?;
                 let (ct, tag) = out.split_at(out.len() - TAG_LEN);

@@ -751,7 +751,6 @@ impl KeyBackend for Pkcs11Backend {
         let mk = kek.master_key.clone();
         let wrapped = kek.wrapped_private.to_vec();
         let ct = encrypted.to_vec();
-        let module = self.sessions.module.clone();
         self.sessions
             .run("decrypting a DEK", move |s| {
                 // Read the cache inside the call: a retry after a lost
@@ -767,14 +766,14 @@ impl KeyBackend for Pkcs11Backend {
                 if let Some(k) = cache.get(pool_id, ttl, epoch) {
                     match s.decrypt(&oaep(hash), k.handle, &ct) {
                         Ok(pt) => return Ok(Zeroizing::new(pt)),
-                        Err(CkError::Pkcs11(rv, f)) if !matches!(rv::disposition(rv), rv::Disposition::Permanent) && !bad_ciphertext(rv) => {
-                            return Err(OpError::Ck { err: CkError::Pkcs11(rv, f), doing: format!("decrypting a DEK of pool '{pool}'") });
+                        Err(e @ CkError::Pkcs11(rv, _)) if !matches!(rv::disposition(rv), rv::Disposition::Permanent) && !bad_ciphertext(rv) => {
+                            return Err(decrypt_error(e, &pool));
                         }
                         Err(_) => cache.evict(pool_id, &k),
                     }
                 }
                 let mk_handle = find_mk(s, &mk)?;
-                let h = match unwrap_kek(s, &module.raw, wrap, mk_handle, &wrapped) {
+                let h = match unwrap_kek(s, &sessions.module.raw, wrap, mk_handle, &wrapped) {
                     Ok(h) => h,
                     Err(OpError::Ck { err: CkError::Pkcs11(rv, _), .. }) if bad_wrapped_key(rv) => {
                         return Err(BackendError::KekUnwrap { pool: pool.clone(), mk: mk.label.clone(), detail: format!("the token answered {}", rv::ckr_name(rv)) }.into())
