@@ -21,6 +21,8 @@ pub struct Config {
     pub catalog: CatalogConfig,
     #[serde(default)]
     pub kms: Vec<KmsConfig>,
+    /// `[service]`: needed only by `keybridge serve`.
+    pub service: Option<ServiceConfig>,
     /// Where the file was read from (not a TOML key).
     #[serde(skip)]
     pub source: PathBuf,
@@ -159,6 +161,47 @@ impl KmipConfig {
     }
 }
 
+fn default_listen() -> String {
+    "127.0.0.1:8443".into()
+}
+fn default_skew() -> u64 {
+    300
+}
+fn default_health_interval() -> u64 {
+    10
+}
+fn default_grace() -> u64 {
+    30
+}
+
+/// `[service]`: the adapter service (`keybridge serve`).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServiceConfig {
+    /// `host:port` to listen on (HTTPS).
+    #[serde(default = "default_listen")]
+    pub listen: String,
+    /// Server certificate chain (PEM); `keybridge init` makes a self-signed
+    /// one for localhost.
+    pub cert: PathBuf,
+    /// Server private key (PEM).
+    pub key: PathBuf,
+    /// File holding the operator bearer token (first line; mode 0600).
+    pub operator_token_file: PathBuf,
+    /// Base URL of the MediaAgent clients are told to stream to.
+    pub media_agent: String,
+    /// Largest accepted difference between a client's clock and ours; also
+    /// how long used request nonces are remembered.
+    #[serde(default = "default_skew")]
+    pub max_clock_skew_secs: u64,
+    /// How often every KMS is probed for `/healthz`.
+    #[serde(default = "default_health_interval")]
+    pub health_interval_secs: u64,
+    /// How long shutdown waits for in-flight requests.
+    #[serde(default = "default_grace")]
+    pub shutdown_grace_secs: u64,
+}
+
 /// `kind = "builtin"`
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -251,6 +294,17 @@ impl Config {
                 KmsConfig::Builtin(c) => c.root_key = base.join(&c.root_key),
             }
         }
+        if let Some(svc) = &mut config.service {
+            for p in [&mut svc.cert, &mut svc.key, &mut svc.operator_token_file] {
+                *p = base.join(&*p);
+            }
+            if svc.listen.parse::<std::net::SocketAddr>().is_err() {
+                return Err(bad(format!("[service] listen '{}' is not an address like 127.0.0.1:8443", svc.listen)));
+            }
+            if !(svc.media_agent.starts_with("http://") || svc.media_agent.starts_with("https://")) {
+                return Err(bad(format!("[service] media_agent '{}' must be an http:// or https:// URL", svc.media_agent)));
+            }
+        }
         Ok(config)
     }
 
@@ -273,6 +327,13 @@ impl Config {
          [[kms]]\n\
          name = \"builtin\"\n\
          kind = \"builtin\"\n\
-         root_key = \"root.key\"\n"
+         root_key = \"root.key\"\n\
+         \n\
+         [service]\n\
+         listen = \"127.0.0.1:8443\"\n\
+         cert = \"service.crt\"\n\
+         key = \"service.key\"\n\
+         operator_token_file = \"operator.token\"\n\
+         media_agent = \"https://127.0.0.1:8444\"\n"
     }
 }

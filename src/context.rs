@@ -46,4 +46,15 @@ impl Keybridge {
         map.insert(name.to_owned(), b.clone());
         Ok(b)
     }
+
+    /// Forget an opened backend (after a failed health probe), so the next
+    /// use opens it afresh.
+    pub async fn forget_backend(&self, name: &str) {
+        self.backends.lock().await.remove(name);
+    }
+
+    /// The backends opened so far, by name.
+    pub async fn open_backends(&self) -> Vec<(String, Arc<dyn KeyBackend>)> {
+        self.backends.lock().await.iter().map(|(n, b)| (n.clone(), b.clone())).collect()
+    }
 }

@@ -88,6 +88,15 @@ pub enum Error {
     #[error("denied: {0}")]
     Denied(String),
 
+    /// The service or MediaAgent answered with an error.
+    #[error("{peer}: {message} (HTTP {status})")]
+    Remote { peer: String, status: u16, kind: String, message: String },
+
+    /// The service or MediaAgent could not be reached, or the connection
+    /// broke.
+    #[error("{peer}: {reason}")]
+    Unreachable { peer: String, reason: String },
+
     /// A bug or a failed background task; the message says which.
     #[error("internal error: {0}")]
     Internal(String),
@@ -121,6 +130,19 @@ impl Error {
             Error::Seal { .. } => 7,
             Error::AlreadyExists { .. } | Error::InvalidName { .. } => 8,
             Error::Denied(_) => 9,
+            Error::Remote { kind, .. } => match kind.as_str() {
+                "config" | "input" | "invalid_name" => 3,
+                "not_found" => 4,
+                "kms" => 5,
+                "integrity" => 6,
+                "seal" => 7,
+                "already_exists" => 8,
+                "denied" => 9,
+                "auth" => 10,
+                "storage_full" => 12,
+                _ => 1,
+            },
+            Error::Unreachable { .. } => 11,
             Error::Catalog { .. }
             | Error::CatalogSchema { .. }
             | Error::Crypto { .. }
@@ -145,6 +167,8 @@ impl Error {
             Error::Io { .. } => "io",
             Error::Denied(_) => "denied",
             Error::Internal(_) => "internal",
+            Error::Remote { .. } => "remote",
+            Error::Unreachable { .. } => "unreachable",
         }
     }
 }

@@ -7,17 +7,23 @@
 //! per KMS; [`catalog`] the SQLite catalog; [`seal`] DEK delivery under the
 //! client's network password; [`crypto`] the software primitives.
 
+pub mod api;
 pub mod backend;
 pub mod catalog;
+pub mod client;
 pub mod cli;
 pub mod config;
 pub mod context;
 pub mod crypto;
 pub mod error;
 pub mod flows;
+pub mod http;
 pub mod kmip;
+pub mod media_agent;
 pub mod seal;
 pub mod secret;
+pub mod service;
+pub mod tls;
 
 pub use context::Keybridge;
 pub use error::{Error, Result};

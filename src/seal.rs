@@ -35,6 +35,7 @@ const MAGIC: &[u8; 4] = b"KBS1";
 const SALT_LEN: usize = 16;
 const HKDF_CLIENT_KEY: &[u8] = b"keybridge/v1/client-seal-x25519";
 const HKDF_SEAL_KEY: &[u8] = b"keybridge/v1/dek-seal-aes256gcm";
+const HKDF_AUTH_KEY: &[u8] = b"keybridge/v1/client-auth-ed25519";
 
 /// Argon2id parameters, stored per client so they can be raised later.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -59,28 +60,105 @@ impl Default for KdfParams {
     }
 }
 
-/// What registering a client stores in the catalog.
-#[derive(Debug, Clone)]
+/// What registering a client stores in the catalog: public material only.
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Registration {
     pub kdf: KdfParams,
+    #[serde(with = "hex_bytes")]
     pub salt: Vec<u8>,
+    #[serde(with = "hex_array")]
     pub seal_public: [u8; 32],
+    #[serde(with = "hex_array")]
+    pub auth_public: [u8; 32],
 }
 
-fn client_secret(password: &SecretString, salt: &[u8], kdf: &KdfParams) -> Result<StaticSecret> {
-    let bad = |reason: String| Error::Seal { client: String::new(), reason };
-    let params = argon2::Params::new(kdf.m_kib, kdf.t, kdf.p, Some(32))
-        .map_err(|e| bad(format!("invalid Argon2id parameters: {e}")))?;
-    let argon = argon2::Argon2::new(argon2::Algorithm::Argon2id, argon2::Version::V0x13, params);
-    let mut stretched = Zeroizing::new([0u8; 32]);
-    argon
-        .hash_password_into(password.expose_secret().as_bytes(), salt, &mut stretched[..])
-        .map_err(|e| bad(format!("Argon2id failed: {e}")))?;
-    let mut seed = Zeroizing::new([0u8; 32]);
-    hkdf::Hkdf::<Sha256>::new(None, &stretched[..])
-        .expand(HKDF_CLIENT_KEY, &mut seed[..])
-        .expect("32 bytes is a valid HKDF-SHA256 output length");
-    Ok(StaticSecret::from(*seed))
+mod hex_bytes {
+    pub fn serialize<S: serde::Serializer>(v: &[u8], s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&hex::encode(v))
+    }
+    pub fn deserialize<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<u8>, D::Error> {
+        let text: String = serde::Deserialize::deserialize(d)?;
+        hex::decode(text).map_err(serde::de::Error::custom)
+    }
+}
+
+mod hex_array {
+    pub fn serialize<S: serde::Serializer>(v: &[u8; 32], s: S) -> Result<S::Ok, S::Error> {
+        super::hex_bytes::serialize(v, s)
+    }
+    pub fn deserialize<'de, D: serde::Deserializer<'de>>(d: D) -> Result<[u8; 32], D::Error> {
+        let v = super::hex_bytes::deserialize(d)?;
+        v.try_into().map_err(|_| serde::de::Error::custom("expected 32 bytes (64 hex characters)"))
+    }
+}
+
+/// Everything a client derives from its network password: the X25519
+/// secret that opens sealed DEKs and the Ed25519 key that signs its requests
+/// to the service. Both come from one Argon2id run, so a client pays the
+/// password KDF once per process.
+pub struct ClientKeys {
+    salt: Vec<u8>,
+    kdf: KdfParams,
+    seal: StaticSecret,
+    auth: ed25519_dalek::SigningKey,
+}
+
+impl std::fmt::Debug for ClientKeys {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ClientKeys").field("kdf", &self.kdf).finish_non_exhaustive()
+    }
+}
+
+impl ClientKeys {
+    /// Run Argon2id on `password` with the client's `salt` and parameters.
+    pub fn derive(password: &SecretString, salt: &[u8], kdf: &KdfParams) -> Result<ClientKeys> {
+        let bad = |reason: String| Error::Seal { client: String::new(), reason };
+        // Refuse parameters that would let a forged record exhaust memory.
+        if kdf.m_kib > 4 * 1024 * 1024 || kdf.t > 64 || kdf.p > 64 {
+            return Err(bad("the KDF parameters are out of range".into()));
+        }
+        let params = argon2::Params::new(kdf.m_kib, kdf.t, kdf.p, Some(32))
+            .map_err(|e| bad(format!("invalid Argon2id parameters: {e}")))?;
+        let argon = argon2::Argon2::new(argon2::Algorithm::Argon2id, argon2::Version::V0x13, params);
+        let mut stretched = Zeroizing::new([0u8; 32]);
+        argon
+            .hash_password_into(password.expose_secret().as_bytes(), salt, &mut stretched[..])
+            .map_err(|e| bad(format!("Argon2id failed: {e}")))?;
+        let expand = |info: &[u8]| {
+            let mut out = Zeroizing::new([0u8; 32]);
+            hkdf::Hkdf::<Sha256>::new(None, &stretched[..])
+                .expand(info, &mut out[..])
+                .expect("32 bytes is a valid HKDF-SHA256 output length");
+            out
+        };
+        Ok(ClientKeys {
+            salt: salt.to_vec(),
+            kdf: *kdf,
+            seal: StaticSecret::from(*expand(HKDF_CLIENT_KEY)),
+            auth: ed25519_dalek::SigningKey::from_bytes(&expand(HKDF_AUTH_KEY)),
+        })
+    }
+
+    /// The public half of the seal key (what the catalog stores).
+    pub fn seal_public(&self) -> [u8; 32] {
+        PublicKey::from(&self.seal).to_bytes()
+    }
+
+    /// The public half of the request-signing key (what the catalog stores).
+    pub fn auth_public(&self) -> [u8; 32] {
+        self.auth.verifying_key().to_bytes()
+    }
+
+    /// Sign `message` (a canonical request, see [`crate::api::auth`]).
+    pub fn sign(&self, message: &[u8]) -> [u8; 64] {
+        use ed25519_dalek::Signer;
+        self.auth.sign(message).to_bytes()
+    }
+
+    /// Whether these keys were derived with `salt` and `kdf`.
+    fn matches(&self, salt: &[u8], kdf: &KdfParams) -> bool {
+        self.salt == salt && self.kdf == *kdf
+    }
 }
 
 /// Derive a client's registration record from its password.
@@ -92,8 +170,8 @@ pub fn register(password: &SecretString, kdf: KdfParams) -> Result<Registration>
         });
     }
     let salt = crate::crypto::random_array::<SALT_LEN>().map_err(Error::crypto("generating client salt"))?;
-    let secret = client_secret(password, &salt[..], &kdf)?;
-    Ok(Registration { kdf, salt: salt.to_vec(), seal_public: PublicKey::from(&secret).to_bytes() })
+    let keys = ClientKeys::derive(password, &salt[..], &kdf)?;
+    Ok(Registration { kdf, salt: salt.to_vec(), seal_public: keys.seal_public(), auth_public: keys.auth_public() })
 }
 
 fn seal_key(shared: &[u8; 32], ephemeral: &[u8; 32], client_public: &[u8; 32]) -> Zeroizing<[u8; 32]> {
@@ -251,20 +329,35 @@ pub fn peek(sealed: &str) -> Result<SealedHeader> {
 
 /// Open a sealed DEK with the client's password (client side).
 pub fn open(sealed: &str, client: &str, password: &SecretString) -> Result<(SealedHeader, Dek)> {
-    let bad = |reason: String| Error::Seal { client: client.to_owned(), reason };
     let raw = decode(sealed, client)?;
-    let p = parse(&raw).map_err(|r| bad(r.into()))?;
+    let p = parse(&raw).map_err(|r| Error::Seal { client: client.to_owned(), reason: r.into() })?;
+    let keys = ClientKeys::derive(password, p.salt, &p.kdf).map_err(|e| match e {
+        Error::Seal { reason, .. } => Error::Seal { client: client.to_owned(), reason },
+        other => other,
+    })?;
+    open_parsed(p, client, &keys)
+}
+
+/// Open a sealed DEK with keys already derived from the password (a client
+/// that signs its requests has them). Derives afresh if the DEK was sealed
+/// under another salt or KDF parameters.
+pub fn open_with(sealed: &str, client: &str, keys: &ClientKeys, password: &SecretString) -> Result<(SealedHeader, Dek)> {
+    let raw = decode(sealed, client)?;
+    let p = parse(&raw).map_err(|r| Error::Seal { client: client.to_owned(), reason: r.into() })?;
+    if keys.matches(p.salt, &p.kdf) {
+        open_parsed(p, client, keys)
+    } else {
+        open(sealed, client, password)
+    }
+}
+
+fn open_parsed(p: Parsed<'_>, client: &str, keys: &ClientKeys) -> Result<(SealedHeader, Dek)> {
+    let bad = |reason: String| Error::Seal { client: client.to_owned(), reason };
     if p.header.client != client {
         return Err(bad(format!("it was sealed for client '{}'", p.header.client)));
     }
-    // Refuse parameters that would let a forged blob exhaust memory.
-    if p.kdf.m_kib > 4 * 1024 * 1024 || p.kdf.t > 64 || p.kdf.p > 64 {
-        return Err(bad("its KDF parameters are out of range".into()));
-    }
-    let secret = client_secret(password, p.salt, &p.kdf).map_err(|e| bad(e.to_string()))?;
-    let client_public = PublicKey::from(&secret).to_bytes();
-    let shared = secret.diffie_hellman(&PublicKey::from(p.ephemeral));
-    let key = seal_key(shared.as_bytes(), &p.ephemeral, &client_public);
+    let shared = keys.seal.diffie_hellman(&PublicKey::from(p.ephemeral));
+    let key = seal_key(shared.as_bytes(), &p.ephemeral, &keys.seal_public());
     let cipher = Aes256Gcm::new_from_slice(&key[..]).expect("32-byte key");
     let plain = Zeroizing::new(
         cipher

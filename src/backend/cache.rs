@@ -49,16 +49,37 @@ impl<V: Clone> TtlCache<V> {
     }
 }
 
+/// Hit and miss counts of a KEK cache, for `/metrics`.
+#[derive(Debug, Default)]
+pub struct CacheStats {
+    hits: std::sync::atomic::AtomicU64,
+    misses: std::sync::atomic::AtomicU64,
+}
+
+impl CacheStats {
+    pub fn record(&self, hit: bool) {
+        let counter = if hit { &self.hits } else { &self.misses };
+        counter.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// (hits, misses)
+    pub fn get(&self) -> (u64, u64) {
+        use std::sync::atomic::Ordering::Relaxed;
+        (self.hits.load(Relaxed), self.misses.load(Relaxed))
+    }
+}
+
 /// KEKs held in software (built-in and KMIP backends): the parsed private
 /// key, cached per pool; DEKs are decrypted off the async runtime.
 #[derive(Debug)]
 pub struct SoftwareKeks {
     cache: TtlCache<Arc<PrivateKek>>,
+    pub stats: CacheStats,
 }
 
 impl SoftwareKeks {
     pub fn new(ttl: Duration) -> Self {
-        SoftwareKeks { cache: TtlCache::new(ttl) }
+        SoftwareKeks { cache: TtlCache::new(ttl), stats: CacheStats::default() }
     }
 
     /// Decrypt `encrypted` with the pool's KEK; on a cache miss `unwrap`
@@ -68,7 +89,9 @@ impl SoftwareKeks {
         F: FnOnce() -> Fut,
         Fut: Future<Output = Result<Zeroizing<Vec<u8>>, BackendError>>,
     {
-        let private = match self.cache.get(kek.pool_id).await {
+        let cached = self.cache.get(kek.pool_id).await;
+        self.stats.record(cached.is_some());
+        let private = match cached {
             Some(p) => p,
             None => {
                 let pkcs8 = unwrap().await?;

@@ -189,6 +189,9 @@ pub trait KeyBackend: Send + Sync + fmt::Debug {
 
     /// Drop every cached unwrapped KEK.
     async fn clear_cache(&self);
+
+    /// KEK cache (hits, misses) since the backend was opened.
+    fn cache_stats(&self) -> (u64, u64);
 }
 
 /// Open the backend for a `[[kms]]` entry.

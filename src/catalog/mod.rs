@@ -8,6 +8,7 @@
 //! group-commit writer (`writer.rs`) so that durable (`synchronous=FULL`)
 //! writes do not cost one fsync per DEK under load.
 
+mod jobs;
 mod schema;
 mod writer;
 
@@ -20,6 +21,7 @@ use crate::backend::{MasterKeyRef, NewKek};
 use crate::crypto::OaepHash;
 use crate::{Error, Result};
 
+pub use jobs::{JobCompletion, JobRecord, JobState};
 pub use writer::DekRow;
 
 /// A storage pool as stored.
@@ -38,6 +40,23 @@ pub struct PoolRecord {
     pub created_at: String,
 }
 
+impl PoolRecord {
+    /// The pool as shown to operators (CLI and service): no key material
+    /// beyond what is public.
+    pub fn to_json(&self) -> serde_json::Value {
+        serde_json::json!({
+            "name": self.name,
+            "kms": self.kms_name,
+            "master_key": { "id": self.master_key.id, "label": self.master_key.label, "created_by_keybridge": self.master_key.owned },
+            "kek_bits": self.kek_bits,
+            "wrap_mechanism": self.wrap_mechanism,
+            "oaep_hash": self.oaep_hash,
+            "params": self.params,
+            "created_at": self.created_at,
+        })
+    }
+}
+
 /// A registered client: only public, password-derived material.
 #[derive(Debug, Clone)]
 pub struct ClientRecord {
@@ -46,6 +65,10 @@ pub struct ClientRecord {
     pub kdf: crate::seal::KdfParams,
     pub salt: Vec<u8>,
     pub seal_public: [u8; 32],
+    /// Ed25519 key that verifies the client's signed requests to the
+    /// service. `None` for clients registered before the service existed:
+    /// they must be registered again to use it.
+    pub auth_public: Option<[u8; 32]>,
     pub created_at: String,
 }
 
@@ -66,6 +89,8 @@ pub struct Catalog {
     conn: Mutex<Connection>,
     writer: writer::DekWriter,
 }
+
+type ClientRow = (i64, String, String, Vec<u8>, Vec<u8>, String, Option<Vec<u8>>);
 
 const NOW: &str = "strftime('%Y-%m-%dT%H:%M:%fZ','now')";
 
@@ -223,18 +248,14 @@ impl Catalog {
     }
 
     /// Register a client.
-    pub fn insert_client(
-        &self,
-        name: &str,
-        kdf: &crate::seal::KdfParams,
-        salt: &[u8],
-        seal_public: &[u8; 32],
-    ) -> Result<ClientRecord> {
+    pub fn insert_client(&self, name: &str, reg: &crate::seal::Registration) -> Result<ClientRecord> {
         let conn = self.conn();
-        let kdf_json = serde_json::to_string(kdf).expect("KdfParams serialises");
+        let kdf_json = serde_json::to_string(&reg.kdf).expect("KdfParams serialises");
         let res = conn.execute(
-            &format!("INSERT INTO clients(name, kdf, salt, seal_public, created_at) VALUES (?1, ?2, ?3, ?4, {NOW})"),
-            params![name, kdf_json, salt, &seal_public[..]],
+            &format!(
+                "INSERT INTO clients(name, kdf, salt, seal_public, auth_public, created_at) VALUES (?1, ?2, ?3, ?4, ?5, {NOW})"
+            ),
+            params![name, kdf_json, reg.salt, &reg.seal_public[..], &reg.auth_public[..]],
         );
         match res {
             Err(rusqlite::Error::SqliteFailure(e, _)) if e.code == rusqlite::ErrorCode::ConstraintViolation => {
@@ -249,17 +270,18 @@ impl Catalog {
     fn client_query(&self, clause: &str, param: &dyn rusqlite::ToSql) -> Result<Option<ClientRecord>> {
         let conn = self.conn();
         conn.query_row(
-            &format!("SELECT id, name, kdf, salt, seal_public, created_at FROM clients WHERE {clause}"),
+            &format!("SELECT id, name, kdf, salt, seal_public, created_at, auth_public FROM clients WHERE {clause}"),
             [param],
             |r| {
                 let kdf: String = r.get(2)?;
                 let public: Vec<u8> = r.get(4)?;
-                Ok((r.get(0)?, r.get(1)?, kdf, r.get(3)?, public, r.get(5)?))
+                let auth: Option<Vec<u8>> = r.get(6)?;
+                Ok((r.get(0)?, r.get(1)?, kdf, r.get(3)?, public, r.get(5)?, auth))
             },
         )
         .optional()
         .map_err(Error::catalog("reading client"))?
-        .map(|(id, name, kdf, salt, public, created_at): (i64, String, String, Vec<u8>, Vec<u8>, String)| {
+        .map(|(id, name, kdf, salt, public, created_at, auth): ClientRow| {
             let corrupt = |reason: &str| Error::Integrity {
                 what: format!("client '{name}' in the catalog"),
                 reason: reason.to_owned(),
@@ -267,7 +289,10 @@ impl Catalog {
             let kdf = serde_json::from_str(&kdf).map_err(|_| corrupt("KDF parameters are not valid JSON"))?;
             let seal_public: [u8; 32] =
                 public.as_slice().try_into().map_err(|_| corrupt("seal public key is not 32 bytes"))?;
-            Ok(ClientRecord { id, name, kdf, salt, seal_public, created_at })
+            let auth_public = auth
+                .map(|a| <[u8; 32]>::try_from(a.as_slice()).map_err(|_| corrupt("auth public key is not 32 bytes")))
+                .transpose()?;
+            Ok(ClientRecord { id, name, kdf, salt, seal_public, auth_public, created_at })
         })
         .transpose()
     }

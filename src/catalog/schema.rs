@@ -48,4 +48,25 @@ pub const MIGRATIONS: &[&str] = &[
     );
     CREATE INDEX deks_by_pool_client ON deks(pool_id, client_id);
     "#,
+    // 2: the service and backup jobs.
+    r#"
+    -- Ed25519 key verifying the client's signed requests (derived from its
+    -- password like seal_public). NULL: registered before the service.
+    ALTER TABLE clients ADD COLUMN auth_public BLOB;
+    CREATE TABLE jobs (
+        id             TEXT PRIMARY KEY,      -- UUIDv7
+        pool_id        INTEGER NOT NULL REFERENCES pools(id),
+        client_id      INTEGER NOT NULL REFERENCES clients(id),
+        dek_id         TEXT NOT NULL REFERENCES deks(id),
+        media_agent    TEXT NOT NULL,         -- URL the stream was sent to
+        state          TEXT NOT NULL,         -- running | complete
+        stream_bytes   INTEGER,               -- ciphertext bytes, as stored
+        stream_sha256  TEXT,                  -- hex, as reported by the agent
+        plain_bytes    INTEGER,
+        files          INTEGER,
+        created_at     TEXT NOT NULL,
+        completed_at   TEXT
+    );
+    CREATE INDEX jobs_by_client ON jobs(client_id, created_at);
+    "#,
 ];

@@ -136,16 +136,7 @@ async fn open(cli: &Cli) -> Result<Keybridge> {
 }
 
 fn pool_json(p: &crate::catalog::PoolRecord, deks: Option<u64>) -> Value {
-    let mut v = json!({
-        "name": p.name,
-        "kms": p.kms_name,
-        "master_key": { "id": p.master_key.id, "label": p.master_key.label, "created_by_keybridge": p.master_key.owned },
-        "kek_bits": p.kek_bits,
-        "wrap_mechanism": p.wrap_mechanism,
-        "oaep_hash": p.oaep_hash,
-        "params": p.params,
-        "created_at": p.created_at,
-    });
+    let mut v = p.to_json();
     if let Some(n) = deks {
         v["deks"] = json!(n);
     }

@@ -13,7 +13,7 @@
 use zeroize::Zeroizing;
 
 use super::{dek_binding, DekGrant};
-use crate::catalog::{ClientRecord, DekRow, PoolRecord};
+use crate::catalog::{ClientRecord, DekRow, JobCompletion, JobRecord, JobState, PoolRecord};
 use crate::context::Keybridge;
 use crate::crypto::PublicKek;
 use crate::secret::Dek;
@@ -23,11 +23,61 @@ use crate::{seal, Error, Result};
 pub async fn issue_dek(kb: &Keybridge, pool: &str, client: &str) -> Result<DekGrant> {
     let pool = kb.catalog().pool_by_name(pool)?;
     let client = kb.catalog().client_by_name(client)?;
-    let public = PublicKek::from_spki_der(&pool.kek_public).map_err(|e| Error::Integrity {
+    let public = public_kek(&pool)?;
+    issue_with(kb, &pool, &public, &client).await
+}
+
+fn public_kek(pool: &PoolRecord) -> Result<PublicKek> {
+    PublicKek::from_spki_der(&pool.kek_public).map_err(|e| Error::Integrity {
         what: format!("public KEK of pool '{}'", pool.name),
         reason: e.to_string(),
-    })?;
-    issue_with(kb, &pool, &public, &client).await
+    })
+}
+
+/// Start a backup job: a DEK of its own for this job (steps 1-4) and a
+/// `running` job row naming the MediaAgent the client streams to (step 5).
+pub async fn start_job(kb: &Keybridge, pool: &str, client: &str, media_agent: &str) -> Result<(JobRecord, DekGrant)> {
+    let pool = kb.catalog().pool_by_name(pool)?;
+    let client = kb.catalog().client_by_name(client)?;
+    let grant = issue_with(kb, &pool, &public_kek(&pool)?, &client).await?;
+    let job_id = uuid::Uuid::now_v7().to_string();
+    let job = kb.catalog().insert_job(&job_id, pool.id, client.id, &grant.dek_id, media_agent)?;
+    tracing::info!(job = %job.id, pool = %pool.name, client = %client.name, "backup job started");
+    Ok((job, grant))
+}
+
+/// Finish a backup job: the client reports the stream the MediaAgent
+/// stored. Only the job's own client may complete it.
+pub fn complete_job(kb: &Keybridge, job_id: &str, client: &str, done: &JobCompletion) -> Result<JobRecord> {
+    let job = own_job(kb, job_id, client)?;
+    if done.stream_sha256.len() != 64 || !done.stream_sha256.bytes().all(|b| b.is_ascii_hexdigit()) {
+        return Err(Error::Input { what: format!("completion of job {job_id}"), reason: "stream_sha256 must be 64 hex characters".into() });
+    }
+    let job = kb.catalog().complete_job(&job.id, done)?;
+    tracing::info!(job = %job.id, bytes = done.stream_bytes, "backup job complete");
+    Ok(job)
+}
+
+/// A job, if it belongs to `client`. Another client's job is reported as
+/// not found, so job ids cannot be probed.
+pub fn own_job(kb: &Keybridge, job_id: &str, client: &str) -> Result<JobRecord> {
+    let job = kb.catalog().job(job_id)?;
+    if job.client != client {
+        return Err(Error::NotFound { what: "job", name: job_id.to_owned() });
+    }
+    Ok(job)
+}
+
+/// A job that can be restored: the client's own and complete.
+pub fn restorable_job(kb: &Keybridge, job_id: &str, client: &str) -> Result<JobRecord> {
+    let job = own_job(kb, job_id, client)?;
+    if job.state != JobState::Complete {
+        return Err(Error::Input {
+            what: format!("job {job_id}"),
+            reason: "it never completed (the backup was interrupted); run the backup again".into(),
+        });
+    }
+    Ok(job)
 }
 
 /// A DEK that is durably stored, not yet sealed for its client.

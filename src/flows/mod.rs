@@ -17,7 +17,7 @@ use sha2::{Digest, Sha256};
 
 /// What the client receives for a DEK: the DEK only sealed under its
 /// network password, with the ids it is bound to.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, serde::Deserialize)]
 pub struct DekGrant {
     pub dek_id: String,
     pub pool: String,

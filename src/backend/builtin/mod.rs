@@ -209,6 +209,10 @@ impl KeyBackend for BuiltinBackend {
         Ok(())
     }
 
+    fn cache_stats(&self) -> (u64, u64) {
+        self.keks.stats.get()
+    }
+
     async fn clear_cache(&self) {
         self.keks.clear().await;
     }

@@ -16,7 +16,7 @@ use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
+use rustls::pki_types::ServerName;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::sync::{OnceCell, Semaphore};
@@ -120,35 +120,11 @@ impl std::fmt::Debug for KmipClient {
     }
 }
 
-fn read_certs(path: &std::path::Path, what: &str) -> Result<Vec<CertificateDer<'static>>, KmipError> {
-    use rustls::pki_types::pem::PemObject;
-    let certs: Vec<_> = CertificateDer::pem_file_iter(path)
-        .and_then(|it| it.collect::<Result<Vec<_>, _>>())
-        .map_err(|e| KmipError::Config(format!("{what} {}: {e}", path.display())))?;
-    if certs.is_empty() {
-        return Err(KmipError::Config(format!("{what} {}: no PEM certificate in it", path.display())));
-    }
-    Ok(certs)
-}
-
 /// Build the rustls client configuration: our CA bundle only (no system
 /// roots: an appliance is trusted because the operator said so), client
 /// certificate and key, TLS 1.2 and 1.3.
 fn tls_config(cfg: &KmipConfig) -> Result<rustls::ClientConfig, KmipError> {
-    use rustls::pki_types::pem::PemObject;
-    let mut roots = rustls::RootCertStore::empty();
-    for c in read_certs(&cfg.ca, "CA bundle")? {
-        roots.add(c).map_err(|e| KmipError::Config(format!("CA bundle {}: {e}", cfg.ca.display())))?;
-    }
-    let chain = read_certs(&cfg.cert, "client certificate")?;
-    let key = PrivateKeyDer::from_pem_file(&cfg.key).map_err(|e| KmipError::Config(format!("client key {}: {e}", cfg.key.display())))?;
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    rustls::ClientConfig::builder_with_provider(provider)
-        .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
-        .map_err(|e| KmipError::Config(format!("TLS versions: {e}")))?
-        .with_root_certificates(roots)
-        .with_client_auth_cert(chain, key)
-        .map_err(|e| KmipError::Config(format!("client certificate {} / key {}: {e}", cfg.cert.display(), cfg.key.display())))
+    crate::tls::client_config(&cfg.ca, Some((&cfg.cert, &cfg.key))).map_err(KmipError::Config)
 }
 
 fn server_name(addr: &str, override_name: Option<&str>) -> Result<ServerName<'static>, KmipError> {

@@ -417,6 +417,10 @@ impl KeyBackend for KmipBackend {
         Ok(())
     }
 
+    fn cache_stats(&self) -> (u64, u64) {
+        self.keks.stats.get()
+    }
+
     async fn clear_cache(&self) {
         self.keks.clear().await;
     }

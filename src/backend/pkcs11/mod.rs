@@ -113,6 +113,7 @@ impl Drop for CachedKek {
 struct KekCache {
     entries: Mutex<HashMap<i64, (Instant, Arc<CachedKek>)>>,
     graveyard: Arc<Mutex<Vec<(ObjectHandle, u64)>>>,
+    stats: super::cache::CacheStats,
 }
 
 impl KekCache {
@@ -763,7 +764,9 @@ impl KeyBackend for Pkcs11Backend {
                 // failure other than a lost session sends us to the cold path
                 // once (the handle may have died or been reused); errors of
                 // the cold path are the ones reported.
-                if let Some(k) = cache.get(pool_id, ttl, epoch) {
+                let warm = cache.get(pool_id, ttl, epoch);
+                cache.stats.record(warm.is_some());
+                if let Some(k) = warm {
                     match s.decrypt(&oaep(hash), k.handle, &ct) {
                         Ok(pt) => return Ok(Zeroizing::new(pt)),
                         Err(e @ CkError::Pkcs11(rv, _)) if !matches!(rv::disposition(rv), rv::Disposition::Permanent) && !bad_ciphertext(rv) => {
@@ -805,6 +808,10 @@ impl KeyBackend for Pkcs11Backend {
                 s.destroy_object(h).doing("destroying the master key")
             })
             .await
+    }
+
+    fn cache_stats(&self) -> (u64, u64) {
+        self.kek_cache.stats.get()
     }
 
     async fn clear_cache(&self) {

@@ -1,0 +1,167 @@
+//! The backup client (`keybridge backup` / `keybridge restore`): talks to
+//! the service with requests signed by its password-derived key, opens the
+//! sealed DEK locally, encrypts or decrypts its data itself and streams it
+//! to or from the MediaAgent. The DEK exists only in this process; the
+//! service never sees the data, the MediaAgent never sees a key.
+
+pub mod backup;
+pub mod restore;
+
+use std::path::Path;
+use std::sync::Arc;
+
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+
+use crate::api::{self, ClientKdf, ErrorBody, JobStarted, PoolRequest};
+use crate::catalog::{JobCompletion, JobRecord};
+use crate::flows::DekGrant;
+use crate::seal::ClientKeys;
+use crate::secret::{Dek, SecretString};
+use crate::{Error, Result};
+
+/// How to reach the service and who we are.
+#[derive(Debug, Clone)]
+pub struct ClientOptions {
+    /// Service base URL (`https://host:8443`).
+    pub service: String,
+    /// CA certificate (PEM) that signed the service's and MediaAgent's
+    /// certificates. Required for https.
+    pub ca: Option<std::path::PathBuf>,
+    pub client: String,
+    pub password: SecretString,
+}
+
+/// An HTTP client trusting only `ca` (rustls, ring), for the service and
+/// the MediaAgent.
+pub fn http_client(ca: Option<&Path>) -> Result<reqwest::Client> {
+    let mut builder = reqwest::Client::builder()
+        .connect_timeout(std::time::Duration::from_secs(10))
+        .tcp_nodelay(true)
+        .http1_only();
+    if let Some(ca) = ca {
+        let tls = crate::tls::client_config(ca, None).map_err(|reason| Error::Input { what: "CA certificate".into(), reason })?;
+        builder = builder.use_preconfigured_tls(tls);
+    }
+    builder.build().map_err(|e| Error::Internal(format!("building the HTTP client: {e}")))
+}
+
+/// Turn a failed exchange into an error naming the peer.
+pub(crate) fn unreachable(peer: &str, e: reqwest::Error) -> Error {
+    let mut reason = e.to_string();
+    let mut source = std::error::Error::source(&e);
+    while let Some(s) = source {
+        reason = format!("{reason}: {s}");
+        source = s.source();
+    }
+    Error::Unreachable { peer: peer.to_owned(), reason }
+}
+
+/// Read a JSON answer; an error status becomes [`Error::Remote`] with the
+/// peer's own message.
+pub(crate) async fn answer<R: DeserializeOwned>(peer: &str, resp: reqwest::Response) -> Result<R> {
+    let status = resp.status();
+    let bytes = resp.bytes().await.map_err(|e| unreachable(peer, e))?;
+    if !status.is_success() {
+        let (kind, message) = match serde_json::from_slice::<ErrorBody>(&bytes) {
+            Ok(b) => (b.error.kind, b.error.message),
+            Err(_) => ("http".to_owned(), String::from_utf8_lossy(&bytes[..bytes.len().min(300)]).into_owned()),
+        };
+        return Err(Error::Remote { peer: peer.to_owned(), status: status.as_u16(), kind, message });
+    }
+    serde_json::from_slice(&bytes)
+        .map_err(|e| Error::Remote { peer: peer.to_owned(), status: status.as_u16(), kind: "protocol".into(), message: format!("unexpected answer: {e}") })
+}
+
+/// A client's session with the service.
+#[derive(Debug)]
+pub struct ServiceClient {
+    http: reqwest::Client,
+    base: String,
+    client: String,
+    keys: Arc<ClientKeys>,
+    password: SecretString,
+}
+
+impl ServiceClient {
+    /// Fetch the client's KDF salt and derive its keys (one Argon2id run).
+    pub async fn connect(opts: &ClientOptions) -> Result<ServiceClient> {
+        let http = http_client(opts.ca.as_deref())?;
+        let base = opts.service.trim_end_matches('/').to_owned();
+        let url = format!("{base}/v1/clients/{}/kdf", opts.client);
+        let resp = http.get(&url).send().await.map_err(|e| unreachable(&base, e))?;
+        let kdf: ClientKdf = answer(&base, resp).await?;
+        let salt = hex::decode(&kdf.salt)
+            .map_err(|_| Error::Remote { peer: base.clone(), status: 200, kind: "protocol".into(), message: "salt is not hex".into() })?;
+        let password = opts.password.clone();
+        let client = opts.client.clone();
+        let keys = tokio::task::spawn_blocking(move || ClientKeys::derive(&password, &salt, &kdf.kdf))
+            .await
+            .map_err(|e| Error::Internal(format!("key derivation task failed: {e}")))?
+            .map_err(|e| match e {
+                Error::Seal { reason, .. } => Error::Seal { client: client.clone(), reason },
+                other => other,
+            })?;
+        Ok(ServiceClient { http, base, client: opts.client.clone(), keys: Arc::new(keys), password: opts.password.clone() })
+    }
+
+    pub fn http(&self) -> &reqwest::Client {
+        &self.http
+    }
+
+    pub fn name(&self) -> &str {
+        &self.client
+    }
+
+    /// Send a signed request.
+    pub async fn call<R: DeserializeOwned>(&self, method: reqwest::Method, path: &str, body: Option<&impl Serialize>) -> Result<R> {
+        let body = match body {
+            Some(b) => serde_json::to_vec(b).expect("request bodies serialise"),
+            None => Vec::new(),
+        };
+        let headers = api::auth::sign(&self.keys, &self.client, method.as_str(), path, &body)?;
+        let mut req = self.http.request(method, format!("{}{path}", self.base));
+        for (name, value) in headers {
+            req = req.header(name, value);
+        }
+        if !body.is_empty() {
+            req = req.header(reqwest::header::CONTENT_TYPE, "application/json").body(body);
+        }
+        let resp = req.send().await.map_err(|e| unreachable(&self.base, e))?;
+        answer(&self.base, resp).await
+    }
+
+    /// Backup steps 1-4 on the service: a job with its own DEK.
+    pub async fn start_job(&self, pool: &str) -> Result<JobStarted> {
+        self.call(reqwest::Method::POST, "/v1/jobs", Some(&PoolRequest { pool: pool.to_owned() })).await
+    }
+
+    pub async fn complete_job(&self, job: &str, done: &JobCompletion) -> Result<JobRecord> {
+        self.call(reqwest::Method::POST, &format!("/v1/jobs/{job}/complete"), Some(done)).await
+    }
+
+    pub async fn job(&self, job: &str) -> Result<JobRecord> {
+        self.call(reqwest::Method::GET, &format!("/v1/jobs/{job}"), None::<&()>).await
+    }
+
+    pub async fn issue_dek(&self, pool: &str) -> Result<DekGrant> {
+        self.call(reqwest::Method::POST, "/v1/deks", Some(&PoolRequest { pool: pool.to_owned() })).await
+    }
+
+    pub async fn recover_dek(&self, dek_id: &str) -> Result<DekGrant> {
+        self.call(reqwest::Method::POST, &format!("/v1/deks/{dek_id}/recover"), None::<&()>).await
+    }
+
+    /// Open a grant with our password-derived key; the grant must be for
+    /// us and name the DEK we asked for.
+    pub fn open(&self, grant: &DekGrant) -> Result<Dek> {
+        let (header, dek) = crate::seal::open_with(&grant.sealed_dek, &self.client, &self.keys, &self.password)?;
+        if header.dek_id != grant.dek_id || header.pool != grant.pool {
+            return Err(Error::Seal {
+                client: self.client.clone(),
+                reason: format!("it seals DEK {} of pool '{}', not the DEK {} the service named", header.dek_id, header.pool, grant.dek_id),
+            });
+        }
+        Ok(dek)
+    }
+}

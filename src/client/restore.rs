@@ -1,0 +1,228 @@
+//! Client side of the restore flow: the job from the service (own and
+//! complete), the DEK recovered through the KMS and sealed for us, the
+//! stream from the MediaAgent, decrypted and unpacked.
+//!
+//! Nothing is written outside the target directory, and nothing appears in
+//! it unless the whole stream authenticated: entries are unpacked into a
+//! staging directory inside the target and moved into place only after the
+//! final chunk verified. A reordered, truncated, appended or altered stream
+//! fails with the stream decoder's error and the staging directory is
+//! removed.
+
+use std::io::{self, Read};
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use bytes::Bytes;
+use futures_util::StreamExt;
+use serde::Serialize;
+
+use super::backup::Progress;
+use super::{answer, unreachable, ServiceClient};
+use crate::catalog::JobState;
+use crate::secret::Dek;
+use crate::stream::{Decryptor, Header};
+use crate::{Error, Result};
+
+/// What a restore did.
+#[derive(Debug, Clone, Serialize)]
+pub struct RestoreSummary {
+    pub job_id: String,
+    pub dek_id: String,
+    pub to: PathBuf,
+    pub entries: Vec<String>,
+    pub plain_bytes: u64,
+    pub stream_bytes: u64,
+    pub seconds: f64,
+}
+
+/// Decrypts the stream as tar reads it.
+struct DecryptingReader {
+    rx: tokio::sync::mpsc::Receiver<io::Result<Bytes>>,
+    dek: Dek,
+    head: Vec<u8>,
+    dec: Option<Decryptor>,
+    plain: Vec<u8>,
+    pos: usize,
+    done: bool,
+    plain_bytes: u64,
+    stream_bytes: u64,
+    hash: ring::digest::Context,
+    progress: Progress,
+}
+
+fn stream_err(e: impl std::fmt::Display) -> io::Error {
+    io::Error::new(io::ErrorKind::InvalidData, e.to_string())
+}
+
+impl DecryptingReader {
+    /// Pull and decrypt until some plaintext is ready or the stream ended.
+    fn fill(&mut self) -> io::Result<()> {
+        self.plain.clear();
+        self.pos = 0;
+        while self.plain.is_empty() && !self.done {
+            match self.rx.blocking_recv() {
+                Some(Ok(data)) => {
+                    self.stream_bytes += data.len() as u64;
+                    self.hash.update(&data);
+                    if let Some(p) = &self.progress {
+                        p.inc(data.len() as u64);
+                    }
+                    match &mut self.dec {
+                        Some(dec) => dec.push(&data, &mut self.plain).map_err(stream_err)?,
+                        None => {
+                            self.head.extend_from_slice(&data);
+                            if let Some((header, used)) = Header::parse(&self.head).map_err(stream_err)? {
+                                let mut dec = Decryptor::new(&self.dek, &header).map_err(stream_err)?;
+                                dec.push(&self.head[used..], &mut self.plain).map_err(stream_err)?;
+                                self.head = Vec::new();
+                                self.dec = Some(dec);
+                            }
+                        }
+                    }
+                }
+                Some(Err(e)) => return Err(e),
+                None => {
+                    self.done = true;
+                    let dec = self.dec.take().ok_or_else(|| stream_err("the stream ends inside its header: truncated"))?;
+                    self.plain_bytes = dec.finish(&mut self.plain).map_err(stream_err)?;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Read to the end (tar stops at its end-of-archive marker) so the
+    /// final chunk is authenticated.
+    fn drain(&mut self) -> io::Result<()> {
+        while !self.done {
+            self.fill()?;
+        }
+        Ok(())
+    }
+}
+
+impl Read for DecryptingReader {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        if self.pos == self.plain.len() {
+            if self.done {
+                return Ok(0);
+            }
+            self.fill()?;
+        }
+        let n = buf.len().min(self.plain.len() - self.pos);
+        buf[..n].copy_from_slice(&self.plain[self.pos..self.pos + n]);
+        self.pos += n;
+        Ok(n)
+    }
+}
+
+/// Unpack into `staging`, verify the whole stream, return the top-level
+/// entry names (blocking).
+fn unpack(mut reader: DecryptingReader, staging: &Path) -> io::Result<(Vec<String>, u64, u64, String)> {
+    let mut archive = tar::Archive::new(&mut reader);
+    archive.set_preserve_permissions(true);
+    archive.set_preserve_mtime(true);
+    archive.set_overwrite(false);
+    archive.unpack(staging)?;
+    reader.drain()?;
+    let mut names: Vec<String> = std::fs::read_dir(staging)?.filter_map(|e| e.ok()).map(|e| e.file_name().to_string_lossy().into_owned()).collect();
+    names.sort();
+    Ok((names, reader.plain_bytes, reader.stream_bytes, hex::encode(reader.hash.clone().finish())))
+}
+
+/// Restore backup job `job_id` into `to` (created if missing).
+pub async fn restore(svc: &ServiceClient, job_id: &str, to: &Path, progress: Progress) -> Result<RestoreSummary> {
+    let t0 = Instant::now();
+    let job = svc.job(job_id).await?;
+    if job.state != JobState::Complete {
+        return Err(Error::Input { what: format!("job {job_id}"), reason: "it never completed (the backup was interrupted); it cannot be restored".into() });
+    }
+    let expected = job.completion.clone().ok_or_else(|| Error::Internal(format!("job {job_id} is complete without its stream figures")))?;
+    // Restore steps 1-3 (service and KMS): the DEK, sealed for us.
+    let grant = svc.recover_dek(&job.dek_id).await?;
+    let dek = svc.open(&grant)?;
+
+    std::fs::create_dir_all(to).map_err(|source| Error::Io { context: "creating restore target", path: to.to_owned(), source })?;
+    let staging = to.join(format!(".keybridge-restore-{job_id}"));
+    if staging.exists() {
+        std::fs::remove_dir_all(&staging).map_err(|source| Error::Io { context: "removing an earlier restore's staging directory", path: staging.clone(), source })?;
+    }
+    std::fs::create_dir(&staging).map_err(|source| Error::Io { context: "creating staging directory", path: staging.clone(), source })?;
+    let result = fetch_and_unpack(svc, &job.media_agent, job_id, dek, &staging, progress).await;
+    let result = result.and_then(|(entries, plain_bytes, stream_bytes, sha)| {
+        if stream_bytes != expected.stream_bytes || sha != expected.stream_sha256 {
+            return Err(Error::Integrity {
+                what: format!("stream of job {job_id}"),
+                reason: format!("the MediaAgent returned {stream_bytes} bytes with SHA-256 {sha}; the job recorded {} bytes with SHA-256 {}", expected.stream_bytes, expected.stream_sha256),
+            });
+        }
+        move_into_place(&staging, to, &entries)?;
+        Ok((entries, plain_bytes, stream_bytes))
+    });
+    let _ = std::fs::remove_dir_all(&staging);
+    let (entries, plain_bytes, stream_bytes) = result?;
+    Ok(RestoreSummary { job_id: job_id.to_owned(), dek_id: job.dek_id, to: to.to_owned(), entries, plain_bytes, stream_bytes, seconds: t0.elapsed().as_secs_f64() })
+}
+
+async fn fetch_and_unpack(svc: &ServiceClient, agent: &str, job_id: &str, dek: Dek, staging: &Path, progress: Progress) -> Result<(Vec<String>, u64, u64, String)> {
+    let agent = agent.trim_end_matches('/');
+    let resp = svc.http().get(format!("{agent}/v1/jobs/{job_id}/stream")).send().await.map_err(|e| unreachable(agent, e))?;
+    if !resp.status().is_success() {
+        return Err(answer::<serde_json::Value>(agent, resp).await.err().unwrap_or_else(|| Error::Internal("error status without error".into())));
+    }
+    if let (Some(p), Some(len)) = (&progress, resp.content_length()) {
+        p.set_length(len);
+    }
+    let (tx, rx) = tokio::sync::mpsc::channel::<io::Result<Bytes>>(8);
+    let reader = DecryptingReader {
+        rx,
+        dek,
+        head: Vec::new(),
+        dec: None,
+        plain: Vec::new(),
+        pos: 0,
+        done: false,
+        plain_bytes: 0,
+        stream_bytes: 0,
+        hash: ring::digest::Context::new(&ring::digest::SHA256),
+        progress: progress.clone(),
+    };
+    let staging_owned = staging.to_owned();
+    let consumer = tokio::task::spawn_blocking(move || unpack(reader, &staging_owned));
+    let mut body = resp.bytes_stream();
+    let agent_name = agent.to_owned();
+    let pump = async move {
+        while let Some(item) = body.next().await {
+            let item = item.map_err(|e| io::Error::new(io::ErrorKind::ConnectionAborted, format!("{agent_name}: {e}")));
+            let failed = item.is_err();
+            if tx.send(item).await.is_err() || failed {
+                break;
+            }
+        }
+    };
+    let ((), unpacked) = tokio::join!(pump, consumer);
+    if let Some(p) = &progress {
+        p.finish_and_clear();
+    }
+    unpacked.map_err(|e| Error::Internal(format!("restore task failed: {e}")))?.map_err(|e| match e.kind() {
+        io::ErrorKind::InvalidData => Error::Integrity { what: format!("stream of job {job_id}"), reason: e.to_string() },
+        io::ErrorKind::ConnectionAborted => Error::Unreachable { peer: agent.to_owned(), reason: e.to_string() },
+        _ => Error::Io { context: "restoring into", path: staging.to_owned(), source: e },
+    })
+}
+
+/// Move the verified entries from staging into the target; refuse (before
+/// moving anything) if one of them exists there already.
+fn move_into_place(staging: &Path, to: &Path, entries: &[String]) -> Result<()> {
+    for name in entries {
+        let dest = to.join(name);
+        if dest.symlink_metadata().is_ok() {
+            return Err(Error::Input { what: format!("restore target {}", to.display()), reason: format!("'{name}' exists already; restore into an empty directory or remove it") });
+        }
+    }
+    for name in entries {
+        std::fs::rename(staging.join(name), to.join(name)).map_err(|source| Error::Io { context: "moving restored entry into place", path: to.join(name), source })?;
+    }
+    Ok(())
+}

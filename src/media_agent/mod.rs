@@ -1,0 +1,166 @@
+//! `keybridge media-agent --store DIR`: receives encrypted backup streams
+//! and serves them back. It never holds a key: what it stores is the
+//! client's AES-256-GCM stream, authenticated end to end, so the agent (and
+//! its disk) can corrupt or lose data but not read or forge it.
+//!
+//! Routes (HTTP, or HTTPS with `--cert/--key`):
+//! - `PUT  /v1/jobs/{job}/stream`: store a job's stream (written once,
+//!   atomically; see [`store`]); answers `{job, bytes, sha256}`.
+//! - `GET  /v1/jobs/{job}/stream`: the stream back.
+//! - `GET  /v1/jobs/{job}`: the job's index.
+//! - `GET  /healthz`.
+
+pub mod store;
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::body::Body;
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::{Json, Router};
+use futures_util::StreamExt;
+use serde_json::json;
+
+use store::{Store, StoreError};
+
+/// How the agent is started.
+#[derive(Debug, Clone)]
+pub struct AgentConfig {
+    pub store: PathBuf,
+    pub listen: String,
+    pub tls: Option<(PathBuf, PathBuf)>,
+    pub shutdown_grace: Duration,
+}
+
+fn error_response(e: StoreError) -> Response {
+    let (status, kind) = match &e {
+        StoreError::BadJobId(_) => (StatusCode::BAD_REQUEST, "input"),
+        StoreError::UnknownJob(_) => (StatusCode::NOT_FOUND, "not_found"),
+        StoreError::Exists(_) => (StatusCode::CONFLICT, "already_exists"),
+        StoreError::Full { .. } => (StatusCode::INSUFFICIENT_STORAGE, "storage_full"),
+        StoreError::Io { .. } | StoreError::BadIndex { .. } => (StatusCode::INTERNAL_SERVER_ERROR, "io"),
+    };
+    if status.is_server_error() {
+        tracing::error!(error = %e, "media agent request failed");
+    }
+    (status, Json(json!({ "error": { "kind": kind, "message": e.to_string() } }))).into_response()
+}
+
+/// The agent's router over a store.
+pub fn router(store: Arc<Store>) -> Router {
+    Router::new()
+        .route("/healthz", get(|State(s): State<Arc<Store>>| async move { Json(json!({ "status": "ok", "store": s.root() })) }))
+        .route("/v1/jobs/{job}", get(job_index))
+        .route("/v1/jobs/{job}/stream", get(get_stream).put(put_stream))
+        .fallback(|uri: axum::http::Uri| async move {
+            (StatusCode::NOT_FOUND, Json(json!({ "error": { "kind": "not_found", "message": format!("no route {}", uri.path()) } })))
+        })
+        .with_state(store)
+}
+
+async fn job_index(State(store): State<Arc<Store>>, Path(job): Path<String>) -> Response {
+    match store.index(&job) {
+        Ok(index) => Json(index).into_response(),
+        Err(e) => error_response(e),
+    }
+}
+
+async fn get_stream(State(store): State<Arc<Store>>, Path(job): Path<String>) -> Response {
+    let (path, info) = match store.stream(&job) {
+        Ok(s) => s,
+        Err(e) => return error_response(e),
+    };
+    let file = match tokio::fs::File::open(&path).await {
+        Ok(f) => f,
+        Err(source) => return error_response(StoreError::Io { path, doing: "opening stream", source }),
+    };
+    let body = Body::from_stream(tokio_util::io::ReaderStream::with_capacity(file, 256 * 1024));
+    (
+        [
+            (axum::http::header::CONTENT_TYPE, "application/octet-stream".to_owned()),
+            (axum::http::header::CONTENT_LENGTH, info.bytes.to_string()),
+            (axum::http::HeaderName::from_static("x-keybridge-sha256"), info.sha256),
+        ],
+        body,
+    )
+        .into_response()
+}
+
+async fn put_stream(State(store): State<Arc<Store>>, Path(job): Path<String>, body: Body) -> Response {
+    let upload = match store.begin(&job) {
+        Ok(u) => u,
+        Err(e) => return error_response(e),
+    };
+    // Disk writes run on a blocking thread fed through a bounded channel;
+    // `None` marks a body that ended in error (the upload is dropped and
+    // its temporary file removed).
+    let (tx, mut rx) = tokio::sync::mpsc::channel::<Option<axum::body::Bytes>>(16);
+    let writer = tokio::task::spawn_blocking(move || {
+        let mut upload = upload;
+        while let Some(msg) = rx.blocking_recv() {
+            match msg {
+                Some(data) => upload.write(&data)?,
+                None => return Ok(None),
+            }
+        }
+        upload.commit().map(Some)
+    });
+    let mut frames = body.into_data_stream();
+    let mut body_error = None;
+    while let Some(frame) = frames.next().await {
+        match frame {
+            Ok(data) => {
+                if tx.send(Some(data)).await.is_err() {
+                    break; // the writer failed; its error is reported below
+                }
+            }
+            Err(e) => {
+                body_error = Some(e.to_string());
+                let _ = tx.send(None).await;
+                break;
+            }
+        }
+    }
+    drop(tx);
+    match writer.await {
+        Ok(Ok(Some(info))) => {
+            tracing::info!(job = %job, bytes = info.bytes, "stream stored");
+            (StatusCode::CREATED, Json(json!({ "job": job, "bytes": info.bytes, "sha256": info.sha256 }))).into_response()
+        }
+        Ok(Ok(None)) => {
+            let reason = body_error.unwrap_or_default();
+            tracing::warn!(job = %job, reason = %reason, "upload aborted by the client; nothing stored");
+            (StatusCode::BAD_REQUEST, Json(json!({ "error": { "kind": "input", "message": format!("upload of job {job} ended early ({reason}); nothing was stored") } })))
+                .into_response()
+        }
+        Ok(Err(e)) => error_response(e),
+        Err(e) => (StatusCode::INTERNAL_SERVER_ERROR, Json(json!({ "error": { "kind": "internal", "message": format!("writer task failed: {e}") } })))
+            .into_response(),
+    }
+}
+
+/// Run the agent until `shutdown` resolves.
+pub async fn run(cfg: AgentConfig, shutdown: impl std::future::Future<Output = ()>) -> crate::Result<()> {
+    let store = Store::open(&cfg.store).map_err(|e| crate::Error::Input { what: format!("media agent store {}", cfg.store.display()), reason: e.to_string() })?;
+    let tls = match &cfg.tls {
+        Some((cert, key)) => Some(Arc::new(
+            crate::tls::server_config(cert, key).map_err(|reason| crate::Error::Input { what: "media agent TLS".into(), reason })?,
+        )),
+        None => None,
+    };
+    let listener = tokio::net::TcpListener::bind(&cfg.listen)
+        .await
+        .map_err(|source| crate::Error::Io { context: "listening on", path: cfg.listen.clone().into(), source })?;
+    let scheme = if tls.is_some() { "https" } else { "http" };
+    eprintln!(
+        "keybridge: media agent listening on {scheme}://{}, store {}",
+        listener.local_addr().map(|a| a.to_string()).unwrap_or(cfg.listen.clone()),
+        cfg.store.display()
+    );
+    crate::http::serve(listener, tls, router(Arc::new(store)), shutdown, cfg.shutdown_grace).await;
+    Ok(())
+}

@@ -1,0 +1,370 @@
+//! `keybridge serve`: the adapter service (the seed's CommServe side).
+//!
+//! HTTPS JSON API (routes in [`crate::api::ROUTES`], documented in
+//! `docs/openapi.json`). Operators manage pools and clients with a bearer
+//! token; clients issue and recover their own DEKs and record backup jobs
+//! with requests signed by their password-derived key. DEKs leave only
+//! sealed under the client's password. Every operation goes through
+//! [`crate::flows`]; this module only authenticates, routes and measures.
+//!
+//! A dead HSM or KMIP server does not stop the service from starting: the
+//! health checker probes every KMS in the background, `/healthz` reports it
+//! unusable, and it recovers when the KMS comes back.
+
+mod auth;
+mod metrics;
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use axum::body::Bytes;
+use axum::extract::{Path, Query, State};
+use axum::http::{HeaderMap, Method, StatusCode, Uri};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use serde::Serialize;
+use serde_json::json;
+use tokio::sync::RwLock;
+
+use crate::api::{self, ClientKdf, CreatePool, ErrorBody, ErrorDetail, JobStarted, PoolRequest, RegisterClient};
+use crate::catalog::PoolRecord;
+use crate::config::ServiceConfig;
+use crate::context::Keybridge;
+use crate::flows::{backup, clients, pool_creation, restore};
+use crate::secret::SecretString;
+use crate::{Error, Result};
+
+pub use metrics::Metrics;
+
+/// Health of one KMS as last probed.
+#[derive(Debug, Clone, Serialize)]
+pub struct KmsHealth {
+    pub name: String,
+    pub kind: &'static str,
+    /// `usable`, `unusable`, or `unknown` before the first probe.
+    pub state: &'static str,
+    pub detail: String,
+    pub checked_at: Option<String>,
+}
+
+/// The running service's shared state.
+#[derive(Debug)]
+pub struct Service {
+    kb: Arc<Keybridge>,
+    cfg: ServiceConfig,
+    operator_token: SecretString,
+    nonces: auth::NonceCache,
+    metrics: Metrics,
+    health: RwLock<Vec<KmsHealth>>,
+}
+
+type Shared = Arc<Service>;
+
+/// An error answer: status, kind and message (never secret material).
+#[derive(Debug)]
+struct ApiError(StatusCode, &'static str, String);
+
+impl From<Error> for ApiError {
+    fn from(e: Error) -> Self {
+        let status = match &e {
+            Error::NotFound { .. } => StatusCode::NOT_FOUND,
+            Error::AlreadyExists { .. } => StatusCode::CONFLICT,
+            Error::InvalidName { .. } | Error::Input { .. } | Error::Seal { .. } => StatusCode::BAD_REQUEST,
+            Error::Denied(_) => StatusCode::FORBIDDEN,
+            Error::Backend { .. } => StatusCode::SERVICE_UNAVAILABLE,
+            Error::Integrity { .. } => StatusCode::UNPROCESSABLE_ENTITY,
+            _ => StatusCode::INTERNAL_SERVER_ERROR,
+        };
+        ApiError(status, e.kind(), e.to_string())
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let body = ErrorBody { error: ErrorDetail { kind: self.1.to_owned(), message: self.2 } };
+        (self.0, Json(body)).into_response()
+    }
+}
+
+type ApiResult = std::result::Result<Response, ApiError>;
+
+fn parse_body<T: serde::de::DeserializeOwned>(body: &[u8]) -> std::result::Result<T, ApiError> {
+    serde_json::from_slice(body).map_err(|e| ApiError(StatusCode::BAD_REQUEST, "input", format!("request body: {e}")))
+}
+
+impl Service {
+    /// Prepare the service: read the operator token, keep the catalog open.
+    pub fn new(kb: Keybridge) -> Result<Service> {
+        let cfg = kb.config().service.clone().ok_or_else(|| Error::Config {
+            path: kb.config().source.clone(),
+            reason: "no [service] section; `keybridge serve` needs one (see keybridge.toml.example)".into(),
+        })?;
+        let operator_token = crate::secret::read_secret_file(&cfg.operator_token_file, "reading operator token")?;
+        let health = kb
+            .config()
+            .kms
+            .iter()
+            .map(|k| KmsHealth { name: k.name().to_owned(), kind: k.kind(), state: "unknown", detail: "not probed yet".into(), checked_at: None })
+            .collect();
+        Ok(Service { kb: Arc::new(kb), cfg, operator_token, nonces: Default::default(), metrics: Metrics::default(), health: RwLock::new(health) })
+    }
+
+    pub fn config(&self) -> &ServiceConfig {
+        &self.cfg
+    }
+
+    fn client(&self, method: &Method, uri: &Uri, headers: &HeaderMap, body: &[u8]) -> std::result::Result<String, ApiError> {
+        let path = uri.path_and_query().map(|p| p.as_str()).unwrap_or("/");
+        auth::verify_client(self.kb.catalog(), &self.nonces, self.cfg.max_clock_skew_secs, method.as_str(), path, headers, body).map_err(|e| {
+            let reason = match e {
+                api::auth::AuthError::Replay => "replay",
+                api::auth::AuthError::Skew(..) => "clock_skew",
+                api::auth::AuthError::BadSignature(_) => "bad_signature",
+                api::auth::AuthError::UnknownClient(_) => "unknown_client",
+                _ => "malformed",
+            };
+            self.metrics.auth_failure(reason);
+            tracing::warn!(reason, error = %e, "client request refused");
+            ApiError(StatusCode::UNAUTHORIZED, "auth", e.to_string())
+        })
+    }
+
+    fn operator(&self, headers: &HeaderMap) -> std::result::Result<(), ApiError> {
+        auth::verify_operator(&self.operator_token, headers).map_err(|reason| {
+            self.metrics.auth_failure("operator");
+            ApiError(StatusCode::UNAUTHORIZED, "auth", reason.to_owned())
+        })
+    }
+
+    /// Record an operation's outcome and latency; count KMS errors.
+    fn finish<T: Serialize>(&self, op: &str, kms: &str, started: Instant, result: Result<T>) -> ApiResult {
+        let outcome = match &result {
+            Ok(_) => "ok",
+            Err(Error::Backend { kms, .. }) => {
+                self.metrics.kms_error(kms);
+                "kms_error"
+            }
+            Err(_) => "error",
+        };
+        self.metrics.observe(op, kms, outcome, started.elapsed());
+        Ok(Json(result?).into_response())
+    }
+
+    fn kms_of_pool(&self, pool: &str) -> String {
+        self.kb.catalog().pool_by_name(pool).map(|p| p.kms_name).unwrap_or_else(|_| "-".into())
+    }
+
+    /// Probe every KMS once and store the results.
+    pub async fn check_health(&self) {
+        let names: Vec<String> = self.kb.config().kms.iter().map(|k| k.name().to_owned()).collect();
+        let mut results = Vec::with_capacity(names.len());
+        for name in names {
+            let kind = self.kb.config().kms(&name).map(|k| k.kind()).unwrap_or("?");
+            let probe = tokio::time::timeout(Duration::from_secs(15), async {
+                let backend = self.kb.backend(&name).await?;
+                backend.probe().await.map_err(Error::backend(&name))
+            })
+            .await;
+            let (state, detail) = match probe {
+                Ok(Ok(report)) => (report.state, report.identity),
+                Ok(Err(e)) => ("unusable", e.to_string()),
+                Err(_) => ("unusable", "probe did not answer within 15 s".to_owned()),
+            };
+            if state != "usable" {
+                tracing::warn!(kms = %name, detail = %detail, "KMS unusable");
+                // Drop the cached backend so the next use reconnects.
+                self.kb.forget_backend(&name).await;
+            }
+            results.push(KmsHealth { name, kind, state, detail, checked_at: Some(now_rfc3339()) });
+        }
+        *self.health.write().await = results;
+    }
+}
+
+fn now_rfc3339() -> String {
+    let secs = api::auth::unix_now();
+    let days = secs / 86_400;
+    let rem = secs % 86_400;
+    // Civil date from days since 1970-01-01 (proleptic Gregorian).
+    let z = days as i64 + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    format!("{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}Z", rem / 3600, rem % 3600 / 60, rem % 60)
+}
+
+/// The router with every route of [`api::ROUTES`].
+pub fn router(service: Shared) -> Router {
+    Router::new()
+        .route("/healthz", get(healthz))
+        .route("/metrics", get(metrics_text))
+        .route("/v1/pools", get(list_pools).post(create_pool))
+        .route("/v1/pools/{name}", get(show_pool))
+        .route("/v1/clients", post(register_client))
+        .route("/v1/clients/{name}/kdf", get(client_kdf))
+        .route("/v1/deks", post(issue_dek))
+        .route("/v1/deks/{id}/recover", post(recover_dek))
+        .route("/v1/jobs", get(list_jobs).post(start_job))
+        .route("/v1/jobs/{id}", get(get_job))
+        .route("/v1/jobs/{id}/complete", post(complete_job))
+        .fallback(|uri: Uri| async move { ApiError(StatusCode::NOT_FOUND, "not_found", format!("no route {}", uri.path())) })
+        .with_state(service)
+}
+
+async fn healthz(State(s): State<Shared>) -> Response {
+    let health = s.health.read().await.clone();
+    let status = if health.iter().all(|h| h.state == "usable") { "ok" } else { "degraded" };
+    // 200 even when degraded: issuing DEKs needs no KMS (public KEK), so a
+    // dead HSM must not make a load balancer drop the whole service.
+    Json(json!({ "status": status, "kms": health })).into_response()
+}
+
+async fn metrics_text(State(s): State<Shared>) -> Response {
+    let backends = s.kb.open_backends().await;
+    let cache: Vec<_> = backends.iter().map(|(name, b)| {
+        let (hits, misses) = b.cache_stats();
+        (name.clone(), hits, misses)
+    }).collect();
+    let up: Vec<_> = s.health.read().await.iter().map(|h| (h.name.clone(), h.state == "usable")).collect();
+    ([(axum::http::header::CONTENT_TYPE, "text/plain; version=0.0.4")], s.metrics.render(&cache, &up)).into_response()
+}
+
+async fn list_pools(State(s): State<Shared>, headers: HeaderMap) -> ApiResult {
+    s.operator(&headers)?;
+    let started = Instant::now();
+    let pools = s.kb.catalog().list_pools().map(|ps| ps.iter().map(PoolRecord::to_json).collect::<Vec<_>>());
+    s.finish("pool_list", "-", started, pools.map(|p| json!({ "pools": p })))
+}
+
+async fn create_pool(State(s): State<Shared>, headers: HeaderMap, body: Bytes) -> ApiResult {
+    s.operator(&headers)?;
+    let req: CreatePool = parse_body(&body)?;
+    let started = Instant::now();
+    let opts = pool_creation::PoolOptions { kek_bits: req.kek_bits, ..Default::default() };
+    let pool = pool_creation::create_pool(&s.kb, &req.name, &req.kms, &opts).await.map(|p| p.to_json());
+    s.finish("pool_create", &req.kms, started, pool).map(|r| (StatusCode::CREATED, r).into_response())
+}
+
+async fn show_pool(State(s): State<Shared>, headers: HeaderMap, Path(name): Path<String>) -> ApiResult {
+    s.operator(&headers)?;
+    let started = Instant::now();
+    let pool = s.kb.catalog().pool_by_name(&name).map(|p| p.to_json());
+    s.finish("pool_show", "-", started, pool)
+}
+
+async fn register_client(State(s): State<Shared>, headers: HeaderMap, body: Bytes) -> ApiResult {
+    s.operator(&headers)?;
+    let req: RegisterClient = parse_body(&body)?;
+    let started = Instant::now();
+    let c = clients::register_client(&s.kb, &req.name, &req.registration)
+        .await
+        .map(|c| json!({ "name": c.name, "created_at": c.created_at }));
+    s.finish("client_register", "-", started, c).map(|r| (StatusCode::CREATED, r).into_response())
+}
+
+#[derive(Debug, serde::Deserialize)]
+struct JobsQuery {
+    client: Option<String>,
+    #[serde(default = "default_limit")]
+    limit: u32,
+}
+
+fn default_limit() -> u32 {
+    100
+}
+
+async fn list_jobs(State(s): State<Shared>, headers: HeaderMap, Query(q): Query<JobsQuery>) -> ApiResult {
+    s.operator(&headers)?;
+    let started = Instant::now();
+    let jobs = s.kb.catalog().list_jobs(q.client.as_deref(), q.limit.min(10_000));
+    s.finish("job_list", "-", started, jobs.map(|j| json!({ "jobs": j })))
+}
+
+async fn client_kdf(State(s): State<Shared>, Path(name): Path<String>) -> ApiResult {
+    let started = Instant::now();
+    let c = s.kb.catalog().client_by_name(&name).map(|c| ClientKdf { client: c.name, salt: hex::encode(c.salt), kdf: c.kdf });
+    s.finish("client_kdf", "-", started, c)
+}
+
+async fn issue_dek(State(s): State<Shared>, method: Method, uri: Uri, headers: HeaderMap, body: Bytes) -> ApiResult {
+    let client = s.client(&method, &uri, &headers, &body)?;
+    let req: PoolRequest = parse_body(&body)?;
+    let started = Instant::now();
+    let kms = s.kms_of_pool(&req.pool);
+    let grant = backup::issue_dek(&s.kb, &req.pool, &client).await;
+    s.finish("dek_issue", &kms, started, grant)
+}
+
+async fn recover_dek(State(s): State<Shared>, method: Method, uri: Uri, headers: HeaderMap, Path(id): Path<String>, body: Bytes) -> ApiResult {
+    let client = s.client(&method, &uri, &headers, &body)?;
+    let started = Instant::now();
+    let kms = s
+        .kb
+        .catalog()
+        .dek(&id)
+        .and_then(|d| s.kb.catalog().pool_by_id(d.pool_id))
+        .map(|p| p.kms_name)
+        .unwrap_or_else(|_| "-".into());
+    let grant = restore::recover_dek(&s.kb, &id, &client).await;
+    s.finish("dek_recover", &kms, started, grant)
+}
+
+async fn start_job(State(s): State<Shared>, method: Method, uri: Uri, headers: HeaderMap, body: Bytes) -> ApiResult {
+    let client = s.client(&method, &uri, &headers, &body)?;
+    let req: PoolRequest = parse_body(&body)?;
+    let started = Instant::now();
+    let kms = s.kms_of_pool(&req.pool);
+    let job = backup::start_job(&s.kb, &req.pool, &client, &s.cfg.media_agent)
+        .await
+        .map(|(job, grant)| JobStarted { job_id: job.id, media_agent: job.media_agent, grant });
+    s.finish("job_start", &kms, started, job).map(|r| (StatusCode::CREATED, r).into_response())
+}
+
+async fn get_job(State(s): State<Shared>, method: Method, uri: Uri, headers: HeaderMap, Path(id): Path<String>) -> ApiResult {
+    let client = s.client(&method, &uri, &headers, &[])?;
+    let started = Instant::now();
+    s.finish("job_get", "-", started, backup::own_job(&s.kb, &id, &client))
+}
+
+async fn complete_job(State(s): State<Shared>, method: Method, uri: Uri, headers: HeaderMap, Path(id): Path<String>, body: Bytes) -> ApiResult {
+    let client = s.client(&method, &uri, &headers, &body)?;
+    let req: api::CompleteJob = parse_body(&body)?;
+    let started = Instant::now();
+    s.finish("job_complete", "-", started, backup::complete_job(&s.kb, &id, &client, &req))
+}
+
+/// Run the service until `shutdown` resolves; in-flight requests finish
+/// within the configured grace period.
+pub async fn run(kb: Keybridge, shutdown: impl std::future::Future<Output = ()>) -> Result<()> {
+    let service = Arc::new(Service::new(kb)?);
+    let cfg = service.cfg.clone();
+    let bad_tls = |reason: String| Error::Config { path: service.kb.config().source.clone(), reason: format!("[service] {reason}") };
+    let tls = Arc::new(crate::tls::server_config(&cfg.cert, &cfg.key).map_err(bad_tls)?);
+    let listener = tokio::net::TcpListener::bind(&cfg.listen)
+        .await
+        .map_err(|source| Error::Io { context: "listening on", path: cfg.listen.clone().into(), source })?;
+    let health = {
+        let service = service.clone();
+        let every = Duration::from_secs(cfg.health_interval_secs.max(1));
+        tokio::spawn(async move {
+            loop {
+                service.check_health().await;
+                tokio::time::sleep(every).await;
+            }
+        })
+    };
+    tracing::info!(listen = %cfg.listen, "keybridge service listening");
+    eprintln!("keybridge: service listening on https://{}", listener.local_addr().map(|a| a.to_string()).unwrap_or(cfg.listen.clone()));
+    let left = crate::http::serve(listener, Some(tls), router(service), shutdown, Duration::from_secs(cfg.shutdown_grace_secs)).await;
+    health.abort();
+    if left > 0 {
+        tracing::warn!(connections = left, "grace period over with connections still open");
+    }
+    Ok(())
+}
