@@ -5,7 +5,8 @@
 //! Layout: [`flows`] holds the seed's three flows (pool creation, backup,
 //! restore); [`backend`] the one trait every KMS implements and one folder
 //! per KMS; [`catalog`] the SQLite catalog; [`seal`] DEK delivery under the
-//! client's network password; [`crypto`] the software primitives.
+//! client's network password; [`stream`] the client-data stream format
+//! (chunked AES-256-GCM, sans-IO); [`crypto`] the software primitives.
 
 pub mod backend;
 pub mod catalog;
@@ -18,6 +19,7 @@ pub mod flows;
 pub mod kmip;
 pub mod seal;
 pub mod secret;
+pub mod stream;
 
 pub use context::Keybridge;
 pub use error::{Error, Result};
