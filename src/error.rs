@@ -6,6 +6,7 @@ use std::path::PathBuf;
 
 use crate::backend::BackendError;
 use crate::crypto::CryptoError;
+use crate::stream::StreamError;
 
 /// Result alias used across keybridge.
 pub type Result<T, E = Error> = std::result::Result<T, E>;
@@ -58,6 +59,15 @@ pub enum Error {
     /// corrupted catalog data).
     #[error("integrity check failed for {what}: {reason}")]
     Integrity { what: String, reason: String },
+
+    /// A client-data stream is malformed, was altered, truncated or
+    /// extended, or does not belong to the DEK given for it.
+    #[error("{context}: {source}")]
+    Stream {
+        context: String,
+        #[source]
+        source: StreamError,
+    },
 
     /// A sealed DEK did not open for this client.
     #[error("sealed DEK for client '{client}' did not open: {reason}")]
@@ -126,7 +136,7 @@ impl Error {
             Error::Config { .. } | Error::Input { .. } => 3,
             Error::NotFound { .. } => 4,
             Error::Backend { .. } => 5,
-            Error::Integrity { .. } => 6,
+            Error::Integrity { .. } | Error::Stream { .. } => 6,
             Error::Seal { .. } => 7,
             Error::AlreadyExists { .. } | Error::InvalidName { .. } => 8,
             Error::Denied(_) => 9,
@@ -162,6 +172,7 @@ impl Error {
             Error::AlreadyExists { .. } => "already_exists",
             Error::InvalidName { .. } => "invalid_name",
             Error::Integrity { .. } => "integrity",
+            Error::Stream { .. } => "stream",
             Error::Seal { .. } => "seal",
             Error::Crypto { .. } => "crypto",
             Error::Io { .. } => "io",

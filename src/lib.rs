@@ -5,7 +5,13 @@
 //! Layout: [`flows`] holds the seed's three flows (pool creation, backup,
 //! restore); [`backend`] the one trait every KMS implements and one folder
 //! per KMS; [`catalog`] the SQLite catalog; [`seal`] DEK delivery under the
-//! client's network password; [`crypto`] the software primitives.
+//! client's network password; [`stream`] the client-data stream format
+//! (chunked AES-256-GCM, sans-IO); [`crypto`] the software primitives.
+//!
+//! Around the flows: [`service`] (`keybridge serve`, the HTTPS API),
+//! [`client`] (`keybridge backup` / `restore`), [`media_agent`] (stores the
+//! encrypted streams), [`api`] (the wire types both sides share), [`http`]
+//! and [`tls`] (serving and TLS plumbing), [`cli`].
 
 pub mod api;
 pub mod backend;
@@ -23,6 +29,7 @@ pub mod media_agent;
 pub mod seal;
 pub mod secret;
 pub mod service;
+pub mod stream;
 pub mod tls;
 
 pub use context::Keybridge;
