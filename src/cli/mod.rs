@@ -8,6 +8,8 @@ use std::path::{Path, PathBuf};
 use clap::{Parser, Subcommand};
 use serde_json::{json, Value};
 
+mod net;
+
 use crate::config::{Config, DEFAULT_CONFIG};
 use crate::flows::{backup, clients, pool_creation, restore};
 use crate::secret::read_secret_file;
@@ -56,6 +58,14 @@ pub enum Command {
         #[command(subcommand)]
         command: TtlvCommand,
     },
+    /// Run the adapter service (HTTPS API; needs a [service] section).
+    Serve,
+    /// Run a MediaAgent: receives encrypted backup streams, never a key.
+    MediaAgent(net::MediaAgentArgs),
+    /// Back up files and directories: archive, encrypt with a fresh DEK, stream to the MediaAgent.
+    Backup(net::BackupArgs),
+    /// Restore a backup job into a directory.
+    Restore(net::RestoreArgs),
 }
 
 #[derive(Debug, Subcommand)]
@@ -214,6 +224,10 @@ async fn run(cli: &Cli) -> Result<(Value, String)> {
             Ok((v, format!("client '{}' registered (Argon2id m={} KiB, t={})\n", c.name, c.kdf.m_kib, c.kdf.t)))
         }
         Command::Ttlv { command: TtlvCommand::Decode { file } } => ttlv_decode(file.as_deref()),
+        Command::Serve => net::serve(open(cli).await?).await,
+        Command::MediaAgent(args) => net::media_agent(args).await,
+        Command::Backup(args) => net::backup(args, cli.json).await,
+        Command::Restore(args) => net::restore(args, cli.json).await,
         Command::Dek { command } => match command {
             DekCommand::Issue { pool, client } => {
                 let kb = open(cli).await?;
@@ -290,6 +304,9 @@ fn init(path: &Path) -> Result<(Value, String)> {
                 created.push(format!("root key {} (mode 0600)", b.root_key.display()));
             }
         }
+    }
+    if let Some(svc) = &config.service {
+        created.extend(net::init_service(svc)?);
     }
     let text = if created.is_empty() {
         "already initialised; nothing created\n".to_owned()

@@ -118,14 +118,51 @@ impl Read for DecryptingReader {
 }
 
 /// Unpack into `staging`, verify the whole stream, return the top-level
-/// entry names (blocking).
+/// entry names (blocking). Directory modes and mtimes are applied last,
+/// deepest first, so read-only directories can be filled and their mtimes
+/// are not disturbed by what is unpacked into them.
 fn unpack(mut reader: DecryptingReader, staging: &Path) -> io::Result<(Vec<String>, u64, u64, String)> {
-    let mut archive = tar::Archive::new(&mut reader);
-    archive.set_preserve_permissions(true);
-    archive.set_preserve_mtime(true);
-    archive.set_overwrite(false);
-    archive.unpack(staging)?;
+    let mut dirs = Vec::new();
+    {
+        let mut archive = tar::Archive::new(&mut reader);
+        archive.set_preserve_permissions(true);
+        archive.set_preserve_mtime(true);
+        archive.set_overwrite(false);
+        for entry in archive.entries()? {
+            let mut entry = entry?;
+            let name = entry.path()?.into_owned();
+            if !entry.unpack_in(staging)? {
+                return Err(io::Error::new(
+                    io::ErrorKind::InvalidData,
+                    format!("archive entry '{}' would be written outside the target: refused", name.display()),
+                ));
+            }
+            if entry.header().entry_type().is_dir() {
+                let path = staging.join(&name);
+                let mode = entry.header().mode()?;
+                let mtime = entry.header().mtime()?;
+                #[cfg(unix)]
+                {
+                    use std::os::unix::fs::PermissionsExt;
+                    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o700))?;
+                }
+                dirs.push((path, mode, mtime));
+            }
+        }
+    }
     reader.drain()?;
+    dirs.sort_by_key(|(p, _, _)| std::cmp::Reverse(p.components().count()));
+    for (path, mode, mtime) in dirs {
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            std::fs::set_permissions(&path, std::fs::Permissions::from_mode(mode & 0o7777))?;
+        }
+        #[cfg(not(unix))]
+        let _ = mode;
+        let t = filetime::FileTime::from_unix_time(mtime as i64, 0);
+        filetime::set_file_times(&path, t, t)?;
+    }
     let mut names: Vec<String> = std::fs::read_dir(staging)?.filter_map(|e| e.ok()).map(|e| e.file_name().to_string_lossy().into_owned()).collect();
     names.sort();
     Ok((names, reader.plain_bytes, reader.stream_bytes, hex::encode(reader.hash.clone().finish())))

@@ -1,0 +1,160 @@
+//! The networked commands: `serve`, `media-agent`, `backup`, `restore`.
+
+use std::io::IsTerminal;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::Args;
+use serde_json::{json, Value};
+
+use crate::client::{self, ClientOptions, ServiceClient};
+use crate::media_agent::{self, AgentConfig};
+use crate::secret::read_secret_file;
+use crate::{Keybridge, Result};
+
+/// How a client reaches the service (flags or environment).
+#[derive(Debug, Args)]
+pub struct Connect {
+    /// Service URL.
+    #[arg(long, env = "KEYBRIDGE_SERVICE", default_value = "https://127.0.0.1:8443")]
+    pub service: String,
+    /// CA certificate (PEM) trusted for the service and the MediaAgent.
+    #[arg(long, env = "KEYBRIDGE_CA")]
+    pub ca: Option<PathBuf>,
+    /// This client's name.
+    #[arg(long, env = "KEYBRIDGE_CLIENT")]
+    pub client: String,
+    /// File holding this client's network password (never sent).
+    #[arg(long, env = "KEYBRIDGE_PASSWORD_FILE")]
+    pub password_file: PathBuf,
+}
+
+impl Connect {
+    async fn open(&self) -> Result<ServiceClient> {
+        let password = read_secret_file(&self.password_file, "password")?;
+        ServiceClient::connect(&ClientOptions { service: self.service.clone(), ca: self.ca.clone(), client: self.client.clone(), password }).await
+    }
+}
+
+#[derive(Debug, Args)]
+pub struct MediaAgentArgs {
+    /// Storage directory (created if missing).
+    #[arg(long)]
+    pub store: PathBuf,
+    #[arg(long, default_value = "127.0.0.1:8444")]
+    pub listen: String,
+    /// Serve HTTPS with this certificate chain (PEM)...
+    #[arg(long, requires = "key")]
+    pub cert: Option<PathBuf>,
+    /// ...and this key (PEM).
+    #[arg(long, requires = "cert")]
+    pub key: Option<PathBuf>,
+}
+
+#[derive(Debug, Args)]
+pub struct BackupArgs {
+    #[command(flatten)]
+    pub connect: Connect,
+    /// Storage pool whose KEK protects this job's DEK.
+    #[arg(long)]
+    pub pool: String,
+    /// Files and directories to back up (each under its own name).
+    #[arg(required = true)]
+    pub paths: Vec<PathBuf>,
+}
+
+#[derive(Debug, Args)]
+pub struct RestoreArgs {
+    #[command(flatten)]
+    pub connect: Connect,
+    /// Job id printed by `keybridge backup`.
+    pub job: String,
+    /// Directory to restore into (created if missing).
+    #[arg(long)]
+    pub to: PathBuf,
+}
+
+/// A progress bar on a TTY (stderr), none otherwise or with --json.
+fn progress(json: bool, what: &str, total: u64) -> client::backup::Progress {
+    if json || !std::io::stderr().is_terminal() {
+        return None;
+    }
+    let bar = indicatif::ProgressBar::new(total);
+    bar.set_style(
+        indicatif::ProgressStyle::with_template("{msg} {bar:30} {bytes}/{total_bytes} {binary_bytes_per_sec} ETA {eta}")
+            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+    );
+    bar.set_message(what.to_owned());
+    Some(bar)
+}
+
+pub async fn serve(kb: Keybridge) -> Result<(Value, String)> {
+    crate::service::run(kb, crate::http::shutdown_signal()).await?;
+    Ok((json!({ "stopped": true }), "service stopped\n".into()))
+}
+
+pub async fn media_agent(args: &MediaAgentArgs) -> Result<(Value, String)> {
+    let cfg = AgentConfig {
+        store: args.store.clone(),
+        listen: args.listen.clone(),
+        tls: args.cert.clone().zip(args.key.clone()),
+        shutdown_grace: Duration::from_secs(30),
+    };
+    media_agent::run(cfg, crate::http::shutdown_signal()).await?;
+    Ok((json!({ "stopped": true }), "media agent stopped\n".into()))
+}
+
+pub async fn backup(args: &BackupArgs, json: bool) -> Result<(Value, String)> {
+    let svc = args.connect.open().await?;
+    let (_, bytes) = client::backup::survey(&args.paths)?;
+    let s = client::backup::backup(&svc, &args.pool, &args.paths, progress(json, "backup", bytes)).await?;
+    let text = format!(
+        "job {} complete: {} entries, {} bytes encrypted into {} bytes with DEK {} (pool '{}'), stored by {} in {:.2} s\n",
+        s.job_id, s.files, s.plain_bytes, s.stream_bytes, s.dek_id, s.pool, s.media_agent, s.seconds
+    );
+    Ok((serde_json::to_value(&s).unwrap_or_default(), text))
+}
+
+pub async fn restore(args: &RestoreArgs, json: bool) -> Result<(Value, String)> {
+    let svc = args.connect.open().await?;
+    let s = client::restore::restore(&svc, &args.job, &args.to, progress(json, "restore", 0)).await?;
+    let text = format!(
+        "job {} restored into {}: {} ({} bytes) in {:.2} s\n",
+        s.job_id,
+        s.to.display(),
+        s.entries.join(", "),
+        s.plain_bytes,
+        s.seconds
+    );
+    Ok((serde_json::to_value(&s).unwrap_or_default(), text))
+}
+
+/// Write a private file with mode 0600 (created, never overwritten).
+fn write_private(path: &std::path::Path, contents: &[u8]) -> Result<()> {
+    use std::io::Write;
+    let mut opts = std::fs::OpenOptions::new();
+    opts.write(true).create_new(true);
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::mode(&mut opts, 0o600);
+    let io = |source| crate::Error::Io { context: "writing", path: path.to_owned(), source };
+    let mut f = opts.open(path).map_err(io)?;
+    f.write_all(contents).and_then(|()| f.sync_all()).map_err(io)
+}
+
+/// `init` for the service: a self-signed localhost certificate and an
+/// operator token, where missing. Returns what was created.
+pub fn init_service(svc: &crate::config::ServiceConfig) -> Result<Vec<String>> {
+    let mut created = Vec::new();
+    if !svc.cert.exists() && !svc.key.exists() {
+        let (cert, key) = crate::tls::self_signed_localhost().map_err(crate::Error::Internal)?;
+        write_private(&svc.key, key.as_bytes())?;
+        std::fs::write(&svc.cert, cert).map_err(|source| crate::Error::Io { context: "writing", path: svc.cert.clone(), source })?;
+        created.push(format!("service certificate {} (self-signed, localhost) and key {} (mode 0600)", svc.cert.display(), svc.key.display()));
+    }
+    if !svc.operator_token_file.exists() {
+        let token = zeroize::Zeroizing::new(hex::encode(*crate::crypto::random_array::<32>().map_err(crate::Error::crypto("generating operator token"))?));
+        write_private(&svc.operator_token_file, format!("{}\n", token.as_str()).as_bytes())?;
+        created.push(format!("operator token {} (mode 0600)", svc.operator_token_file.display()));
+    }
+    Ok(created)
+}
