@@ -95,7 +95,7 @@ pub enum StreamError {
     #[error("stream is for DEK '{found}', expected DEK '{expected}'")]
     DekIdMismatch { expected: String, found: String },
 
-    #[error("chunk {index} failed authentication: the data was modified, reordered or belongs to another stream")]
+    #[error("chunk {index} failed authentication: the data was modified, reordered, cut short or appended to, or belongs to another stream")]
     ChunkAuth { index: u64 },
 
     #[error("stream ends after {chunks} chunks without its final chunk: truncated")]
@@ -871,7 +871,7 @@ mod tests {
         let (e, out) = decrypt_err(&key, &splice(&a, &body));
         assert_eq!((e, out.len()), (StreamError::ChunkAuth { index: 0 }, 0));
         assert_eq!(StreamError::ChunkAuth { index: 0 }.to_string(),
-            "chunk 0 failed authentication: the data was modified, reordered or belongs to another stream");
+            "chunk 0 failed authentication: the data was modified, reordered, cut short or appended to, or belongs to another stream");
     }
 
     #[test]

@@ -52,7 +52,7 @@ fn scripted_chain_on_builtin() {
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
     let init = ok(keybridge(d, &["init", "--json"], None));
-    assert_eq!(init["created"].as_array().unwrap().len(), 3, "{init}");
+    assert_eq!(init["created"].as_array().unwrap().len(), 5, "{init}");
     assert!(d.join("keybridge.toml").exists() && d.join("keybridge.db").exists());
     use std::os::unix::fs::PermissionsExt;
     assert_eq!(std::fs::metadata(d.join("root.key")).unwrap().permissions().mode() & 0o777, 0o600);

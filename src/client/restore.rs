@@ -19,7 +19,7 @@ use serde::Serialize;
 
 use super::backup::Progress;
 use super::{answer, unreachable, ServiceClient};
-use crate::catalog::JobState;
+use crate::catalog::{JobRecord, JobState};
 use crate::secret::Dek;
 use crate::stream::{Decryptor, Header};
 use crate::{Error, Result};
@@ -40,6 +40,7 @@ pub struct RestoreSummary {
 struct DecryptingReader {
     rx: tokio::sync::mpsc::Receiver<io::Result<Bytes>>,
     dek: Dek,
+    dek_id: String,
     head: Vec<u8>,
     dec: Option<Decryptor>,
     plain: Vec<u8>,
@@ -49,6 +50,9 @@ struct DecryptingReader {
     stream_bytes: u64,
     hash: ring::digest::Context,
     progress: Progress,
+    /// The first stream error: tar wraps what its reader returns, and this
+    /// is the cause worth reporting.
+    failure: Option<String>,
 }
 
 fn stream_err(e: impl std::fmt::Display) -> io::Error {
@@ -58,6 +62,16 @@ fn stream_err(e: impl std::fmt::Display) -> io::Error {
 impl DecryptingReader {
     /// Pull and decrypt until some plaintext is ready or the stream ended.
     fn fill(&mut self) -> io::Result<()> {
+        let result = self.fill_inner();
+        if let Err(e) = &result {
+            if e.kind() == io::ErrorKind::InvalidData {
+                self.failure.get_or_insert_with(|| e.to_string());
+            }
+        }
+        result
+    }
+
+    fn fill_inner(&mut self) -> io::Result<()> {
         self.plain.clear();
         self.pos = 0;
         while self.plain.is_empty() && !self.done {
@@ -73,6 +87,7 @@ impl DecryptingReader {
                         None => {
                             self.head.extend_from_slice(&data);
                             if let Some((header, used)) = Header::parse(&self.head).map_err(stream_err)? {
+                                header.check_dek_id(&self.dek_id).map_err(stream_err)?;
                                 let mut dec = Decryptor::new(&self.dek, &header).map_err(stream_err)?;
                                 dec.push(&self.head[used..], &mut self.plain).map_err(stream_err)?;
                                 self.head = Vec::new();
@@ -122,9 +137,19 @@ impl Read for DecryptingReader {
 /// deepest first, so read-only directories can be filled and their mtimes
 /// are not disturbed by what is unpacked into them.
 fn unpack(mut reader: DecryptingReader, staging: &Path) -> io::Result<(Vec<String>, u64, u64, String)> {
+    match unpack_inner(&mut reader, staging) {
+        Err(e) => Err(match reader.failure.take() {
+            Some(cause) => io::Error::new(io::ErrorKind::InvalidData, cause),
+            None => e,
+        }),
+        Ok(names) => Ok((names, reader.plain_bytes, reader.stream_bytes, hex::encode(reader.hash.clone().finish()))),
+    }
+}
+
+fn unpack_inner(reader: &mut DecryptingReader, staging: &Path) -> io::Result<Vec<String>> {
     let mut dirs = Vec::new();
     {
-        let mut archive = tar::Archive::new(&mut reader);
+        let mut archive = tar::Archive::new(&mut *reader);
         archive.set_preserve_permissions(true);
         archive.set_preserve_mtime(true);
         archive.set_overwrite(false);
@@ -165,7 +190,7 @@ fn unpack(mut reader: DecryptingReader, staging: &Path) -> io::Result<(Vec<Strin
     }
     let mut names: Vec<String> = std::fs::read_dir(staging)?.filter_map(|e| e.ok()).map(|e| e.file_name().to_string_lossy().into_owned()).collect();
     names.sort();
-    Ok((names, reader.plain_bytes, reader.stream_bytes, hex::encode(reader.hash.clone().finish())))
+    Ok(names)
 }
 
 /// Restore backup job `job_id` into `to` (created if missing).
@@ -186,7 +211,7 @@ pub async fn restore(svc: &ServiceClient, job_id: &str, to: &Path, progress: Pro
         std::fs::remove_dir_all(&staging).map_err(|source| Error::Io { context: "removing an earlier restore's staging directory", path: staging.clone(), source })?;
     }
     std::fs::create_dir(&staging).map_err(|source| Error::Io { context: "creating staging directory", path: staging.clone(), source })?;
-    let result = fetch_and_unpack(svc, &job.media_agent, job_id, dek, &staging, progress).await;
+    let result = fetch_and_unpack(svc, &job, dek, &staging, progress).await;
     let result = result.and_then(|(entries, plain_bytes, stream_bytes, sha)| {
         if stream_bytes != expected.stream_bytes || sha != expected.stream_sha256 {
             return Err(Error::Integrity {
@@ -202,8 +227,8 @@ pub async fn restore(svc: &ServiceClient, job_id: &str, to: &Path, progress: Pro
     Ok(RestoreSummary { job_id: job_id.to_owned(), dek_id: job.dek_id, to: to.to_owned(), entries, plain_bytes, stream_bytes, seconds: t0.elapsed().as_secs_f64() })
 }
 
-async fn fetch_and_unpack(svc: &ServiceClient, agent: &str, job_id: &str, dek: Dek, staging: &Path, progress: Progress) -> Result<(Vec<String>, u64, u64, String)> {
-    let agent = agent.trim_end_matches('/');
+async fn fetch_and_unpack(svc: &ServiceClient, job: &JobRecord, dek: Dek, staging: &Path, progress: Progress) -> Result<(Vec<String>, u64, u64, String)> {
+    let (agent, job_id) = (job.media_agent.trim_end_matches('/'), job.id.as_str());
     let resp = svc.http().get(format!("{agent}/v1/jobs/{job_id}/stream")).send().await.map_err(|e| unreachable(agent, e))?;
     if !resp.status().is_success() {
         return Err(answer::<serde_json::Value>(agent, resp).await.err().unwrap_or_else(|| Error::Internal("error status without error".into())));
@@ -215,6 +240,7 @@ async fn fetch_and_unpack(svc: &ServiceClient, agent: &str, job_id: &str, dek: D
     let reader = DecryptingReader {
         rx,
         dek,
+        dek_id: job.dek_id.clone(),
         head: Vec::new(),
         dec: None,
         plain: Vec::new(),
@@ -224,6 +250,7 @@ async fn fetch_and_unpack(svc: &ServiceClient, agent: &str, job_id: &str, dek: D
         stream_bytes: 0,
         hash: ring::digest::Context::new(&ring::digest::SHA256),
         progress: progress.clone(),
+        failure: None,
     };
     let staging_owned = staging.to_owned();
     let consumer = tokio::task::spawn_blocking(move || unpack(reader, &staging_owned));

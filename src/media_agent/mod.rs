@@ -78,11 +78,17 @@ async fn get_stream(State(store): State<Arc<Store>>, Path(job): Path<String>) ->
         Ok(f) => f,
         Err(source) => return error_response(StoreError::Io { path, doing: "opening stream", source }),
     };
+    // The length sent is the file's, not the index's: if the disk changed
+    // the stream, the client's decoder (not a broken connection) says how.
+    let len = match file.metadata().await {
+        Ok(m) => m.len(),
+        Err(source) => return error_response(StoreError::Io { path, doing: "reading stream size", source }),
+    };
     let body = Body::from_stream(tokio_util::io::ReaderStream::with_capacity(file, 256 * 1024));
     (
         [
             (axum::http::header::CONTENT_TYPE, "application/octet-stream".to_owned()),
-            (axum::http::header::CONTENT_LENGTH, info.bytes.to_string()),
+            (axum::http::header::CONTENT_LENGTH, len.to_string()),
             (axum::http::HeaderName::from_static("x-keybridge-sha256"), info.sha256),
         ],
         body,

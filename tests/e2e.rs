@@ -1,0 +1,676 @@
+//! The seed's flows end to end over the network, with real processes on
+//! loopback: the `keybridge serve` service and a `keybridge media-agent`,
+//! spawned from the built binary, and `keybridge backup` / `restore` run as
+//! an operator would — on every backend (built-in, SoftHSM2, Kryoptic,
+//! PyKMIP).
+
+mod common;
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::Duration;
+
+use common::{password, test_kdf, Kind, Rig};
+use serde_json::Value;
+
+const BIN: &str = env!("CARGO_BIN_EXE_keybridge");
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+/// A child process killed when dropped.
+struct Proc(Child);
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Service + MediaAgent on one backend, in a temporary directory.
+struct Deployment {
+    rig: Rig,
+    service: Option<Proc>,
+    agent: Option<Proc>,
+    port: u16,
+    agent_port: u16,
+    store: PathBuf,
+}
+
+impl Deployment {
+    fn start(kind: Kind) -> Option<Deployment> {
+        Self::start_with_store(kind, None)
+    }
+
+    fn start_with_store(kind: Kind, store: Option<PathBuf>) -> Option<Deployment> {
+        let rig = Rig::new(kind)?;
+        let (port, agent_port) = (free_port(), free_port());
+        let mut cfg = std::fs::OpenOptions::new().append(true).open(&rig.config_path).unwrap();
+        write!(
+            cfg,
+            "\n[service]\nlisten = \"127.0.0.1:{port}\"\ncert = \"service.crt\"\nkey = \"service.key\"\n\
+             operator_token_file = \"operator.token\"\nmedia_agent = \"https://127.0.0.1:{agent_port}\"\nhealth_interval_secs = 1\n"
+        )
+        .unwrap();
+        drop(cfg);
+        let d = Deployment { store: store.unwrap_or_else(|| rig.dir.path().join("store")), rig, service: None, agent: None, port, agent_port };
+        let init = d.cli(&["init"]);
+        assert!(init.status.success(), "init: {}", String::from_utf8_lossy(&init.stderr));
+        let mut d = d;
+        d.start_agent();
+        d.start_service();
+        let pool = d.cli(&["pool", "create", "p", "--kms", "kms", "--kek-bits", "2048"]);
+        assert!(pool.status.success(), "pool create: {}", String::from_utf8_lossy(&pool.stderr));
+        Some(d)
+    }
+
+    fn dir(&self) -> &Path {
+        self.rig.dir.path()
+    }
+
+    fn spawn(&self, args: &[&str], log: &str) -> Proc {
+        let log = std::fs::File::create(self.dir().join(log)).unwrap();
+        Proc(
+            Command::new(BIN)
+                .current_dir(self.dir())
+                .args(args)
+                .env("KEYBRIDGE_CONFIG", &self.rig.config_path)
+                .env("KEYBRIDGE_LOG", "info")
+                .stdout(Stdio::null())
+                .stderr(log)
+                .spawn()
+                .unwrap(),
+        )
+    }
+
+    fn start_service(&mut self) {
+        self.service = Some(self.spawn(&["serve"], "service.log"));
+        self.wait_up(&format!("{}/healthz", self.url()), "service.log");
+    }
+
+    fn start_agent(&mut self) {
+        let listen = format!("127.0.0.1:{}", self.agent_port);
+        let store = self.store.display().to_string();
+        self.agent = Some(self.spawn(&["media-agent", "--store", &store, "--listen", &listen, "--cert", "service.crt", "--key", "service.key"], "agent.log"));
+        self.wait_up(&format!("https://127.0.0.1:{}/healthz", self.agent_port), "agent.log");
+    }
+
+    fn wait_up(&self, url: &str, log: &str) {
+        for _ in 0..300 {
+            let ok = Command::new("curl").args(["-fsS", "--cacert"]).arg(self.dir().join("service.crt")).arg(url).output().map(|o| o.status.success()).unwrap_or(false);
+            if ok {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        panic!("{url} did not come up: {}", std::fs::read_to_string(self.dir().join(log)).unwrap_or_default());
+    }
+
+    fn url(&self) -> String {
+        format!("https://127.0.0.1:{}", self.port)
+    }
+
+    /// Run the CLI against this deployment.
+    fn cli(&self, args: &[&str]) -> Output {
+        Command::new(BIN)
+            .current_dir(self.dir())
+            .args(args)
+            .env("KEYBRIDGE_CONFIG", &self.rig.config_path)
+            .env("KEYBRIDGE_SERVICE", self.url())
+            .env("KEYBRIDGE_CA", self.dir().join("service.crt"))
+            .output()
+            .unwrap()
+    }
+
+    /// Register `name` with `pw` through the operator API (cheap KDF).
+    async fn register(&self, name: &str, pw: &str) {
+        let reg = keybridge::seal::register(&password(pw), test_kdf()).unwrap();
+        let body = keybridge::api::RegisterClient { name: name.to_owned(), registration: reg };
+        let resp = self.operator().post(format!("{}/v1/clients", self.url())).bearer_auth(self.token()).json(&body).send().await.unwrap();
+        assert_eq!(resp.status(), 201, "{}", resp.text().await.unwrap());
+        std::fs::write(self.dir().join(format!("{name}.pw")), format!("{pw}\n")).unwrap();
+    }
+
+    fn operator(&self) -> reqwest::Client {
+        keybridge::client::http_client(Some(&self.dir().join("service.crt"))).unwrap()
+    }
+
+    fn token(&self) -> String {
+        std::fs::read_to_string(self.dir().join("operator.token")).unwrap().trim().to_owned()
+    }
+
+    async fn client(&self, name: &str, pw: &str) -> keybridge::Result<keybridge::client::ServiceClient> {
+        keybridge::client::ServiceClient::connect(&keybridge::client::ClientOptions {
+            service: self.url(),
+            ca: Some(self.dir().join("service.crt")),
+            client: name.to_owned(),
+            password: password(pw),
+        })
+        .await
+    }
+
+    /// `keybridge backup` as client `name`.
+    fn backup(&self, name: &str, paths: &[&Path]) -> Output {
+        let pw = self.dir().join(format!("{name}.pw"));
+        let mut args: Vec<String> = ["--json", "backup", "--pool", "p", "--client", name, "--password-file"].iter().map(|s| s.to_string()).collect();
+        args.push(pw.display().to_string());
+        args.extend(paths.iter().map(|p| p.display().to_string()));
+        self.cli(&args.iter().map(String::as_str).collect::<Vec<_>>())
+    }
+
+    fn restore(&self, name: &str, job: &str, to: &Path) -> Output {
+        let pw = self.dir().join(format!("{name}.pw"));
+        self.cli(&["--json", "restore", job, "--to", to.to_str().unwrap(), "--client", name, "--password-file", pw.to_str().unwrap()])
+    }
+
+    fn catalog(&self) -> rusqlite::Connection {
+        rusqlite::Connection::open(self.dir().join("keybridge.db")).unwrap()
+    }
+
+    fn job_state(&self, job: &str) -> Option<String> {
+        self.catalog().query_row("SELECT state FROM jobs WHERE id = ?1", [job], |r| r.get(0)).ok()
+    }
+}
+
+#[track_caller]
+fn ok_json(out: &Output) -> Value {
+    assert_eq!(out.status.code(), Some(0), "stderr: {}", String::from_utf8_lossy(&out.stderr));
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
+#[track_caller]
+fn fails(out: &Output, code: i32, needle: &str) -> String {
+    let err = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert_eq!(out.status.code(), Some(code), "stderr: {err}");
+    assert!(err.contains(needle), "stderr '{err}' does not mention '{needle}'");
+    err
+}
+
+/// A tree with what a backup must keep: contents, modes, mtimes, a
+/// symlink, an empty directory, a file larger than several chunks.
+fn sample_tree(root: &Path) -> PathBuf {
+    use std::os::unix::fs::PermissionsExt;
+    let data = root.join("data");
+    std::fs::create_dir_all(data.join("docs/deep")).unwrap();
+    std::fs::create_dir_all(data.join("empty")).unwrap();
+    std::fs::write(data.join("docs/report.txt"), "quarterly figures\n").unwrap();
+    let big: Vec<u8> = (0..700_000u32).map(|i| (i.wrapping_mul(2654435761) >> 13) as u8).collect();
+    std::fs::write(data.join("docs/deep/big.bin"), &big).unwrap();
+    std::fs::write(data.join("empty.txt"), "").unwrap();
+    std::fs::write(data.join("run.sh"), "#!/bin/sh\necho hi\n").unwrap();
+    std::fs::set_permissions(data.join("run.sh"), std::fs::Permissions::from_mode(0o750)).unwrap();
+    std::fs::set_permissions(data.join("docs/report.txt"), std::fs::Permissions::from_mode(0o600)).unwrap();
+    std::os::unix::fs::symlink("docs/report.txt", data.join("latest")).unwrap();
+    let t = filetime::FileTime::from_unix_time(1_577_934_245, 0);
+    filetime::set_file_mtime(data.join("docs/report.txt"), t).unwrap();
+    filetime::set_file_mtime(data.join("docs/deep"), t).unwrap();
+    data
+}
+
+/// Every entry under `root`: (relative path, type, mode, mtime seconds,
+/// contents or link target).
+fn describe(root: &Path) -> Vec<(String, char, u32, i64, Vec<u8>)> {
+    use std::os::unix::fs::MetadataExt;
+    let mut out = Vec::new();
+    let mut stack = vec![root.to_owned()];
+    while let Some(p) = stack.pop() {
+        let m = std::fs::symlink_metadata(&p).unwrap();
+        let rel = p.strip_prefix(root).unwrap().display().to_string();
+        let (kind, content) = if m.file_type().is_symlink() {
+            ('l', std::fs::read_link(&p).unwrap().display().to_string().into_bytes())
+        } else if m.is_dir() {
+            for e in std::fs::read_dir(&p).unwrap() {
+                stack.push(e.unwrap().path());
+            }
+            ('d', Vec::new())
+        } else {
+            ('f', std::fs::read(&p).unwrap())
+        };
+        let mode = if kind == 'l' { 0 } else { m.mode() & 0o7777 };
+        out.push((rel, kind, mode, m.mtime(), content));
+    }
+    out.sort();
+    out
+}
+
+async fn backup_restore_identical(kind: Kind) {
+    let Some(d) = Deployment::start(kind) else { return };
+    d.register("alice", "alice-network-pw").await;
+    let src = tempfile::tempdir().unwrap();
+    let data = sample_tree(src.path());
+    let single = src.path().join("single.txt");
+    std::fs::write(&single, "one file on its own\n").unwrap();
+    let b = ok_json(&d.backup("alice", &[&data, &single]));
+    let job = b["job_id"].as_str().unwrap();
+    assert_eq!(d.job_state(job).as_deref(), Some("complete"));
+    assert!(b["stream_bytes"].as_u64().unwrap() > b["plain_bytes"].as_u64().unwrap());
+    // The MediaAgent holds ciphertext only.
+    let stored = std::fs::read(d.store.join("jobs").join(job).join("stream")).unwrap();
+    assert!(!stored.windows(17).any(|w| w == b"quarterly figures"), "plaintext in the MediaAgent's store");
+    let out = tempfile::tempdir().unwrap();
+    let r = ok_json(&d.restore("alice", job, out.path()));
+    assert_eq!(r["entries"], serde_json::json!(["data", "single.txt"]));
+    assert_eq!(describe(&data), describe(&out.path().join("data")));
+    assert_eq!(std::fs::read(out.path().join("single.txt")).unwrap(), b"one file on its own\n");
+    // Restoring again into the same place refuses to overwrite.
+    fails(&d.restore("alice", job, out.path()), 3, "exists already");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn backup_restore_builtin() {
+    backup_restore_identical(Kind::Builtin).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn backup_restore_softhsm() {
+    backup_restore_identical(Kind::SoftHsm).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn backup_restore_kryoptic() {
+    backup_restore_identical(Kind::Kryoptic).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn backup_restore_pykmip() {
+    backup_restore_identical(Kind::Kmip).await;
+}
+
+/// Wrong password, replays, stale timestamps, other clients' jobs and DEKs.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn authentication_and_isolation() {
+    let d = Deployment::start(Kind::Builtin).unwrap();
+    d.register("alice", "alice-network-pw").await;
+    d.register("bob", "bob-network-pw-1").await;
+    let src = tempfile::tempdir().unwrap();
+    std::fs::write(src.path().join("f"), "alice's data").unwrap();
+
+    // Wrong password: refused by the service before anything is issued.
+    std::fs::write(d.dir().join("alice-wrong.pw"), "not-alices-password\n").unwrap();
+    let jobs_before: i64 = d.catalog().query_row("SELECT count(*) FROM jobs", [], |r| r.get(0)).unwrap();
+    let out = d.cli(&["backup", "--pool", "p", "--client", "alice", "--password-file", "alice-wrong.pw", src.path().join("f").to_str().unwrap()]);
+    fails(&out, 10, "signature does not verify for client 'alice'");
+    let jobs_after: i64 = d.catalog().query_row("SELECT count(*) FROM jobs", [], |r| r.get(0)).unwrap();
+    assert_eq!(jobs_before, jobs_after, "a refused request created a job");
+
+    let b = ok_json(&d.backup("alice", &[&src.path().join("f")]));
+    let job = b["job_id"].as_str().unwrap();
+    let dek_id = b["dek_id"].as_str().unwrap();
+
+    // Bob cannot see Alice's job (not found: ids cannot be probed) nor
+    // recover her DEK (denied).
+    let out_dir = tempfile::tempdir().unwrap();
+    fails(&d.restore("bob", job, out_dir.path()), 4, &format!("job '{job}' not found"));
+    let bob = d.client("bob", "bob-network-pw-1").await.unwrap();
+    let err = bob.recover_dek(dek_id).await.unwrap_err();
+    assert!(matches!(&err, keybridge::Error::Remote { status: 403, .. }), "{err}");
+    assert!(err.to_string().contains("was not issued to client 'bob'"), "{err}");
+    assert_eq!(err.exit_code(), 9);
+    assert_eq!(std::fs::read_dir(out_dir.path()).unwrap().count(), 0, "a refused restore wrote into the target");
+
+    // A replayed request is refused, even though its signature is valid.
+    let alice = d.client("alice", "alice-network-pw").await.unwrap();
+    let keys = keybridge::seal::ClientKeys::derive(&password("alice-network-pw"), &alice_salt(&d).await, &test_kdf()).unwrap();
+    let path = format!("/v1/deks/{dek_id}/recover");
+    let headers = keybridge::api::auth::sign(&keys, "alice", "POST", &path, b"").unwrap();
+    let http = d.operator();
+    let send = |headers: [(&'static str, String); 4]| {
+        let mut req = http.post(format!("{}{path}", d.url()));
+        for (k, v) in headers {
+            req = req.header(k, v);
+        }
+        req.send()
+    };
+    let first = send(headers.clone()).await.unwrap();
+    assert_eq!(first.status(), 200, "{}", first.text().await.unwrap());
+    let replay = send(headers.clone()).await.unwrap();
+    assert_eq!(replay.status(), 401);
+    assert!(replay.text().await.unwrap().contains("replay"));
+    // The signature covers the path: moved to another DEK it fails.
+    let mut moved = headers.clone();
+    moved[2].1 = "00000000000000000000000000000001".into();
+    let resp = send(moved).await.unwrap();
+    assert_eq!(resp.status(), 401);
+    assert!(resp.text().await.unwrap().contains("signature does not verify"));
+    // A stale timestamp is refused whatever the signature.
+    let mut stale = keybridge::api::auth::sign(&keys, "alice", "POST", &path, b"").unwrap();
+    stale[1].1 = (keybridge::api::auth::unix_now() - 3600).to_string();
+    let resp = send(stale).await.unwrap();
+    assert_eq!(resp.status(), 401);
+    assert!(resp.text().await.unwrap().contains("away from the service clock"));
+    // The valid path still works for Alice.
+    let grant = alice.recover_dek(dek_id).await.unwrap();
+    alice.open(&grant).unwrap();
+    // The operator API wants the operator token.
+    let resp = http.get(format!("{}/v1/pools", d.url())).bearer_auth("wrong").send().await.unwrap();
+    assert_eq!(resp.status(), 401);
+    let resp = http.get(format!("{}/v1/pools", d.url())).bearer_auth(d.token()).send().await.unwrap();
+    assert_eq!(resp.status(), 200);
+}
+
+async fn alice_salt(d: &Deployment) -> Vec<u8> {
+    let v: Value = d.operator().get(format!("{}/v1/clients/alice/kdf", d.url())).send().await.unwrap().json().await.unwrap();
+    hex::decode(v["salt"].as_str().unwrap()).unwrap()
+}
+
+/// Damage to the stored stream is caught by the client; nothing is left in
+/// the restore target.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tampered_truncated_reordered_appended_streams_fail() {
+    let d = Deployment::start(Kind::Builtin).unwrap();
+    d.register("alice", "alice-network-pw").await;
+    let src = tempfile::tempdir().unwrap();
+    let data = sample_tree(src.path());
+    let b = ok_json(&d.backup("alice", &[&data]));
+    let job = b["job_id"].as_str().unwrap().to_owned();
+    let path = d.store.join("jobs").join(&job).join("stream");
+    let original = std::fs::read(&path).unwrap();
+    let (header, hlen) = keybridge::stream::Header::parse(&original).unwrap().unwrap();
+    let sealed = header.chunk_size() as usize + 16;
+    assert!(original.len() > hlen + 3 * sealed, "the sample must span several chunks");
+
+    let flip = {
+        let mut v = original.clone();
+        v[hlen + sealed + 100] ^= 0x04;
+        v
+    };
+    let truncated = original[..original.len() - (original.len() - hlen) % sealed].to_vec();
+    let reordered = {
+        let mut v = original.clone();
+        let (a, b) = (hlen, hlen + sealed);
+        let first = v[a..a + sealed].to_vec();
+        let second = v[b..b + sealed].to_vec();
+        v[a..a + sealed].copy_from_slice(&second);
+        v[b..b + sealed].copy_from_slice(&first);
+        v
+    };
+    let appended = {
+        let mut v = original.clone();
+        v.extend_from_slice(&[0u8; 40]);
+        v
+    };
+    let header_flip = {
+        let mut v = original.clone();
+        v[hlen - 40] ^= 1;
+        v
+    };
+    for (what, bytes, needle) in [
+        ("bit flip", flip, "chunk 1 failed authentication"),
+        ("truncation", truncated, "truncated"),
+        ("reordering", reordered, "chunk 0 failed authentication"),
+        // The short final chunk absorbs the extra bytes and fails as itself.
+        ("appending", appended, "failed authentication: the data was modified, reordered, cut short or appended to"),
+        ("header bit flip", header_flip, "key commitment"),
+    ] {
+        std::fs::write(&path, &bytes).unwrap();
+        let out_dir = tempfile::tempdir().unwrap();
+        let out = d.restore("alice", &job, out_dir.path());
+        let err = fails(&out, 6, needle);
+        assert!(err.contains(&job), "{what}: the error should name the job: {err}");
+        let left: Vec<_> = std::fs::read_dir(out_dir.path()).unwrap().collect();
+        assert!(left.is_empty(), "{what}: the failed restore left {left:?} in the target");
+    }
+    std::fs::write(&path, &original).unwrap();
+    let out_dir = tempfile::tempdir().unwrap();
+    ok_json(&d.restore("alice", &job, out_dir.path()));
+    assert_eq!(describe(&data), describe(&out_dir.path().join("data")));
+}
+
+/// A MediaAgent whose disk fills: a clear error, no partial object, the job
+/// never complete; space back, a retry succeeds.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn media_agent_disk_full() {
+    let mnt = tempfile::tempdir().unwrap();
+    let mounted = Command::new("mount").args(["-t", "tmpfs", "-o", "size=2m"]).arg("tmpfs").arg(mnt.path()).status().map(|s| s.success()).unwrap_or(false);
+    if !mounted {
+        let msg = "cannot mount a small tmpfs (needs root) for the disk-full test";
+        if std::env::var("CI").as_deref() == Ok("true") {
+            panic!("CI=true: {msg}");
+        }
+        eprintln!("\n!!!!!!!! SKIPPED: {msg} !!!!!!!!\n");
+        return;
+    }
+    struct Unmount(PathBuf);
+    impl Drop for Unmount {
+        fn drop(&mut self) {
+            let _ = Command::new("umount").arg("-l").arg(&self.0).status();
+        }
+    }
+    let _unmount = Unmount(mnt.path().to_owned());
+    let d = Deployment::start_with_store(Kind::Builtin, Some(mnt.path().join("store"))).unwrap();
+    d.register("alice", "alice-network-pw").await;
+    let src = tempfile::tempdir().unwrap();
+    let big = src.path().join("big.bin");
+    std::fs::write(&big, vec![7u8; 5 << 20]).unwrap();
+    let out = d.backup("alice", &[&big]);
+    fails(&out, 12, "no space left on device");
+    let tmp: Vec<_> = std::fs::read_dir(d.store.join("tmp")).unwrap().collect();
+    assert!(tmp.is_empty(), "partial upload left: {tmp:?}");
+    let jobs: Vec<_> = std::fs::read_dir(d.store.join("jobs")).unwrap().collect();
+    assert!(jobs.is_empty(), "partial job left: {jobs:?}");
+    let running: i64 = d.catalog().query_row("SELECT count(*) FROM jobs WHERE state = 'running'", [], |r| r.get(0)).unwrap();
+    let complete: i64 = d.catalog().query_row("SELECT count(*) FROM jobs WHERE state = 'complete'", [], |r| r.get(0)).unwrap();
+    assert_eq!((running, complete), (1, 0));
+    // Space is back (nothing partial held it): a fitting backup succeeds.
+    let small = src.path().join("small.txt");
+    std::fs::write(&small, "fits").unwrap();
+    let b = ok_json(&d.backup("alice", &[&small]));
+    let out_dir = tempfile::tempdir().unwrap();
+    ok_json(&d.restore("alice", b["job_id"].as_str().unwrap(), out_dir.path()));
+    assert_eq!(std::fs::read(out_dir.path().join("small.txt")).unwrap(), b"fits");
+}
+
+/// The service dies during a backup: the job never shows as complete, and
+/// once the service is back a retry succeeds.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn service_killed_during_backup() {
+    let mut d = Deployment::start(Kind::Builtin).unwrap();
+    d.register("alice", "alice-network-pw").await;
+    let src = tempfile::tempdir().unwrap();
+    let big = src.path().join("big.bin");
+    // Sparse: cheap to make, 1 GiB to archive and encrypt.
+    std::fs::File::create(&big).unwrap().set_len(1 << 30).unwrap();
+    let pw = d.dir().join("alice.pw");
+    let mut backup = Command::new(BIN)
+        .current_dir(d.dir())
+        .args(["--json", "backup", "--pool", "p", "--client", "alice", "--password-file", pw.to_str().unwrap(), big.to_str().unwrap()])
+        .env("KEYBRIDGE_SERVICE", d.url())
+        .env("KEYBRIDGE_CA", d.dir().join("service.crt"))
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Wait for the job to exist (the DEK is issued), then kill the service.
+    let mut job = None;
+    for _ in 0..2000 {
+        job = d.catalog().query_row("SELECT id FROM jobs", [], |r| r.get::<_, String>(0)).ok();
+        if job.is_some() {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    let job = job.expect("the backup never started a job");
+    let mut service = d.service.take().unwrap();
+    service.0.kill().unwrap();
+    service.0.wait().unwrap();
+    let out = backup.wait_with_output().unwrap();
+    fails(&out, 11, &d.url());
+    assert_eq!(d.job_state(&job).as_deref(), Some("running"), "an interrupted job shows as complete");
+    d.start_service();
+    let out_dir = tempfile::tempdir().unwrap();
+    fails(&d.restore("alice", &job, out_dir.path()), 3, "never completed");
+    // Retry: a new job, complete and restorable.
+    let small = src.path().join("small.txt");
+    std::fs::write(&small, "retry").unwrap();
+    let b = ok_json(&d.backup("alice", &[&small]));
+    ok_json(&d.restore("alice", b["job_id"].as_str().unwrap(), out_dir.path()));
+    assert_eq!(std::fs::read(out_dir.path().join("small.txt")).unwrap(), b"retry");
+}
+
+/// 64 clients at once, each issuing and recovering its own DEKs through the
+/// service: none lost, none mixed up.
+async fn sixty_four_clients(kind: Kind) {
+    let Some(d) = Deployment::start(kind) else { return };
+    let d = std::sync::Arc::new(d);
+    let mut regs = Vec::new();
+    for i in 0..64 {
+        let d = d.clone();
+        regs.push(tokio::spawn(async move { d.register(&format!("c{i}"), &format!("password-of-c{i}")).await }));
+    }
+    for r in regs {
+        r.await.unwrap();
+    }
+    let mut tasks = Vec::new();
+    for i in 0..64 {
+        let d = d.clone();
+        tasks.push(tokio::spawn(async move {
+            let name = format!("c{i}");
+            let c = d.client(&name, &format!("password-of-c{i}")).await.unwrap();
+            let mut mine = Vec::new();
+            for _ in 0..3 {
+                let g = c.issue_dek("p").await.unwrap();
+                assert_eq!(g.client, name);
+                mine.push((g.dek_id.clone(), c.open(&g).unwrap()));
+            }
+            for (id, dek) in &mine {
+                let back = c.recover_dek(id).await.unwrap();
+                assert_eq!(&back.dek_id, id);
+                assert_eq!(&c.open(&back).unwrap(), dek, "client {name} got another DEK back for {id}");
+            }
+            mine.into_iter().map(|(id, _)| id).collect::<Vec<_>>()
+        }));
+    }
+    let mut all = std::collections::HashSet::new();
+    for t in tasks {
+        for id in t.await.unwrap() {
+            assert!(all.insert(id), "a DEK id was issued twice");
+        }
+    }
+    assert_eq!(all.len(), 192);
+    let stored: i64 = d.catalog().query_row("SELECT count(*) FROM deks", [], |r| r.get(0)).unwrap();
+    assert_eq!(stored, 192, "DEK rows lost");
+    // The metrics saw them.
+    let metrics = d.operator().get(format!("{}/metrics", d.url())).send().await.unwrap().text().await.unwrap();
+    assert!(metrics.contains("keybridge_requests_total{operation=\"dek_recover\",kms=\"kms\",outcome=\"ok\"} 192"), "{metrics}");
+    assert!(metrics.contains("keybridge_requests_total{operation=\"dek_issue\",kms=\"kms\",outcome=\"ok\"} 192"), "{metrics}");
+    let hits = metrics.lines().find(|l| l.starts_with("keybridge_kek_cache_hits_total{kms=\"kms\"}")).expect("cache hit series");
+    let hits: u64 = hits.rsplit(' ').next().unwrap().parse().unwrap();
+    assert!(hits >= 100, "the KEK cache should serve most recovers: {hits}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sixty_four_clients_builtin() {
+    sixty_four_clients(Kind::Builtin).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sixty_four_clients_softhsm() {
+    sixty_four_clients(Kind::SoftHsm).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sixty_four_clients_kryoptic() {
+    sixty_four_clients(Kind::Kryoptic).await;
+}
+
+/// docs/openapi.json documents exactly the routes the service serves, and
+/// each documented route is answered by a handler (not the fallback).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn openapi_matches_routes() {
+    let doc: Value = serde_json::from_str(&std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/docs/openapi.json")).unwrap()).unwrap();
+    let mut documented = std::collections::BTreeSet::new();
+    for (path, ops) in doc["paths"].as_object().unwrap() {
+        for method in ops.as_object().unwrap().keys() {
+            documented.insert((method.to_uppercase(), path.clone()));
+        }
+    }
+    let served: std::collections::BTreeSet<_> = keybridge::api::ROUTES.iter().map(|(m, p, _)| (m.to_string(), p.to_string())).collect();
+    assert_eq!(documented, served, "docs/openapi.json and api::ROUTES differ");
+
+    let d = Deployment::start(Kind::Builtin).unwrap();
+    let http = d.operator();
+    for (method, path, _) in keybridge::api::ROUTES {
+        let concrete = path.replace("{name}", "nothing").replace("{id}", "nothing");
+        let req = http.request(method.parse().unwrap(), format!("{}{concrete}", d.url()));
+        let resp = req.send().await.unwrap();
+        let body = resp.text().await.unwrap();
+        assert!(!body.contains("no route"), "{method} {path} fell through to the fallback: {body}");
+    }
+    let resp = http.get(format!("{}/v1/nothing", d.url())).send().await.unwrap();
+    assert_eq!(resp.status(), 404);
+}
+
+/// `/healthz` reports each KMS; a dead one does not stop the service from
+/// starting, and DEK issue (public KEK only) still works.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn health_reports_a_dead_kms_and_service_still_starts() {
+    let d = Deployment::start(Kind::Builtin).unwrap();
+    let v: Value = d.operator().get(format!("{}/healthz", d.url())).send().await.unwrap().json().await.unwrap();
+    assert_eq!(v["status"], "ok", "{v}");
+    assert_eq!(v["kms"][0]["state"], "usable", "{v}");
+
+    // A second deployment whose config also names a PKCS#11 module that
+    // does not exist.
+    let rig = Rig::new(Kind::Builtin).unwrap();
+    let (port, agent) = (free_port(), free_port());
+    let mut cfg = std::fs::OpenOptions::new().append(true).open(&rig.config_path).unwrap();
+    write!(
+        cfg,
+        "\n[[kms]]\nname = \"dead\"\nkind = \"pkcs11\"\nmodule = \"/nonexistent/libdead.so\"\ntoken = \"t\"\npin_env = \"NOPE\"\n\
+         \n[service]\nlisten = \"127.0.0.1:{port}\"\ncert = \"service.crt\"\nkey = \"service.key\"\n\
+         operator_token_file = \"operator.token\"\nmedia_agent = \"https://127.0.0.1:{agent}\"\nhealth_interval_secs = 1\n"
+    )
+    .unwrap();
+    drop(cfg);
+    let dead = Deployment { store: rig.dir.path().join("store"), rig, service: None, agent: None, port, agent_port: agent };
+    assert!(dead.cli(&["init"]).status.success());
+    let mut dead = dead;
+    dead.start_service();
+    let mut v = Value::Null;
+    for _ in 0..100 {
+        v = dead.operator().get(format!("{}/healthz", dead.url())).send().await.unwrap().json().await.unwrap();
+        if v["kms"][1]["state"] != "unknown" {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(v["status"], "degraded", "{v}");
+    assert_eq!(v["kms"][1]["name"], "dead");
+    assert_eq!(v["kms"][1]["state"], "unusable");
+    assert!(v["kms"][1]["detail"].as_str().unwrap().contains("libdead.so"), "{v}");
+    assert_eq!(v["kms"][0]["state"], "usable");
+    let metrics = dead.operator().get(format!("{}/metrics", dead.url())).send().await.unwrap().text().await.unwrap();
+    assert!(metrics.contains("keybridge_kms_up{kms=\"dead\"} 0"), "{metrics}");
+    assert!(metrics.contains("keybridge_kms_up{kms=\"kms\"} 1"), "{metrics}");
+}
+
+/// SIGTERM during a large download: the in-flight transfer finishes before
+/// the MediaAgent exits (the service shares the same server loop).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn graceful_shutdown_finishes_in_flight_transfers() {
+    let mut d = Deployment::start(Kind::Builtin).unwrap();
+    d.register("alice", "alice-network-pw").await;
+    let src = tempfile::tempdir().unwrap();
+    let big = src.path().join("big.bin");
+    std::fs::File::create(&big).unwrap().set_len(256 << 20).unwrap();
+    let b = ok_json(&d.backup("alice", &[&big]));
+    let job = b["job_id"].as_str().unwrap();
+    let http = d.operator();
+    let mut resp = http.get(format!("https://127.0.0.1:{}/v1/jobs/{job}/stream", d.agent_port)).send().await.unwrap();
+    assert_eq!(resp.status(), 200);
+    let mut got = resp.chunk().await.unwrap().unwrap().len() as u64;
+    let agent = d.agent.take().unwrap();
+    Command::new("kill").args(["-TERM", &agent.0.id().to_string()]).status().unwrap();
+    while let Some(chunk) = resp.chunk().await.unwrap() {
+        got += chunk.len() as u64;
+    }
+    assert_eq!(got, b["stream_bytes"].as_u64().unwrap(), "the download was cut by shutdown");
+    let mut agent = agent;
+    let status = agent.0.wait().unwrap();
+    assert!(status.success(), "agent exit: {status}");
+    // And it no longer accepts connections.
+    assert!(http.get(format!("https://127.0.0.1:{}/healthz", d.agent_port)).send().await.is_err());
+}
