@@ -5,8 +5,10 @@
 //! Layout: [`flows`] holds the seed's three flows (pool creation, backup,
 //! restore); [`backend`] the one trait every KMS implements and one folder
 //! per KMS; [`catalog`] the SQLite catalog; [`seal`] DEK delivery under the
-//! client's network password; [`crypto`] the software primitives.
+//! client's network password; [`crypto`] the software primitives;
+//! [`audit`] the hash-chained audit log of every key operation.
 
+pub mod audit;
 pub mod backend;
 pub mod catalog;
 pub mod cli;
