@@ -8,6 +8,7 @@ use std::path::{Path, PathBuf};
 use clap::{Parser, Subcommand};
 use serde_json::{json, Value};
 
+use crate::audit::Actor;
 use crate::config::{Config, DEFAULT_CONFIG};
 use crate::flows::{backup, clients, pool_creation, restore};
 use crate::secret::read_secret_file;
@@ -195,7 +196,7 @@ async fn run(cli: &Cli) -> Result<(Value, String)> {
             match command {
                 PoolCommand::Create { name, kms, kek_bits, master_key } => {
                     let opts = pool_creation::PoolOptions { kek_bits: *kek_bits, master_key: master_key.as_deref() };
-                    let p = pool_creation::create_pool(&kb, name, kms, &opts).await?;
+                    let p = pool_creation::create_pool(&kb, name, kms, &opts, &Actor::local_user()).await?;
                     let text = format!(
                         "pool '{}' created on KMS '{}': master key {} (id {}), RSA-{} KEK wrapped with {}, OAEP {}\n",
                         p.name, p.kms_name, p.master_key.label, p.master_key.id, p.kek_bits, p.wrap_mechanism, p.oaep_hash
@@ -218,7 +219,7 @@ async fn run(cli: &Cli) -> Result<(Value, String)> {
         Command::Client { command: ClientCommand::Add { name, password_file } } => {
             let kb = open(cli).await?;
             let password = read_secret_file(password_file, "password")?;
-            let c = clients::add_client(&kb, name, &password, seal::KdfParams::default()).await?;
+            let c = clients::add_client(&kb, name, &password, seal::KdfParams::default(), &Actor::local_user()).await?;
             let v = json!({ "name": c.name, "kdf": c.kdf, "created_at": c.created_at });
             Ok((v, format!("client '{}' registered (Argon2id m={} KiB, t={})\n", c.name, c.kdf.m_kib, c.kdf.t)))
         }
@@ -226,12 +227,12 @@ async fn run(cli: &Cli) -> Result<(Value, String)> {
         Command::Dek { command } => match command {
             DekCommand::Issue { pool, client } => {
                 let kb = open(cli).await?;
-                let g = backup::issue_dek(&kb, pool, client).await?;
+                let g = backup::issue_dek(&kb, pool, client, &Actor::local_user()).await?;
                 Ok((serde_json::to_value(&g).unwrap_or_default(), format!("dek_id: {}\nsealed_dek: {}\n", g.dek_id, g.sealed_dek)))
             }
             DekCommand::Recover { dek_id, client } => {
                 let kb = open(cli).await?;
-                let g = restore::recover_dek(&kb, dek_id, client).await?;
+                let g = restore::recover_dek(&kb, dek_id, client, &Actor::local_user()).await?;
                 Ok((serde_json::to_value(&g).unwrap_or_default(), format!("dek_id: {}\nsealed_dek: {}\n", g.dek_id, g.sealed_dek)))
             }
             DekCommand::Open { client, password_file } => {
