@@ -52,6 +52,11 @@ pub enum Command {
         #[command(subcommand)]
         command: DekCommand,
     },
+    /// The audit log: every key operation, hash-chained in the catalog.
+    Audit {
+        #[command(subcommand)]
+        command: AuditCommand,
+    },
     /// KMIP wire format tools.
     Ttlv {
         #[command(subcommand)]
@@ -66,6 +71,27 @@ pub enum TtlvCommand {
     Decode {
         /// File to read; `-` or nothing for stdin.
         file: Option<PathBuf>,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum AuditCommand {
+    /// Walk the audit hash chain: OK with the row count and the head hash,
+    /// or the first edited, missing or reordered row (exit code 6).
+    ///
+    /// Rows removed at the END of the log leave a shorter valid chain and
+    /// cannot be detected from inside the catalog: record the head hash
+    /// somewhere else and compare it (or pass it to --expect-head).
+    Verify {
+        /// A head hash recorded earlier (hex, as printed by verify): fail
+        /// unless the chain still contains that row.
+        #[arg(long, value_name = "HEX")]
+        expect_head: Option<String>,
+    },
+    /// Show the most recent audit rows, oldest first.
+    List {
+        #[arg(long, default_value_t = 20)]
+        limit: usize,
     },
 }
 
@@ -224,6 +250,13 @@ async fn run(cli: &Cli) -> Result<(Value, String)> {
             Ok((v, format!("client '{}' registered (Argon2id m={} KiB, t={})\n", c.name, c.kdf.m_kib, c.kdf.t)))
         }
         Command::Ttlv { command: TtlvCommand::Decode { file } } => ttlv_decode(file.as_deref()),
+        Command::Audit { command } => {
+            let kb = open(cli).await?;
+            match command {
+                AuditCommand::Verify { expect_head } => audit_verify(&kb, expect_head.as_deref()),
+                AuditCommand::List { limit } => audit_list(&kb, *limit),
+            }
+        }
         Command::Dek { command } => match command {
             DekCommand::Issue { pool, client } => {
                 let kb = open(cli).await?;
@@ -247,6 +280,53 @@ async fn run(cli: &Cli) -> Result<(Value, String)> {
             }
         },
     }
+}
+
+const TAIL_NOTE: &str = "rows removed at the end of the log cannot be detected from inside the catalog: record the head hash elsewhere and check it with `audit verify --expect-head`";
+
+/// `audit verify`: OK with the count and head, or the first break as an
+/// integrity error (exit code 6).
+fn audit_verify(kb: &Keybridge, expect_head: Option<&str>) -> Result<(Value, String)> {
+    let report = kb.catalog().verify_audit()?;
+    let what = || format!("audit log in {}", kb.catalog().path().display());
+    if let Some(b) = &report.broken {
+        let verified = if report.rows == 0 { "no row before it verifies".to_owned() } else { format!("rows 1 to {} verify", report.head_seq) };
+        return Err(Error::Integrity { what: what(), reason: format!("{} ({verified})", b.message) });
+    }
+    if let Some(expected) = expect_head {
+        let expected = expected.trim().to_ascii_lowercase();
+        let bytes = hex::decode(&expected)
+            .ok()
+            .filter(|b| b.len() == 32)
+            .ok_or_else(|| Error::Input { what: "--expect-head".into(), reason: "not a SHA-256 hash in hex (64 hex digits)".into() })?;
+        if kb.catalog().audit_seq_of_hash(&bytes)?.is_none() {
+            return Err(Error::Integrity {
+                what: what(),
+                reason: format!(
+                    "the recorded head {expected} is not in the chain ({} rows, head {}): rows were removed from the end, or the chain was rewritten",
+                    report.rows,
+                    report.head_hash.as_deref().unwrap_or("none")
+                ),
+            });
+        }
+    }
+    let text = match &report.head_hash {
+        Some(head) => format!("audit log OK: {} rows, head (row {}) hash {head}\nnote: {TAIL_NOTE}\n", report.rows, report.head_seq),
+        None => format!("audit log OK: empty\nnote: {TAIL_NOTE}\n"),
+    };
+    let v = json!({ "ok": true, "rows": report.rows, "head_seq": report.head_seq, "head_hash": report.head_hash, "note": TAIL_NOTE });
+    Ok((v, text))
+}
+
+/// `audit list`: the last `limit` rows, oldest first.
+fn audit_list(kb: &Keybridge, limit: usize) -> Result<(Value, String)> {
+    let rows = kb.catalog().audit_rows(limit)?;
+    let dash = |o: &Option<String>| o.clone().unwrap_or_else(|| "-".into());
+    let text = rows
+        .iter()
+        .map(|r| format!("{}\t{}\t{}\t{}\tpool={}\tclient={}\tdek={}\t{}\n", r.seq, r.at, r.actor, r.action, dash(&r.pool), dash(&r.client), dash(&r.dek_id), r.result))
+        .collect();
+    Ok((json!({ "rows": rows }), text))
 }
 
 /// `ttlv decode`: hex (whitespace ignored) or raw bytes.
