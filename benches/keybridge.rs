@@ -278,6 +278,11 @@ fn round(v: f64, digits: i32) -> f64 {
 
 // ------------------------------------------------------------------ keybridge rig
 
+/// Who the benchmark acts as in the audit log.
+fn actor() -> keybridge::audit::Actor {
+    keybridge::audit::Actor::Operator("bench".into())
+}
+
 /// A temporary keybridge installation (as tests/common does): temp dir,
 /// config with one `[[kms]]` named "kms", catalog, a 3072-bit pool and one
 /// client with cheap KDF parameters.
@@ -302,10 +307,10 @@ fn rig(rt: &Runtime, s: &Settings, kms_toml: &str, builtin: bool) -> Rig {
     let kb = Arc::new(Keybridge::open(config).expect("opening keybridge"));
     let (pool, client) = rt.block_on(async {
         let opts = pool_creation::PoolOptions { kek_bits: KEK_BITS, master_key: None };
-        let pool = pool_creation::create_pool(&kb, "bench", "kms", &opts).await.expect("creating pool");
+        let pool = pool_creation::create_pool(&kb, "bench", "kms", &opts, &actor()).await.expect("creating pool");
         let kdf = keybridge::seal::KdfParams { m_kib: 1024, t: 1, ..Default::default() };
         let password = keybridge::secret::SecretString::from(PASSWORD.to_owned());
-        let client = clients::add_client(&kb, "bench-client", &password, kdf).await.expect("adding client");
+        let client = clients::add_client(&kb, "bench-client", &password, kdf, &actor()).await.expect("adding client");
         (pool, client)
     });
     let public = PublicKek::from_spki_der(&pool.kek_public).expect("public KEK");
@@ -324,7 +329,7 @@ fn issue_many(rt: &Runtime, rig: &Rig, n: usize, concurrency: usize) -> Vec<Stri
                     let (kb, pool, public, client) = &*shared;
                     let mut ids = Vec::with_capacity(per);
                     for _ in 0..per {
-                        ids.push(backup::issue_with(kb, pool, public, client).await.expect("issuing DEK").dek_id);
+                        ids.push(backup::issue_with(kb, pool, public, client, &actor()).await.expect("issuing DEK").dek_id);
                     }
                     ids
                 })
@@ -343,10 +348,10 @@ fn issue_many(rt: &Runtime, rig: &Rig, n: usize, concurrency: usize) -> Vec<Stri
 /// both are the same DEK (and warm the KEK handle in the KMS).
 fn sanity_round_trip(rt: &Runtime, rig: &Rig) {
     rt.block_on(async {
-        let grant = backup::issue_dek(&rig.kb, &rig.pool.name, &rig.client.name).await.expect("issue");
+        let grant = backup::issue_dek(&rig.kb, &rig.pool.name, &rig.client.name, &actor()).await.expect("issue");
         let password = keybridge::secret::SecretString::from(PASSWORD.to_owned());
         let (_, issued) = seal::open(&grant.sealed_dek, &rig.client.name, &password).expect("open seal");
-        let (recovered, _) = restore::recover_inner(&rig.kb, &grant.dek_id, &rig.client.name).await.expect("recover");
+        let (recovered, _) = restore::recover_inner(&rig.kb, &grant.dek_id, &rig.client.name, &actor()).await.expect("recover");
         assert!(recovered == issued, "recovered DEK differs from the issued one");
     });
 }
@@ -363,7 +368,7 @@ fn recover_run(rt: &Runtime, rig: &Rig, ids: &Arc<Vec<String>>, callers: usize, 
                     let mut i = c * ids.len() / callers;
                     let mut n = 0u64;
                     while Instant::now() < deadline {
-                        let (dek, _) = restore::recover_inner(&kb, &ids[i % ids.len()], &client).await.expect("recover");
+                        let (dek, _) = restore::recover_inner(&kb, &ids[i % ids.len()], &client, &actor()).await.expect("recover");
                         drop(dek);
                         i += 1;
                         n += 1;
@@ -402,11 +407,12 @@ fn issue_run(rt: &Runtime, rig: &Rig, issuers: usize, mode: IssueMode, d: Durati
                 let shared = shared.clone();
                 tokio::spawn(async move {
                     let (kb, pool, public, client) = &*shared;
+                    let actor = actor();
                     let mut n = 0u64;
                     while Instant::now() < deadline {
                         match mode {
-                            IssueMode::Sealed => drop(backup::issue_with(kb, pool, public, client).await.expect("issue")),
-                            IssueMode::Stored => drop(backup::store_new_dek(kb, pool, public, client).await.expect("store DEK")),
+                            IssueMode::Sealed => drop(backup::issue_with(kb, pool, public, client, &actor).await.expect("issue")),
+                            IssueMode::Stored => drop(backup::store_new_dek(kb, pool, public, client, &actor).await.expect("store DEK")),
                             // Control: the same encryption in the same tasks, no catalog.
                             IssueMode::EncryptOnly => {
                                 let dek = Dek::generate().expect("dek");

@@ -6,7 +6,8 @@
 //! restore); [`backend`] the one trait every KMS implements and one folder
 //! per KMS; [`catalog`] the SQLite catalog; [`seal`] DEK delivery under the
 //! client's network password; [`stream`] the client-data stream format
-//! (chunked AES-256-GCM, sans-IO); [`crypto`] the software primitives.
+//! (chunked AES-256-GCM, sans-IO); [`crypto`] the software primitives;
+//! [`audit`] the hash-chained audit log of every key operation.
 //!
 //! Around the flows: [`service`] (`keybridge serve`, the HTTPS API),
 //! [`client`] (`keybridge backup` / `restore`), [`media_agent`] (stores the
@@ -14,6 +15,7 @@
 //! and [`tls`] (serving and TLS plumbing), [`cli`].
 
 pub mod api;
+pub mod audit;
 pub mod backend;
 pub mod catalog;
 pub mod client;

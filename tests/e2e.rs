@@ -474,7 +474,7 @@ async fn service_killed_during_backup() {
     // Sparse: cheap to make, 1 GiB to archive and encrypt.
     std::fs::File::create(&big).unwrap().set_len(1 << 30).unwrap();
     let pw = d.dir().join("alice.pw");
-    let mut backup = Command::new(BIN)
+    let backup = Command::new(BIN)
         .current_dir(d.dir())
         .args(["--json", "backup", "--pool", "p", "--client", "alice", "--password-file", pw.to_str().unwrap(), big.to_str().unwrap()])
         .env("KEYBRIDGE_SERVICE", d.url())

@@ -3,7 +3,7 @@
 
 mod common;
 
-use common::{catalog_digest, password, test_kdf, Kind, Rig};
+use common::{actor, catalog_digest, password, test_kdf, Kind, Rig};
 use keybridge::backend::pkcs11::Pkcs11Backend;
 use keybridge::config::KmsConfig;
 use keybridge::crypto::PrivateKek;
@@ -16,9 +16,9 @@ fn pool_name() -> String {
 
 async fn pool_and_client(kb: &Keybridge) -> (String, String) {
     let pool = pool_name();
-    pool_creation::create_pool(kb, &pool, "kms", &pool_creation::PoolOptions { kek_bits: 2048, master_key: None }).await.unwrap();
+    pool_creation::create_pool(kb, &pool, "kms", &pool_creation::PoolOptions { kek_bits: 2048, master_key: None }, &actor()).await.unwrap();
     let client = format!("client-{}", &uuid::Uuid::new_v4().to_string()[..8]);
-    clients::add_client(kb, &client, &password("network-password-1"), test_kdf()).await.unwrap();
+    clients::add_client(kb, &client, &password("network-password-1"), test_kdf(), &actor()).await.unwrap();
     (pool, client)
 }
 
@@ -34,7 +34,7 @@ async fn full_chain(kind: Kind) {
     let Some(rig) = Rig::new(kind) else { return };
     let kb = rig.open();
     let pool = pool_name();
-    let p = pool_creation::create_pool(&kb, &pool, "kms", &pool_creation::PoolOptions::default()).await.unwrap();
+    let p = pool_creation::create_pool(&kb, &pool, "kms", &pool_creation::PoolOptions::default(), &actor()).await.unwrap();
     assert_eq!(p.kek_bits, 3072);
     let (wrap, hash) = match kind {
         Kind::Builtin => ("RFC5649-AES256-KWP", "sha256"),
@@ -46,15 +46,15 @@ async fn full_chain(kind: Kind) {
     assert_eq!(p.oaep_hash.to_string(), hash);
     assert_eq!(p.params["oaep"]["hash"], hash);
 
-    clients::add_client(&kb, "alice", &password("alice-network-pw"), test_kdf()).await.unwrap();
-    let grant = backup::issue_dek(&kb, &pool, "alice").await.unwrap();
+    clients::add_client(&kb, "alice", &password("alice-network-pw"), test_kdf(), &actor()).await.unwrap();
+    let grant = backup::issue_dek(&kb, &pool, "alice", &actor()).await.unwrap();
     let (header, issued) = seal::open(&grant.sealed_dek, "alice", &password("alice-network-pw")).unwrap();
     assert_eq!(header.dek_id, grant.dek_id);
     assert_eq!(header.pool, pool);
 
     // Restore in a fresh instance: nothing cached, the KMS must unwrap.
     let kb2 = rig.open();
-    let back = restore::recover_dek(&kb2, &grant.dek_id, "alice").await.unwrap();
+    let back = restore::recover_dek(&kb2, &grant.dek_id, "alice", &actor()).await.unwrap();
     assert_ne!(back.sealed_dek, grant.sealed_dek, "each seal uses a fresh ephemeral key");
     let (_, recovered) = seal::open(&back.sealed_dek, "alice", &password("alice-network-pw")).unwrap();
     assert_eq!(recovered, issued);
@@ -62,11 +62,11 @@ async fn full_chain(kind: Kind) {
     // Many DEKs, one pool: all recover to what was issued (warm cache).
     let mut issued_all = Vec::new();
     for _ in 0..5 {
-        let g = backup::issue_dek(&kb2, &pool, "alice").await.unwrap();
+        let g = backup::issue_dek(&kb2, &pool, "alice", &actor()).await.unwrap();
         issued_all.push((g.dek_id.clone(), seal::open(&g.sealed_dek, "alice", &password("alice-network-pw")).unwrap().1));
     }
     for (id, dek) in issued_all {
-        let (got, _) = restore::recover_inner(&kb2, &id, "alice").await.unwrap();
+        let (got, _) = restore::recover_inner(&kb2, &id, "alice", &actor()).await.unwrap();
         assert_eq!(got, dek);
     }
 }
@@ -76,8 +76,8 @@ async fn catalog_holds_no_secret(kind: Kind) {
     let Some(rig) = Rig::new(kind) else { return };
     let kb = rig.open();
     let (pool, client) = pool_and_client(&kb).await;
-    let g = backup::issue_dek(&kb, &pool, &client).await.unwrap();
-    let (dek, _) = restore::recover_inner(&kb, &g.dek_id, &client).await.unwrap();
+    let g = backup::issue_dek(&kb, &pool, &client, &actor()).await.unwrap();
+    let (dek, _) = restore::recover_inner(&kb, &g.dek_id, &client, &actor()).await.unwrap();
     drop(kb);
     let conn = rusqlite::Connection::open(rig.dir.path().join("keybridge.db")).unwrap();
     conn.execute_batch("PRAGMA wal_checkpoint(TRUNCATE);").unwrap();
@@ -112,7 +112,7 @@ async fn tampering(kind: Kind) {
     let Some(rig) = Rig::new(kind) else { return };
     let kb = rig.open();
     let (pool, client) = pool_and_client(&kb).await;
-    let g = backup::issue_dek(&kb, &pool, &client).await.unwrap();
+    let g = backup::issue_dek(&kb, &pool, &client, &actor()).await.unwrap();
 
     // Flip one byte of the encrypted DEK.
     kb.catalog().execute_raw(&format!(
@@ -120,17 +120,17 @@ async fn tampering(kind: Kind) {
         0x5a, g.dek_id
     )).unwrap();
     let before = catalog_digest(&kb);
-    let err = restore::recover_dek(&rig.open(), &g.dek_id, &client).await.unwrap_err();
+    let err = restore::recover_dek(&rig.open(), &g.dek_id, &client, &actor()).await.unwrap_err();
     assert_kms_error(err, "encrypted DEK does not decrypt under the KEK of pool");
     assert_eq!(before, catalog_digest(&kb));
 
     // Flip one byte of the wrapped private KEK.
-    let g2 = backup::issue_dek(&kb, &pool, &client).await.unwrap();
+    let g2 = backup::issue_dek(&kb, &pool, &client, &actor()).await.unwrap();
     kb.catalog().execute_raw(&format!(
         "UPDATE pools SET kek_wrapped = CAST(substr(kek_wrapped, 1, 40) || x'00' || substr(kek_wrapped, 42) AS BLOB) WHERE name = '{pool}'"
     )).unwrap();
     let before = catalog_digest(&kb);
-    let err = restore::recover_dek(&rig.open(), &g2.dek_id, &client).await.unwrap_err();
+    let err = restore::recover_dek(&rig.open(), &g2.dek_id, &client, &actor()).await.unwrap_err();
     assert_kms_error(err, &format!("wrapped KEK of pool '{pool}' did not unwrap"));
     assert_eq!(before, catalog_digest(&kb));
 }
@@ -140,18 +140,18 @@ async fn moved_rows(kind: Kind) {
     let Some(rig) = Rig::new(kind) else { return };
     let kb = rig.open();
     let (pool, client) = pool_and_client(&kb).await;
-    clients::add_client(&kb, "mallory", &password("mallory-password"), test_kdf()).await.unwrap();
-    let g = backup::issue_dek(&kb, &pool, &client).await.unwrap();
+    clients::add_client(&kb, "mallory", &password("mallory-password"), test_kdf(), &actor()).await.unwrap();
+    let g = backup::issue_dek(&kb, &pool, &client, &actor()).await.unwrap();
 
     // Another client asks for it: denied, no KMS call needed.
-    let err = restore::recover_dek(&kb, &g.dek_id, "mallory").await.unwrap_err();
+    let err = restore::recover_dek(&kb, &g.dek_id, "mallory", &actor()).await.unwrap_err();
     assert!(matches!(err, Error::Denied(_)), "{err}");
 
     // The row is re-assigned to mallory in the catalog: the binding inside
     // the RSA envelope no longer matches.
     let mallory = kb.catalog().client_by_name("mallory").unwrap();
     kb.catalog().execute_raw(&format!("UPDATE deks SET client_id = {} WHERE id = '{}'", mallory.id, g.dek_id)).unwrap();
-    let err = restore::recover_dek(&kb, &g.dek_id, "mallory").await.unwrap_err();
+    let err = restore::recover_dek(&kb, &g.dek_id, "mallory", &actor()).await.unwrap_err();
     assert!(matches!(err, Error::Integrity { .. }), "{err}");
     assert!(err.to_string().contains("bound to another pool, client or id"), "{err}");
 
@@ -159,9 +159,9 @@ async fn moved_rows(kind: Kind) {
     let original = kb.catalog().client_by_name(&client).unwrap();
     kb.catalog().execute_raw(&format!("UPDATE deks SET client_id = {} WHERE id = '{}'", original.id, g.dek_id)).unwrap();
     let other = pool_name();
-    let p2 = pool_creation::create_pool(&kb, &other, "kms", &pool_creation::PoolOptions { kek_bits: 2048, master_key: None }).await.unwrap();
+    let p2 = pool_creation::create_pool(&kb, &other, "kms", &pool_creation::PoolOptions { kek_bits: 2048, master_key: None }, &actor()).await.unwrap();
     kb.catalog().execute_raw(&format!("UPDATE deks SET pool_id = {} WHERE id = '{}'", p2.id, g.dek_id)).unwrap();
-    let err = restore::recover_dek(&kb, &g.dek_id, &client).await.unwrap_err();
+    let err = restore::recover_dek(&kb, &g.dek_id, &client, &actor()).await.unwrap_err();
     assert_kms_error(err, &format!("KEK of pool '{other}'"));
 }
 
@@ -170,7 +170,7 @@ async fn wrong_password(kind: Kind) {
     let Some(rig) = Rig::new(kind) else { return };
     let kb = rig.open();
     let (pool, client) = pool_and_client(&kb).await;
-    let g = backup::issue_dek(&kb, &pool, &client).await.unwrap();
+    let g = backup::issue_dek(&kb, &pool, &client, &actor()).await.unwrap();
     let err = seal::open(&g.sealed_dek, &client, &password("not-the-password")).unwrap_err();
     assert!(err.to_string().contains("wrong network password"), "{err}");
     let err = seal::open(&g.sealed_dek, "someone-else", &password("network-password-1")).unwrap_err();
@@ -187,7 +187,7 @@ async fn missing_master_key(kind: Kind) {
     let Some(rig) = Rig::new(kind) else { return };
     let kb = rig.open();
     let (pool, client) = pool_and_client(&kb).await;
-    let g = backup::issue_dek(&kb, &pool, &client).await.unwrap();
+    let g = backup::issue_dek(&kb, &pool, &client, &actor()).await.unwrap();
     let p = kb.catalog().pool_by_name(&pool).unwrap();
     match kind {
         Kind::Builtin => {
@@ -199,7 +199,7 @@ async fn missing_master_key(kind: Kind) {
         }
     }
     let before = catalog_digest(&kb);
-    let err = restore::recover_dek(&rig.open(), &g.dek_id, &client).await.unwrap_err();
+    let err = restore::recover_dek(&rig.open(), &g.dek_id, &client, &actor()).await.unwrap_err();
     assert_kms_error(err, "is not in the KMS");
     assert_eq!(before, catalog_digest(&kb));
 }
@@ -212,7 +212,7 @@ async fn no_orphan_master_key(kind: Kind) {
         .execute_raw("CREATE TRIGGER injected_fault BEFORE INSERT ON pools BEGIN SELECT RAISE(ABORT, 'injected fault'); END")
         .unwrap();
     let pool = pool_name();
-    let err = pool_creation::create_pool(&kb, &pool, "kms", &pool_creation::PoolOptions { kek_bits: 2048, master_key: None }).await.unwrap_err();
+    let err = pool_creation::create_pool(&kb, &pool, "kms", &pool_creation::PoolOptions { kek_bits: 2048, master_key: None }, &actor()).await.unwrap_err();
     assert!(err.to_string().contains("injected fault"), "{err}");
     assert!(kb.catalog().list_pools().unwrap().is_empty());
     let label = format!("keybridge-mk-{pool}");
@@ -246,7 +246,7 @@ async fn key_attributes_from_token(kind: Kind) {
     let Some(rig) = Rig::new(kind) else { return };
     let kb = rig.open();
     let (pool, client) = pool_and_client(&kb).await;
-    let g = backup::issue_dek(&kb, &pool, &client).await.unwrap();
+    let g = backup::issue_dek(&kb, &pool, &client, &actor()).await.unwrap();
     let p = kb.catalog().pool_by_name(&pool).unwrap();
 
     let backend = pkcs11_backend(&rig).await;
@@ -285,16 +285,16 @@ async fn adopt_existing_master_key(kind: Kind) {
     let made = backend.create_master_key(&label).await.unwrap();
     let uri = format!("pkcs11:token=keybridge;object={label};type=secret-key");
     let pool = pool_name();
-    let p = pool_creation::create_pool(&kb, &pool, "kms", &pool_creation::PoolOptions { kek_bits: 2048, master_key: Some(&uri) }).await.unwrap();
+    let p = pool_creation::create_pool(&kb, &pool, "kms", &pool_creation::PoolOptions { kek_bits: 2048, master_key: Some(&uri) }, &actor()).await.unwrap();
     assert_eq!(p.master_key.id, made.id);
     assert!(!p.master_key.owned);
-    clients::add_client(&kb, "c1", &password("client-one-pw"), test_kdf()).await.unwrap();
-    let g = backup::issue_dek(&kb, &pool, "c1").await.unwrap();
-    restore::recover_dek(&rig.open(), &g.dek_id, "c1").await.unwrap();
+    clients::add_client(&kb, "c1", &password("client-one-pw"), test_kdf(), &actor()).await.unwrap();
+    let g = backup::issue_dek(&kb, &pool, "c1", &actor()).await.unwrap();
+    restore::recover_dek(&rig.open(), &g.dek_id, "c1", &actor()).await.unwrap();
     let err = kb.backend("kms").await.unwrap().destroy_master_key(&p.master_key).await.unwrap_err();
     assert!(err.to_string().contains("adopted"), "{err}");
     // A URI naming nothing is a clear error.
-    let err = pool_creation::create_pool(&kb, &pool_name(), "kms", &pool_creation::PoolOptions { kek_bits: 2048, master_key: Some("pkcs11:object=no-such-key") }).await.unwrap_err();
+    let err = pool_creation::create_pool(&kb, &pool_name(), "kms", &pool_creation::PoolOptions { kek_bits: 2048, master_key: Some("pkcs11:object=no-such-key") }, &actor()).await.unwrap_err();
     assert!(err.to_string().contains("is not in the KMS"), "{err}");
 }
 
@@ -320,9 +320,9 @@ async fn concurrent_issue_and_recover(kind: Kind) {
     for _ in 0..64 {
         let (kb, pool, client) = (kb.clone(), pool.clone(), client.clone());
         tasks.push(tokio::spawn(async move {
-            let g = backup::issue_dek(&kb, &pool, &client).await.unwrap();
+            let g = backup::issue_dek(&kb, &pool, &client, &actor()).await.unwrap();
             let issued = seal::open(&g.sealed_dek, &client, &password("network-password-1")).unwrap().1;
-            let (recovered, _) = restore::recover_inner(&kb, &g.dek_id, &client).await.unwrap();
+            let (recovered, _) = restore::recover_inner(&kb, &g.dek_id, &client, &actor()).await.unwrap();
             assert_eq!(issued, recovered, "DEK {} mixed up", g.dek_id);
             g.dek_id
         }));

@@ -11,7 +11,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use common::kmip::{free_port, kms_toml, shared_server, PyKmip};
-use common::{password, test_kdf};
+use common::{actor, password, test_kdf};
 use keybridge::backend::kmip::client::KmipClient;
 use keybridge::backend::kmip::KmipBackend;
 use keybridge::config::{Config, KmipConfig, KmsConfig};
@@ -120,15 +120,15 @@ async fn every_operation_at_each_version() {
 async fn key_export_mode_only_when_allowed() {
     let Some(server) = shared_server() else { return };
     let (_d, kb) = rig(std::slice::from_ref(&server), "version = \"1.1\"\n");
-    let err = pool_creation::create_pool(&kb, "p", "kmip", &pool_creation::PoolOptions { kek_bits: 2048, master_key: None }).await.unwrap_err();
+    let err = pool_creation::create_pool(&kb, "p", "kmip", &pool_creation::PoolOptions { kek_bits: 2048, master_key: None }, &actor()).await.unwrap_err();
     assert!(err.to_string().contains("allow_key_export = true"), "{err}");
 
     let (_d, kb) = rig(&[server], "version = \"1.1\"\nallow_key_export = true\n");
-    let p = pool_creation::create_pool(&kb, "p", "kmip", &pool_creation::PoolOptions { kek_bits: 2048, master_key: None }).await.unwrap();
+    let p = pool_creation::create_pool(&kb, "p", "kmip", &pool_creation::PoolOptions { kek_bits: 2048, master_key: None }, &actor()).await.unwrap();
     assert_eq!(p.wrap_mechanism, "KMIP-Get-AES-GCM-local");
-    clients::add_client(&kb, "c", &password("client-password"), test_kdf()).await.unwrap();
-    let g = backup::issue_dek(&kb, "p", "c").await.unwrap();
-    let (dek, _) = restore::recover_inner(&kb, &g.dek_id, "c").await.unwrap();
+    clients::add_client(&kb, "c", &password("client-password"), test_kdf(), &actor()).await.unwrap();
+    let g = backup::issue_dek(&kb, "p", "c", &actor()).await.unwrap();
+    let (dek, _) = restore::recover_inner(&kb, &g.dek_id, "c", &actor()).await.unwrap();
     assert_eq!(dek, keybridge::seal::open(&g.sealed_dek, "c", &password("client-password")).unwrap().1);
 }
 
@@ -138,15 +138,15 @@ async fn key_export_mode_only_when_allowed() {
 async fn cbc_wrap_on_kmip_1_2() {
     let Some(server) = shared_server() else { return };
     let (_d, kb) = rig(&[server], "version = \"1.2\"\n");
-    let p = pool_creation::create_pool(&kb, "p", "kmip", &pool_creation::PoolOptions { kek_bits: 2048, master_key: None }).await.unwrap();
+    let p = pool_creation::create_pool(&kb, "p", "kmip", &pool_creation::PoolOptions { kek_bits: 2048, master_key: None }, &actor()).await.unwrap();
     assert_eq!(p.wrap_mechanism, "KMIP-Encrypt-AES-CBC-PKCS5");
-    clients::add_client(&kb, "c", &password("client-password"), test_kdf()).await.unwrap();
-    let g = backup::issue_dek(&kb, "p", "c").await.unwrap();
-    restore::recover_dek(&kb, &g.dek_id, "c").await.unwrap();
+    clients::add_client(&kb, "c", &password("client-password"), test_kdf(), &actor()).await.unwrap();
+    let g = backup::issue_dek(&kb, "p", "c", &actor()).await.unwrap();
+    restore::recover_dek(&kb, &g.dek_id, "c", &actor()).await.unwrap();
     // A flipped ciphertext byte is caught by the integrity check (or by the padding).
     kb.catalog().execute_raw("UPDATE pools SET kek_wrapped = CAST(substr(kek_wrapped, 1, 60) || x'00' || substr(kek_wrapped, 62) AS BLOB)").unwrap();
     kb.backend("kmip").await.unwrap().clear_cache().await;
-    let err = restore::recover_dek(&kb, &g.dek_id, "c").await.unwrap_err().to_string();
+    let err = restore::recover_dek(&kb, &g.dek_id, "c", &actor()).await.unwrap_err().to_string();
     assert!(err.contains("did not unwrap"), "{err}");
 }
 
@@ -158,7 +158,7 @@ async fn adopt_existing_key_by_name() {
     let backend = kb.backend("kmip").await.unwrap();
     let label = format!("operator-key-{}", uuid::Uuid::new_v4());
     let made = backend.create_master_key(&label).await.unwrap();
-    let p = pool_creation::create_pool(&kb, "p", "kmip", &pool_creation::PoolOptions { kek_bits: 2048, master_key: Some(&format!("name:{label}")) }).await.unwrap();
+    let p = pool_creation::create_pool(&kb, "p", "kmip", &pool_creation::PoolOptions { kek_bits: 2048, master_key: Some(&format!("name:{label}")) }, &actor()).await.unwrap();
     assert_eq!(p.master_key.id, made.id);
     assert!(!p.master_key.owned);
     assert!(backend.destroy_master_key(&p.master_key).await.unwrap_err().to_string().contains("adopted"));
@@ -175,22 +175,22 @@ async fn failover_when_first_server_dies() {
     let Some(a) = PyKmip::start("failover-a", Some(shared_db.clone()), "server") else { return };
     let Some(b) = PyKmip::start("failover-b", Some(shared_db), "server") else { return };
     let (_d, kb) = rig(&[a.addr(), b.addr()], "kek_cache_ttl_secs = 0\n");
-    pool_creation::create_pool(&kb, "p", "kmip", &pool_creation::PoolOptions { kek_bits: 2048, master_key: None }).await.unwrap();
-    clients::add_client(&kb, "c", &password("client-password"), test_kdf()).await.unwrap();
+    pool_creation::create_pool(&kb, "p", "kmip", &pool_creation::PoolOptions { kek_bits: 2048, master_key: None }, &actor()).await.unwrap();
+    clients::add_client(&kb, "c", &password("client-password"), test_kdf(), &actor()).await.unwrap();
     let mut ids = Vec::new();
     for _ in 0..6 {
-        ids.push(backup::issue_dek(&kb, "p", "c").await.unwrap().dek_id);
+        ids.push(backup::issue_dek(&kb, "p", "c", &actor()).await.unwrap().dek_id);
     }
     // With the cache off, every restore is a Decrypt on the server.
     for (i, id) in ids.iter().enumerate() {
         if i == 3 {
             a.kill();
         }
-        restore::recover_dek(&kb, id, "c").await.unwrap_or_else(|e| panic!("restore {i} lost after the first server died: {e}"));
+        restore::recover_dek(&kb, id, "c", &actor()).await.unwrap_or_else(|e| panic!("restore {i} lost after the first server died: {e}"));
     }
     // Both gone: a clear error naming each server.
     b.kill();
-    let err = restore::recover_dek(&kb, &ids[0], "c").await.unwrap_err().to_string();
+    let err = restore::recover_dek(&kb, &ids[0], "c", &actor()).await.unwrap_err().to_string();
     assert!(err.contains(&a.addr()) && err.contains(&b.addr()) && err.contains("no KMIP server could serve"), "{err}");
 }
 
@@ -201,12 +201,12 @@ async fn server_restart_is_transparent() {
     let db = tempfile::tempdir().unwrap();
     let Some(s) = PyKmip::start("restart", Some(db.path().join("kept.db")), "server") else { return };
     let (_d, kb) = rig(&[s.addr()], "kek_cache_ttl_secs = 0\n");
-    pool_creation::create_pool(&kb, "p", "kmip", &pool_creation::PoolOptions { kek_bits: 2048, master_key: None }).await.unwrap();
-    clients::add_client(&kb, "c", &password("client-password"), test_kdf()).await.unwrap();
-    let g = backup::issue_dek(&kb, "p", "c").await.unwrap();
-    restore::recover_dek(&kb, &g.dek_id, "c").await.unwrap();
+    pool_creation::create_pool(&kb, "p", "kmip", &pool_creation::PoolOptions { kek_bits: 2048, master_key: None }, &actor()).await.unwrap();
+    clients::add_client(&kb, "c", &password("client-password"), test_kdf(), &actor()).await.unwrap();
+    let g = backup::issue_dek(&kb, "p", "c", &actor()).await.unwrap();
+    restore::recover_dek(&kb, &g.dek_id, "c", &actor()).await.unwrap();
     s.restart();
-    restore::recover_dek(&kb, &g.dek_id, "c").await.expect("restore after a server restart");
+    restore::recover_dek(&kb, &g.dek_id, "c", &actor()).await.expect("restore after a server restart");
 }
 
 #[tokio::test]

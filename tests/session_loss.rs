@@ -10,7 +10,7 @@
 
 mod common;
 
-use common::{password, test_kdf, Kind, Rig};
+use common::{actor, password, test_kdf, Kind, Rig};
 use cryptoki::context::{CInitializeArgs, CInitializeFlags, Pkcs11};
 use keybridge::flows::{backup, clients, pool_creation, restore};
 
@@ -43,23 +43,23 @@ fn close_all_sessions(kind: Kind) {
 async fn survives_session_loss(kind: Kind) {
     let Some(rig) = Rig::new(kind) else { return };
     let kb = rig.open();
-    pool_creation::create_pool(&kb, "p", "kms", &pool_creation::PoolOptions { kek_bits: 2048, master_key: None }).await.unwrap();
-    clients::add_client(&kb, "c", &password("client-password"), test_kdf()).await.unwrap();
-    let g1 = backup::issue_dek(&kb, "p", "c").await.unwrap();
-    let g2 = backup::issue_dek(&kb, "p", "c").await.unwrap();
-    let (d1, _) = restore::recover_inner(&kb, &g1.dek_id, "c").await.unwrap(); // warms the KEK cache
+    pool_creation::create_pool(&kb, "p", "kms", &pool_creation::PoolOptions { kek_bits: 2048, master_key: None }, &actor()).await.unwrap();
+    clients::add_client(&kb, "c", &password("client-password"), test_kdf(), &actor()).await.unwrap();
+    let g1 = backup::issue_dek(&kb, "p", "c", &actor()).await.unwrap();
+    let g2 = backup::issue_dek(&kb, "p", "c", &actor()).await.unwrap();
+    let (d1, _) = restore::recover_inner(&kb, &g1.dek_id, "c", &actor()).await.unwrap(); // warms the KEK cache
 
     close_all_sessions(kind);
 
-    let (again, _) = restore::recover_inner(&kb, &g1.dek_id, "c").await.unwrap();
+    let (again, _) = restore::recover_inner(&kb, &g1.dek_id, "c", &actor()).await.unwrap();
     assert_eq!(again, d1);
-    let (d2, _) = restore::recover_inner(&kb, &g2.dek_id, "c").await.unwrap();
+    let (d2, _) = restore::recover_inner(&kb, &g2.dek_id, "c", &actor()).await.unwrap();
     let opened = keybridge::seal::open(&g2.sealed_dek, "c", &password("client-password")).unwrap().1;
     assert_eq!(d2, opened);
 
     // A pool can still be created: the login was restored.
     close_all_sessions(kind);
-    pool_creation::create_pool(&kb, "p2", "kms", &pool_creation::PoolOptions { kek_bits: 2048, master_key: None }).await.unwrap();
+    pool_creation::create_pool(&kb, "p2", "kms", &pool_creation::PoolOptions { kek_bits: 2048, master_key: None }, &actor()).await.unwrap();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -4,9 +4,10 @@
 //! encrypted, clients only as public key material derived from their
 //! password.
 //!
-//! Every multi-step change is one transaction. DEK inserts go through a
-//! group-commit writer (`writer.rs`) so that durable (`synchronous=FULL`)
-//! writes do not cost one fsync per DEK under load.
+//! Every multi-step change is one transaction. DEK inserts and audit records
+//! go through a group-commit writer (`writer.rs`) so that durable
+//! (`synchronous=FULL`) writes do not cost one fsync per DEK under load; the
+//! writer is also the only code that extends the audit hash chain.
 
 mod jobs;
 mod schema;
@@ -17,6 +18,7 @@ use std::sync::Mutex;
 
 use rusqlite::{params, Connection, OptionalExtension, Row};
 
+use crate::audit::{AuditEvent, AuditRecord, AuditReport, ChainVerifier};
 use crate::backend::{MasterKeyRef, NewKek};
 use crate::crypto::OaepHash;
 use crate::{Error, Result};
@@ -307,10 +309,70 @@ impl Catalog {
             .ok_or_else(|| Error::NotFound { what: "client id", name: id.to_string() })
     }
 
-    /// Durably store one DEK row; returns its `created_at`. Concurrent
-    /// callers share one commit.
-    pub async fn insert_dek(&self, row: DekRow) -> Result<String> {
-        self.writer.insert(row).await
+    /// Durably store one DEK row together with its audit record (one
+    /// transaction); returns its `created_at`. Concurrent callers share one
+    /// commit.
+    pub async fn insert_dek(&self, row: DekRow, event: AuditEvent) -> Result<String> {
+        self.writer.submit(Some(row), event).await
+    }
+
+    /// Append `event` to the audit chain; returns once it is durable.
+    /// Concurrent callers share one commit.
+    pub async fn audit(&self, event: AuditEvent) -> Result<()> {
+        self.writer.submit(None, event).await.map(drop)
+    }
+
+    /// The last `limit` audit rows, oldest first.
+    pub fn audit_rows(&self, limit: usize) -> Result<Vec<AuditRecord>> {
+        let conn = self.conn();
+        let mut stmt = conn
+            .prepare(
+                "SELECT * FROM (SELECT seq, at, actor, action, pool, client, dek_id, result, prev_hash, hash
+                                FROM audit ORDER BY seq DESC LIMIT ?1) ORDER BY seq",
+            )
+            .map_err(Error::catalog("listing audit rows"))?;
+        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        let rows = stmt
+            .query_map([limit], audit_from_row)
+            .map_err(Error::catalog("listing audit rows"))?
+            .collect::<rusqlite::Result<Vec<_>>>()
+            .map_err(Error::catalog("listing audit rows"))?;
+        Ok(rows)
+    }
+
+    /// The `seq` of the audit row whose hash is `hash`, if any.
+    pub fn audit_seq_of_hash(&self, hash: &[u8]) -> Result<Option<i64>> {
+        self.conn()
+            .query_row("SELECT seq FROM audit WHERE hash = ?1", [hash], |r| r.get(0))
+            .optional()
+            .map_err(Error::catalog("looking up an audit row by hash"))
+    }
+
+    /// Walk the whole audit chain (one read snapshot) and report the first
+    /// break, if any. A broken chain is a report, not an `Err`.
+    pub fn verify_audit(&self) -> Result<AuditReport> {
+        let conn = self.conn();
+        let mut stmt = conn
+            .prepare("SELECT seq, at, actor, action, pool, client, dek_id, result, prev_hash, hash FROM audit ORDER BY seq")
+            .map_err(Error::catalog("reading the audit log"))?;
+        let mut rows = stmt.query([]).map_err(Error::catalog("reading the audit log"))?;
+        let mut verifier = ChainVerifier::new();
+        while let Some(row) = rows.next().map_err(Error::catalog("reading the audit log"))? {
+            let record = match audit_from_row(row) {
+                Ok(r) => r,
+                // A value of the wrong type (text where a hash belongs...)
+                // is an edit: report it as one rather than as a catalog error.
+                Err(rusqlite::Error::InvalidColumnType(..) | rusqlite::Error::FromSqlConversionFailure(..)) => {
+                    let seq: i64 = row.get(0).unwrap_or(0);
+                    return Ok(verifier.finish_with_unreadable(seq));
+                }
+                Err(e) => return Err(Error::catalog("reading the audit log")(e)),
+            };
+            if !verifier.push(&record) {
+                break;
+            }
+        }
+        Ok(verifier.finish())
     }
 
     pub fn dek(&self, id: &str) -> Result<DekRecord> {
@@ -338,6 +400,21 @@ impl Catalog {
     pub fn execute_raw(&self, sql: &str) -> Result<usize> {
         self.conn().execute(sql, []).map_err(Error::catalog("raw statement"))
     }
+}
+
+fn audit_from_row(r: &Row<'_>) -> rusqlite::Result<AuditRecord> {
+    Ok(AuditRecord {
+        seq: r.get(0)?,
+        at: r.get(1)?,
+        actor: r.get(2)?,
+        action: r.get(3)?,
+        pool: r.get(4)?,
+        client: r.get(5)?,
+        dek_id: r.get(6)?,
+        result: r.get(7)?,
+        prev_hash: r.get(8)?,
+        hash: r.get(9)?,
+    })
 }
 
 fn pool_from_row(r: &Row<'_>) -> rusqlite::Result<PoolRecord> {

@@ -48,7 +48,23 @@ pub const MIGRATIONS: &[&str] = &[
     );
     CREATE INDEX deks_by_pool_client ON deks(pool_id, client_id);
     "#,
-    // 2: the service and backup jobs.
+    // 2: the audit log, a hash chain (see src/audit.rs). Appended only by
+    // the catalog's writer thread; `seq` is contiguous from 1.
+    r#"
+    CREATE TABLE audit (
+        seq        INTEGER PRIMARY KEY,       -- 1, 2, 3, ... no gaps
+        at         TEXT NOT NULL,             -- UTC, RFC 3339 with milliseconds
+        actor      TEXT NOT NULL,             -- local:USER | operator:NAME | client:NAME
+        action     TEXT NOT NULL,             -- pool.create | client.add | dek.issue | dek.recover
+        pool       TEXT,
+        client     TEXT,
+        dek_id     TEXT,
+        result     TEXT NOT NULL,             -- ok | error: <message> (never a secret)
+        prev_hash  BLOB NOT NULL,             -- hash of row seq-1; 32 zero bytes for row 1
+        hash       BLOB NOT NULL              -- SHA-256, see src/audit.rs
+    );
+    "#,
+    // 3: the service and backup jobs.
     r#"
     -- Ed25519 key verifying the client's signed requests (derived from its
     -- password like seal_public). NULL: registered before the service.

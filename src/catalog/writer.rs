@@ -1,24 +1,31 @@
-//! Group commit for DEK rows.
+//! Group commit for DEK rows and audit records.
 //!
 //! Issuing a DEK must be durable before the DEK is handed out (a DEK that
-//! encrypted a backup but is not in the catalog is lost data). With
-//! `synchronous=FULL` every commit costs an fsync, which would cap DEK issue
-//! at the disk's fsync rate. One writer thread owns its own connection,
-//! takes every row queued while the previous commit ran, and commits them
-//! together; each caller is answered only after the commit that holds its
-//! row succeeded.
+//! encrypted a backup but is not in the catalog is lost data), and so must
+//! the audit record of every key operation. With `synchronous=FULL` every
+//! commit costs an fsync, which would cap DEK issue at the disk's fsync
+//! rate. One writer thread owns its own connection, takes every job queued
+//! while the previous commit ran, and commits them together; each caller is
+//! answered only after the commit that holds its rows succeeded.
+//!
+//! The writer is also the only appender of the audit hash chain: inside
+//! each batch's `BEGIN IMMEDIATE` transaction (which serialises it with any
+//! other process writing the same catalog file) it reads the chain's head
+//! and extends it, one row per job. A DEK row and its audit row are in the
+//! same transaction: neither is committed without the other.
 
 use std::path::PathBuf;
 use std::sync::mpsc;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use rusqlite::params;
+use rusqlite::{params, OptionalExtension, TransactionBehavior};
 use tokio::sync::oneshot;
 
+use crate::audit::{row_hash, AuditEvent, RowFields, GENESIS};
 use crate::{Error, Result};
 
-/// Largest number of rows in one commit.
+/// Largest number of jobs in one commit.
 const MAX_BATCH: usize = 512;
 /// Under load, how long the writer keeps gathering rows after the first one
 /// before it commits. Each commit costs the writer thread CPU (WAL frames,
@@ -37,7 +44,15 @@ pub struct DekRow {
     pub encrypted_dek: Vec<u8>,
 }
 
-type Job = (DekRow, oneshot::Sender<Result<String>>);
+/// One unit of work: an audit event, with the DEK row it records (DEK
+/// issue) or alone (every other operation). Answered with the commit's
+/// timestamp (the DEK's `created_at`, the audit row's `at`).
+#[derive(Debug)]
+struct Job {
+    dek: Option<DekRow>,
+    event: AuditEvent,
+    done: oneshot::Sender<Result<String>>,
+}
 
 #[derive(Debug)]
 pub(super) struct DekWriter {
@@ -58,23 +73,31 @@ impl DekWriter {
         let conn = super::open_connection(&self.path)?;
         let (tx, rx) = mpsc::channel::<Job>();
         std::thread::Builder::new()
-            .name("keybridge-dek-writer".into())
+            .name("keybridge-catalog-writer".into())
             .spawn(move || run(conn, rx))
             .map_err(|source| Error::Io { context: "starting catalog writer thread for", path: self.path.clone(), source })?;
         *guard = Some(tx.clone());
         Ok(tx)
     }
 
-    /// Insert `row`; returns its `created_at` once the commit is durable.
-    pub(super) async fn insert(&self, row: DekRow) -> Result<String> {
+    /// Commit `dek` (if any) and `event`; returns the commit's timestamp
+    /// once it is durable.
+    pub(super) async fn submit(&self, dek: Option<DekRow>, event: AuditEvent) -> Result<String> {
         let (done_tx, done_rx) = oneshot::channel();
-        let id = row.id.clone();
+        let what = what(dek.as_ref(), &event);
         self.sender()?
-            .send((row, done_tx))
+            .send(Job { dek, event, done: done_tx })
             .map_err(|_| Error::Internal(format!("catalog writer thread for {} stopped", self.path.display())))?;
         done_rx
             .await
-            .map_err(|_| Error::Internal(format!("catalog writer thread for {} stopped before DEK {id} was committed", self.path.display())))?
+            .map_err(|_| Error::Internal(format!("catalog writer thread for {} stopped before {what} was committed", self.path.display())))?
+    }
+}
+
+fn what(dek: Option<&DekRow>, event: &AuditEvent) -> String {
+    match dek {
+        Some(row) => format!("DEK {}", row.id),
+        None => format!("the audit record of {} ({})", event.action, event.result),
     }
 }
 
@@ -93,16 +116,16 @@ fn run(mut conn: rusqlite::Connection, rx: mpsc::Receiver<Job>) {
         }
         loaded = batch.len() > 1;
         match commit(&mut conn, &batch) {
-            Ok(stamps) => {
-                for ((_, done), stamp) in batch.into_iter().zip(stamps) {
-                    let _ = done.send(Ok(stamp));
+            Ok(stamp) => {
+                for job in batch {
+                    let _ = job.done.send(Ok(stamp.clone()));
                 }
             }
             // One bad row must not fail its neighbours: retry each alone.
             Err(_) if batch.len() > 1 => {
                 for job in batch {
                     let result = commit(&mut conn, std::slice::from_ref(&job));
-                    answer(job, result.map(|mut s| s.remove(0)));
+                    answer(job, result);
                 }
             }
             Err(e) => {
@@ -114,22 +137,67 @@ fn run(mut conn: rusqlite::Connection, rx: mpsc::Receiver<Job>) {
     }
 }
 
-fn answer((row, done): Job, result: rusqlite::Result<String>) {
-    let _ = done.send(result.map_err(|source| Error::Catalog { context: format!("storing DEK {} (not issued)", row.id), source }));
+fn answer(job: Job, result: rusqlite::Result<String>) {
+    let context = match &job.dek {
+        Some(row) => format!("storing DEK {} and its audit record (not issued)", row.id),
+        None => format!("appending the audit record of {}", job.event.action),
+    };
+    let _ = job.done.send(result.map_err(|source| Error::Catalog { context, source }));
 }
 
-fn commit(conn: &mut rusqlite::Connection, batch: &[Job]) -> rusqlite::Result<Vec<String>> {
-    let tx = conn.transaction()?;
-    let mut stamps = Vec::with_capacity(batch.len());
-    {
-        let mut stmt = tx.prepare_cached(
-            "INSERT INTO deks(id, pool_id, client_id, encrypted_dek, created_at)
-             VALUES (?1, ?2, ?3, ?4, strftime('%Y-%m-%dT%H:%M:%fZ','now')) RETURNING created_at",
+/// One transaction for the whole batch: every DEK row, and the audit chain
+/// extended by one row per job. Returns the batch's timestamp.
+fn commit(conn: &mut rusqlite::Connection, batch: &[Job]) -> rusqlite::Result<String> {
+    // IMMEDIATE: take the write lock before reading the chain's head, so no
+    // other connection (another keybridge process) can extend it between
+    // our read and our insert.
+    let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+    let at = {
+        let at: String = tx.prepare_cached("SELECT strftime('%Y-%m-%dT%H:%M:%fZ','now')")?.query_row([], |r| r.get(0))?;
+        let head: Option<(i64, Vec<u8>)> = tx
+            .prepare_cached("SELECT seq, hash FROM audit ORDER BY seq DESC LIMIT 1")?
+            .query_row([], |r| Ok((r.get(0)?, r.get(1)?)))
+            .optional()?;
+        let (mut seq, mut prev) = match head {
+            None => (0, GENESIS),
+            Some((seq, hash)) => {
+                // A head whose hash is not 32 bytes was edited; chain on from
+                // its SHA-256 so the link stays well defined (verify reports
+                // the edited row).
+                let prev = <[u8; 32]>::try_from(hash.as_slice()).unwrap_or_else(|_| <sha2::Sha256 as sha2::Digest>::digest(&hash).into());
+                (seq, prev)
+            }
+        };
+        let mut dek_stmt = tx.prepare_cached(
+            "INSERT INTO deks(id, pool_id, client_id, encrypted_dek, created_at) VALUES (?1, ?2, ?3, ?4, ?5)",
         )?;
-        for (row, _) in batch {
-            stamps.push(stmt.query_row(params![row.id, row.pool_id, row.client_id, row.encrypted_dek], |r| r.get(0))?);
+        let mut audit_stmt = tx.prepare_cached(
+            "INSERT INTO audit(seq, at, actor, action, pool, client, dek_id, result, prev_hash, hash)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
+        )?;
+        for job in batch {
+            if let Some(row) = &job.dek {
+                dek_stmt.execute(params![row.id, row.pool_id, row.client_id, row.encrypted_dek, at])?;
+            }
+            let e = &job.event;
+            seq += 1;
+            let fields = RowFields {
+                seq,
+                at: &at,
+                actor: &e.actor,
+                action: e.action.as_str(),
+                pool: e.pool.as_deref(),
+                client: e.client.as_deref(),
+                dek_id: e.dek_id.as_deref(),
+                result: &e.result,
+                prev_hash: &prev,
+            };
+            let hash = row_hash(&fields);
+            audit_stmt.execute(params![seq, at, e.actor, e.action.as_str(), e.pool, e.client, e.dek_id, e.result, &prev[..], &hash[..]])?;
+            prev = hash;
         }
-    }
+        at
+    };
     tx.commit()?;
-    Ok(stamps)
+    Ok(at)
 }

@@ -10,6 +10,7 @@ use serde_json::{json, Value};
 
 mod net;
 
+use crate::audit::Actor;
 use crate::config::{Config, DEFAULT_CONFIG};
 use crate::flows::{backup, clients, pool_creation, restore};
 use crate::secret::read_secret_file;
@@ -53,6 +54,11 @@ pub enum Command {
         #[command(subcommand)]
         command: DekCommand,
     },
+    /// The audit log: every key operation, hash-chained in the catalog.
+    Audit {
+        #[command(subcommand)]
+        command: AuditCommand,
+    },
     /// KMIP wire format tools.
     Ttlv {
         #[command(subcommand)]
@@ -75,6 +81,27 @@ pub enum TtlvCommand {
     Decode {
         /// File to read; `-` or nothing for stdin.
         file: Option<PathBuf>,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum AuditCommand {
+    /// Walk the audit hash chain: OK with the row count and the head hash,
+    /// or the first edited, missing or reordered row (exit code 6).
+    ///
+    /// Rows removed at the END of the log leave a shorter valid chain and
+    /// cannot be detected from inside the catalog: record the head hash
+    /// somewhere else and compare it (or pass it to --expect-head).
+    Verify {
+        /// A head hash recorded earlier (hex, as printed by verify): fail
+        /// unless the chain still contains that row.
+        #[arg(long, value_name = "HEX")]
+        expect_head: Option<String>,
+    },
+    /// Show the most recent audit rows, oldest first.
+    List {
+        #[arg(long, default_value_t = 20)]
+        limit: usize,
     },
 }
 
@@ -196,7 +223,7 @@ async fn run(cli: &Cli) -> Result<(Value, String)> {
             match command {
                 PoolCommand::Create { name, kms, kek_bits, master_key } => {
                     let opts = pool_creation::PoolOptions { kek_bits: *kek_bits, master_key: master_key.as_deref() };
-                    let p = pool_creation::create_pool(&kb, name, kms, &opts).await?;
+                    let p = pool_creation::create_pool(&kb, name, kms, &opts, &Actor::local_user()).await?;
                     let text = format!(
                         "pool '{}' created on KMS '{}': master key {} (id {}), RSA-{} KEK wrapped with {}, OAEP {}\n",
                         p.name, p.kms_name, p.master_key.label, p.master_key.id, p.kek_bits, p.wrap_mechanism, p.oaep_hash
@@ -219,7 +246,7 @@ async fn run(cli: &Cli) -> Result<(Value, String)> {
         Command::Client { command: ClientCommand::Add { name, password_file } } => {
             let kb = open(cli).await?;
             let password = read_secret_file(password_file, "password")?;
-            let c = clients::add_client(&kb, name, &password, seal::KdfParams::default()).await?;
+            let c = clients::add_client(&kb, name, &password, seal::KdfParams::default(), &Actor::local_user()).await?;
             let v = json!({ "name": c.name, "kdf": c.kdf, "created_at": c.created_at });
             Ok((v, format!("client '{}' registered (Argon2id m={} KiB, t={})\n", c.name, c.kdf.m_kib, c.kdf.t)))
         }
@@ -228,15 +255,22 @@ async fn run(cli: &Cli) -> Result<(Value, String)> {
         Command::MediaAgent(args) => net::media_agent(args).await,
         Command::Backup(args) => net::backup(args, cli.json).await,
         Command::Restore(args) => net::restore(args, cli.json).await,
+        Command::Audit { command } => {
+            let kb = open(cli).await?;
+            match command {
+                AuditCommand::Verify { expect_head } => audit_verify(&kb, expect_head.as_deref()),
+                AuditCommand::List { limit } => audit_list(&kb, *limit),
+            }
+        }
         Command::Dek { command } => match command {
             DekCommand::Issue { pool, client } => {
                 let kb = open(cli).await?;
-                let g = backup::issue_dek(&kb, pool, client).await?;
+                let g = backup::issue_dek(&kb, pool, client, &Actor::local_user()).await?;
                 Ok((serde_json::to_value(&g).unwrap_or_default(), format!("dek_id: {}\nsealed_dek: {}\n", g.dek_id, g.sealed_dek)))
             }
             DekCommand::Recover { dek_id, client } => {
                 let kb = open(cli).await?;
-                let g = restore::recover_dek(&kb, dek_id, client).await?;
+                let g = restore::recover_dek(&kb, dek_id, client, &Actor::local_user()).await?;
                 Ok((serde_json::to_value(&g).unwrap_or_default(), format!("dek_id: {}\nsealed_dek: {}\n", g.dek_id, g.sealed_dek)))
             }
             DekCommand::Open { client, password_file } => {
@@ -251,6 +285,53 @@ async fn run(cli: &Cli) -> Result<(Value, String)> {
             }
         },
     }
+}
+
+const TAIL_NOTE: &str = "rows removed at the end of the log cannot be detected from inside the catalog: record the head hash elsewhere and check it with `audit verify --expect-head`";
+
+/// `audit verify`: OK with the count and head, or the first break as an
+/// integrity error (exit code 6).
+fn audit_verify(kb: &Keybridge, expect_head: Option<&str>) -> Result<(Value, String)> {
+    let report = kb.catalog().verify_audit()?;
+    let what = || format!("audit log in {}", kb.catalog().path().display());
+    if let Some(b) = &report.broken {
+        let verified = if report.rows == 0 { "no row before it verifies".to_owned() } else { format!("rows 1 to {} verify", report.head_seq) };
+        return Err(Error::Integrity { what: what(), reason: format!("{} ({verified})", b.message) });
+    }
+    if let Some(expected) = expect_head {
+        let expected = expected.trim().to_ascii_lowercase();
+        let bytes = hex::decode(&expected)
+            .ok()
+            .filter(|b| b.len() == 32)
+            .ok_or_else(|| Error::Input { what: "--expect-head".into(), reason: "not a SHA-256 hash in hex (64 hex digits)".into() })?;
+        if kb.catalog().audit_seq_of_hash(&bytes)?.is_none() {
+            return Err(Error::Integrity {
+                what: what(),
+                reason: format!(
+                    "the recorded head {expected} is not in the chain ({} rows, head {}): rows were removed from the end, or the chain was rewritten",
+                    report.rows,
+                    report.head_hash.as_deref().unwrap_or("none")
+                ),
+            });
+        }
+    }
+    let text = match &report.head_hash {
+        Some(head) => format!("audit log OK: {} rows, head (row {}) hash {head}\nnote: {TAIL_NOTE}\n", report.rows, report.head_seq),
+        None => format!("audit log OK: empty\nnote: {TAIL_NOTE}\n"),
+    };
+    let v = json!({ "ok": true, "rows": report.rows, "head_seq": report.head_seq, "head_hash": report.head_hash, "note": TAIL_NOTE });
+    Ok((v, text))
+}
+
+/// `audit list`: the last `limit` rows, oldest first.
+fn audit_list(kb: &Keybridge, limit: usize) -> Result<(Value, String)> {
+    let rows = kb.catalog().audit_rows(limit)?;
+    let dash = |o: &Option<String>| o.clone().unwrap_or_else(|| "-".into());
+    let text = rows
+        .iter()
+        .map(|r| format!("{}\t{}\t{}\t{}\tpool={}\tclient={}\tdek={}\t{}\n", r.seq, r.at, r.actor, r.action, dash(&r.pool), dash(&r.client), dash(&r.dek_id), r.result))
+        .collect();
+    Ok((json!({ "rows": rows }), text))
 }
 
 /// `ttlv decode`: hex (whitespace ignored) or raw bytes.

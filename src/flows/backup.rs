@@ -12,34 +12,42 @@
 
 use zeroize::Zeroizing;
 
-use super::{dek_binding, DekGrant};
+use super::{audit_failure, dek_binding, DekGrant};
+use crate::audit::{Action, Actor, AuditEvent};
 use crate::catalog::{ClientRecord, DekRow, JobCompletion, JobRecord, JobState, PoolRecord};
 use crate::context::Keybridge;
 use crate::crypto::PublicKek;
 use crate::secret::Dek;
 use crate::{seal, Error, Result};
 
-/// Issue a new DEK for `client` in `pool`.
-pub async fn issue_dek(kb: &Keybridge, pool: &str, client: &str) -> Result<DekGrant> {
-    let pool = kb.catalog().pool_by_name(pool)?;
-    let client = kb.catalog().client_by_name(client)?;
-    let public = public_kek(&pool)?;
-    issue_with(kb, &pool, &public, &client).await
+/// Issue a new DEK for `client` in `pool`, as `actor`. Every outcome is
+/// audited: the success row is committed with the DEK row, a failure gets
+/// its own row.
+pub async fn issue_dek(kb: &Keybridge, pool: &str, client: &str, actor: &Actor) -> Result<DekGrant> {
+    match lookup(kb, pool, client) {
+        Ok((pool, client, public)) => issue_with(kb, &pool, &public, &client, actor).await,
+        Err(e) => Err(audit_failure(kb, AuditEvent::new(actor, Action::DekIssue).pool(pool).client(client), e).await),
+    }
 }
 
-fn public_kek(pool: &PoolRecord) -> Result<PublicKek> {
-    PublicKek::from_spki_der(&pool.kek_public).map_err(|e| Error::Integrity {
+fn lookup(kb: &Keybridge, pool: &str, client: &str) -> Result<(PoolRecord, ClientRecord, PublicKek)> {
+    let pool = kb.catalog().pool_by_name(pool)?;
+    let client = kb.catalog().client_by_name(client)?;
+    let public = PublicKek::from_spki_der(&pool.kek_public).map_err(|e| Error::Integrity {
         what: format!("public KEK of pool '{}'", pool.name),
         reason: e.to_string(),
-    })
+    })?;
+    Ok((pool, client, public))
 }
 
 /// Start a backup job: a DEK of its own for this job (steps 1-4) and a
 /// `running` job row naming the MediaAgent the client streams to (step 5).
-pub async fn start_job(kb: &Keybridge, pool: &str, client: &str, media_agent: &str) -> Result<(JobRecord, DekGrant)> {
-    let pool = kb.catalog().pool_by_name(pool)?;
-    let client = kb.catalog().client_by_name(client)?;
-    let grant = issue_with(kb, &pool, &public_kek(&pool)?, &client).await?;
+pub async fn start_job(kb: &Keybridge, pool: &str, client: &str, media_agent: &str, actor: &Actor) -> Result<(JobRecord, DekGrant)> {
+    let (pool, client, public) = match lookup(kb, pool, client) {
+        Ok(found) => found,
+        Err(e) => return Err(audit_failure(kb, AuditEvent::new(actor, Action::DekIssue).pool(pool).client(client), e).await),
+    };
+    let grant = issue_with(kb, &pool, &public, &client, actor).await?;
     let job_id = uuid::Uuid::now_v7().to_string();
     let job = kb.catalog().insert_job(&job_id, pool.id, client.id, &grant.dek_id, media_agent)?;
     tracing::info!(job = %job.id, pool = %pool.name, client = %client.name, "backup job started");
@@ -89,30 +97,45 @@ pub struct StoredDek {
 }
 
 /// Backup steps 1-3: generate a DEK, encrypt it (with its binding) under the
-/// pool's public KEK, store the ciphertext durably.
-pub async fn store_new_dek(kb: &Keybridge, pool: &PoolRecord, public: &PublicKek, client: &ClientRecord) -> Result<StoredDek> {
-    let dek = Dek::generate().map_err(Error::crypto("generating DEK"))?;
+/// pool's public KEK, store the ciphertext durably, in the same transaction
+/// as its audit record (`actor` issued it). A failure is audited too.
+pub async fn store_new_dek(kb: &Keybridge, pool: &PoolRecord, public: &PublicKek, client: &ClientRecord, actor: &Actor) -> Result<StoredDek> {
     // Time-ordered (UUIDv7): catalog inserts append to the id index instead
     // of touching a random leaf page per DEK, which multiplied WAL traffic.
     let dek_id = uuid::Uuid::now_v7().to_string();
+    let event = AuditEvent::new(actor, Action::DekIssue).pool(&pool.name).client(&client.name).dek(&dek_id);
+    match store(kb, pool, public, client, &dek_id, event.clone()).await {
+        Ok((dek, created_at)) => Ok(StoredDek { dek, dek_id, created_at }),
+        Err(e) => Err(audit_failure(kb, event, e).await),
+    }
+}
+
+async fn store(kb: &Keybridge, pool: &PoolRecord, public: &PublicKek, client: &ClientRecord, dek_id: &str, event: AuditEvent) -> Result<(Dek, String)> {
+    let dek = Dek::generate().map_err(Error::crypto("generating DEK"))?;
     let mut plain = Zeroizing::new(Vec::with_capacity(64));
     plain.extend_from_slice(dek.expose());
-    plain.extend_from_slice(&dek_binding(&dek_id, &pool.name, &client.name));
+    plain.extend_from_slice(&dek_binding(dek_id, &pool.name, &client.name));
     let encrypted = public
         .encrypt(pool.oaep_hash, &plain)
         .map_err(Error::crypto(format!("encrypting DEK under the KEK of pool '{}'", pool.name)))?;
-    let created_at = kb
-        .catalog()
-        .insert_dek(DekRow { id: dek_id.clone(), pool_id: pool.id, client_id: client.id, encrypted_dek: encrypted })
-        .await?;
-    Ok(StoredDek { dek, dek_id, created_at })
+    let row = DekRow { id: dek_id.to_owned(), pool_id: pool.id, client_id: client.id, encrypted_dek: encrypted };
+    let created_at = kb.catalog().insert_dek(row, event).await?;
+    Ok((dek, created_at))
 }
 
 /// Issue a DEK with an already parsed public KEK (for callers issuing many):
-/// steps 1-3, then step 4, the seal under the client's password.
-pub async fn issue_with(kb: &Keybridge, pool: &PoolRecord, public: &PublicKek, client: &ClientRecord) -> Result<DekGrant> {
-    let stored = store_new_dek(kb, pool, public, client).await?;
-    let sealed_dek = seal::seal(&stored.dek, client, &pool.name, &stored.dek_id)?;
-    tracing::info!(pool = %pool.name, client = %client.name, dek = %stored.dek_id, "DEK issued");
+/// steps 1-3, then step 4, the seal under the client's password. A seal
+/// failure after the DEK was stored (and audited as issued) is audited as a
+/// second, failed `dek.issue` row for the same DEK: it was never delivered.
+pub async fn issue_with(kb: &Keybridge, pool: &PoolRecord, public: &PublicKek, client: &ClientRecord, actor: &Actor) -> Result<DekGrant> {
+    let stored = store_new_dek(kb, pool, public, client, actor).await?;
+    let sealed_dek = match seal::seal(&stored.dek, client, &pool.name, &stored.dek_id) {
+        Ok(s) => s,
+        Err(e) => {
+            let event = AuditEvent::new(actor, Action::DekIssue).pool(&pool.name).client(&client.name).dek(&stored.dek_id);
+            return Err(audit_failure(kb, event, e).await);
+        }
+    };
+    tracing::info!(pool = %pool.name, client = %client.name, dek = %stored.dek_id, %actor, "DEK issued");
     Ok(DekGrant { dek_id: stored.dek_id, pool: pool.name.clone(), client: client.name.clone(), sealed_dek, created_at: stored.created_at })
 }

@@ -1,6 +1,8 @@
 //! Client registration: store only public material derived from the
 //! client's network password (see [`crate::seal`]).
 
+use super::audited;
+use crate::audit::{Action, Actor, AuditEvent};
 use crate::catalog::ClientRecord;
 use crate::context::Keybridge;
 use crate::error::check_name;
@@ -8,8 +10,13 @@ use crate::seal::{self, KdfParams, Registration};
 use crate::secret::SecretString;
 use crate::{Error, Result};
 
-/// Register a client with its network password.
-pub async fn add_client(kb: &Keybridge, name: &str, password: &SecretString, kdf: KdfParams) -> Result<ClientRecord> {
+/// Register a client with its network password; audited as `actor`'s.
+pub async fn add_client(kb: &Keybridge, name: &str, password: &SecretString, kdf: KdfParams, actor: &Actor) -> Result<ClientRecord> {
+    let result = add(kb, name, password, kdf).await;
+    audited(kb, AuditEvent::new(actor, Action::ClientAdd).client(name), result).await
+}
+
+async fn add(kb: &Keybridge, name: &str, password: &SecretString, kdf: KdfParams) -> Result<ClientRecord> {
     check_name("client name", name)?;
     if kb.catalog().client_by_name(name).is_ok() {
         return Err(Error::AlreadyExists { what: "client", name: name.to_owned() });
@@ -27,7 +34,12 @@ pub async fn add_client(kb: &Keybridge, name: &str, password: &SecretString, kdf
 
 /// Register a client from public material the client derived itself (the
 /// service's registration call: the password never leaves the client).
-pub async fn register_client(kb: &Keybridge, name: &str, reg: &Registration) -> Result<ClientRecord> {
+pub async fn register_client(kb: &Keybridge, name: &str, reg: &Registration, actor: &Actor) -> Result<ClientRecord> {
+    let result = register(kb, name, reg);
+    audited(kb, AuditEvent::new(actor, Action::ClientAdd).client(name), result).await
+}
+
+fn register(kb: &Keybridge, name: &str, reg: &Registration) -> Result<ClientRecord> {
     check_name("client name", name)?;
     let bad = |reason: &str| Error::Input { what: format!("registration of client '{name}'"), reason: reason.to_owned() };
     let default = KdfParams::default();

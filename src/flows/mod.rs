@@ -43,3 +43,28 @@ pub(crate) fn dek_binding(dek_id: &str, pool: &str, client: &str) -> [u8; BINDIN
     }
     h.finalize().into()
 }
+
+/// Record a failed operation in the audit log and hand back the original
+/// error. If the audit append itself fails, the original error still wins;
+/// the audit failure is logged.
+pub(crate) async fn audit_failure(kb: &crate::Keybridge, event: crate::audit::AuditEvent, err: crate::Error) -> crate::Error {
+    let event = event.failed(&err);
+    let action = event.action;
+    if let Err(audit_err) = kb.catalog().audit(event).await {
+        tracing::error!(%action, error = %err, audit_error = %audit_err, "could not append the audit record of a failed operation");
+    }
+    err
+}
+
+/// Audit the outcome of `result`: success durably before returning it (so
+/// nothing is released before its audit record is committed), failure as
+/// [`audit_failure`].
+pub(crate) async fn audited<T>(kb: &crate::Keybridge, event: crate::audit::AuditEvent, result: crate::Result<T>) -> crate::Result<T> {
+    match result {
+        Ok(v) => {
+            kb.catalog().audit(event).await?;
+            Ok(v)
+        }
+        Err(e) => Err(audit_failure(kb, event, e).await),
+    }
+}

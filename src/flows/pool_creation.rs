@@ -10,6 +10,8 @@
 //! orphan key is left in the token; if even that fails, the error names the
 //! orphan so an operator can remove it.
 
+use super::audited;
+use crate::audit::{Action, Actor, AuditEvent};
 use crate::catalog::PoolRecord;
 use crate::context::Keybridge;
 use crate::error::check_name;
@@ -32,8 +34,15 @@ impl Default for PoolOptions<'_> {
     }
 }
 
-/// Create a storage pool whose master key lives in `kms`.
-pub async fn create_pool(kb: &Keybridge, name: &str, kms: &str, opts: &PoolOptions<'_>) -> Result<PoolRecord> {
+/// Create a storage pool whose master key lives in `kms`. Success and
+/// failure are recorded in the audit log as `actor`'s; the pool is returned
+/// only once its audit record is durable.
+pub async fn create_pool(kb: &Keybridge, name: &str, kms: &str, opts: &PoolOptions<'_>, actor: &Actor) -> Result<PoolRecord> {
+    let result = create(kb, name, kms, opts).await;
+    audited(kb, AuditEvent::new(actor, Action::PoolCreate).pool(name), result).await
+}
+
+async fn create(kb: &Keybridge, name: &str, kms: &str, opts: &PoolOptions<'_>) -> Result<PoolRecord> {
     check_name("pool name", name)?;
     if !KEK_BITS.contains(&opts.kek_bits) {
         return Err(Error::InvalidName {

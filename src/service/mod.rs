@@ -28,6 +28,7 @@ use serde_json::json;
 use tokio::sync::RwLock;
 
 use crate::api::{self, ClientKdf, CreatePool, ErrorBody, ErrorDetail, JobStarted, PoolRequest, RegisterClient};
+use crate::audit::Actor;
 use crate::catalog::PoolRecord;
 use crate::config::ServiceConfig;
 use crate::context::Keybridge;
@@ -60,6 +61,12 @@ pub struct Service {
 }
 
 type Shared = Arc<Service>;
+
+/// Who operator-token requests act as in the audit log: the token names no
+/// person, so the audit says "operator:token".
+fn operator_actor() -> Actor {
+    Actor::Operator("token".to_owned())
+}
 
 /// An error answer: status, kind and message (never secret material).
 #[derive(Debug)]
@@ -247,7 +254,7 @@ async fn create_pool(State(s): State<Shared>, headers: HeaderMap, body: Bytes) -
     let req: CreatePool = parse_body(&body)?;
     let started = Instant::now();
     let opts = pool_creation::PoolOptions { kek_bits: req.kek_bits, ..Default::default() };
-    let pool = pool_creation::create_pool(&s.kb, &req.name, &req.kms, &opts).await.map(|p| p.to_json());
+    let pool = pool_creation::create_pool(&s.kb, &req.name, &req.kms, &opts, &operator_actor()).await.map(|p| p.to_json());
     s.finish("pool_create", &req.kms, started, pool).map(|r| (StatusCode::CREATED, r).into_response())
 }
 
@@ -262,7 +269,7 @@ async fn register_client(State(s): State<Shared>, headers: HeaderMap, body: Byte
     s.operator(&headers)?;
     let req: RegisterClient = parse_body(&body)?;
     let started = Instant::now();
-    let c = clients::register_client(&s.kb, &req.name, &req.registration)
+    let c = clients::register_client(&s.kb, &req.name, &req.registration, &operator_actor())
         .await
         .map(|c| json!({ "name": c.name, "created_at": c.created_at }));
     s.finish("client_register", "-", started, c).map(|r| (StatusCode::CREATED, r).into_response())
@@ -297,7 +304,7 @@ async fn issue_dek(State(s): State<Shared>, method: Method, uri: Uri, headers: H
     let req: PoolRequest = parse_body(&body)?;
     let started = Instant::now();
     let kms = s.kms_of_pool(&req.pool);
-    let grant = backup::issue_dek(&s.kb, &req.pool, &client).await;
+    let grant = backup::issue_dek(&s.kb, &req.pool, &client, &Actor::Client(client.clone())).await;
     s.finish("dek_issue", &kms, started, grant)
 }
 
@@ -311,7 +318,7 @@ async fn recover_dek(State(s): State<Shared>, method: Method, uri: Uri, headers:
         .and_then(|d| s.kb.catalog().pool_by_id(d.pool_id))
         .map(|p| p.kms_name)
         .unwrap_or_else(|_| "-".into());
-    let grant = restore::recover_dek(&s.kb, &id, &client).await;
+    let grant = restore::recover_dek(&s.kb, &id, &client, &Actor::Client(client.clone())).await;
     s.finish("dek_recover", &kms, started, grant)
 }
 
@@ -320,7 +327,7 @@ async fn start_job(State(s): State<Shared>, method: Method, uri: Uri, headers: H
     let req: PoolRequest = parse_body(&body)?;
     let started = Instant::now();
     let kms = s.kms_of_pool(&req.pool);
-    let job = backup::start_job(&s.kb, &req.pool, &client, &s.cfg.media_agent)
+    let job = backup::start_job(&s.kb, &req.pool, &client, &s.cfg.media_agent, &Actor::Client(client.clone()))
         .await
         .map(|(job, grant)| JobStarted { job_id: job.id, media_agent: job.media_agent, grant });
     s.finish("job_start", &kms, started, job).map(|r| (StatusCode::CREATED, r).into_response())

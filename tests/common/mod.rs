@@ -108,6 +108,11 @@ pub fn password(s: &str) -> keybridge::secret::SecretString {
     keybridge::secret::SecretString::from(s.to_owned())
 }
 
+/// The actor the flow tests act as.
+pub fn actor() -> keybridge::audit::Actor {
+    keybridge::audit::Actor::Operator("test".into())
+}
+
 /// Cheap Argon2id parameters: tests are about the flow, not the KDF cost.
 pub fn test_kdf() -> keybridge::seal::KdfParams {
     keybridge::seal::KdfParams { m_kib: 1024, t: 1, ..Default::default() }
