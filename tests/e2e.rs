@@ -490,12 +490,17 @@ async fn service_killed_during_backup() {
         if job.is_some() {
             break;
         }
-        std::thread::sleep(Duration::from_millis(5));
+        std::thread::sleep(Duration::from_millis(2));
     }
     let job = job.expect("the backup never started a job");
+    // Freeze the client mid-upload so the kill lands before it finishes,
+    // however fast this machine is.
+    let pid = backup.id().to_string();
+    Command::new("kill").args(["-STOP", &pid]).status().unwrap();
     let mut service = d.service.take().unwrap();
     service.0.kill().unwrap();
     service.0.wait().unwrap();
+    Command::new("kill").args(["-CONT", &pid]).status().unwrap();
     let out = backup.wait_with_output().unwrap();
     fails(&out, 11, &d.url());
     assert_eq!(d.job_state(&job).as_deref(), Some("running"), "an interrupted job shows as complete");

@@ -64,7 +64,7 @@ pub enum Command {
         #[command(subcommand)]
         command: TtlvCommand,
     },
-    /// Run the adapter service (HTTPS API; needs a [service] section).
+    /// Run the adapter service (HTTPS API; needs a `[service]` section).
     Serve,
     /// Run a MediaAgent: receives encrypted backup streams, never a key.
     MediaAgent(net::MediaAgentArgs),
