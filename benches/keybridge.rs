@@ -21,13 +21,18 @@
 //! durable group-committed catalog insert + seal) against raw software OAEP
 //! encryption with the same key and hash.
 //!
+//! Stream (no token): e, client-data stream encryption (`stream::Encryptor`,
+//! 64 KiB chunks, one thread) in bytes/s against `openssl speed -evp
+//! aes-256-gcm -bytes 65536` run in slices interleaved with it; decryption
+//! (`stream::Decryptor`) against `openssl speed -decrypt` as information.
+//!
 //! The two sides of a comparison are interleaved in slices (A B B A ...) so
 //! background load hits both alike. Environment:
 //!
 //! - `KEYBRIDGE_BENCH_SECS`    seconds measured per side (default 3)
 //! - `KEYBRIDGE_BENCH_SLICES`  slices per side (default 6)
 //! - `KEYBRIDGE_BENCH_ISSUERS` concurrent issuers tried in d (default 2,8,32)
-//! - `KEYBRIDGE_BENCH_ONLY`    comma list of softhsm2,kryoptic,issue
+//! - `KEYBRIDGE_BENCH_ONLY`    comma list of softhsm2,kryoptic,issue,kmip,stream
 //! - `KEYBRIDGE_BENCH_DIR`     where the temporary catalogs go (default TMPDIR)
 //!
 //! Output: a table (metric, ops/s of each side, ratio, target, PASS/SHORT),
@@ -50,7 +55,7 @@ use keybridge::config::Config;
 use keybridge::crypto::{OaepHash, PublicKek};
 use keybridge::flows::{backup, clients, pool_creation, restore};
 use keybridge::secret::Dek;
-use keybridge::{seal, Keybridge};
+use keybridge::{seal, stream, Keybridge};
 use serde_json::{json, Map, Value};
 use tokio::runtime::Runtime;
 
@@ -1042,6 +1047,132 @@ fn bench_kmip(rt: &Runtime, s: &Settings, report: &mut Report) {
     report.row("kmip.restore_warm_vs_cold", "KMIP restore: KEK cached vs uncached", "recover, uncached (Decrypt per DEK)", c, "recover, KEK cached", w, None);
 }
 
+// ------------------------------------------------------------------ stream
+
+const STREAM_CHUNK: usize = 64 * 1024;
+/// Plaintext per stream before a new one is started (256 MiB).
+const STREAM_LEN: usize = 256 * 1024 * 1024;
+
+/// `openssl speed [-decrypt] -evp aes-256-gcm -bytes 65536` for about `d`
+/// (whole seconds, at least 1): bytes processed and openssl's own timing.
+/// `Err` carries openssl's output when no figure could be read from it.
+fn openssl_run(decrypt: bool, d: Duration) -> Result<(u64, Duration), String> {
+    let secs = d.as_secs_f64().round().max(1.0) as u64;
+    let mut cmd = std::process::Command::new("openssl");
+    cmd.arg("speed");
+    if decrypt {
+        cmd.arg("-decrypt");
+    }
+    cmd.args(["-evp", "aes-256-gcm", "-bytes", &STREAM_CHUNK.to_string(), "-seconds", &secs.to_string()]);
+    let out = cmd.output().map_err(|e| format!("cannot run openssl: {e}"))?;
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    // The result line: "AES-256-GCM    2887291.09k" (1000s of bytes per second).
+    let figure = stdout.lines().find_map(|line| {
+        let mut words = line.split_whitespace();
+        if !words.next()?.eq_ignore_ascii_case("aes-256-gcm") {
+            return None;
+        }
+        let last = words.last()?;
+        let kilo = last.strip_suffix(['k', 'K']).unwrap_or(last).parse::<f64>().ok()?;
+        (kilo.is_finite() && kilo > 0.0).then_some(kilo * 1000.0)
+    });
+    match figure {
+        Some(rate) if out.status.success() => Ok(((rate * secs as f64) as u64, Duration::from_secs(secs))),
+        _ => Err(format!(
+            "openssl speed exited {} and printed no readable aes-256-gcm line; stdout: {:?}; stderr: {:?}",
+            out.status,
+            stdout.trim(),
+            String::from_utf8_lossy(&out.stderr).trim()
+        )),
+    }
+}
+
+/// keybridge's Encryptor on this thread for `d`: 64 KiB pushes, the output
+/// handed off (cleared) after each, a new stream every 256 MiB.
+fn stream_encrypt_run(dek: &Dek, plain: &[u8], d: Duration) -> (u64, Duration) {
+    let mut out = Vec::with_capacity(2 * STREAM_CHUNK);
+    let start = Instant::now();
+    let mut bytes = 0u64;
+    while start.elapsed() < d {
+        let (mut enc, header) = stream::Encryptor::new(dek, "bench-dek", STREAM_CHUNK as u32).expect("encryptor");
+        std::hint::black_box(&header);
+        let mut n = 0;
+        while n < STREAM_LEN && start.elapsed() < d {
+            enc.push(plain, &mut out).expect("push");
+            std::hint::black_box(&out);
+            out.clear();
+            n += plain.len();
+        }
+        enc.finish(&mut out).expect("finish");
+        out.clear();
+        bytes += n as u64;
+    }
+    (bytes, start.elapsed())
+}
+
+/// keybridge's Decryptor on this thread for `d`: a pre-encrypted stream of
+/// 16 MiB pushed in 64 KiB + 16 pieces (one sealed chunk each), again and
+/// again.
+fn stream_decrypt_run(dek: &Dek, sealed: &[u8], d: Duration) -> (u64, Duration) {
+    let (header, used) = stream::Header::parse(sealed).expect("header").expect("whole header");
+    let piece = STREAM_CHUNK + stream::TAG_LEN;
+    let mut out = Vec::with_capacity(2 * STREAM_CHUNK);
+    let start = Instant::now();
+    let mut bytes = 0u64;
+    while start.elapsed() < d {
+        let mut dec = stream::Decryptor::new(dek, &header).expect("decryptor");
+        for p in sealed[used..].chunks(piece) {
+            dec.push(p, &mut out).expect("push");
+            std::hint::black_box(&out);
+            out.clear();
+        }
+        bytes += dec.finish(&mut out).expect("finish");
+        out.clear();
+    }
+    (bytes, start.elapsed())
+}
+
+fn bench_stream(s: &Settings, report: &mut Report) {
+    let keys = ["stream.encrypt_vs_openssl", "stream.decrypt_vs_openssl"];
+    if let Err(e) = openssl_run(false, Duration::from_secs(1)) {
+        eprintln!("[stream] !!! OPENSSL BASELINE UNAVAILABLE, stream rows SKIPPED: {e}");
+        report.notes.push(format!("stream: SKIPPED, no openssl baseline ({e}); install the Debian package openssl (scripts/install-deps)"));
+        report.skipped.extend(keys.map(String::from));
+        return;
+    }
+    let dek = Dek::from_bytes([7u8; 32]);
+    let plain: Vec<u8> = (0..STREAM_CHUNK).map(|i| (i * 131) as u8).collect();
+    let mut baseline_error = None;
+    let mut openssl = |decrypt: bool, d: Duration| match openssl_run(decrypt, d) {
+        Ok(r) => r,
+        Err(e) => {
+            baseline_error.get_or_insert(e);
+            (0, Duration::ZERO)
+        }
+    };
+
+    eprintln!("[stream] e: openssl speed -evp aes-256-gcm (64 KiB) vs stream::Encryptor, 64 KiB chunks, 1 thread");
+    let (base, kb) = compare(s, &mut |b, d| if b { stream_encrypt_run(&dek, &plain, d) } else { openssl(false, d) });
+    report.row(keys[0], "stream encrypt bytes/s vs openssl aes-256-gcm", "openssl speed -evp, 64 KiB", base, "stream::Encryptor 64 KiB, 1 thr", kb, Some(0.80));
+    let enc_mb = kb.rate() / 1e6;
+    let ossl_mb = base.rate() / 1e6;
+
+    eprintln!("[stream] decrypt: openssl speed -decrypt vs stream::Decryptor");
+    let sealed = stream::encrypt_all(&dek, "bench-dek", STREAM_CHUNK as u32, &plain.repeat(256)).expect("encrypt");
+    let (base, kb) = compare(s, &mut |b, d| if b { stream_decrypt_run(&dek, &sealed, d) } else { openssl(true, d) });
+    report.row(keys[1], "stream decrypt bytes/s vs openssl -decrypt", "openssl speed -decrypt, 64 KiB", base, "stream::Decryptor 64 KiB, 1 thr", kb, None);
+    report.notes.push(format!(
+        "stream: one thread, 64 KiB chunks (each push copies the plaintext into the output and seals it in place, with the {}-byte header as AD); encrypt {enc_mb:.0} MB/s vs openssl {ossl_mb:.0} MB/s; decrypt {:.0} MB/s vs openssl -decrypt {:.0} MB/s. openssl runs in whole-second slices, so its side may get more time than keybridge's; each rate uses its own time",
+        stream::Header::parse(&sealed).ok().flatten().map_or(0, |(h, _)| h.len()),
+        kb.rate() / 1e6,
+        base.rate() / 1e6
+    ));
+    if let Some(e) = baseline_error {
+        eprintln!("[stream] !!! an openssl run failed: {e}");
+        report.notes.push(format!("stream: an openssl run failed, its slice counted as nothing: {e}"));
+    }
+}
+
 fn main() {
     // `cargo bench` passes `--bench`; ignore arguments (no filtering).
     let s = Settings::from_env();
@@ -1062,6 +1193,9 @@ fn main() {
     }
     if s.wants("kmip") {
         bench_kmip(&rt, &s, &mut report);
+    }
+    if s.wants("stream") {
+        bench_stream(&s, &mut report);
     }
     report.print(&s);
 }

@@ -303,10 +303,25 @@ impl Encryptor {
     pub fn new(dek: &Dek, dek_id: &str, chunk_size: u32) -> Result<(Encryptor, Vec<u8>), StreamError> {
         let nonce_prefix = crate::crypto::random_array::<NONCE_PREFIX_LEN>().map_err(|e| StreamError::Random(e.to_string()))?;
         let salt = crate::crypto::random_array::<SALT_LEN>().map_err(|e| StreamError::Random(e.to_string()))?;
-        Self::with_randomness(dek, dek_id, chunk_size, *nonce_prefix, *salt)
+        Self::build(dek, dek_id, chunk_size, *nonce_prefix, *salt)
     }
 
-    fn with_randomness(
+    /// [`Encryptor::new`] with a caller-chosen nonce prefix and salt, so
+    /// that tests and fuzzing are reproducible. Never for real data: two
+    /// streams with the same DEK, prefix and salt share their keystream.
+    #[cfg(any(test, feature = "fuzzing"))]
+    #[doc(hidden)]
+    pub fn with_randomness(
+        dek: &Dek,
+        dek_id: &str,
+        chunk_size: u32,
+        nonce_prefix: [u8; NONCE_PREFIX_LEN],
+        salt: [u8; SALT_LEN],
+    ) -> Result<(Encryptor, Vec<u8>), StreamError> {
+        Self::build(dek, dek_id, chunk_size, nonce_prefix, salt)
+    }
+
+    fn build(
         dek: &Dek,
         dek_id: &str,
         chunk_size: u32,
