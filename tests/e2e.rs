@@ -502,7 +502,7 @@ async fn service_killed_during_backup() {
     service.0.wait().unwrap();
     Command::new("kill").args(["-CONT", &pid]).status().unwrap();
     let out = backup.wait_with_output().unwrap();
-    fails(&out, 11, &d.url());
+    fails(&out, 11, &format!("service {}", d.url()));
     assert_eq!(d.job_state(&job).as_deref(), Some("running"), "an interrupted job shows as complete");
     d.start_service();
     let out_dir = tempfile::tempdir().unwrap();
@@ -678,4 +678,82 @@ async fn graceful_shutdown_finishes_in_flight_transfers() {
     assert!(status.success(), "agent exit: {status}");
     // And it no longer accepts connections.
     assert!(http.get(format!("https://127.0.0.1:{}/healthz", d.agent_port)).send().await.is_err());
+}
+
+/// Error messages and exit codes of the networked commands, compared with
+/// `tests/snapshots/cli/*.txt` (ids, ports and temporary paths replaced by
+/// placeholders). `KEYBRIDGE_UPDATE_SNAPSHOTS=1` rewrites the files.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cli_error_snapshots() {
+    let d = Deployment::start(Kind::Builtin).unwrap();
+    d.register("alice", "alice-network-pw").await;
+    d.register("bob", "bob-network-pw-1").await;
+    std::fs::write(d.dir().join("wrong.pw"), "not-alices-password\n").unwrap();
+    let src = tempfile::tempdir().unwrap();
+    std::fs::write(src.path().join("f"), "data").unwrap();
+    let f = src.path().join("f");
+    let f = f.to_str().unwrap();
+    let b = ok_json(&d.backup("alice", &[Path::new(f)]));
+    let job = b["job_id"].as_str().unwrap().to_owned();
+    let dead = format!("https://127.0.0.1:{}", free_port());
+    let out_dir = d.dir().join("out");
+    let out = out_dir.to_str().unwrap();
+
+    let cases: Vec<(&str, Vec<&str>)> = vec![
+        ("backup-wrong-password", vec!["backup", "--pool", "p", "--client", "alice", "--password-file", "wrong.pw", f]),
+        ("backup-unknown-pool", vec!["backup", "--pool", "nope", "--client", "alice", "--password-file", "alice.pw", f]),
+        ("backup-unknown-client", vec!["backup", "--pool", "p", "--client", "carol", "--password-file", "alice.pw", f]),
+        ("backup-missing-input", vec!["backup", "--pool", "p", "--client", "alice", "--password-file", "alice.pw", "/nonexistent/input"]),
+        ("backup-missing-password-file", vec!["backup", "--pool", "p", "--client", "alice", "--password-file", "missing.pw", f]),
+        ("backup-service-down", vec!["backup", "--service", &dead, "--pool", "p", "--client", "alice", "--password-file", "alice.pw", f]),
+        ("backup-untrusted-service", vec!["backup", "--ca", "/etc/ssl/certs/ca-certificates.crt", "--pool", "p", "--client", "alice", "--password-file", "alice.pw", f]),
+        ("restore-unknown-job", vec!["restore", "01a00000-0000-7000-8000-000000000000", "--to", out, "--client", "alice", "--password-file", "alice.pw"]),
+        ("restore-other-clients-job", vec!["restore", &job, "--to", out, "--client", "bob", "--password-file", "bob.pw"]),
+        ("restore-wrong-password", vec!["restore", &job, "--to", out, "--client", "alice", "--password-file", "wrong.pw"]),
+    ];
+    let update = std::env::var_os("KEYBRIDGE_UPDATE_SNAPSHOTS").is_some();
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/snapshots/cli");
+    let uuid = regex_lite_uuid();
+    let mut mismatches = Vec::new();
+    for (name, args) in cases {
+        let o = d.cli(&args);
+        let stderr = String::from_utf8_lossy(&o.stderr)
+            .replace(d.dir().to_str().unwrap(), "<DIR>")
+            .replace(&d.port.to_string(), "<PORT>")
+            .replace(dead.rsplit(':').next().unwrap(), "<DEAD-PORT>")
+            .replace(src.path().to_str().unwrap(), "<SRC>");
+        let got = format!("exit: {}\n{}", o.status.code().unwrap_or(-1), uuid(&stderr));
+        let file = dir.join(format!("{name}.txt"));
+        if update {
+            std::fs::create_dir_all(&dir).unwrap();
+            std::fs::write(&file, &got).unwrap();
+            continue;
+        }
+        let want = std::fs::read_to_string(&file).unwrap_or_else(|_| panic!("missing snapshot {}; run with KEYBRIDGE_UPDATE_SNAPSHOTS=1", file.display()));
+        if want != got {
+            mismatches.push(format!("{name}:\n--- want\n{want}--- got\n{got}"));
+        }
+    }
+    assert!(mismatches.is_empty(), "snapshots differ:\n{}", mismatches.join("\n"));
+    assert!(!out_dir.exists() || std::fs::read_dir(&out_dir).unwrap().count() == 0, "a failed restore wrote into the target");
+}
+
+/// Replace every UUID in a text by `<UUID>`.
+fn regex_lite_uuid() -> impl Fn(&str) -> String {
+    |s: &str| {
+        let b = s.as_bytes();
+        let mut out = String::with_capacity(s.len());
+        let mut i = 0;
+        while i < b.len() {
+            if s.get(i..i + 36).is_some_and(|w| keybridge::media_agent::store::check_job_id(w).is_ok()) {
+                out.push_str("<UUID>");
+                i += 36;
+            } else {
+                let ch = s[i..].chars().next().unwrap();
+                out.push(ch);
+                i += ch.len_utf8();
+            }
+        }
+        out
+    }
 }

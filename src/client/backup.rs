@@ -177,9 +177,10 @@ pub async fn backup(svc: &ServiceClient, pool: &str, paths: &[PathBuf], progress
     let body = reqwest::Body::wrap_stream(futures_util::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|item| (item, rx)) }));
     let agent = started.media_agent.trim_end_matches('/').to_owned();
     let url = format!("{agent}/v1/jobs/{}/stream", started.job_id);
+    let peer = format!("MediaAgent {agent}");
     let upload = async {
-        let resp = svc.http().put(&url).body(body).send().await.map_err(|e| unreachable(&agent, e))?;
-        answer::<serde_json::Value>(&agent, resp).await
+        let resp = svc.http().put(&url).body(body).send().await.map_err(|e| unreachable(&peer, e))?;
+        answer::<serde_json::Value>(&peer, resp).await
     };
     let (uploaded, produced) = tokio::join!(upload, producer);
     let produced = produced.map_err(|e| Error::Internal(format!("archiving task failed: {e}")))?;

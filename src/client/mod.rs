@@ -46,14 +46,24 @@ pub fn http_client(ca: Option<&Path>) -> Result<reqwest::Client> {
     builder.build().map_err(|e| Error::Internal(format!("building the HTTP client: {e}")))
 }
 
-/// Turn a failed exchange into an error naming the peer.
+/// Turn a failed exchange into an error naming the peer and the root
+/// cause (reqwest's own message wraps it in several layers).
 pub(crate) fn unreachable(peer: &str, e: reqwest::Error) -> Error {
-    let mut reason = e.to_string();
+    let mut root = e.to_string();
     let mut source = std::error::Error::source(&e);
     while let Some(s) = source {
-        reason = format!("{reason}: {s}");
+        root = s.to_string();
         source = s.source();
     }
+    let reason = if e.is_timeout() {
+        format!("timed out: {root}")
+    } else if root.contains("certificate") {
+        format!("TLS refused: {root} (is --ca / KEYBRIDGE_CA the CA that signed its certificate?)")
+    } else if e.is_connect() {
+        format!("cannot connect: {root}")
+    } else {
+        format!("connection failed: {root}")
+    };
     Error::Unreachable { peer: peer.to_owned(), reason }
 }
 
@@ -78,6 +88,8 @@ pub(crate) async fn answer<R: DeserializeOwned>(peer: &str, resp: reqwest::Respo
 pub struct ServiceClient {
     http: reqwest::Client,
     base: String,
+    /// "service <url>", for messages.
+    peer: String,
     client: String,
     keys: Arc<ClientKeys>,
     password: SecretString,
@@ -87,8 +99,9 @@ impl ServiceClient {
     /// Fetch the client's KDF salt and derive its keys (one Argon2id run).
     pub async fn connect(opts: &ClientOptions) -> Result<ServiceClient> {
         let http = http_client(opts.ca.as_deref())?;
-        let base = opts.service.trim_end_matches('/').to_owned();
-        let url = format!("{base}/v1/clients/{}/kdf", opts.client);
+        let base = format!("service {}", opts.service.trim_end_matches('/'));
+        let url_base = opts.service.trim_end_matches('/').to_owned();
+        let url = format!("{url_base}/v1/clients/{}/kdf", opts.client);
         let resp = http.get(&url).send().await.map_err(|e| unreachable(&base, e))?;
         let kdf: ClientKdf = answer(&base, resp).await?;
         let salt = hex::decode(&kdf.salt)
@@ -102,7 +115,7 @@ impl ServiceClient {
                 Error::Seal { reason, .. } => Error::Seal { client: client.clone(), reason },
                 other => other,
             })?;
-        Ok(ServiceClient { http, base, client: opts.client.clone(), keys: Arc::new(keys), password: opts.password.clone() })
+        Ok(ServiceClient { http, base: url_base, peer: base, client: opts.client.clone(), keys: Arc::new(keys), password: opts.password.clone() })
     }
 
     pub fn http(&self) -> &reqwest::Client {
@@ -127,8 +140,8 @@ impl ServiceClient {
         if !body.is_empty() {
             req = req.header(reqwest::header::CONTENT_TYPE, "application/json").body(body);
         }
-        let resp = req.send().await.map_err(|e| unreachable(&self.base, e))?;
-        answer(&self.base, resp).await
+        let resp = req.send().await.map_err(|e| unreachable(&self.peer, e))?;
+        answer(&self.peer, resp).await
     }
 
     /// Backup steps 1-4 on the service: a job with its own DEK.

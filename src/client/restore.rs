@@ -229,9 +229,10 @@ pub async fn restore(svc: &ServiceClient, job_id: &str, to: &Path, progress: Pro
 
 async fn fetch_and_unpack(svc: &ServiceClient, job: &JobRecord, dek: Dek, staging: &Path, progress: Progress) -> Result<(Vec<String>, u64, u64, String)> {
     let (agent, job_id) = (job.media_agent.trim_end_matches('/'), job.id.as_str());
-    let resp = svc.http().get(format!("{agent}/v1/jobs/{job_id}/stream")).send().await.map_err(|e| unreachable(agent, e))?;
+    let peer = format!("MediaAgent {agent}");
+    let resp = svc.http().get(format!("{agent}/v1/jobs/{job_id}/stream")).send().await.map_err(|e| unreachable(&peer, e))?;
     if !resp.status().is_success() {
-        return Err(answer::<serde_json::Value>(agent, resp).await.err().unwrap_or_else(|| Error::Internal("error status without error".into())));
+        return Err(answer::<serde_json::Value>(&peer, resp).await.err().unwrap_or_else(|| Error::Internal("error status without error".into())));
     }
     if let (Some(p), Some(len)) = (&progress, resp.content_length()) {
         p.set_length(len);
@@ -255,10 +256,9 @@ async fn fetch_and_unpack(svc: &ServiceClient, job: &JobRecord, dek: Dek, stagin
     let staging_owned = staging.to_owned();
     let consumer = tokio::task::spawn_blocking(move || unpack(reader, &staging_owned));
     let mut body = resp.bytes_stream();
-    let agent_name = agent.to_owned();
     let pump = async move {
         while let Some(item) = body.next().await {
-            let item = item.map_err(|e| io::Error::new(io::ErrorKind::ConnectionAborted, format!("{agent_name}: {e}")));
+            let item = item.map_err(|e| io::Error::new(io::ErrorKind::ConnectionAborted, e.to_string()));
             let failed = item.is_err();
             if tx.send(item).await.is_err() || failed {
                 break;
@@ -271,7 +271,7 @@ async fn fetch_and_unpack(svc: &ServiceClient, job: &JobRecord, dek: Dek, stagin
     }
     unpacked.map_err(|e| Error::Internal(format!("restore task failed: {e}")))?.map_err(|e| match e.kind() {
         io::ErrorKind::InvalidData => Error::Integrity { what: format!("stream of job {job_id}"), reason: e.to_string() },
-        io::ErrorKind::ConnectionAborted => Error::Unreachable { peer: agent.to_owned(), reason: e.to_string() },
+        io::ErrorKind::ConnectionAborted => Error::Unreachable { peer, reason: format!("the download broke: {e}") },
         _ => Error::Io { context: "restoring into", path: staging.to_owned(), source: e },
     })
 }
