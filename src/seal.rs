@@ -110,9 +110,9 @@ impl std::fmt::Debug for ClientKeys {
 }
 
 impl ClientKeys {
-    /// Run Argon2id on `password` with the client's `salt` and parameters.
-    pub fn derive(password: &SecretString, salt: &[u8], kdf: &KdfParams) -> Result<ClientKeys> {
-        let bad = |reason: String| Error::Seal { client: String::new(), reason };
+    /// Run Argon2id on `client`'s `password` with its `salt` and parameters.
+    pub fn derive(client: &str, password: &SecretString, salt: &[u8], kdf: &KdfParams) -> Result<ClientKeys> {
+        let bad = |reason: String| Error::Seal { client: client.to_owned(), reason };
         // Refuse parameters that would let a forged record exhaust memory.
         if kdf.m_kib > 4 * 1024 * 1024 || kdf.t > 64 || kdf.p > 64 {
             return Err(bad("the KDF parameters are out of range".into()));
@@ -161,16 +161,16 @@ impl ClientKeys {
     }
 }
 
-/// Derive a client's registration record from its password.
-pub fn register(password: &SecretString, kdf: KdfParams) -> Result<Registration> {
+/// Derive `client`'s registration record from its password.
+pub fn register(client: &str, password: &SecretString, kdf: KdfParams) -> Result<Registration> {
     if password.expose_secret().chars().count() < 8 {
         return Err(Error::Seal {
-            client: String::new(),
+            client: client.to_owned(),
             reason: "the network password must be at least 8 characters".into(),
         });
     }
     let salt = crate::crypto::random_array::<SALT_LEN>().map_err(Error::crypto("generating client salt"))?;
-    let keys = ClientKeys::derive(password, &salt[..], &kdf)?;
+    let keys = ClientKeys::derive(client, password, &salt[..], &kdf)?;
     Ok(Registration { kdf, salt: salt.to_vec(), seal_public: keys.seal_public(), auth_public: keys.auth_public() })
 }
 
@@ -331,10 +331,7 @@ pub fn peek(sealed: &str) -> Result<SealedHeader> {
 pub fn open(sealed: &str, client: &str, password: &SecretString) -> Result<(SealedHeader, Dek)> {
     let raw = decode(sealed, client)?;
     let p = parse(&raw).map_err(|r| Error::Seal { client: client.to_owned(), reason: r.into() })?;
-    let keys = ClientKeys::derive(password, p.salt, &p.kdf).map_err(|e| match e {
-        Error::Seal { reason, .. } => Error::Seal { client: client.to_owned(), reason },
-        other => other,
-    })?;
+    let keys = ClientKeys::derive(client, password, p.salt, &p.kdf)?;
     open_parsed(p, client, &keys)
 }
 

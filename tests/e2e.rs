@@ -127,7 +127,7 @@ impl Deployment {
 
     /// Register `name` with `pw` through the operator API (cheap KDF).
     async fn register(&self, name: &str, pw: &str) {
-        let reg = keybridge::seal::register(&password(pw), test_kdf()).unwrap();
+        let reg = keybridge::seal::register(name, &password(pw), test_kdf()).unwrap();
         let body = keybridge::api::RegisterClient { name: name.to_owned(), registration: reg };
         let resp = self.operator().post(format!("{}/v1/clients", self.url())).bearer_auth(self.token()).json(&body).send().await.unwrap();
         assert_eq!(resp.status(), 201, "{}", resp.text().await.unwrap());
@@ -313,7 +313,7 @@ async fn authentication_and_isolation() {
 
     // A replayed request is refused, even though its signature is valid.
     let alice = d.client("alice", "alice-network-pw").await.unwrap();
-    let keys = keybridge::seal::ClientKeys::derive(&password("alice-network-pw"), &alice_salt(&d).await, &test_kdf()).unwrap();
+    let keys = keybridge::seal::ClientKeys::derive("alice", &password("alice-network-pw"), &alice_salt(&d).await, &test_kdf()).unwrap();
     let path = format!("/v1/deks/{dek_id}/recover");
     let headers = keybridge::api::auth::sign(&keys, "alice", "POST", &path, b"").unwrap();
     let http = d.operator();
@@ -581,6 +581,11 @@ async fn sixty_four_clients_kryoptic() {
     sixty_four_clients(Kind::Kryoptic).await;
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sixty_four_clients_pykmip() {
+    sixty_four_clients(Kind::Kmip).await;
+}
+
 /// docs/openapi.json documents exactly the routes the service serves, and
 /// each documented route is answered by a handler (not the fallback).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -756,4 +761,39 @@ fn regex_lite_uuid() -> impl Fn(&str) -> String {
         }
         out
     }
+}
+
+/// The MediaAgent refuses names that are not job ids (path traversal),
+/// unknown jobs, and a second write of a job; it never lists the store.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn media_agent_refuses_traversal_unknown_jobs_and_rewrites() {
+    let d = Deployment::start(Kind::Builtin).unwrap();
+    let http = d.operator();
+    let agent = format!("https://127.0.0.1:{}", d.agent_port);
+    std::fs::write(d.dir().join("secret.txt"), "outside the store").unwrap();
+    for evil in ["..%2F..%2Fsecret.txt", "..", "%2Fetc%2Fpasswd", "not-a-uuid", "01A21F91-FB23-77CD-A769-51B50C61F52D%00"] {
+        for (method, path) in [("GET", format!("/v1/jobs/{evil}/stream")), ("PUT", format!("/v1/jobs/{evil}/stream")), ("GET", format!("/v1/jobs/{evil}"))] {
+            let resp = http.request(method.parse().unwrap(), format!("{agent}{path}")).body("x").send().await.unwrap();
+            let status = resp.status().as_u16();
+            let body = resp.text().await.unwrap();
+            assert!(status == 400 || status == 404, "{method} {path}: {status} {body}");
+            assert!(!body.contains("outside the store"), "{method} {path} leaked a file");
+        }
+    }
+    let job = "01a21f91-fb28-70c1-9b49-617a0abc06fd";
+    let resp = http.get(format!("{agent}/v1/jobs/{job}/stream")).send().await.unwrap();
+    assert_eq!(resp.status(), 404);
+    assert!(resp.text().await.unwrap().contains(&format!("job {job} is not in this store")));
+    let resp = http.put(format!("{agent}/v1/jobs/{job}/stream")).body(vec![1u8; 1000]).send().await.unwrap();
+    assert_eq!(resp.status(), 201);
+    let v: Value = resp.json().await.unwrap();
+    assert_eq!(v["bytes"], 1000);
+    assert!(v["checksum"].as_str().unwrap().starts_with("crc32c:"));
+    let resp = http.put(format!("{agent}/v1/jobs/{job}/stream")).body(vec![2u8; 10]).send().await.unwrap();
+    assert_eq!(resp.status(), 409);
+    let back = http.get(format!("{agent}/v1/jobs/{job}/stream")).send().await.unwrap().bytes().await.unwrap();
+    assert_eq!(&back[..], &[1u8; 1000][..], "a refused rewrite changed the stored stream");
+    let index: Value = http.get(format!("{agent}/v1/jobs/{job}")).send().await.unwrap().json().await.unwrap();
+    assert_eq!(index["objects"][0]["bytes"], 1000);
+    assert!(std::fs::read_dir(d.store.join("tmp")).unwrap().next().is_none(), "temporary files left behind");
 }

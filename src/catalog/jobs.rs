@@ -31,7 +31,7 @@ impl JobState {
 #[derive(Debug, Clone, Serialize, serde::Deserialize)]
 pub struct JobCompletion {
     pub stream_bytes: u64,
-    pub stream_sha256: String,
+    pub stream_checksum: String,
     pub plain_bytes: u64,
     pub files: u64,
 }
@@ -51,7 +51,7 @@ pub struct JobRecord {
     pub completed_at: Option<String>,
 }
 
-const SELECT: &str = "SELECT j.id, p.name, c.name, j.dek_id, j.media_agent, j.state, j.stream_bytes, j.stream_sha256, \
+const SELECT: &str = "SELECT j.id, p.name, c.name, j.dek_id, j.media_agent, j.state, j.stream_bytes, j.stream_checksum, \
      j.plain_bytes, j.files, j.created_at, j.completed_at \
      FROM jobs j JOIN pools p ON p.id = j.pool_id JOIN clients c ON c.id = j.client_id";
 
@@ -72,7 +72,7 @@ fn job_from_row(r: &Row<'_>) -> rusqlite::Result<JobRecord> {
     let completion = match bytes {
         Some(b) => Some(JobCompletion {
             stream_bytes: b as u64,
-            stream_sha256: r.get(7)?,
+            stream_checksum: r.get(7)?,
             plain_bytes: r.get::<_, i64>(8)? as u64,
             files: r.get::<_, i64>(9)? as u64,
         }),
@@ -135,7 +135,7 @@ impl Catalog {
         let job = self.job(id)?;
         if job.state == JobState::Complete {
             let same = job.completion.as_ref().is_some_and(|c| {
-                c.stream_bytes == done.stream_bytes && c.stream_sha256 == done.stream_sha256
+                c.stream_bytes == done.stream_bytes && c.stream_checksum == done.stream_checksum
             });
             return if same {
                 Ok(job)
@@ -147,14 +147,14 @@ impl Catalog {
             .conn()
             .execute(
                 &format!(
-                    "UPDATE jobs SET state = ?2, stream_bytes = ?3, stream_sha256 = ?4, plain_bytes = ?5, files = ?6, \
+                    "UPDATE jobs SET state = ?2, stream_bytes = ?3, stream_checksum = ?4, plain_bytes = ?5, files = ?6, \
                      completed_at = {NOW} WHERE id = ?1 AND state = 'running'"
                 ),
                 params![
                     id,
                     JobState::Complete.as_str(),
                     done.stream_bytes as i64,
-                    done.stream_sha256,
+                    done.stream_checksum,
                     done.plain_bytes as i64,
                     done.files as i64
                 ],

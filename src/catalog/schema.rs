@@ -77,7 +77,7 @@ pub const MIGRATIONS: &[&str] = &[
         media_agent    TEXT NOT NULL,         -- URL the stream was sent to
         state          TEXT NOT NULL,         -- running | complete
         stream_bytes   INTEGER,               -- ciphertext bytes, as stored
-        stream_sha256  TEXT,                  -- hex, as reported by the agent
+        stream_checksum TEXT,                 -- crc32c:XXXXXXXX, as reported by the agent
         plain_bytes    INTEGER,
         files          INTEGER,
         created_at     TEXT NOT NULL,

@@ -108,13 +108,9 @@ impl ServiceClient {
             .map_err(|_| Error::Remote { peer: base.clone(), status: 200, kind: "protocol".into(), message: "salt is not hex".into() })?;
         let password = opts.password.clone();
         let client = opts.client.clone();
-        let keys = tokio::task::spawn_blocking(move || ClientKeys::derive(&password, &salt, &kdf.kdf))
+        let keys = tokio::task::spawn_blocking(move || ClientKeys::derive(&client, &password, &salt, &kdf.kdf))
             .await
-            .map_err(|e| Error::Internal(format!("key derivation task failed: {e}")))?
-            .map_err(|e| match e {
-                Error::Seal { reason, .. } => Error::Seal { client: client.clone(), reason },
-                other => other,
-            })?;
+            .map_err(|e| Error::Internal(format!("key derivation task failed: {e}")))??;
         Ok(ServiceClient { http, base: url_base, peer: base, client: opts.client.clone(), keys: Arc::new(keys), password: opts.password.clone() })
     }
 

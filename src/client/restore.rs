@@ -48,7 +48,6 @@ struct DecryptingReader {
     done: bool,
     plain_bytes: u64,
     stream_bytes: u64,
-    hash: ring::digest::Context,
     progress: Progress,
     /// The first stream error: tar wraps what its reader returns, and this
     /// is the cause worth reporting.
@@ -78,7 +77,6 @@ impl DecryptingReader {
             match self.rx.blocking_recv() {
                 Some(Ok(data)) => {
                     self.stream_bytes += data.len() as u64;
-                    self.hash.update(&data);
                     if let Some(p) = &self.progress {
                         p.inc(data.len() as u64);
                     }
@@ -136,18 +134,19 @@ impl Read for DecryptingReader {
 /// entry names (blocking). Directory modes and mtimes are applied last,
 /// deepest first, so read-only directories can be filled and their mtimes
 /// are not disturbed by what is unpacked into them.
-fn unpack(mut reader: DecryptingReader, staging: &Path) -> io::Result<(Vec<String>, u64, u64, String)> {
+fn unpack(mut reader: DecryptingReader, staging: &Path) -> io::Result<(Vec<String>, u64, u64)> {
     match unpack_inner(&mut reader, staging) {
         Err(e) => Err(match reader.failure.take() {
             Some(cause) => io::Error::new(io::ErrorKind::InvalidData, cause),
             None => e,
         }),
-        Ok(names) => Ok((names, reader.plain_bytes, reader.stream_bytes, hex::encode(reader.hash.clone().finish()))),
+        Ok(names) => Ok((names, reader.plain_bytes, reader.stream_bytes)),
     }
 }
 
 fn unpack_inner(reader: &mut DecryptingReader, staging: &Path) -> io::Result<Vec<String>> {
     let mut dirs = Vec::new();
+    let mut buf = vec![0u8; READ_BUF];
     {
         let mut archive = tar::Archive::new(&mut *reader);
         archive.set_preserve_permissions(true);
@@ -156,11 +155,10 @@ fn unpack_inner(reader: &mut DecryptingReader, staging: &Path) -> io::Result<Vec
         for entry in archive.entries()? {
             let mut entry = entry?;
             let name = entry.path()?.into_owned();
-            if !entry.unpack_in(staging)? {
-                return Err(io::Error::new(
-                    io::ErrorKind::InvalidData,
-                    format!("archive entry '{}' would be written outside the target: refused", name.display()),
-                ));
+            if entry.header().entry_type().is_file() {
+                write_file(&mut entry, staging, &name, &mut buf)?;
+            } else if !entry.unpack_in(staging)? {
+                return Err(outside(&name));
             }
             if entry.header().entry_type().is_dir() {
                 let path = staging.join(&name);
@@ -193,6 +191,58 @@ fn unpack_inner(reader: &mut DecryptingReader, staging: &Path) -> io::Result<Vec
     Ok(names)
 }
 
+fn outside(name: &Path) -> io::Error {
+    io::Error::new(io::ErrorKind::InvalidData, format!("archive entry '{}' would be written outside the target: refused", name.display()))
+}
+
+/// Write a regular-file entry below `staging` with large writes (tar's own
+/// unpacking copies 8 KiB at a time). The name may hold only plain
+/// components, and no directory on the way may be a symlink (an earlier
+/// entry could have planted one pointing outside).
+fn write_file<R: Read>(entry: &mut tar::Entry<'_, R>, staging: &Path, name: &Path, buf: &mut [u8]) -> io::Result<()> {
+    let mut dest = staging.to_owned();
+    let parts: Vec<_> = name.components().filter(|c| !matches!(c, std::path::Component::CurDir)).collect();
+    if parts.is_empty() || !parts.iter().all(|c| matches!(c, std::path::Component::Normal(_))) {
+        return Err(outside(name));
+    }
+    for (i, part) in parts.iter().enumerate() {
+        dest.push(part);
+        if i + 1 < parts.len() {
+            match std::fs::symlink_metadata(&dest) {
+                Ok(m) if m.file_type().is_symlink() => return Err(outside(name)),
+                Ok(_) => {}
+                Err(e) if e.kind() == io::ErrorKind::NotFound => std::fs::create_dir(&dest)?,
+                Err(e) => return Err(e),
+            }
+        }
+    }
+    let mut file = std::fs::OpenOptions::new().write(true).create_new(true).open(&dest)?;
+    loop {
+        let mut filled = 0;
+        while filled < buf.len() {
+            match entry.read(&mut buf[filled..])? {
+                0 => break,
+                n => filled += n,
+            }
+        }
+        if filled == 0 {
+            break;
+        }
+        io::Write::write_all(&mut file, &buf[..filled])?;
+    }
+    let header = entry.header();
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        file.set_permissions(std::fs::Permissions::from_mode(header.mode()? & 0o7777))?;
+    }
+    let t = filetime::FileTime::from_unix_time(header.mtime()? as i64, 0);
+    filetime::set_file_handle_times(&file, Some(t), Some(t))
+}
+
+/// Write size for restored files.
+const READ_BUF: usize = 1 << 20;
+
 /// Restore backup job `job_id` into `to` (created if missing).
 pub async fn restore(svc: &ServiceClient, job_id: &str, to: &Path, progress: Progress) -> Result<RestoreSummary> {
     let t0 = Instant::now();
@@ -212,11 +262,13 @@ pub async fn restore(svc: &ServiceClient, job_id: &str, to: &Path, progress: Pro
     }
     std::fs::create_dir(&staging).map_err(|source| Error::Io { context: "creating staging directory", path: staging.clone(), source })?;
     let result = fetch_and_unpack(svc, &job, dek, &staging, progress).await;
-    let result = result.and_then(|(entries, plain_bytes, stream_bytes, sha)| {
-        if stream_bytes != expected.stream_bytes || sha != expected.stream_sha256 {
+    let result = result.and_then(|(entries, plain_bytes, stream_bytes)| {
+        // Every chunk authenticated and the final chunk was seen, so a
+        // different length cannot happen unless the decoder is wrong.
+        if stream_bytes != expected.stream_bytes {
             return Err(Error::Integrity {
                 what: format!("stream of job {job_id}"),
-                reason: format!("the MediaAgent returned {stream_bytes} bytes with SHA-256 {sha}; the job recorded {} bytes with SHA-256 {}", expected.stream_bytes, expected.stream_sha256),
+                reason: format!("the MediaAgent returned {stream_bytes} bytes; the job recorded {}", expected.stream_bytes),
             });
         }
         move_into_place(&staging, to, &entries)?;
@@ -227,17 +279,27 @@ pub async fn restore(svc: &ServiceClient, job_id: &str, to: &Path, progress: Pro
     Ok(RestoreSummary { job_id: job_id.to_owned(), dek_id: job.dek_id, to: to.to_owned(), entries, plain_bytes, stream_bytes, seconds: t0.elapsed().as_secs_f64() })
 }
 
-async fn fetch_and_unpack(svc: &ServiceClient, job: &JobRecord, dek: Dek, staging: &Path, progress: Progress) -> Result<(Vec<String>, u64, u64, String)> {
+async fn fetch_and_unpack(svc: &ServiceClient, job: &JobRecord, dek: Dek, staging: &Path, progress: Progress) -> Result<(Vec<String>, u64, u64)> {
     let (agent, job_id) = (job.media_agent.trim_end_matches('/'), job.id.as_str());
     let peer = format!("MediaAgent {agent}");
     let resp = svc.http().get(format!("{agent}/v1/jobs/{job_id}/stream")).send().await.map_err(|e| unreachable(&peer, e))?;
     if !resp.status().is_success() {
         return Err(answer::<serde_json::Value>(&peer, resp).await.err().unwrap_or_else(|| Error::Internal("error status without error".into())));
     }
+    // An agent index that disagrees with the job record means its copy was
+    // replaced; the stream's own authentication decides, this only logs.
+    let agent_sum = resp.headers().get("x-keybridge-checksum").and_then(|v| v.to_str().ok()).unwrap_or_default();
+    if let Some(done) = &job.completion {
+        if !agent_sum.is_empty() && agent_sum != done.stream_checksum {
+            tracing::warn!(job = job_id, agent_sum, recorded = %done.stream_checksum, "the MediaAgent's index differs from the job record");
+        }
+    }
     if let (Some(p), Some(len)) = (&progress, resp.content_length()) {
         p.set_length(len);
     }
-    let (tx, rx) = tokio::sync::mpsc::channel::<io::Result<Bytes>>(8);
+    // Frames are TLS records (16 KiB): room for 8 MiB, so a slow disk write
+    // on the unpacking side does not stall the download at once.
+    let (tx, rx) = tokio::sync::mpsc::channel::<io::Result<Bytes>>(512);
     let reader = DecryptingReader {
         rx,
         dek,
@@ -249,7 +311,6 @@ async fn fetch_and_unpack(svc: &ServiceClient, job: &JobRecord, dek: Dek, stagin
         done: false,
         plain_bytes: 0,
         stream_bytes: 0,
-        hash: ring::digest::Context::new(&ring::digest::SHA256),
         progress: progress.clone(),
         failure: None,
     };

@@ -14,7 +14,7 @@ use zeroize::Zeroizing;
 
 use super::{audit_failure, dek_binding, DekGrant};
 use crate::audit::{Action, Actor, AuditEvent};
-use crate::catalog::{ClientRecord, DekRow, JobCompletion, JobRecord, JobState, PoolRecord};
+use crate::catalog::{ClientRecord, DekRow, JobCompletion, JobRecord, PoolRecord};
 use crate::context::Keybridge;
 use crate::crypto::PublicKek;
 use crate::secret::Dek;
@@ -58,8 +58,9 @@ pub async fn start_job(kb: &Keybridge, pool: &str, client: &str, media_agent: &s
 /// stored. Only the job's own client may complete it.
 pub fn complete_job(kb: &Keybridge, job_id: &str, client: &str, done: &JobCompletion) -> Result<JobRecord> {
     let job = own_job(kb, job_id, client)?;
-    if done.stream_sha256.len() != 64 || !done.stream_sha256.bytes().all(|b| b.is_ascii_hexdigit()) {
-        return Err(Error::Input { what: format!("completion of job {job_id}"), reason: "stream_sha256 must be 64 hex characters".into() });
+    let valid = done.stream_checksum.strip_prefix("crc32c:").is_some_and(|h| h.len() == 8 && h.bytes().all(|b| b.is_ascii_hexdigit()));
+    if !valid {
+        return Err(Error::Input { what: format!("completion of job {job_id}"), reason: "stream_checksum must be 'crc32c:' and 8 hex digits".into() });
     }
     let job = kb.catalog().complete_job(&job.id, done)?;
     tracing::info!(job = %job.id, bytes = done.stream_bytes, "backup job complete");
@@ -72,18 +73,6 @@ pub fn own_job(kb: &Keybridge, job_id: &str, client: &str) -> Result<JobRecord> 
     let job = kb.catalog().job(job_id)?;
     if job.client != client {
         return Err(Error::NotFound { what: "job", name: job_id.to_owned() });
-    }
-    Ok(job)
-}
-
-/// A job that can be restored: the client's own and complete.
-pub fn restorable_job(kb: &Keybridge, job_id: &str, client: &str) -> Result<JobRecord> {
-    let job = own_job(kb, job_id, client)?;
-    if job.state != JobState::Complete {
-        return Err(Error::Input {
-            what: format!("job {job_id}"),
-            reason: "it never completed (the backup was interrupted); run the backup again".into(),
-        });
     }
     Ok(job)
 }

@@ -22,13 +22,10 @@ async fn add(kb: &Keybridge, name: &str, password: &SecretString, kdf: KdfParams
         return Err(Error::AlreadyExists { what: "client", name: name.to_owned() });
     }
     let password = password.clone();
-    let reg = tokio::task::spawn_blocking(move || seal::register(&password, kdf))
+    let client = name.to_owned();
+    let reg = tokio::task::spawn_blocking(move || seal::register(&client, &password, kdf))
         .await
-        .map_err(|e| Error::Internal(format!("client registration task failed: {e}")))?
-        .map_err(|e| match e {
-            Error::Seal { reason, .. } => Error::Seal { client: name.to_owned(), reason },
-            other => other,
-        })?;
+        .map_err(|e| Error::Internal(format!("client registration task failed: {e}")))??;
     kb.catalog().insert_client(name, &reg)
 }
 
