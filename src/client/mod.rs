@@ -88,7 +88,7 @@ pub(crate) async fn answer<R: DeserializeOwned>(peer: &str, resp: reqwest::Respo
 pub struct ServiceClient {
     http: reqwest::Client,
     base: String,
-    /// "service <url>", for messages.
+    /// `service URL`, for messages.
     peer: String,
     client: String,
     keys: Arc<ClientKeys>,
