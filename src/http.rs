@@ -12,6 +12,9 @@ use hyper_util::server::conn::auto;
 use hyper_util::server::graceful::GracefulShutdown;
 use tokio::net::TcpListener;
 
+/// Bytes read from the socket at once under TLS.
+const TLS_READ_BUFFER: usize = 256 * 1024;
+
 /// Serve `router` on `listener` until `shutdown` resolves, then wait up to
 /// `grace` for in-flight requests. Returns how many connections were still
 /// open when the grace period ran out (0 on a clean drain).
@@ -50,6 +53,10 @@ pub async fn serve(
                 let builder = builder.clone();
                 let watcher = graceful.watcher();
                 tokio::spawn(async move {
+                    // rustls reads at most one record (16 KiB) per call; a
+                    // buffer below it turns a large upload's 65 000 reads
+                    // per GiB into a few thousand.
+                    let tcp = tokio::io::BufReader::with_capacity(TLS_READ_BUFFER, tcp);
                     let stream = match tokio::time::timeout(Duration::from_secs(10), acceptor.accept(tcp)).await {
                         Ok(Ok(s)) => s,
                         Ok(Err(e)) => return tracing::debug!(%peer, error = %e, "TLS handshake failed"),

@@ -716,12 +716,20 @@ async fn cli_error_snapshots() {
         ("restore-other-clients-job", vec!["restore", &job, "--to", out, "--client", "bob", "--password-file", "bob.pw"]),
         ("restore-wrong-password", vec!["restore", &job, "--to", out, "--client", "alice", "--password-file", "wrong.pw"]),
     ];
+    let mut outputs: Vec<(&str, Output)> = cases.into_iter().map(|(name, args)| (name, d.cli(&args))).collect();
+    // No CA at all: https is refused, never a panic or an unverified peer.
+    let no_ca = Command::new(BIN)
+        .current_dir(d.dir())
+        .args(["backup", "--service", &d.url(), "--pool", "p", "--client", "alice", "--password-file", "alice.pw", f])
+        .env_remove("KEYBRIDGE_CA")
+        .output()
+        .unwrap();
+    outputs.push(("backup-without-ca", no_ca));
     let update = std::env::var_os("KEYBRIDGE_UPDATE_SNAPSHOTS").is_some();
     let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/snapshots/cli");
     let uuid = regex_lite_uuid();
     let mut mismatches = Vec::new();
-    for (name, args) in cases {
-        let o = d.cli(&args);
+    for (name, o) in outputs {
         let stderr = String::from_utf8_lossy(&o.stderr)
             .replace(d.dir().to_str().unwrap(), "<DIR>")
             .replace(&d.port.to_string(), "<PORT>")

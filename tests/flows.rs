@@ -114,10 +114,11 @@ async fn tampering(kind: Kind) {
     let (pool, client) = pool_and_client(&kb).await;
     let g = backup::issue_dek(&kb, &pool, &client, &actor()).await.unwrap();
 
-    // Flip one byte of the encrypted DEK.
+    // Change one byte of the encrypted DEK (to a value it does not have).
     kb.catalog().execute_raw(&format!(
-        "UPDATE deks SET encrypted_dek = CAST(substr(encrypted_dek, 1, 100) || x'{:02x}' || substr(encrypted_dek, 102) AS BLOB) WHERE id = '{}'",
-        0x5a, g.dek_id
+        "UPDATE deks SET encrypted_dek = CAST(substr(encrypted_dek, 1, 100) || \
+         CASE WHEN substr(encrypted_dek, 101, 1) = x'5a' THEN x'a5' ELSE x'5a' END || substr(encrypted_dek, 102) AS BLOB) WHERE id = '{}'",
+        g.dek_id
     )).unwrap();
     let before = catalog_digest(&kb);
     let err = restore::recover_dek(&rig.open(), &g.dek_id, &client, &actor()).await.unwrap_err();
@@ -127,7 +128,8 @@ async fn tampering(kind: Kind) {
     // Flip one byte of the wrapped private KEK.
     let g2 = backup::issue_dek(&kb, &pool, &client, &actor()).await.unwrap();
     kb.catalog().execute_raw(&format!(
-        "UPDATE pools SET kek_wrapped = CAST(substr(kek_wrapped, 1, 40) || x'00' || substr(kek_wrapped, 42) AS BLOB) WHERE name = '{pool}'"
+        "UPDATE pools SET kek_wrapped = CAST(substr(kek_wrapped, 1, 40) || \
+         CASE WHEN substr(kek_wrapped, 41, 1) = x'00' THEN x'01' ELSE x'00' END || substr(kek_wrapped, 42) AS BLOB) WHERE name = '{pool}'"
     )).unwrap();
     let before = catalog_digest(&kb);
     let err = restore::recover_dek(&rig.open(), &g2.dek_id, &client, &actor()).await.unwrap_err();

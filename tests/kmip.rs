@@ -144,7 +144,12 @@ async fn cbc_wrap_on_kmip_1_2() {
     let g = backup::issue_dek(&kb, "p", "c", &actor()).await.unwrap();
     restore::recover_dek(&kb, &g.dek_id, "c", &actor()).await.unwrap();
     // A flipped ciphertext byte is caught by the integrity check (or by the padding).
-    kb.catalog().execute_raw("UPDATE pools SET kek_wrapped = CAST(substr(kek_wrapped, 1, 60) || x'00' || substr(kek_wrapped, 62) AS BLOB)").unwrap();
+    kb.catalog()
+        .execute_raw(
+            "UPDATE pools SET kek_wrapped = CAST(substr(kek_wrapped, 1, 60) || \
+             CASE WHEN substr(kek_wrapped, 61, 1) = x'00' THEN x'01' ELSE x'00' END || substr(kek_wrapped, 62) AS BLOB)",
+        )
+        .unwrap();
     kb.backend("kmip").await.unwrap().clear_cache().await;
     let err = restore::recover_dek(&kb, &g.dek_id, "c", &actor()).await.unwrap_err().to_string();
     assert!(err.contains("did not unwrap"), "{err}");

@@ -5,6 +5,7 @@
 //! service never sees the data, the MediaAgent never sees a key.
 
 pub mod backup;
+pub mod download;
 pub mod restore;
 
 use std::path::Path;
@@ -35,15 +36,26 @@ pub struct ClientOptions {
 /// An HTTP client trusting only `ca` (rustls, ring), for the service and
 /// the MediaAgent.
 pub fn http_client(ca: Option<&Path>) -> Result<reqwest::Client> {
-    let mut builder = reqwest::Client::builder()
+    reqwest::Client::builder()
         .connect_timeout(std::time::Duration::from_secs(10))
         .tcp_nodelay(true)
-        .http1_only();
-    if let Some(ca) = ca {
-        let tls = crate::tls::client_config(ca, None).map_err(|reason| Error::Input { what: "CA certificate".into(), reason })?;
-        builder = builder.use_preconfigured_tls(tls);
+        .http1_only()
+        .use_preconfigured_tls(client_tls(ca)?)
+        .build()
+        .map_err(|e| Error::Internal(format!("building the HTTP client: {e}")))
+}
+
+/// TLS trusting only the CA in `ca`; with none, nothing is trusted, so an
+/// https peer is refused with a message that points at `--ca`.
+pub fn client_tls(ca: Option<&Path>) -> Result<rustls::ClientConfig> {
+    match ca {
+        Some(ca) => crate::tls::client_config(ca, None).map_err(|reason| Error::Input { what: "CA certificate".into(), reason }),
+        None => Ok(rustls::ClientConfig::builder_with_provider(crate::tls::provider())
+            .with_safe_default_protocol_versions()
+            .map_err(|e| Error::Internal(format!("TLS versions: {e}")))?
+            .with_root_certificates(rustls::RootCertStore::empty())
+            .with_no_client_auth()),
     }
-    builder.build().map_err(|e| Error::Internal(format!("building the HTTP client: {e}")))
 }
 
 /// Turn a failed exchange into an error naming the peer and the root
@@ -87,6 +99,8 @@ pub(crate) async fn answer<R: DeserializeOwned>(peer: &str, resp: reqwest::Respo
 #[derive(Debug)]
 pub struct ServiceClient {
     http: reqwest::Client,
+    /// TLS for our own download connections (the same trust as `http`).
+    tls: Arc<rustls::ClientConfig>,
     base: String,
     /// `service URL`, for messages.
     peer: String,
@@ -111,11 +125,17 @@ impl ServiceClient {
         let keys = tokio::task::spawn_blocking(move || ClientKeys::derive(&client, &password, &salt, &kdf.kdf))
             .await
             .map_err(|e| Error::Internal(format!("key derivation task failed: {e}")))??;
-        Ok(ServiceClient { http, base: url_base, peer: base, client: opts.client.clone(), keys: Arc::new(keys), password: opts.password.clone() })
+        let tls = Arc::new(client_tls(opts.ca.as_deref())?);
+        Ok(ServiceClient { http, tls, base: url_base, peer: base, client: opts.client.clone(), keys: Arc::new(keys), password: opts.password.clone() })
     }
 
     pub fn http(&self) -> &reqwest::Client {
         &self.http
+    }
+
+    /// TLS configuration for downloads ([`download::get`]).
+    pub fn tls(&self) -> &Arc<rustls::ClientConfig> {
+        &self.tls
     }
 
     pub fn name(&self) -> &str {

@@ -14,11 +14,10 @@ use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use bytes::Bytes;
-use futures_util::StreamExt;
 use serde::Serialize;
 
 use super::backup::Progress;
-use super::{answer, unreachable, ServiceClient};
+use super::ServiceClient;
 use crate::catalog::{JobRecord, JobState};
 use crate::secret::Dek;
 use crate::stream::{Decryptor, Header};
@@ -282,19 +281,26 @@ pub async fn restore(svc: &ServiceClient, job_id: &str, to: &Path, progress: Pro
 async fn fetch_and_unpack(svc: &ServiceClient, job: &JobRecord, dek: Dek, staging: &Path, progress: Progress) -> Result<(Vec<String>, u64, u64)> {
     let (agent, job_id) = (job.media_agent.trim_end_matches('/'), job.id.as_str());
     let peer = format!("MediaAgent {agent}");
-    let resp = svc.http().get(format!("{agent}/v1/jobs/{job_id}/stream")).send().await.map_err(|e| unreachable(&peer, e))?;
-    if !resp.status().is_success() {
-        return Err(answer::<serde_json::Value>(&peer, resp).await.err().unwrap_or_else(|| Error::Internal("error status without error".into())));
+    let mut resp = super::download::get(&format!("{agent}/v1/jobs/{job_id}/stream"), svc.tls(), &peer).await?;
+    if resp.status != 200 {
+        let status = resp.status;
+        let text = resp.text().await;
+        let (kind, message) = match serde_json::from_str::<crate::api::ErrorBody>(&text) {
+            Ok(b) => (b.error.kind, b.error.message),
+            Err(_) => ("http".to_owned(), text.chars().take(300).collect()),
+        };
+        return Err(Error::Remote { peer, status, kind, message });
     }
     // An agent index that disagrees with the job record means its copy was
     // replaced; the stream's own authentication decides, this only logs.
-    let agent_sum = resp.headers().get("x-keybridge-checksum").and_then(|v| v.to_str().ok()).unwrap_or_default();
+    let agent_sum = resp.headers.get("x-keybridge-checksum").and_then(|v| v.to_str().ok()).unwrap_or_default().to_owned();
     if let Some(done) = &job.completion {
         if !agent_sum.is_empty() && agent_sum != done.stream_checksum {
             tracing::warn!(job = job_id, agent_sum, recorded = %done.stream_checksum, "the MediaAgent's index differs from the job record");
         }
     }
-    if let (Some(p), Some(len)) = (&progress, resp.content_length()) {
+    let content_length = resp.headers.get(hyper::header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<u64>().ok());
+    if let (Some(p), Some(len)) = (&progress, content_length) {
         p.set_length(len);
     }
     // Frames are TLS records (16 KiB): room for 8 MiB, so a slow disk write
@@ -316,10 +322,12 @@ async fn fetch_and_unpack(svc: &ServiceClient, job: &JobRecord, dek: Dek, stagin
     };
     let staging_owned = staging.to_owned();
     let consumer = tokio::task::spawn_blocking(move || unpack(reader, &staging_owned));
-    let mut body = resp.bytes_stream();
     let pump = async move {
-        while let Some(item) = body.next().await {
-            let item = item.map_err(|e| io::Error::new(io::ErrorKind::ConnectionAborted, e.to_string()));
+        while let Some(item) = resp.next().await {
+            let item = item.map_err(|e| match e {
+                Error::Unreachable { reason, .. } => io::Error::new(io::ErrorKind::ConnectionAborted, reason),
+                other => io::Error::other(other.to_string()),
+            });
             let failed = item.is_err();
             if tx.send(item).await.is_err() || failed {
                 break;
