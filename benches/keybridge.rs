@@ -1151,7 +1151,7 @@ fn bench_stream(s: &Settings, report: &mut Report) {
         }
     };
 
-    eprintln!("[stream] e: openssl speed -evp aes-256-gcm (64 KiB) vs stream::Encryptor, 64 KiB chunks, 1 thread");
+    eprintln!("[stream] encrypt: openssl speed -evp aes-256-gcm (64 KiB) vs stream::Encryptor, 64 KiB chunks, 1 thread");
     let (base, kb) = compare(s, &mut |b, d| if b { stream_encrypt_run(&dek, &plain, d) } else { openssl(false, d) });
     report.row(keys[0], "stream encrypt bytes/s vs openssl aes-256-gcm", "openssl speed -evp, 64 KiB", base, "stream::Encryptor 64 KiB, 1 thr", kb, Some(0.80));
     let enc_mb = kb.rate() / 1e6;

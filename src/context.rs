@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use tokio::sync::Mutex;
 
-use crate::backend::{self, KeyBackend};
+use crate::backend::{self, BackendError, KeyBackend};
 use crate::catalog::Catalog;
 use crate::config::Config;
 use crate::{Error, Result};
@@ -17,6 +17,11 @@ pub struct Keybridge {
     config: Config,
     catalog: Arc<Catalog>,
     backends: Mutex<HashMap<String, Arc<dyn KeyBackend>>>,
+    /// KMS whose login was refused, with (token, reason): never tried again
+    /// by this process, because tokens lock the PIN after a few wrong tries
+    /// and a long-running service would otherwise retry on every request
+    /// and health probe.
+    refused: std::sync::Mutex<HashMap<String, (String, String)>>,
 }
 
 impl Keybridge {
@@ -24,7 +29,7 @@ impl Keybridge {
     /// lazily, so a dead HSM does not stop commands that do not need it.
     pub fn open(config: Config) -> Result<Self> {
         let catalog = Arc::new(Catalog::open(&config.catalog.path)?);
-        Ok(Keybridge { config, catalog, backends: Mutex::new(HashMap::new()) })
+        Ok(Keybridge { config, catalog, backends: Mutex::new(HashMap::new()), refused: Default::default() })
     }
 
     pub fn config(&self) -> &Config {
@@ -42,7 +47,24 @@ impl Keybridge {
             return Ok(b.clone());
         }
         let cfg = self.config.kms(name)?;
-        let b = backend::open(cfg).await.map_err(Error::backend(name))?;
+        if let Some((token, reason)) = self.refused.lock().unwrap_or_else(|e| e.into_inner()).get(name) {
+            return Err(Error::Backend {
+                kms: name.to_owned(),
+                source: BackendError::Login {
+                    token: token.clone(),
+                    reason: format!("{reason}; not retried, so the token does not lock the PIN: fix the PIN and restart"),
+                },
+            });
+        }
+        let b = match backend::open(cfg).await {
+            Ok(b) => b,
+            Err(e) => {
+                if let BackendError::Login { token, reason } = &e {
+                    self.refused.lock().unwrap_or_else(|e| e.into_inner()).insert(name.to_owned(), (token.clone(), reason.clone()));
+                }
+                return Err(Error::backend(name)(e));
+            }
+        };
         map.insert(name.to_owned(), b.clone());
         Ok(b)
     }
