@@ -87,7 +87,7 @@ async fn get_stream(State(store): State<Arc<Store>>, Path(job): Path<String>) ->
         Ok(m) => m.len(),
         Err(source) => return error_response(StoreError::Io { path, doing: "reading stream size", source }),
     };
-    let body = Body::from_stream(tokio_util::io::ReaderStream::with_capacity(file, 256 * 1024));
+    let body = Body::from_stream(tokio_util::io::ReaderStream::with_capacity(file, 1 << 20));
     (
         [
             (axum::http::header::CONTENT_TYPE, "application/octet-stream".to_owned()),
