@@ -31,9 +31,13 @@ const MAX_BATCH: usize = 512;
 /// before it commits. Each commit costs the writer thread CPU (WAL frames,
 /// checksums, the fsync's system call), which competes with DEK issuing
 /// for the cores; gathering for a moment cuts the number of commits several
-/// fold. A lone row (no load) is committed at once: the window only opens
-/// when the previous commit held more than one row.
+/// fold. The window opens only when the previous commit held at least
+/// [`LOADED_BATCH`] rows: a few callers waiting on each commit in turn (two
+/// restores, say, each releasing a key only once its audit row is durable)
+/// must not pay the window as latency.
 const GATHER_WINDOW: Duration = Duration::from_millis(5);
+/// A commit of this many rows means many concurrent writers.
+const LOADED_BATCH: usize = 8;
 
 /// A DEK row to insert.
 #[derive(Debug, Clone)]
@@ -114,7 +118,7 @@ fn run(mut conn: rusqlite::Connection, rx: mpsc::Receiver<Job>) {
                 None => break,
             }
         }
-        loaded = batch.len() > 1;
+        loaded = batch.len() >= LOADED_BATCH;
         match commit(&mut conn, &batch) {
             Ok(stamp) => {
                 for job in batch {

@@ -223,12 +223,7 @@ impl std::fmt::Debug for Upload {
 }
 
 impl Upload {
-    /// Append received bytes.
-    pub fn write(&mut self, data: &[u8]) -> Result<(), StoreError> {
-        self.write_frames(&[data])
-    }
-
-    /// Append several received pieces with vectored writes.
+    /// Append received pieces (vectored writes).
     pub fn write_frames<B: AsRef<[u8]>>(&mut self, frames: &[B]) -> Result<(), StoreError> {
         let file = self.file.as_mut().expect("upload not committed");
         let mut slices: Vec<io::IoSlice<'_>> = frames.iter().map(|f| io::IoSlice::new(f.as_ref())).collect();

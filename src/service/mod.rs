@@ -117,10 +117,6 @@ impl Service {
         Ok(Service { kb: Arc::new(kb), cfg, operator_token, nonces: Default::default(), metrics: Metrics::default(), health: RwLock::new(health) })
     }
 
-    pub fn config(&self) -> &ServiceConfig {
-        &self.cfg
-    }
-
     fn client(&self, method: &Method, uri: &Uri, headers: &HeaderMap, body: &[u8]) -> std::result::Result<String, ApiError> {
         let path = uri.path_and_query().map(|p| p.as_str()).unwrap_or("/");
         auth::verify_client(self.kb.catalog(), &self.nonces, self.cfg.max_clock_skew_secs, method.as_str(), path, headers, body).map_err(|e| {
