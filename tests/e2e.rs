@@ -16,6 +16,16 @@ use serde_json::Value;
 
 const BIN: &str = env!("CARGO_BIN_EXE_keybridge");
 
+/// SoftHSM2's file object store is not safe for several processes that
+/// create objects at once (one process's token scan can miss the token
+/// while another writes it: "no token with label"). Each SoftHSM2
+/// deployment spawns several processes, so those tests take turns.
+static SOFTHSM_TURN: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+fn softhsm_turn(kind: Kind) -> Option<std::sync::MutexGuard<'static, ()>> {
+    (kind == Kind::SoftHsm).then(|| SOFTHSM_TURN.lock().unwrap_or_else(|e| e.into_inner()))
+}
+
 fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
 }
@@ -237,6 +247,7 @@ fn describe(root: &Path) -> Vec<(String, char, u32, i64, Vec<u8>)> {
 }
 
 async fn backup_restore_identical(kind: Kind) {
+    let _turn = softhsm_turn(kind);
     let Some(d) = Deployment::start(kind) else { return };
     d.register("alice", "alice-network-pw").await;
     let src = tempfile::tempdir().unwrap();
@@ -518,6 +529,7 @@ async fn service_killed_during_backup() {
 /// 64 clients at once, each issuing and recovering its own DEKs through the
 /// service: none lost, none mixed up.
 async fn sixty_four_clients(kind: Kind) {
+    let _turn = softhsm_turn(kind);
     let Some(d) = Deployment::start(kind) else { return };
     let d = std::sync::Arc::new(d);
     let mut regs = Vec::new();

@@ -75,11 +75,12 @@ pub struct RestoreArgs {
 }
 
 /// A progress bar on a TTY (stderr), none otherwise or with --json.
-fn progress(json: bool, what: &str, total: u64) -> client::backup::Progress {
+/// The length is set once known (bytes to archive, or the download size).
+fn progress(json: bool, what: &str) -> client::backup::Progress {
     if json || !std::io::stderr().is_terminal() {
         return None;
     }
-    let bar = indicatif::ProgressBar::new(total);
+    let bar = indicatif::ProgressBar::new(0);
     bar.set_style(
         indicatif::ProgressStyle::with_template("{msg} {bar:30} {bytes}/{total_bytes} {binary_bytes_per_sec} ETA {eta}")
             .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
@@ -106,8 +107,7 @@ pub async fn media_agent(args: &MediaAgentArgs) -> Result<(Value, String)> {
 
 pub async fn backup(args: &BackupArgs, json: bool) -> Result<(Value, String)> {
     let svc = args.connect.open().await?;
-    let (_, bytes) = client::backup::survey(&args.paths)?;
-    let s = client::backup::backup(&svc, &args.pool, &args.paths, progress(json, "backup", bytes)).await?;
+    let s = client::backup::backup(&svc, &args.pool, &args.paths, progress(json, "backup")).await?;
     let text = format!(
         "job {} complete: {} entries, {} bytes encrypted into {} bytes with DEK {} (pool '{}'), stored by {} in {:.2} s\n",
         s.job_id, s.files, s.plain_bytes, s.stream_bytes, s.dek_id, s.pool, s.media_agent, s.seconds
@@ -117,7 +117,7 @@ pub async fn backup(args: &BackupArgs, json: bool) -> Result<(Value, String)> {
 
 pub async fn restore(args: &RestoreArgs, json: bool) -> Result<(Value, String)> {
     let svc = args.connect.open().await?;
-    let s = client::restore::restore(&svc, &args.job, &args.to, progress(json, "restore", 0)).await?;
+    let s = client::restore::restore(&svc, &args.job, &args.to, progress(json, "restore")).await?;
     let text = format!(
         "job {} restored into {}: {} ({} bytes) in {:.2} s\n",
         s.job_id,

@@ -44,7 +44,7 @@ pub struct BackupSummary {
 pub type Progress = Option<indicatif::ProgressBar>;
 
 /// Check the inputs and count what will be archived: (entries, bytes).
-pub fn survey(paths: &[PathBuf]) -> Result<(u64, u64)> {
+fn survey(paths: &[PathBuf]) -> Result<(u64, u64)> {
     let mut names = std::collections::HashSet::new();
     let (mut entries, mut bytes) = (0u64, 0u64);
     for p in paths {
@@ -175,7 +175,10 @@ pub async fn backup(svc: &ServiceClient, pool: &str, paths: &[PathBuf], progress
     if paths.is_empty() {
         return Err(Error::Input { what: "backup".into(), reason: "name at least one file or directory".into() });
     }
-    let (entries, _) = survey(paths)?;
+    let (entries, bytes) = survey(paths)?;
+    if let Some(p) = &progress {
+        p.set_length(bytes);
+    }
     // Steps 1-4 (service): a DEK for this job, sealed for us.
     let started = svc.start_job(pool).await?;
     let dek = svc.open(&started.grant)?;

@@ -27,6 +27,11 @@ use serde_json::json;
 
 use store::{Store, StoreError};
 
+/// After a failed write, at most this much of the rest of the upload is
+/// read and dropped before answering.
+const DRAIN_BYTES: usize = 64 << 20;
+const DRAIN_TIME: Duration = Duration::from_secs(10);
+
 /// Bytes gathered from the request body before each disk write.
 const WRITE_BATCH: usize = 1 << 20;
 
@@ -134,7 +139,18 @@ async fn put_stream(State(store): State<Arc<Store>>, Path(job): Path<String>, bo
         if (end || batched >= WRITE_BATCH) && !batch.is_empty() {
             batched = 0;
             if tx.send(Some(std::mem::take(&mut batch))).await.is_err() {
-                break; // the writer failed; its error is reported below
+                // The writer failed (its error is reported below). Read
+                // and drop a bounded amount of what the client is still
+                // sending, so it gets that answer instead of a reset.
+                let deadline = tokio::time::Instant::now() + DRAIN_TIME;
+                let mut drained = 0usize;
+                while drained < DRAIN_BYTES {
+                    match tokio::time::timeout_at(deadline, frames.next()).await {
+                        Ok(Some(Ok(data))) => drained += data.len(),
+                        _ => break,
+                    }
+                }
+                break;
             }
         }
         match frame {
