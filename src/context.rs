@@ -69,6 +69,11 @@ impl Keybridge {
         Ok(b)
     }
 
+    /// Open (if needed) and probe the backend for `[[kms]] name`.
+    pub async fn probe(&self, name: &str) -> Result<backend::ProbeReport> {
+        self.backend(name).await?.probe().await.map_err(Error::backend(name))
+    }
+
     /// Forget an opened backend (after a failed health probe), so the next
     /// use opens it afresh.
     pub async fn forget_backend(&self, name: &str) {

@@ -10,10 +10,31 @@ use std::time::Duration;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::server::conn::auto;
 use hyper_util::server::graceful::GracefulShutdown;
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
 use tokio::net::TcpListener;
 
+use crate::api::{ErrorBody, ErrorDetail};
+
+/// An error answer of the service or the MediaAgent: status, kind and
+/// message (never secret material), sent as [`crate::api::ErrorBody`].
+#[derive(Debug)]
+pub(crate) struct ApiError(pub StatusCode, pub &'static str, pub String);
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let body = ErrorBody { error: ErrorDetail { kind: self.1.to_owned(), message: self.2 } };
+        (self.0, axum::Json(body)).into_response()
+    }
+}
+
+/// The fallback route: a JSON 404 naming the path.
+pub(crate) async fn no_route(uri: axum::http::Uri) -> ApiError {
+    ApiError(StatusCode::NOT_FOUND, "not_found", format!("no route {}", uri.path()))
+}
+
 /// Bytes read from the socket at once under TLS.
-const TLS_READ_BUFFER: usize = 256 * 1024;
+pub(crate) const TLS_READ_BUFFER: usize = 256 * 1024;
 
 /// Serve `router` on `listener` until `shutdown` resolves, then wait up to
 /// `grace` for in-flight requests. Returns how many connections were still

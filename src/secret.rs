@@ -47,11 +47,7 @@ impl fmt::Debug for Dek {
 impl PartialEq for Dek {
     fn eq(&self, other: &Self) -> bool {
         // Constant-time comparison; only tests compare DEKs.
-        let mut diff = 0u8;
-        for (a, b) in self.0.iter().zip(other.0.iter()) {
-            diff |= a ^ b;
-        }
-        diff == 0
+        crate::crypto::ct_eq(&self.0, &other.0)
     }
 }
 impl Eq for Dek {}

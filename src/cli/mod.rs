@@ -194,11 +194,7 @@ async fn run(cli: &Cli) -> Result<(Value, String)> {
             let mut text = String::new();
             let mut first_err = None;
             for n in names {
-                let result = match kb.backend(&n).await {
-                    Ok(b) => b.probe().await.map_err(Error::backend(&n)),
-                    Err(e) => Err(e),
-                };
-                match result {
+                match kb.probe(&n).await {
                     Ok(r) => {
                         text += &format!("{}: {} ({}) {}\n{}\n", r.name, r.state, r.kind, r.identity, serde_json::to_string_pretty(&r.details).unwrap_or_default());
                         reports.push(serde_json::to_value(&r).unwrap_or_default());

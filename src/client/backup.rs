@@ -127,10 +127,6 @@ impl Write for EncryptingWriter {
     }
 }
 
-/// Read size for file contents: large reads keep the system-call count low
-/// (tar's own copy loop reads 8 KiB at a time).
-const READ_BUF: usize = 1 << 20;
-
 /// Archive and encrypt `paths` into `writer` (blocking). Each input is
 /// stored under its own name; directories are walked without following
 /// symlinks; headers carry mode, owner, mtime (tar's "complete" mode).
@@ -151,7 +147,7 @@ fn append_tree(tar: &mut tar::Builder<EncryptingWriter>, path: &Path, name: &Pat
     let ft = meta.file_type();
     if ft.is_file() {
         let file = std::fs::File::open(path)?;
-        tar.append_data(&mut header, name, io::BufReader::with_capacity(READ_BUF, file))
+        tar.append_data(&mut header, name, io::BufReader::with_capacity(super::FILE_IO_BUF, file))
     } else if ft.is_symlink() {
         let target = std::fs::read_link(path)?;
         tar.append_link(&mut header, name, target)

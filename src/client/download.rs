@@ -13,7 +13,6 @@ use hyper_util::rt::TokioIo;
 
 use crate::{Error, Result};
 
-const READ_BUFFER: usize = 256 * 1024;
 
 /// An open download: status, headers, and a body read frame by frame.
 pub struct Download {
@@ -43,8 +42,8 @@ impl Download {
         }
     }
 
-    /// The whole (small) body, for error answers.
-    pub async fn text(mut self) -> String {
+    /// The first 64 KiB of the body, for error answers.
+    pub async fn head(mut self) -> Vec<u8> {
         let mut out = Vec::new();
         while let Some(Ok(b)) = self.next().await {
             out.extend_from_slice(&b);
@@ -52,7 +51,7 @@ impl Download {
                 break;
             }
         }
-        String::from_utf8_lossy(&out).into_owned()
+        out
     }
 }
 
@@ -67,7 +66,7 @@ pub async fn get(url: &str, tls: &Arc<rustls::ClientConfig>, peer: &str) -> Resu
         .map_err(|_| fail("timed out: connecting".into()))?
         .map_err(|e| fail(format!("cannot connect: {e}")))?;
     let _ = tcp.set_nodelay(true);
-    let tcp = tokio::io::BufReader::with_capacity(READ_BUFFER, tcp);
+    let tcp = tokio::io::BufReader::with_capacity(crate::http::TLS_READ_BUFFER, tcp);
     let path = match parsed.query() {
         Some(q) => format!("{}?{q}", parsed.path()),
         None => parsed.path().to_owned(),
@@ -80,14 +79,10 @@ pub async fn get(url: &str, tls: &Arc<rustls::ClientConfig>, peer: &str) -> Resu
         "https" => {
             let config = tls.clone();
             let name = rustls::pki_types::ServerName::try_from(host.clone()).map_err(|e| fail(format!("bad server name {host}: {e}")))?;
-            let stream = tokio_rustls::TlsConnector::from(config).connect(name, tcp).await.map_err(|e| {
-                let reason = e.to_string();
-                if reason.contains("certificate") {
-                    fail(format!("TLS refused: {reason} (is --ca / KEYBRIDGE_CA the CA that signed its certificate?)"))
-                } else {
-                    fail(format!("TLS handshake failed: {reason}"))
-                }
-            })?;
+            let stream = tokio_rustls::TlsConnector::from(config)
+                .connect(name, tcp)
+                .await
+                .map_err(|e| fail(super::tls_refused(&e.to_string())))?;
             send(TokioIo::new(stream), request, peer).await?
         }
         "http" => send(TokioIo::new(tcp), request, peer).await?,

@@ -58,6 +58,30 @@ pub fn client_tls(ca: Option<&Path>) -> Result<rustls::ClientConfig> {
     }
 }
 
+/// File contents are read (backup) and written (restore) in pieces of this
+/// size: tar's own copy loops move 8 KiB per system call.
+pub(crate) const FILE_IO_BUF: usize = 1 << 20;
+
+/// The reason for a refused TLS handshake, pointing at `--ca` when the
+/// peer's certificate was not trusted.
+pub(crate) fn tls_refused(root: &str) -> String {
+    if root.contains("certificate") {
+        format!("TLS refused: {root} (is --ca / KEYBRIDGE_CA the CA that signed its certificate?)")
+    } else {
+        format!("TLS handshake failed: {root}")
+    }
+}
+
+/// An error status answered by the service or the MediaAgent, with the
+/// peer's own message (`api::ErrorBody`) when it sent one.
+pub(crate) fn remote_error(peer: &str, status: u16, body: &[u8]) -> Error {
+    let (kind, message) = match serde_json::from_slice::<ErrorBody>(body) {
+        Ok(b) => (b.error.kind, b.error.message),
+        Err(_) => ("http".to_owned(), String::from_utf8_lossy(&body[..body.len().min(300)]).into_owned()),
+    };
+    Error::Remote { peer: peer.to_owned(), status, kind, message }
+}
+
 /// Turn a failed exchange into an error naming the peer and the root
 /// cause (reqwest's own message wraps it in several layers).
 pub(crate) fn unreachable(peer: &str, e: reqwest::Error) -> Error {
@@ -70,7 +94,7 @@ pub(crate) fn unreachable(peer: &str, e: reqwest::Error) -> Error {
     let reason = if e.is_timeout() {
         format!("timed out: {root}")
     } else if root.contains("certificate") {
-        format!("TLS refused: {root} (is --ca / KEYBRIDGE_CA the CA that signed its certificate?)")
+        tls_refused(&root)
     } else if e.is_connect() {
         format!("cannot connect: {root}")
     } else {
@@ -85,11 +109,7 @@ pub(crate) async fn answer<R: DeserializeOwned>(peer: &str, resp: reqwest::Respo
     let status = resp.status();
     let bytes = resp.bytes().await.map_err(|e| unreachable(peer, e))?;
     if !status.is_success() {
-        let (kind, message) = match serde_json::from_slice::<ErrorBody>(&bytes) {
-            Ok(b) => (b.error.kind, b.error.message),
-            Err(_) => ("http".to_owned(), String::from_utf8_lossy(&bytes[..bytes.len().min(300)]).into_owned()),
-        };
-        return Err(Error::Remote { peer: peer.to_owned(), status: status.as_u16(), kind, message });
+        return Err(remote_error(peer, status.as_u16(), &bytes));
     }
     serde_json::from_slice(&bytes)
         .map_err(|e| Error::Remote { peer: peer.to_owned(), status: status.as_u16(), kind: "protocol".into(), message: format!("unexpected answer: {e}") })

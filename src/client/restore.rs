@@ -145,7 +145,7 @@ fn unpack(mut reader: DecryptingReader, staging: &Path) -> io::Result<(Vec<Strin
 
 fn unpack_inner(reader: &mut DecryptingReader, staging: &Path) -> io::Result<Vec<String>> {
     let mut dirs = Vec::new();
-    let mut buf = vec![0u8; READ_BUF];
+    let mut buf = vec![0u8; super::FILE_IO_BUF];
     {
         let mut archive = tar::Archive::new(&mut *reader);
         archive.set_preserve_permissions(true);
@@ -239,9 +239,6 @@ fn write_file<R: Read>(entry: &mut tar::Entry<'_, R>, staging: &Path, name: &Pat
     filetime::set_file_handle_times(&file, Some(t), Some(t))
 }
 
-/// Write size for restored files.
-const READ_BUF: usize = 1 << 20;
-
 /// Restore backup job `job_id` into `to` (created if missing).
 pub async fn restore(svc: &ServiceClient, job_id: &str, to: &Path, progress: Progress) -> Result<RestoreSummary> {
     let t0 = Instant::now();
@@ -284,12 +281,7 @@ async fn fetch_and_unpack(svc: &ServiceClient, job: &JobRecord, dek: Dek, stagin
     let mut resp = super::download::get(&format!("{agent}/v1/jobs/{job_id}/stream"), svc.tls(), &peer).await?;
     if resp.status != 200 {
         let status = resp.status;
-        let text = resp.text().await;
-        let (kind, message) = match serde_json::from_str::<crate::api::ErrorBody>(&text) {
-            Ok(b) => (b.error.kind, b.error.message),
-            Err(_) => ("http".to_owned(), text.chars().take(300).collect()),
-        };
-        return Err(Error::Remote { peer, status, kind, message });
+        return Err(super::remote_error(&peer, status, &resp.head().await));
     }
     // An agent index that disagrees with the job record means its copy was
     // replaced; the stream's own authentication decides, this only logs.

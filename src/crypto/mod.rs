@@ -152,6 +152,12 @@ pub fn random_array<const N: usize>() -> Result<Zeroizing<[u8; N]>, CryptoError>
     Ok(out)
 }
 
+/// Constant-time equality of two byte strings. Lengths are compared in the
+/// open: they are never secret where this is used.
+pub fn ct_eq(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
 /// Fills `buf` from the operating system CSPRNG.
 pub fn fill_random(buf: &mut [u8]) -> Result<(), CryptoError> {
     getrandom::fill(buf).map_err(|e| CryptoError::Random(e.to_string()))

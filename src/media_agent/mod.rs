@@ -25,6 +25,7 @@ use axum::{Json, Router};
 use futures_util::StreamExt;
 use serde_json::json;
 
+use crate::http::ApiError;
 use store::{Store, StoreError};
 
 /// After a failed write, at most this much of the rest of the upload is
@@ -55,7 +56,7 @@ fn error_response(e: StoreError) -> Response {
     if status.is_server_error() {
         tracing::error!(error = %e, "media agent request failed");
     }
-    (status, Json(json!({ "error": { "kind": kind, "message": e.to_string() } }))).into_response()
+    ApiError(status, kind, e.to_string()).into_response()
 }
 
 /// The agent's router over a store.
@@ -64,9 +65,7 @@ pub fn router(store: Arc<Store>) -> Router {
         .route("/healthz", get(|State(s): State<Arc<Store>>| async move { Json(json!({ "status": "ok", "store": s.root() })) }))
         .route("/v1/jobs/{job}", get(job_index))
         .route("/v1/jobs/{job}/stream", get(get_stream).put(put_stream))
-        .fallback(|uri: axum::http::Uri| async move {
-            (StatusCode::NOT_FOUND, Json(json!({ "error": { "kind": "not_found", "message": format!("no route {}", uri.path()) } })))
-        })
+        .fallback(crate::http::no_route)
         .with_state(store)
 }
 
@@ -172,12 +171,10 @@ async fn put_stream(State(store): State<Arc<Store>>, Path(job): Path<String>, bo
         Ok(Ok(None)) => {
             let reason = body_error.unwrap_or_default();
             tracing::warn!(job = %job, reason = %reason, "upload aborted by the client; nothing stored");
-            (StatusCode::BAD_REQUEST, Json(json!({ "error": { "kind": "input", "message": format!("upload of job {job} ended early ({reason}); nothing was stored") } })))
-                .into_response()
+            ApiError(StatusCode::BAD_REQUEST, "input", format!("upload of job {job} ended early ({reason}); nothing was stored")).into_response()
         }
         Ok(Err(e)) => error_response(e),
-        Err(e) => (StatusCode::INTERNAL_SERVER_ERROR, Json(json!({ "error": { "kind": "internal", "message": format!("writer task failed: {e}") } })))
-            .into_response(),
+        Err(e) => ApiError(StatusCode::INTERNAL_SERVER_ERROR, "internal", format!("writer task failed: {e}")).into_response(),
     }
 }
 

@@ -82,15 +82,9 @@ pub fn verify_operator(token: &SecretString, headers: &HeaderMap) -> Result<(), 
     let value = headers.get(axum::http::header::AUTHORIZATION).ok_or("missing Authorization header (operator token)")?;
     let value = value.to_str().map_err(|_| "malformed Authorization header")?;
     let given = value.strip_prefix("Bearer ").ok_or("Authorization must be 'Bearer <operator token>'")?;
-    if ct_eq(given.as_bytes(), token.expose_secret().as_bytes()) {
+    if crate::crypto::ct_eq(given.as_bytes(), token.expose_secret().as_bytes()) {
         Ok(())
     } else {
         Err("wrong operator token")
     }
-}
-
-/// Constant-time equality for equal lengths (the token's length is not
-/// secret).
-fn ct_eq(a: &[u8], b: &[u8]) -> bool {
-    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }

@@ -27,7 +27,8 @@ use serde::Serialize;
 use serde_json::json;
 use tokio::sync::RwLock;
 
-use crate::api::{self, ClientKdf, CreatePool, ErrorBody, ErrorDetail, JobStarted, PoolRequest, RegisterClient};
+use crate::api::{self, ClientKdf, CreatePool, JobStarted, PoolRequest, RegisterClient};
+use crate::http::ApiError;
 use crate::audit::Actor;
 use crate::catalog::PoolRecord;
 use crate::config::ServiceConfig;
@@ -68,10 +69,6 @@ fn operator_actor() -> Actor {
     Actor::Operator("token".to_owned())
 }
 
-/// An error answer: status, kind and message (never secret material).
-#[derive(Debug)]
-struct ApiError(StatusCode, &'static str, String);
-
 impl From<Error> for ApiError {
     fn from(e: Error) -> Self {
         let status = match &e {
@@ -84,13 +81,6 @@ impl From<Error> for ApiError {
             _ => StatusCode::INTERNAL_SERVER_ERROR,
         };
         ApiError(status, e.kind(), e.to_string())
-    }
-}
-
-impl IntoResponse for ApiError {
-    fn into_response(self) -> Response {
-        let body = ErrorBody { error: ErrorDetail { kind: self.1.to_owned(), message: self.2 } };
-        (self.0, Json(body)).into_response()
     }
 }
 
@@ -164,11 +154,7 @@ impl Service {
         let mut results = Vec::with_capacity(names.len());
         for name in names {
             let kind = self.kb.config().kms(&name).map(|k| k.kind()).unwrap_or("?");
-            let probe = tokio::time::timeout(Duration::from_secs(15), async {
-                let backend = self.kb.backend(&name).await?;
-                backend.probe().await.map_err(Error::backend(&name))
-            })
-            .await;
+            let probe = tokio::time::timeout(Duration::from_secs(15), self.kb.probe(&name)).await;
             let (state, detail) = match probe {
                 Ok(Ok(report)) => (report.state, report.identity),
                 Ok(Err(e)) => ("unusable", e.to_string()),
@@ -179,27 +165,11 @@ impl Service {
                 // Drop the cached backend so the next use reconnects.
                 self.kb.forget_backend(&name).await;
             }
-            results.push(KmsHealth { name, kind, state, detail, checked_at: Some(now_rfc3339()) });
+            let checked_at = crate::kmip::render::rfc3339(api::auth::unix_now() as i64, None);
+            results.push(KmsHealth { name, kind, state, detail, checked_at: Some(checked_at) });
         }
         *self.health.write().await = results;
     }
-}
-
-fn now_rfc3339() -> String {
-    let secs = api::auth::unix_now();
-    let days = secs / 86_400;
-    let rem = secs % 86_400;
-    // Civil date from days since 1970-01-01 (proleptic Gregorian).
-    let z = days as i64 + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097);
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = doy - (153 * mp + 2) / 5 + 1;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 };
-    let y = yoe + era * 400 + i64::from(m <= 2);
-    format!("{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}Z", rem / 3600, rem % 3600 / 60, rem % 60)
 }
 
 /// The router with every route of [`api::ROUTES`].
@@ -216,7 +186,7 @@ pub fn router(service: Shared) -> Router {
         .route("/v1/jobs", get(list_jobs).post(start_job))
         .route("/v1/jobs/{id}", get(get_job))
         .route("/v1/jobs/{id}/complete", post(complete_job))
-        .fallback(|uri: Uri| async move { ApiError(StatusCode::NOT_FOUND, "not_found", format!("no route {}", uri.path())) })
+        .fallback(crate::http::no_route)
         .with_state(service)
 }
 
