@@ -11,7 +11,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::Duration;
 
-use common::{password, test_kdf, Kind, Rig};
+use common::{free_port, password, test_kdf, Kind, Rig};
 use serde_json::Value;
 
 const BIN: &str = env!("CARGO_BIN_EXE_keybridge");
@@ -24,10 +24,6 @@ static SOFTHSM_TURN: std::sync::Mutex<()> = std::sync::Mutex::new(());
 
 fn softhsm_turn(kind: Kind) -> Option<std::sync::MutexGuard<'static, ()>> {
     (kind == Kind::SoftHsm).then(|| SOFTHSM_TURN.lock().unwrap_or_else(|e| e.into_inner()))
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
 }
 
 /// A child process killed when dropped.
@@ -52,24 +48,26 @@ struct Deployment {
 
 impl Deployment {
     fn start(kind: Kind) -> Option<Deployment> {
-        Self::start_with_store(kind, None)
+        Self::start_with(kind, None, "")
     }
 
-    fn start_with_store(kind: Kind, store: Option<PathBuf>) -> Option<Deployment> {
+    /// A deployment whose MediaAgent stores in `store` (default: in the
+    /// rig's directory) and whose config holds `extra_kms` besides the
+    /// rig's `kms` entry.
+    fn start_with(kind: Kind, store: Option<PathBuf>, extra_kms: &str) -> Option<Deployment> {
         let rig = Rig::new(kind)?;
         let (port, agent_port) = (free_port(), free_port());
         let mut cfg = std::fs::OpenOptions::new().append(true).open(&rig.config_path).unwrap();
         write!(
             cfg,
-            "\n[service]\nlisten = \"127.0.0.1:{port}\"\ncert = \"service.crt\"\nkey = \"service.key\"\n\
+            "\n{extra_kms}\n[service]\nlisten = \"127.0.0.1:{port}\"\ncert = \"service.crt\"\nkey = \"service.key\"\n\
              operator_token_file = \"operator.token\"\nmedia_agent = \"https://127.0.0.1:{agent_port}\"\nhealth_interval_secs = 1\n"
         )
         .unwrap();
         drop(cfg);
-        let d = Deployment { store: store.unwrap_or_else(|| rig.dir.path().join("store")), rig, service: None, agent: None, port, agent_port };
+        let mut d = Deployment { store: store.unwrap_or_else(|| rig.dir.path().join("store")), rig, service: None, agent: None, port, agent_port };
         let init = d.cli(&["init"]);
         assert!(init.status.success(), "init: {}", String::from_utf8_lossy(&init.stderr));
-        let mut d = d;
         d.start_agent();
         d.start_service();
         let pool = d.cli(&["pool", "create", "p", "--kms", "kms", "--kek-bits", "2048"]);
@@ -451,7 +449,7 @@ async fn media_agent_disk_full() {
         }
     }
     let _unmount = Unmount(mnt.path().to_owned());
-    let d = Deployment::start_with_store(Kind::Builtin, Some(mnt.path().join("store"))).unwrap();
+    let d = Deployment::start_with(Kind::Builtin, Some(mnt.path().join("store")), "").unwrap();
     d.register("alice", "alice-network-pw").await;
     let src = tempfile::tempdir().unwrap();
     let big = src.path().join("big.bin");
@@ -636,21 +634,12 @@ async fn health_reports_a_dead_kms_and_service_still_starts() {
 
     // A second deployment whose config also names a PKCS#11 module that
     // does not exist.
-    let rig = Rig::new(Kind::Builtin).unwrap();
-    let (port, agent) = (free_port(), free_port());
-    let mut cfg = std::fs::OpenOptions::new().append(true).open(&rig.config_path).unwrap();
-    write!(
-        cfg,
-        "\n[[kms]]\nname = \"dead\"\nkind = \"pkcs11\"\nmodule = \"/nonexistent/libdead.so\"\ntoken = \"t\"\npin_env = \"NOPE\"\n\
-         \n[service]\nlisten = \"127.0.0.1:{port}\"\ncert = \"service.crt\"\nkey = \"service.key\"\n\
-         operator_token_file = \"operator.token\"\nmedia_agent = \"https://127.0.0.1:{agent}\"\nhealth_interval_secs = 1\n"
+    let dead = Deployment::start_with(
+        Kind::Builtin,
+        None,
+        "[[kms]]\nname = \"dead\"\nkind = \"pkcs11\"\nmodule = \"/nonexistent/libdead.so\"\ntoken = \"t\"\npin_env = \"NOPE\"\n",
     )
     .unwrap();
-    drop(cfg);
-    let dead = Deployment { store: rig.dir.path().join("store"), rig, service: None, agent: None, port, agent_port: agent };
-    assert!(dead.cli(&["init"]).status.success());
-    let mut dead = dead;
-    dead.start_service();
     let mut v = Value::Null;
     for _ in 0..100 {
         v = dead.operator().get(format!("{}/healthz", dead.url())).send().await.unwrap().json().await.unwrap();

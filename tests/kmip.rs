@@ -10,8 +10,8 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use common::kmip::{free_port, kms_toml, shared_server, PyKmip};
-use common::{actor, password, test_kdf};
+use common::kmip::{kms_toml, shared_server, PyKmip};
+use common::{actor, free_port, password, test_kdf};
 use keybridge::backend::kmip::client::KmipClient;
 use keybridge::backend::kmip::KmipBackend;
 use keybridge::config::{Config, KmipConfig, KmsConfig};

@@ -12,19 +12,13 @@ use common::Kind;
 /// service would otherwise spend the token's PIN attempts on every request
 /// and health probe until the token locks the PIN.
 async fn refused_login_is_not_retried(kind: Kind) {
-    let Some(module) = kind.module() else { return };
     let dir = tempfile::tempdir().unwrap();
+    let Some(kms) = common::kms_toml(kind, dir.path()) else { return };
     std::fs::write(dir.path().join("wrong.pin"), "not-the-pin-0000\n").unwrap();
-    let token = std::env::var("KEYBRIDGE_TEST_TOKEN").unwrap_or_else(|_| "keybridge".into());
+    let kms = kms.replace("pin_env = \"KEYBRIDGE_TEST_PIN\"", "pin_file = \"wrong.pin\"");
+    assert!(kms.contains("wrong.pin"), "the test rig's PKCS#11 entry changed: {kms}");
     let path = dir.path().join("keybridge.toml");
-    std::fs::write(
-        &path,
-        format!(
-            "[catalog]\npath = \"keybridge.db\"\n[[kms]]\nname = \"kms\"\nkind = \"pkcs11\"\nmodule = \"{}\"\ntoken = \"{token}\"\npin_file = \"wrong.pin\"\n",
-            module.display()
-        ),
-    )
-    .unwrap();
+    std::fs::write(&path, format!("[catalog]\npath = \"keybridge.db\"\n{kms}")).unwrap();
     let config = keybridge::config::Config::load(&path).unwrap();
     keybridge::catalog::Catalog::open_or_create(&config.catalog.path).unwrap();
     let kb = keybridge::Keybridge::open(config).unwrap();

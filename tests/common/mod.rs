@@ -103,6 +103,11 @@ impl Rig {
     }
 }
 
+/// A free TCP port on 127.0.0.1.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
 /// A password for tests.
 pub fn password(s: &str) -> keybridge::secret::SecretString {
     keybridge::secret::SecretString::from(s.to_owned())
@@ -181,11 +186,6 @@ pub mod kmip {
         )
     }
 
-    /// A free TCP port on 127.0.0.1.
-    pub fn free_port() -> u16 {
-        std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
-    }
-
     /// A PyKMIP server owned by one test; killed when dropped.
     pub struct PyKmip {
         pub name: String,
@@ -200,7 +200,7 @@ pub mod kmip {
         pub fn start(name: &str, db: Option<PathBuf>, cert: &'static str) -> Option<PyKmip> {
             shared_server()?;
             let name = format!("{name}-{}", std::process::id());
-            let s = PyKmip { name, port: free_port(), db, cert };
+            let s = PyKmip { name, port: super::free_port(), db, cert };
             s.run_start();
             Some(s)
         }
