@@ -43,6 +43,10 @@ pub const DOMAIN: &str = "keybridge/v1/audit";
 /// `prev_hash` of the first row.
 pub const GENESIS: [u8; 32] = [0u8; 32];
 
+/// `result` of a row written when an operation begins (DEK recover): the
+/// operation's outcome is in a later row with the same action and objects.
+pub const STARTED: &str = "started";
+
 /// Longest text kept from a caller-supplied name (pool, client, DEK id): an
 /// invalid name is recorded as given, but not without bound.
 const MAX_FIELD: usize = 128;
@@ -111,7 +115,7 @@ pub struct AuditEvent {
     pub pool: Option<String>,
     pub client: Option<String>,
     pub dek_id: Option<String>,
-    /// `ok`, or `error: <message>`.
+    /// `ok`, [`STARTED`], or `error: <message>`.
     pub result: String,
 }
 
@@ -137,6 +141,14 @@ impl AuditEvent {
 
     pub fn dek(mut self, dek_id: &str) -> Self {
         self.dek_id = Some(bounded(dek_id));
+        self
+    }
+
+    /// The same event, recorded as begun: the durable row a recover
+    /// writes while the KMS decrypts, before any key is released; its
+    /// outcome follows in a second row.
+    pub fn started(mut self) -> Self {
+        self.result = STARTED.into();
         self
     }
 

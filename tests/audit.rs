@@ -65,13 +65,15 @@ async fn operations_leave_the_expected_rows() {
             (3, "operator:ops", "client.add", None, Some("mallory"), None),
             (4, "client:c1", "dek.issue", Some("p1"), Some("c1"), d),
             (5, "client:c1", "dek.recover", Some("p1"), Some("c1"), d),
-            (6, "client:mallory", "dek.recover", Some("p1"), Some("mallory"), d),
+            (6, "client:c1", "dek.recover", Some("p1"), Some("c1"), d),
+            (7, "client:mallory", "dek.recover", Some("p1"), Some("mallory"), d),
         ]
     );
-    for r in &rows[..5] {
-        assert_eq!(r.result, "ok", "row {}", r.seq);
-    }
-    assert_eq!(rows[5].result, format!("error: denied: DEK {} was not issued to client 'mallory'", s.dek_id));
+    // A recover that reaches the KMS leaves "started" (durable before the
+    // DEK is released), then its outcome.
+    let results: Vec<_> = rows.iter().map(|r| r.result.as_str()).collect();
+    assert_eq!(results[..6], ["ok", "ok", "ok", "ok", "started", "ok"]);
+    assert_eq!(rows[6].result, format!("error: denied: DEK {} was not issued to client 'mallory'", s.dek_id));
 
     // The chain: row 1 starts at zero, each row links to the one before.
     assert_eq!(rows[0].prev_hash, vec![0u8; 32]);
@@ -100,9 +102,22 @@ async fn operations_leave_the_expected_rows() {
 
     let report = s.kb.catalog().verify_audit().unwrap();
     assert!(report.ok(), "{report:?}");
-    assert_eq!((report.rows, report.head_seq), (6, 6));
-    assert_eq!(report.head_hash.as_deref(), Some(hex::encode(&rows[5].hash).as_str()));
+    assert_eq!((report.rows, report.head_seq), (7, 7));
+    assert_eq!(report.head_hash.as_deref(), Some(hex::encode(&rows[6].hash).as_str()));
     drop(s.rig);
+}
+
+/// A recover's outcome row is queued without waiting; closing the catalog
+/// commits it (the writer thread is joined), so a process that recovers and
+/// exits leaves both rows.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn queued_outcome_rows_survive_closing_the_catalog() {
+    let Scenario { rig, kb, .. } = scenario().await;
+    drop(kb);
+    let reopened = rig.open();
+    let results: Vec<_> = rows(&reopened).into_iter().map(|r| r.result).collect();
+    assert_eq!(results.len(), 7, "{results:?}");
+    assert_eq!(results[4..6], ["started", "ok"]);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -150,9 +165,9 @@ async fn no_key_without_a_durable_audit_row() {
     let err = restore::recover_dek(&s.kb, &s.dek_id, "mallory", &client_actor("mallory")).await.unwrap_err();
     assert!(matches!(err, Error::Denied(_)), "{err}");
     s.kb.catalog().execute_raw("DROP TRIGGER audit_full").unwrap();
-    assert_eq!(rows(&s.kb).len(), 6);
-    backup::issue_dek(&s.kb, "p1", "c1", &client_actor("c1")).await.unwrap();
     assert_eq!(rows(&s.kb).len(), 7);
+    backup::issue_dek(&s.kb, "p1", "c1", &client_actor("c1")).await.unwrap();
+    assert_eq!(rows(&s.kb).len(), 8);
     assert!(s.kb.catalog().verify_audit().unwrap().ok());
 }
 
@@ -165,11 +180,11 @@ fn broken(kb: &Keybridge) -> (i64, String, String) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn verify_finds_an_edited_row() {
     let s = scenario().await;
-    s.kb.catalog().execute_raw("UPDATE audit SET result = 'ok' WHERE seq = 6").unwrap();
-    assert_eq!(broken(&s.kb), (6, "edited".into(), "row 6 was edited (hash mismatch)".into()));
+    s.kb.catalog().execute_raw("UPDATE audit SET result = 'ok' WHERE seq = 7").unwrap();
+    assert_eq!(broken(&s.kb), (7, "edited".into(), "row 7 was edited (hash mismatch)".into()));
     // Put it back: intact again (the check looks at that field).
     s.kb.catalog()
-        .execute_raw(&format!("UPDATE audit SET result = 'error: denied: DEK {} was not issued to client ''mallory''' WHERE seq = 6", s.dek_id))
+        .execute_raw(&format!("UPDATE audit SET result = 'error: denied: DEK {} was not issued to client ''mallory''' WHERE seq = 7", s.dek_id))
         .unwrap();
     assert!(s.kb.catalog().verify_audit().unwrap().ok());
     // Other fields: the actor of row 2.
@@ -280,31 +295,32 @@ fn cli_audit_list_and_verify() {
             (2, "local:alice", "client.add", "ok"),
             (3, "local:alice", "client.add", "ok"),
             (4, "local:alice", "dek.issue", "ok"),
-            (5, "local:unknown", "dek.recover", "ok"),
-            (6, "local:alice", "dek.recover", "error"),
+            (5, "local:unknown", "dek.recover", "started"),
+            (6, "local:unknown", "dek.recover", "ok"),
+            (7, "local:alice", "dek.recover", "error"),
         ]
     );
     let limited = ok(keybridge(d, &["audit", "list", "--limit", "2", "--json"], alice));
     let seqs: Vec<_> = limited["rows"].as_array().unwrap().iter().map(|r| r["seq"].as_i64().unwrap()).collect();
-    assert_eq!(seqs, vec![5, 6]);
+    assert_eq!(seqs, vec![6, 7]);
 
     let verified = ok(keybridge(d, &["audit", "verify", "--json"], alice));
     assert_eq!(verified["ok"], true);
-    assert_eq!(verified["rows"], 6);
+    assert_eq!(verified["rows"], 7);
     let head = verified["head_hash"].as_str().unwrap().to_owned();
-    assert_eq!(head, rows[5]["hash"].as_str().unwrap());
+    assert_eq!(head, rows[6]["hash"].as_str().unwrap());
     let text = keybridge(d, &["audit", "verify"], alice);
     let text = String::from_utf8_lossy(&text.stdout).into_owned();
-    assert!(text.contains("audit log OK: 6 rows") && text.contains(&head), "{text}");
+    assert!(text.contains("audit log OK: 7 rows") && text.contains(&head), "{text}");
     assert!(text.contains("rows removed at the end of the log cannot be detected"), "{text}");
     ok(keybridge(d, &["audit", "verify", "--expect-head", &head, "--json"], alice));
 
     // Rows removed at the end: the chain is still valid, the recorded head is gone.
     let conn = rusqlite::Connection::open(d.join("keybridge.db")).unwrap();
-    let saved: (String, String) = conn.query_row("SELECT actor, result FROM audit WHERE seq = 6", [], |r| Ok((r.get(0)?, r.get(1)?))).unwrap();
-    let tail_row = "CREATE TABLE saved AS SELECT * FROM audit WHERE seq = 6";
+    let saved: (String, String) = conn.query_row("SELECT actor, result FROM audit WHERE seq = 7", [], |r| Ok((r.get(0)?, r.get(1)?))).unwrap();
+    let tail_row = "CREATE TABLE saved AS SELECT * FROM audit WHERE seq = 7";
     conn.execute(tail_row, []).unwrap();
-    conn.execute("DELETE FROM audit WHERE seq = 6", []).unwrap();
+    conn.execute("DELETE FROM audit WHERE seq = 7", []).unwrap();
     ok(keybridge(d, &["audit", "verify", "--json"], alice));
     let out = keybridge(d, &["audit", "verify", "--expect-head", &head], alice);
     assert_eq!(out.status.code(), Some(6), "{}", String::from_utf8_lossy(&out.stderr));
@@ -313,17 +329,17 @@ fn cli_audit_list_and_verify() {
     ok(keybridge(d, &["audit", "verify", "--expect-head", &head, "--json"], alice));
 
     // An edited row: exit code 6, the row and why.
-    conn.execute("UPDATE audit SET result = 'ok' WHERE seq = 6", []).unwrap();
+    conn.execute("UPDATE audit SET result = 'ok' WHERE seq = 7", []).unwrap();
     let out = keybridge(d, &["audit", "verify"], alice);
     assert_eq!(out.status.code(), Some(6));
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.contains("integrity check failed for audit log") && err.contains("row 6 was edited (hash mismatch) (rows 1 to 5 verify)"), "{err}");
+    assert!(err.contains("integrity check failed for audit log") && err.contains("row 7 was edited (hash mismatch) (rows 1 to 6 verify)"), "{err}");
     let out = keybridge(d, &["audit", "verify", "--json"], alice);
     assert_eq!(out.status.code(), Some(6));
     let v: Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(v["error"]["kind"], "integrity");
     assert_eq!(v["error"]["exit_code"], 6);
-    conn.execute("UPDATE audit SET result = ?1 WHERE seq = 6", [&saved.1]).unwrap();
+    conn.execute("UPDATE audit SET result = ?1 WHERE seq = 7", [&saved.1]).unwrap();
     assert_eq!(saved.0, "local:alice");
     ok(keybridge(d, &["audit", "verify", "--json"], alice));
 

@@ -322,8 +322,24 @@ impl Catalog {
         self.writer.submit(None, event).await.map(drop)
     }
 
-    /// The last `limit` audit rows, oldest first.
+    /// Queue `event` for the audit chain's next commit and return at once.
+    /// Only for a record whose operation already has a durable row (the
+    /// outcome of a recover after its "started" row); [`Catalog::flush`],
+    /// [`Catalog::audit_rows`] and dropping the catalog wait for it.
+    pub fn audit_detached(&self, event: AuditEvent) -> Result<()> {
+        self.writer.submit_detached(event)
+    }
+
+    /// Wait until every audit record and DEK row this process queued is
+    /// committed. Blocks the calling thread for at most one commit.
+    pub fn flush(&self) -> Result<()> {
+        self.writer.flush()
+    }
+
+    /// The last `limit` audit rows, oldest first, including every record
+    /// this process queued before the call.
     pub fn audit_rows(&self, limit: usize) -> Result<Vec<AuditRecord>> {
+        self.flush()?;
         let conn = self.conn();
         let mut stmt = conn
             .prepare(
@@ -351,6 +367,7 @@ impl Catalog {
     /// Walk the whole audit chain (one read snapshot) and report the first
     /// break, if any. A broken chain is a report, not an `Err`.
     pub fn verify_audit(&self) -> Result<AuditReport> {
+        self.flush()?;
         let conn = self.conn();
         let mut stmt = conn
             .prepare("SELECT seq, at, actor, action, pool, client, dek_id, result, prev_hash, hash FROM audit ORDER BY seq")

@@ -13,10 +13,18 @@
 //! other process writing the same catalog file) it reads the chain's head
 //! and extends it, one row per job. A DEK row and its audit row are in the
 //! same transaction: neither is committed without the other.
+//!
+//! A caller either waits for its commit ([`DekWriter::submit`]) or hands
+//! the job over and goes on ([`DekWriter::submit_detached`]: the outcome row
+//! of a recover whose "started" row is already durable). Jobs are committed
+//! in the order they were queued, so [`DekWriter::flush`] (a job with no
+//! rows) returns once everything queued before it is durable; dropping the
+//! writer commits what is queued and joins the thread.
 
 use std::path::PathBuf;
 use std::sync::mpsc;
 use std::sync::Mutex;
+use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use rusqlite::{params, OptionalExtension, TransactionBehavior};
@@ -49,24 +57,45 @@ pub struct DekRow {
 }
 
 /// One unit of work: an audit event, with the DEK row it records (DEK
-/// issue) or alone (every other operation). Answered with the commit's
-/// timestamp (the DEK's `created_at`, the audit row's `at`).
+/// issue) or alone (every other operation), or nothing (a flush). Answered
+/// with the commit's timestamp (the DEK's `created_at`, the audit row's
+/// `at`).
 #[derive(Debug)]
 struct Job {
-    dek: Option<DekRow>,
-    event: AuditEvent,
-    done: oneshot::Sender<Result<String>>,
+    rows: Option<(Option<DekRow>, AuditEvent)>,
+    done: Reply,
+}
+
+/// Who waits for a job's commit.
+#[derive(Debug)]
+enum Reply {
+    Async(oneshot::Sender<Result<String>>),
+    Blocking(mpsc::Sender<Result<String>>),
+    /// Nobody: a failure is logged by the writer.
+    Detached,
 }
 
 #[derive(Debug)]
 pub(super) struct DekWriter {
     path: PathBuf,
     tx: Mutex<Option<mpsc::Sender<Job>>>,
+    thread: Mutex<Option<JoinHandle<()>>>,
+}
+
+impl Drop for DekWriter {
+    /// Commit what is queued (detached outcome rows) before the catalog
+    /// goes away: closing the channel ends the thread after its last batch.
+    fn drop(&mut self) {
+        drop(self.tx.get_mut().unwrap_or_else(|e| e.into_inner()).take());
+        if let Some(thread) = self.thread.get_mut().unwrap_or_else(|e| e.into_inner()).take() {
+            let _ = thread.join();
+        }
+    }
 }
 
 impl DekWriter {
     pub(super) fn new(path: PathBuf) -> Self {
-        DekWriter { path, tx: Mutex::new(None) }
+        DekWriter { path, tx: Mutex::new(None), thread: Mutex::new(None) }
     }
 
     fn sender(&self) -> Result<mpsc::Sender<Job>> {
@@ -76,12 +105,23 @@ impl DekWriter {
         }
         let conn = super::open_connection(&self.path)?;
         let (tx, rx) = mpsc::channel::<Job>();
-        std::thread::Builder::new()
+        let thread = std::thread::Builder::new()
             .name("keybridge-catalog-writer".into())
             .spawn(move || run(conn, rx))
             .map_err(|source| Error::Io { context: "starting catalog writer thread for", path: self.path.clone(), source })?;
+        *self.thread.lock().unwrap_or_else(|e| e.into_inner()) = Some(thread);
         *guard = Some(tx.clone());
         Ok(tx)
+    }
+
+    fn send(&self, job: Job) -> Result<()> {
+        self.sender()?
+            .send(job)
+            .map_err(|_| Error::Internal(format!("catalog writer thread for {} stopped", self.path.display())))
+    }
+
+    fn stopped(&self, what: &str) -> Error {
+        Error::Internal(format!("catalog writer thread for {} stopped before {what} was committed", self.path.display()))
     }
 
     /// Commit `dek` (if any) and `event`; returns the commit's timestamp
@@ -89,12 +129,27 @@ impl DekWriter {
     pub(super) async fn submit(&self, dek: Option<DekRow>, event: AuditEvent) -> Result<String> {
         let (done_tx, done_rx) = oneshot::channel();
         let what = what(dek.as_ref(), &event);
-        self.sender()?
-            .send(Job { dek, event, done: done_tx })
-            .map_err(|_| Error::Internal(format!("catalog writer thread for {} stopped", self.path.display())))?;
-        done_rx
-            .await
-            .map_err(|_| Error::Internal(format!("catalog writer thread for {} stopped before {what} was committed", self.path.display())))?
+        self.send(Job { rows: Some((dek, event)), done: Reply::Async(done_tx) })?;
+        done_rx.await.map_err(|_| self.stopped(&what))?
+    }
+
+    /// Queue `event` for the next commit and return at once; a failure to
+    /// commit it is logged by the writer.
+    pub(super) fn submit_detached(&self, event: AuditEvent) -> Result<()> {
+        self.send(Job { rows: Some((None, event)), done: Reply::Detached })
+    }
+
+    /// Wait until every job queued before this call is committed (or has
+    /// failed). Blocks the calling thread for at most one commit; a no-op
+    /// when the writer never started.
+    pub(super) fn flush(&self) -> Result<()> {
+        let running = self.tx.lock().unwrap_or_else(|e| e.into_inner()).is_some();
+        if !running {
+            return Ok(());
+        }
+        let (done_tx, done_rx) = mpsc::channel();
+        self.send(Job { rows: None, done: Reply::Blocking(done_tx) })?;
+        done_rx.recv().map_err(|_| self.stopped("a flush"))?.map(drop)
     }
 }
 
@@ -102,6 +157,20 @@ fn what(dek: Option<&DekRow>, event: &AuditEvent) -> String {
     match dek {
         Some(row) => format!("DEK {}", row.id),
         None => format!("the audit record of {} ({})", event.action, event.result),
+    }
+}
+
+impl Reply {
+    fn send(self, result: Result<String>, what: impl FnOnce() -> String) {
+        match self {
+            Reply::Async(tx) => drop(tx.send(result)),
+            Reply::Blocking(tx) => drop(tx.send(result)),
+            Reply::Detached => {
+                if let Err(e) = result {
+                    tracing::error!(error = %e, "could not commit {}", what());
+                }
+            }
+        }
     }
 }
 
@@ -122,7 +191,7 @@ fn run(mut conn: rusqlite::Connection, rx: mpsc::Receiver<Job>) {
         match commit(&mut conn, &batch) {
             Ok(stamp) => {
                 for job in batch {
-                    let _ = job.done.send(Ok(stamp.clone()));
+                    job.done.send(Ok(stamp.clone()), String::new);
                 }
             }
             // One bad row must not fail its neighbours: retry each alone.
@@ -142,11 +211,13 @@ fn run(mut conn: rusqlite::Connection, rx: mpsc::Receiver<Job>) {
 }
 
 fn answer(job: Job, result: rusqlite::Result<String>) {
-    let context = match &job.dek {
-        Some(row) => format!("storing DEK {} and its audit record (not issued)", row.id),
-        None => format!("appending the audit record of {}", job.event.action),
+    let context = match &job.rows {
+        Some((Some(row), _)) => format!("storing DEK {} and its audit record (not issued)", row.id),
+        Some((None, event)) => format!("appending the audit record of {} ({})", event.action, event.result),
+        None => "committing queued audit records".to_owned(),
     };
-    let _ = job.done.send(result.map_err(|source| Error::Catalog { context, source }));
+    let result = result.map_err(|source| Error::Catalog { context: context.clone(), source });
+    job.done.send(result, || context);
 }
 
 /// One transaction for the whole batch: every DEK row, and the audit chain
@@ -179,11 +250,10 @@ fn commit(conn: &mut rusqlite::Connection, batch: &[Job]) -> rusqlite::Result<St
             "INSERT INTO audit(seq, at, actor, action, pool, client, dek_id, result, prev_hash, hash)
              VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
         )?;
-        for job in batch {
-            if let Some(row) = &job.dek {
+        for (dek, e) in batch.iter().filter_map(|job| job.rows.as_ref()) {
+            if let Some(row) = dek {
                 dek_stmt.execute(params![row.id, row.pool_id, row.client_id, row.encrypted_dek, at])?;
             }
-            let e = &job.event;
             seq += 1;
             let fields = RowFields {
                 seq,

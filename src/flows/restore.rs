@@ -6,8 +6,16 @@
 //!    non-extractable session object cached per pool).
 //! 3. The DEK's binding to its row is checked; the DEK is returned sealed
 //!    under the client's network password.
+//!
+//! Audit: a recover that reaches the KMS writes a durable "started" row
+//! while the KMS decrypts (the fsync overlaps the token call instead of
+//! following it), and no DEK leaves before that row is committed. The
+//! outcome row ("ok", or the error) is queued for the next commit without
+//! waiting for it. A recover refused before the KMS call (unknown DEK,
+//! another client's DEK) leaves one row, its error, committed before the
+//! error is returned.
 
-use super::{audited, dek_binding, DekGrant, BINDING_LEN};
+use super::{audit_failure, dek_binding, DekGrant, BINDING_LEN};
 use crate::audit::{Action, Actor, AuditEvent};
 use crate::backend::PoolKek;
 use crate::context::Keybridge;
@@ -23,18 +31,35 @@ pub async fn recover_dek(kb: &Keybridge, dek_id: &str, client: &str, actor: &Act
 }
 
 /// Recover and return the DEK itself alongside the grant (service-internal
-/// and tests; the CLI never prints it). Audited: the DEK is returned only
-/// once its audit record is durable; a failure is recorded with its error.
+/// and tests; the CLI never prints it). Audited (see the module notes): the
+/// DEK is returned only once its "started" row is durable; a failure is
+/// recorded with its error.
 pub async fn recover_inner(kb: &Keybridge, dek_id: &str, client: &str, actor: &Actor) -> Result<(Dek, DekGrant)> {
     let mut pool_name = None;
     let result = recover(kb, dek_id, client, actor, &mut pool_name).await;
-    let mut event = AuditEvent::new(actor, Action::DekRecover);
-    if let Some(pool) = &pool_name {
-        event = event.pool(pool);
+    let event = recover_event(actor, pool_name.as_deref(), client, dek_id);
+    match result {
+        Ok(v) => {
+            if let Err(e) = kb.catalog().audit_detached(event) {
+                // The started row is durable; only the outcome is missing.
+                tracing::error!(dek = dek_id, error = %e, "could not queue the outcome row of a DEK recover");
+            }
+            Ok(v)
+        }
+        Err(e) => Err(audit_failure(kb, event, e).await),
     }
-    audited(kb, event.client(client).dek(dek_id), result).await
 }
 
+fn recover_event(actor: &Actor, pool: Option<&str>, client: &str, dek_id: &str) -> AuditEvent {
+    let event = AuditEvent::new(actor, Action::DekRecover);
+    let event = match pool {
+        Some(pool) => event.pool(pool),
+        None => event,
+    };
+    event.client(client).dek(dek_id)
+}
+
+/// The recover itself; sets `pool_name` once the pool is known.
 async fn recover(kb: &Keybridge, dek_id: &str, client: &str, actor: &Actor, pool_name: &mut Option<String>) -> Result<(Dek, DekGrant)> {
     let catalog = kb.catalog();
     let row = catalog.dek(dek_id)?;
@@ -53,10 +78,17 @@ async fn recover(kb: &Keybridge, dek_id: &str, client: &str, actor: &Actor, pool
         wrap_mechanism: &pool.wrap_mechanism,
         oaep_hash: pool.oaep_hash,
     };
-    // The seal's key agreement depends only on the client: do it on this
-    // thread while the KMS decrypts (join! polls the decryption first, which
-    // hands the KMS call to another thread).
-    let (plain, sealer) = tokio::join!(backend.decrypt_dek(&kek, &row.encrypted_dek), async { seal::Sealer::new(&requester) });
+    // While the KMS decrypts: the started row is committed by the catalog
+    // writer, and the seal's key agreement (which depends only on the
+    // client) runs on this thread. join! polls in order: the decryption
+    // hands the KMS call to another thread, the audit row is queued, then
+    // the seal work runs.
+    let (plain, started, sealer) = tokio::join!(
+        backend.decrypt_dek(&kek, &row.encrypted_dek),
+        catalog.audit(recover_event(actor, Some(&pool.name), client, dek_id).started()),
+        async { seal::Sealer::new(&requester) }
+    );
+    started?;
     let plain = plain.map_err(Error::backend(&pool.kms_name))?;
     let sealer = sealer?;
     let what = || format!("DEK {dek_id}");

@@ -129,10 +129,14 @@ impl std::fmt::Debug for TokenSessions {
 }
 
 /// After a call, how long a worker polls for the next one before it
-/// sleeps. A caller issuing calls back to back (a restore loop) sends the
-/// next within tens of microseconds; catching it awake saves a thread
-/// wake-up per call, which costs more than that on small virtual machines.
-const LINGER: Duration = Duration::from_micros(200);
+/// sleeps. A caller issuing calls back to back (a restore loop: catalog
+/// reads, seal, audit hand-off, then the next call) sends the next within
+/// a few hundred microseconds; catching it awake saves a thread wake-up per
+/// call, which costs more than that on small virtual machines. The poll
+/// yields the core between checks, so an idle worker never starves the
+/// threads doing that work (bench: 200 us of pure spinning left SoftHSM2
+/// recover at 0.86 of raw; 1 ms with yields, 0.89-0.97).
+const LINGER: Duration = Duration::from_micros(1000);
 
 fn worker(jobs: Arc<Mutex<mpsc::Receiver<Job>>>) {
     let mut session: Option<Session> = None;
@@ -150,7 +154,7 @@ fn worker(jobs: Arc<Mutex<mpsc::Receiver<Job>>>) {
                     Err(mpsc::TryRecvError::Empty) => {}
                 }
             }
-            std::hint::spin_loop();
+            std::thread::yield_now();
         }
         let job = job.unwrap_or_else(|| jobs.lock().unwrap_or_else(|e| e.into_inner()).recv());
         match job {
