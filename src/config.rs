@@ -190,6 +190,10 @@ pub struct ServiceConfig {
     pub operator_token_file: PathBuf,
     /// Base URL of the MediaAgent clients are told to stream to.
     pub media_agent: String,
+    /// File holding the key shared with the MediaAgent (64 hex digits, mode
+    /// 0600), with which the service signs each job's upload and download
+    /// tokens (see `api::agent_token`).
+    pub media_agent_key_file: PathBuf,
     /// Largest accepted difference between a client's clock and ours; also
     /// how long used request nonces are remembered.
     #[serde(default = "default_skew")]
@@ -295,7 +299,7 @@ impl Config {
             }
         }
         if let Some(svc) = &mut config.service {
-            for p in [&mut svc.cert, &mut svc.key, &mut svc.operator_token_file] {
+            for p in [&mut svc.cert, &mut svc.key, &mut svc.operator_token_file, &mut svc.media_agent_key_file] {
                 *p = base.join(&*p);
             }
             if svc.listen.parse::<std::net::SocketAddr>().is_err() {
@@ -334,6 +338,7 @@ impl Config {
          cert = \"service.crt\"\n\
          key = \"service.key\"\n\
          operator_token_file = \"operator.token\"\n\
-         media_agent = \"https://127.0.0.1:8444\"\n"
+         media_agent = \"https://127.0.0.1:8444\"\n\
+         media_agent_key_file = \"media-agent.key\"\n"
     }
 }

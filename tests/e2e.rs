@@ -12,6 +12,7 @@ use std::process::{Child, Command, Output, Stdio};
 use std::time::Duration;
 
 use common::{free_port, password, test_kdf, Kind, Rig};
+use keybridge::api::agent_token::{AgentKey, AgentOp};
 use serde_json::Value;
 
 const BIN: &str = env!("CARGO_BIN_EXE_keybridge");
@@ -61,7 +62,8 @@ impl Deployment {
         write!(
             cfg,
             "\n{extra_kms}\n[service]\nlisten = \"127.0.0.1:{port}\"\ncert = \"service.crt\"\nkey = \"service.key\"\n\
-             operator_token_file = \"operator.token\"\nmedia_agent = \"https://127.0.0.1:{agent_port}\"\nhealth_interval_secs = 1\n"
+             operator_token_file = \"operator.token\"\nmedia_agent = \"https://127.0.0.1:{agent_port}\"\n\
+             media_agent_key_file = \"media-agent.key\"\nhealth_interval_secs = 1\n"
         )
         .unwrap();
         drop(cfg);
@@ -102,7 +104,7 @@ impl Deployment {
     fn start_agent(&mut self) {
         let listen = format!("127.0.0.1:{}", self.agent_port);
         let store = self.store.display().to_string();
-        self.agent = Some(self.spawn(&["media-agent", "--store", &store, "--listen", &listen, "--cert", "service.crt", "--key", "service.key"], "agent.log"));
+        self.agent = Some(self.spawn(&["media-agent", "--store", &store, "--listen", &listen, "--cert", "service.crt", "--key", "service.key", "--token-key", "media-agent.key"], "agent.log"));
         self.wait_up(&format!("https://127.0.0.1:{}/healthz", self.agent_port), "agent.log");
     }
 
@@ -772,8 +774,21 @@ fn regex_lite_uuid() -> impl Fn(&str) -> String {
     }
 }
 
+/// A token for `op` on `job` signed with the deployment's MediaAgent key
+/// (what the service hands its clients), expiring at `expires`.
+fn agent_token(d: &Deployment, op: AgentOp, job: &str, expires: u64) -> String {
+    let key = std::fs::read_to_string(d.dir().join("media-agent.key")).unwrap();
+    AgentKey::from_hex(&key).unwrap().mint(op, job, expires)
+}
+
+fn in_an_hour() -> u64 {
+    keybridge::api::agent_token::unix_now() + 3600
+}
+
 /// The MediaAgent refuses names that are not job ids (path traversal),
 /// unknown jobs, and a second write of a job; it never lists the store.
+/// (Each request carries a valid token for its name: the store's own
+/// checks are under test here.)
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn media_agent_refuses_traversal_unknown_jobs_and_rewrites() {
     let d = Deployment::start(Kind::Builtin).unwrap();
@@ -781,28 +796,89 @@ async fn media_agent_refuses_traversal_unknown_jobs_and_rewrites() {
     let agent = format!("https://127.0.0.1:{}", d.agent_port);
     std::fs::write(d.dir().join("secret.txt"), "outside the store").unwrap();
     for evil in ["..%2F..%2Fsecret.txt", "..", "%2Fetc%2Fpasswd", "not-a-uuid", "01A21F91-FB23-77CD-A769-51B50C61F52D%00"] {
+        // A NUL cannot travel in a header: that name is refused for its
+        // token (401) before the store sees it.
+        let decoded = evil.replace("%2F", "/");
+        let expected: &[u16] = if evil.contains("%00") { &[401] } else { &[400, 404] };
         for (method, path) in [("GET", format!("/v1/jobs/{evil}/stream")), ("PUT", format!("/v1/jobs/{evil}/stream")), ("GET", format!("/v1/jobs/{evil}"))] {
-            let resp = http.request(method.parse().unwrap(), format!("{agent}{path}")).body("x").send().await.unwrap();
+            let op = if method == "PUT" { AgentOp::Put } else { AgentOp::Get };
+            let token = agent_token(&d, op, &decoded, in_an_hour());
+            let resp = http.request(method.parse().unwrap(), format!("{agent}{path}")).bearer_auth(token).body("x").send().await.unwrap();
             let status = resp.status().as_u16();
             let body = resp.text().await.unwrap();
-            assert!(status == 400 || status == 404, "{method} {path}: {status} {body}");
+            assert!(expected.contains(&status), "{method} {path}: {status} {body}");
             assert!(!body.contains("outside the store"), "{method} {path} leaked a file");
         }
     }
     let job = "01a21f91-fb28-70c1-9b49-617a0abc06fd";
-    let resp = http.get(format!("{agent}/v1/jobs/{job}/stream")).send().await.unwrap();
+    let (put, get) = (agent_token(&d, AgentOp::Put, job, in_an_hour()), agent_token(&d, AgentOp::Get, job, in_an_hour()));
+    let resp = http.get(format!("{agent}/v1/jobs/{job}/stream")).bearer_auth(&get).send().await.unwrap();
     assert_eq!(resp.status(), 404);
     assert!(resp.text().await.unwrap().contains(&format!("job {job} is not in this store")));
-    let resp = http.put(format!("{agent}/v1/jobs/{job}/stream")).body(vec![1u8; 1000]).send().await.unwrap();
+    let resp = http.put(format!("{agent}/v1/jobs/{job}/stream")).bearer_auth(&put).body(vec![1u8; 1000]).send().await.unwrap();
     assert_eq!(resp.status(), 201);
     let v: Value = resp.json().await.unwrap();
     assert_eq!(v["bytes"], 1000);
     assert!(v["checksum"].as_str().unwrap().starts_with("crc32c:"));
-    let resp = http.put(format!("{agent}/v1/jobs/{job}/stream")).body(vec![2u8; 10]).send().await.unwrap();
+    let resp = http.put(format!("{agent}/v1/jobs/{job}/stream")).bearer_auth(&put).body(vec![2u8; 10]).send().await.unwrap();
     assert_eq!(resp.status(), 409);
-    let back = http.get(format!("{agent}/v1/jobs/{job}/stream")).send().await.unwrap().bytes().await.unwrap();
+    let back = http.get(format!("{agent}/v1/jobs/{job}/stream")).bearer_auth(&get).send().await.unwrap().bytes().await.unwrap();
     assert_eq!(&back[..], &[1u8; 1000][..], "a refused rewrite changed the stored stream");
-    let index: Value = http.get(format!("{agent}/v1/jobs/{job}")).send().await.unwrap().json().await.unwrap();
+    let index: Value = http.get(format!("{agent}/v1/jobs/{job}")).bearer_auth(&get).send().await.unwrap().json().await.unwrap();
     assert_eq!(index["objects"][0]["bytes"], 1000);
     assert!(std::fs::read_dir(d.store.join("tmp")).unwrap().next().is_none(), "temporary files left behind");
+}
+
+/// Every job request to the MediaAgent needs the service's token for that
+/// job and operation, unexpired and signed with the agent's key; a refused
+/// upload stores nothing. The tokens a real backup and restore get from the
+/// service work, and only for their own job.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn media_agent_requires_the_services_token_for_the_job_and_operation() {
+    let d = Deployment::start(Kind::Builtin).unwrap();
+    let http = d.operator();
+    let agent = format!("https://127.0.0.1:{}", d.agent_port);
+    let job = "01a21f91-fb28-70c1-9b49-617a0abc06fd";
+    let other = "01a21f91-fb28-70c1-9b49-617a0abc06fe";
+    let url = format!("{agent}/v1/jobs/{job}/stream");
+    let stranger = AgentKey::from_hex(&"ab".repeat(32)).unwrap();
+    let refusals = [
+        (None, "no MediaAgent token"),
+        (Some("Bearer nonsense".to_owned()), "malformed MediaAgent token: expected five '.'-separated fields"),
+        (Some(format!("Bearer {}", agent_token(&d, AgentOp::Get, job, in_an_hour()))), "allows 'get', not 'put'"),
+        (Some(format!("Bearer {}", agent_token(&d, AgentOp::Put, other, in_an_hour()))), &format!("is for job {other}, not {job}")),
+        (Some(format!("Bearer {}", agent_token(&d, AgentOp::Put, job, in_an_hour() - 7200))), "expired"),
+        (Some(format!("Bearer {}", stranger.mint(AgentOp::Put, job, in_an_hour()))), "signature does not verify"),
+    ];
+    for (auth, why) in refusals {
+        let mut req = http.put(&url).body(vec![1u8; 4096]);
+        if let Some(auth) = &auth {
+            req = req.header("authorization", auth);
+        }
+        let resp = req.send().await.unwrap();
+        let status = resp.status().as_u16();
+        let body = resp.text().await.unwrap();
+        assert_eq!(status, 401, "{auth:?}: {body}");
+        assert!(body.contains(why), "{auth:?}: {body}");
+    }
+    let get = agent_token(&d, AgentOp::Get, job, in_an_hour());
+    assert_eq!(http.get(&url).bearer_auth(&get).send().await.unwrap().status(), 404, "a refused upload stored something");
+    assert!(std::fs::read_dir(d.store.join("tmp")).unwrap().next().is_none(), "temporary files left behind");
+    assert_eq!(http.get(&url).send().await.unwrap().status(), 401, "a download without a token");
+
+    // The service's tokens, through a real backup and restore.
+    d.register("alice", "alice-network-pw").await;
+    let data = d.dir().join("data");
+    std::fs::create_dir_all(&data).unwrap();
+    std::fs::write(data.join("f"), b"token test").unwrap();
+    let backup = d.backup("alice", &[&data]);
+    assert!(backup.status.success(), "{}", String::from_utf8_lossy(&backup.stderr));
+    let job_id = serde_json::from_slice::<Value>(&backup.stdout).unwrap()["job_id"].as_str().unwrap().to_owned();
+    let restore = d.restore("alice", &job_id, &d.dir().join("out"));
+    assert!(restore.status.success(), "{}", String::from_utf8_lossy(&restore.stderr));
+    assert_eq!(std::fs::read(d.dir().join("out/data/f")).unwrap(), b"token test");
+    // A token for the real job does not open the test job above.
+    let real_get = agent_token(&d, AgentOp::Get, &job_id, in_an_hour());
+    let resp = http.get(&url).bearer_auth(&real_get).send().await.unwrap();
+    assert_eq!(resp.status(), 401);
 }

@@ -3,6 +3,7 @@
 //! `client` calls it. The routes are listed in [`ROUTES`] and documented in
 //! `docs/openapi.json` (a test keeps the two equal).
 
+pub mod agent_token;
 pub mod auth;
 
 use serde::{Deserialize, Serialize};
@@ -79,20 +80,29 @@ pub struct PoolRequest {
     pub pool: String,
 }
 
-/// `POST /v1/jobs` answer: the job, its DEK sealed for the client, and the
-/// MediaAgent to stream to.
+/// `POST /v1/jobs` answer: the job, its DEK sealed for the client, the
+/// MediaAgent to stream to and the token that lets it upload there.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct JobStarted {
     pub job_id: String,
     pub media_agent: String,
     pub grant: DekGrant,
+    /// `put` token for this job at the MediaAgent ([`agent_token`]).
+    pub agent_token: String,
 }
 
 /// `POST /v1/jobs/{id}/complete`
 pub type CompleteJob = JobCompletion;
 
-/// `GET /v1/jobs/{id}` answer.
-pub type Job = JobRecord;
+/// `GET /v1/jobs/{id}` answer: the job record and the token that lets its
+/// owner download the stream from the MediaAgent.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Job {
+    #[serde(flatten)]
+    pub job: JobRecord,
+    /// `get` token for this job at the MediaAgent ([`agent_token`]).
+    pub agent_token: String,
+}
 
 /// Every error answer: `{"error": {"kind": ..., "message": ...}}`.
 #[derive(Debug, Clone, Serialize, Deserialize)]

@@ -49,6 +49,13 @@ pub struct MediaAgentArgs {
     /// ...and this key (PEM).
     #[arg(long, requires = "cert")]
     pub key: Option<PathBuf>,
+    /// The key shared with the service (its `media_agent_key_file`): every
+    /// job request must carry a token the service signed with it.
+    #[arg(long, required_unless_present = "no_auth", conflicts_with = "no_auth")]
+    pub token_key: Option<PathBuf>,
+    /// Accept job requests without tokens (a trusted network only).
+    #[arg(long)]
+    pub no_auth: bool,
 }
 
 #[derive(Debug, Args)]
@@ -99,6 +106,7 @@ pub async fn media_agent(args: &MediaAgentArgs) -> Result<(Value, String)> {
         store: args.store.clone(),
         listen: args.listen.clone(),
         tls: args.cert.clone().zip(args.key.clone()),
+        token_key: args.token_key.as_deref().map(crate::secret::read_agent_key).transpose()?,
         shutdown_grace: Duration::from_secs(30),
     };
     media_agent::run(cfg, crate::http::shutdown_signal()).await?;
@@ -141,8 +149,8 @@ fn write_private(path: &std::path::Path, contents: &[u8]) -> Result<()> {
     f.write_all(contents).and_then(|()| f.sync_all()).map_err(io)
 }
 
-/// `init` for the service: a self-signed localhost certificate and an
-/// operator token, where missing. Returns what was created.
+/// `init` for the service: a self-signed localhost certificate, an operator
+/// token and the MediaAgent token key, where missing. Returns what was created.
 pub fn init_service(svc: &crate::config::ServiceConfig) -> Result<Vec<String>> {
     let mut created = Vec::new();
     if !svc.cert.exists() && !svc.key.exists() {
@@ -151,10 +159,12 @@ pub fn init_service(svc: &crate::config::ServiceConfig) -> Result<Vec<String>> {
         std::fs::write(&svc.cert, cert).map_err(|source| crate::Error::Io { context: "writing", path: svc.cert.clone(), source })?;
         created.push(format!("service certificate {} (self-signed, localhost) and key {} (mode 0600)", svc.cert.display(), svc.key.display()));
     }
-    if !svc.operator_token_file.exists() {
-        let token = zeroize::Zeroizing::new(hex::encode(*crate::crypto::random_array::<32>().map_err(crate::Error::crypto("generating operator token"))?));
-        write_private(&svc.operator_token_file, format!("{}\n", token.as_str()).as_bytes())?;
-        created.push(format!("operator token {} (mode 0600)", svc.operator_token_file.display()));
+    for (path, what) in [(&svc.operator_token_file, "operator token"), (&svc.media_agent_key_file, "MediaAgent token key")] {
+        if !path.exists() {
+            let secret = zeroize::Zeroizing::new(hex::encode(*crate::crypto::random_array::<32>().map_err(crate::Error::crypto("generating a secret"))?));
+            write_private(path, format!("{}\n", secret.as_str()).as_bytes())?;
+            created.push(format!("{what} {} (mode 0600)", path.display()));
+        }
     }
     Ok(created)
 }

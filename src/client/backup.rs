@@ -201,7 +201,7 @@ pub async fn backup(svc: &ServiceClient, pool: &str, paths: &[PathBuf], progress
     let url = format!("{agent}/v1/jobs/{}/stream", started.job_id);
     let peer = format!("MediaAgent {agent}");
     let upload = async {
-        let resp = svc.http().put(&url).body(body).send().await.map_err(|e| unreachable(&peer, e))?;
+        let resp = svc.http().put(&url).bearer_auth(&started.agent_token).body(body).send().await.map_err(|e| unreachable(&peer, e))?;
         answer::<serde_json::Value>(&peer, resp).await
     };
     let (uploaded, produced) = tokio::join!(upload, producer);

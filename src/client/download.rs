@@ -55,8 +55,9 @@ impl Download {
     }
 }
 
-/// GET `url` (http or https; https trusts only `tls`'s roots).
-pub async fn get(url: &str, tls: &Arc<rustls::ClientConfig>, peer: &str) -> Result<Download> {
+/// GET `url` (http or https; https trusts only `tls`'s roots), with
+/// `bearer` as the `Authorization` token.
+pub async fn get(url: &str, bearer: &str, tls: &Arc<rustls::ClientConfig>, peer: &str) -> Result<Download> {
     let fail = |reason: String| Error::Unreachable { peer: peer.to_owned(), reason };
     let parsed = reqwest::Url::parse(url).map_err(|e| fail(format!("bad URL {url}: {e}")))?;
     let host = parsed.host_str().ok_or_else(|| fail(format!("no host in {url}")))?.trim_matches(['[', ']']).to_owned();
@@ -73,6 +74,7 @@ pub async fn get(url: &str, tls: &Arc<rustls::ClientConfig>, peer: &str) -> Resu
     };
     let request = hyper::Request::get(path)
         .header(hyper::header::HOST, format!("{host}:{port}"))
+        .header(hyper::header::AUTHORIZATION, format!("Bearer {bearer}"))
         .body(http_body_util::Empty::<Bytes>::new())
         .map_err(|e| Error::Internal(format!("building request: {e}")))?;
     let response = match parsed.scheme() {

@@ -189,7 +189,7 @@ impl ServiceClient {
         self.call(reqwest::Method::POST, &format!("/v1/jobs/{job}/complete"), Some(done)).await
     }
 
-    pub async fn job(&self, job: &str) -> Result<JobRecord> {
+    pub async fn job(&self, job: &str) -> Result<crate::api::Job> {
         self.call(reqwest::Method::GET, &format!("/v1/jobs/{job}"), None::<&()>).await
     }
 

@@ -242,7 +242,7 @@ fn write_file<R: Read>(entry: &mut tar::Entry<'_, R>, staging: &Path, name: &Pat
 /// Restore backup job `job_id` into `to` (created if missing).
 pub async fn restore(svc: &ServiceClient, job_id: &str, to: &Path, progress: Progress) -> Result<RestoreSummary> {
     let t0 = Instant::now();
-    let job = svc.job(job_id).await?;
+    let crate::api::Job { job, agent_token } = svc.job(job_id).await?;
     if job.state != JobState::Complete {
         return Err(Error::Input { what: format!("job {job_id}"), reason: "it never completed (the backup was interrupted); it cannot be restored".into() });
     }
@@ -257,7 +257,7 @@ pub async fn restore(svc: &ServiceClient, job_id: &str, to: &Path, progress: Pro
         std::fs::remove_dir_all(&staging).map_err(|source| Error::Io { context: "removing an earlier restore's staging directory", path: staging.clone(), source })?;
     }
     std::fs::create_dir(&staging).map_err(|source| Error::Io { context: "creating staging directory", path: staging.clone(), source })?;
-    let result = fetch_and_unpack(svc, &job, dek, &staging, progress).await;
+    let result = fetch_and_unpack(svc, &job, &agent_token, dek, &staging, progress).await;
     let result = result.and_then(|(entries, plain_bytes, stream_bytes)| {
         // Every chunk authenticated and the final chunk was seen, so a
         // different length cannot happen unless the decoder is wrong.
@@ -275,10 +275,10 @@ pub async fn restore(svc: &ServiceClient, job_id: &str, to: &Path, progress: Pro
     Ok(RestoreSummary { job_id: job_id.to_owned(), dek_id: job.dek_id, to: to.to_owned(), entries, plain_bytes, stream_bytes, seconds: t0.elapsed().as_secs_f64() })
 }
 
-async fn fetch_and_unpack(svc: &ServiceClient, job: &JobRecord, dek: Dek, staging: &Path, progress: Progress) -> Result<(Vec<String>, u64, u64)> {
+async fn fetch_and_unpack(svc: &ServiceClient, job: &JobRecord, agent_token: &str, dek: Dek, staging: &Path, progress: Progress) -> Result<(Vec<String>, u64, u64)> {
     let (agent, job_id) = (job.media_agent.trim_end_matches('/'), job.id.as_str());
     let peer = format!("MediaAgent {agent}");
-    let mut resp = super::download::get(&format!("{agent}/v1/jobs/{job_id}/stream"), svc.tls(), &peer).await?;
+    let mut resp = super::download::get(&format!("{agent}/v1/jobs/{job_id}/stream"), agent_token, svc.tls(), &peer).await?;
     if resp.status != 200 {
         let status = resp.status;
         return Err(super::remote_error(&peer, status, &resp.head().await));

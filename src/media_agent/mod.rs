@@ -3,6 +3,11 @@
 //! client's AES-256-GCM stream, authenticated end to end, so the agent (and
 //! its disk) can corrupt or lose data but not read or forge it.
 //!
+//! Every job route needs the service's token for that job and operation
+//! (`Authorization: Bearer`, see [`crate::api::agent_token`]), checked with
+//! the key shared with the service (`--token-key`); `--no-auth` turns the
+//! check off, for a trusted network only.
+//!
 //! Routes (HTTP, or HTTPS with `--cert/--key`):
 //! - `PUT  /v1/jobs/{job}/stream`: store a job's stream (written once,
 //!   atomically; see [`store`]); answers `{job, bytes, checksum}`.
@@ -18,13 +23,14 @@ use std::time::Duration;
 
 use axum::body::Body;
 use axum::extract::{Path, State};
-use axum::http::StatusCode;
+use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
 use futures_util::StreamExt;
 use serde_json::json;
 
+use crate::api::agent_token::{self, AgentKey, AgentOp, TokenError};
 use crate::http::ApiError;
 use store::{Store, StoreError};
 
@@ -42,7 +48,33 @@ pub struct AgentConfig {
     pub store: PathBuf,
     pub listen: String,
     pub tls: Option<(PathBuf, PathBuf)>,
+    /// The key job tokens are checked with; `None` accepts every request.
+    pub token_key: Option<AgentKey>,
     pub shutdown_grace: Duration,
+}
+
+/// What the handlers share.
+struct Agent {
+    store: Store,
+    token_key: Option<AgentKey>,
+}
+
+type Shared = Arc<Agent>;
+
+impl Agent {
+    /// Refuse a request without a valid token for `op` on `job` (401).
+    fn authorize(&self, headers: &HeaderMap, op: AgentOp, job: &str) -> Result<(), ApiError> {
+        let Some(key) = &self.token_key else { return Ok(()) };
+        let token = headers
+            .get(axum::http::header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer "))
+            .ok_or(TokenError::Missing);
+        token.and_then(|t| key.verify(t.trim(), op, job, agent_token::unix_now())).map_err(|e| {
+            tracing::warn!(job, op = op.as_str(), error = %e, "media agent request refused");
+            ApiError(StatusCode::UNAUTHORIZED, "auth", e.to_string())
+        })
+    }
 }
 
 fn error_response(e: StoreError) -> Response {
@@ -59,25 +91,32 @@ fn error_response(e: StoreError) -> Response {
     ApiError(status, kind, e.to_string()).into_response()
 }
 
-/// The agent's router over a store.
-pub fn router(store: Arc<Store>) -> Router {
+/// The agent's router over a store; with a key, job routes need tokens.
+pub fn router(store: Store, token_key: Option<AgentKey>) -> Router {
+    let auth = if token_key.is_some() { "token" } else { "none" };
     Router::new()
-        .route("/healthz", get(|State(s): State<Arc<Store>>| async move { Json(json!({ "status": "ok", "store": s.root() })) }))
+        .route("/healthz", get(move |State(s): State<Shared>| async move { Json(json!({ "status": "ok", "store": s.store.root(), "auth": auth })) }))
         .route("/v1/jobs/{job}", get(job_index))
         .route("/v1/jobs/{job}/stream", get(get_stream).put(put_stream))
         .fallback(crate::http::no_route)
-        .with_state(store)
+        .with_state(Arc::new(Agent { store, token_key }))
 }
 
-async fn job_index(State(store): State<Arc<Store>>, Path(job): Path<String>) -> Response {
-    match store.index(&job) {
+async fn job_index(State(agent): State<Shared>, headers: HeaderMap, Path(job): Path<String>) -> Response {
+    if let Err(refused) = agent.authorize(&headers, AgentOp::Get, &job) {
+        return refused.into_response();
+    }
+    match agent.store.index(&job) {
         Ok(index) => Json(index).into_response(),
         Err(e) => error_response(e),
     }
 }
 
-async fn get_stream(State(store): State<Arc<Store>>, Path(job): Path<String>) -> Response {
-    let (path, info) = match store.stream(&job) {
+async fn get_stream(State(agent): State<Shared>, headers: HeaderMap, Path(job): Path<String>) -> Response {
+    if let Err(refused) = agent.authorize(&headers, AgentOp::Get, &job) {
+        return refused.into_response();
+    }
+    let (path, info) = match agent.store.stream(&job) {
         Ok(s) => s,
         Err(e) => return error_response(e),
     };
@@ -103,8 +142,11 @@ async fn get_stream(State(store): State<Arc<Store>>, Path(job): Path<String>) ->
         .into_response()
 }
 
-async fn put_stream(State(store): State<Arc<Store>>, Path(job): Path<String>, body: Body) -> Response {
-    let upload = match store.begin(&job) {
+async fn put_stream(State(agent): State<Shared>, headers: HeaderMap, Path(job): Path<String>, body: Body) -> Response {
+    if let Err(refused) = agent.authorize(&headers, AgentOp::Put, &job) {
+        return refused.into_response();
+    }
+    let upload = match agent.store.begin(&job) {
         Ok(u) => u,
         Err(e) => return error_response(e),
     };
@@ -196,6 +238,10 @@ pub async fn run(cfg: AgentConfig, shutdown: impl std::future::Future<Output = (
         listener.local_addr().map(|a| a.to_string()).unwrap_or(cfg.listen.clone()),
         cfg.store.display()
     );
-    crate::http::serve(listener, tls, router(Arc::new(store)), shutdown, cfg.shutdown_grace).await;
+    if cfg.token_key.is_none() {
+        eprintln!("keybridge: media agent started with --no-auth: anyone who can reach it can store and read job streams");
+        tracing::warn!("media agent accepts requests without job tokens (--no-auth)");
+    }
+    crate::http::serve(listener, tls, router(store, cfg.token_key), shutdown, cfg.shutdown_grace).await;
     Ok(())
 }

@@ -27,6 +27,7 @@ use serde::Serialize;
 use serde_json::json;
 use tokio::sync::RwLock;
 
+use crate::api::agent_token::{self, AgentKey, AgentOp};
 use crate::api::{self, ClientKdf, CreatePool, JobStarted, PoolRequest, RegisterClient};
 use crate::http::ApiError;
 use crate::audit::Actor;
@@ -56,6 +57,7 @@ pub struct Service {
     kb: Arc<Keybridge>,
     cfg: ServiceConfig,
     operator_token: SecretString,
+    agent_key: AgentKey,
     nonces: auth::NonceCache,
     metrics: Metrics,
     health: RwLock<Vec<KmsHealth>>,
@@ -98,13 +100,14 @@ impl Service {
             reason: "no [service] section; `keybridge serve` needs one (see keybridge.toml.example)".into(),
         })?;
         let operator_token = crate::secret::read_secret_file(&cfg.operator_token_file, "reading operator token")?;
+        let agent_key = crate::secret::read_agent_key(&cfg.media_agent_key_file)?;
         let health = kb
             .config()
             .kms
             .iter()
             .map(|k| KmsHealth { name: k.name().to_owned(), kind: k.kind(), state: "unknown", detail: "not probed yet".into(), checked_at: None })
             .collect();
-        Ok(Service { kb: Arc::new(kb), cfg, operator_token, nonces: Default::default(), metrics: Metrics::default(), health: RwLock::new(health) })
+        Ok(Service { kb: Arc::new(kb), cfg, operator_token, agent_key, nonces: Default::default(), metrics: Metrics::default(), health: RwLock::new(health) })
     }
 
     fn client(&self, method: &Method, uri: &Uri, headers: &HeaderMap, body: &[u8]) -> std::result::Result<String, ApiError> {
@@ -121,6 +124,11 @@ impl Service {
             tracing::warn!(reason, error = %e, "client request refused");
             ApiError(StatusCode::UNAUTHORIZED, "auth", e.to_string())
         })
+    }
+
+    /// A MediaAgent token for `op` on `job`, valid for the next hour.
+    fn agent_token(&self, op: AgentOp, job: &str) -> String {
+        self.agent_key.mint(op, job, agent_token::unix_now() + agent_token::TOKEN_TTL_SECS)
     }
 
     fn operator(&self, headers: &HeaderMap) -> std::result::Result<(), ApiError> {
@@ -295,14 +303,15 @@ async fn start_job(State(s): State<Shared>, method: Method, uri: Uri, headers: H
     let kms = s.kms_of_pool(&req.pool);
     let job = backup::start_job(&s.kb, &req.pool, &client, &s.cfg.media_agent, &Actor::Client(client.clone()))
         .await
-        .map(|(job, grant)| JobStarted { job_id: job.id, media_agent: job.media_agent, grant });
+        .map(|(job, grant)| JobStarted { agent_token: s.agent_token(AgentOp::Put, &job.id), job_id: job.id, media_agent: job.media_agent, grant });
     s.finish("job_start", &kms, started, job).map(|r| (StatusCode::CREATED, r).into_response())
 }
 
 async fn get_job(State(s): State<Shared>, method: Method, uri: Uri, headers: HeaderMap, Path(id): Path<String>) -> ApiResult {
     let client = s.client(&method, &uri, &headers, &[])?;
     let started = Instant::now();
-    s.finish("job_get", "-", started, backup::own_job(&s.kb, &id, &client))
+    let job = backup::own_job(&s.kb, &id, &client).map(|job| api::Job { agent_token: s.agent_token(AgentOp::Get, &job.id), job });
+    s.finish("job_get", "-", started, job)
 }
 
 async fn complete_job(State(s): State<Shared>, method: Method, uri: Uri, headers: HeaderMap, Path(id): Path<String>, body: Bytes) -> ApiResult {
