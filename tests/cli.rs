@@ -52,10 +52,12 @@ fn scripted_chain_on_builtin() {
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
     let init = ok(keybridge(d, &["init", "--json"], None));
-    assert_eq!(init["created"].as_array().unwrap().len(), 5, "{init}");
+    assert_eq!(init["created"].as_array().unwrap().len(), 6, "{init}");
     assert!(d.join("keybridge.toml").exists() && d.join("keybridge.db").exists());
     use std::os::unix::fs::PermissionsExt;
-    assert_eq!(std::fs::metadata(d.join("root.key")).unwrap().permissions().mode() & 0o777, 0o600);
+    for secret in ["root.key", "operator.token", "media-agent.key"] {
+        assert_eq!(std::fs::metadata(d.join(secret)).unwrap().permissions().mode() & 0o777, 0o600, "{secret}");
+    }
     // Idempotent, and never overwrites the root key.
     let key = std::fs::read(d.join("root.key")).unwrap();
     assert_eq!(ok(keybridge(d, &["init", "--json"], None))["created"].as_array().unwrap().len(), 0);
