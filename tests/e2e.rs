@@ -672,7 +672,8 @@ async fn graceful_shutdown_finishes_in_flight_transfers() {
     let b = ok_json(&d.backup("alice", &[&big]));
     let job = b["job_id"].as_str().unwrap();
     let http = d.operator();
-    let mut resp = http.get(format!("https://127.0.0.1:{}/v1/jobs/{job}/stream", d.agent_port)).send().await.unwrap();
+    let token = agent_token(&d, AgentOp::Get, job, in_an_hour());
+    let mut resp = http.get(format!("https://127.0.0.1:{}/v1/jobs/{job}/stream", d.agent_port)).bearer_auth(token).send().await.unwrap();
     assert_eq!(resp.status(), 200);
     let mut got = resp.chunk().await.unwrap().unwrap().len() as u64;
     let agent = d.agent.take().unwrap();
