@@ -331,7 +331,7 @@ impl Catalog {
     }
 
     /// Wait until every audit record and DEK row this process queued is
-    /// committed. Blocks the calling thread for at most one commit.
+    /// committed. Blocks the calling thread for the commits ahead of it.
     pub fn flush(&self) -> Result<()> {
         self.writer.flush()
     }

@@ -140,7 +140,7 @@ impl DekWriter {
     }
 
     /// Wait until every job queued before this call is committed (or has
-    /// failed). Blocks the calling thread for at most one commit; a no-op
+    /// failed). Blocks the calling thread for the commits ahead of it; a no-op
     /// when the writer never started.
     pub(super) fn flush(&self) -> Result<()> {
         let running = self.tx.lock().unwrap_or_else(|e| e.into_inner()).is_some();
