@@ -46,6 +46,11 @@ const MAX_BATCH: usize = 512;
 const GATHER_WINDOW: Duration = Duration::from_millis(5);
 /// A commit of this many rows means many concurrent writers.
 const LOADED_BATCH: usize = 8;
+/// Within the window, a pause this long with no new job ends the gathering:
+/// the callers answered by the previous commit are back (bench, 32
+/// concurrent issuers: 0.44-0.49 of raw encrypt with the full window every
+/// time, 0.56-0.59 with this; 128-256 issuers unchanged at 0.79-0.85).
+const GATHER_GAP: Duration = Duration::from_millis(1);
 
 /// A DEK row to insert.
 #[derive(Debug, Clone)]
@@ -181,7 +186,7 @@ fn run(mut conn: rusqlite::Connection, rx: mpsc::Receiver<Job>) {
         let deadline = Instant::now() + if loaded { GATHER_WINDOW } else { Duration::ZERO };
         while batch.len() < MAX_BATCH {
             let wait = deadline.saturating_duration_since(Instant::now());
-            let next = if wait.is_zero() { rx.try_recv().ok() } else { rx.recv_timeout(wait).ok() };
+            let next = if wait.is_zero() { rx.try_recv().ok() } else { rx.recv_timeout(wait.min(GATHER_GAP)).ok() };
             match next {
                 Some(job) => batch.push(job),
                 None => break,
