@@ -4,7 +4,7 @@
 //! stream the MediaAgent stored; a backup interrupted anywhere never shows
 //! as complete.
 
-use rusqlite::{params, OptionalExtension, Row};
+use rusqlite::{params, Row};
 use serde::Serialize;
 
 use super::{Catalog, NOW};
@@ -107,9 +107,7 @@ impl Catalog {
     }
 
     pub fn job(&self, id: &str) -> Result<JobRecord> {
-        self.conn()
-            .query_row(&format!("{SELECT} WHERE j.id = ?1"), [id], job_from_row)
-            .optional()
+        self.query_one(&format!("{SELECT} WHERE j.id = ?1"), &id, job_from_row)
             .map_err(Error::catalog(format!("reading job {id}")))?
             .ok_or_else(|| Error::NotFound { what: "job", name: id.to_owned() })
     }
