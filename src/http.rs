@@ -33,6 +33,22 @@ pub(crate) async fn no_route(uri: axum::http::Uri) -> ApiError {
     ApiError(StatusCode::NOT_FOUND, "not_found", format!("no route {}", uri.path()))
 }
 
+/// Why a request carries no usable `Authorization: Bearer` token.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum BearerError {
+    Missing,
+    Malformed,
+    NotBearer,
+}
+
+/// The token of a request's `Authorization: Bearer <token>` header (the
+/// operator token at the service, a job token at the MediaAgent).
+pub(crate) fn bearer(headers: &axum::http::HeaderMap) -> Result<&str, BearerError> {
+    let value = headers.get(axum::http::header::AUTHORIZATION).ok_or(BearerError::Missing)?;
+    let value = value.to_str().map_err(|_| BearerError::Malformed)?;
+    value.strip_prefix("Bearer ").ok_or(BearerError::NotBearer)
+}
+
 /// Bytes read from the socket at once under TLS.
 pub(crate) const TLS_READ_BUFFER: usize = 256 * 1024;
 

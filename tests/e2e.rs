@@ -783,7 +783,7 @@ fn agent_token(d: &Deployment, op: AgentOp, job: &str, expires: u64) -> String {
 }
 
 fn in_an_hour() -> u64 {
-    keybridge::api::agent_token::unix_now() + 3600
+    keybridge::api::auth::unix_now() + 3600
 }
 
 /// The MediaAgent refuses names that are not job ids (path traversal),

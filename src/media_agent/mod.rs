@@ -30,7 +30,7 @@ use axum::{Json, Router};
 use futures_util::StreamExt;
 use serde_json::json;
 
-use crate::api::agent_token::{self, AgentKey, AgentOp, TokenError};
+use crate::api::agent_token::{AgentKey, AgentOp, TokenError};
 use crate::http::ApiError;
 use store::{Store, StoreError};
 
@@ -65,12 +65,8 @@ impl Agent {
     /// Refuse a request without a valid token for `op` on `job` (401).
     fn authorize(&self, headers: &HeaderMap, op: AgentOp, job: &str) -> Result<(), ApiError> {
         let Some(key) = &self.token_key else { return Ok(()) };
-        let token = headers
-            .get(axum::http::header::AUTHORIZATION)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.strip_prefix("Bearer "))
-            .ok_or(TokenError::Missing);
-        token.and_then(|t| key.verify(t.trim(), op, job, agent_token::unix_now())).map_err(|e| {
+        let token = crate::http::bearer(headers).map_err(|_| TokenError::Missing);
+        token.and_then(|t| key.verify(t.trim(), op, job, crate::api::auth::unix_now())).map_err(|e| {
             tracing::warn!(job, op = op.as_str(), error = %e, "media agent request refused");
             ApiError(StatusCode::UNAUTHORIZED, "auth", e.to_string())
         })

@@ -79,9 +79,11 @@ pub fn verify_client(
 
 /// Check `Authorization: Bearer <token>` against the operator token.
 pub fn verify_operator(token: &SecretString, headers: &HeaderMap) -> Result<(), &'static str> {
-    let value = headers.get(axum::http::header::AUTHORIZATION).ok_or("missing Authorization header (operator token)")?;
-    let value = value.to_str().map_err(|_| "malformed Authorization header")?;
-    let given = value.strip_prefix("Bearer ").ok_or("Authorization must be 'Bearer <operator token>'")?;
+    let given = crate::http::bearer(headers).map_err(|e| match e {
+        crate::http::BearerError::Missing => "missing Authorization header (operator token)",
+        crate::http::BearerError::Malformed => "malformed Authorization header",
+        crate::http::BearerError::NotBearer => "Authorization must be 'Bearer <operator token>'",
+    })?;
     if crate::crypto::ct_eq(given.as_bytes(), token.expose_secret().as_bytes()) {
         Ok(())
     } else {

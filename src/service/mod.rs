@@ -128,7 +128,7 @@ impl Service {
 
     /// A MediaAgent token for `op` on `job`, valid for the next hour.
     fn agent_token(&self, op: AgentOp, job: &str) -> String {
-        self.agent_key.mint(op, job, agent_token::unix_now() + agent_token::TOKEN_TTL_SECS)
+        self.agent_key.mint(op, job, api::auth::unix_now() + agent_token::TOKEN_TTL_SECS)
     }
 
     fn operator(&self, headers: &HeaderMap) -> std::result::Result<(), ApiError> {
