@@ -36,11 +36,15 @@ pub struct ClientOptions {
 /// An HTTP client trusting only `ca` (rustls, ring), for the service and
 /// the MediaAgent.
 pub fn http_client(ca: Option<&Path>) -> Result<reqwest::Client> {
+    http_client_with(client_tls(ca)?)
+}
+
+fn http_client_with(tls: rustls::ClientConfig) -> Result<reqwest::Client> {
     reqwest::Client::builder()
         .connect_timeout(std::time::Duration::from_secs(10))
         .tcp_nodelay(true)
         .http1_only()
-        .use_preconfigured_tls(client_tls(ca)?)
+        .use_preconfigured_tls(tls)
         .build()
         .map_err(|e| Error::Internal(format!("building the HTTP client: {e}")))
 }
@@ -132,7 +136,10 @@ pub struct ServiceClient {
 impl ServiceClient {
     /// Fetch the client's KDF salt and derive its keys (one Argon2id run).
     pub async fn connect(opts: &ClientOptions) -> Result<ServiceClient> {
-        let http = http_client(opts.ca.as_deref())?;
+        // One TLS configuration (one read of the CA file) for the API client
+        // and for our own download connections.
+        let tls = client_tls(opts.ca.as_deref())?;
+        let http = http_client_with(tls.clone())?;
         let base = format!("service {}", opts.service.trim_end_matches('/'));
         let url_base = opts.service.trim_end_matches('/').to_owned();
         let url = format!("{url_base}/v1/clients/{}/kdf", opts.client);
@@ -145,8 +152,7 @@ impl ServiceClient {
         let keys = tokio::task::spawn_blocking(move || ClientKeys::derive(&client, &password, &salt, &kdf.kdf))
             .await
             .map_err(|e| Error::Internal(format!("key derivation task failed: {e}")))??;
-        let tls = Arc::new(client_tls(opts.ca.as_deref())?);
-        Ok(ServiceClient { http, tls, base: url_base, peer: base, client: opts.client.clone(), keys: Arc::new(keys), password: opts.password.clone() })
+        Ok(ServiceClient { http, tls: Arc::new(tls), base: url_base, peer: base, client: opts.client.clone(), keys: Arc::new(keys), password: opts.password.clone() })
     }
 
     pub fn http(&self) -> &reqwest::Client {
