@@ -24,13 +24,20 @@ use crate::{seal, Error, Result};
 /// audited: the success row is committed with the DEK row, a failure gets
 /// its own row.
 pub async fn issue_dek(kb: &Keybridge, pool: &str, client: &str, actor: &Actor) -> Result<DekGrant> {
-    match lookup(kb, pool, client) {
-        Ok((pool, client, public)) => issue_with(kb, &pool, &public, &client, actor).await,
+    let (pool, client, public) = lookup(kb, pool, client, actor).await?;
+    issue_with(kb, &pool, &public, &client, actor).await
+}
+
+/// The pool, the client and the pool's public KEK for a DEK issue; a
+/// failure is audited as a failed `dek.issue`.
+async fn lookup(kb: &Keybridge, pool: &str, client: &str, actor: &Actor) -> Result<(PoolRecord, ClientRecord, PublicKek)> {
+    match find(kb, pool, client) {
+        Ok(found) => Ok(found),
         Err(e) => Err(audit_failure(kb, AuditEvent::new(actor, Action::DekIssue).pool(pool).client(client), e).await),
     }
 }
 
-fn lookup(kb: &Keybridge, pool: &str, client: &str) -> Result<(PoolRecord, ClientRecord, PublicKek)> {
+fn find(kb: &Keybridge, pool: &str, client: &str) -> Result<(PoolRecord, ClientRecord, PublicKek)> {
     let pool = kb.catalog().pool_by_name(pool)?;
     let client = kb.catalog().client_by_name(client)?;
     let public = PublicKek::from_spki_der(&pool.kek_public).map_err(|e| Error::Integrity {
@@ -43,10 +50,7 @@ fn lookup(kb: &Keybridge, pool: &str, client: &str) -> Result<(PoolRecord, Clien
 /// Start a backup job: a DEK of its own for this job (steps 1-4) and a
 /// `running` job row naming the MediaAgent the client streams to (step 5).
 pub async fn start_job(kb: &Keybridge, pool: &str, client: &str, media_agent: &str, actor: &Actor) -> Result<(JobRecord, DekGrant)> {
-    let (pool, client, public) = match lookup(kb, pool, client) {
-        Ok(found) => found,
-        Err(e) => return Err(audit_failure(kb, AuditEvent::new(actor, Action::DekIssue).pool(pool).client(client), e).await),
-    };
+    let (pool, client, public) = lookup(kb, pool, client, actor).await?;
     let grant = issue_with(kb, &pool, &public, &client, actor).await?;
     let job_id = uuid::Uuid::now_v7().to_string();
     let job = kb.catalog().insert_job(&job_id, pool.id, client.id, &grant.dek_id, media_agent)?;
