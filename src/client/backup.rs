@@ -147,7 +147,7 @@ fn append_tree(tar: &mut tar::Builder<EncryptingWriter>, path: &Path, name: &Pat
     let ft = meta.file_type();
     if ft.is_file() {
         let file = std::fs::File::open(path)?;
-        tar.append_data(&mut header, name, io::BufReader::with_capacity(super::FILE_IO_BUF, file))
+        tar.append_data(&mut header, name, io::BufReader::with_capacity(crate::FILE_IO_BUF, file))
     } else if ft.is_symlink() {
         let target = std::fs::read_link(path)?;
         tar.append_link(&mut header, name, target)

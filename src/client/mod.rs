@@ -62,10 +62,6 @@ pub fn client_tls(ca: Option<&Path>) -> Result<rustls::ClientConfig> {
     }
 }
 
-/// File contents are read (backup) and written (restore) in pieces of this
-/// size: tar's own copy loops move 8 KiB per system call.
-pub(crate) const FILE_IO_BUF: usize = 1 << 20;
-
 /// The reason for a refused TLS handshake, pointing at `--ca` when the
 /// peer's certificate was not trusted.
 pub(crate) fn tls_refused(root: &str) -> String {

@@ -223,26 +223,12 @@ impl std::fmt::Debug for Upload {
 }
 
 impl Upload {
-    /// Append received pieces (vectored writes).
-    pub fn write_frames<B: AsRef<[u8]>>(&mut self, frames: &[B]) -> Result<(), StoreError> {
+    /// Append received bytes.
+    pub fn write(&mut self, data: &[u8]) -> Result<(), StoreError> {
         let file = self.file.as_mut().expect("upload not committed");
-        let mut slices: Vec<io::IoSlice<'_>> = frames.iter().map(|f| io::IoSlice::new(f.as_ref())).collect();
-        let mut rest = &mut slices[..];
-        while !rest.is_empty() {
-            match file.write_vectored(rest) {
-                Ok(0) => {
-                    return Err(self.store.classify(io::ErrorKind::WriteZero.into(), &self.job, &self.tmp, "writing upload"));
-                }
-                Ok(n) => io::IoSlice::advance_slices(&mut rest, n),
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                Err(e) => return Err(self.store.classify(e, &self.job, &self.tmp, "writing upload")),
-            }
-        }
-        let mut len = 0u64;
-        for f in frames {
-            self.crc = crc32c::crc32c_append(self.crc, f.as_ref());
-            len += f.as_ref().len() as u64;
-        }
+        file.write_all(data).map_err(|e| self.store.classify(e, &self.job, &self.tmp, "writing upload"))?;
+        self.crc = crc32c::crc32c_append(self.crc, data);
+        let len = data.len() as u64;
         self.bytes += len;
         self.unsynced += len;
         if self.unsynced >= SYNC_EVERY {
