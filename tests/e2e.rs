@@ -101,6 +101,21 @@ impl Deployment {
         self.wait_up(&format!("{}/healthz", self.url()), "service.log");
     }
 
+    /// A second `serve` process on this deployment's catalog and config,
+    /// listening on another port; with its URL.
+    fn another_service(&self) -> (Proc, String) {
+        let port = free_port();
+        let cfg = std::fs::read_to_string(&self.rig.config_path).unwrap();
+        let cfg = cfg.replace(&format!("listen = \"127.0.0.1:{}\"", self.port), &format!("listen = \"127.0.0.1:{port}\""));
+        let path = self.dir().join("second.toml");
+        std::fs::write(&path, cfg).unwrap();
+        let log = std::fs::File::create(self.dir().join("second.log")).unwrap();
+        let proc = Proc(Command::new(BIN).current_dir(self.dir()).arg("serve").env("KEYBRIDGE_CONFIG", &path).stdout(Stdio::null()).stderr(log).spawn().unwrap());
+        let url = format!("https://127.0.0.1:{port}");
+        self.wait_up(&format!("{url}/healthz"), "second.log");
+        (proc, url)
+    }
+
     fn start_agent(&mut self) {
         let listen = format!("127.0.0.1:{}", self.agent_port);
         let store = self.store.display().to_string();
@@ -293,7 +308,7 @@ async fn backup_restore_pykmip() {
 /// Wrong password, replays, stale timestamps, other clients' jobs and DEKs.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn authentication_and_isolation() {
-    let d = Deployment::start(Kind::Builtin).unwrap();
+    let mut d = Deployment::start(Kind::Builtin).unwrap();
     d.register("alice", "alice-network-pw").await;
     d.register("bob", "bob-network-pw-1").await;
     let src = tempfile::tempdir().unwrap();
@@ -328,17 +343,33 @@ async fn authentication_and_isolation() {
     let path = format!("/v1/deks/{dek_id}/recover");
     let headers = keybridge::api::auth::sign(&keys, "alice", "POST", &path, b"").unwrap();
     let http = d.operator();
-    let send = |headers: [(&'static str, String); 4]| {
-        let mut req = http.post(format!("{}{path}", d.url()));
+    let send_to = |url: String, headers: [(&'static str, String); 4]| {
+        let mut req = http.post(format!("{url}{path}"));
         for (k, v) in headers {
             req = req.header(k, v);
         }
         req.send()
     };
+    let url = d.url();
+    let send = |headers: [(&'static str, String); 4]| send_to(url.clone(), headers);
     let first = send(headers.clone()).await.unwrap();
     assert_eq!(first.status(), 200, "{}", first.text().await.unwrap());
     let replay = send(headers.clone()).await.unwrap();
     assert_eq!(replay.status(), 401);
+    assert!(replay.text().await.unwrap().contains("replay"));
+    // Accepted nonces are catalog rows: the replay stays refused after a
+    // service restart, and by a second service process on the catalog.
+    drop(d.service.take());
+    d.start_service();
+    let replay = send(headers.clone()).await.unwrap();
+    assert_eq!(replay.status(), 401, "a replay after a restart was accepted");
+    assert!(replay.text().await.unwrap().contains("replay"));
+    let (_second, second_url) = d.another_service();
+    let fresh = keybridge::api::auth::sign(&keys, "alice", "POST", &path, b"").unwrap();
+    let resp = send_to(second_url, fresh.clone()).await.unwrap();
+    assert_eq!(resp.status(), 200, "{}", resp.text().await.unwrap());
+    let replay = send(fresh).await.unwrap();
+    assert_eq!(replay.status(), 401, "a request replayed to another service process was accepted");
     assert!(replay.text().await.unwrap().contains("replay"));
     // The signature covers the path: moved to another DEK it fails.
     let mut moved = headers.clone();

@@ -325,6 +325,14 @@ impl Catalog {
         self.writer.submit(None, event).await.map(drop)
     }
 
+    /// Record the nonce of a signed request from `client`, kept until
+    /// `expires` (Unix seconds); false if it was recorded before, by this
+    /// or any other process on the catalog (the request is a replay).
+    /// Returns once durable; concurrent callers share one commit.
+    pub async fn consume_nonce(&self, client: &str, nonce: &str, expires: u64) -> Result<bool> {
+        self.writer.consume_nonce(client, nonce, expires).await
+    }
+
     /// Queue `event` for the audit chain's next commit and return at once.
     /// Only for a record whose operation already has a durable row (the
     /// outcome of a recover after its "started" row); [`Catalog::flush`],

@@ -85,4 +85,17 @@ pub const MIGRATIONS: &[&str] = &[
     );
     CREATE INDEX jobs_by_client ON jobs(client_id, created_at);
     "#,
+    // 4: nonces of signed service requests, shared by every service process
+    // on this catalog and kept across restarts (replays are refused while
+    // the request's timestamp is still accepted). Rows past `expires` are
+    // deleted by the catalog writer.
+    r#"
+    CREATE TABLE request_nonces (
+        client   TEXT NOT NULL,
+        nonce    TEXT NOT NULL,               -- 128-bit random, hex
+        expires  INTEGER NOT NULL,            -- Unix seconds
+        PRIMARY KEY (client, nonce)
+    );
+    CREATE INDEX request_nonces_by_expiry ON request_nonces(expires);
+    "#,
 ];

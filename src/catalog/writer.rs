@@ -14,6 +14,12 @@
 //! and extends it, one row per job. A DEK row and its audit row are in the
 //! same transaction: neither is committed without the other.
 //!
+//! The writer also records the nonces of signed service requests
+//! ([`DekWriter::consume_nonce`]): one table shared by every process on the
+//! catalog and kept across restarts, so a captured request cannot be
+//! replayed to another instance or after a restart while its timestamp is
+//! still accepted. A nonce rides in the same group commits.
+//!
 //! A caller either waits for its commit ([`DekWriter::submit`]) or hands
 //! the job over and goes on ([`DekWriter::submit_detached`]: the outcome row
 //! of a recover whose "started" row is already durable). Jobs are committed
@@ -61,21 +67,41 @@ pub struct DekRow {
     pub encrypted_dek: Vec<u8>,
 }
 
-/// One unit of work: an audit event, with the DEK row it records (DEK
-/// issue) or alone (every other operation), or nothing (a flush). Answered
-/// with the commit's timestamp (the DEK's `created_at`, the audit row's
-/// `at`).
+/// Expired nonces are deleted at most this often (in a commit that
+/// records one).
+const NONCE_PURGE_EVERY: Duration = Duration::from_secs(60);
+
+/// One unit of work, answered with [`Committed`].
 #[derive(Debug)]
 struct Job {
-    rows: Option<(Option<DekRow>, AuditEvent)>,
+    work: Work,
     done: Reply,
+}
+
+#[derive(Debug)]
+enum Work {
+    /// An audit event, with the DEK row it records (DEK issue) or alone
+    /// (every other operation).
+    Rows(Option<DekRow>, AuditEvent),
+    /// A signed request's nonce, valid until `expires` (Unix seconds).
+    Nonce { client: String, nonce: String, expires: u64 },
+    /// Nothing: answered once everything queued before it is committed.
+    Flush,
+}
+
+/// A job's answer: the commit's timestamp (the DEK's `created_at`, the
+/// audit row's `at`), and for a nonce whether it was new.
+#[derive(Debug)]
+struct Committed {
+    at: String,
+    fresh: bool,
 }
 
 /// Who waits for a job's commit.
 #[derive(Debug)]
 enum Reply {
-    Async(oneshot::Sender<Result<String>>),
-    Blocking(mpsc::Sender<Result<String>>),
+    Async(oneshot::Sender<Result<Committed>>),
+    Blocking(mpsc::Sender<Result<Committed>>),
     /// Nobody: a failure is logged by the writer.
     Detached,
 }
@@ -132,16 +158,28 @@ impl DekWriter {
     /// Commit `dek` (if any) and `event`; returns the commit's timestamp
     /// once it is durable.
     pub(super) async fn submit(&self, dek: Option<DekRow>, event: AuditEvent) -> Result<String> {
+        let work = Work::Rows(dek, event);
+        Ok(self.wait(work).await?.at)
+    }
+
+    /// Record a signed request's nonce until `expires`; false if it was
+    /// recorded before (the request is a replay). Returns once durable.
+    pub(super) async fn consume_nonce(&self, client: &str, nonce: &str, expires: u64) -> Result<bool> {
+        let work = Work::Nonce { client: client.to_owned(), nonce: nonce.to_owned(), expires };
+        Ok(self.wait(work).await?.fresh)
+    }
+
+    async fn wait(&self, work: Work) -> Result<Committed> {
         let (done_tx, done_rx) = oneshot::channel();
-        let what = what(dek.as_ref(), &event);
-        self.send(Job { rows: Some((dek, event)), done: Reply::Async(done_tx) })?;
+        let what = work.what();
+        self.send(Job { work, done: Reply::Async(done_tx) })?;
         done_rx.await.map_err(|_| self.stopped(&what))?
     }
 
     /// Queue `event` for the next commit and return at once; a failure to
     /// commit it is logged by the writer.
     pub(super) fn submit_detached(&self, event: AuditEvent) -> Result<()> {
-        self.send(Job { rows: Some((None, event)), done: Reply::Detached })
+        self.send(Job { work: Work::Rows(None, event), done: Reply::Detached })
     }
 
     /// Wait until every job queued before this call is committed (or has
@@ -153,20 +191,25 @@ impl DekWriter {
             return Ok(());
         }
         let (done_tx, done_rx) = mpsc::channel();
-        self.send(Job { rows: None, done: Reply::Blocking(done_tx) })?;
+        self.send(Job { work: Work::Flush, done: Reply::Blocking(done_tx) })?;
         done_rx.recv().map_err(|_| self.stopped("a flush"))?.map(drop)
     }
 }
 
-fn what(dek: Option<&DekRow>, event: &AuditEvent) -> String {
-    match dek {
-        Some(row) => format!("DEK {}", row.id),
-        None => format!("the audit record of {} ({})", event.action, event.result),
+impl Work {
+    /// What this job stores, for messages.
+    fn what(&self) -> String {
+        match self {
+            Work::Rows(Some(row), _) => format!("DEK {}", row.id),
+            Work::Rows(None, event) => format!("the audit record of {} ({})", event.action, event.result),
+            Work::Nonce { client, .. } => format!("the nonce of a request from client '{client}'"),
+            Work::Flush => "a flush".to_owned(),
+        }
     }
 }
 
 impl Reply {
-    fn send(self, result: Result<String>, what: impl FnOnce() -> String) {
+    fn send(self, result: Result<Committed>, what: impl FnOnce() -> String) {
         match self {
             Reply::Async(tx) => drop(tx.send(result)),
             Reply::Blocking(tx) => drop(tx.send(result)),
@@ -181,6 +224,7 @@ impl Reply {
 
 fn run(mut conn: rusqlite::Connection, rx: mpsc::Receiver<Job>) {
     let mut loaded = false;
+    let mut purged = Instant::now() - NONCE_PURGE_EVERY;
     while let Ok(first) = rx.recv() {
         let mut batch = vec![first];
         let deadline = Instant::now() + if loaded { GATHER_WINDOW } else { Duration::ZERO };
@@ -193,16 +237,20 @@ fn run(mut conn: rusqlite::Connection, rx: mpsc::Receiver<Job>) {
             }
         }
         loaded = batch.len() >= LOADED_BATCH;
-        match commit(&mut conn, &batch) {
-            Ok(stamp) => {
-                for job in batch {
-                    job.done.send(Ok(stamp.clone()), String::new);
+        let purge = batch.iter().any(|j| matches!(j.work, Work::Nonce { .. })) && purged.elapsed() >= NONCE_PURGE_EVERY;
+        if purge {
+            purged = Instant::now();
+        }
+        match commit(&mut conn, &batch, purge) {
+            Ok((at, fresh)) => {
+                for (job, fresh) in batch.into_iter().zip(fresh) {
+                    job.done.send(Ok(Committed { at: at.clone(), fresh }), String::new);
                 }
             }
             // One bad row must not fail its neighbours: retry each alone.
             Err(_) if batch.len() > 1 => {
                 for job in batch {
-                    let result = commit(&mut conn, std::slice::from_ref(&job));
+                    let result = commit(&mut conn, std::slice::from_ref(&job), false);
                     answer(job, result);
                 }
             }
@@ -215,23 +263,29 @@ fn run(mut conn: rusqlite::Connection, rx: mpsc::Receiver<Job>) {
     }
 }
 
-fn answer(job: Job, result: rusqlite::Result<String>) {
-    let context = match &job.rows {
-        Some((Some(row), _)) => format!("storing DEK {} and its audit record (not issued)", row.id),
-        Some((None, event)) => format!("appending the audit record of {} ({})", event.action, event.result),
-        None => "committing queued audit records".to_owned(),
+fn answer(job: Job, result: rusqlite::Result<(String, Vec<bool>)>) {
+    let context = match &job.work {
+        Work::Rows(Some(row), _) => format!("storing DEK {} and its audit record (not issued)", row.id),
+        Work::Rows(None, event) => format!("appending the audit record of {} ({})", event.action, event.result),
+        Work::Nonce { client, .. } => format!("recording the nonce of a request from client '{client}'"),
+        Work::Flush => "committing queued audit records".to_owned(),
     };
-    let result = result.map_err(|source| Error::Catalog { context: context.clone(), source });
+    let result = result
+        .map(|(at, fresh)| Committed { at, fresh: fresh.first().copied().unwrap_or(true) })
+        .map_err(|source| Error::Catalog { context: context.clone(), source });
     job.done.send(result, || context);
 }
 
-/// One transaction for the whole batch: every DEK row, and the audit chain
-/// extended by one row per job. Returns the batch's timestamp.
-fn commit(conn: &mut rusqlite::Connection, batch: &[Job]) -> rusqlite::Result<String> {
+/// One transaction for the whole batch: every DEK row and nonce, and the
+/// audit chain extended by one row per event; with `purge`, expired nonces
+/// are deleted too. Returns the batch's timestamp and, per job, whether it
+/// was new (false only for a nonce recorded before).
+fn commit(conn: &mut rusqlite::Connection, batch: &[Job], purge: bool) -> rusqlite::Result<(String, Vec<bool>)> {
     // IMMEDIATE: take the write lock before reading the chain's head, so no
     // other connection (another keybridge process) can extend it between
     // our read and our insert.
     let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+    let mut fresh = Vec::with_capacity(batch.len());
     let at = {
         let at: String = tx.prepare_cached("SELECT strftime('%Y-%m-%dT%H:%M:%fZ','now')")?.query_row([], |r| r.get(0))?;
         let head: Option<(i64, Vec<u8>)> = tx
@@ -248,6 +302,9 @@ fn commit(conn: &mut rusqlite::Connection, batch: &[Job]) -> rusqlite::Result<St
                 (seq, prev)
             }
         };
+        if purge {
+            tx.prepare_cached("DELETE FROM request_nonces WHERE expires < ?1")?.execute(params![crate::api::auth::unix_now() as i64])?;
+        }
         let mut dek_stmt = tx.prepare_cached(
             "INSERT INTO deks(id, pool_id, client_id, encrypted_dek, created_at) VALUES (?1, ?2, ?3, ?4, ?5)",
         )?;
@@ -255,7 +312,20 @@ fn commit(conn: &mut rusqlite::Connection, batch: &[Job]) -> rusqlite::Result<St
             "INSERT INTO audit(seq, at, actor, action, pool, client, dek_id, result, prev_hash, hash)
              VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
         )?;
-        for (dek, e) in batch.iter().filter_map(|job| job.rows.as_ref()) {
+        let mut nonce_stmt = tx.prepare_cached("INSERT INTO request_nonces(client, nonce, expires) VALUES (?1, ?2, ?3) ON CONFLICT DO NOTHING")?;
+        for job in batch {
+            let (dek, e) = match &job.work {
+                Work::Rows(dek, e) => (dek, e),
+                Work::Nonce { client, nonce, expires } => {
+                    fresh.push(nonce_stmt.execute(params![client, nonce, *expires as i64])? == 1);
+                    continue;
+                }
+                Work::Flush => {
+                    fresh.push(true);
+                    continue;
+                }
+            };
+            fresh.push(true);
             if let Some(row) = dek {
                 dek_stmt.execute(params![row.id, row.pool_id, row.client_id, row.encrypted_dek, at])?;
             }
@@ -278,5 +348,47 @@ fn commit(conn: &mut rusqlite::Connection, batch: &[Job]) -> rusqlite::Result<St
         at
     };
     tx.commit()?;
-    Ok(at)
+    Ok((at, fresh))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::Catalog;
+    use crate::api::auth::unix_now;
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_nonce_is_fresh_once_per_client_and_survives_reopening() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("kb.db");
+        let later = unix_now() + 300;
+        {
+            let catalog = Catalog::open_or_create(&path).unwrap();
+            // Two uses of one nonce queued at once share a commit: only the
+            // first is fresh.
+            let (a, b) = tokio::join!(catalog.consume_nonce("alice", "n1", later), catalog.consume_nonce("alice", "n1", later));
+            assert_eq!([a.unwrap(), b.unwrap()].iter().filter(|f| **f).count(), 1);
+            // Nonces are per client.
+            assert!(catalog.consume_nonce("bob", "n1", later).await.unwrap());
+        }
+        // Another process (here: a reopened catalog) sees them.
+        let catalog = Catalog::open(&path).unwrap();
+        assert!(!catalog.consume_nonce("alice", "n1", later).await.unwrap());
+        assert!(catalog.consume_nonce("alice", "n2", later).await.unwrap());
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn expired_nonces_are_purged() {
+        let dir = tempfile::tempdir().unwrap();
+        let catalog = Catalog::open_or_create(&dir.path().join("kb.db")).unwrap();
+        // The writer's first commit with a nonce purges.
+        assert!(catalog.consume_nonce("alice", "old", 1).await.unwrap());
+        assert!(catalog.consume_nonce("alice", "new", unix_now() + 300).await.unwrap());
+        let count = |c: &Catalog| c.conn().query_row("SELECT count(*) FROM request_nonces", [], |r| r.get::<_, i64>(0)).unwrap();
+        assert_eq!(count(&catalog), 2);
+        drop(catalog);
+        // A new writer purges on its first nonce commit: "old" expired long ago.
+        let catalog = Catalog::open(&dir.path().join("kb.db")).unwrap();
+        assert!(catalog.consume_nonce("alice", "newer", unix_now() + 300).await.unwrap());
+        assert_eq!(count(&catalog), 2);
+    }
 }

@@ -58,7 +58,6 @@ pub struct Service {
     cfg: ServiceConfig,
     operator_token: SecretString,
     agent_key: AgentKey,
-    nonces: auth::NonceCache,
     metrics: Metrics,
     health: RwLock<Vec<KmsHealth>>,
 }
@@ -107,12 +106,19 @@ impl Service {
             .iter()
             .map(|k| KmsHealth { name: k.name().to_owned(), kind: k.kind(), state: "unknown", detail: "not probed yet".into(), checked_at: None })
             .collect();
-        Ok(Service { kb: Arc::new(kb), cfg, operator_token, agent_key, nonces: Default::default(), metrics: Metrics::default(), health: RwLock::new(health) })
+        Ok(Service { kb: Arc::new(kb), cfg, operator_token, agent_key, metrics: Metrics::default(), health: RwLock::new(health) })
     }
 
-    fn client(&self, method: &Method, uri: &Uri, headers: &HeaderMap, body: &[u8]) -> std::result::Result<String, ApiError> {
+    async fn client(&self, method: &Method, uri: &Uri, headers: &HeaderMap, body: &[u8]) -> std::result::Result<String, ApiError> {
         let path = uri.path_and_query().map(|p| p.as_str()).unwrap_or("/");
-        auth::verify_client(self.kb.catalog(), &self.nonces, self.cfg.max_clock_skew_secs, method.as_str(), path, headers, body).map_err(|e| {
+        auth::verify_client(self.kb.catalog(), self.cfg.max_clock_skew_secs, method.as_str(), path, headers, body).await.map_err(|refusal| {
+            let e = match refusal {
+                auth::Refusal::Auth(e) => e,
+                auth::Refusal::Catalog(e) => {
+                    tracing::error!(error = %e, "could not record a request nonce");
+                    return ApiError::from(e);
+                }
+            };
             let reason = match e {
                 api::auth::AuthError::Replay => "replay",
                 api::auth::AuthError::Skew(..) => "clock_skew",
@@ -274,7 +280,7 @@ async fn client_kdf(State(s): State<Shared>, Path(name): Path<String>) -> ApiRes
 }
 
 async fn issue_dek(State(s): State<Shared>, method: Method, uri: Uri, headers: HeaderMap, body: Bytes) -> ApiResult {
-    let client = s.client(&method, &uri, &headers, &body)?;
+    let client = s.client(&method, &uri, &headers, &body).await?;
     let req: PoolRequest = parse_body(&body)?;
     let started = Instant::now();
     let kms = s.kms_of_pool(&req.pool);
@@ -283,7 +289,7 @@ async fn issue_dek(State(s): State<Shared>, method: Method, uri: Uri, headers: H
 }
 
 async fn recover_dek(State(s): State<Shared>, method: Method, uri: Uri, headers: HeaderMap, Path(id): Path<String>, body: Bytes) -> ApiResult {
-    let client = s.client(&method, &uri, &headers, &body)?;
+    let client = s.client(&method, &uri, &headers, &body).await?;
     let started = Instant::now();
     let kms = s
         .kb
@@ -297,7 +303,7 @@ async fn recover_dek(State(s): State<Shared>, method: Method, uri: Uri, headers:
 }
 
 async fn start_job(State(s): State<Shared>, method: Method, uri: Uri, headers: HeaderMap, body: Bytes) -> ApiResult {
-    let client = s.client(&method, &uri, &headers, &body)?;
+    let client = s.client(&method, &uri, &headers, &body).await?;
     let req: PoolRequest = parse_body(&body)?;
     let started = Instant::now();
     let kms = s.kms_of_pool(&req.pool);
@@ -308,14 +314,14 @@ async fn start_job(State(s): State<Shared>, method: Method, uri: Uri, headers: H
 }
 
 async fn get_job(State(s): State<Shared>, method: Method, uri: Uri, headers: HeaderMap, Path(id): Path<String>) -> ApiResult {
-    let client = s.client(&method, &uri, &headers, &[])?;
+    let client = s.client(&method, &uri, &headers, &[]).await?;
     let started = Instant::now();
     let job = backup::own_job(&s.kb, &id, &client).map(|job| api::Job { agent_token: s.agent_token(AgentOp::Get, &job.id), job });
     s.finish("job_get", "-", started, job)
 }
 
 async fn complete_job(State(s): State<Shared>, method: Method, uri: Uri, headers: HeaderMap, Path(id): Path<String>, body: Bytes) -> ApiResult {
-    let client = s.client(&method, &uri, &headers, &body)?;
+    let client = s.client(&method, &uri, &headers, &body).await?;
     let req: api::CompleteJob = parse_body(&body)?;
     let started = Instant::now();
     s.finish("job_complete", "-", started, backup::complete_job(&s.kb, &id, &client, &req))
