@@ -50,6 +50,12 @@ const MAX_BATCH: usize = 512;
 /// restores, say, each releasing a key only once its audit row is durable)
 /// must not pay the window as latency.
 const GATHER_WINDOW: Duration = Duration::from_millis(5);
+/// How long a batch of detached rows only (the outcome of a recover,
+/// queued after its durable "started" row) waits for a row somebody waits
+/// for. A restore loop's next "started" row comes within this, so each
+/// recover costs one commit, not two: half the writer's CPU and fsyncs,
+/// which compete with the token's decryptions when every core is busy.
+const DETACHED_WAIT: Duration = Duration::from_millis(2);
 /// A commit of this many rows means many concurrent writers.
 const LOADED_BATCH: usize = 8;
 /// Within the window the writer sleeps in steps this long and takes what
@@ -243,6 +249,14 @@ fn run(mut conn: rusqlite::Connection, rx: mpsc::Receiver<Job>) {
             batch.len() > before
         };
         take(&mut batch);
+        if !loaded && batch.iter().all(|job| matches!(job.done, Reply::Detached)) {
+            // Nobody waits for these rows: give the next row somebody waits
+            // for a moment to arrive and share the commit.
+            if let Ok(job) = rx.recv_timeout(DETACHED_WAIT) {
+                batch.push(job);
+                take(&mut batch);
+            }
+        }
         if loaded {
             // Sleep between looks instead of waiting on the channel: a
             // writer blocked in recv is woken by every send (a system call
