@@ -27,10 +27,16 @@
 //! (`stream::Decryptor`) against `openssl speed -decrypt` as information.
 //!
 //! The two sides of a comparison are interleaved in slices (A B B A ...) so
-//! background load hits both alike. Environment:
+//! background load hits both alike. The token rows use short slices (about
+//! 100 ms): on a shared host the load drifts over seconds, and with 500 ms
+//! slices two identical raw loops (the "kb's KEK vs generated key" control
+//! row) measured anywhere from 0.88 to 1.02 of each other; with 100 ms
+//! slices, 0.96-1.03. Environment:
 //!
 //! - `KEYBRIDGE_BENCH_SECS`    seconds measured per side (default 3)
 //! - `KEYBRIDGE_BENCH_SLICES`  slices per side (default 6)
+//! - `KEYBRIDGE_BENCH_TOKEN_SLICES` slices per side in the token rows
+//!   (default 10 per second measured)
 //! - `KEYBRIDGE_BENCH_ISSUERS` concurrent issuers tried in d (default 2,8,32)
 //! - `KEYBRIDGE_BENCH_ONLY`    comma list of softhsm2,kryoptic,issue,kmip,stream
 //! - `KEYBRIDGE_BENCH_DIR`     where the temporary catalogs go (default TMPDIR)
@@ -70,6 +76,7 @@ const PASSWORD: &str = "bench-network-password";
 struct Settings {
     secs: f64,
     slices: usize,
+    token_slices: usize,
     issuers: Vec<usize>,
     only: Option<Vec<String>>,
     dir: PathBuf,
@@ -87,6 +94,10 @@ impl Settings {
             .map(|v| v.trim().parse::<usize>().unwrap_or_else(|_| panic!("KEYBRIDGE_BENCH_SLICES={v:?} is not a count")))
             .unwrap_or(6)
             .max(1);
+        let token_slices = var("KEYBRIDGE_BENCH_TOKEN_SLICES")
+            .map(|v| v.trim().parse::<usize>().unwrap_or_else(|_| panic!("KEYBRIDGE_BENCH_TOKEN_SLICES={v:?} is not a count")))
+            .unwrap_or((secs * 10.0).round() as usize)
+            .max(1);
         let issuers = var("KEYBRIDGE_BENCH_ISSUERS")
             .map(|v| {
                 v.split(',')
@@ -99,7 +110,7 @@ impl Settings {
         let only = var("KEYBRIDGE_BENCH_ONLY").map(|v| v.split(',').map(|s| s.trim().to_ascii_lowercase()).collect());
         let dir = var("KEYBRIDGE_BENCH_DIR").map(PathBuf::from).unwrap_or_else(std::env::temp_dir);
         let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2);
-        Settings { secs, slices, issuers, only, dir, cores }
+        Settings { secs, slices, token_slices, issuers, only, dir, cores }
     }
 
     fn wants(&self, what: &str) -> bool {
@@ -226,8 +237,8 @@ impl Report {
     fn print(&self, s: &Settings) {
         println!();
         println!(
-            "keybridge benchmark: {} s per side in {} interleaved slices, {} cores; ratio = keybridge side / baseline side",
-            s.secs, s.slices, s.cores
+            "keybridge benchmark: {} s per side in {} interleaved slices ({} in the token rows), {} cores; ratio = keybridge side / baseline side",
+            s.secs, s.slices, s.token_slices, s.cores
         );
         let line = "-".repeat(170);
         println!("{line}");
@@ -751,6 +762,7 @@ fn bench_token(rt: &Runtime, s: &Settings, t: Token, report: &mut Report) {
         Ok(r) => r,
         Err(e) => panic!("[{k}] raw cryptoki baseline could not be set up: {e}"),
     };
+    let s = &Settings { slices: s.token_slices, ..s.clone() };
 
     eprintln!("[{k}] a/b: raw C_Decrypt 1 thread vs recover 1 caller");
     let (a, b) = compare(s, &mut |b, d| if b { recover_run(rt, &rig, &ids, 1, d) } else { raw_run(&mut raw, 1, d) });
