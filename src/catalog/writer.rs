@@ -235,7 +235,7 @@ impl Reply {
 
 fn run(mut conn: rusqlite::Connection, rx: mpsc::Receiver<Job>) {
     let mut loaded = false;
-    let mut purged = Instant::now() - NONCE_PURGE_EVERY;
+    let mut purged: Option<Instant> = None;
     while let Ok(first) = rx.recv() {
         let mut batch = vec![first];
         let take = |batch: &mut Vec<Job>| {
@@ -274,9 +274,9 @@ fn run(mut conn: rusqlite::Connection, rx: mpsc::Receiver<Job>) {
             }
         }
         loaded = batch.len() >= LOADED_BATCH;
-        let purge = batch.iter().any(|j| matches!(j.work, Work::Nonce { .. })) && purged.elapsed() >= NONCE_PURGE_EVERY;
+        let purge = batch.iter().any(|j| matches!(j.work, Work::Nonce { .. })) && purged.is_none_or(|t| t.elapsed() >= NONCE_PURGE_EVERY);
         if purge {
-            purged = Instant::now();
+            purged = Some(Instant::now());
         }
         match commit(&mut conn, &batch, purge) {
             Ok((at, fresh)) => {
