@@ -720,6 +720,56 @@ async fn graceful_shutdown_finishes_in_flight_transfers() {
     assert!(http.get(format!("https://127.0.0.1:{}/healthz", d.agent_port)).send().await.is_err());
 }
 
+/// The MediaAgent dies in the middle of a restore: the client says the
+/// download broke (exit 11, naming the agent) and leaves nothing in the
+/// target; once the agent is back, the same restore succeeds.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn media_agent_killed_during_restore() {
+    let mut d = Deployment::start(Kind::Builtin).unwrap();
+    d.register("alice", "alice-network-pw").await;
+    let src = tempfile::tempdir().unwrap();
+    let big = src.path().join("big.bin");
+    // Sparse: cheap to make, 256 MiB to stream back.
+    std::fs::File::create(&big).unwrap().set_len(256 << 20).unwrap();
+    let b = ok_json(&d.backup("alice", &[&big]));
+    let job = b["job_id"].as_str().unwrap().to_owned();
+    let out_dir = tempfile::tempdir().unwrap();
+    let pw = d.dir().join("alice.pw");
+    let restore = Command::new(BIN)
+        .current_dir(d.dir())
+        .args(["restore", &job, "--to", out_dir.path().to_str().unwrap(), "--client", "alice", "--password-file", pw.to_str().unwrap()])
+        .env("KEYBRIDGE_CONFIG", &d.rig.config_path)
+        .env("KEYBRIDGE_SERVICE", d.url())
+        .env("KEYBRIDGE_CA", d.dir().join("service.crt"))
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Wait for the unpacking to start (its staging directory appears), then
+    // freeze the client so the kill lands before the download ends.
+    let staging = out_dir.path().join(format!(".keybridge-restore-{job}"));
+    for _ in 0..5000 {
+        if staging.join("big.bin").exists() {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    assert!(staging.join("big.bin").exists(), "the restore never started writing");
+    let pid = restore.id().to_string();
+    Command::new("kill").args(["-STOP", &pid]).status().unwrap();
+    let mut agent = d.agent.take().unwrap();
+    agent.0.kill().unwrap();
+    agent.0.wait().unwrap();
+    Command::new("kill").args(["-CONT", &pid]).status().unwrap();
+    let out = restore.wait_with_output().unwrap();
+    fails(&out, 11, &format!("MediaAgent https://127.0.0.1:{}: the download broke", d.agent_port));
+    let left: Vec<_> = std::fs::read_dir(out_dir.path()).unwrap().collect();
+    assert!(left.is_empty(), "the broken restore left {left:?} in the target");
+    d.start_agent();
+    ok_json(&d.restore("alice", &job, out_dir.path()));
+    assert_eq!(std::fs::metadata(out_dir.path().join("big.bin")).unwrap().len(), 256 << 20);
+}
+
 /// Error messages and exit codes of the networked commands, compared with
 /// `tests/snapshots/cli/*.txt` (ids, ports and temporary paths replaced by
 /// placeholders). `KEYBRIDGE_UPDATE_SNAPSHOTS=1` rewrites the files.
