@@ -68,6 +68,9 @@ const LOADED_BATCH: usize = 8;
 /// 0.79-0.85 with a 1 ms gap waited on the channel; 0.61-0.67 / 0.87-0.88 /
 /// 0.87-0.92 with 250 us sleeps (500 us: 0.63 / 0.82-0.84 / 0.87-0.96).
 const GATHER_GAP: Duration = Duration::from_micros(250);
+/// Expired nonces are deleted at most this often (in a commit that
+/// records one).
+const NONCE_PURGE_EVERY: Duration = Duration::from_secs(60);
 
 /// A DEK row to insert.
 #[derive(Debug, Clone)]
@@ -77,10 +80,6 @@ pub struct DekRow {
     pub client_id: i64,
     pub encrypted_dek: Vec<u8>,
 }
-
-/// Expired nonces are deleted at most this often (in a commit that
-/// records one).
-const NONCE_PURGE_EVERY: Duration = Duration::from_secs(60);
 
 /// One unit of work, answered with [`Committed`].
 #[derive(Debug)]
