@@ -70,10 +70,15 @@ impl Deployment {
         let mut d = Deployment { store: store.unwrap_or_else(|| rig.dir.path().join("store")), rig, service: None, agent: None, port, agent_port };
         let init = d.cli(&["init"]);
         assert!(init.status.success(), "init: {}", String::from_utf8_lossy(&init.stderr));
-        d.start_agent();
-        d.start_service();
+        // The pool (a master key written into the token) before the service
+        // opens the token: SoftHSM2's file store is not safe for two
+        // processes at once (see SOFTHSM_TURN). A CLI scan during the
+        // service's first login, or the service's first scan during the
+        // CLI's key creation, could miss the token ("tokens present: ''").
         let pool = d.cli(&["pool", "create", "p", "--kms", "kms", "--kek-bits", "2048"]);
         assert!(pool.status.success(), "pool create: {}", String::from_utf8_lossy(&pool.stderr));
+        d.start_agent();
+        d.start_service();
         Some(d)
     }
 
@@ -593,7 +598,8 @@ async fn sixty_four_clients(kind: Kind) {
     }
     let mut all = std::collections::HashSet::new();
     for t in tasks {
-        for id in t.await.unwrap() {
+        let ids = t.await.unwrap_or_else(|e| panic!("{e}\nservice log:\n{}", std::fs::read_to_string(d.dir().join("service.log")).unwrap_or_default()));
+        for id in ids {
             assert!(all.insert(id), "a DEK id was issued twice");
         }
     }
