@@ -20,11 +20,33 @@ const BIN: &str = env!("CARGO_BIN_EXE_keybridge");
 /// SoftHSM2's file object store is not safe for several processes that
 /// create objects at once (one process's token scan can miss the token
 /// while another writes it: "no token with label"). Each SoftHSM2
-/// deployment spawns several processes, so those tests take turns.
+/// deployment works on its own copy of the token (`private_softhsm`), made
+/// while it holds this turn, so no copy is taken mid-write.
 static SOFTHSM_TURN: std::sync::Mutex<()> = std::sync::Mutex::new(());
 
 fn softhsm_turn(kind: Kind) -> Option<std::sync::MutexGuard<'static, ()>> {
     (kind == Kind::SoftHsm).then(|| SOFTHSM_TURN.lock().unwrap_or_else(|e| e.into_inner()))
+}
+
+/// A copy of the SoftHSM2 token directory named by `$SOFTHSM2_CONF` in
+/// `dir`, and a configuration pointing at it; returns that configuration's
+/// path. Each SoftHSM2 deployment works on its own copy, so no process of
+/// another test (or one killed at a test's end) touches its token files.
+fn private_softhsm(dir: &Path) -> PathBuf {
+    let conf = std::fs::read_to_string(std::env::var("SOFTHSM2_CONF").expect("SoftHSM2 deployments need SOFTHSM2_CONF")).unwrap();
+    let shared = conf.lines().find_map(|l| l.trim().strip_prefix("directories.tokendir")).map(|v| v.trim().trim_start_matches('=').trim().to_owned());
+    let shared = PathBuf::from(shared.expect("no directories.tokendir in SOFTHSM2_CONF"));
+    let private = dir.join("softhsm-tokens");
+    let status = Command::new("cp").arg("-r").arg(&shared).arg(&private).status().unwrap();
+    assert!(status.success(), "copying the SoftHSM2 token directory {}", shared.display());
+    let private_conf = dir.join("softhsm2.conf");
+    let conf: String = conf
+        .lines()
+        .map(|l| if l.trim().starts_with("directories.tokendir") { format!("directories.tokendir = {}", private.display()) } else { l.to_owned() })
+        .collect::<Vec<_>>()
+        .join("\n");
+    std::fs::write(&private_conf, conf + "\n").unwrap();
+    private_conf
 }
 
 /// A child process killed when dropped.
@@ -40,6 +62,9 @@ impl Drop for Proc {
 /// Service + MediaAgent on one backend, in a temporary directory.
 struct Deployment {
     rig: Rig,
+    /// Environment for every process of this deployment (SoftHSM2: its own
+    /// copy of the token, see `private_softhsm`).
+    env: Vec<(&'static str, PathBuf)>,
     service: Option<Proc>,
     agent: Option<Proc>,
     port: u16,
@@ -67,7 +92,11 @@ impl Deployment {
         )
         .unwrap();
         drop(cfg);
-        let mut d = Deployment { store: store.unwrap_or_else(|| rig.dir.path().join("store")), rig, service: None, agent: None, port, agent_port };
+        let env = match kind {
+            Kind::SoftHsm => vec![("SOFTHSM2_CONF", private_softhsm(rig.dir.path()))],
+            _ => Vec::new(),
+        };
+        let mut d = Deployment { store: store.unwrap_or_else(|| rig.dir.path().join("store")), rig, env, service: None, agent: None, port, agent_port };
         let init = d.cli(&["init"]);
         assert!(init.status.success(), "init: {}", String::from_utf8_lossy(&init.stderr));
         // The pool (a master key written into the token) before the service
@@ -76,7 +105,7 @@ impl Deployment {
         // service's first login, or the service's first scan during the
         // CLI's key creation, could miss the token ("tokens present: ''").
         let pool = d.cli(&["pool", "create", "p", "--kms", "kms", "--kek-bits", "2048"]);
-        assert!(pool.status.success(), "pool create: {}", String::from_utf8_lossy(&pool.stderr));
+        assert!(pool.status.success(), "pool create ({}): {}", pool.status, String::from_utf8_lossy(&pool.stderr));
         d.start_agent();
         d.start_service();
         Some(d)
@@ -92,6 +121,7 @@ impl Deployment {
             Command::new(BIN)
                 .current_dir(self.dir())
                 .args(args)
+                .envs(self.env.iter().cloned())
                 .env("KEYBRIDGE_CONFIG", &self.rig.config_path)
                 .env("KEYBRIDGE_LOG", "info")
                 .stdout(Stdio::null())
@@ -148,6 +178,7 @@ impl Deployment {
         Command::new(BIN)
             .current_dir(self.dir())
             .args(args)
+            .envs(self.env.iter().cloned())
             .env("KEYBRIDGE_CONFIG", &self.rig.config_path)
             .env("KEYBRIDGE_SERVICE", self.url())
             .env("KEYBRIDGE_CA", self.dir().join("service.crt"))
