@@ -49,6 +49,16 @@ fn private_softhsm(dir: &Path) -> PathBuf {
     private_conf
 }
 
+/// Kill `server` while `client` is frozen (SIGSTOP), then let the client
+/// go on: the kill lands mid-transfer however fast this machine is.
+fn kill_while_frozen(client: &Child, mut server: Proc) {
+    let pid = client.id().to_string();
+    Command::new("kill").args(["-STOP", &pid]).status().unwrap();
+    server.0.kill().unwrap();
+    server.0.wait().unwrap();
+    Command::new("kill").args(["-CONT", &pid]).status().unwrap();
+}
+
 /// A child process killed when dropped.
 struct Proc(Child);
 
@@ -175,15 +185,24 @@ impl Deployment {
 
     /// Run the CLI against this deployment.
     fn cli(&self, args: &[&str]) -> Output {
-        Command::new(BIN)
-            .current_dir(self.dir())
+        self.command(args).output().unwrap()
+    }
+
+    /// The CLI command with this deployment's environment, not started.
+    fn command(&self, args: &[&str]) -> Command {
+        let mut cmd = Command::new(BIN);
+        cmd.current_dir(self.dir())
             .args(args)
             .envs(self.env.iter().cloned())
             .env("KEYBRIDGE_CONFIG", &self.rig.config_path)
             .env("KEYBRIDGE_SERVICE", self.url())
-            .env("KEYBRIDGE_CA", self.dir().join("service.crt"))
-            .output()
-            .unwrap()
+            .env("KEYBRIDGE_CA", self.dir().join("service.crt"));
+        cmd
+    }
+
+    /// Start the CLI with piped output (collect it with `wait_with_output`).
+    fn cli_spawn(&self, args: &[&str]) -> Child {
+        self.command(args).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap()
     }
 
     /// Register `name` with `pw` through the operator API (cheap KDF).
@@ -552,15 +571,7 @@ async fn service_killed_during_backup() {
     // Sparse: cheap to make, 1 GiB to archive and encrypt.
     std::fs::File::create(&big).unwrap().set_len(1 << 30).unwrap();
     let pw = d.dir().join("alice.pw");
-    let backup = Command::new(BIN)
-        .current_dir(d.dir())
-        .args(["--json", "backup", "--pool", "p", "--client", "alice", "--password-file", pw.to_str().unwrap(), big.to_str().unwrap()])
-        .env("KEYBRIDGE_SERVICE", d.url())
-        .env("KEYBRIDGE_CA", d.dir().join("service.crt"))
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
+    let backup = d.cli_spawn(&["--json", "backup", "--pool", "p", "--client", "alice", "--password-file", pw.to_str().unwrap(), big.to_str().unwrap()]);
     // Wait for the job to exist (the DEK is issued), then kill the service.
     let mut job = None;
     for _ in 0..2000 {
@@ -571,14 +582,7 @@ async fn service_killed_during_backup() {
         std::thread::sleep(Duration::from_millis(2));
     }
     let job = job.expect("the backup never started a job");
-    // Freeze the client mid-upload so the kill lands before it finishes,
-    // however fast this machine is.
-    let pid = backup.id().to_string();
-    Command::new("kill").args(["-STOP", &pid]).status().unwrap();
-    let mut service = d.service.take().unwrap();
-    service.0.kill().unwrap();
-    service.0.wait().unwrap();
-    Command::new("kill").args(["-CONT", &pid]).status().unwrap();
+    kill_while_frozen(&backup, d.service.take().unwrap());
     let out = backup.wait_with_output().unwrap();
     fails(&out, 11, &format!("service {}", d.url()));
     assert_eq!(d.job_state(&job).as_deref(), Some("running"), "an interrupted job shows as complete");
@@ -728,16 +732,22 @@ async fn health_reports_a_dead_kms_and_service_still_starts() {
     assert!(metrics.contains("keybridge_kms_up{kms=\"kms\"} 1"), "{metrics}");
 }
 
+/// Register alice and back up a 256 MiB sparse file (cheap to make, long
+/// to stream back) as `big.bin`; the backup's JSON summary.
+async fn alice_backs_up_a_sparse_file(d: &Deployment) -> Value {
+    d.register("alice", "alice-network-pw").await;
+    let src = tempfile::tempdir().unwrap();
+    let big = src.path().join("big.bin");
+    std::fs::File::create(&big).unwrap().set_len(256 << 20).unwrap();
+    ok_json(&d.backup("alice", &[&big]))
+}
+
 /// SIGTERM during a large download: the in-flight transfer finishes before
 /// the MediaAgent exits (the service shares the same server loop).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn graceful_shutdown_finishes_in_flight_transfers() {
     let mut d = Deployment::start(Kind::Builtin).unwrap();
-    d.register("alice", "alice-network-pw").await;
-    let src = tempfile::tempdir().unwrap();
-    let big = src.path().join("big.bin");
-    std::fs::File::create(&big).unwrap().set_len(256 << 20).unwrap();
-    let b = ok_json(&d.backup("alice", &[&big]));
+    let b = alice_backs_up_a_sparse_file(&d).await;
     let job = b["job_id"].as_str().unwrap();
     let http = d.operator();
     let token = agent_token(&d, AgentOp::Get, job, in_an_hour());
@@ -763,27 +773,12 @@ async fn graceful_shutdown_finishes_in_flight_transfers() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn media_agent_killed_during_restore() {
     let mut d = Deployment::start(Kind::Builtin).unwrap();
-    d.register("alice", "alice-network-pw").await;
-    let src = tempfile::tempdir().unwrap();
-    let big = src.path().join("big.bin");
-    // Sparse: cheap to make, 256 MiB to stream back.
-    std::fs::File::create(&big).unwrap().set_len(256 << 20).unwrap();
-    let b = ok_json(&d.backup("alice", &[&big]));
+    let b = alice_backs_up_a_sparse_file(&d).await;
     let job = b["job_id"].as_str().unwrap().to_owned();
     let out_dir = tempfile::tempdir().unwrap();
     let pw = d.dir().join("alice.pw");
-    let restore = Command::new(BIN)
-        .current_dir(d.dir())
-        .args(["restore", &job, "--to", out_dir.path().to_str().unwrap(), "--client", "alice", "--password-file", pw.to_str().unwrap()])
-        .env("KEYBRIDGE_CONFIG", &d.rig.config_path)
-        .env("KEYBRIDGE_SERVICE", d.url())
-        .env("KEYBRIDGE_CA", d.dir().join("service.crt"))
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    // Wait for the unpacking to start (its staging directory appears), then
-    // freeze the client so the kill lands before the download ends.
+    let restore = d.cli_spawn(&["restore", &job, "--to", out_dir.path().to_str().unwrap(), "--client", "alice", "--password-file", pw.to_str().unwrap()]);
+    // Wait for the unpacking to start (its staging directory appears).
     let staging = out_dir.path().join(format!(".keybridge-restore-{job}"));
     for _ in 0..5000 {
         if staging.join("big.bin").exists() {
@@ -792,12 +787,7 @@ async fn media_agent_killed_during_restore() {
         std::thread::sleep(Duration::from_millis(1));
     }
     assert!(staging.join("big.bin").exists(), "the restore never started writing");
-    let pid = restore.id().to_string();
-    Command::new("kill").args(["-STOP", &pid]).status().unwrap();
-    let mut agent = d.agent.take().unwrap();
-    agent.0.kill().unwrap();
-    agent.0.wait().unwrap();
-    Command::new("kill").args(["-CONT", &pid]).status().unwrap();
+    kill_while_frozen(&restore, d.agent.take().unwrap());
     let out = restore.wait_with_output().unwrap();
     fails(&out, 11, &format!("MediaAgent https://127.0.0.1:{}: the download broke", d.agent_port));
     let left: Vec<_> = std::fs::read_dir(out_dir.path()).unwrap().collect();
