@@ -315,37 +315,13 @@ async fn fetch_and_unpack(svc: &ServiceClient, job: &JobRecord, agent_token: &st
     let reader = PlainReader { rx, spare: spare_tx, plain: Vec::new(), pos: 0, done: false, failure: None };
     let staging_owned = staging.to_owned();
     let consumer = tokio::task::spawn_blocking(move || unpack(reader, &staging_owned));
-    let mut opener = Opener { dek, dek_id: job.dek_id.clone(), head: Vec::new(), dec: None };
+    let opener = Opener { dek, dek_id: job.dek_id.clone(), head: Vec::new(), dec: None };
     let pump_progress = progress.clone();
+    // Owns the sender: once it is done the unpacking thread sees the queue
+    // close, whatever happened.
     let pump = async move {
-        let mut stream_bytes = 0u64;
-        let mut batch = Vec::with_capacity(crate::FILE_IO_BUF);
-        let result: io::Result<u64> = async {
-            while let Some(item) = resp.next().await {
-                let data = item.map_err(|e| match e {
-                    Error::Unreachable { reason, .. } => io::Error::new(io::ErrorKind::ConnectionAborted, reason),
-                    other => io::Error::other(other.to_string()),
-                })?;
-                stream_bytes += data.len() as u64;
-                if let Some(p) = &pump_progress {
-                    p.inc(data.len() as u64);
-                }
-                opener.push(&data, &mut batch)?;
-                if batch.len() >= crate::FILE_IO_BUF {
-                    let next = spare_rx.try_recv().unwrap_or_else(|_| Vec::with_capacity(crate::FILE_IO_BUF));
-                    tx.send(Ok(Piece::Plain(std::mem::replace(&mut batch, next)))).await.map_err(|_| io::Error::other("unpacking stopped"))?;
-                }
-            }
-            let plain_bytes = opener.finish(&mut batch)?;
-            if !batch.is_empty() {
-                tx.send(Ok(Piece::Plain(batch))).await.map_err(|_| io::Error::other("unpacking stopped"))?;
-            }
-            tx.send(Ok(Piece::End)).await.map_err(|_| io::Error::other("unpacking stopped"))?;
-            Ok(plain_bytes)
-        }
-        .await;
-        match result {
-            Ok(plain_bytes) => Some((plain_bytes, stream_bytes)),
+        match decrypt_download(&mut resp, opener, &tx, &mut spare_rx, &pump_progress).await {
+            Ok(figures) => Some(figures),
             // The unpacking thread reports the error (or its own, if it
             // stopped first).
             Err(e) => {
@@ -367,6 +343,42 @@ async fn fetch_and_unpack(svc: &ServiceClient, job: &JobRecord, agent_token: &st
     // whole stream authenticated.
     let (plain_bytes, stream_bytes) = figures.ok_or_else(|| Error::Internal(format!("job {job_id}: the stream was unpacked without its end")))?;
     Ok((entries, plain_bytes, stream_bytes))
+}
+
+/// Read the download to its end, decrypt each piece as it arrives and send
+/// the plaintext on in batches, then the end marker; returns the plaintext
+/// and stream lengths.
+async fn decrypt_download(
+    resp: &mut super::download::Download,
+    mut opener: Opener,
+    tx: &tokio::sync::mpsc::Sender<io::Result<Piece>>,
+    spare: &mut tokio::sync::mpsc::UnboundedReceiver<Vec<u8>>,
+    progress: &Progress,
+) -> io::Result<(u64, u64)> {
+    let send = |piece| async { tx.send(Ok(piece)).await.map_err(|_| io::Error::other("unpacking stopped")) };
+    let mut stream_bytes = 0u64;
+    let mut batch = Vec::with_capacity(crate::FILE_IO_BUF);
+    while let Some(item) = resp.next().await {
+        let data = item.map_err(|e| match e {
+            Error::Unreachable { reason, .. } => io::Error::new(io::ErrorKind::ConnectionAborted, reason),
+            other => io::Error::other(other.to_string()),
+        })?;
+        stream_bytes += data.len() as u64;
+        if let Some(p) = progress {
+            p.inc(data.len() as u64);
+        }
+        opener.push(&data, &mut batch)?;
+        if batch.len() >= crate::FILE_IO_BUF {
+            let next = spare.try_recv().unwrap_or_else(|_| Vec::with_capacity(crate::FILE_IO_BUF));
+            send(Piece::Plain(std::mem::replace(&mut batch, next))).await?;
+        }
+    }
+    let plain_bytes = opener.finish(&mut batch)?;
+    if !batch.is_empty() {
+        send(Piece::Plain(batch)).await?;
+    }
+    send(Piece::End).await?;
+    Ok((plain_bytes, stream_bytes))
 }
 
 /// Move the verified entries from staging into the target; refuse (before
