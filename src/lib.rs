@@ -35,13 +35,14 @@ pub mod stream;
 pub mod tls;
 
 pub use context::Keybridge;
+pub use error::{Error, Result};
 
 /// Bulk file data is read and written in pieces of this size: the backup
 /// client's file reads, the restore's file writes and the MediaAgent's
 /// stream writes. Large enough that system calls are few (tar's own copy
 /// loops move 8 KiB per call); small enough to stay under a cliff measured
-/// on Linux 6.18/ext4, where 1 MiB and 2 MiB write() calls cost 3-5 times
-/// the kernel CPU of 256 KiB calls for the same data (1 GiB: 1.0-2.7 s of
-/// system time against 0.33-0.7 s; see docs/design.md, "Performance notes").
+/// on Linux 6.18/ext4 in some memory states, where 1 MiB and 2 MiB write()
+/// calls cost 3-5 times the kernel CPU of 256 KiB calls for the same data
+/// (1 GiB: 1.0-2.7 s of system time against 0.33-0.7 s; in other states
+/// both took 0.3-0.4 s; see docs/design.md, "Performance notes").
 pub(crate) const FILE_IO_BUF: usize = 256 * 1024;
-pub use error::{Error, Result};
