@@ -991,3 +991,149 @@ async fn media_agent_requires_the_services_token_for_the_job_and_operation() {
     let resp = http.get(&url).bearer_auth(&real_get).send().await.unwrap();
     assert_eq!(resp.status(), 401);
 }
+
+/// One raw tar entry: the name and link target are written as given, so a
+/// hostile archive can carry what `tar::Builder` refuses to write
+/// (absolute names, `..`).
+fn raw_entry(tar: &mut Vec<u8>, kind: tar::EntryType, name: &str, mode: u32, link: &str, data: &[u8]) {
+    let mut h = tar::Header::new_gnu();
+    h.as_old_mut().name[..name.len()].copy_from_slice(name.as_bytes());
+    h.as_old_mut().linkname[..link.len()].copy_from_slice(link.as_bytes());
+    h.set_entry_type(kind);
+    h.set_mode(mode);
+    h.set_size(data.len() as u64);
+    h.set_mtime(1_600_000_000);
+    if matches!(kind, tar::EntryType::Char | tar::EntryType::Block) {
+        h.set_device_major(1).unwrap();
+        h.set_device_minor(3).unwrap();
+    }
+    h.set_cksum();
+    tar.extend_from_slice(h.as_bytes());
+    tar.extend_from_slice(data);
+    tar.resize(tar.len().next_multiple_of(512), 0);
+}
+
+/// What a crafted archive must do to a restore.
+enum Expect {
+    /// Exit 6 naming the entry; the target stays empty.
+    Refused(&'static str),
+    /// Exit 0; the named entry skipped with a warning.
+    Skipped(&'static str),
+    /// Exit 0; the check passes on the target.
+    Restored(fn(&Path)),
+}
+
+/// A restored stream is hostile input even though it authenticates under
+/// the job's DEK (the backed-up host may have been compromised): crafted
+/// archives, encrypted under the real DEK of a real job and served by the
+/// MediaAgent, can neither write, chmod nor touch anything outside the
+/// restore target, nor restore a setuid file or a device node.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn restore_writes_only_inside_its_target() {
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+    use tar::EntryType::{Block, Char, Directory, Fifo, Link, Regular, Symlink};
+    let d = Deployment::start(Kind::Builtin).unwrap();
+    d.register("alice", "alice-network-pw").await;
+    let src = tempfile::tempdir().unwrap();
+    std::fs::write(src.path().join("seed.txt"), "a real job").unwrap();
+    let b = ok_json(&d.backup("alice", &[&src.path().join("seed.txt")]));
+    let (job, dek_id) = (b["job_id"].as_str().unwrap().to_owned(), b["dek_id"].as_str().unwrap().to_owned());
+    let svc = d.client("alice", "alice-network-pw").await.unwrap();
+    let dek = svc.open(&svc.recover_dek(&dek_id).await.unwrap()).unwrap();
+    let stream_path = d.store.join("jobs").join(&job).join("stream");
+
+    // What must not change: a directory beside the targets, its file and
+    // subdirectory (existence, contents, modes, mtimes).
+    let sandbox = tempfile::tempdir().unwrap();
+    let outside = sandbox.path().join("outside");
+    std::fs::create_dir_all(outside.join("dir")).unwrap();
+    std::fs::write(outside.join("victim"), "precious").unwrap();
+    for p in [outside.join("victim"), outside.join("dir"), outside.clone()] {
+        std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o750)).unwrap();
+        filetime::set_file_mtime(&p, filetime::FileTime::from_unix_time(1_500_000_000, 0)).unwrap();
+    }
+    let before = describe(&outside);
+    let abs = outside.display().to_string();
+    let victim = format!("{abs}/victim");
+
+    type Entry<'a> = (tar::EntryType, String, u32, &'a str, &'a [u8]);
+    let e = |kind, name: &str, mode, link, data| -> Entry { (kind, name.to_owned(), mode, link, data) };
+    let cases: Vec<(&str, Vec<Entry>, Expect)> = vec![
+        ("absolute directory name", vec![e(Directory, &abs, 0o4777, "", b"")], Expect::Refused("has an absolute name")),
+        ("absolute file name", vec![e(Regular, &victim, 0o4777, "", b"pwned")], Expect::Refused("has an absolute name")),
+        ("'..' at the top", vec![e(Directory, "../outside", 0o777, "", b"")], Expect::Refused("climbs out of the target")),
+        ("'..' deeper", vec![e(Directory, "a", 0o755, "", b""), e(Regular, "a/../../outside/victim", 0o644, "", b"pwned")], Expect::Refused("climbs out of the target")),
+        ("the target itself", vec![e(Directory, "./", 0o777, "", b"")], Expect::Refused("names the restore target itself")),
+        ("symlink, then a file through it", vec![e(Symlink, "ln", 0o777, &abs, b""), e(Regular, "ln/pwned", 0o644, "", b"pwned")], Expect::Refused("goes through 'ln'")),
+        ("symlink, then a directory of its name", vec![e(Symlink, "ln", 0o777, &abs, b""), e(Directory, "ln", 0o777, "", b"")], Expect::Refused("not a directory")),
+        ("symlink, then a directory through it", vec![e(Symlink, "ln", 0o777, &abs, b""), e(Directory, "ln/dir", 0o777, "", b"")], Expect::Refused("goes through 'ln'")),
+        ("symlink, then a file of its name", vec![e(Symlink, "ln", 0o777, &victim, b""), e(Regular, "ln", 0o644, "", b"pwned")], Expect::Refused("appears twice")),
+        ("deep symlink, then a file through it", vec![e(Directory, "a", 0o755, "", b""), e(Symlink, "a/ln", 0o777, "../..", b""), e(Regular, "a/ln/outside/victim", 0o644, "", b"pwned")], Expect::Refused("goes through 'a/ln'")),
+        ("hard link to an absolute name", vec![e(Link, "h", 0o644, &victim, b"")], Expect::Refused("outside the archive")),
+        ("hard link through '..'", vec![e(Link, "h", 0o644, "../outside/victim", b"")], Expect::Refused("outside the archive")),
+        ("hard link through a symlink", vec![e(Symlink, "ln", 0o777, &abs, b""), e(Link, "h", 0o644, "ln/victim", b"")], Expect::Refused("goes through 'ln'")),
+        ("hard link to a symlink", vec![e(Symlink, "ln", 0o777, &victim, b""), e(Link, "h", 0o644, "ln", b"")], Expect::Refused("not a regular file")),
+        ("two files of one name", vec![e(Regular, "f", 0o644, "", b"one"), e(Regular, "f", 0o644, "", b"two")], Expect::Refused("appears twice")),
+        ("character device", vec![e(Char, "null", 0o666, "", b""), e(Regular, "ok.txt", 0o644, "", b"ok")], Expect::Skipped("'null' skipped: a device node")),
+        ("block device", vec![e(Block, "disk", 0o666, "", b""), e(Regular, "ok.txt", 0o644, "", b"ok")], Expect::Skipped("'disk' skipped: a device node")),
+        ("FIFO", vec![e(Fifo, "pipe", 0o666, "", b""), e(Regular, "ok.txt", 0o644, "", b"ok")], Expect::Skipped("'pipe' skipped: a FIFO")),
+        (
+            "setuid and setgid bits",
+            vec![e(Directory, "d", 0o3775, "", b""), e(Regular, "d/suid", 0o4755, "", b"#!/bin/sh\n"), e(Regular, "d/sgid", 0o2755, "", b"")],
+            Expect::Restored(|t| {
+                let mode = |p: &str| std::fs::metadata(t.join(p)).unwrap().mode() & 0o7777;
+                assert_eq!(mode("d/suid"), 0o755, "setuid must be stripped");
+                assert_eq!(mode("d/sgid"), 0o755, "setgid must be stripped");
+                assert_eq!(mode("d"), 0o1775, "setgid stripped, sticky kept");
+            }),
+        ),
+        (
+            "hard link before its target",
+            vec![e(Symlink, "ln", 0o777, &victim, b""), e(Link, "h", 0o644, "f", b""), e(Regular, "f", 0o644, "", b"data")],
+            Expect::Refused("which the archive does not hold"),
+        ),
+        (
+            "absolute symlink and an in-archive hard link",
+            vec![e(Symlink, "ln", 0o777, &victim, b""), e(Regular, "f", 0o640, "", b"data"), e(Link, "h", 0o644, "f", b"")],
+            Expect::Restored(|t| {
+                assert!(std::fs::symlink_metadata(t.join("ln")).unwrap().file_type().is_symlink());
+                assert_eq!(std::fs::read(t.join("h")).unwrap(), b"data");
+                assert_eq!(std::fs::metadata(t.join("h")).unwrap().ino(), std::fs::metadata(t.join("f")).unwrap().ino());
+            }),
+        ),
+    ];
+    for (i, (what, entries, expect)) in cases.into_iter().enumerate() {
+        let mut tar = Vec::new();
+        for (kind, name, mode, link, data) in &entries {
+            raw_entry(&mut tar, *kind, name, *mode, link, data);
+        }
+        tar.extend_from_slice(&[0u8; 1024]);
+        let (mut enc, mut stream) = keybridge::stream::Encryptor::new(&dek, &dek_id, 64 * 1024).unwrap();
+        enc.push(&tar, &mut stream).unwrap();
+        enc.finish(&mut stream).unwrap();
+        std::fs::write(&stream_path, &stream).unwrap();
+        d.catalog().execute("UPDATE jobs SET stream_bytes = ?2 WHERE id = ?1", rusqlite::params![job, stream.len() as i64]).unwrap();
+        let target = sandbox.path().join(format!("target-{i}"));
+        let out = d.restore("alice", &job, &target);
+        let err = String::from_utf8_lossy(&out.stderr).into_owned();
+        match expect {
+            Expect::Refused(needle) => {
+                assert_eq!(out.status.code(), Some(6), "{what}: stderr: {err}");
+                assert!(err.contains(needle) && err.contains("refused"), "{what}: '{err}' does not say '{needle}'");
+                let left: Vec<_> = std::fs::read_dir(&target).unwrap().collect();
+                assert!(left.is_empty(), "{what}: the refused restore left {left:?} in the target");
+            }
+            Expect::Skipped(needle) => {
+                let r = ok_json(&out);
+                assert!(err.contains(needle), "{what}: no warning '{needle}' in '{err}'");
+                assert!(r["skipped"][0].as_str().unwrap().contains(needle), "{what}: {r}");
+                assert_eq!(r["entries"], serde_json::json!(["ok.txt"]), "{what}");
+            }
+            Expect::Restored(check) => {
+                ok_json(&out);
+                check(&target);
+            }
+        }
+        assert_eq!(describe(&outside), before, "{what}: the restore changed something outside its target");
+    }
+}

@@ -126,7 +126,7 @@ pub async fn backup(args: &BackupArgs, json: bool) -> Result<(Value, String)> {
 pub async fn restore(args: &RestoreArgs, json: bool) -> Result<(Value, String)> {
     let svc = args.connect.open().await?;
     let s = client::restore::restore(&svc, &args.job, &args.to, progress(json, "restore")).await?;
-    let text = format!(
+    let mut text = format!(
         "job {} restored into {}: {} ({} bytes) in {:.2} s\n",
         s.job_id,
         s.to.display(),
@@ -134,6 +134,9 @@ pub async fn restore(args: &RestoreArgs, json: bool) -> Result<(Value, String)> 
         s.plain_bytes,
         s.seconds
     );
+    if !s.skipped.is_empty() {
+        text += &format!("{} entries not restored (see the warnings above)\n", s.skipped.len());
+    }
     Ok((serde_json::to_value(&s).unwrap_or_default(), text))
 }
 

@@ -7,6 +7,8 @@
 pub mod backup;
 pub mod download;
 pub mod restore;
+pub mod unpack;
+
 
 use std::path::Path;
 use std::sync::Arc;

@@ -16,6 +16,7 @@ use std::time::Instant;
 use serde::Serialize;
 
 use super::backup::Progress;
+use super::unpack::{Unpacked, Unpacker};
 use super::ServiceClient;
 use crate::catalog::{JobRecord, JobState};
 use crate::secret::Dek;
@@ -29,6 +30,8 @@ pub struct RestoreSummary {
     pub dek_id: String,
     pub to: PathBuf,
     pub entries: Vec<String>,
+    /// Entries not restored (device nodes, FIFOs), each with the reason.
+    pub skipped: Vec<String>,
     pub plain_bytes: u64,
     pub stream_bytes: u64,
     pub seconds: f64,
@@ -142,111 +145,18 @@ impl Read for PlainReader {
     }
 }
 
-/// Unpack into `staging`, verify the whole stream, return the top-level
-/// entry names (blocking). Directory modes and mtimes are applied last,
-/// deepest first, so read-only directories can be filled and their mtimes
-/// are not disturbed by what is unpacked into them.
-fn unpack(mut reader: PlainReader, staging: &Path) -> io::Result<Vec<String>> {
-    unpack_inner(&mut reader, staging).map_err(|e| match reader.failure.take() {
+/// Unpack into `staging` (see [`super::unpack`]), verify the whole stream,
+/// then apply directory modes and times (blocking).
+fn unpack(mut reader: PlainReader, staging: &Path) -> io::Result<Unpacked> {
+    let unpacked = Unpacker::new(staging).and_then(|mut u| {
+        u.unpack(&mut reader)?;
+        reader.drain()?;
+        u.finish()
+    });
+    unpacked.map_err(|e| match reader.failure.take() {
         Some(cause) => io::Error::new(io::ErrorKind::InvalidData, cause),
         None => e,
     })
-}
-
-fn unpack_inner(reader: &mut PlainReader, staging: &Path) -> io::Result<Vec<String>> {
-    let mut dirs = Vec::new();
-    let mut buf = vec![0u8; crate::FILE_IO_BUF];
-    {
-        let mut archive = tar::Archive::new(&mut *reader);
-        archive.set_preserve_permissions(true);
-        archive.set_preserve_mtime(true);
-        archive.set_overwrite(false);
-        for entry in archive.entries()? {
-            let mut entry = entry?;
-            let name = entry.path()?.into_owned();
-            if entry.header().entry_type().is_file() {
-                write_file(&mut entry, staging, &name, &mut buf)?;
-            } else if !entry.unpack_in(staging)? {
-                return Err(outside(&name));
-            }
-            if entry.header().entry_type().is_dir() {
-                let path = staging.join(&name);
-                let mode = entry.header().mode()?;
-                let mtime = entry.header().mtime()?;
-                #[cfg(unix)]
-                {
-                    use std::os::unix::fs::PermissionsExt;
-                    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o700))?;
-                }
-                dirs.push((path, mode, mtime));
-            }
-        }
-    }
-    reader.drain()?;
-    dirs.sort_by_key(|(p, _, _)| std::cmp::Reverse(p.components().count()));
-    for (path, mode, mtime) in dirs {
-        #[cfg(unix)]
-        {
-            use std::os::unix::fs::PermissionsExt;
-            std::fs::set_permissions(&path, std::fs::Permissions::from_mode(mode & 0o7777))?;
-        }
-        #[cfg(not(unix))]
-        let _ = mode;
-        let t = filetime::FileTime::from_unix_time(mtime as i64, 0);
-        filetime::set_file_times(&path, t, t)?;
-    }
-    let mut names: Vec<String> = std::fs::read_dir(staging)?.filter_map(|e| e.ok()).map(|e| e.file_name().to_string_lossy().into_owned()).collect();
-    names.sort();
-    Ok(names)
-}
-
-fn outside(name: &Path) -> io::Error {
-    io::Error::new(io::ErrorKind::InvalidData, format!("archive entry '{}' would be written outside the target: refused", name.display()))
-}
-
-/// Write a regular-file entry below `staging` with large writes (tar's own
-/// unpacking copies 8 KiB at a time). The name may hold only plain
-/// components, and no directory on the way may be a symlink (an earlier
-/// entry could have planted one pointing outside).
-fn write_file<R: Read>(entry: &mut tar::Entry<'_, R>, staging: &Path, name: &Path, buf: &mut [u8]) -> io::Result<()> {
-    let mut dest = staging.to_owned();
-    let parts: Vec<_> = name.components().filter(|c| !matches!(c, std::path::Component::CurDir)).collect();
-    if parts.is_empty() || !parts.iter().all(|c| matches!(c, std::path::Component::Normal(_))) {
-        return Err(outside(name));
-    }
-    for (i, part) in parts.iter().enumerate() {
-        dest.push(part);
-        if i + 1 < parts.len() {
-            match std::fs::symlink_metadata(&dest) {
-                Ok(m) if m.file_type().is_symlink() => return Err(outside(name)),
-                Ok(_) => {}
-                Err(e) if e.kind() == io::ErrorKind::NotFound => std::fs::create_dir(&dest)?,
-                Err(e) => return Err(e),
-            }
-        }
-    }
-    let mut file = std::fs::OpenOptions::new().write(true).create_new(true).open(&dest)?;
-    loop {
-        let mut filled = 0;
-        while filled < buf.len() {
-            match entry.read(&mut buf[filled..])? {
-                0 => break,
-                n => filled += n,
-            }
-        }
-        if filled == 0 {
-            break;
-        }
-        io::Write::write_all(&mut file, &buf[..filled])?;
-    }
-    let header = entry.header();
-    #[cfg(unix)]
-    {
-        use std::os::unix::fs::PermissionsExt;
-        file.set_permissions(std::fs::Permissions::from_mode(header.mode()? & 0o7777))?;
-    }
-    let t = filetime::FileTime::from_unix_time(header.mtime()? as i64, 0);
-    filetime::set_file_handle_times(&file, Some(t), Some(t))
 }
 
 /// Restore backup job `job_id` into `to` (created if missing).
@@ -268,7 +178,7 @@ pub async fn restore(svc: &ServiceClient, job_id: &str, to: &Path, progress: Pro
     }
     std::fs::create_dir(&staging).map_err(|source| Error::Io { context: "creating staging directory", path: staging.clone(), source })?;
     let result = fetch_and_unpack(svc, &job, &agent_token, dek, &staging, progress).await;
-    let result = result.and_then(|(entries, plain_bytes, stream_bytes)| {
+    let result = result.and_then(|(unpacked, plain_bytes, stream_bytes)| {
         // Every chunk authenticated and the final chunk was seen, so a
         // different length cannot happen unless the decoder is wrong.
         if stream_bytes != expected.stream_bytes {
@@ -277,15 +187,24 @@ pub async fn restore(svc: &ServiceClient, job_id: &str, to: &Path, progress: Pro
                 reason: format!("the MediaAgent returned {stream_bytes} bytes; the job recorded {}", expected.stream_bytes),
             });
         }
-        move_into_place(&staging, to, &entries)?;
-        Ok((entries, plain_bytes, stream_bytes))
+        move_into_place(&staging, to, &unpacked.entries)?;
+        Ok((unpacked, plain_bytes, stream_bytes))
     });
     let _ = std::fs::remove_dir_all(&staging);
-    let (entries, plain_bytes, stream_bytes) = result?;
-    Ok(RestoreSummary { job_id: job_id.to_owned(), dek_id: job.dek_id, to: to.to_owned(), entries, plain_bytes, stream_bytes, seconds: t0.elapsed().as_secs_f64() })
+    let (Unpacked { entries, skipped }, plain_bytes, stream_bytes) = result?;
+    Ok(RestoreSummary {
+        job_id: job_id.to_owned(),
+        dek_id: job.dek_id,
+        to: to.to_owned(),
+        entries,
+        skipped,
+        plain_bytes,
+        stream_bytes,
+        seconds: t0.elapsed().as_secs_f64(),
+    })
 }
 
-async fn fetch_and_unpack(svc: &ServiceClient, job: &JobRecord, agent_token: &str, dek: Dek, staging: &Path, progress: Progress) -> Result<(Vec<String>, u64, u64)> {
+async fn fetch_and_unpack(svc: &ServiceClient, job: &JobRecord, agent_token: &str, dek: Dek, staging: &Path, progress: Progress) -> Result<(Unpacked, u64, u64)> {
     let (agent, job_id) = (job.media_agent.trim_end_matches('/'), job.id.as_str());
     let peer = format!("MediaAgent {agent}");
     let mut resp = super::download::get(&format!("{agent}/v1/jobs/{job_id}/stream"), agent_token, svc.tls(), &peer).await?;
@@ -382,16 +301,29 @@ async fn decrypt_download(
 }
 
 /// Move the verified entries from staging into the target; refuse (before
-/// moving anything) if one of them exists there already.
+/// moving anything) if one of them exists there already. Each move refuses
+/// to replace what appeared meanwhile (`RENAME_NOREPLACE`, where the file
+/// system has it).
 fn move_into_place(staging: &Path, to: &Path, entries: &[String]) -> Result<()> {
     for name in entries {
         let dest = to.join(name);
         if dest.symlink_metadata().is_ok() {
-            return Err(Error::Input { what: format!("restore target {}", to.display()), reason: format!("'{name}' exists already; restore into an empty directory or remove it") });
+            return Err(exists_already(to, name));
         }
     }
     for name in entries {
-        std::fs::rename(staging.join(name), to.join(name)).map_err(|source| Error::Io { context: "moving restored entry into place", path: to.join(name), source })?;
+        let moved = match rustix::fs::renameat_with(rustix::fs::CWD, staging.join(name), rustix::fs::CWD, to.join(name), rustix::fs::RenameFlags::NOREPLACE) {
+            Err(rustix::io::Errno::INVAL | rustix::io::Errno::NOSYS) => rustix::fs::rename(staging.join(name), to.join(name)),
+            other => other,
+        };
+        moved.map_err(|e| match e {
+            rustix::io::Errno::EXIST => exists_already(to, name),
+            e => Error::Io { context: "moving restored entry into place", path: to.join(name), source: e.into() },
+        })?;
     }
     Ok(())
+}
+
+fn exists_already(to: &Path, name: &str) -> Error {
+    Error::Input { what: format!("restore target {}", to.display()), reason: format!("'{name}' exists already; restore into an empty directory or remove it") }
 }
