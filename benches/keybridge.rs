@@ -324,7 +324,7 @@ fn rig(rt: &Runtime, s: &Settings, kms_toml: &str, builtin: bool) -> Rig {
     let (pool, client) = rt.block_on(async {
         let opts = pool_creation::PoolOptions { kek_bits: KEK_BITS, master_key: None };
         let pool = pool_creation::create_pool(&kb, "bench", "kms", &opts, &actor()).await.expect("creating pool");
-        let kdf = keybridge::seal::KdfParams { m_kib: 1024, t: 1, ..Default::default() };
+        let kdf = keybridge::seal::KdfParams { m_kib: keybridge::seal::KdfParams::MIN_M_KIB, t: 5, ..Default::default() };
         let password = keybridge::secret::SecretString::from(PASSWORD.to_owned());
         let client = clients::add_client(&kb, "bench-client", &password, kdf, &actor()).await.expect("adding client");
         (pool, client)

@@ -60,6 +60,37 @@ impl Default for KdfParams {
     }
 }
 
+impl KdfParams {
+    /// The cheapest Argon2id cost keybridge accepts, on both sides: at least
+    /// 7 MiB, and memory × passes at least 35,840 KiB (OWASP's Argon2id
+    /// table: 46 MiB × 1 … 7 MiB × 5). A client checks it before deriving
+    /// keys from parameters the service sent (unauthenticated), so a hostile
+    /// service cannot make its signatures a cheap password oracle.
+    pub const MIN_M_KIB: u32 = 7 * 1024;
+    pub const MIN_M_KIB_TIMES_T: u64 = 35_840;
+
+    /// Refuse parameters below the floor, or large enough that a forged
+    /// record could exhaust memory or time (4 GiB, 64 passes, 64 lanes).
+    pub fn check(&self) -> std::result::Result<(), String> {
+        if self.m_kib > 4 * 1024 * 1024 || self.t > 64 || self.p > 64 || self.t == 0 || self.p == 0 {
+            return Err(format!("Argon2id parameters out of range (m={} KiB, t={}, p={}; at most 4 GiB, 64 passes, 64 lanes)", self.m_kib, self.t, self.p));
+        }
+        if self.m_kib < Self::MIN_M_KIB || u64::from(self.m_kib) * u64::from(self.t) < Self::MIN_M_KIB_TIMES_T {
+            return Err(format!(
+                "Argon2id parameters too weak (m={} KiB, t={}): keybridge needs at least {} KiB and memory x passes >= {} KiB",
+                self.m_kib,
+                self.t,
+                Self::MIN_M_KIB,
+                Self::MIN_M_KIB_TIMES_T
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// Salt lengths accepted, on both sides.
+pub const SALT_LENS: std::ops::RangeInclusive<usize> = 16..=64;
+
 /// What registering a client stores in the catalog: public material only.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Registration {
@@ -113,9 +144,9 @@ impl ClientKeys {
     /// Run Argon2id on `client`'s `password` with its `salt` and parameters.
     pub fn derive(client: &str, password: &SecretString, salt: &[u8], kdf: &KdfParams) -> Result<ClientKeys> {
         let bad = |reason: String| Error::Seal { client: client.to_owned(), reason };
-        // Refuse parameters that would let a forged record exhaust memory.
-        if kdf.m_kib > 4 * 1024 * 1024 || kdf.t > 64 || kdf.p > 64 {
-            return Err(bad("the KDF parameters are out of range".into()));
+        kdf.check().map_err(bad)?;
+        if !SALT_LENS.contains(&salt.len()) {
+            return Err(bad(format!("the KDF salt is {} bytes; keybridge needs 16 to 64", salt.len())));
         }
         let params = argon2::Params::new(kdf.m_kib, kdf.t, kdf.p, Some(32))
             .map_err(|e| bad(format!("invalid Argon2id parameters: {e}")))?;

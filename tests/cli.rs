@@ -55,8 +55,16 @@ fn scripted_chain_on_builtin() {
     assert_eq!(init["created"].as_array().unwrap().len(), 6, "{init}");
     assert!(d.join("keybridge.toml").exists() && d.join("keybridge.db").exists());
     use std::os::unix::fs::PermissionsExt;
-    for secret in ["root.key", "operator.token", "media-agent.key"] {
+    for secret in ["root.key", "operator.token", "media-agent.key", "keybridge.db"] {
         assert_eq!(std::fs::metadata(d.join(secret)).unwrap().permissions().mode() & 0o777, 0o600, "{secret}");
+    }
+    // SQLite gives the WAL and shared-memory files the catalog's mode.
+    {
+        let c = rusqlite::Connection::open(d.join("keybridge.db")).unwrap();
+        let _: i64 = c.query_row("SELECT count(*) FROM pools", [], |r| r.get(0)).unwrap();
+        for f in ["keybridge.db-wal", "keybridge.db-shm"] {
+            assert_eq!(std::fs::metadata(d.join(f)).unwrap().permissions().mode() & 0o777, 0o600, "{f}");
+        }
     }
     // Idempotent, and never overwrites the root key.
     let key = std::fs::read(d.join("root.key")).unwrap();

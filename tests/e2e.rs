@@ -448,6 +448,55 @@ async fn authentication_and_isolation() {
     assert_eq!(resp.status(), 200);
 }
 
+/// The client does not weaken itself: the KDF parameters it takes from the
+/// (unauthenticated) `/kdf` answer must meet keybridge's floor, registration
+/// refuses weaker ones, and the service is reached only over https.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_client_refuses_weak_kdf_parameters_and_plain_http() {
+    let d = Deployment::start(Kind::Builtin).unwrap();
+    // Registration below the floor (1 MiB, 1 pass) is refused.
+    // (The library itself refuses to derive with them, so the request is
+    // built by hand.)
+    let weak = keybridge::seal::KdfParams { m_kib: 1024, t: 1, ..Default::default() };
+    assert!(keybridge::seal::register("mallory", &password("mallory-network-pw"), weak).is_err());
+    let mut reg = keybridge::seal::register("mallory", &password("mallory-network-pw"), test_kdf()).unwrap();
+    reg.kdf = weak;
+    let body = keybridge::api::RegisterClient { name: "mallory".into(), registration: reg };
+    let resp = d.operator().post(format!("{}/v1/clients", d.url())).bearer_auth(d.token()).json(&body).send().await.unwrap();
+    assert_eq!(resp.status(), 400);
+    assert!(resp.text().await.unwrap().contains("too weak"));
+
+    // A catalog (or service) that hands out cheap parameters or a short
+    // salt: the client refuses before it derives or signs anything.
+    d.register("alice", "alice-network-pw").await;
+    assert!(d.client("alice", "alice-network-pw").await.is_ok());
+    for (column, value, needle) in [
+        ("kdf", r#"{"alg":"argon2id","m_kib":1024,"t":1,"p":1}"#.to_owned(), "too weak"),
+        ("kdf", r#"{"alg":"argon2id","m_kib":8192,"t":4,"p":1}"#.to_owned(), "too weak"),
+        ("salt", String::new(), "salt is 1 bytes"),
+    ] {
+        let c = d.catalog();
+        let (old_kdf, old_salt): (String, Vec<u8>) = c.query_row("SELECT kdf, salt FROM clients WHERE name = 'alice'", [], |r| Ok((r.get(0)?, r.get(1)?))).unwrap();
+        if column == "kdf" {
+            c.execute("UPDATE clients SET kdf = ?1 WHERE name = 'alice'", [&value]).unwrap();
+        } else {
+            c.execute("UPDATE clients SET salt = x'00' WHERE name = 'alice'", []).unwrap();
+        }
+        let err = d.client("alice", "alice-network-pw").await.unwrap_err();
+        assert!(matches!(err, keybridge::Error::Seal { .. }) && err.to_string().contains(needle), "{column}: {err}");
+        c.execute("UPDATE clients SET kdf = ?1, salt = ?2 WHERE name = 'alice'", rusqlite::params![old_kdf, old_salt]).unwrap();
+    }
+    assert!(d.client("alice", "alice-network-pw").await.is_ok());
+
+    // Plain http is refused before anything is sent.
+    let src = tempfile::tempdir().unwrap();
+    std::fs::write(src.path().join("f"), "data").unwrap();
+    let http_url = d.url().replace("https://", "http://");
+    let pw = d.dir().join("alice.pw");
+    let out = d.command(&["backup", "--pool", "p", "--client", "alice", "--password-file", pw.to_str().unwrap(), src.path().join("f").to_str().unwrap()]).env("KEYBRIDGE_SERVICE", &http_url).output().unwrap();
+    fails(&out, 3, "only over https://");
+}
+
 async fn alice_salt(d: &Deployment) -> Vec<u8> {
     let v: Value = d.operator().get(format!("{}/v1/clients/alice/kdf", d.url())).send().await.unwrap().json().await.unwrap();
     hex::decode(v["salt"].as_str().unwrap()).unwrap()
@@ -702,7 +751,7 @@ async fn openapi_matches_routes() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn health_reports_a_dead_kms_and_service_still_starts() {
     let d = Deployment::start(Kind::Builtin).unwrap();
-    let v: Value = d.operator().get(format!("{}/healthz", d.url())).send().await.unwrap().json().await.unwrap();
+    let v: Value = d.operator().get(format!("{}/healthz", d.url())).bearer_auth(d.token()).send().await.unwrap().json().await.unwrap();
     assert_eq!(v["status"], "ok", "{v}");
     assert_eq!(v["kms"][0]["state"], "usable", "{v}");
 
@@ -716,7 +765,7 @@ async fn health_reports_a_dead_kms_and_service_still_starts() {
     .unwrap();
     let mut v = Value::Null;
     for _ in 0..100 {
-        v = dead.operator().get(format!("{}/healthz", dead.url())).send().await.unwrap().json().await.unwrap();
+        v = dead.operator().get(format!("{}/healthz", dead.url())).bearer_auth(dead.token()).send().await.unwrap().json().await.unwrap();
         if v["kms"][1]["state"] != "unknown" {
             break;
         }
@@ -727,6 +776,15 @@ async fn health_reports_a_dead_kms_and_service_still_starts() {
     assert_eq!(v["kms"][1]["state"], "unusable");
     assert!(v["kms"][1]["detail"].as_str().unwrap().contains("libdead.so"), "{v}");
     assert_eq!(v["kms"][0]["state"], "usable");
+    // Without the operator token: up or degraded, nothing about the KMS.
+    for token in [None, Some("wrong")] {
+        let mut req = dead.operator().get(format!("{}/healthz", dead.url()));
+        if let Some(t) = token {
+            req = req.bearer_auth(t);
+        }
+        let v: Value = req.send().await.unwrap().json().await.unwrap();
+        assert_eq!(v, serde_json::json!({ "status": "degraded" }), "token {token:?}");
+    }
     let metrics = dead.operator().get(format!("{}/metrics", dead.url())).send().await.unwrap().text().await.unwrap();
     assert!(metrics.contains("keybridge_kms_up{kms=\"dead\"} 0"), "{metrics}");
     assert!(metrics.contains("keybridge_kms_up{kms=\"kms\"} 1"), "{metrics}");

@@ -107,6 +107,26 @@ fn open_connection(path: &Path) -> Result<Connection> {
     Ok(conn)
 }
 
+/// Create the catalog file 0600 if it is missing (SQLite gives its WAL and
+/// shared-memory files the database file's mode), and warn about an
+/// existing one that others may read: it holds wrapped keys and the audit
+/// log.
+fn create_private(path: &Path) -> Result<()> {
+    use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+    let io = |source| Error::Io { context: "creating the catalog", path: path.to_owned(), source };
+    match std::fs::OpenOptions::new().write(true).create_new(true).mode(0o600).open(path) {
+        Ok(_) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+            let mode = std::fs::metadata(path).map_err(io)?.permissions().mode();
+            if mode & 0o077 != 0 {
+                tracing::warn!(path = %path.display(), mode = format!("{:o}", mode & 0o777), "the catalog is readable or writable by others; chmod 600 it (and its -wal and -shm files)");
+            }
+            Ok(())
+        }
+        Err(e) => Err(io(e)),
+    }
+}
+
 impl Catalog {
     /// Open an existing catalog, applying pending migrations.
     pub fn open(path: &Path) -> Result<Catalog> {
@@ -128,6 +148,7 @@ impl Catalog {
                 source,
             })?;
         }
+        create_private(path)?;
         let mut conn = open_connection(path)?;
         migrate(&mut conn, path)?;
         let writer = writer::DekWriter::new(path.to_owned());

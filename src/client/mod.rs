@@ -134,6 +134,15 @@ pub struct ServiceClient {
 impl ServiceClient {
     /// Fetch the client's KDF salt and derive its keys (one Argon2id run).
     pub async fn connect(opts: &ClientOptions) -> Result<ServiceClient> {
+        // The KDF parameters, the signed requests and the sealed DEKs must
+        // not cross the network in clear: a man in the middle could hand
+        // out cheap KDF parameters and test passwords against signatures.
+        if !opts.service.starts_with("https://") {
+            return Err(Error::Input {
+                what: format!("service URL '{}'", opts.service),
+                reason: "keybridge reaches the service only over https://".into(),
+            });
+        }
         // One TLS configuration (one read of the CA file) for the API client
         // and for our own download connections.
         let tls = client_tls(opts.ca.as_deref())?;

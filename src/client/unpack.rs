@@ -295,7 +295,7 @@ mod tests {
 
     #[test]
     fn kept_mode_bits_drop_setuid_and_setgid_only() {
-        assert_eq!(mode(0o7777).bits() as u32, 0o1777);
-        assert_eq!(mode(0o104755).bits() as u32, 0o755);
+        assert_eq!(mode(0o7777).bits(), 0o1777);
+        assert_eq!(mode(0o104755).bits(), 0o755);
     }
 }

@@ -39,14 +39,8 @@ pub async fn register_client(kb: &Keybridge, name: &str, reg: &Registration, act
 fn register(kb: &Keybridge, name: &str, reg: &Registration) -> Result<ClientRecord> {
     check_name("client name", name)?;
     let bad = |reason: &str| Error::Input { what: format!("registration of client '{name}'"), reason: reason.to_owned() };
-    let default = KdfParams::default();
-    if reg.kdf.m_kib < 1024 || reg.kdf.t < 1 || reg.kdf.m_kib > 4 * 1024 * 1024 || reg.kdf.t > 64 || reg.kdf.p == 0 || reg.kdf.p > 64 {
-        return Err(bad("Argon2id parameters out of range (memory 1 MiB..4 GiB, 1..64 passes, 1..64 lanes)"));
-    }
-    if reg.kdf.m_kib < default.m_kib / 4 {
-        tracing::warn!(client = name, m_kib = reg.kdf.m_kib, "client registered with a weak Argon2id memory cost");
-    }
-    if reg.salt.len() < 16 || reg.salt.len() > 64 {
+    reg.kdf.check().map_err(|reason| bad(&reason))?;
+    if !crate::seal::SALT_LENS.contains(&reg.salt.len()) {
         return Err(bad("the salt must be 16 to 64 bytes"));
     }
     if ed25519_dalek::VerifyingKey::from_bytes(&reg.auth_public).is_err() {

@@ -26,9 +26,11 @@ fn header<'a>(headers: &'a HeaderMap, name: &'static str) -> Result<&'a str, Aut
 }
 
 /// Check a signed client request; returns the client's name. Its nonce is
-/// recorded in the catalog until its timestamp leaves the accepted window
-/// (after which the timestamp check alone refuses it), so a replay is
-/// refused by every service process on the catalog, also after a restart.
+/// recorded in the catalog until its timestamp has left the accepted window
+/// by another `max_skew` (after which the timestamp check alone refuses it,
+/// also at another service process whose clock is up to `max_skew` behind
+/// this one's), so a replay is refused by every service process on the
+/// catalog, also after a restart.
 pub async fn verify_client(
     catalog: &Catalog,
     max_skew: u64,
@@ -54,11 +56,17 @@ pub async fn verify_client(
     auth::verify(&public, &auth::canonical(method, path_and_query, client, timestamp, nonce, body), signature, client)?;
     // Only a verified request consumes its nonce, so forged requests cannot
     // fill the table or burn a legitimate client's nonces.
-    match catalog.consume_nonce(client, nonce, timestamp + max_skew).await {
+    match catalog.consume_nonce(client, nonce, nonce_kept_until(timestamp, max_skew)).await {
         Ok(true) => Ok(client.to_owned()),
         Ok(false) => Err(AuthError::Replay.into()),
         Err(e) => Err(Refusal::Catalog(e)),
     }
+}
+
+/// Until when a nonce stays in the catalog: the end of its request's window
+/// plus the skew again (see [`verify_client`]).
+fn nonce_kept_until(timestamp: u64, max_skew: u64) -> u64 {
+    timestamp.saturating_add(max_skew.saturating_mul(2))
 }
 
 /// Check `Authorization: Bearer <token>` against the operator token.
@@ -72,5 +80,20 @@ pub fn verify_operator(token: &SecretString, headers: &HeaderMap) -> Result<(), 
         Ok(())
     } else {
         Err("wrong operator token")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    /// A request is accepted while |now - timestamp| <= skew; its nonce must
+    /// outlive that window by a second skew, so an instance whose clock runs
+    /// up to `skew` behind still finds it.
+    #[test]
+    fn nonces_outlive_the_window_by_the_skew() {
+        let (t, skew) = (1_000_000, 300);
+        let last_accepted_here = t + skew;
+        let last_accepted_by_a_slower_clock = last_accepted_here + skew;
+        assert!(super::nonce_kept_until(t, skew) >= last_accepted_by_a_slower_clock);
+        assert_eq!(super::nonce_kept_until(u64::MAX, skew), u64::MAX);
     }
 }

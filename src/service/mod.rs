@@ -204,12 +204,18 @@ pub fn router(service: Shared) -> Router {
         .with_state(service)
 }
 
-async fn healthz(State(s): State<Shared>) -> Response {
+async fn healthz(State(s): State<Shared>, headers: HeaderMap) -> Response {
     let health = s.health.read().await.clone();
     let status = if health.iter().all(|h| h.state == "usable") { "ok" } else { "degraded" };
     // 200 even when degraded: issuing DEKs needs no KMS (public KEK), so a
     // dead HSM must not make a load balancer drop the whole service.
-    Json(json!({ "status": status, "kms": health })).into_response()
+    // Token labels, serials, module paths and raw KMS errors are for
+    // operators only; anyone else learns up or degraded.
+    if auth::verify_operator(&s.operator_token, &headers).is_ok() {
+        Json(json!({ "status": status, "kms": health })).into_response()
+    } else {
+        Json(json!({ "status": status })).into_response()
+    }
 }
 
 async fn metrics_text(State(s): State<Shared>) -> Response {

@@ -130,9 +130,9 @@ pub fn actor() -> keybridge::audit::Actor {
     keybridge::audit::Actor::Operator("test".into())
 }
 
-/// Cheap Argon2id parameters: tests are about the flow, not the KDF cost.
+/// The cheapest Argon2id parameters keybridge accepts (its floor).
 pub fn test_kdf() -> keybridge::seal::KdfParams {
-    keybridge::seal::KdfParams { m_kib: 1024, t: 1, ..Default::default() }
+    keybridge::seal::KdfParams { m_kib: keybridge::seal::KdfParams::MIN_M_KIB, t: 5, ..Default::default() }
 }
 
 /// SHA-256 over every row of every table: "nothing changed in the catalog".
