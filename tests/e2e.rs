@@ -426,12 +426,33 @@ async fn authentication_and_isolation() {
     let replay = send(fresh).await.unwrap();
     assert_eq!(replay.status(), 401, "a request replayed to another service process was accepted");
     assert!(replay.text().await.unwrap().contains("replay"));
-    // The signature covers the path: moved to another DEK it fails.
-    let mut moved = headers.clone();
-    moved[2].1 = "00000000000000000000000000000001".into();
-    let resp = send(moved).await.unwrap();
-    assert_eq!(resp.status(), 401);
-    assert!(resp.text().await.unwrap().contains("signature does not verify"));
+    // The signature covers method, path, query and body: a request changed
+    // in any of them after signing is refused (each with fresh headers, so
+    // only the change can be the reason), while the unchanged one passes.
+    let job_path = format!("/v1/jobs/{job}");
+    let other_dek = format!("/v1/deks/{}/recover", uuid::Uuid::now_v7());
+    let pool_body = br#"{"pool":"p"}"#.to_vec();
+    for (what, signed, sent) in [
+        ("path", ("POST", other_dek.clone(), Vec::new()), ("POST", path.clone(), Vec::new())),
+        ("method", ("POST", job_path.clone(), Vec::new()), ("GET", job_path.clone(), Vec::new())),
+        ("query", ("GET", job_path.clone(), Vec::new()), ("GET", format!("{job_path}?limit=1"), Vec::new())),
+        ("body", ("POST", "/v1/deks".to_owned(), pool_body.clone()), ("POST", "/v1/deks".to_owned(), br#"{"pool":"p" }"#.to_vec())),
+        ("nothing", ("GET", job_path.clone(), Vec::new()), ("GET", job_path.clone(), Vec::new())),
+    ] {
+        let headers = keybridge::api::auth::sign(&keys, "alice", signed.0, &signed.1, &signed.2).unwrap();
+        let mut req = http.request(sent.0.parse().unwrap(), format!("{}{}", d.url(), sent.1)).header("content-type", "application/json").body(sent.2);
+        for (k, v) in headers {
+            req = req.header(k, v);
+        }
+        let resp = req.send().await.unwrap();
+        let (status, text) = (resp.status(), resp.text().await.unwrap());
+        if what == "nothing" {
+            assert_eq!(status, 200, "{text}");
+        } else {
+            assert_eq!(status, 401, "{what} changed after signing: {text}");
+            assert!(text.contains("signature does not verify"), "{what}: {text}");
+        }
+    }
     // A stale timestamp is refused whatever the signature.
     let mut stale = keybridge::api::auth::sign(&keys, "alice", "POST", &path, b"").unwrap();
     stale[1].1 = (keybridge::api::auth::unix_now() - 3600).to_string();
@@ -739,8 +760,13 @@ async fn openapi_matches_routes() {
         let concrete = path.replace("{name}", "nothing").replace("{id}", "nothing");
         let req = http.request(method.parse().unwrap(), format!("{}{concrete}", d.url()));
         let resp = req.send().await.unwrap();
+        let status = resp.status().as_u16().to_string();
         let body = resp.text().await.unwrap();
         assert!(!body.contains("no route"), "{method} {path} fell through to the fallback: {body}");
+        // Unauthenticated and naming nothing that exists, each route answers
+        // with a status its documentation lists.
+        let documented = doc["paths"][*path][method.to_lowercase()]["responses"].as_object().unwrap();
+        assert!(documented.contains_key(&status), "{method} {path} answered {status}, which docs/openapi.json does not list ({:?}): {body}", documented.keys().collect::<Vec<_>>());
     }
     let resp = http.get(format!("{}/v1/nothing", d.url())).send().await.unwrap();
     assert_eq!(resp.status(), 404);
