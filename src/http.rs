@@ -7,7 +7,7 @@ use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
-use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use hyper_util::server::graceful::GracefulShutdown;
 use axum::http::StatusCode;
@@ -52,6 +52,17 @@ pub(crate) fn bearer(headers: &axum::http::HeaderMap) -> Result<&str, BearerErro
 /// Bytes read from the socket at once under TLS.
 pub(crate) const TLS_READ_BUFFER: usize = 256 * 1024;
 
+/// Time a client has for its TLS handshake.
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+/// Time a client has to send a request's headers, counted from the moment
+/// the connection waits for them (also while an open connection is idle
+/// between requests), so a silent or byte-a-second client is dropped.
+pub(crate) const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
+/// Connections open at once; a connection beyond it is closed at once, so
+/// idle sockets cannot take every file descriptor. Slow clients are shed by
+/// the timeouts above long before this many pile up.
+pub(crate) const MAX_CONNECTIONS: usize = 4096;
+
 /// Serve `router` on `listener` until `shutdown` resolves, then wait up to
 /// `grace` for in-flight requests. Returns how many connections were still
 /// open when the grace period ran out (0 on a clean drain).
@@ -64,7 +75,10 @@ pub async fn serve(
 ) -> usize {
     let acceptor = tls.map(tokio_rustls::TlsAcceptor::from);
     let graceful = GracefulShutdown::new();
-    let builder = auto::Builder::new(TokioExecutor::new());
+    let mut builder = auto::Builder::new(TokioExecutor::new());
+    builder.http1().timer(TokioTimer::new()).header_read_timeout(HEADER_READ_TIMEOUT);
+    let builder = builder.http1_only();
+    let slots = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
     tokio::pin!(shutdown);
     loop {
         let (tcp, peer) = tokio::select! {
@@ -78,6 +92,10 @@ pub async fn serve(
                 }
             },
             () = &mut shutdown => break,
+        };
+        let Ok(slot) = slots.clone().try_acquire_owned() else {
+            tracing::warn!(%peer, limit = MAX_CONNECTIONS, "connection refused: too many open connections");
+            continue;
         };
         let _ = tcp.set_nodelay(true);
         let service = hyper_util::service::TowerToHyperService::new(router.clone());
@@ -94,7 +112,8 @@ pub async fn serve(
                     // buffer below it turns a large upload's 65 000 reads
                     // per GiB into a few thousand.
                     let tcp = tokio::io::BufReader::with_capacity(TLS_READ_BUFFER, tcp);
-                    let stream = match tokio::time::timeout(Duration::from_secs(10), acceptor.accept(tcp)).await {
+                    let _slot = slot;
+                    let stream = match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
                         Ok(Ok(s)) => s,
                         Ok(Err(e)) => return tracing::debug!(%peer, error = %e, "TLS handshake failed"),
                         Err(_) => return tracing::debug!(%peer, "TLS handshake timed out"),
@@ -109,6 +128,7 @@ pub async fn serve(
                 let conn = builder.serve_connection_with_upgrades(TokioIo::new(tcp), service).into_owned();
                 let conn = graceful.watch(conn);
                 tokio::spawn(async move {
+                    let _slot = slot;
                     if let Err(e) = conn.await {
                         tracing::debug!(%peer, error = %e, "connection ended with an error");
                     }

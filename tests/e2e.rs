@@ -971,7 +971,7 @@ fn regex_lite_uuid() -> impl Fn(&str) -> String {
 /// (what the service hands its clients), expiring at `expires`.
 fn agent_token(d: &Deployment, op: AgentOp, job: &str, expires: u64) -> String {
     let key = std::fs::read_to_string(d.dir().join("media-agent.key")).unwrap();
-    AgentKey::from_hex(&key).unwrap().mint(op, job, expires)
+    AgentKey::from_hex(&key).unwrap().mint(op, job, "alice", expires)
 }
 
 fn in_an_hour() -> u64 {
@@ -1037,11 +1037,11 @@ async fn media_agent_requires_the_services_token_for_the_job_and_operation() {
     let stranger = AgentKey::from_hex(&"ab".repeat(32)).unwrap();
     let refusals = [
         (None, "no MediaAgent token"),
-        (Some("Bearer nonsense".to_owned()), "malformed MediaAgent token: expected five '.'-separated fields"),
+        (Some("Bearer nonsense".to_owned()), "malformed MediaAgent token: expected six '.'-separated fields"),
         (Some(format!("Bearer {}", agent_token(&d, AgentOp::Get, job, in_an_hour()))), "allows 'get', not 'put'"),
         (Some(format!("Bearer {}", agent_token(&d, AgentOp::Put, other, in_an_hour()))), &format!("is for job {other}, not {job}")),
         (Some(format!("Bearer {}", agent_token(&d, AgentOp::Put, job, in_an_hour() - 7200))), "expired"),
-        (Some(format!("Bearer {}", stranger.mint(AgentOp::Put, job, in_an_hour()))), "signature does not verify"),
+        (Some(format!("Bearer {}", stranger.mint(AgentOp::Put, job, "alice", in_an_hour()))), "signature does not verify"),
     ];
     for (auth, why) in refusals {
         let mut req = http.put(&url).body(vec![1u8; 4096]);
@@ -1220,4 +1220,198 @@ async fn restore_writes_only_inside_its_target() {
         }
         assert_eq!(describe(&outside), before, "{what}: the restore changed something outside its target");
     }
+}
+
+/// A TLS connection to a deployment's service or MediaAgent (they share the
+/// deployment's self-signed certificate).
+async fn tls_connect(d: &Deployment, port: u16) -> tokio_rustls::client::TlsStream<tokio::net::TcpStream> {
+    let config = keybridge::tls::client_config(&d.dir().join("service.crt"), None).unwrap();
+    let tcp = tokio::net::TcpStream::connect(("127.0.0.1", port)).await.unwrap();
+    let name = rustls::pki_types::ServerName::IpAddress(std::net::Ipv4Addr::LOCALHOST.into());
+    tokio_rustls::TlsConnector::from(std::sync::Arc::new(config)).connect(name, tcp).await.unwrap()
+}
+
+/// Nobody can starve the service or the MediaAgent: 1,000 connections that
+/// stay silent, stop halfway through the TLS handshake, or send their
+/// headers a byte a second, while a real restore completes and `/healthz`
+/// answers within 2 s; and every one of them is closed by the server (the
+/// handshake and header deadlines are 10 s).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_and_slow_connections_do_not_starve_the_service() {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let d = Deployment::start(Kind::Builtin).unwrap();
+    d.register("alice", "alice-network-pw").await;
+    let src = tempfile::tempdir().unwrap();
+    let data = sample_tree(src.path());
+    let job = ok_json(&d.backup("alice", &[&data]))["job_id"].as_str().unwrap().to_owned();
+
+    let config = std::sync::Arc::new(keybridge::tls::client_config(&d.dir().join("service.crt"), None).unwrap());
+    let hello = {
+        let name = rustls::pki_types::ServerName::IpAddress(std::net::Ipv4Addr::LOCALHOST.into());
+        let mut conn = rustls::ClientConnection::new(config.clone(), name).unwrap();
+        let mut hello = Vec::new();
+        conn.write_tls(&mut hello).unwrap();
+        hello
+    };
+    const N: usize = 1000;
+    let closed = std::sync::Arc::new(AtomicUsize::new(0));
+    let mut attackers = Vec::new();
+    for i in 0..N {
+        let port = if i % 2 == 0 { d.port } else { d.agent_port };
+        let (closed, hello, config) = (closed.clone(), hello.clone(), config.clone());
+        attackers.push(tokio::spawn(async move {
+            let mut tcp = tokio::net::TcpStream::connect(("127.0.0.1", port)).await.unwrap();
+            let mut byte = [0u8; 1];
+            let gone = match i % 3 {
+                // Silent after connecting.
+                0 => tokio::time::timeout(Duration::from_secs(25), tcp.read(&mut byte)).await.is_ok(),
+                // Half a ClientHello, then nothing.
+                1 => {
+                    tcp.write_all(&hello[..hello.len() / 2]).await.unwrap();
+                    tokio::time::timeout(Duration::from_secs(25), tcp.read(&mut byte)).await.is_ok()
+                }
+                // A whole handshake, then the request's headers a byte a second.
+                _ => {
+                    let name = rustls::pki_types::ServerName::IpAddress(std::net::Ipv4Addr::LOCALHOST.into());
+                    let tls = tokio_rustls::TlsConnector::from(config).connect(name, tcp).await.unwrap();
+                    let (mut r, mut w) = tokio::io::split(tls);
+                    let head = b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Slow: ".repeat(4);
+                    let drip = async move {
+                        for b in head {
+                            if w.write_all(&[b]).await.is_err() || w.flush().await.is_err() {
+                                break;
+                            }
+                            tokio::time::sleep(Duration::from_secs(1)).await;
+                        }
+                        std::future::pending::<()>().await
+                    };
+                    tokio::select! {
+                        _ = tokio::time::sleep(Duration::from_secs(25)) => false,
+                        _ = r.read(&mut byte) => true,
+                        _ = drip => false,
+                    }
+                }
+            };
+            if gone {
+                closed.fetch_add(1, Ordering::Relaxed);
+            }
+        }));
+    }
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let health = |d: &Deployment| {
+        let (http, url) = (d.operator(), format!("{}/healthz", d.url()));
+        async move {
+            let t = std::time::Instant::now();
+            let resp = http.get(url).send().await.unwrap();
+            assert_eq!(resp.status(), 200);
+            t.elapsed()
+        }
+    };
+    let took = health(&d).await;
+    assert!(took < Duration::from_secs(2), "/healthz took {took:?} beside {N} slow connections");
+    let out = tempfile::tempdir().unwrap();
+    let restored = {
+        let cmd = d.command(&["--json", "restore", &job, "--to", out.path().to_str().unwrap(), "--client", "alice", "--password-file", d.dir().join("alice.pw").to_str().unwrap()]);
+        let mut cmd = cmd;
+        tokio::task::spawn_blocking(move || cmd.output().unwrap()).await.unwrap()
+    };
+    ok_json(&restored);
+    assert_eq!(describe(&data), describe(&out.path().join("data")));
+    let took = health(&d).await;
+    assert!(took < Duration::from_secs(2), "/healthz took {took:?} after the restore");
+    for a in attackers {
+        a.await.unwrap();
+    }
+    assert_eq!(closed.load(Ordering::Relaxed), N, "the server left some idle or slow connections open past its deadlines");
+}
+
+/// A large body from a caller that has not authenticated is refused before
+/// it is read: the answer comes while the caller has sent only a small part
+/// of its 100 MiB (what the socket buffers hold).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unauthenticated_large_bodies_are_refused_unread() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let d = Deployment::start(Kind::Builtin).unwrap();
+    let job = uuid::Uuid::now_v7();
+    const BODY: u64 = 100 << 20;
+    let token = d.token();
+    for (port, head, status) in [
+        (d.port, "POST /v1/pools HTTP/1.1\r\nContent-Type: application/json\r\n".to_owned(), "401"),
+        (d.port, "POST /v1/deks HTTP/1.1\r\nContent-Type: application/json\r\n".to_owned(), "401"),
+        (d.port, format!("POST /v1/pools HTTP/1.1\r\nAuthorization: Bearer {token}\r\nContent-Type: application/json\r\n"), "413"),
+        (d.agent_port, format!("PUT /v1/jobs/{job}/stream HTTP/1.1\r\n"), "401"),
+    ] {
+        let tls = tls_connect(&d, port).await;
+        let (mut r, mut w) = tokio::io::split(tls);
+        let sent = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
+        let counter = sent.clone();
+        let request = format!("{head}Host: 127.0.0.1\r\nContent-Length: {BODY}\r\n\r\n");
+        let writer = tokio::spawn(async move {
+            w.write_all(request.as_bytes()).await?;
+            let chunk = vec![b'x'; 64 * 1024];
+            while counter.load(std::sync::atomic::Ordering::Relaxed) < BODY {
+                w.write_all(&chunk).await?;
+                counter.fetch_add(chunk.len() as u64, std::sync::atomic::Ordering::Relaxed);
+            }
+            std::io::Result::Ok(())
+        });
+        let mut answer = vec![0u8; 512];
+        let n = tokio::time::timeout(Duration::from_secs(10), r.read(&mut answer)).await.expect("an answer").unwrap();
+        let sent_when_answered = sent.load(std::sync::atomic::Ordering::Relaxed);
+        writer.abort();
+        let answer = String::from_utf8_lossy(&answer[..n]).into_owned();
+        assert!(answer.starts_with(&format!("HTTP/1.1 {status}")), "{head}: {answer}");
+        assert!(sent_when_answered < 16 << 20, "{head}: {sent_when_answered} bytes of the body were taken before the answer");
+    }
+}
+
+/// The MediaAgent holds each client to its own limits: at most
+/// `--uploads-per-client` uploads at once (the job token names the client),
+/// and an upload that sends nothing for `--upload-idle-secs` is dropped
+/// with nothing stored, which frees its place.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn media_agent_limits_each_clients_uploads() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let d = Deployment::start(Kind::Builtin).unwrap();
+    let port = free_port();
+    let store = d.dir().join("limited-store");
+    let listen = format!("127.0.0.1:{port}");
+    let args = ["media-agent", "--store", store.to_str().unwrap(), "--listen", &listen, "--cert", "service.crt", "--key", "service.key"];
+    let _agent = d.spawn(&[&args[..], &["--token-key", "media-agent.key", "--uploads-per-client", "2", "--upload-idle-secs", "2"]].concat(), "limited.log");
+    d.wait_up(&format!("https://{listen}/healthz"), "limited.log");
+    let key = AgentKey::from_hex(&std::fs::read_to_string(d.dir().join("media-agent.key")).unwrap()).unwrap();
+    let jobs: Vec<String> = (0..4).map(|_| uuid::Uuid::now_v7().to_string()).collect();
+    let url = |job: &str| format!("https://{listen}/v1/jobs/{job}/stream");
+
+    // Two uploads of alice that start, then stall.
+    let mut stalled = Vec::new();
+    for job in &jobs[..2] {
+        let mut tls = tls_connect(&d, port).await;
+        let token = key.mint(AgentOp::Put, job, "alice", in_an_hour());
+        let head = format!("PUT /v1/jobs/{job}/stream HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: Bearer {token}\r\nContent-Length: 1048576\r\n\r\n");
+        tls.write_all(head.as_bytes()).await.unwrap();
+        tls.write_all(&[7u8; 1000]).await.unwrap();
+        tls.flush().await.unwrap();
+        stalled.push(tls);
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let put = |job: &str, client: &str| d.operator().put(url(job)).bearer_auth(key.mint(AgentOp::Put, job, client, in_an_hour())).body(vec![1u8; 4096]).send();
+    let third = put(&jobs[2], "alice").await.unwrap();
+    assert_eq!(third.status(), 429);
+    assert!(third.text().await.unwrap().contains("client 'alice' already runs 2 uploads"));
+    let bobs = put(&jobs[3], "bob").await.unwrap();
+    assert_eq!(bobs.status(), 201, "another client is not held to alice's limit: {}", bobs.text().await.unwrap());
+
+    // The stalled uploads are dropped after 2 s of silence; nothing of them
+    // is stored, and alice may upload again.
+    for (tls, job) in stalled.iter_mut().zip(&jobs) {
+        let mut answer = vec![0u8; 1024];
+        let n = tokio::time::timeout(Duration::from_secs(10), tls.read(&mut answer)).await.expect("the agent answers a stalled upload").unwrap();
+        let answer = String::from_utf8_lossy(&answer[..n]).into_owned();
+        assert!(answer.starts_with("HTTP/1.1 400") && answer.contains("nothing arrived for 2 s") && answer.contains("nothing was stored"), "{answer}");
+        assert!(!store.join("jobs").join(job).exists(), "a stalled upload left {job} in the store");
+    }
+    let again = put(&jobs[2], "alice").await.unwrap();
+    assert_eq!(again.status(), 201, "{}", again.text().await.unwrap());
 }

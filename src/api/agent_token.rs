@@ -1,17 +1,19 @@
 //! MediaAgent access tokens: the service's permission for one client to
 //! upload, or to download, one job's stream, checked by the MediaAgent
-//! without asking the service.
+//! without asking the service. The token names the client, so the agent
+//! can hold each client to its own limits.
 //!
 //! The service and the agent share a 32-byte key (`keybridge init` writes it
 //! to `[service] media_agent_key_file`; the agent reads the same file with
 //! `--token-key`). A token is
 //!
 //! ```text
-//! v1.<op>.<job>.<expires>.<hex HMAC-SHA256(key, "keybridge/v1/agent-token" 0 op 0 job 0 expires)>
+//! v2.<op>.<job>.<hex client>.<expires>.<hex HMAC-SHA256(key, "keybridge/v2/agent-token" 0 op 0 job 0 client 0 expires)>
 //! ```
 //!
 //! with `op` `put` (store the stream) or `get` (read it or its index), `job`
-//! the job id and `expires` Unix seconds. The service mints a `put` token
+//! the job id, `client` the name of the client the job belongs to (hex, so
+//! no name can shift the fields) and `expires` Unix seconds. The service mints a `put` token
 //! when it records a job for its client and a `get` token when the job's
 //! owner reads it for a restore; the client sends it to the agent as
 //! `Authorization: Bearer`. A token names one job and one operation, so a
@@ -33,8 +35,9 @@ use zeroize::Zeroizing;
 /// How long a freshly minted token is accepted.
 pub const TOKEN_TTL_SECS: u64 = 3600;
 
-const DOMAIN: &[u8] = b"keybridge/v1/agent-token";
-const VERSION: &str = "v1";
+const DOMAIN: &[u8] = b"keybridge/v2/agent-token";
+const VERSION: &str = "v2";
+const FIELDS: &str = "expected six '.'-separated fields";
 
 /// What a token allows.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -90,41 +93,44 @@ impl AgentKey {
         Ok(AgentKey(key))
     }
 
-    fn mac(&self, op: &str, job: &str, expires: &str) -> Hmac<Sha256> {
+    fn mac(&self, op: &str, job: &str, client: &[u8], expires: &str) -> Hmac<Sha256> {
         let mut mac = <Hmac<Sha256> as KeyInit>::new_from_slice(&self.0[..]).expect("HMAC takes any key length");
-        for part in [DOMAIN, op.as_bytes(), job.as_bytes(), expires.as_bytes()] {
+        for part in [DOMAIN, op.as_bytes(), job.as_bytes(), client, expires.as_bytes()] {
             mac.update(part);
             mac.update(&[0]);
         }
         mac
     }
 
-    /// A token allowing `op` on `job` until `expires` (Unix seconds).
-    pub fn mint(&self, op: AgentOp, job: &str, expires: u64) -> String {
+    /// A token allowing `client` to `op` on `job` until `expires` (Unix
+    /// seconds).
+    pub fn mint(&self, op: AgentOp, job: &str, client: &str, expires: u64) -> String {
         let expires = expires.to_string();
-        let tag = self.mac(op.as_str(), job, &expires).finalize().into_bytes();
-        format!("{VERSION}.{}.{job}.{expires}.{}", op.as_str(), hex::encode(tag))
+        let tag = self.mac(op.as_str(), job, client.as_bytes(), &expires).finalize().into_bytes();
+        format!("{VERSION}.{}.{job}.{}.{expires}.{}", op.as_str(), hex::encode(client), hex::encode(tag))
     }
 
-    /// Check that `token` allows `op` on `job` at `now` (Unix seconds).
-    pub fn verify(&self, token: &str, op: AgentOp, job: &str, now: u64) -> Result<(), TokenError> {
-        // Two fields from the left, two from the right; the job id is what
-        // is left in the middle (whatever it holds).
+    /// Check that `token` allows `op` on `job` at `now` (Unix seconds);
+    /// returns the client it was minted for.
+    pub fn verify(&self, token: &str, op: AgentOp, job: &str, now: u64) -> Result<String, TokenError> {
+        // Two fields from the left, three from the right; the job id is
+        // what is left in the middle (whatever it holds).
         let mut left = token.splitn(3, '.');
         let (Some(version), Some(t_op), Some(rest)) = (left.next(), left.next(), left.next()) else {
-            return Err(TokenError::Malformed("expected five '.'-separated fields"));
+            return Err(TokenError::Malformed(FIELDS));
         };
-        let mut right = rest.rsplitn(3, '.');
-        let (Some(tag), Some(expires), Some(t_job)) = (right.next(), right.next(), right.next()) else {
-            return Err(TokenError::Malformed("expected five '.'-separated fields"));
+        let mut right = rest.rsplitn(4, '.');
+        let (Some(tag), Some(expires), Some(client), Some(t_job)) = (right.next(), right.next(), right.next(), right.next()) else {
+            return Err(TokenError::Malformed(FIELDS));
         };
         if version != VERSION {
-            return Err(TokenError::Malformed("unknown version (expected v1)"));
+            return Err(TokenError::Malformed("unknown version (expected v2)"));
         }
         let tag = hex::decode(tag).map_err(|_| TokenError::Malformed("the signature is not hex"))?;
+        let client = hex::decode(client).map_err(|_| TokenError::Malformed("the client is not hex"))?;
         let expiry: u64 = expires.parse().map_err(|_| TokenError::Malformed("the expiry is not a number"))?;
         // The signature first: nothing else a stranger wrote is reported.
-        self.mac(t_op, t_job, expires).verify_slice(&tag).map_err(|_| TokenError::BadSignature)?;
+        self.mac(t_op, t_job, &client, expires).verify_slice(&tag).map_err(|_| TokenError::BadSignature)?;
         if t_job != job {
             return Err(TokenError::OtherJob { token_job: t_job.to_owned(), job: job.to_owned() });
         }
@@ -134,7 +140,8 @@ impl AgentKey {
         if now > expiry {
             return Err(TokenError::Expired(now - expiry));
         }
-        Ok(())
+        // Minted by the service from a checked name: valid UTF-8.
+        String::from_utf8(client).map_err(|_| TokenError::Malformed("the client is not UTF-8"))
     }
 }
 
@@ -152,9 +159,9 @@ mod tests {
     #[test]
     fn a_minted_token_verifies_for_its_job_and_op_until_it_expires() {
         let k = key(1);
-        let t = k.mint(AgentOp::Put, JOB, 1000);
-        assert!(t.starts_with(&format!("v1.put.{JOB}.1000.")), "{t}");
-        assert_eq!(k.verify(&t, AgentOp::Put, JOB, 1000), Ok(()));
+        let t = k.mint(AgentOp::Put, JOB, "alice", 1000);
+        assert!(t.starts_with(&format!("v2.put.{JOB}.{}.1000.", hex::encode("alice"))), "{t}");
+        assert_eq!(k.verify(&t, AgentOp::Put, JOB, 1000), Ok("alice".to_owned()));
         assert_eq!(k.verify(&t, AgentOp::Put, JOB, 1001), Err(TokenError::Expired(1)));
         assert_eq!(k.verify(&t, AgentOp::Get, JOB, 10), Err(TokenError::OtherOp { allowed: "put".into(), wanted: "get" }));
         assert_eq!(k.verify(&t, AgentOp::Put, OTHER, 10), Err(TokenError::OtherJob { token_job: JOB.into(), job: OTHER.into() }));
@@ -163,17 +170,22 @@ mod tests {
     #[test]
     fn a_job_name_with_dots_is_carried_whole() {
         let k = key(3);
-        let t = k.mint(AgentOp::Get, "../../etc/passwd", 50);
-        assert_eq!(k.verify(&t, AgentOp::Get, "../../etc/passwd", 1), Ok(()));
+        let t = k.mint(AgentOp::Get, "../../etc/passwd", "c.d.e", 50);
+        assert_eq!(k.verify(&t, AgentOp::Get, "../../etc/passwd", 1), Ok("c.d.e".to_owned()));
         assert_eq!(k.verify(&t, AgentOp::Get, "../..", 1), Err(TokenError::OtherJob { token_job: "../../etc/passwd".into(), job: "../..".into() }));
     }
 
     #[test]
     fn another_key_or_any_edited_field_fails_the_signature() {
         let k = key(1);
-        let t = k.mint(AgentOp::Get, JOB, 5000);
+        let t = k.mint(AgentOp::Get, JOB, "alice", 5000);
         assert_eq!(key(2).verify(&t, AgentOp::Get, JOB, 10), Err(TokenError::BadSignature));
-        let edits = [t.replace(".get.", ".put."), t.replace(".5000.", ".9999."), t.replace(JOB, OTHER)];
+        let edits = [
+            t.replace(".get.", ".put."),
+            t.replace(".5000.", ".9999."),
+            t.replace(JOB, OTHER),
+            t.replace(&hex::encode("alice"), &hex::encode("bob")),
+        ];
         for edited in edits {
             assert_ne!(edited, t);
             assert_eq!(k.verify(&edited, AgentOp::Get, JOB, 10), Err(TokenError::BadSignature), "{edited}");
@@ -189,12 +201,13 @@ mod tests {
     fn malformed_tokens_are_named() {
         let k = key(1);
         for (token, why) in [
-            ("", "expected five '.'-separated fields"),
-            ("v1.get.job.1", "expected five '.'-separated fields"),
-            ("v1.get.job", "expected five '.'-separated fields"),
-            ("v2.get.job.1.00", "unknown version (expected v1)"),
-            ("v1.get.job.1.zz", "the signature is not hex"),
-            ("v1.get.job.soon.00", "the expiry is not a number"),
+            ("", FIELDS),
+            ("v2.get.job.61.1", FIELDS),
+            ("v2.get.job.61", FIELDS),
+            ("v1.get.job.61.1.00", "unknown version (expected v2)"),
+            ("v2.get.job.61.1.zz", "the signature is not hex"),
+            ("v2.get.job.zz.1.00", "the client is not hex"),
+            ("v2.get.job.61.soon.00", "the expiry is not a number"),
         ] {
             assert_eq!(k.verify(token, AgentOp::Get, "job", 0), Err(TokenError::Malformed(why)), "{token}");
         }

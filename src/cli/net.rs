@@ -56,6 +56,14 @@ pub struct MediaAgentArgs {
     /// Accept job requests without tokens (a trusted network only).
     #[arg(long)]
     pub no_auth: bool,
+    /// Uploads one client may run at once (the job token names the
+    /// client); more are refused with 429.
+    #[arg(long, default_value_t = media_agent::UPLOADS_PER_CLIENT)]
+    pub uploads_per_client: usize,
+    /// An upload that sends nothing for this many seconds is dropped, with
+    /// nothing stored.
+    #[arg(long, default_value_t = media_agent::UPLOAD_IDLE_SECS)]
+    pub upload_idle_secs: u64,
 }
 
 #[derive(Debug, Args)]
@@ -107,6 +115,8 @@ pub async fn media_agent(args: &MediaAgentArgs) -> Result<(Value, String)> {
         listen: args.listen.clone(),
         tls: args.cert.clone().zip(args.key.clone()),
         token_key: args.token_key.as_deref().map(crate::secret::read_agent_key).transpose()?,
+        uploads_per_client: args.uploads_per_client,
+        upload_idle: Duration::from_secs(args.upload_idle_secs.max(1)),
         shutdown_grace: Duration::from_secs(30),
     };
     media_agent::run(cfg, crate::http::shutdown_signal()).await?;

@@ -42,6 +42,13 @@ const DRAIN_TIME: Duration = Duration::from_secs(10);
 /// Bytes gathered from the request body before each disk write.
 const WRITE_BATCH: usize = crate::FILE_IO_BUF;
 
+/// An upload that sends nothing for this long is dropped (nothing stored),
+/// so a stalled client does not hold its writer thread; unless
+/// `--upload-idle-secs`.
+pub const UPLOAD_IDLE_SECS: u64 = 60;
+/// Uploads one client may run at once, unless `--uploads-per-client`.
+pub const UPLOADS_PER_CLIENT: usize = 8;
+
 /// How the agent is started.
 #[derive(Debug, Clone)]
 pub struct AgentConfig {
@@ -50,6 +57,10 @@ pub struct AgentConfig {
     pub tls: Option<(PathBuf, PathBuf)>,
     /// The key job tokens are checked with; `None` accepts every request.
     pub token_key: Option<AgentKey>,
+    /// Uploads one client may run at once (the token names the client).
+    pub uploads_per_client: usize,
+    /// An upload that sends nothing for this long is dropped.
+    pub upload_idle: Duration,
     pub shutdown_grace: Duration,
 }
 
@@ -57,20 +68,61 @@ pub struct AgentConfig {
 struct Agent {
     store: Store,
     token_key: Option<AgentKey>,
+    uploads_per_client: usize,
+    upload_idle: Duration,
+    /// Uploads running, per client.
+    uploads: std::sync::Mutex<std::collections::HashMap<String, usize>>,
+}
+
+/// One running upload of a client; counted out when dropped.
+struct UploadSlot {
+    agent: Shared,
+    client: String,
+}
+
+impl Drop for UploadSlot {
+    fn drop(&mut self) {
+        let mut uploads = self.agent.uploads.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(n) = uploads.get_mut(&self.client) {
+            *n -= 1;
+            if *n == 0 {
+                uploads.remove(&self.client);
+            }
+        }
+    }
 }
 
 type Shared = Arc<Agent>;
 
 impl Agent {
-    /// Refuse a request without a valid token for `op` on `job` (401).
-    fn authorize(&self, headers: &HeaderMap, op: AgentOp, job: &str) -> Result<(), ApiError> {
-        let Some(key) = &self.token_key else { return Ok(()) };
+    /// Refuse a request without a valid token for `op` on `job` (401);
+    /// the client the token names (`None` with `--no-auth`).
+    fn authorize(&self, headers: &HeaderMap, op: AgentOp, job: &str) -> Result<Option<String>, ApiError> {
+        let Some(key) = &self.token_key else { return Ok(None) };
         let token = crate::http::bearer(headers).map_err(|_| TokenError::Missing);
-        token.and_then(|t| key.verify(t.trim(), op, job, crate::api::auth::unix_now())).map_err(|e| {
+        token.and_then(|t| key.verify(t.trim(), op, job, crate::api::auth::unix_now())).map(Some).map_err(|e| {
             tracing::warn!(job, op = op.as_str(), error = %e, "media agent request refused");
             ApiError(StatusCode::UNAUTHORIZED, "auth", e.to_string())
         })
     }
+}
+
+/// Count an upload of `client` in, or refuse it (429) when the client
+/// already runs its limit.
+fn start_upload(agent: &Shared, client: Option<String>) -> Result<Option<UploadSlot>, ApiError> {
+    let Some(client) = client else { return Ok(None) };
+    let mut uploads = agent.uploads.lock().unwrap_or_else(|e| e.into_inner());
+    let running = uploads.entry(client.clone()).or_insert(0);
+    if *running >= agent.uploads_per_client {
+        tracing::warn!(client, limit = agent.uploads_per_client, "upload refused: the client runs its limit of uploads");
+        return Err(ApiError(
+            StatusCode::TOO_MANY_REQUESTS,
+            "busy",
+            format!("client '{client}' already runs {} uploads at this MediaAgent (its limit); retry when one ends", agent.uploads_per_client),
+        ));
+    }
+    *running += 1;
+    Ok(Some(UploadSlot { agent: agent.clone(), client }))
 }
 
 fn error_response(e: StoreError) -> Response {
@@ -88,14 +140,14 @@ fn error_response(e: StoreError) -> Response {
 }
 
 /// The agent's router over a store; with a key, job routes need tokens.
-pub fn router(store: Store, token_key: Option<AgentKey>) -> Router {
+pub fn router(store: Store, token_key: Option<AgentKey>, uploads_per_client: usize, upload_idle: Duration) -> Router {
     let auth = if token_key.is_some() { "token" } else { "none" };
     Router::new()
         .route("/healthz", get(move |State(s): State<Shared>| async move { Json(json!({ "status": "ok", "store": s.store.root(), "auth": auth })) }))
         .route("/v1/jobs/{job}", get(job_index))
         .route("/v1/jobs/{job}/stream", get(get_stream).put(put_stream))
         .fallback(crate::http::no_route)
-        .with_state(Arc::new(Agent { store, token_key }))
+        .with_state(Arc::new(Agent { store, token_key, uploads_per_client: uploads_per_client.max(1), upload_idle, uploads: Default::default() }))
 }
 
 async fn job_index(State(agent): State<Shared>, headers: HeaderMap, Path(job): Path<String>) -> Response {
@@ -139,9 +191,10 @@ async fn get_stream(State(agent): State<Shared>, headers: HeaderMap, Path(job): 
 }
 
 async fn put_stream(State(agent): State<Shared>, headers: HeaderMap, Path(job): Path<String>, body: Body) -> Response {
-    if let Err(refused) = agent.authorize(&headers, AgentOp::Put, &job) {
-        return refused.into_response();
-    }
+    let slot = match agent.authorize(&headers, AgentOp::Put, &job).and_then(|client| start_upload(&agent, client)) {
+        Ok(slot) => slot,
+        Err(refused) => return refused.into_response(),
+    };
     let upload = match agent.store.begin(&job) {
         Ok(u) => u,
         Err(e) => return error_response(e),
@@ -173,7 +226,10 @@ async fn put_stream(State(agent): State<Shared>, headers: HeaderMap, Path(job): 
     let mut body_error = None;
     let mut batch = Vec::with_capacity(WRITE_BATCH);
     loop {
-        let frame = frames.next().await;
+        let frame = match tokio::time::timeout(agent.upload_idle, frames.next()).await {
+            Ok(frame) => frame,
+            Err(_) => Some(Err(axum::Error::new(format!("nothing arrived for {} s", agent.upload_idle.as_secs())))),
+        };
         let end = frame.is_none();
         if let Some(Ok(data)) = &frame {
             batch.extend_from_slice(data);
@@ -206,7 +262,9 @@ async fn put_stream(State(agent): State<Shared>, headers: HeaderMap, Path(job): 
         }
     }
     drop(tx);
-    match writer.await {
+    let written = writer.await;
+    drop(slot);
+    match written {
         Ok(Ok(Some(info))) => {
             tracing::info!(job = %job, bytes = info.bytes, "stream stored");
             (StatusCode::CREATED, Json(json!({ "job": job, "bytes": info.bytes, "checksum": info.checksum }))).into_response()
@@ -243,6 +301,6 @@ pub async fn run(cfg: AgentConfig, shutdown: impl std::future::Future<Output = (
         eprintln!("keybridge: media agent started with --no-auth: anyone who can reach it can store and read job streams");
         tracing::warn!("media agent accepts requests without job tokens (--no-auth)");
     }
-    crate::http::serve(listener, tls, router(store, cfg.token_key), shutdown, cfg.shutdown_grace).await;
+    crate::http::serve(listener, tls, router(store, cfg.token_key, cfg.uploads_per_client, cfg.upload_idle), shutdown, cfg.shutdown_grace).await;
     Ok(())
 }

@@ -25,20 +25,22 @@ fn header<'a>(headers: &'a HeaderMap, name: &'static str) -> Result<&'a str, Aut
     headers.get(name).ok_or(AuthError::Missing(name))?.to_str().map_err(|_| AuthError::Malformed(name))
 }
 
-/// Check a signed client request; returns the client's name. Its nonce is
-/// recorded in the catalog until its timestamp has left the accepted window
-/// by another `max_skew` (after which the timestamp check alone refuses it,
-/// also at another service process whose clock is up to `max_skew` behind
-/// this one's), so a replay is refused by every service process on the
-/// catalog, also after a restart.
-pub async fn verify_client(
-    catalog: &Catalog,
+/// What the headers of a signed request claim, checked as far as they can
+/// be without the body: well formed, timestamp inside the skew window, the
+/// client known. Only then is the body read ([`Claim::verify`]), so an
+/// unauthenticated caller cannot make the service read a large body.
+#[derive(Debug)]
+pub struct Claim {
+    client: String,
+    timestamp: u64,
+    nonce: String,
+    signature: String,
+    public: [u8; 32],
     max_skew: u64,
-    method: &str,
-    path_and_query: &str,
-    headers: &HeaderMap,
-    body: &[u8],
-) -> Result<String, Refusal> {
+}
+
+/// Check the headers of a signed client request (see [`Claim`]).
+pub fn claim(catalog: &Catalog, max_skew: u64, headers: &HeaderMap) -> Result<Claim, Refusal> {
     let client = header(headers, HEADER_CLIENT)?;
     let timestamp: u64 = header(headers, HEADER_TIMESTAMP)?.parse().map_err(|_| AuthError::Malformed(HEADER_TIMESTAMP))?;
     let nonce = header(headers, HEADER_NONCE)?;
@@ -53,18 +55,32 @@ pub async fn verify_client(
     }
     let record = catalog.client_by_name(client).map_err(|_| AuthError::UnknownClient(client.to_owned()))?;
     let public = record.auth_public.ok_or_else(|| AuthError::NoAuthKey(client.to_owned()))?;
-    auth::verify(&public, &auth::canonical(method, path_and_query, client, timestamp, nonce, body), signature, client)?;
-    // Only a verified request consumes its nonce, so forged requests cannot
-    // fill the table or burn a legitimate client's nonces.
-    match catalog.consume_nonce(client, nonce, nonce_kept_until(timestamp, max_skew)).await {
-        Ok(true) => Ok(client.to_owned()),
-        Ok(false) => Err(AuthError::Replay.into()),
-        Err(e) => Err(Refusal::Catalog(e)),
+    Ok(Claim { client: client.to_owned(), timestamp, nonce: nonce.to_owned(), signature: signature.to_owned(), public, max_skew })
+}
+
+impl Claim {
+    /// Verify the signature over the whole request and consume its nonce;
+    /// returns the client's name. The nonce is recorded in the catalog
+    /// until the request's timestamp has left the accepted window by
+    /// another `max_skew` (after which the timestamp check alone refuses
+    /// it, also at another service process whose clock is up to `max_skew`
+    /// behind this one's), so a replay is refused by every service process
+    /// on the catalog, also after a restart.
+    pub async fn verify(self, catalog: &Catalog, method: &str, path_and_query: &str, body: &[u8]) -> Result<String, Refusal> {
+        let Claim { client, timestamp, nonce, signature, public, max_skew } = self;
+        auth::verify(&public, &auth::canonical(method, path_and_query, &client, timestamp, &nonce, body), &signature, &client)?;
+        // Only a verified request consumes its nonce, so forged requests
+        // cannot fill the table or burn a legitimate client's nonces.
+        match catalog.consume_nonce(&client, &nonce, nonce_kept_until(timestamp, max_skew)).await {
+            Ok(true) => Ok(client),
+            Ok(false) => Err(AuthError::Replay.into()),
+            Err(e) => Err(Refusal::Catalog(e)),
+        }
     }
 }
 
 /// Until when a nonce stays in the catalog: the end of its request's window
-/// plus the skew again (see [`verify_client`]).
+/// plus the skew again (see [`Claim::verify`]).
 fn nonce_kept_until(timestamp: u64, max_skew: u64) -> u64 {
     timestamp.saturating_add(max_skew.saturating_mul(2))
 }

@@ -18,8 +18,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use axum::body::Bytes;
-use axum::extract::{Path, Query, State};
-use axum::http::{HeaderMap, Method, StatusCode, Uri};
+use axum::extract::{Extension, MatchedPath, Path, Query, Request, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
@@ -28,7 +29,7 @@ use serde_json::json;
 use tokio::sync::RwLock;
 
 use crate::api::agent_token::{self, AgentKey, AgentOp};
-use crate::api::{self, ClientKdf, CreatePool, JobStarted, PoolRequest, RegisterClient};
+use crate::api::{self, ClientKdf, CreatePool, JobStarted, PoolRequest, RegisterClient, Role};
 use crate::http::ApiError;
 use crate::audit::Actor;
 use crate::catalog::PoolRecord;
@@ -109,32 +110,30 @@ impl Service {
         Ok(Service { kb: Arc::new(kb), cfg, operator_token, agent_key, metrics: Metrics::default(), health: RwLock::new(health) })
     }
 
-    async fn client(&self, method: &Method, uri: &Uri, headers: &HeaderMap, body: &[u8]) -> std::result::Result<String, ApiError> {
-        let path = uri.path_and_query().map(|p| p.as_str()).unwrap_or("/");
-        auth::verify_client(self.kb.catalog(), self.cfg.max_clock_skew_secs, method.as_str(), path, headers, body).await.map_err(|refusal| {
-            let e = match refusal {
-                auth::Refusal::Auth(e) => e,
-                auth::Refusal::Catalog(e) => {
-                    tracing::error!(error = %e, "could not record a request nonce");
-                    return ApiError::from(e);
-                }
-            };
-            let reason = match e {
-                api::auth::AuthError::Replay => "replay",
-                api::auth::AuthError::Skew(..) => "clock_skew",
-                api::auth::AuthError::BadSignature(_) => "bad_signature",
-                api::auth::AuthError::UnknownClient(_) => "unknown_client",
-                _ => "malformed",
-            };
-            self.metrics.auth_failure(reason);
-            tracing::warn!(reason, error = %e, "client request refused");
-            ApiError(StatusCode::UNAUTHORIZED, "auth", e.to_string())
-        })
+    /// The answer to a refused client request; counts and logs it.
+    fn refused(&self, refusal: auth::Refusal) -> ApiError {
+        let e = match refusal {
+            auth::Refusal::Auth(e) => e,
+            auth::Refusal::Catalog(e) => {
+                tracing::error!(error = %e, "could not record a request nonce");
+                return ApiError::from(e);
+            }
+        };
+        let reason = match e {
+            api::auth::AuthError::Replay => "replay",
+            api::auth::AuthError::Skew(..) => "clock_skew",
+            api::auth::AuthError::BadSignature(_) => "bad_signature",
+            api::auth::AuthError::UnknownClient(_) => "unknown_client",
+            _ => "malformed",
+        };
+        self.metrics.auth_failure(reason);
+        tracing::warn!(reason, error = %e, "client request refused");
+        ApiError(StatusCode::UNAUTHORIZED, "auth", e.to_string())
     }
 
     /// A MediaAgent token for `op` on `job`, valid for the next hour.
-    fn agent_token(&self, op: AgentOp, job: &str) -> String {
-        self.agent_key.mint(op, job, api::auth::unix_now() + agent_token::TOKEN_TTL_SECS)
+    fn agent_token(&self, op: AgentOp, job: &str, client: &str) -> String {
+        self.agent_key.mint(op, job, client, api::auth::unix_now() + agent_token::TOKEN_TTL_SECS)
     }
 
     fn operator(&self, headers: &HeaderMap) -> std::result::Result<(), ApiError> {
@@ -186,6 +185,59 @@ impl Service {
     }
 }
 
+/// Largest request body the service reads: every request is a small JSON
+/// document.
+const MAX_BODY: usize = 64 * 1024;
+/// How long a caller may take to send its body.
+const BODY_DEADLINE: Duration = Duration::from_secs(10);
+
+/// The client whose signature a request carries, verified by [`guard`].
+#[derive(Debug, Clone)]
+struct Caller(String);
+
+/// Every route passes here first. The caller is authenticated as far as the
+/// route's role allows before the body is read (the operator token; a
+/// client's headers, timestamp and registration), then the body is read,
+/// at most [`MAX_BODY`] within [`BODY_DEADLINE`], and a client's signature
+/// over the whole request is verified ([`Caller`]).
+async fn guard(State(s): State<Shared>, route: MatchedPath, req: Request, next: Next) -> Response {
+    match admit(&s, route.as_str(), req).await {
+        Ok(req) => next.run(req).await,
+        Err(refused) => refused.into_response(),
+    }
+}
+
+async fn admit(s: &Service, route: &str, req: Request) -> std::result::Result<Request, ApiError> {
+    // A route missing from ROUTES is treated as an operator route.
+    let role = api::ROUTES.iter().find(|(m, p, _)| *m == req.method().as_str() && *p == route).map_or(Role::Operator, |r| r.2);
+    let claim = match role {
+        Role::Public => None,
+        Role::Operator => {
+            s.operator(req.headers())?;
+            None
+        }
+        Role::Client => Some(auth::claim(s.kb.catalog(), s.cfg.max_clock_skew_secs, req.headers()).map_err(|r| s.refused(r))?),
+    };
+    let (mut parts, body) = req.into_parts();
+    let too_large = || ApiError(StatusCode::PAYLOAD_TOO_LARGE, "input", format!("the request body is larger than {MAX_BODY} bytes"));
+    let declared = parts.headers.get(axum::http::header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|n| n > MAX_BODY as u64) {
+        return Err(too_large());
+    }
+    let body = match tokio::time::timeout(BODY_DEADLINE, axum::body::to_bytes(body, MAX_BODY)).await {
+        Ok(Ok(body)) => body,
+        Ok(Err(e)) if std::error::Error::source(&e).is_some_and(|c| c.is::<http_body_util::LengthLimitError>()) => return Err(too_large()),
+        Ok(Err(_)) => return Err(ApiError(StatusCode::BAD_REQUEST, "input", "the request body broke off".into())),
+        Err(_) => return Err(ApiError(StatusCode::REQUEST_TIMEOUT, "input", format!("the request body did not arrive within {} s", BODY_DEADLINE.as_secs()))),
+    };
+    if let Some(claim) = claim {
+        let path = parts.uri.path_and_query().map_or("/", |p| p.as_str());
+        let client = claim.verify(s.kb.catalog(), parts.method.as_str(), path, &body).await.map_err(|r| s.refused(r))?;
+        parts.extensions.insert(Caller(client));
+    }
+    Ok(Request::from_parts(parts, axum::body::Body::from(body)))
+}
+
 /// The router with every route of [`api::ROUTES`].
 pub fn router(service: Shared) -> Router {
     Router::new()
@@ -200,6 +252,7 @@ pub fn router(service: Shared) -> Router {
         .route("/v1/jobs", get(list_jobs).post(start_job))
         .route("/v1/jobs/{id}", get(get_job))
         .route("/v1/jobs/{id}/complete", post(complete_job))
+        .route_layer(axum::middleware::from_fn_with_state(service.clone(), guard))
         .fallback(crate::http::no_route)
         .with_state(service)
 }
@@ -228,15 +281,13 @@ async fn metrics_text(State(s): State<Shared>) -> Response {
     ([(axum::http::header::CONTENT_TYPE, "text/plain; version=0.0.4")], s.metrics.render(&cache, &up)).into_response()
 }
 
-async fn list_pools(State(s): State<Shared>, headers: HeaderMap) -> ApiResult {
-    s.operator(&headers)?;
+async fn list_pools(State(s): State<Shared>) -> ApiResult {
     let started = Instant::now();
     let pools = s.kb.catalog().list_pools().map(|ps| ps.iter().map(PoolRecord::to_json).collect::<Vec<_>>());
     s.finish("pool_list", "-", started, pools.map(|p| json!({ "pools": p })))
 }
 
-async fn create_pool(State(s): State<Shared>, headers: HeaderMap, body: Bytes) -> ApiResult {
-    s.operator(&headers)?;
+async fn create_pool(State(s): State<Shared>, body: Bytes) -> ApiResult {
     let req: CreatePool = parse_body(&body)?;
     let started = Instant::now();
     let opts = pool_creation::PoolOptions { kek_bits: req.kek_bits, ..Default::default() };
@@ -244,15 +295,13 @@ async fn create_pool(State(s): State<Shared>, headers: HeaderMap, body: Bytes) -
     s.finish("pool_create", &req.kms, started, pool).map(|r| (StatusCode::CREATED, r).into_response())
 }
 
-async fn show_pool(State(s): State<Shared>, headers: HeaderMap, Path(name): Path<String>) -> ApiResult {
-    s.operator(&headers)?;
+async fn show_pool(State(s): State<Shared>, Path(name): Path<String>) -> ApiResult {
     let started = Instant::now();
     let pool = s.kb.catalog().pool_by_name(&name).map(|p| p.to_json());
     s.finish("pool_show", "-", started, pool)
 }
 
-async fn register_client(State(s): State<Shared>, headers: HeaderMap, body: Bytes) -> ApiResult {
-    s.operator(&headers)?;
+async fn register_client(State(s): State<Shared>, body: Bytes) -> ApiResult {
     let req: RegisterClient = parse_body(&body)?;
     let started = Instant::now();
     let c = clients::register_client(&s.kb, &req.name, &req.registration, &operator_actor())
@@ -272,8 +321,7 @@ fn default_limit() -> u32 {
     100
 }
 
-async fn list_jobs(State(s): State<Shared>, headers: HeaderMap, Query(q): Query<JobsQuery>) -> ApiResult {
-    s.operator(&headers)?;
+async fn list_jobs(State(s): State<Shared>, Query(q): Query<JobsQuery>) -> ApiResult {
     let started = Instant::now();
     let jobs = s.kb.catalog().list_jobs(q.client.as_deref(), q.limit.min(10_000));
     s.finish("job_list", "-", started, jobs.map(|j| json!({ "jobs": j })))
@@ -285,8 +333,7 @@ async fn client_kdf(State(s): State<Shared>, Path(name): Path<String>) -> ApiRes
     s.finish("client_kdf", "-", started, c)
 }
 
-async fn issue_dek(State(s): State<Shared>, method: Method, uri: Uri, headers: HeaderMap, body: Bytes) -> ApiResult {
-    let client = s.client(&method, &uri, &headers, &body).await?;
+async fn issue_dek(State(s): State<Shared>, Extension(Caller(client)): Extension<Caller>, body: Bytes) -> ApiResult {
     let req: PoolRequest = parse_body(&body)?;
     let started = Instant::now();
     let kms = s.kms_of_pool(&req.pool);
@@ -294,8 +341,7 @@ async fn issue_dek(State(s): State<Shared>, method: Method, uri: Uri, headers: H
     s.finish("dek_issue", &kms, started, grant)
 }
 
-async fn recover_dek(State(s): State<Shared>, method: Method, uri: Uri, headers: HeaderMap, Path(id): Path<String>, body: Bytes) -> ApiResult {
-    let client = s.client(&method, &uri, &headers, &body).await?;
+async fn recover_dek(State(s): State<Shared>, Extension(Caller(client)): Extension<Caller>, Path(id): Path<String>) -> ApiResult {
     let started = Instant::now();
     let kms = s
         .kb
@@ -308,26 +354,23 @@ async fn recover_dek(State(s): State<Shared>, method: Method, uri: Uri, headers:
     s.finish("dek_recover", &kms, started, grant)
 }
 
-async fn start_job(State(s): State<Shared>, method: Method, uri: Uri, headers: HeaderMap, body: Bytes) -> ApiResult {
-    let client = s.client(&method, &uri, &headers, &body).await?;
+async fn start_job(State(s): State<Shared>, Extension(Caller(client)): Extension<Caller>, body: Bytes) -> ApiResult {
     let req: PoolRequest = parse_body(&body)?;
     let started = Instant::now();
     let kms = s.kms_of_pool(&req.pool);
     let job = backup::start_job(&s.kb, &req.pool, &client, &s.cfg.media_agent, &Actor::Client(client.clone()))
         .await
-        .map(|(job, grant)| JobStarted { agent_token: s.agent_token(AgentOp::Put, &job.id), job_id: job.id, media_agent: job.media_agent, grant });
+        .map(|(job, grant)| JobStarted { agent_token: s.agent_token(AgentOp::Put, &job.id, &client), job_id: job.id, media_agent: job.media_agent, grant });
     s.finish("job_start", &kms, started, job).map(|r| (StatusCode::CREATED, r).into_response())
 }
 
-async fn get_job(State(s): State<Shared>, method: Method, uri: Uri, headers: HeaderMap, Path(id): Path<String>) -> ApiResult {
-    let client = s.client(&method, &uri, &headers, &[]).await?;
+async fn get_job(State(s): State<Shared>, Extension(Caller(client)): Extension<Caller>, Path(id): Path<String>) -> ApiResult {
     let started = Instant::now();
-    let job = backup::own_job(&s.kb, &id, &client).map(|job| api::Job { agent_token: s.agent_token(AgentOp::Get, &job.id), job });
+    let job = backup::own_job(&s.kb, &id, &client).map(|job| api::Job { agent_token: s.agent_token(AgentOp::Get, &job.id, &client), job });
     s.finish("job_get", "-", started, job)
 }
 
-async fn complete_job(State(s): State<Shared>, method: Method, uri: Uri, headers: HeaderMap, Path(id): Path<String>, body: Bytes) -> ApiResult {
-    let client = s.client(&method, &uri, &headers, &body).await?;
+async fn complete_job(State(s): State<Shared>, Extension(Caller(client)): Extension<Caller>, Path(id): Path<String>, body: Bytes) -> ApiResult {
     let req: api::CompleteJob = parse_body(&body)?;
     let started = Instant::now();
     s.finish("job_complete", "-", started, backup::complete_job(&s.kb, &id, &client, &req))
