@@ -60,8 +60,31 @@ const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 pub(crate) const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
 /// Connections open at once; a connection beyond it is closed at once, so
 /// idle sockets cannot take every file descriptor. Slow clients are shed by
-/// the timeouts above long before this many pile up.
+/// the timeouts above long before this many pile up. Lower where the
+/// process may not open that many files ([`connection_cap`]).
 pub(crate) const MAX_CONNECTIONS: usize = 4096;
+/// Descriptors kept free of connections: the catalog, the store's files,
+/// KMS connections, logs.
+const RESERVED_FDS: u64 = 256;
+
+/// How many connections this process may hold: its soft limit on open files
+/// is first raised to the hard limit, then [`RESERVED_FDS`] are kept back.
+fn connection_cap() -> usize {
+    use rustix::process::{getrlimit, setrlimit, Resource};
+    let mut limit = getrlimit(Resource::Nofile);
+    if limit.current < limit.maximum || (limit.current.is_some() && limit.maximum.is_none()) {
+        limit.current = limit.maximum;
+        if let Err(e) = setrlimit(Resource::Nofile, limit) {
+            tracing::debug!(error = %e, "could not raise the open-file limit");
+        }
+    }
+    let soft = getrlimit(Resource::Nofile).current.unwrap_or(u64::MAX);
+    let cap = usize::try_from(soft.saturating_sub(RESERVED_FDS)).unwrap_or(usize::MAX).clamp(64, MAX_CONNECTIONS);
+    if cap < MAX_CONNECTIONS {
+        tracing::warn!(cap, open_file_limit = soft, "the open-file limit allows fewer connections than {MAX_CONNECTIONS}");
+    }
+    cap
+}
 
 /// Serve `router` on `listener` until `shutdown` resolves, then wait up to
 /// `grace` for in-flight requests. Returns how many connections were still
@@ -78,7 +101,8 @@ pub async fn serve(
     let mut builder = auto::Builder::new(TokioExecutor::new());
     builder.http1().timer(TokioTimer::new()).header_read_timeout(HEADER_READ_TIMEOUT);
     let builder = builder.http1_only();
-    let slots = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
+    let cap = connection_cap();
+    let slots = Arc::new(tokio::sync::Semaphore::new(cap));
     tokio::pin!(shutdown);
     loop {
         let (tcp, peer) = tokio::select! {
@@ -94,7 +118,7 @@ pub async fn serve(
             () = &mut shutdown => break,
         };
         let Ok(slot) = slots.clone().try_acquire_owned() else {
-            tracing::warn!(%peer, limit = MAX_CONNECTIONS, "connection refused: too many open connections");
+            tracing::warn!(%peer, limit = cap, "connection refused: too many open connections");
             continue;
         };
         let _ = tcp.set_nodelay(true);

@@ -1079,14 +1079,22 @@ async fn media_agent_requires_the_services_token_for_the_job_and_operation() {
 /// One raw tar entry: the name and link target are written as given, so a
 /// hostile archive can carry what `tar::Builder` refuses to write
 /// (absolute names, `..`).
-fn raw_entry(tar: &mut Vec<u8>, kind: tar::EntryType, name: &str, mode: u32, link: &str, data: &[u8]) {
+fn raw_entry(tar: &mut Vec<u8>, kind: tar::EntryType, name: &str, mode: u32, link: &str, data: &[u8], mtime: i64) {
     let mut h = tar::Header::new_gnu();
     h.as_old_mut().name[..name.len()].copy_from_slice(name.as_bytes());
     h.as_old_mut().linkname[..link.len()].copy_from_slice(link.as_bytes());
     h.set_entry_type(kind);
     h.set_mode(mode);
     h.set_size(data.len() as u64);
-    h.set_mtime(1_600_000_000);
+    // As backup stores it: a time before 1970 as its two's complement.
+    h.set_mtime(mtime as u64);
+    if kind == tar::EntryType::GNUSparse {
+        // One byte of data at the end of 4 GiB of holes.
+        let gnu = h.as_gnu_mut().unwrap();
+        gnu.set_real_size(1 << 32);
+        gnu.sparse[0].offset.copy_from_slice(format!("{:011o}\0", (1u64 << 32) - 1).as_bytes());
+        gnu.sparse[0].numbytes.copy_from_slice(format!("{:011o}\0", 1).as_bytes());
+    }
     if matches!(kind, tar::EntryType::Char | tar::EntryType::Block) {
         h.set_device_major(1).unwrap();
         h.set_device_minor(3).unwrap();
@@ -1140,27 +1148,36 @@ async fn restore_writes_only_inside_its_target() {
     let abs = outside.display().to_string();
     let victim = format!("{abs}/victim");
 
-    type Entry<'a> = (tar::EntryType, String, u32, &'a str, &'a [u8]);
-    let e = |kind, name: &str, mode, link, data| -> Entry { (kind, name.to_owned(), mode, link, data) };
+    type Entry<'a> = (tar::EntryType, String, u32, &'a str, &'a [u8], i64);
+    let e = |kind, name: &str, mode, link, data| -> Entry { (kind, name.to_owned(), mode, link, data, 1_600_000_000) };
     let cases: Vec<(&str, Vec<Entry>, Expect)> = vec![
         ("absolute directory name", vec![e(Directory, &abs, 0o4777, "", b"")], Expect::Refused("has an absolute name")),
         ("absolute file name", vec![e(Regular, &victim, 0o4777, "", b"pwned")], Expect::Refused("has an absolute name")),
         ("'..' at the top", vec![e(Directory, "../outside", 0o777, "", b"")], Expect::Refused("climbs out of the target")),
         ("'..' deeper", vec![e(Directory, "a", 0o755, "", b""), e(Regular, "a/../../outside/victim", 0o644, "", b"pwned")], Expect::Refused("climbs out of the target")),
         ("the target itself", vec![e(Directory, "./", 0o777, "", b"")], Expect::Refused("names the restore target itself")),
-        ("symlink, then a file through it", vec![e(Symlink, "ln", 0o777, &abs, b""), e(Regular, "ln/pwned", 0o644, "", b"pwned")], Expect::Refused("goes through 'ln'")),
+        ("symlink, then a file through it", vec![e(Symlink, "ln", 0o777, &abs, b""), e(Regular, "ln/pwned", 0o644, "", b"pwned")], Expect::Refused("goes through \"ln\"")),
         ("symlink, then a directory of its name", vec![e(Symlink, "ln", 0o777, &abs, b""), e(Directory, "ln", 0o777, "", b"")], Expect::Refused("not a directory")),
-        ("symlink, then a directory through it", vec![e(Symlink, "ln", 0o777, &abs, b""), e(Directory, "ln/dir", 0o777, "", b"")], Expect::Refused("goes through 'ln'")),
+        ("symlink, then a directory through it", vec![e(Symlink, "ln", 0o777, &abs, b""), e(Directory, "ln/dir", 0o777, "", b"")], Expect::Refused("goes through \"ln\"")),
         ("symlink, then a file of its name", vec![e(Symlink, "ln", 0o777, &victim, b""), e(Regular, "ln", 0o644, "", b"pwned")], Expect::Refused("appears twice")),
-        ("deep symlink, then a file through it", vec![e(Directory, "a", 0o755, "", b""), e(Symlink, "a/ln", 0o777, "../..", b""), e(Regular, "a/ln/outside/victim", 0o644, "", b"pwned")], Expect::Refused("goes through 'a/ln'")),
+        ("deep symlink, then a file through it", vec![e(Directory, "a", 0o755, "", b""), e(Symlink, "a/ln", 0o777, "../..", b""), e(Regular, "a/ln/outside/victim", 0o644, "", b"pwned")], Expect::Refused("goes through \"a/ln\"")),
         ("hard link to an absolute name", vec![e(Link, "h", 0o644, &victim, b"")], Expect::Refused("outside the archive")),
         ("hard link through '..'", vec![e(Link, "h", 0o644, "../outside/victim", b"")], Expect::Refused("outside the archive")),
-        ("hard link through a symlink", vec![e(Symlink, "ln", 0o777, &abs, b""), e(Link, "h", 0o644, "ln/victim", b"")], Expect::Refused("goes through 'ln'")),
+        ("hard link through a symlink", vec![e(Symlink, "ln", 0o777, &abs, b""), e(Link, "h", 0o644, "ln/victim", b"")], Expect::Refused("goes through \"ln\"")),
         ("hard link to a symlink", vec![e(Symlink, "ln", 0o777, &victim, b""), e(Link, "h", 0o644, "ln", b"")], Expect::Refused("not a regular file")),
         ("two files of one name", vec![e(Regular, "f", 0o644, "", b"one"), e(Regular, "f", 0o644, "", b"two")], Expect::Refused("appears twice")),
-        ("character device", vec![e(Char, "null", 0o666, "", b""), e(Regular, "ok.txt", 0o644, "", b"ok")], Expect::Skipped("'null' skipped: a device node")),
-        ("block device", vec![e(Block, "disk", 0o666, "", b""), e(Regular, "ok.txt", 0o644, "", b"ok")], Expect::Skipped("'disk' skipped: a device node")),
-        ("FIFO", vec![e(Fifo, "pipe", 0o666, "", b""), e(Regular, "ok.txt", 0o644, "", b"ok")], Expect::Skipped("'pipe' skipped: a FIFO")),
+        ("a sparse entry", vec![e(tar::EntryType::GNUSparse, "holes", 0o644, "", b"x")], Expect::Refused("is a sparse file")),
+        (
+            "times before 1970",
+            vec![(Directory, "d".to_owned(), 0o755, "", b"", -86_400), (Regular, "d/old".to_owned(), 0o644, "", b"1969", -1)],
+            Expect::Restored(|t| {
+                assert_eq!(std::fs::symlink_metadata(t.join("d/old")).unwrap().mtime(), -1);
+                assert_eq!(std::fs::symlink_metadata(t.join("d")).unwrap().mtime(), -86_400);
+            }),
+        ),
+        ("character device", vec![e(Char, "null", 0o666, "", b""), e(Regular, "ok.txt", 0o644, "", b"ok")], Expect::Skipped("\"null\" skipped: a device node")),
+        ("block device", vec![e(Block, "disk", 0o666, "", b""), e(Regular, "ok.txt", 0o644, "", b"ok")], Expect::Skipped("\"disk\" skipped: a device node")),
+        ("FIFO", vec![e(Fifo, "pipe", 0o666, "", b""), e(Regular, "ok.txt", 0o644, "", b"ok")], Expect::Skipped("\"pipe\" skipped: a FIFO")),
         (
             "setuid and setgid bits",
             vec![e(Directory, "d", 0o3775, "", b""), e(Regular, "d/suid", 0o4755, "", b"#!/bin/sh\n"), e(Regular, "d/sgid", 0o2755, "", b"")],
@@ -1188,8 +1205,8 @@ async fn restore_writes_only_inside_its_target() {
     ];
     for (i, (what, entries, expect)) in cases.into_iter().enumerate() {
         let mut tar = Vec::new();
-        for (kind, name, mode, link, data) in &entries {
-            raw_entry(&mut tar, *kind, name, *mode, link, data);
+        for (kind, name, mode, link, data, mtime) in &entries {
+            raw_entry(&mut tar, *kind, name, *mode, link, data, *mtime);
         }
         tar.extend_from_slice(&[0u8; 1024]);
         let (mut enc, mut stream) = keybridge::stream::Encryptor::new(&dek, &dek_id, 64 * 1024).unwrap();
@@ -1378,7 +1395,7 @@ async fn media_agent_limits_each_clients_uploads() {
     let store = d.dir().join("limited-store");
     let listen = format!("127.0.0.1:{port}");
     let args = ["media-agent", "--store", store.to_str().unwrap(), "--listen", &listen, "--cert", "service.crt", "--key", "service.key"];
-    let _agent = d.spawn(&[&args[..], &["--token-key", "media-agent.key", "--uploads-per-client", "2", "--upload-idle-secs", "2"]].concat(), "limited.log");
+    let _agent = d.spawn(&[&args[..], &["--token-key", "media-agent.key", "--uploads-per-client", "2", "--upload-idle-secs", "5"]].concat(), "limited.log");
     d.wait_up(&format!("https://{listen}/healthz"), "limited.log");
     let key = AgentKey::from_hex(&std::fs::read_to_string(d.dir().join("media-agent.key")).unwrap()).unwrap();
     let jobs: Vec<String> = (0..4).map(|_| uuid::Uuid::now_v7().to_string()).collect();
@@ -1395,7 +1412,14 @@ async fn media_agent_limits_each_clients_uploads() {
         tls.flush().await.unwrap();
         stalled.push(tls);
     }
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    // Both are counted once the agent has begun writing them.
+    for _ in 0..100 {
+        if std::fs::read_dir(store.join("tmp")).map(|d| d.count()).unwrap_or(0) == 2 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(std::fs::read_dir(store.join("tmp")).unwrap().count(), 2, "the agent did not start both stalled uploads");
     let put = |job: &str, client: &str| d.operator().put(url(job)).bearer_auth(key.mint(AgentOp::Put, job, client, in_an_hour())).body(vec![1u8; 4096]).send();
     let third = put(&jobs[2], "alice").await.unwrap();
     assert_eq!(third.status(), 429);
@@ -1403,13 +1427,13 @@ async fn media_agent_limits_each_clients_uploads() {
     let bobs = put(&jobs[3], "bob").await.unwrap();
     assert_eq!(bobs.status(), 201, "another client is not held to alice's limit: {}", bobs.text().await.unwrap());
 
-    // The stalled uploads are dropped after 2 s of silence; nothing of them
+    // The stalled uploads are dropped after 5 s of silence; nothing of them
     // is stored, and alice may upload again.
     for (tls, job) in stalled.iter_mut().zip(&jobs) {
         let mut answer = vec![0u8; 1024];
         let n = tokio::time::timeout(Duration::from_secs(10), tls.read(&mut answer)).await.expect("the agent answers a stalled upload").unwrap();
         let answer = String::from_utf8_lossy(&answer[..n]).into_owned();
-        assert!(answer.starts_with("HTTP/1.1 400") && answer.contains("nothing arrived for 2 s") && answer.contains("nothing was stored"), "{answer}");
+        assert!(answer.starts_with("HTTP/1.1 400") && answer.contains("nothing arrived for 5 s") && answer.contains("nothing was stored"), "{answer}");
         assert!(!store.join("jobs").join(job).exists(), "a stalled upload left {job} in the store");
     }
     let again = put(&jobs[2], "alice").await.unwrap();

@@ -34,6 +34,17 @@ fn snapshot(root: &Path) -> Vec<(PathBuf, u32, i64, u64, Option<PathBuf>)> {
 }
 
 fn setup() -> Vec<(PathBuf, u32, i64, u64, Option<PathBuf>)> {
+    // The sandbox is ours (0700), never something another user planted.
+    match std::fs::symlink_metadata(SANDBOX) {
+        Ok(m) => assert!(
+            m.is_dir() && m.uid() == std::fs::metadata("/proc/self").unwrap().uid() && m.mode() & 0o077 == 0,
+            "{SANDBOX} exists and is not a private directory of this user; remove it"
+        ),
+        Err(_) => {
+            std::fs::create_dir(SANDBOX).unwrap();
+            std::fs::set_permissions(SANDBOX, std::fs::Permissions::from_mode(0o700)).unwrap();
+        }
+    }
     let outside = Path::new(SANDBOX).join("outside");
     if !outside.exists() {
         std::fs::create_dir_all(outside.join("dir")).unwrap();

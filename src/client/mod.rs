@@ -137,7 +137,7 @@ impl ServiceClient {
         // The KDF parameters, the signed requests and the sealed DEKs must
         // not cross the network in clear: a man in the middle could hand
         // out cheap KDF parameters and test passwords against signatures.
-        if !opts.service.starts_with("https://") {
+        if !opts.service.get(..8).is_some_and(|scheme| scheme.eq_ignore_ascii_case("https://")) {
             return Err(Error::Input {
                 what: format!("service URL '{}'", opts.service),
                 reason: "keybridge reaches the service only over https://".into(),

@@ -9,8 +9,12 @@
 //! fails with the stream decoder's error and the staging directory is
 //! removed.
 
+use std::ffi::OsStr;
 use std::io::{self, Read};
+use std::os::fd::OwnedFd;
 use std::path::{Path, PathBuf};
+
+use rustix::fs::{AtFlags, Mode, OFlags, RenameFlags};
 use std::time::Instant;
 
 use serde::Serialize;
@@ -147,12 +151,9 @@ impl Read for PlainReader {
 
 /// Unpack into `staging` (see [`super::unpack`]), verify the whole stream,
 /// then apply directory modes and times (blocking).
-fn unpack(mut reader: PlainReader, staging: &Path) -> io::Result<Unpacked> {
-    let unpacked = Unpacker::new(staging).and_then(|mut u| {
-        u.unpack(&mut reader)?;
-        reader.drain()?;
-        u.finish()
-    });
+fn unpack(mut reader: PlainReader, staging: OwnedFd) -> io::Result<Unpacked> {
+    let mut u = Unpacker::at(staging);
+    let unpacked = u.unpack(&mut reader).and_then(|()| reader.drain()).and_then(|()| u.finish());
     unpacked.map_err(|e| match reader.failure.take() {
         Some(cause) => io::Error::new(io::ErrorKind::InvalidData, cause),
         None => e,
@@ -171,13 +172,23 @@ pub async fn restore(svc: &ServiceClient, job_id: &str, to: &Path, progress: Pro
     let grant = svc.recover_dek(&job.dek_id).await?;
     let dek = svc.open(&grant)?;
 
+    // The target and the staging directory are held open, and every later
+    // step works through these descriptors: a local user who can write the
+    // target cannot redirect the final moves by swapping staging for a
+    // symlink. The staging name is unpredictable, so it cannot be planted.
     std::fs::create_dir_all(to).map_err(|source| Error::Io { context: "creating restore target", path: to.to_owned(), source })?;
-    let staging = to.join(format!(".keybridge-restore-{job_id}"));
-    if staging.exists() {
-        std::fs::remove_dir_all(&staging).map_err(|source| Error::Io { context: "removing an earlier restore's staging directory", path: staging.clone(), source })?;
-    }
-    std::fs::create_dir(&staging).map_err(|source| Error::Io { context: "creating staging directory", path: staging.clone(), source })?;
-    let result = fetch_and_unpack(svc, &job, &agent_token, dek, &staging, progress).await;
+    let io = |context: &'static str, path: PathBuf| move |e: rustix::io::Errno| Error::Io { context, path, source: e.into() };
+    let target = rustix::fs::open(to, OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC, Mode::empty()).map_err(io("opening restore target", to.to_owned()))?;
+    let prefix = format!(".keybridge-restore-{job_id}-");
+    remove_leftovers(to, &prefix);
+    let nonce = crate::crypto::random_array::<8>().map_err(Error::crypto("naming the staging directory"))?;
+    let staging_name = format!("{prefix}{}", hex::encode(*nonce));
+    let staging = to.join(&staging_name);
+    rustix::fs::mkdirat(&target, staging_name.as_str(), Mode::from_raw_mode(0o700)).map_err(io("creating staging directory", staging.clone()))?;
+    let staging_fd = rustix::fs::openat(&target, staging_name.as_str(), OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC, Mode::empty())
+        .map_err(io("opening staging directory", staging.clone()))?;
+    let unpack_fd = staging_fd.try_clone().map_err(|source| Error::Io { context: "opening staging directory", path: staging.clone(), source })?;
+    let result = fetch_and_unpack(svc, &job, &agent_token, dek, unpack_fd, &staging, progress).await;
     let result = result.and_then(|(unpacked, plain_bytes, stream_bytes)| {
         // Every chunk authenticated and the final chunk was seen, so a
         // different length cannot happen unless the decoder is wrong.
@@ -187,11 +198,13 @@ pub async fn restore(svc: &ServiceClient, job_id: &str, to: &Path, progress: Pro
                 reason: format!("the MediaAgent returned {stream_bytes} bytes; the job recorded {}", expected.stream_bytes),
             });
         }
-        move_into_place(&staging, to, &unpacked.entries)?;
+        move_into_place(&staging_fd, &target, to, &unpacked)?;
         Ok((unpacked, plain_bytes, stream_bytes))
     });
     let _ = std::fs::remove_dir_all(&staging);
-    let (Unpacked { entries, skipped }, plain_bytes, stream_bytes) = result?;
+    let (unpacked, plain_bytes, stream_bytes) = result?;
+    let entries = unpacked.display_names();
+    let skipped = unpacked.skipped;
     Ok(RestoreSummary {
         job_id: job_id.to_owned(),
         dek_id: job.dek_id,
@@ -204,7 +217,7 @@ pub async fn restore(svc: &ServiceClient, job_id: &str, to: &Path, progress: Pro
     })
 }
 
-async fn fetch_and_unpack(svc: &ServiceClient, job: &JobRecord, agent_token: &str, dek: Dek, staging: &Path, progress: Progress) -> Result<(Unpacked, u64, u64)> {
+async fn fetch_and_unpack(svc: &ServiceClient, job: &JobRecord, agent_token: &str, dek: Dek, staging_fd: OwnedFd, staging: &Path, progress: Progress) -> Result<(Unpacked, u64, u64)> {
     let (agent, job_id) = (job.media_agent.trim_end_matches('/'), job.id.as_str());
     let peer = format!("MediaAgent {agent}");
     let mut resp = super::download::get(&format!("{agent}/v1/jobs/{job_id}/stream"), agent_token, svc.tls(), &peer).await?;
@@ -232,8 +245,7 @@ async fn fetch_and_unpack(svc: &ServiceClient, job: &JobRecord, agent_token: &st
     let (tx, rx) = tokio::sync::mpsc::channel::<io::Result<Piece>>(32);
     let (spare_tx, mut spare_rx) = tokio::sync::mpsc::unbounded_channel::<Vec<u8>>();
     let reader = PlainReader { rx, spare: spare_tx, plain: Vec::new(), pos: 0, done: false, failure: None };
-    let staging_owned = staging.to_owned();
-    let consumer = tokio::task::spawn_blocking(move || unpack(reader, &staging_owned));
+    let consumer = tokio::task::spawn_blocking(move || unpack(reader, staging_fd));
     let opener = Opener { dek, dek_id: job.dek_id.clone(), head: Vec::new(), dec: None };
     let pump_progress = progress.clone();
     // Owns the sender: once it is done the unpacking thread sees the queue
@@ -300,30 +312,48 @@ async fn decrypt_download(
     Ok((plain_bytes, stream_bytes))
 }
 
-/// Move the verified entries from staging into the target; refuse (before
-/// moving anything) if one of them exists there already. Each move refuses
-/// to replace what appeared meanwhile (`RENAME_NOREPLACE`, where the file
-/// system has it).
-fn move_into_place(staging: &Path, to: &Path, entries: &[String]) -> Result<()> {
-    for name in entries {
-        let dest = to.join(name);
-        if dest.symlink_metadata().is_ok() {
-            return Err(exists_already(to, name));
+/// Move the verified entries from staging into the target, through the
+/// two directories' descriptors; refuse (before moving anything) if one of
+/// them exists there already. Each move refuses to replace what appeared
+/// meanwhile (`RENAME_NOREPLACE`, where the file system has it). Then the
+/// top-level directories get their modes and times.
+fn move_into_place(staging: &OwnedFd, target: &OwnedFd, to: &Path, unpacked: &Unpacked) -> Result<()> {
+    let exists = |name: &OsStr| Error::Input {
+        what: format!("restore target {}", to.display()),
+        reason: format!("{name:?} exists already; restore into an empty directory or remove it"),
+    };
+    let io = |context: &'static str, name: &OsStr| {
+        let path = to.join(name);
+        move |e: rustix::io::Errno| Error::Io { context, path, source: e.into() }
+    };
+    for name in &unpacked.names {
+        match rustix::fs::statat(target, name.as_os_str(), AtFlags::SYMLINK_NOFOLLOW) {
+            Err(rustix::io::Errno::NOENT) => {}
+            Ok(_) => return Err(exists(name)),
+            Err(e) => return Err(io("checking the restore target", name)(e)),
         }
     }
-    for name in entries {
-        let moved = match rustix::fs::renameat_with(rustix::fs::CWD, staging.join(name), rustix::fs::CWD, to.join(name), rustix::fs::RenameFlags::NOREPLACE) {
-            Err(rustix::io::Errno::INVAL | rustix::io::Errno::NOSYS) => rustix::fs::rename(staging.join(name), to.join(name)),
+    for name in &unpacked.names {
+        let moved = match rustix::fs::renameat_with(staging, name.as_os_str(), target, name.as_os_str(), RenameFlags::NOREPLACE) {
+            Err(rustix::io::Errno::INVAL | rustix::io::Errno::NOSYS) => rustix::fs::renameat(staging, name.as_os_str(), target, name.as_os_str()),
             other => other,
         };
-        moved.map_err(|e| match e {
-            rustix::io::Errno::EXIST => exists_already(to, name),
-            e => Error::Io { context: "moving restored entry into place", path: to.join(name), source: e.into() },
-        })?;
+        moved.map_err(|e| if e == rustix::io::Errno::EXIST { exists(name) } else { io("moving restored entry into place", name)(e) })?;
+    }
+    for (name, bits, mtime) in &unpacked.top_dirs {
+        super::unpack::apply_dir(target, name, *bits, *mtime).map_err(|source| Error::Io { context: "setting mode and time", path: to.join(name), source })?;
     }
     Ok(())
 }
 
-fn exists_already(to: &Path, name: &str) -> Error {
-    Error::Input { what: format!("restore target {}", to.display()), reason: format!("'{name}' exists already; restore into an empty directory or remove it") }
+/// Remove staging directories an interrupted restore of the same job left
+/// in `to` (by path: a symlink planted under such a name is removed, not
+/// followed).
+fn remove_leftovers(to: &Path, prefix: &str) {
+    let Ok(dir) = std::fs::read_dir(to) else { return };
+    for e in dir.flatten() {
+        if e.file_name().to_str().is_some_and(|n| n.starts_with(prefix)) {
+            let _ = std::fs::remove_dir_all(e.path());
+        }
+    }
 }

@@ -18,7 +18,10 @@
 //! - hard links may only name an earlier regular file of the archive;
 //! - device nodes and FIFOs are skipped with a warning (keybridge backs up
 //!   their headers only, and a device node restored by root is a way into
-//!   the machine);
+//!   the machine); sparse entries, which keybridge never writes, refuse the
+//!   restore (a few bytes of archive could claim terabytes of holes);
+//! - names are quoted and escaped in messages, so an archive cannot write
+//!   terminal control sequences;
 //! - ownership is not restored (the restore runs as whoever runs it), so the
 //!   setuid and setgid bits are stripped, as GNU tar does for a user who
 //!   does not restore owners: a user's own `chmod 4755` must not become a
@@ -27,7 +30,10 @@
 //!
 //! Directory modes and times are applied by [`Unpacker::finish`], deepest
 //! first, so read-only directories can still be filled and their times are
-//! not disturbed by what is written into them.
+//! not disturbed by what is written into them; those of top-level
+//! directories are left to the caller ([`Unpacked::top_dirs`], see
+//! [`apply_dir`]), since a directory without write permission cannot be
+//! moved to another parent by a user other than root.
 
 use std::ffi::{OsStr, OsString};
 use std::io::{self, Read, Write};
@@ -42,12 +48,21 @@ use rustix::io::Errno;
 pub const KEPT_MODE_BITS: u32 = 0o1777;
 
 /// What an unpack produced.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Default)]
 pub struct Unpacked {
     /// The top-level names written, sorted.
-    pub entries: Vec<String>,
+    pub names: Vec<OsString>,
     /// Entries not restored, each with the reason (also logged as warnings).
     pub skipped: Vec<String>,
+    /// Mode and mtime of each top-level directory, still to be applied.
+    pub top_dirs: Vec<(OsString, u32, i64)>,
+}
+
+impl Unpacked {
+    /// The top-level names for people (not UTF-8 shown lossily).
+    pub fn display_names(&self) -> Vec<String> {
+        self.names.iter().map(|n| n.to_string_lossy().into_owned()).collect()
+    }
 }
 
 /// Unpacks archives below one directory (see the module documentation).
@@ -65,7 +80,7 @@ pub struct Unpacker {
 
 /// Why an entry refuses the restore.
 fn refused(name: &Path, why: impl std::fmt::Display) -> io::Error {
-    io::Error::new(io::ErrorKind::InvalidData, format!("archive entry '{}' {why}: refused, nothing restored", name.display()))
+    io::Error::new(io::ErrorKind::InvalidData, format!("archive entry {name:?} {why}: refused, nothing restored"))
 }
 
 /// The plain components of an archive name (`.` components dropped).
@@ -106,12 +121,21 @@ fn walk(root: &OwnedFd, dirs: &[&OsStr], name: &Path, create: bool) -> io::Resul
             Ok(next) => next,
             Err(Errno::LOOP | Errno::NOTDIR) => {
                 let through: std::path::PathBuf = dirs[..=i].iter().collect();
-                return Err(refused(name, format!("goes through '{}', which is a symlink or not a directory", through.display())));
+                return Err(refused(name, format!("goes through {through:?}, which is a symlink or not a directory")));
             }
             Err(e) => return Err(e.into()),
         };
     }
     Ok(fd)
+}
+
+/// Set a directory's mode and mtime through its descriptor (`dir` holds
+/// `name`, which is opened without following a symlink).
+pub fn apply_dir(dir: impl AsFd, name: &OsStr, bits: u32, mtime: i64) -> io::Result<()> {
+    let fd = open_dir(dir, name)?;
+    rustix::fs::fchmod(&fd, mode(bits))?;
+    rustix::fs::futimens(&fd, &times(mtime))?;
+    Ok(())
 }
 
 fn times(mtime: i64) -> Timestamps {
@@ -127,8 +151,12 @@ impl Unpacker {
     /// An unpacker writing below `root`, which must be a directory (a
     /// symlink is refused).
     pub fn new(root: &Path) -> io::Result<Self> {
-        let root = open_dir(rustix::fs::CWD, root)?;
-        Ok(Unpacker { root, cwd: None, dirs: Vec::new(), skipped: Vec::new(), buf: vec![0u8; crate::FILE_IO_BUF] })
+        Ok(Self::at(open_dir(rustix::fs::CWD, root)?))
+    }
+
+    /// An unpacker writing below the directory `root` is open on.
+    pub fn at(root: OwnedFd) -> Self {
+        Unpacker { root, cwd: None, dirs: Vec::new(), skipped: Vec::new(), buf: vec![0u8; crate::FILE_IO_BUF] }
     }
 
     /// Unpack every entry of the archive `reader` holds; stops at tar's end
@@ -149,15 +177,20 @@ impl Unpacker {
         let header = entry.header();
         let kind = header.entry_type();
         let bits = header.mode()?;
-        let mtime = i64::try_from(header.mtime()?).map_err(|_| refused(&name, "has a modification time out of range"))?;
-        let regular = matches!(kind, tar::EntryType::Regular | tar::EntryType::Continuous | tar::EntryType::GNUSparse);
+        // Backup stores a time before 1970 as its two's complement (tar's
+        // builder takes a u64); this undoes it.
+        let mtime = header.mtime()? as i64;
+        if kind.is_gnu_sparse() {
+            return Err(refused(&name, "is a sparse file, which keybridge's backup never writes"));
+        }
+        let regular = matches!(kind, tar::EntryType::Regular | tar::EntryType::Continuous);
         if !(regular || kind.is_dir() || kind.is_symlink() || kind.is_hard_link()) {
             let why = match kind {
                 tar::EntryType::Char | tar::EntryType::Block => "a device node".to_owned(),
                 tar::EntryType::Fifo => "a FIFO".to_owned(),
                 other => format!("of tar type {:?}", other.as_byte() as char),
             };
-            let note = format!("'{}' skipped: {why} is not restored", name.display());
+            let note = format!("{name:?} skipped: {why} is not restored");
             tracing::warn!("{note}");
             self.skipped.push(note);
             return Ok(());
@@ -195,13 +228,13 @@ impl Unpacker {
             rustix::fs::utimensat(at, last, &times(mtime), AtFlags::SYMLINK_NOFOLLOW)?;
         } else if kind.is_hard_link() {
             let target = link.expect("hard links carry a target");
-            let tparts = plain_parts(&target).map_err(|_| refused(&name, format!("is a hard link to '{}', outside the archive", target.display())))?;
+            let tparts = plain_parts(&target).map_err(|_| refused(&name, format!("is a hard link to {target:?}, outside the archive")))?;
             let (tdirs, tlast) = tparts.split_at(tparts.len() - 1);
             let from = walk(&self.root, tdirs, &name, false)?;
             let st = rustix::fs::statat(&from, tlast[0], AtFlags::SYMLINK_NOFOLLOW)
-                .map_err(|_| refused(&name, format!("is a hard link to '{}', which the archive does not hold", target.display())))?;
+                .map_err(|_| refused(&name, format!("is a hard link to {target:?}, which the archive does not hold")))?;
             if FileType::from_raw_mode(st.st_mode) != FileType::RegularFile {
-                return Err(refused(&name, format!("is a hard link to '{}', which is not a regular file", target.display())));
+                return Err(refused(&name, format!("is a hard link to {target:?}, which is not a regular file")));
             }
             rustix::fs::linkat(&from, tlast[0], at, last, AtFlags::empty()).map_err(exists)?;
         } else {
@@ -240,30 +273,35 @@ impl Unpacker {
         Ok(())
     }
 
-    /// Apply directory modes and times (deepest first) and list the
-    /// top-level names.
+    /// Apply the modes and times of directories below the top level
+    /// (deepest first) and list the top-level names; the top-level
+    /// directories' are returned (see the module documentation).
     pub fn finish(mut self) -> io::Result<Unpacked> {
+        use std::os::unix::ffi::OsStrExt;
         self.cwd = None;
         let mut dirs = std::mem::take(&mut self.dirs);
         dirs.sort_by_key(|(p, _, _)| std::cmp::Reverse(p.len()));
-        for (parts, bits, mtime) in dirs {
+        let mut top_dirs = Vec::new();
+        for (mut parts, bits, mtime) in dirs {
+            if parts.len() == 1 {
+                top_dirs.push((parts.remove(0), bits, mtime));
+                continue;
+            }
             let parts: Vec<&OsStr> = parts.iter().map(OsString::as_os_str).collect();
             let name: std::path::PathBuf = parts.iter().collect();
             let parent = walk(&self.root, &parts[..parts.len() - 1], &name, false)?;
-            let dir = open_dir(&parent, parts[parts.len() - 1])?;
-            rustix::fs::fchmod(&dir, mode(bits))?;
-            rustix::fs::futimens(&dir, &times(mtime))?;
+            apply_dir(&parent, parts[parts.len() - 1], bits, mtime)?;
         }
-        let mut entries = Vec::new();
+        let mut names = Vec::new();
         for e in rustix::fs::Dir::read_from(&self.root)? {
             let e = e?;
             let n = e.file_name().to_bytes();
             if n != b"." && n != b".." {
-                entries.push(String::from_utf8_lossy(n).into_owned());
+                names.push(OsStr::from_bytes(n).to_os_string());
             }
         }
-        entries.sort();
-        Ok(Unpacked { entries, skipped: self.skipped })
+        names.sort();
+        Ok(Unpacked { names, skipped: self.skipped, top_dirs })
     }
 }
 

@@ -208,10 +208,13 @@ async fn guard(State(s): State<Shared>, route: MatchedPath, req: Request, next: 
 }
 
 async fn admit(s: &Service, route: &str, req: Request) -> std::result::Result<Request, ApiError> {
-    // A route missing from ROUTES is treated as an operator route.
-    let role = api::ROUTES.iter().find(|(m, p, _)| *m == req.method().as_str() && *p == route).map_or(Role::Operator, |r| r.2);
+    // HEAD is GET without the body; a route missing from ROUTES is treated
+    // as an operator route.
+    let method = if req.method() == axum::http::Method::HEAD { "GET" } else { req.method().as_str() };
+    let role = api::ROUTES.iter().find(|(m, p, _)| *m == method && *p == route).map_or(Role::Operator, |r| r.2);
     let claim = match role {
-        Role::Public => None,
+        // Public routes take no body: it is never read.
+        Role::Public => return Ok(req),
         Role::Operator => {
             s.operator(req.headers())?;
             None
