@@ -11,7 +11,7 @@
 //!   object, then `C_Decrypt` RSA-OAEP in the token. The handle is cached per
 //!   pool with a TTL and dropped when its session is lost.
 //! - Mechanisms are chosen by probing: key wrap with padding is
-//!   CKM_AES_KEY_WRAP_KWP (0x210B, PKCS#11 3.0) where listed, else
+//!   CKM_AES_KEY_WRAP_KWP (0x210B, PKCS#11 3.0) where offered, else
 //!   CKM_AES_KEY_WRAP_PAD (0x210A); OAEP uses SHA-256 where the token
 //!   decrypts with it, else SHA-1 (SoftHSM2). The choice is recorded per pool.
 
@@ -161,6 +161,7 @@ struct TokenFacts {
     model: String,
     library: String,
     max_rw_sessions: String,
+    /// Of the mechanisms keybridge uses, those the token offers.
     mechanisms: Vec<u64>,
 }
 
@@ -195,12 +196,6 @@ fn read_pin(config: &Pkcs11Config) -> Result<SecretString, BackendError> {
 fn find_one(session: &Session, template: &[Attribute], what: &str) -> Result<Option<ObjectHandle>, OpError> {
     let mut found = session.find_objects(template).doing(what)?;
     Ok(if found.is_empty() { None } else { Some(found.swap_remove(0)) })
-}
-
-fn random_id() -> Result<Vec<u8>, OpError> {
-    crate::crypto::random_array::<16>()
-        .map(|a| a.to_vec())
-        .map_err(|source| OpError::Backend(BackendError::Crypto { context: "generating CKA_ID".into(), source }))
 }
 
 /// Destroys session objects on drop unless disarmed: no KEK half is left in
@@ -273,8 +268,7 @@ fn key_facts(session: &Session, h: ObjectHandle) -> Result<KeyFacts, OpError> {
 }
 
 /// Unwrap a private KEK into a sensitive, non-extractable session object.
-fn unwrap_kek(session: &Session, raw: &raw::RawModule, mech: u64, mk: ObjectHandle, wrapped: &[u8]) -> Result<ObjectHandle, OpError> {
-    let tag = random_id()?;
+fn unwrap_kek(session: &Session, mech: u64, mk: ObjectHandle, wrapped: &[u8]) -> Result<ObjectHandle, OpError> {
     let template = [
         Attribute::Class(ObjectClass::PRIVATE_KEY),
         Attribute::KeyType(KeyType::RSA),
@@ -284,11 +278,8 @@ fn unwrap_kek(session: &Session, raw: &raw::RawModule, mech: u64, mk: ObjectHand
         Attribute::Extractable(false),
         Attribute::Decrypt(true),
         Attribute::Sign(false),
-        Attribute::Id(tag.clone()),
     ];
-    raw.unwrap_key(session, mech, mk, wrapped, &template).doing("unwrapping the KEK under the master key")?;
-    find_one(session, &[Attribute::Class(ObjectClass::PRIVATE_KEY), Attribute::Id(tag)], "finding the unwrapped KEK")?
-        .ok_or_else(|| OpError::Backend(BackendError::Other("the token unwrapped the KEK but cannot find the new object".into())))
+    raw::unwrap_key(session, mech, mk, wrapped, &template).doing("unwrapping the KEK under the master key")
 }
 
 /// Codes a token returns from C_Decrypt RSA-OAEP when the ciphertext does
@@ -472,7 +463,12 @@ impl Pkcs11Backend {
         })?;
         // Keep it: closing the application's last session would log it out.
         sessions.put_back(first);
-        let mechanisms = module.raw.mechanism_list(slot.id()).map_err(|e| ck_to_backend(e, "listing mechanisms"))?;
+        let mut mechanisms = Vec::new();
+        for code in [CKM_AES_KEY_WRAP_KWP, CKM_AES_KEY_WRAP_PAD, CKM_RSA_PKCS_KEY_PAIR_GEN, CKM_RSA_PKCS_OAEP, CKM_AES_KEY_GEN] {
+            if raw::has_mechanism(&module.ctx, slot, code).map_err(|e| ck_to_backend(e, "reading mechanism information"))? {
+                mechanisms.push(code);
+            }
+        }
         let wrap = [CKM_AES_KEY_WRAP_KWP, CKM_AES_KEY_WRAP_PAD].into_iter().find(|m| mechanisms.contains(m));
         let lib = module.ctx.get_library_info().map(|i| format!("{} {}", i.manufacturer_id().trim_end(), i.library_description().trim_end())).unwrap_or_default();
         let token = TokenFacts {
@@ -605,7 +601,6 @@ impl KeyBackend for Pkcs11Backend {
                     "CKM_AES_KEY_GEN": has(CKM_AES_KEY_GEN),
                 },
                 "oaep_hash": oaep,
-                "mechanism_count": self.token.mechanisms.len(),
             }),
         })
     }
@@ -702,7 +697,6 @@ impl KeyBackend for Pkcs11Backend {
     async fn generate_kek(&self, mk: &MasterKeyRef, bits: usize) -> Result<NewKek, BackendError> {
         let wrap = self.wrap_mechanism()?;
         let mk = mk.clone();
-        let raw_module = self.sessions.module.clone();
         let (public, wrapped, hash) = self
             .sessions
             .run("generating and wrapping the KEK", move |s| {
@@ -713,10 +707,10 @@ impl KeyBackend for Pkcs11Backend {
                     .doing("generating the RSA KEK pair in the token")?;
                 let mut cleanup = Cleanup { session: s, handles: vec![public, private] };
                 let pk = public_of(s, public)?;
-                let wrapped = raw_module.raw.wrap_key(s, wrap, mk_handle, private).doing("wrapping the private KEK under the master key")?;
+                let wrapped = raw::wrap_key(s, wrap, mk_handle, private).doing("wrapping the private KEK under the master key")?;
                 // Verify before anything is stored: the blob unwraps under
                 // the MK, and learn which OAEP hash the token decrypts with.
-                let check = unwrap_kek(s, &raw_module.raw, wrap, mk_handle, &wrapped)?;
+                let check = unwrap_kek(s, wrap, mk_handle, &wrapped)?;
                 cleanup.handles.push(check);
                 let hash = probe_oaep(s, check, &pk)?;
                 drop(cleanup);
@@ -776,7 +770,7 @@ impl KeyBackend for Pkcs11Backend {
                     }
                 }
                 let mk_handle = find_mk(s, &mk)?;
-                let h = match unwrap_kek(s, &sessions.module.raw, wrap, mk_handle, &wrapped) {
+                let h = match unwrap_kek(s, wrap, mk_handle, &wrapped) {
                     Ok(h) => h,
                     Err(OpError::Ck { err: CkError::Pkcs11(rv, _), .. }) if bad_wrapped_key(rv) => {
                         return Err(BackendError::KekUnwrap { pool: pool.clone(), mk: mk.label.clone(), detail: format!("the token answered {}", rv::ckr_name(rv)) }.into())

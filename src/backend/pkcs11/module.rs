@@ -12,7 +12,6 @@ use std::sync::{Arc, LazyLock, Mutex};
 use cryptoki::context::{CInitializeArgs, CInitializeFlags, Pkcs11};
 use cryptoki::error::{Error as CkError, RvError};
 
-use super::raw::RawModule;
 use crate::backend::BackendError;
 
 /// A loaded and initialised module.
@@ -20,8 +19,9 @@ use crate::backend::BackendError;
 pub struct Module {
     #[allow(dead_code)]
     pub path: PathBuf,
+    /// The one function list of this module in this process, initialised
+    /// once; every call goes through it (p11-kit hands each caller its own).
     pub ctx: Pkcs11,
-    pub raw: RawModule,
     /// Held while creating or destroying token objects. SoftHSM2 2.6 can
     /// answer CKR_GENERAL_ERROR when two threads of one process write its
     /// object store at once; such writes are rare here (pool creation and
@@ -47,8 +47,7 @@ pub fn module(path: &Path) -> Result<Arc<Module>, BackendError> {
         }
         Err(e) => return Err(err(format!("C_Initialize failed: {e}"))),
     }
-    let raw = RawModule::load(&key).map_err(|e| err(format!("cannot read its function list: {e}")))?;
-    let m = Arc::new(Module { path: key.clone(), ctx, raw, token_writes: Mutex::new(()) });
+    let m = Arc::new(Module { path: key.clone(), ctx, token_writes: Mutex::new(()) });
     map.insert(key, m.clone());
     Ok(m)
 }
