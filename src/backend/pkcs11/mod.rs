@@ -176,6 +176,8 @@ pub struct Pkcs11Backend {
     kek_ttl: Duration,
     kek_cache: Arc<KekCache>,
     oaep_probe: tokio::sync::OnceCell<OaepHash>,
+    /// Held while creating or destroying token objects (`module::token_writes`).
+    token_writes: Arc<Mutex<()>>,
 }
 
 fn read_pin(config: &Pkcs11Config) -> Result<SecretString, BackendError> {
@@ -481,6 +483,7 @@ impl Pkcs11Backend {
             mechanisms,
         };
         tracing::debug!(token = %token.label, serial = %token.serial, max_sessions, "PKCS#11 token opened");
+        let token_writes = module::token_writes(&format!("{}\u{0}{}\u{0}{}", token.manufacturer, token.model, token.serial));
         Ok(Pkcs11Backend {
             name: config.name.clone(),
             sessions,
@@ -489,6 +492,7 @@ impl Pkcs11Backend {
             kek_ttl: config.kek_cache_ttl(),
             kek_cache: Arc::new(KekCache::default()),
             oaep_probe: tokio::sync::OnceCell::new(),
+            token_writes,
         })
     }
 
@@ -609,10 +613,10 @@ impl KeyBackend for Pkcs11Backend {
         let label = label.to_owned();
         let id = hex::encode(crate::crypto::random_array::<16>().map_err(|source| BackendError::Crypto { context: "generating CKA_ID".into(), source })?);
         let (l, i) = (label.clone(), id.clone());
-        let module = self.sessions.module.clone();
+        let writes = self.token_writes.clone();
         self.sessions
             .run("creating the master key", move |s| {
-                let _writes = module.token_writes.lock().unwrap_or_else(|e| e.into_inner());
+                let _writes = writes.lock().unwrap_or_else(|e| e.into_inner());
                 let template = [
                     Attribute::Class(ObjectClass::SECRET_KEY),
                     Attribute::KeyType(KeyType::AES),
@@ -794,10 +798,10 @@ impl KeyBackend for Pkcs11Backend {
             return Err(BackendError::Other(format!("master key {} was adopted, not created by keybridge; refusing to destroy it", mk.label)));
         }
         let mk = mk.clone();
-        let module = self.sessions.module.clone();
+        let writes = self.token_writes.clone();
         self.sessions
             .run("destroying the master key", move |s| {
-                let _writes = module.token_writes.lock().unwrap_or_else(|e| e.into_inner());
+                let _writes = writes.lock().unwrap_or_else(|e| e.into_inner());
                 let h = find_mk(s, &mk)?;
                 s.destroy_object(h).doing("destroying the master key")
             })
