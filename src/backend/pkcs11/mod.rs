@@ -498,9 +498,18 @@ impl Pkcs11Backend {
 
     fn wrap_mechanism(&self) -> Result<u64, BackendError> {
         self.wrap.ok_or_else(|| {
+            // p11-kit's RPC (client and server) forwards only the mechanisms
+            // on its own allow-list, which has no AES key wrap: the token
+            // behind it has them, the client module hides them.
+            let p11kit_client = self.sessions.module.path.file_name().is_some_and(|n| n.to_string_lossy().starts_with("p11-kit-client"));
             BackendError::Unsupported(format!(
-                "token '{}' offers neither CKM_AES_KEY_WRAP_KWP (0x210B) nor CKM_AES_KEY_WRAP_PAD (0x210A)",
-                self.token.label
+                "token '{}' offers neither CKM_AES_KEY_WRAP_KWP (0x210B) nor CKM_AES_KEY_WRAP_PAD (0x210A){}",
+                self.token.label,
+                if p11kit_client {
+                    " through this module: p11-kit's client module forwards no AES key wrap mechanism (p11-kit's RPC carries only the mechanisms on its own list); load the token's own PKCS#11 module instead"
+                } else {
+                    ""
+                }
             ))
         })
     }

@@ -17,7 +17,6 @@ use crate::backend::BackendError;
 /// A loaded and initialised module.
 #[derive(Debug)]
 pub struct Module {
-    #[allow(dead_code)]
     pub path: PathBuf,
     /// The one function list of this module in this process, initialised
     /// once; every call goes through it (p11-kit hands each caller its own).
