@@ -2,7 +2,8 @@
 //! loopback: the `keybridge serve` service and a `keybridge media-agent`,
 //! spawned from the built binary, and `keybridge backup` / `restore` run as
 //! an operator would — on every backend (built-in, SoftHSM2, Kryoptic,
-//! PyKMIP).
+//! PyKMIP, SoftHSM2 through p11-kit's proxy module; through p11-kit's client
+//! module, probe and the refused pool creation).
 
 mod common;
 
@@ -25,7 +26,7 @@ const BIN: &str = env!("CARGO_BIN_EXE_keybridge");
 static SOFTHSM_TURN: std::sync::Mutex<()> = std::sync::Mutex::new(());
 
 fn softhsm_turn(kind: Kind) -> Option<std::sync::MutexGuard<'static, ()>> {
-    (kind == Kind::SoftHsm).then(|| SOFTHSM_TURN.lock().unwrap_or_else(|e| e.into_inner()))
+    matches!(kind, Kind::SoftHsm | Kind::P11KitProxy).then(|| SOFTHSM_TURN.lock().unwrap_or_else(|e| e.into_inner()))
 }
 
 /// A copy of the SoftHSM2 token directory named by `$SOFTHSM2_CONF` in
@@ -103,7 +104,8 @@ impl Deployment {
         .unwrap();
         drop(cfg);
         let env = match kind {
-            Kind::SoftHsm => vec![("SOFTHSM2_CONF", private_softhsm(rig.dir.path()))],
+            // Through p11-kit's proxy, SoftHSM2 reads the same variable.
+            Kind::SoftHsm | Kind::P11KitProxy => vec![("SOFTHSM2_CONF", private_softhsm(rig.dir.path()))],
             _ => Vec::new(),
         };
         let mut d = Deployment { store: store.unwrap_or_else(|| rig.dir.path().join("store")), rig, env, service: None, agent: None, port, agent_port };
@@ -358,6 +360,57 @@ async fn backup_restore_kryoptic() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn backup_restore_pykmip() {
     backup_restore_identical(Kind::Kmip).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn backup_restore_p11kit_proxy() {
+    backup_restore_identical(Kind::P11KitProxy).await;
+}
+
+/// A fresh SoftHSM2 token labelled like the test tokens, in `dir`; returns
+/// its configuration's path.
+fn fresh_softhsm_token(dir: &Path) -> PathBuf {
+    let tokens = dir.join("softhsm-tokens");
+    std::fs::create_dir_all(&tokens).unwrap();
+    let template = std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("softhsm-config/softhsm2.conf.in")).unwrap();
+    let conf = dir.join("softhsm2.conf");
+    std::fs::write(&conf, template.replace("@TOKENDIR@", &tokens.display().to_string())).unwrap();
+    let var = |v: &str| std::env::var(v).unwrap_or_else(|_| panic!("{v} is set by scripts/init-tokens"));
+    let out = Command::new("softhsm2-util")
+        .args(["--init-token", "--free", "--label", &var("KEYBRIDGE_TEST_TOKEN"), "--so-pin", &var("KEYBRIDGE_TEST_SO_PIN"), "--pin", &var("KEYBRIDGE_TEST_PIN")])
+        .env("SOFTHSM2_CONF", &conf)
+        .output()
+        .expect("run softhsm2-util");
+    assert!(out.status.success(), "softhsm2-util --init-token: {}", String::from_utf8_lossy(&out.stderr));
+    conf
+}
+
+/// The binary through p11-kit's client module, against a `p11-kit server`
+/// of this test's own (scripts/p11kit-server) on a fresh SoftHSM2 token:
+/// `kms probe` finds the token and logs in, and reports it unusable;
+/// `pool create` is refused naming the cause (p11-kit's RPC forwards no
+/// AES key wrap mechanism).
+#[test]
+fn p11kit_client_probe_and_refused_pool() {
+    let Some(rig) = Rig::new(Kind::P11KitClient) else { return };
+    let server = common::p11kit::Server::start("e2e-client", &fresh_softhsm_token(rig.dir.path()));
+    let run = |args: &[&str]| {
+        Command::new(BIN)
+            .current_dir(rig.dir.path())
+            .arg("--config")
+            .arg(&rig.config_path)
+            .args(args)
+            .env("P11_KIT_SERVER_ADDRESS", &server.address)
+            .output()
+            .unwrap()
+    };
+    let probe = ok_json(&run(&["kms", "probe", "--json"]));
+    let kms = &probe["kms"][0];
+    assert_eq!(kms["state"], "unusable", "{probe}");
+    assert_eq!(kms["details"]["token"]["label"], "keybridge", "{probe}");
+    assert!(kms["details"]["wrap_mechanism"].is_null(), "{probe}");
+    assert_eq!(kms["details"]["mechanisms"]["CKM_RSA_PKCS_OAEP"], true, "{probe}");
+    fails(&run(&["pool", "create", "p", "--kms", "kms", "--kek-bits", "2048"]), 5, "p11-kit's client module forwards no AES key wrap");
 }
 
 /// Wrong password, replays, stale timestamps, other clients' jobs and DEKs.

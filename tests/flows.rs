@@ -1,5 +1,8 @@
 //! The seed's flows and their failure modes, run on every backend: built-in,
-//! SoftHSM2 and Kryoptic (real tokens initialised by scripts/init-tokens).
+//! SoftHSM2, Kryoptic (real tokens initialised by scripts/init-tokens),
+//! PyKMIP, and SoftHSM2 through p11-kit's proxy module. Through p11-kit's
+//! client module (a token served by `p11-kit server`) pool creation cannot
+//! work, and `p11kit_client` checks it is refused clearly.
 
 mod common;
 
@@ -38,7 +41,7 @@ async fn full_chain(kind: Kind) {
     assert_eq!(p.kek_bits, 3072);
     let (wrap, hash) = match kind {
         Kind::Builtin => ("RFC5649-AES256-KWP", "sha256"),
-        Kind::SoftHsm => ("CKM_AES_KEY_WRAP_PAD", "sha1"),
+        Kind::SoftHsm | Kind::P11KitProxy | Kind::P11KitClient => ("CKM_AES_KEY_WRAP_PAD", "sha1"),
         Kind::Kryoptic => ("CKM_AES_KEY_WRAP_KWP", "sha256"),
         Kind::Kmip => ("KMIP-Encrypt-AES-GCM", "sha256"),
     };
@@ -237,6 +240,7 @@ macro_rules! on_every_backend {
         mod softhsm { $( #[tokio::test(flavor = "multi_thread", worker_threads = 2)] async fn $test() { super::$test(super::Kind::SoftHsm).await } )* }
         mod kryoptic { $( #[tokio::test(flavor = "multi_thread", worker_threads = 2)] async fn $test() { super::$test(super::Kind::Kryoptic).await } )* }
         mod kmip { $( #[tokio::test(flavor = "multi_thread", worker_threads = 2)] async fn $test() { super::$test(super::Kind::Kmip).await } )* }
+        mod p11kit_proxy { $( #[tokio::test(flavor = "multi_thread", worker_threads = 2)] async fn $test() { super::$test(super::Kind::P11KitProxy).await } )* }
     };
 }
 
@@ -310,6 +314,10 @@ mod token_only {
     async fn softhsm_adopt_master_key() { adopt_existing_master_key(Kind::SoftHsm).await }
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn kryoptic_adopt_master_key() { adopt_existing_master_key(Kind::Kryoptic).await }
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn p11kit_proxy_key_attributes() { key_attributes_from_token(Kind::P11KitProxy).await }
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn p11kit_proxy_adopt_master_key() { adopt_existing_master_key(Kind::P11KitProxy).await }
 }
 
 /// Many concurrent issuers share group commits; none is lost or mixed up,
@@ -347,4 +355,34 @@ mod concurrency {
     async fn kryoptic_concurrent() { concurrent_issue_and_recover(Kind::Kryoptic).await }
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn kmip_concurrent() { concurrent_issue_and_recover(Kind::Kmip).await }
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn p11kit_proxy_concurrent() { concurrent_issue_and_recover(Kind::P11KitProxy).await }
+}
+
+/// Through p11-kit's client module the token is found, the login works and
+/// keys are made and destroyed, but p11-kit's RPC forwards no AES key wrap
+/// mechanism (its allow-list has neither CKM_AES_KEY_WRAP_PAD nor _KWP):
+/// probe says unusable, pool creation is refused with the reason and
+/// leaves no master key behind.
+mod p11kit_client {
+    use super::*;
+    use keybridge::backend::KeyBackend;
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn pool_creation_refused_clearly() {
+        let Some(rig) = Rig::new(Kind::P11KitClient) else { return };
+        let kb = rig.open();
+        let backend = pkcs11_backend(&rig).await;
+        let probe = backend.probe().await.unwrap();
+        assert_eq!(probe.state, "unusable", "{probe:?}");
+        assert!(probe.details["wrap_mechanism"].is_null(), "{probe:?}");
+        assert_eq!(probe.details["mechanisms"]["CKM_RSA_PKCS_OAEP"], true, "{probe:?}");
+        assert_eq!(probe.details["token"]["label"], "keybridge", "{probe:?}");
+
+        let pool = pool_name();
+        let err = pool_creation::create_pool(&kb, &pool, "kms", &pool_creation::PoolOptions { kek_bits: 2048, master_key: None }, &actor()).await.unwrap_err();
+        assert_kms_error(err, "p11-kit's client module forwards no AES key wrap");
+        assert!(kb.catalog().list_pools().unwrap().is_empty());
+        assert_eq!(backend.count_keys_labelled(&format!("keybridge-mk-{pool}")).await.unwrap(), 0, "orphan master key left behind");
+    }
 }

@@ -18,6 +18,15 @@ pub enum Kind {
     Kryoptic,
     /// The PyKMIP server started by scripts/test (KEYBRIDGE_TEST_KMIP_SERVER).
     Kmip,
+    /// The SoftHSM2 token through p11-kit's proxy module, which offers the
+    /// modules registered with p11-kit (Debian's softhsm2 package registers
+    /// SoftHSM2). In one process this is the same SoftHSM2 instance, and so
+    /// the same token, as `SoftHsm`.
+    P11KitProxy,
+    /// p11-kit's client module, talking to the `p11-kit server` started by
+    /// scripts/test (P11_KIT_SERVER_ADDRESS), which serves a SoftHSM2 token
+    /// of its own (KEYBRIDGE_TEST_P11KIT_SOFTHSM2_CONF).
+    P11KitClient,
 }
 
 impl Kind {
@@ -26,17 +35,29 @@ impl Kind {
             Kind::Builtin | Kind::Kmip => None,
             Kind::SoftHsm => Some("KEYBRIDGE_TEST_SOFTHSM_MODULE"),
             Kind::Kryoptic => Some("KEYBRIDGE_TEST_KRYOPTIC_MODULE"),
+            Kind::P11KitProxy => Some("KEYBRIDGE_TEST_P11KIT_PROXY_MODULE"),
+            Kind::P11KitClient => Some("KEYBRIDGE_TEST_P11KIT_CLIENT_MODULE"),
+        }
+    }
+
+    /// Other variables the kind needs.
+    fn extra_vars(self) -> &'static [&'static str] {
+        match self {
+            Kind::P11KitClient => &["P11_KIT_SERVER_ADDRESS"],
+            _ => &[],
         }
     }
 
     /// The module path, or `None` after a loud skip (panics under CI=true).
     pub fn module(self) -> Option<PathBuf> {
         let var = self.module_var()?;
+        let missing: Vec<&str> = self.extra_vars().iter().copied().filter(|v| std::env::var_os(v).is_none_or(|s| s.is_empty())).collect();
         match std::env::var_os(var).map(PathBuf::from) {
-            Some(p) if p.exists() && std::env::var_os("KEYBRIDGE_TEST_PIN").is_some() => Some(p),
+            Some(p) if p.exists() && std::env::var_os("KEYBRIDGE_TEST_PIN").is_some() && missing.is_empty() => Some(p),
             _ => {
                 let msg = format!(
-                    "{self:?} is not available ({var} unset or missing, or KEYBRIDGE_TEST_PIN unset); run scripts/test, which installs and initialises the tokens"
+                    "{self:?} is not available ({var} unset or missing, or KEYBRIDGE_TEST_PIN unset{}); run scripts/test, which installs and initialises the tokens",
+                    if missing.is_empty() { String::new() } else { format!(", or {} unset", missing.join(", ")) }
                 );
                 if std::env::var("CI").as_deref() == Ok("true") {
                     panic!("CI=true: {msg}");
@@ -247,6 +268,45 @@ pub mod kmip {
     impl Drop for PyKmip {
         fn drop(&mut self) {
             let _ = Command::new(repo().join("scripts/pykmip-server")).args(["kill", &self.name]).output();
+        }
+    }
+}
+
+/// `p11-kit server` processes for tests (started by scripts/p11kit-server).
+pub mod p11kit {
+    use std::path::{Path, PathBuf};
+    use std::process::Command;
+
+    fn script() -> PathBuf {
+        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("scripts/p11kit-server")
+    }
+
+    /// A server owned by one test, serving the SoftHSM2 token of
+    /// `softhsm2_conf`; killed when dropped.
+    pub struct Server {
+        pub name: String,
+        /// For P11_KIT_SERVER_ADDRESS.
+        pub address: String,
+    }
+
+    impl Server {
+        pub fn start(name: &str, softhsm2_conf: &Path) -> Server {
+            let name = format!("{name}-{}", std::process::id());
+            let out = Command::new(script()).args(["start", &name, "--softhsm-conf"]).arg(softhsm2_conf).output().expect("run scripts/p11kit-server");
+            assert!(out.status.success(), "starting p11-kit server {name}: {}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+            let stdout = String::from_utf8_lossy(&out.stdout);
+            let address = stdout
+                .lines()
+                .find_map(|l| l.strip_prefix("P11_KIT_SERVER_ADDRESS="))
+                .unwrap_or_else(|| panic!("scripts/p11kit-server start printed no address: {stdout}"))
+                .to_owned();
+            Server { name, address }
+        }
+    }
+
+    impl Drop for Server {
+        fn drop(&mut self) {
+            let _ = Command::new(script()).args(["kill", &self.name]).output();
         }
     }
 }

@@ -11,7 +11,7 @@
 //!   object, then `C_Decrypt` RSA-OAEP in the token. The handle is cached per
 //!   pool with a TTL and dropped when its session is lost.
 //! - Mechanisms are chosen by probing: key wrap with padding is
-//!   CKM_AES_KEY_WRAP_KWP (0x210B, PKCS#11 3.0) where listed, else
+//!   CKM_AES_KEY_WRAP_KWP (0x210B, PKCS#11 3.0) where offered, else
 //!   CKM_AES_KEY_WRAP_PAD (0x210A); OAEP uses SHA-256 where the token
 //!   decrypts with it, else SHA-1 (SoftHSM2). The choice is recorded per pool.
 
@@ -161,6 +161,7 @@ struct TokenFacts {
     model: String,
     library: String,
     max_rw_sessions: String,
+    /// Of the mechanisms keybridge uses, those the token offers.
     mechanisms: Vec<u64>,
 }
 
@@ -175,6 +176,8 @@ pub struct Pkcs11Backend {
     kek_ttl: Duration,
     kek_cache: Arc<KekCache>,
     oaep_probe: tokio::sync::OnceCell<OaepHash>,
+    /// Held while creating or destroying token objects (`module::token_writes`).
+    token_writes: Arc<Mutex<()>>,
 }
 
 fn read_pin(config: &Pkcs11Config) -> Result<SecretString, BackendError> {
@@ -195,12 +198,6 @@ fn read_pin(config: &Pkcs11Config) -> Result<SecretString, BackendError> {
 fn find_one(session: &Session, template: &[Attribute], what: &str) -> Result<Option<ObjectHandle>, OpError> {
     let mut found = session.find_objects(template).doing(what)?;
     Ok(if found.is_empty() { None } else { Some(found.swap_remove(0)) })
-}
-
-fn random_id() -> Result<Vec<u8>, OpError> {
-    crate::crypto::random_array::<16>()
-        .map(|a| a.to_vec())
-        .map_err(|source| OpError::Backend(BackendError::Crypto { context: "generating CKA_ID".into(), source }))
 }
 
 /// Destroys session objects on drop unless disarmed: no KEK half is left in
@@ -273,8 +270,7 @@ fn key_facts(session: &Session, h: ObjectHandle) -> Result<KeyFacts, OpError> {
 }
 
 /// Unwrap a private KEK into a sensitive, non-extractable session object.
-fn unwrap_kek(session: &Session, raw: &raw::RawModule, mech: u64, mk: ObjectHandle, wrapped: &[u8]) -> Result<ObjectHandle, OpError> {
-    let tag = random_id()?;
+fn unwrap_kek(session: &Session, mech: u64, mk: ObjectHandle, wrapped: &[u8]) -> Result<ObjectHandle, OpError> {
     let template = [
         Attribute::Class(ObjectClass::PRIVATE_KEY),
         Attribute::KeyType(KeyType::RSA),
@@ -284,11 +280,8 @@ fn unwrap_kek(session: &Session, raw: &raw::RawModule, mech: u64, mk: ObjectHand
         Attribute::Extractable(false),
         Attribute::Decrypt(true),
         Attribute::Sign(false),
-        Attribute::Id(tag.clone()),
     ];
-    raw.unwrap_key(session, mech, mk, wrapped, &template).doing("unwrapping the KEK under the master key")?;
-    find_one(session, &[Attribute::Class(ObjectClass::PRIVATE_KEY), Attribute::Id(tag)], "finding the unwrapped KEK")?
-        .ok_or_else(|| OpError::Backend(BackendError::Other("the token unwrapped the KEK but cannot find the new object".into())))
+    raw::unwrap_key(session, mech, mk, wrapped, &template).doing("unwrapping the KEK under the master key")
 }
 
 /// Codes a token returns from C_Decrypt RSA-OAEP when the ciphertext does
@@ -472,7 +465,12 @@ impl Pkcs11Backend {
         })?;
         // Keep it: closing the application's last session would log it out.
         sessions.put_back(first);
-        let mechanisms = module.raw.mechanism_list(slot.id()).map_err(|e| ck_to_backend(e, "listing mechanisms"))?;
+        let mut mechanisms = Vec::new();
+        for code in [CKM_AES_KEY_WRAP_KWP, CKM_AES_KEY_WRAP_PAD, CKM_RSA_PKCS_KEY_PAIR_GEN, CKM_RSA_PKCS_OAEP, CKM_AES_KEY_GEN] {
+            if raw::has_mechanism(&module.ctx, slot, code).map_err(|e| ck_to_backend(e, "reading mechanism information"))? {
+                mechanisms.push(code);
+            }
+        }
         let wrap = [CKM_AES_KEY_WRAP_KWP, CKM_AES_KEY_WRAP_PAD].into_iter().find(|m| mechanisms.contains(m));
         let lib = module.ctx.get_library_info().map(|i| format!("{} {}", i.manufacturer_id().trim_end(), i.library_description().trim_end())).unwrap_or_default();
         let token = TokenFacts {
@@ -485,6 +483,7 @@ impl Pkcs11Backend {
             mechanisms,
         };
         tracing::debug!(token = %token.label, serial = %token.serial, max_sessions, "PKCS#11 token opened");
+        let token_writes = module::token_writes(&format!("{}\u{0}{}\u{0}{}", token.manufacturer, token.model, token.serial));
         Ok(Pkcs11Backend {
             name: config.name.clone(),
             sessions,
@@ -493,14 +492,24 @@ impl Pkcs11Backend {
             kek_ttl: config.kek_cache_ttl(),
             kek_cache: Arc::new(KekCache::default()),
             oaep_probe: tokio::sync::OnceCell::new(),
+            token_writes,
         })
     }
 
     fn wrap_mechanism(&self) -> Result<u64, BackendError> {
         self.wrap.ok_or_else(|| {
+            // p11-kit's RPC (client and server) forwards only the mechanisms
+            // on its own allow-list, which has no AES key wrap: the token
+            // behind it has them, the client module hides them.
+            let p11kit_client = self.sessions.module.path.file_name().is_some_and(|n| n.to_string_lossy().starts_with("p11-kit-client"));
             BackendError::Unsupported(format!(
-                "token '{}' offers neither CKM_AES_KEY_WRAP_KWP (0x210B) nor CKM_AES_KEY_WRAP_PAD (0x210A)",
-                self.token.label
+                "token '{}' offers neither CKM_AES_KEY_WRAP_KWP (0x210B) nor CKM_AES_KEY_WRAP_PAD (0x210A){}",
+                self.token.label,
+                if p11kit_client {
+                    " through this module: p11-kit's client module forwards no AES key wrap mechanism (p11-kit's RPC carries only the mechanisms on its own list); load the token's own PKCS#11 module instead"
+                } else {
+                    ""
+                }
             ))
         })
     }
@@ -605,7 +614,6 @@ impl KeyBackend for Pkcs11Backend {
                     "CKM_AES_KEY_GEN": has(CKM_AES_KEY_GEN),
                 },
                 "oaep_hash": oaep,
-                "mechanism_count": self.token.mechanisms.len(),
             }),
         })
     }
@@ -614,10 +622,10 @@ impl KeyBackend for Pkcs11Backend {
         let label = label.to_owned();
         let id = hex::encode(crate::crypto::random_array::<16>().map_err(|source| BackendError::Crypto { context: "generating CKA_ID".into(), source })?);
         let (l, i) = (label.clone(), id.clone());
-        let module = self.sessions.module.clone();
+        let writes = self.token_writes.clone();
         self.sessions
             .run("creating the master key", move |s| {
-                let _writes = module.token_writes.lock().unwrap_or_else(|e| e.into_inner());
+                let _writes = writes.lock().unwrap_or_else(|e| e.into_inner());
                 let template = [
                     Attribute::Class(ObjectClass::SECRET_KEY),
                     Attribute::KeyType(KeyType::AES),
@@ -702,7 +710,6 @@ impl KeyBackend for Pkcs11Backend {
     async fn generate_kek(&self, mk: &MasterKeyRef, bits: usize) -> Result<NewKek, BackendError> {
         let wrap = self.wrap_mechanism()?;
         let mk = mk.clone();
-        let raw_module = self.sessions.module.clone();
         let (public, wrapped, hash) = self
             .sessions
             .run("generating and wrapping the KEK", move |s| {
@@ -713,10 +720,10 @@ impl KeyBackend for Pkcs11Backend {
                     .doing("generating the RSA KEK pair in the token")?;
                 let mut cleanup = Cleanup { session: s, handles: vec![public, private] };
                 let pk = public_of(s, public)?;
-                let wrapped = raw_module.raw.wrap_key(s, wrap, mk_handle, private).doing("wrapping the private KEK under the master key")?;
+                let wrapped = raw::wrap_key(s, wrap, mk_handle, private).doing("wrapping the private KEK under the master key")?;
                 // Verify before anything is stored: the blob unwraps under
                 // the MK, and learn which OAEP hash the token decrypts with.
-                let check = unwrap_kek(s, &raw_module.raw, wrap, mk_handle, &wrapped)?;
+                let check = unwrap_kek(s, wrap, mk_handle, &wrapped)?;
                 cleanup.handles.push(check);
                 let hash = probe_oaep(s, check, &pk)?;
                 drop(cleanup);
@@ -776,7 +783,7 @@ impl KeyBackend for Pkcs11Backend {
                     }
                 }
                 let mk_handle = find_mk(s, &mk)?;
-                let h = match unwrap_kek(s, &sessions.module.raw, wrap, mk_handle, &wrapped) {
+                let h = match unwrap_kek(s, wrap, mk_handle, &wrapped) {
                     Ok(h) => h,
                     Err(OpError::Ck { err: CkError::Pkcs11(rv, _), .. }) if bad_wrapped_key(rv) => {
                         return Err(BackendError::KekUnwrap { pool: pool.clone(), mk: mk.label.clone(), detail: format!("the token answered {}", rv::ckr_name(rv)) }.into())
@@ -800,10 +807,10 @@ impl KeyBackend for Pkcs11Backend {
             return Err(BackendError::Other(format!("master key {} was adopted, not created by keybridge; refusing to destroy it", mk.label)));
         }
         let mk = mk.clone();
-        let module = self.sessions.module.clone();
+        let writes = self.token_writes.clone();
         self.sessions
             .run("destroying the master key", move |s| {
-                let _writes = module.token_writes.lock().unwrap_or_else(|e| e.into_inner());
+                let _writes = writes.lock().unwrap_or_else(|e| e.into_inner());
                 let h = find_mk(s, &mk)?;
                 s.destroy_object(h).doing("destroying the master key")
             })

@@ -12,24 +12,30 @@ use std::sync::{Arc, LazyLock, Mutex};
 use cryptoki::context::{CInitializeArgs, CInitializeFlags, Pkcs11};
 use cryptoki::error::{Error as CkError, RvError};
 
-use super::raw::RawModule;
 use crate::backend::BackendError;
 
 /// A loaded and initialised module.
 #[derive(Debug)]
 pub struct Module {
-    #[allow(dead_code)]
     pub path: PathBuf,
+    /// The one function list of this module in this process, initialised
+    /// once; every call goes through it (p11-kit hands each caller its own).
     pub ctx: Pkcs11,
-    pub raw: RawModule,
-    /// Held while creating or destroying token objects. SoftHSM2 2.6 can
-    /// answer CKR_GENERAL_ERROR when two threads of one process write its
-    /// object store at once; such writes are rare here (pool creation and
-    /// its rollback), so they are serialised per module.
-    pub token_writes: Mutex<()>,
 }
 
 static MODULES: LazyLock<Mutex<HashMap<PathBuf, Arc<Module>>>> = LazyLock::new(Default::default);
+
+/// The lock held while creating or destroying objects on the token
+/// `identity` (manufacturer, model, serial). SoftHSM2 2.6 can answer
+/// CKR_GENERAL_ERROR when two threads of one process write its object store
+/// at once; such writes are rare here (pool creation and its rollback), so
+/// they are serialised. Per token, not per module: one process may reach a
+/// token through several modules (SoftHSM2 directly and through p11-kit's
+/// proxy are one SoftHSM2 instance).
+pub fn token_writes(identity: &str) -> Arc<Mutex<()>> {
+    static LOCKS: LazyLock<Mutex<HashMap<String, Arc<Mutex<()>>>>> = LazyLock::new(Default::default);
+    LOCKS.lock().unwrap_or_else(|e| e.into_inner()).entry(identity.to_owned()).or_default().clone()
+}
 
 /// The process-wide context for the module at `path`.
 pub fn module(path: &Path) -> Result<Arc<Module>, BackendError> {
@@ -47,8 +53,7 @@ pub fn module(path: &Path) -> Result<Arc<Module>, BackendError> {
         }
         Err(e) => return Err(err(format!("C_Initialize failed: {e}"))),
     }
-    let raw = RawModule::load(&key).map_err(|e| err(format!("cannot read its function list: {e}")))?;
-    let m = Arc::new(Module { path: key.clone(), ctx, raw, token_writes: Mutex::new(()) });
+    let m = Arc::new(Module { path: key.clone(), ctx });
     map.insert(key, m.clone());
     Ok(m)
 }

@@ -1,137 +1,110 @@
-//! The few PKCS#11 calls cryptoki 0.12 cannot make for us.
+//! Key-wrap mechanisms by number, for the one cryptoki 0.12 cannot name.
 //!
 //! cryptoki's `MechanismType` cannot name `CKM_AES_KEY_WRAP_KWP` (0x210B,
-//! PKCS#11 3.0), and its `get_mechanism_list` silently drops codes it does
-//! not know, so a Kryoptic token would appear to have no padded key wrap at
-//! all. These calls go through the module's own function list (loaded with
-//! cryptoki-sys from the same shared object, so they share the module's
-//! state and sessions with cryptoki). This is the only `unsafe` in keybridge.
+//! PKCS#11 3.0; Kryoptic's padded key wrap): its constructors accept only
+//! codes it knows and vendor codes (>= CKM_VENDOR_DEFINED), and its
+//! `get_mechanism_list` silently drops (and logs) codes it does not know.
+//! This module builds that one `MechanismType` and makes every call through
+//! cryptoki, that is through the one function list `module.rs` loaded and
+//! initialised:
+//!
+//! - whether the token has a mechanism: `C_GetMechanismInfo`
+//!   (CKR_MECHANISM_INVALID means no), instead of the mechanism list;
+//! - `C_WrapKey` / `C_UnwrapKey`: cryptoki's `Mechanism::VendorDefined`,
+//!   which carries any mechanism type with no parameter as it is.
+//!
+//! Why not call the module directly: an earlier version loaded the module a
+//! second time and called `C_GetFunctionList` itself. For a plain module
+//! that returns the same table, but p11-kit's proxy (`p11-kit-proxy.so`) and
+//! client (`p11-kit-client.so`) hand each caller its own function list,
+//! with its own `C_Initialize` and its own sessions, so those calls failed
+//! with CKR_CRYPTOKI_NOT_INITIALIZED. cryptoki 0.12 neither exposes the list
+//! it holds nor accepts one from us; going through cryptoki is the only way
+//! to use exactly the list that was initialised.
+//!
+//! This is the only `unsafe` in keybridge: one constant, checked by the
+//! tests below.
 #![allow(unsafe_code)]
 
-use std::ptr;
-
-use cryptoki::context::Function;
-use cryptoki::error::{Error as CkError, Rv};
+use cryptoki::context::Pkcs11;
+use cryptoki::error::{Error as CkError, RvError};
+use cryptoki::mechanism::vendor_defined::VendorDefinedMechanism;
+use cryptoki::mechanism::{Mechanism, MechanismType};
 use cryptoki::object::{Attribute, ObjectHandle};
 use cryptoki::session::Session;
-use cryptoki_sys::{CK_ATTRIBUTE, CK_FUNCTION_LIST_PTR, CK_MECHANISM, CK_OBJECT_HANDLE, CK_ULONG};
+use cryptoki::slot::Slot;
+use cryptoki_sys::CK_MECHANISM_TYPE;
 
-/// The module's function list, for the calls made here.
-pub struct RawModule {
-    // Keeps the library mapped for as long as `list` is used.
-    _lib: cryptoki_sys::Pkcs11,
-    list: CK_FUNCTION_LIST_PTR,
-}
+use super::{CKM_AES_KEY_WRAP_KWP, CKM_AES_KEY_WRAP_PAD};
 
-// SAFETY: the function list is a table of function pointers owned by the
-// module and valid while the library stays loaded (we hold `_lib`). PKCS#11
-// modules initialised with CKF_OS_LOCKING_OK are safe to call from any thread.
-unsafe impl Send for RawModule {}
-unsafe impl Sync for RawModule {}
+/// `CKM_AES_KEY_WRAP_KWP` as a cryptoki mechanism type.
+// SAFETY: cryptoki 0.12 declares `MechanismType` `#[repr(transparent)]`
+// over its only field, a `CK_MECHANISM_TYPE`, and relies on that itself
+// (it hands a `Vec<MechanismType>` to modules as a CK_MECHANISM_TYPE array
+// for CKA_ALLOWED_MECHANISMS). Any integer is a valid value of that field,
+// and `transmute` refuses to compile if the sizes ever differ. cryptoki
+// only passes the value on to the module or prints it; nothing in it
+// assumes the code is one it knows. `tests::kwp_reads_back` checks the
+// value round-trips through cryptoki's own conversions.
+const KWP: MechanismType = unsafe { std::mem::transmute::<CK_MECHANISM_TYPE, MechanismType>(CKM_AES_KEY_WRAP_KWP) };
 
-impl std::fmt::Debug for RawModule {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("RawModule")
+/// The cryptoki mechanism type of a key-wrap code keybridge uses.
+fn mechanism_type(code: u64) -> Option<MechanismType> {
+    match code {
+        CKM_AES_KEY_WRAP_KWP => Some(KWP),
+        CKM_AES_KEY_WRAP_PAD => Some(MechanismType::AES_KEY_WRAP_PAD),
+        _ => None,
     }
 }
 
-fn check(rv: cryptoki_sys::CK_RV, function: Function) -> Result<(), CkError> {
-    Rv::from(rv).into_result(function)
+/// A parameterless mechanism by number, for C_WrapKey and C_UnwrapKey.
+fn mechanism(code: u64) -> Result<Mechanism<'static>, CkError> {
+    let t = mechanism_type(code).ok_or(CkError::NotSupported)?;
+    Ok(Mechanism::VendorDefined(VendorDefinedMechanism::new::<()>(t, None)))
 }
 
-impl RawModule {
-    /// Load `path` a second time (the loader returns the same mapping) and
-    /// fetch its function list.
-    pub fn load(path: &std::path::Path) -> Result<Self, String> {
-        // SAFETY: loading a PKCS#11 module runs its initialisers; the same
-        // module was already loaded by cryptoki from the same path.
-        let lib = unsafe { cryptoki_sys::Pkcs11::new(path) }.map_err(|e| e.to_string())?;
-        let mut list: CK_FUNCTION_LIST_PTR = ptr::null_mut();
-        // SAFETY: C_GetFunctionList writes one pointer to `list`.
-        let rv = unsafe { lib.C_GetFunctionList(&mut list) };
-        check(rv, Function::GetFunctionList).map_err(|e| e.to_string())?;
-        if list.is_null() {
-            return Err("C_GetFunctionList returned no function list".into());
-        }
-        Ok(RawModule { _lib: lib, list })
+/// Does the token in `slot` offer the mechanism `code`? Asked with
+/// C_GetMechanismInfo, so codes cryptoki cannot name are not lost.
+pub fn has_mechanism(ctx: &Pkcs11, slot: Slot, code: u64) -> Result<bool, CkError> {
+    let t = match mechanism_type(code) {
+        Some(t) => t,
+        // A code cryptoki knows (the ones below are PKCS#11 2.x).
+        None => MechanismType::try_from(code)?,
+    };
+    match ctx.get_mechanism_info(slot, t) {
+        Ok(_) => Ok(true),
+        Err(CkError::Pkcs11(RvError::MechanismInvalid, _)) => Ok(false),
+        Err(e) => Err(e),
+    }
+}
+
+/// C_WrapKey with the key-wrap mechanism `code`.
+pub fn wrap_key(session: &Session, code: u64, wrapping_key: ObjectHandle, key: ObjectHandle) -> Result<Vec<u8>, CkError> {
+    session.wrap_key(&mechanism(code)?, wrapping_key, key)
+}
+
+/// C_UnwrapKey with the key-wrap mechanism `code`.
+pub fn unwrap_key(session: &Session, code: u64, unwrapping_key: ObjectHandle, wrapped: &[u8], template: &[Attribute]) -> Result<ObjectHandle, CkError> {
+    session.unwrap_key(&mechanism(code)?, unwrapping_key, wrapped, template)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn kwp_reads_back() {
+        assert_eq!(CK_MECHANISM_TYPE::from(KWP), 0x210B);
+        assert!(KWP.to_string().contains("210b"), "{KWP}");
+        let m = mechanism(CKM_AES_KEY_WRAP_KWP).unwrap();
+        assert_eq!(CK_MECHANISM_TYPE::from(m.mechanism_type()), 0x210B);
+        let m = cryptoki_sys::CK_MECHANISM::from(&m);
+        assert_eq!((m.mechanism, m.pParameter.is_null(), m.ulParameterLen), (0x210B, true, 0));
     }
 
-    fn list(&self) -> &cryptoki_sys::CK_FUNCTION_LIST {
-        // SAFETY: checked non-null in `load`; the table lives as long as the library.
-        unsafe { &*self.list }
-    }
-
-    /// Every mechanism the slot lists, including codes cryptoki cannot name.
-    pub fn mechanism_list(&self, slot: u64) -> Result<Vec<u64>, CkError> {
-        let f = self.list().C_GetMechanismList.ok_or(CkError::NullFunctionPointer)?;
-        let mut count: CK_ULONG = 0;
-        // SAFETY: a null list pointer asks only for the count.
-        check(unsafe { f(slot, ptr::null_mut(), &mut count) }, Function::GetMechanismList)?;
-        let mut out = vec![0 as cryptoki_sys::CK_MECHANISM_TYPE; count as usize];
-        // SAFETY: `out` has room for `count` entries; the module writes at most that.
-        check(unsafe { f(slot, out.as_mut_ptr(), &mut count) }, Function::GetMechanismList)?;
-        out.truncate(count as usize);
-        Ok(out)
-    }
-
-    /// C_WrapKey with a parameterless mechanism given by its number.
-    pub fn wrap_key(
-        &self,
-        session: &Session,
-        mechanism: u64,
-        wrapping_key: ObjectHandle,
-        key: ObjectHandle,
-    ) -> Result<Vec<u8>, CkError> {
-        let f = self.list().C_WrapKey.ok_or(CkError::NullFunctionPointer)?;
-        let mut mech = CK_MECHANISM { mechanism, pParameter: ptr::null_mut(), ulParameterLen: 0 };
-        let mut len: CK_ULONG = 0;
-        // SAFETY: a null output buffer asks for the length only.
-        check(
-            unsafe { f(session.handle(), &mut mech, wrapping_key.handle(), key.handle(), ptr::null_mut(), &mut len) },
-            Function::WrapKey,
-        )?;
-        let mut out = vec![0u8; len as usize];
-        // SAFETY: `out` has `len` bytes, as the module asked for.
-        check(
-            unsafe { f(session.handle(), &mut mech, wrapping_key.handle(), key.handle(), out.as_mut_ptr(), &mut len) },
-            Function::WrapKey,
-        )?;
-        out.truncate(len as usize);
-        Ok(out)
-    }
-
-    /// C_UnwrapKey with a parameterless mechanism given by its number.
-    /// Returns the raw handle; callers find it again by a unique CKA_ID they
-    /// put in `template` (cryptoki cannot build an `ObjectHandle` from a raw one).
-    pub fn unwrap_key(
-        &self,
-        session: &Session,
-        mechanism: u64,
-        unwrapping_key: ObjectHandle,
-        wrapped: &[u8],
-        template: &[Attribute],
-    ) -> Result<CK_OBJECT_HANDLE, CkError> {
-        let f = self.list().C_UnwrapKey.ok_or(CkError::NullFunctionPointer)?;
-        let mut mech = CK_MECHANISM { mechanism, pParameter: ptr::null_mut(), ulParameterLen: 0 };
-        let mut attrs: Vec<CK_ATTRIBUTE> = template.iter().map(CK_ATTRIBUTE::from).collect();
-        let mut handle: CK_OBJECT_HANDLE = 0;
-        // SAFETY: all pointers reference live buffers of the stated lengths;
-        // the module only reads `wrapped` and the template.
-        check(
-            unsafe {
-                f(
-                    session.handle(),
-                    &mut mech,
-                    unwrapping_key.handle(),
-                    wrapped.as_ptr() as *mut u8,
-                    wrapped.len() as CK_ULONG,
-                    attrs.as_mut_ptr(),
-                    attrs.len() as CK_ULONG,
-                    &mut handle,
-                )
-            },
-            Function::UnwrapKey,
-        )?;
-        Ok(handle)
+    #[test]
+    fn pad_is_cryptokis_own() {
+        assert_eq!(CK_MECHANISM_TYPE::from(mechanism_type(CKM_AES_KEY_WRAP_PAD).unwrap()), 0x210A);
+        assert!(mechanism(0x1234).is_err());
     }
 }
