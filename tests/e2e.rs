@@ -915,15 +915,19 @@ async fn media_agent_killed_during_restore() {
     let out_dir = tempfile::tempdir().unwrap();
     let pw = d.dir().join("alice.pw");
     let restore = d.cli_spawn(&["restore", &job, "--to", out_dir.path().to_str().unwrap(), "--client", "alice", "--password-file", pw.to_str().unwrap()]);
-    // Wait for the unpacking to start (its staging directory appears).
-    let staging = out_dir.path().join(format!(".keybridge-restore-{job}"));
+    // Wait for the unpacking to start (its staging directory, named after
+    // the job with a random suffix, gets the file).
+    let prefix = format!(".keybridge-restore-{job}-");
+    let writing = || {
+        std::fs::read_dir(out_dir.path()).unwrap().flatten().any(|e| e.file_name().to_string_lossy().starts_with(&prefix) && e.path().join("big.bin").exists())
+    };
     for _ in 0..5000 {
-        if staging.join("big.bin").exists() {
+        if writing() {
             break;
         }
         std::thread::sleep(Duration::from_millis(1));
     }
-    assert!(staging.join("big.bin").exists(), "the restore never started writing");
+    assert!(writing(), "the restore never started writing");
     kill_while_frozen(&restore, d.agent.take().unwrap());
     let out = restore.wait_with_output().unwrap();
     fails(&out, 11, &format!("MediaAgent https://127.0.0.1:{}: the download broke", d.agent_port));

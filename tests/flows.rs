@@ -158,7 +158,7 @@ async fn moved_rows(kind: Kind) {
     kb.catalog().execute_raw(&format!("UPDATE deks SET client_id = {} WHERE id = '{}'", mallory.id, g.dek_id)).unwrap();
     let err = restore::recover_dek(&kb, &g.dek_id, "mallory", &actor()).await.unwrap_err();
     assert!(matches!(err, Error::Integrity { .. }), "{err}");
-    assert!(err.to_string().contains("bound to another pool, client or id"), "{err}");
+    assert!(err.to_string().contains("bound to another pool, client, id or client keys"), "{err}");
 
     // Moved to another pool: the other pool's KEK cannot decrypt it.
     let original = kb.catalog().client_by_name(&client).unwrap();
@@ -168,6 +168,39 @@ async fn moved_rows(kind: Kind) {
     kb.catalog().execute_raw(&format!("UPDATE deks SET pool_id = {} WHERE id = '{}'", p2.id, g.dek_id)).unwrap();
     let err = restore::recover_dek(&kb, &g.dek_id, &client, &actor()).await.unwrap_err();
     assert_kms_error(err, &format!("KEK of pool '{other}'"));
+}
+
+/// Whoever writes the catalog replaces a client's registration (salt, KDF,
+/// public keys) with one derived from their own password, to have the
+/// service seal the client's DEKs to them: the DEK's binding names the
+/// keys it was issued for, so the recover is refused as an integrity error
+/// and nothing is sealed. Put back, the row works again.
+async fn replaced_client_keys(kind: Kind) {
+    let Some(rig) = Rig::new(kind) else { return };
+    let kb = rig.open();
+    let (pool, client) = pool_and_client(&kb).await;
+    let g = backup::issue_dek(&kb, &pool, &client, &actor()).await.unwrap();
+    let theirs = seal::register(&client, &password("the-dbas-own-password"), test_kdf()).unwrap();
+    let original: (String, Vec<u8>, Vec<u8>, Vec<u8>) = {
+        let c = kb.catalog().client_by_name(&client).unwrap();
+        (serde_json::to_string(&c.kdf).unwrap(), c.salt, c.seal_public.to_vec(), c.auth_public.unwrap().to_vec())
+    };
+    let set = |kdf: &str, salt: &[u8], seal_public: &[u8], auth_public: &[u8]| {
+        format!(
+            "UPDATE clients SET kdf = '{kdf}', salt = x'{}', seal_public = x'{}', auth_public = x'{}' WHERE name = '{client}'",
+            hex::encode(salt),
+            hex::encode(seal_public),
+            hex::encode(auth_public)
+        )
+    };
+    kb.catalog().execute_raw(&set(&serde_json::to_string(&theirs.kdf).unwrap(), &theirs.salt, &theirs.seal_public, &theirs.auth_public)).unwrap();
+    let err = restore::recover_dek(&kb, &g.dek_id, &client, &actor()).await.unwrap_err();
+    assert!(matches!(err, Error::Integrity { .. }), "{err}");
+    assert_eq!(err.exit_code(), 6);
+    assert!(err.to_string().contains("the client's registration was replaced"), "{err}");
+    kb.catalog().execute_raw(&set(&original.0, &original.1, &original.2, &original.3)).unwrap();
+    let back = restore::recover_dek(&kb, &g.dek_id, &client, &actor()).await.unwrap();
+    seal::open(&back.sealed_dek, &client, &password("network-password-1")).unwrap();
 }
 
 /// Wrong network password: the sealed DEK does not open.
@@ -244,7 +277,7 @@ macro_rules! on_every_backend {
     };
 }
 
-on_every_backend!(full_chain, catalog_holds_no_secret, tampering, moved_rows, wrong_password, missing_master_key, no_orphan_master_key);
+on_every_backend!(full_chain, catalog_holds_no_secret, tampering, moved_rows, replaced_client_keys, wrong_password, missing_master_key, no_orphan_master_key);
 
 /// From the token itself: the MK is sensitive, never extractable; the
 /// unwrapped KEK is a sensitive, non-extractable session object.

@@ -10,9 +10,7 @@
 //! Steps 5 and 6 (client-side encryption, MediaAgent) live in the client and
 //! media-agent modules.
 
-use zeroize::Zeroizing;
-
-use super::{audit_failure, dek_binding, DekGrant};
+use super::{audit_failure, envelope, DekGrant};
 use crate::audit::{Action, Actor, AuditEvent};
 use crate::catalog::{ClientRecord, DekRow, JobCompletion, JobRecord, PoolRecord};
 use crate::context::Keybridge;
@@ -105,9 +103,7 @@ pub async fn store_new_dek(kb: &Keybridge, pool: &PoolRecord, public: &PublicKek
 
 async fn store(kb: &Keybridge, pool: &PoolRecord, public: &PublicKek, client: &ClientRecord, dek_id: &str, event: AuditEvent) -> Result<(Dek, String)> {
     let dek = Dek::generate().map_err(Error::crypto("generating DEK"))?;
-    let mut plain = Zeroizing::new(Vec::with_capacity(64));
-    plain.extend_from_slice(dek.expose());
-    plain.extend_from_slice(&dek_binding(dek_id, &pool.name, &client.name));
+    let plain = envelope::build(&dek, dek_id, &pool.name, client);
     let encrypted = public
         .encrypt(pool.oaep_hash, &plain)
         .map_err(Error::crypto(format!("encrypting DEK under the KEK of pool '{}'", pool.name)))?;

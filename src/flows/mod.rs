@@ -9,11 +9,11 @@
 
 pub mod backup;
 pub mod clients;
+mod envelope;
 pub mod pool_creation;
 pub mod restore;
 
 use serde::Serialize;
-use sha2::{Digest, Sha256};
 
 /// What the client receives for a DEK: the DEK only sealed under its
 /// network password, with the ids it is bound to.
@@ -24,24 +24,6 @@ pub struct DekGrant {
     pub client: String,
     pub sealed_dek: String,
     pub created_at: String,
-}
-
-/// Length of the binding appended to the DEK inside the RSA-OAEP envelope.
-pub(crate) const BINDING_LEN: usize = 32;
-
-/// The binding of a DEK to its catalog row: SHA-256 over the DEK id, pool
-/// name and client name. It is encrypted together with the DEK under the
-/// public KEK, so a DEK row moved to another pool or client, or given another
-/// id, is detected at restore (RSA-OAEP labels would do the same, but
-/// SoftHSM2 does not accept them).
-pub(crate) fn dek_binding(dek_id: &str, pool: &str, client: &str) -> [u8; BINDING_LEN] {
-    let mut h = Sha256::new();
-    h.update(b"keybridge/v1/dek-binding");
-    for part in [dek_id, pool, client] {
-        h.update((part.len() as u32).to_be_bytes());
-        h.update(part.as_bytes());
-    }
-    h.finalize().into()
 }
 
 /// Record a failed operation in the audit log and hand back the original

@@ -15,11 +15,11 @@
 //! another client's DEK) leaves one row, its error, committed before the
 //! error is returned.
 
-use super::{audit_failure, dek_binding, DekGrant, BINDING_LEN};
+use super::{audit_failure, envelope, DekGrant};
 use crate::audit::{Action, Actor, AuditEvent};
 use crate::backend::PoolKek;
 use crate::context::Keybridge;
-use crate::secret::{Dek, DEK_LEN};
+use crate::secret::Dek;
 use crate::{seal, Error, Result};
 
 /// Recover DEK `dek_id` for `client`, as `actor`. A client can recover only
@@ -91,18 +91,7 @@ async fn recover(kb: &Keybridge, dek_id: &str, client: &str, actor: &Actor, pool
     started?;
     let plain = plain.map_err(Error::backend(&pool.kms_name))?;
     let sealer = sealer?;
-    let what = || format!("DEK {dek_id}");
-    if plain.len() != DEK_LEN + BINDING_LEN {
-        return Err(Error::Integrity { what: what(), reason: format!("decrypted envelope is {} bytes, expected {}", plain.len(), DEK_LEN + BINDING_LEN) });
-    }
-    let expected = dek_binding(dek_id, &pool.name, &requester.name);
-    if plain[DEK_LEN..] != expected {
-        return Err(Error::Integrity {
-            what: what(),
-            reason: format!("it is bound to another pool, client or id than its catalog row (pool '{}', client '{}'): the row was moved or edited", pool.name, requester.name),
-        });
-    }
-    let dek = Dek::from_bytes(plain[..DEK_LEN].try_into().expect("length checked"));
+    let dek = envelope::open(&plain, dek_id, &pool.name, &requester)?;
     let sealed_dek = sealer.seal(&dek, &pool.name, dek_id)?;
     tracing::info!(pool = %pool.name, client, dek = dek_id, %actor, "DEK recovered");
     Ok((dek, DekGrant { dek_id: dek_id.to_owned(), pool: pool.name, client: requester.name, sealed_dek, created_at: row.created_at }))
