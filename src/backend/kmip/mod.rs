@@ -228,14 +228,21 @@ impl KmipBackend {
             }
             WRAP_SERVER_CBC => {
                 let (iv, check, ct) = split_blob(kek.wrapped_private, CBC_MAGIC, CBC_IV_LEN).ok_or_else(not_ours)?;
+                // A server that refuses the padding and a check that fails
+                // after it are one error, word for word: two answers to an
+                // altered CBC blob would be a padding oracle.
+                let altered = || unwrap_err("AES-CBC decryption did not give back what was wrapped (the blob was altered, or belongs to another key)".into());
                 let r = self
                     .client
                     .call_one(Request::Decrypt { uid: kek.master_key.id.clone(), mode: CipherMode::CbcPkcs5, data: ct.to_vec(), iv: iv.to_vec(), aad: Vec::new(), tag: Vec::new() })
                     .await
-                    .map_err(refused)?;
+                    .map_err(|e| match e {
+                        KmipError::Refused { code, .. } if code != Some(enums::result_reason::ITEM_NOT_FOUND) => altered(),
+                        other => missing_or(other, kek.master_key),
+                    })?;
                 let pkcs8 = Zeroizing::new(r.decrypted().map_err(|e| BackendError::Kmip(e.0))?);
                 if cbc_check(&pkcs8) != check {
-                    return Err(unwrap_err("integrity check failed after AES-CBC decryption".into()));
+                    return Err(altered());
                 }
                 Ok(pkcs8)
             }
