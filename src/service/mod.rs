@@ -255,6 +255,8 @@ pub fn router(service: Shared) -> Router {
         .route("/v1/jobs", get(list_jobs).post(start_job))
         .route("/v1/jobs/{id}", get(get_job))
         .route("/v1/jobs/{id}/complete", post(complete_job))
+        // Applies to the routes above it only: handlers do not authenticate
+        // themselves, so every route goes above this line.
         .route_layer(axum::middleware::from_fn_with_state(service.clone(), guard))
         .fallback(crate::http::no_route)
         .with_state(service)
