@@ -379,6 +379,20 @@ pub fn open_with(sealed: &str, client: &str, keys: &ClientKeys, password: &Secre
     }
 }
 
+/// Open a sealed DEK only if it names `keys`' salt and KDF parameters; it
+/// never derives. For the fuzz target, which must not run Argon2id with
+/// parameters its input chose (the floor and ceiling are checked on their
+/// own, [`KdfParams::check`]).
+#[cfg(any(test, feature = "fuzzing"))]
+pub fn open_with_keys_only(sealed: &str, client: &str, keys: &ClientKeys) -> Result<(SealedHeader, Dek)> {
+    let raw = decode(sealed, client)?;
+    let p = parse(&raw).map_err(|r| Error::Seal { client: client.to_owned(), reason: r.into() })?;
+    if !keys.matches(p.salt, &p.kdf) {
+        return Err(Error::Seal { client: client.to_owned(), reason: "it names other KDF parameters".into() });
+    }
+    open_parsed(p, client, keys)
+}
+
 fn open_parsed(p: Parsed<'_>, client: &str, keys: &ClientKeys) -> Result<(SealedHeader, Dek)> {
     let bad = |reason: String| Error::Seal { client: client.to_owned(), reason };
     if p.header.client != client {
