@@ -576,16 +576,22 @@ async fn alice_salt(d: &Deployment) -> Vec<u8> {
     hex::decode(v["salt"].as_str().unwrap()).unwrap()
 }
 
+/// Register alice and back up the sample tree as her; the source directory
+/// (kept alive by the caller), the tree's path and the job id.
+async fn alice_backs_up_the_sample_tree(d: &Deployment) -> (tempfile::TempDir, PathBuf, String) {
+    d.register("alice", "alice-network-pw").await;
+    let src = tempfile::tempdir().unwrap();
+    let data = sample_tree(src.path());
+    let job = ok_json(&d.backup("alice", &[&data]))["job_id"].as_str().unwrap().to_owned();
+    (src, data, job)
+}
+
 /// Damage to the stored stream is caught by the client; nothing is left in
 /// the restore target.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tampered_truncated_reordered_appended_streams_fail() {
     let d = Deployment::start(Kind::Builtin).unwrap();
-    d.register("alice", "alice-network-pw").await;
-    let src = tempfile::tempdir().unwrap();
-    let data = sample_tree(src.path());
-    let b = ok_json(&d.backup("alice", &[&data]));
-    let job = b["job_id"].as_str().unwrap().to_owned();
+    let (_src, data, job) = alice_backs_up_the_sample_tree(&d).await;
     let path = d.store.join("jobs").join(&job).join("stream");
     let original = std::fs::read(&path).unwrap();
     let (header, hlen) = keybridge::stream::Header::parse(&original).unwrap().unwrap();
@@ -1315,10 +1321,7 @@ async fn idle_and_slow_connections_do_not_starve_the_service() {
     use std::sync::atomic::{AtomicUsize, Ordering};
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let d = Deployment::start(Kind::Builtin).unwrap();
-    d.register("alice", "alice-network-pw").await;
-    let src = tempfile::tempdir().unwrap();
-    let data = sample_tree(src.path());
-    let job = ok_json(&d.backup("alice", &[&data]))["job_id"].as_str().unwrap().to_owned();
+    let (_src, data, job) = alice_backs_up_the_sample_tree(&d).await;
 
     let config = std::sync::Arc::new(keybridge::tls::client_config(&d.dir().join("service.crt"), None).unwrap());
     let hello = {
