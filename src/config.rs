@@ -34,6 +34,15 @@ pub struct Config {
 pub struct CatalogConfig {
     /// SQLite database file.
     pub path: PathBuf,
+    /// The SHA-256 of each pool's public KEK once this host checked it
+    /// against the KMS (see `flows::backup`): a file the catalog's writers
+    /// cannot reach, next to the configuration by default.
+    #[serde(default = "default_kek_pins")]
+    pub kek_pins: PathBuf,
+}
+
+fn default_kek_pins() -> PathBuf {
+    PathBuf::from("kek-pins.json")
 }
 
 /// One `[[kms]]` entry.
@@ -249,6 +258,7 @@ impl Config {
             .unwrap_or_else(|| PathBuf::from("."));
         config.source = path.to_owned();
         config.catalog.path = base.join(&config.catalog.path);
+        config.catalog.kek_pins = base.join(&config.catalog.kek_pins);
         let mut seen = std::collections::HashSet::new();
         for kms in &mut config.kms {
             if crate::error::check_name("KMS name", kms.name()).is_err() {

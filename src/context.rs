@@ -22,6 +22,12 @@ pub struct Keybridge {
     /// and a long-running service would otherwise retry on every request
     /// and health probe.
     refused: std::sync::Mutex<HashMap<String, (String, String)>>,
+    /// Pool name -> SHA-256 (hex) of the public KEK this host checked
+    /// against the KMS; loaded from `[catalog] kek_pins` on first use.
+    kek_pins: std::sync::Mutex<Option<HashMap<String, String>>>,
+    /// Pool name -> the public KEK this process found pinned or checked:
+    /// later issues compare bytes, with no hashing.
+    kek_checked: std::sync::Mutex<HashMap<String, Vec<u8>>>,
 }
 
 impl Keybridge {
@@ -29,7 +35,7 @@ impl Keybridge {
     /// lazily, so a dead HSM does not stop commands that do not need it.
     pub fn open(config: Config) -> Result<Self> {
         let catalog = Arc::new(Catalog::open(&config.catalog.path)?);
-        Ok(Keybridge { config, catalog, backends: Mutex::new(HashMap::new()), refused: Default::default() })
+        Ok(Keybridge { config, catalog, backends: Mutex::new(HashMap::new()), refused: Default::default(), kek_pins: Default::default(), kek_checked: Default::default() })
     }
 
     pub fn config(&self) -> &Config {
@@ -69,6 +75,49 @@ impl Keybridge {
         Ok(b)
     }
 
+    /// Whether this process already found `kek_public` to be `pool`'s
+    /// checked public KEK.
+    pub(crate) fn kek_checked(&self, pool: &str, kek_public: &[u8]) -> bool {
+        self.kek_checked.lock().unwrap_or_else(|e| e.into_inner()).get(pool).is_some_and(|k| k == kek_public)
+    }
+
+    /// Remember for this process that `kek_public` is `pool`'s checked
+    /// public KEK.
+    pub(crate) fn set_kek_checked(&self, pool: &str, kek_public: &[u8]) {
+        self.kek_checked.lock().unwrap_or_else(|e| e.into_inner()).insert(pool.to_owned(), kek_public.to_vec());
+    }
+
+    /// The pinned SHA-256 (hex) of `pool`'s public KEK, if this host has
+    /// checked it against the KMS.
+    pub(crate) fn kek_pin(&self, pool: &str) -> Option<String> {
+        let mut pins = self.kek_pins.lock().unwrap_or_else(|e| e.into_inner());
+        pins.get_or_insert_with(|| self.load_kek_pins()).get(pool).cloned()
+    }
+
+    /// Pin `pool`'s public KEK (`sha256` hex) in memory and in the pin file.
+    /// A pin file that cannot be written costs a KMS check per process, so
+    /// it is a warning, not an error.
+    pub(crate) fn pin_kek(&self, pool: &str, sha256: String) {
+        let mut pins = self.kek_pins.lock().unwrap_or_else(|e| e.into_inner());
+        let pins = pins.get_or_insert_with(|| self.load_kek_pins());
+        pins.insert(pool.to_owned(), sha256);
+        let path = &self.config.catalog.kek_pins;
+        if let Err(e) = write_atomically(path, serde_json::to_string_pretty(pins).unwrap_or_default().as_bytes()) {
+            tracing::warn!(path = %path.display(), error = %e, "could not record a checked public KEK; the next process checks it against the KMS again");
+        }
+    }
+
+    fn load_kek_pins(&self) -> HashMap<String, String> {
+        let path = &self.config.catalog.kek_pins;
+        match std::fs::read(path) {
+            Ok(bytes) => serde_json::from_slice(&bytes).unwrap_or_else(|e| {
+                tracing::warn!(path = %path.display(), error = %e, "the file of checked public KEKs is unreadable; every pool is checked against the KMS again");
+                HashMap::new()
+            }),
+            Err(_) => HashMap::new(),
+        }
+    }
+
     /// Open (if needed) and probe the backend for `[[kms]] name`.
     pub async fn probe(&self, name: &str) -> Result<backend::ProbeReport> {
         self.backend(name).await?.probe().await.map_err(Error::backend(name))
@@ -84,4 +133,15 @@ impl Keybridge {
     pub async fn open_backends(&self) -> Vec<(String, Arc<dyn KeyBackend>)> {
         self.backends.lock().await.iter().map(|(n, b)| (n.clone(), b.clone())).collect()
     }
+}
+
+/// Replace `path` with `contents` (a temporary file beside it, synced, then
+/// renamed), so a crash leaves the old file or the new one.
+fn write_atomically(path: &std::path::Path, contents: &[u8]) -> std::io::Result<()> {
+    use std::io::Write;
+    let tmp = path.with_extension(format!("tmp.{}", std::process::id()));
+    let mut f = std::fs::File::create(&tmp)?;
+    f.write_all(contents)?;
+    f.sync_all()?;
+    std::fs::rename(&tmp, path)
 }

@@ -203,6 +203,51 @@ async fn replaced_client_keys(kind: Kind) {
     seal::open(&back.sealed_dek, &client, &password("network-password-1")).unwrap();
 }
 
+/// Whoever writes the catalog replaces a pool's public KEK with a key of
+/// their own (here: another pool's): no DEK is issued under it, neither by
+/// the process that created the pool, nor by a new process on this host
+/// (the pin file), nor on a host that never checked it (the KMS round
+/// trip). Put back, issuing works again and the new host pins it.
+async fn replaced_kek_public(kind: Kind) {
+    let Some(rig) = Rig::new(kind) else { return };
+    let kb = rig.open();
+    let (pool, client) = pool_and_client(&kb).await;
+    backup::issue_dek(&kb, &pool, &client, &actor()).await.unwrap();
+    let original = kb.catalog().pool_by_name(&pool).unwrap().kek_public;
+    let other = pool_creation::create_pool(&kb, &pool_name(), "kms", &pool_creation::PoolOptions { kek_bits: 2048, master_key: None }, &actor()).await.unwrap();
+    let set = |spki: &[u8]| format!("UPDATE pools SET kek_public = x'{}' WHERE name = '{pool}'", hex::encode(spki));
+    kb.catalog().execute_raw(&set(&other.kek_public)).unwrap();
+    let pool_id = kb.catalog().pool_by_name(&pool).unwrap().id;
+    let deks = |kb: &Keybridge| kb.catalog().count_deks(pool_id).unwrap();
+    let before = deks(&kb);
+    let pins = rig.dir.path().join("kek-pins.json");
+    for (what, needle) in [
+        ("the creating process", "not the one this host checked against the KMS"),
+        ("a new process", "not the one this host checked against the KMS"),
+        ("a host that never checked it", "the KMS cannot decrypt what it encrypts"),
+    ] {
+        let kb = match what {
+            "the creating process" => &kb,
+            "a new process" => &rig.open(),
+            _ => {
+                std::fs::remove_file(&pins).unwrap();
+                &rig.open()
+            }
+        };
+        let err = backup::issue_dek(kb, &pool, &client, &actor()).await.unwrap_err();
+        assert!(matches!(err, Error::Integrity { .. }), "{what}: {err}");
+        assert_eq!(err.exit_code(), 6, "{what}");
+        assert!(err.to_string().contains(needle), "{what}: {err}");
+        assert_eq!(deks(kb), before, "{what}: a DEK was stored under the replaced KEK");
+    }
+    kb.catalog().execute_raw(&set(&original)).unwrap();
+    let _ = std::fs::remove_file(&pins);
+    let fresh = rig.open();
+    let g = backup::issue_dek(&fresh, &pool, &client, &actor()).await.unwrap();
+    restore::recover_dek(&fresh, &g.dek_id, &client, &actor()).await.unwrap();
+    assert!(std::fs::read_to_string(&pins).unwrap().contains(&pool), "the checked KEK was not pinned");
+}
+
 /// Wrong network password: the sealed DEK does not open.
 async fn wrong_password(kind: Kind) {
     let Some(rig) = Rig::new(kind) else { return };
@@ -277,7 +322,7 @@ macro_rules! on_every_backend {
     };
 }
 
-on_every_backend!(full_chain, catalog_holds_no_secret, tampering, moved_rows, replaced_client_keys, wrong_password, missing_master_key, no_orphan_master_key);
+on_every_backend!(full_chain, catalog_holds_no_secret, tampering, moved_rows, replaced_client_keys, replaced_kek_public, wrong_password, missing_master_key, no_orphan_master_key);
 
 /// From the token itself: the MK is sensitive, never extractable; the
 /// unwrapped KEK is a sensitive, non-extractable session object.

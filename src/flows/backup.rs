@@ -35,6 +35,54 @@ async fn lookup(kb: &Keybridge, pool: &str, client: &str, actor: &Actor) -> Resu
     }
 }
 
+/// The pool's public KEK must be the one whose private half the KMS holds:
+/// whoever writes the catalog could otherwise put in their own key, and
+/// every DEK issued after that would be readable by them and by nobody
+/// else (the KMS could never decrypt it). The first issue of a pool on this
+/// host checks it with a round trip (a random value encrypted under it,
+/// decrypted by the KMS) and pins its SHA-256 in `[catalog] kek_pins`, a
+/// file outside the catalog; after that an issue compares the hash and
+/// needs no KMS. A public KEK that differs from the pin, or that the KMS
+/// cannot decrypt for, is an integrity error: no DEK is issued under it.
+/// A KMS that cannot be reached for the first check is a KMS error.
+async fn checked_kek(kb: &Keybridge, pool: &PoolRecord, public: &PublicKek) -> Result<()> {
+    use sha2::{Digest, Sha256};
+    if kb.kek_checked(&pool.name, &pool.kek_public) {
+        return Ok(());
+    }
+    let sha256 = hex::encode(Sha256::digest(&pool.kek_public));
+    let replaced = |reason: String| Error::Integrity { what: format!("public KEK of pool '{}'", pool.name), reason };
+    match kb.kek_pin(&pool.name) {
+        Some(pinned) if pinned == sha256 => {
+            kb.set_kek_checked(&pool.name, &pool.kek_public);
+            return Ok(());
+        }
+        Some(_) => return Err(replaced("it is not the one this host checked against the KMS: the catalog row was replaced; no DEK is issued under it".into())),
+        None => {}
+    }
+    let probe = crate::crypto::random_array::<32>().map_err(Error::crypto("making a KEK check value"))?;
+    let encrypted = public.encrypt(pool.oaep_hash, &probe[..]).map_err(Error::crypto(format!("encrypting under the KEK of pool '{}'", pool.name)))?;
+    let backend = kb.backend(&pool.kms_name).await?;
+    let kek = crate::backend::PoolKek {
+        pool_id: pool.id,
+        pool_name: &pool.name,
+        master_key: &pool.master_key,
+        wrapped_private: &pool.kek_wrapped,
+        wrap_mechanism: &pool.wrap_mechanism,
+        oaep_hash: pool.oaep_hash,
+    };
+    match backend.decrypt_dek(&kek, &encrypted).await {
+        Ok(plain) if plain[..] == probe[..] => {}
+        Ok(_) | Err(crate::backend::BackendError::DekDecrypt { .. }) => {
+            return Err(replaced("the KMS cannot decrypt what it encrypts: it does not belong to the pool's private KEK (the catalog row was replaced); no DEK is issued under it".into()))
+        }
+        Err(e) => return Err(Error::backend(&pool.kms_name)(e)),
+    }
+    kb.pin_kek(&pool.name, sha256);
+    kb.set_kek_checked(&pool.name, &pool.kek_public);
+    Ok(())
+}
+
 fn find(kb: &Keybridge, pool: &str, client: &str) -> Result<(PoolRecord, ClientRecord, PublicKek)> {
     let pool = kb.catalog().pool_by_name(pool)?;
     let client = kb.catalog().client_by_name(client)?;
@@ -95,7 +143,11 @@ pub async fn store_new_dek(kb: &Keybridge, pool: &PoolRecord, public: &PublicKek
     // of touching a random leaf page per DEK, which multiplied WAL traffic.
     let dek_id = uuid::Uuid::now_v7().to_string();
     let event = AuditEvent::new(actor, Action::DekIssue).pool(&pool.name).client(&client.name).dek(&dek_id);
-    match store(kb, pool, public, client, &dek_id, event.clone()).await {
+    let stored = match checked_kek(kb, pool, public).await {
+        Ok(()) => store(kb, pool, public, client, &dek_id, event.clone()).await,
+        Err(e) => Err(e),
+    };
+    match stored {
         Ok((dek, created_at)) => Ok(StoredDek { dek, dek_id, created_at }),
         Err(e) => Err(audit_failure(kb, event, e).await),
     }
