@@ -433,7 +433,8 @@ fn issue_run(rt: &Runtime, rig: &Rig, issuers: usize, mode: IssueMode, d: Durati
                             IssueMode::EncryptOnly => {
                                 let dek = Dek::generate().expect("dek");
                                 let mut plain = dek.expose().to_vec();
-                                plain.extend_from_slice(&[0u8; 32]);
+                                // The v2 envelope's length: version byte and binding.
+                                plain.extend_from_slice(&[0u8; 33]);
                                 std::hint::black_box(public.encrypt(pool.oaep_hash, &plain).expect("encrypt"));
                                 tokio::task::yield_now().await;
                             }
