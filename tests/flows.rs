@@ -341,17 +341,9 @@ async fn key_attributes_from_token(kind: Kind) {
     assert_eq!(mk.label, format!("keybridge-mk-{pool}"));
 
     // Restore through this backend instance, then inspect its cached KEK.
-    use keybridge::backend::{KeyBackend, PoolKek};
+    use keybridge::backend::KeyBackend;
     let row = kb.catalog().dek(&g.dek_id).unwrap();
-    let kek = PoolKek {
-        pool_id: p.id,
-        pool_name: &p.name,
-        master_key: &p.master_key,
-        wrapped_private: &p.kek_wrapped,
-        wrap_mechanism: &p.wrap_mechanism,
-        oaep_hash: p.oaep_hash,
-    };
-    backend.decrypt_dek(&kek, &row.encrypted_dek).await.unwrap();
+    backend.decrypt_dek(&p.kek(), &row.encrypted_dek).await.unwrap();
     let kek_facts = backend.cached_kek_facts(p.id).await.unwrap().expect("KEK cached after a restore");
     assert!(!kek_facts.token, "unwrapped KEK must be a session object: {kek_facts:?}");
     assert!(kek_facts.sensitive && !kek_facts.extractable, "{kek_facts:?}");

@@ -43,6 +43,18 @@ pub struct PoolRecord {
 }
 
 impl PoolRecord {
+    /// What a backend needs to decrypt under this pool's KEK.
+    pub fn kek(&self) -> crate::backend::PoolKek<'_> {
+        crate::backend::PoolKek {
+            pool_id: self.id,
+            pool_name: &self.name,
+            master_key: &self.master_key,
+            wrapped_private: &self.kek_wrapped,
+            wrap_mechanism: &self.wrap_mechanism,
+            oaep_hash: self.oaep_hash,
+        }
+    }
+
     /// The pool as shown to operators (CLI and service): no key material
     /// beyond what is public.
     pub fn to_json(&self) -> serde_json::Value {

@@ -63,15 +63,7 @@ async fn checked_kek(kb: &Keybridge, pool: &PoolRecord, public: &PublicKek) -> R
     let probe = crate::crypto::random_array::<32>().map_err(Error::crypto("making a KEK check value"))?;
     let encrypted = public.encrypt(pool.oaep_hash, &probe[..]).map_err(Error::crypto(format!("encrypting under the KEK of pool '{}'", pool.name)))?;
     let backend = kb.backend(&pool.kms_name).await?;
-    let kek = crate::backend::PoolKek {
-        pool_id: pool.id,
-        pool_name: &pool.name,
-        master_key: &pool.master_key,
-        wrapped_private: &pool.kek_wrapped,
-        wrap_mechanism: &pool.wrap_mechanism,
-        oaep_hash: pool.oaep_hash,
-    };
-    match backend.decrypt_dek(&kek, &encrypted).await {
+    match backend.decrypt_dek(&pool.kek(), &encrypted).await {
         Ok(plain) if plain[..] == probe[..] => {}
         Ok(_) | Err(crate::backend::BackendError::DekDecrypt { .. }) => {
             return Err(replaced("the KMS cannot decrypt what it encrypts: it does not belong to the pool's private KEK (the catalog row was replaced); no DEK is issued under it".into()))

@@ -17,7 +17,6 @@
 
 use super::{audit_failure, envelope, DekGrant};
 use crate::audit::{Action, Actor, AuditEvent};
-use crate::backend::PoolKek;
 use crate::context::Keybridge;
 use crate::secret::Dek;
 use crate::{seal, Error, Result};
@@ -70,14 +69,7 @@ async fn recover(kb: &Keybridge, dek_id: &str, client: &str, actor: &Actor, pool
         return Err(Error::Denied(format!("DEK {dek_id} was not issued to client '{client}'")));
     }
     let backend = kb.backend(&pool.kms_name).await?;
-    let kek = PoolKek {
-        pool_id: pool.id,
-        pool_name: &pool.name,
-        master_key: &pool.master_key,
-        wrapped_private: &pool.kek_wrapped,
-        wrap_mechanism: &pool.wrap_mechanism,
-        oaep_hash: pool.oaep_hash,
-    };
+    let kek = pool.kek();
     // While the KMS decrypts: the started row is committed by the catalog
     // writer, and the seal's key agreement (which depends only on the
     // client) runs on this thread. join! polls in order: the decryption
