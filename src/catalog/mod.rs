@@ -43,6 +43,12 @@ pub struct PoolRecord {
 }
 
 impl PoolRecord {
+    /// SHA-256 (hex) of the public KEK: what a host pins once it has
+    /// checked the key against the KMS.
+    pub fn kek_public_sha256(&self) -> String {
+        hex::encode(<sha2::Sha256 as sha2::Digest>::digest(&self.kek_public))
+    }
+
     /// What a backend needs to decrypt under this pool's KEK.
     pub fn kek(&self) -> crate::backend::PoolKek<'_> {
         crate::backend::PoolKek {

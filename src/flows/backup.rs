@@ -46,11 +46,10 @@ async fn lookup(kb: &Keybridge, pool: &str, client: &str, actor: &Actor) -> Resu
 /// cannot decrypt for, is an integrity error: no DEK is issued under it.
 /// A KMS that cannot be reached for the first check is a KMS error.
 async fn checked_kek(kb: &Keybridge, pool: &PoolRecord, public: &PublicKek) -> Result<()> {
-    use sha2::{Digest, Sha256};
     if kb.kek_checked(&pool.name, &pool.kek_public) {
         return Ok(());
     }
-    let sha256 = hex::encode(Sha256::digest(&pool.kek_public));
+    let sha256 = pool.kek_public_sha256();
     let replaced = |reason: String| Error::Integrity { what: format!("public KEK of pool '{}'", pool.name), reason };
     match kb.kek_pin(&pool.name) {
         Some(pinned) if pinned == sha256 => {
