@@ -6,8 +6,8 @@ use std::sync::Arc;
 
 use tokio::sync::Mutex;
 
-use crate::backend::{self, BackendError, KeyBackend};
-use crate::catalog::Catalog;
+use keybridge_kms::{self, BackendError, KeyBackend};
+use keybridge_catalog::Catalog;
 use crate::config::Config;
 use crate::{Error, Result};
 
@@ -54,15 +54,12 @@ impl Keybridge {
         }
         let cfg = self.config.kms(name)?;
         if let Some((token, reason)) = self.refused.lock().unwrap_or_else(|e| e.into_inner()).get(name) {
-            return Err(Error::Backend {
-                kms: name.to_owned(),
-                source: BackendError::Login {
-                    token: token.clone(),
-                    reason: format!("{reason}; not retried, so the token does not lock the PIN: fix the PIN and restart"),
-                },
-            });
+            return Err(Error::backend(name)(BackendError::Login {
+                token: token.clone(),
+                reason: format!("{reason}; not retried, so the token does not lock the PIN: fix the PIN and restart"),
+            }));
         }
-        let b = match backend::open(cfg).await {
+        let b = match keybridge_kms::open(cfg).await {
             Ok(b) => b,
             Err(e) => {
                 if let BackendError::Login { token, reason } = &e {
@@ -119,7 +116,7 @@ impl Keybridge {
     }
 
     /// Open (if needed) and probe the backend for `[[kms]] name`.
-    pub async fn probe(&self, name: &str) -> Result<backend::ProbeReport> {
+    pub async fn probe(&self, name: &str) -> Result<keybridge_kms::ProbeReport> {
         self.backend(name).await?.probe().await.map_err(Error::backend(name))
     }
 

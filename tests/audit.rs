@@ -9,7 +9,7 @@ use std::process::{Command, Output, Stdio};
 use std::sync::Arc;
 
 use common::{password, test_kdf, Kind, Rig};
-use keybridge::audit::{Actor, AuditRecord};
+use keybridge_catalog::audit::{Actor, AuditRecord};
 use keybridge::flows::{backup, clients, pool_creation, restore};
 use keybridge::{Error, Keybridge};
 use serde_json::Value;

@@ -13,7 +13,7 @@ use std::process::{Child, Command, Output, Stdio};
 use std::time::Duration;
 
 use common::{free_port, password, test_kdf, Kind, Rig};
-use keybridge::api::agent_token::{AgentKey, AgentOp};
+use keybridge_proto::api::agent_token::{AgentKey, AgentOp};
 use serde_json::Value;
 
 const BIN: &str = env!("CARGO_BIN_EXE_keybridge");
@@ -209,23 +209,23 @@ impl Deployment {
 
     /// Register `name` with `pw` through the operator API (cheap KDF).
     async fn register(&self, name: &str, pw: &str) {
-        let reg = keybridge::seal::register(name, &password(pw), test_kdf()).unwrap();
-        let body = keybridge::api::RegisterClient { name: name.to_owned(), registration: reg };
+        let reg = keybridge_proto::seal::register(name, &password(pw), test_kdf()).unwrap();
+        let body = keybridge_proto::api::RegisterClient { name: name.to_owned(), registration: reg };
         let resp = self.operator().post(format!("{}/v1/clients", self.url())).bearer_auth(self.token()).json(&body).send().await.unwrap();
         assert_eq!(resp.status(), 201, "{}", resp.text().await.unwrap());
         std::fs::write(self.dir().join(format!("{name}.pw")), format!("{pw}\n")).unwrap();
     }
 
     fn operator(&self) -> reqwest::Client {
-        keybridge::client::http_client(Some(&self.dir().join("service.crt"))).unwrap()
+        keybridge_client::http_client(Some(&self.dir().join("service.crt"))).unwrap()
     }
 
     fn token(&self) -> String {
         std::fs::read_to_string(self.dir().join("operator.token")).unwrap().trim().to_owned()
     }
 
-    async fn client(&self, name: &str, pw: &str) -> keybridge::Result<keybridge::client::ServiceClient> {
-        keybridge::client::ServiceClient::connect(&keybridge::client::ClientOptions {
+    async fn client(&self, name: &str, pw: &str) -> keybridge::Result<keybridge_client::ServiceClient> {
+        keybridge_client::ServiceClient::connect(&keybridge_client::ClientOptions {
             service: self.url(),
             ca: Some(self.dir().join("service.crt")),
             client: name.to_owned(),
@@ -447,9 +447,9 @@ async fn authentication_and_isolation() {
 
     // A replayed request is refused, even though its signature is valid.
     let alice = d.client("alice", "alice-network-pw").await.unwrap();
-    let keys = keybridge::seal::ClientKeys::derive("alice", &password("alice-network-pw"), &alice_salt(&d).await, &test_kdf()).unwrap();
+    let keys = keybridge_proto::seal::ClientKeys::derive("alice", &password("alice-network-pw"), &alice_salt(&d).await, &test_kdf()).unwrap();
     let path = format!("/v1/deks/{dek_id}/recover");
-    let headers = keybridge::api::auth::sign(&keys, "alice", "POST", &path, b"").unwrap();
+    let headers = keybridge_proto::api::auth::sign(&keys, "alice", "POST", &path, b"").unwrap();
     let http = d.operator();
     let send_to = |url: String, headers: [(&'static str, String); 4]| {
         let mut req = http.post(format!("{url}{path}"));
@@ -473,7 +473,7 @@ async fn authentication_and_isolation() {
     assert_eq!(replay.status(), 401, "a replay after a restart was accepted");
     assert!(replay.text().await.unwrap().contains("replay"));
     let (_second, second_url) = d.another_service();
-    let fresh = keybridge::api::auth::sign(&keys, "alice", "POST", &path, b"").unwrap();
+    let fresh = keybridge_proto::api::auth::sign(&keys, "alice", "POST", &path, b"").unwrap();
     let resp = send_to(second_url, fresh.clone()).await.unwrap();
     assert_eq!(resp.status(), 200, "{}", resp.text().await.unwrap());
     let replay = send(fresh).await.unwrap();
@@ -492,7 +492,7 @@ async fn authentication_and_isolation() {
         ("body", ("POST", "/v1/deks".to_owned(), pool_body.clone()), ("POST", "/v1/deks".to_owned(), br#"{"pool":"p" }"#.to_vec())),
         ("nothing", ("GET", job_path.clone(), Vec::new()), ("GET", job_path.clone(), Vec::new())),
     ] {
-        let headers = keybridge::api::auth::sign(&keys, "alice", signed.0, &signed.1, &signed.2).unwrap();
+        let headers = keybridge_proto::api::auth::sign(&keys, "alice", signed.0, &signed.1, &signed.2).unwrap();
         let mut req = http.request(sent.0.parse().unwrap(), format!("{}{}", d.url(), sent.1)).header("content-type", "application/json").body(sent.2);
         for (k, v) in headers {
             req = req.header(k, v);
@@ -507,8 +507,8 @@ async fn authentication_and_isolation() {
         }
     }
     // A stale timestamp is refused whatever the signature.
-    let mut stale = keybridge::api::auth::sign(&keys, "alice", "POST", &path, b"").unwrap();
-    stale[1].1 = (keybridge::api::auth::unix_now() - 3600).to_string();
+    let mut stale = keybridge_proto::api::auth::sign(&keys, "alice", "POST", &path, b"").unwrap();
+    stale[1].1 = (keybridge_proto::api::auth::unix_now() - 3600).to_string();
     let resp = send(stale).await.unwrap();
     assert_eq!(resp.status(), 401);
     assert!(resp.text().await.unwrap().contains("away from the service clock"));
@@ -531,11 +531,11 @@ async fn the_client_refuses_weak_kdf_parameters_and_plain_http() {
     // Registration below the floor (1 MiB, 1 pass) is refused.
     // (The library itself refuses to derive with them, so the request is
     // built by hand.)
-    let weak = keybridge::seal::KdfParams { m_kib: 1024, t: 1, ..Default::default() };
-    assert!(keybridge::seal::register("mallory", &password("mallory-network-pw"), weak).is_err());
-    let mut reg = keybridge::seal::register("mallory", &password("mallory-network-pw"), test_kdf()).unwrap();
+    let weak = keybridge_proto::seal::KdfParams { m_kib: 1024, t: 1, ..Default::default() };
+    assert!(keybridge_proto::seal::register("mallory", &password("mallory-network-pw"), weak).is_err());
+    let mut reg = keybridge_proto::seal::register("mallory", &password("mallory-network-pw"), test_kdf()).unwrap();
     reg.kdf = weak;
-    let body = keybridge::api::RegisterClient { name: "mallory".into(), registration: reg };
+    let body = keybridge_proto::api::RegisterClient { name: "mallory".into(), registration: reg };
     let resp = d.operator().post(format!("{}/v1/clients", d.url())).bearer_auth(d.token()).json(&body).send().await.unwrap();
     assert_eq!(resp.status(), 400);
     assert!(resp.text().await.unwrap().contains("too weak"));
@@ -594,7 +594,7 @@ async fn tampered_truncated_reordered_appended_streams_fail() {
     let (_src, data, job) = alice_backs_up_the_sample_tree(&d).await;
     let path = d.store.join("jobs").join(&job).join("stream");
     let original = std::fs::read(&path).unwrap();
-    let (header, hlen) = keybridge::stream::Header::parse(&original).unwrap().unwrap();
+    let (header, hlen) = keybridge_proto::stream::Header::parse(&original).unwrap().unwrap();
     let sealed = header.chunk_size() as usize + 16;
     assert!(original.len() > hlen + 3 * sealed, "the sample must span several chunks");
 
@@ -810,12 +810,12 @@ async fn openapi_matches_routes() {
             documented.insert((method.to_uppercase(), path.clone()));
         }
     }
-    let served: std::collections::BTreeSet<_> = keybridge::api::ROUTES.iter().map(|(m, p, _)| (m.to_string(), p.to_string())).collect();
+    let served: std::collections::BTreeSet<_> = keybridge_proto::api::ROUTES.iter().map(|(m, p, _)| (m.to_string(), p.to_string())).collect();
     assert_eq!(documented, served, "docs/openapi.json and api::ROUTES differ");
 
     let d = Deployment::start(Kind::Builtin).unwrap();
     let http = d.operator();
-    for (method, path, _) in keybridge::api::ROUTES {
+    for (method, path, _) in keybridge_proto::api::ROUTES {
         let concrete = path.replace("{name}", "nothing").replace("{id}", "nothing");
         let req = http.request(method.parse().unwrap(), format!("{}{concrete}", d.url()));
         let resp = req.send().await.unwrap();
@@ -1017,7 +1017,7 @@ fn regex_lite_uuid() -> impl Fn(&str) -> String {
         let mut out = String::with_capacity(s.len());
         let mut i = 0;
         while i < b.len() {
-            if s.get(i..i + 36).is_some_and(|w| keybridge::media_agent::store::check_job_id(w).is_ok()) {
+            if s.get(i..i + 36).is_some_and(|w| keybridge_agent::store::check_job_id(w).is_ok()) {
                 out.push_str("<UUID>");
                 i += 36;
             } else {
@@ -1038,7 +1038,7 @@ fn agent_token(d: &Deployment, op: AgentOp, job: &str, expires: u64) -> String {
 }
 
 fn in_an_hour() -> u64 {
-    keybridge::api::auth::unix_now() + 3600
+    keybridge_proto::api::auth::unix_now() + 3600
 }
 
 /// The MediaAgent refuses names that are not job ids (path traversal),
@@ -1272,7 +1272,7 @@ async fn restore_writes_only_inside_its_target() {
             raw_entry(&mut tar, *kind, name, *mode, link, data, *mtime);
         }
         tar.extend_from_slice(&[0u8; 1024]);
-        let (mut enc, mut stream) = keybridge::stream::Encryptor::new(&dek, &dek_id, 64 * 1024).unwrap();
+        let (mut enc, mut stream) = keybridge_proto::stream::Encryptor::new(&dek, &dek_id, 64 * 1024).unwrap();
         enc.push(&tar, &mut stream).unwrap();
         enc.finish(&mut stream).unwrap();
         std::fs::write(&stream_path, &stream).unwrap();
@@ -1305,7 +1305,7 @@ async fn restore_writes_only_inside_its_target() {
 /// A TLS connection to a deployment's service or MediaAgent (they share the
 /// deployment's self-signed certificate).
 async fn tls_connect(d: &Deployment, port: u16) -> tokio_rustls::client::TlsStream<tokio::net::TcpStream> {
-    let config = keybridge::tls::client_config(&d.dir().join("service.crt"), None).unwrap();
+    let config = keybridge_net::tls::client_config(&d.dir().join("service.crt"), None).unwrap();
     let tcp = tokio::net::TcpStream::connect(("127.0.0.1", port)).await.unwrap();
     let name = rustls::pki_types::ServerName::IpAddress(std::net::Ipv4Addr::LOCALHOST.into());
     tokio_rustls::TlsConnector::from(std::sync::Arc::new(config)).connect(name, tcp).await.unwrap()
@@ -1323,7 +1323,7 @@ async fn idle_and_slow_connections_do_not_starve_the_service() {
     let d = Deployment::start(Kind::Builtin).unwrap();
     let (_src, data, job) = alice_backs_up_the_sample_tree(&d).await;
 
-    let config = std::sync::Arc::new(keybridge::tls::client_config(&d.dir().join("service.crt"), None).unwrap());
+    let config = std::sync::Arc::new(keybridge_net::tls::client_config(&d.dir().join("service.crt"), None).unwrap());
     let hello = {
         let name = rustls::pki_types::ServerName::IpAddress(std::net::Ipv4Addr::LOCALHOST.into());
         let mut conn = rustls::ClientConnection::new(config.clone(), name).unwrap();

@@ -7,11 +7,12 @@
 mod common;
 
 use common::{actor, catalog_digest, password, test_kdf, Kind, Rig};
-use keybridge::backend::pkcs11::Pkcs11Backend;
+use keybridge_kms::pkcs11::Pkcs11Backend;
 use keybridge::config::KmsConfig;
-use keybridge::crypto::PrivateKek;
+use keybridge_kms::crypto::PrivateKek;
 use keybridge::flows::{backup, clients, pool_creation, restore};
-use keybridge::{seal, Error, Keybridge};
+use keybridge::{Error, Keybridge};
+use keybridge_proto::seal;
 
 fn pool_name() -> String {
     format!("pool-{}", &uuid::Uuid::new_v4().to_string()[..8])
@@ -341,7 +342,7 @@ async fn key_attributes_from_token(kind: Kind) {
     assert_eq!(mk.label, format!("keybridge-mk-{pool}"));
 
     // Restore through this backend instance, then inspect its cached KEK.
-    use keybridge::backend::KeyBackend;
+    use keybridge_kms::KeyBackend;
     let row = kb.catalog().dek(&g.dek_id).unwrap();
     backend.decrypt_dek(&p.kek(), &row.encrypted_dek).await.unwrap();
     let kek_facts = backend.cached_kek_facts(p.id).await.unwrap().expect("KEK cached after a restore");
@@ -356,7 +357,7 @@ async fn adopt_existing_master_key(kind: Kind) {
     let Some(rig) = Rig::new(kind) else { return };
     let kb = rig.open();
     let backend = pkcs11_backend(&rig).await;
-    use keybridge::backend::KeyBackend;
+    use keybridge_kms::KeyBackend;
     let label = format!("operator-mk-{}", &uuid::Uuid::new_v4().to_string()[..8]);
     let made = backend.create_master_key(&label).await.unwrap();
     let uri = format!("pkcs11:token=keybridge;object={label};type=secret-key");
@@ -436,7 +437,7 @@ mod concurrency {
 /// leaves no master key behind.
 mod p11kit_client {
     use super::*;
-    use keybridge::backend::KeyBackend;
+    use keybridge_kms::KeyBackend;
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn pool_creation_refused_clearly() {

@@ -12,12 +12,12 @@ use std::time::{Duration, Instant};
 
 use common::kmip::{kms_toml, shared_server, PyKmip};
 use common::{actor, free_port, password, test_kdf};
-use keybridge::backend::kmip::client::KmipClient;
-use keybridge::backend::kmip::KmipBackend;
+use keybridge_kms::kmip::client::KmipClient;
+use keybridge_kms::kmip::KmipBackend;
 use keybridge::config::{Config, KmipConfig, KmsConfig};
 use keybridge::flows::{backup, clients, pool_creation, restore};
-use keybridge::kmip::messages::{Attribute, CipherMode, Request};
-use keybridge::kmip::tags;
+use keybridge_kmip::messages::{Attribute, CipherMode, Request};
+use keybridge_kmip::tags;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 fn kmip_config(servers: &[String], cert: &str, extra: &str) -> KmipConfig {
@@ -34,7 +34,7 @@ fn rig(servers: &[String], extra: &str) -> (tempfile::TempDir, keybridge::Keybri
     let path = dir.path().join("keybridge.toml");
     std::fs::write(&path, format!("[catalog]\npath = \"keybridge.db\"\n{}", kms_toml("kmip", servers, "client", extra))).unwrap();
     let config = Config::load(&path).unwrap();
-    keybridge::catalog::Catalog::open_or_create(&config.catalog.path).unwrap();
+    keybridge_catalog::Catalog::open_or_create(&config.catalog.path).unwrap();
     let kb = keybridge::Keybridge::open(config).unwrap();
     (dir, kb)
 }
@@ -129,7 +129,7 @@ async fn key_export_mode_only_when_allowed() {
     clients::add_client(&kb, "c", &password("client-password"), test_kdf(), &actor()).await.unwrap();
     let g = backup::issue_dek(&kb, "p", "c", &actor()).await.unwrap();
     let (dek, _) = restore::recover_inner(&kb, &g.dek_id, "c", &actor()).await.unwrap();
-    assert_eq!(dek, keybridge::seal::open(&g.sealed_dek, "c", &password("client-password")).unwrap().1);
+    assert_eq!(dek, keybridge_proto::seal::open(&g.sealed_dek, "c", &password("client-password")).unwrap().1);
 }
 
 /// KMIP 1.2 has Encrypt/Decrypt but no AEAD fields: the KEK is wrapped with
@@ -368,9 +368,9 @@ async fn garbage_answering_peer() {
     });
     let backend = KmipBackend::open(&kmip_config(&[addr], "client", "timeout_secs = 2\nconnect_timeout_secs = 2\n")).unwrap();
     let start = Instant::now();
-    let err = keybridge::backend::KeyBackend::probe(&backend).await.unwrap_err();
+    let err = keybridge_kms::KeyBackend::probe(&backend).await.unwrap_err();
     let elapsed = start.elapsed();
-    let err = keybridge::Error::Backend { kms: "kmip".into(), source: err };
+    let err = keybridge::Error::backend("kmip")(err);
     assert_eq!(err.exit_code(), 5, "{err}");
     assert!(err.to_string().contains("no answer within 2 s"), "{err}");
     assert!(elapsed >= Duration::from_secs(2) && elapsed < Duration::from_millis(2500), "took {elapsed:?}");

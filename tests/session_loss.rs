@@ -54,7 +54,7 @@ async fn survives_session_loss(kind: Kind) {
     let (again, _) = restore::recover_inner(&kb, &g1.dek_id, "c", &actor()).await.unwrap();
     assert_eq!(again, d1);
     let (d2, _) = restore::recover_inner(&kb, &g2.dek_id, "c", &actor()).await.unwrap();
-    let opened = keybridge::seal::open(&g2.sealed_dek, "c", &password("client-password")).unwrap().1;
+    let opened = keybridge_proto::seal::open(&g2.sealed_dek, "c", &password("client-password")).unwrap().1;
     assert_eq!(d2, opened);
 
     // A pool can still be created: the login was restored.

@@ -6,7 +6,7 @@
 //! names its own client.
 #![no_main]
 
-use keybridge::api::agent_token::{AgentKey, AgentOp};
+use keybridge_proto::api::agent_token::{AgentKey, AgentOp};
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {

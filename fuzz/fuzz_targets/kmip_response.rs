@@ -5,8 +5,8 @@
 //! value or an error.
 #![no_main]
 
-use keybridge::kmip::messages::parse_response;
-use keybridge::kmip::ttlv::{decode, Limits};
+use keybridge_kmip::messages::parse_response;
+use keybridge_kmip::ttlv::{decode, Limits};
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {

@@ -11,32 +11,22 @@
 
 use std::sync::LazyLock;
 
-use keybridge::catalog::ClientRecord;
-use keybridge::seal::{self, ClientKeys, KdfParams};
-use keybridge::secret::{Dek, SecretString};
+use keybridge_proto::seal::{self, ClientKeys, KdfParams, Recipient, Registration};
+use keybridge_proto::secret::{Dek, SecretString};
 use libfuzzer_sys::fuzz_target;
 
 const CLIENT: &str = "fuzz-client";
 
-static KEYS: LazyLock<(ClientKeys, ClientRecord)> = LazyLock::new(|| {
+static KEYS: LazyLock<(ClientKeys, Registration)> = LazyLock::new(|| {
     let password = SecretString::from("fuzz-network-password".to_owned());
     let kdf = KdfParams { m_kib: KdfParams::MIN_M_KIB, t: 5, ..Default::default() };
     let reg = seal::register(CLIENT, &password, kdf).unwrap();
     let keys = ClientKeys::derive(CLIENT, &password, &reg.salt, &reg.kdf).unwrap();
-    let record = ClientRecord {
-        id: 1,
-        name: CLIENT.into(),
-        kdf: reg.kdf,
-        salt: reg.salt,
-        seal_public: reg.seal_public,
-        auth_public: Some(reg.auth_public),
-        created_at: String::new(),
-    };
-    (keys, record)
+    (keys, reg)
 });
 
 fuzz_target!(|data: &[u8]| {
-    let (keys, record) = &*KEYS;
+    let (keys, reg) = &*KEYS;
     let Some((&mode, rest)) = data.split_first() else { return };
     if mode & 1 == 0 {
         // Arbitrary text as the sealed DEK.
@@ -45,7 +35,7 @@ fuzz_target!(|data: &[u8]| {
     }
     // A real seal, then edits: (position u16, xor byte) triples.
     let dek = Dek::from_bytes([0x42; 32]);
-    let sealed = seal::seal(&dek, record, "pool", "dek-1").unwrap();
+    let sealed = seal::seal(&dek, Recipient { name: CLIENT, salt: &reg.salt, kdf: reg.kdf, seal_public: &reg.seal_public }, "pool", "dek-1").unwrap();
     let mut bytes = sealed.clone().into_bytes();
     for edit in rest.chunks_exact(3) {
         let at = u16::from_be_bytes([edit[0], edit[1]]) as usize % bytes.len();

@@ -9,9 +9,9 @@
 
 use std::sync::LazyLock;
 
-use keybridge::api::auth::{canonical, sign, verify};
-use keybridge::seal::{self, ClientKeys, KdfParams};
-use keybridge::secret::SecretString;
+use keybridge_proto::api::auth::{canonical, sign, verify};
+use keybridge_proto::seal::{self, ClientKeys, KdfParams};
+use keybridge_proto::secret::SecretString;
 use libfuzzer_sys::fuzz_target;
 
 const BODY: &[u8] = b"{\"pool\":\"p\"}";

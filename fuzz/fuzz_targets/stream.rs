@@ -16,8 +16,8 @@
 //! and the result (plaintext released and error) must not depend on them.
 #![no_main]
 
-use keybridge::secret::Dek;
-use keybridge::stream::{Decryptor, Encryptor, Header, StreamError, TAG_LEN};
+use keybridge_proto::secret::Dek;
+use keybridge_proto::stream::{Decryptor, Encryptor, Header, StreamError, TAG_LEN};
 use libfuzzer_sys::fuzz_target;
 
 const CHUNK_SIZES: [u32; 4] = [1024, 1025, 2048, 4096];

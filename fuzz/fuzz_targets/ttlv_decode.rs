@@ -13,8 +13,8 @@
 //! * the renderers do not panic on it.
 #![no_main]
 
-use keybridge::kmip::render::{render_tree, render_tree_redacted, to_json};
-use keybridge::kmip::ttlv::{decode, encode, message_len, Limits};
+use keybridge_kmip::render::{render_tree, render_tree_redacted, to_json};
+use keybridge_kmip::ttlv::{decode, encode, message_len, Limits};
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {

@@ -12,7 +12,7 @@
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
-use keybridge::client::unpack::Unpacker;
+use keybridge_client::unpack::Unpacker;
 use libfuzzer_sys::fuzz_target;
 
 const SANDBOX: &str = "/tmp/keybridge-fuzz-unpack";

@@ -10,11 +10,12 @@ use serde_json::{json, Value};
 
 mod net;
 
-use crate::audit::Actor;
+use keybridge_catalog::audit::Actor;
 use crate::config::{Config, DEFAULT_CONFIG};
 use crate::flows::{backup, clients, pool_creation, restore};
-use crate::secret::read_secret_file;
-use crate::{seal, Error, Keybridge, Result};
+use keybridge_proto::secret::read_secret_file;
+use keybridge_proto::seal;
+use crate::{Error, Keybridge, Result};
 
 /// keybridge: hardware-backed keys for backup systems.
 #[derive(Debug, Parser)]
@@ -172,7 +173,7 @@ async fn open(cli: &Cli) -> Result<Keybridge> {
     Keybridge::open(Config::load(&config_path(cli))?)
 }
 
-fn pool_json(p: &crate::catalog::PoolRecord, deks: Option<u64>) -> Value {
+fn pool_json(p: &keybridge_catalog::PoolRecord, deks: Option<u64>) -> Value {
     let mut v = p.to_json();
     if let Some(n) = deks {
         v["deks"] = json!(n);
@@ -332,7 +333,7 @@ fn audit_list(kb: &Keybridge, limit: usize) -> Result<(Value, String)> {
 
 /// `ttlv decode`: hex (whitespace ignored) or raw bytes.
 fn ttlv_decode(file: Option<&Path>) -> Result<(Value, String)> {
-    use crate::kmip::{render, ttlv};
+    use keybridge_kmip::{render, ttlv};
     let (name, raw) = match file {
         Some(p) if p != Path::new("-") => (p.to_owned(), std::fs::read(p).map_err(|source| Error::Io { context: "reading TTLV from", path: p.to_owned(), source })?),
         _ => {
@@ -370,14 +371,14 @@ fn init(path: &Path) -> Result<(Value, String)> {
     }
     let config = Config::load(path)?;
     let existed = config.catalog.path.exists();
-    crate::catalog::Catalog::open_or_create(&config.catalog.path)?;
+    keybridge_catalog::Catalog::open_or_create(&config.catalog.path)?;
     if !existed {
         created.push(format!("catalog {}", config.catalog.path.display()));
     }
     for kms in &config.kms {
-        if let crate::config::KmsConfig::Builtin(b) = kms {
+        if let keybridge_kms::config::KmsConfig::Builtin(b) = kms {
             if !b.root_key.exists() {
-                crate::backend::builtin::create_root_key(&b.root_key).map_err(Error::backend(&b.name))?;
+                keybridge_kms::builtin::create_root_key(&b.root_key).map_err(Error::backend(&b.name))?;
                 created.push(format!("root key {} (mode 0600)", b.root_key.display()));
             }
         }

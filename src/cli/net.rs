@@ -7,9 +7,9 @@ use std::time::Duration;
 use clap::Args;
 use serde_json::{json, Value};
 
-use crate::client::{self, ClientOptions, ServiceClient};
-use crate::media_agent::{self, AgentConfig};
-use crate::secret::read_secret_file;
+use keybridge_client::{ClientOptions, ServiceClient};
+use keybridge_agent::AgentConfig;
+use keybridge_proto::secret::read_secret_file;
 use crate::{Keybridge, Result};
 
 /// How a client reaches the service (flags or environment).
@@ -58,11 +58,11 @@ pub struct MediaAgentArgs {
     pub no_auth: bool,
     /// Uploads one client may run at once (the job token names the
     /// client); more are refused with 429.
-    #[arg(long, default_value_t = media_agent::UPLOADS_PER_CLIENT)]
+    #[arg(long, default_value_t = keybridge_agent::UPLOADS_PER_CLIENT)]
     pub uploads_per_client: usize,
     /// An upload that sends nothing for this many seconds is dropped, with
     /// nothing stored.
-    #[arg(long, default_value_t = media_agent::UPLOAD_IDLE_SECS)]
+    #[arg(long, default_value_t = keybridge_agent::UPLOAD_IDLE_SECS)]
     pub upload_idle_secs: u64,
 }
 
@@ -91,7 +91,7 @@ pub struct RestoreArgs {
 
 /// A progress bar on a TTY (stderr), none otherwise or with --json.
 /// The length is set once known (bytes to archive, or the download size).
-fn progress(json: bool, what: &str) -> client::backup::Progress {
+fn progress(json: bool, what: &str) -> keybridge_client::backup::Progress {
     if json || !std::io::stderr().is_terminal() {
         return None;
     }
@@ -105,7 +105,7 @@ fn progress(json: bool, what: &str) -> client::backup::Progress {
 }
 
 pub async fn serve(kb: Keybridge) -> Result<(Value, String)> {
-    crate::service::run(kb, crate::http::shutdown_signal()).await?;
+    crate::service::run(kb, keybridge_net::http::shutdown_signal()).await?;
     Ok((json!({ "stopped": true }), "service stopped\n".into()))
 }
 
@@ -114,18 +114,18 @@ pub async fn media_agent(args: &MediaAgentArgs) -> Result<(Value, String)> {
         store: args.store.clone(),
         listen: args.listen.clone(),
         tls: args.cert.clone().zip(args.key.clone()),
-        token_key: args.token_key.as_deref().map(crate::secret::read_agent_key).transpose()?,
+        token_key: args.token_key.as_deref().map(keybridge_proto::secret::read_agent_key).transpose()?,
         uploads_per_client: args.uploads_per_client,
         upload_idle: Duration::from_secs(args.upload_idle_secs.max(1)),
         shutdown_grace: Duration::from_secs(30),
     };
-    media_agent::run(cfg, crate::http::shutdown_signal()).await?;
+    keybridge_agent::run(cfg, keybridge_net::http::shutdown_signal()).await?;
     Ok((json!({ "stopped": true }), "media agent stopped\n".into()))
 }
 
 pub async fn backup(args: &BackupArgs, json: bool) -> Result<(Value, String)> {
     let svc = args.connect.open().await?;
-    let s = client::backup::backup(&svc, &args.pool, &args.paths, progress(json, "backup")).await?;
+    let s = keybridge_client::backup::backup(&svc, &args.pool, &args.paths, progress(json, "backup")).await?;
     let text = format!(
         "job {} complete: {} entries, {} bytes encrypted into {} bytes with DEK {} (pool '{}'), stored by {} in {:.2} s\n",
         s.job_id, s.files, s.plain_bytes, s.stream_bytes, s.dek_id, s.pool, s.media_agent, s.seconds
@@ -135,7 +135,7 @@ pub async fn backup(args: &BackupArgs, json: bool) -> Result<(Value, String)> {
 
 pub async fn restore(args: &RestoreArgs, json: bool) -> Result<(Value, String)> {
     let svc = args.connect.open().await?;
-    let s = client::restore::restore(&svc, &args.job, &args.to, progress(json, "restore")).await?;
+    let s = keybridge_client::restore::restore(&svc, &args.job, &args.to, progress(json, "restore")).await?;
     let mut text = format!(
         "job {} restored into {}: {} ({} bytes) in {:.2} s\n",
         s.job_id,
@@ -167,14 +167,14 @@ fn write_private(path: &std::path::Path, contents: &[u8]) -> Result<()> {
 pub fn init_service(svc: &crate::config::ServiceConfig) -> Result<Vec<String>> {
     let mut created = Vec::new();
     if !svc.cert.exists() && !svc.key.exists() {
-        let (cert, key) = crate::tls::self_signed_localhost().map_err(crate::Error::Internal)?;
+        let (cert, key) = keybridge_net::tls::self_signed_localhost().map_err(crate::Error::Internal)?;
         write_private(&svc.key, key.as_bytes())?;
         std::fs::write(&svc.cert, cert).map_err(|source| crate::Error::Io { context: "writing", path: svc.cert.clone(), source })?;
         created.push(format!("service certificate {} (self-signed, localhost) and key {} (mode 0600)", svc.cert.display(), svc.key.display()));
     }
     for (path, what) in [(&svc.operator_token_file, "operator token"), (&svc.media_agent_key_file, "MediaAgent token key")] {
         if !path.exists() {
-            let secret = zeroize::Zeroizing::new(hex::encode(*crate::crypto::random_array::<32>().map_err(crate::Error::crypto("generating a secret"))?));
+            let secret = zeroize::Zeroizing::new(hex::encode(*keybridge_proto::crypto::random_array::<32>().map_err(crate::Error::crypto("generating a secret"))?));
             write_private(path, format!("{}\n", secret.as_str()).as_bytes())?;
             created.push(format!("{what} {} (mode 0600)", path.display()));
         }

@@ -11,12 +11,13 @@
 //! media-agent modules.
 
 use super::{audit_failure, envelope, DekGrant};
-use crate::audit::{Action, Actor, AuditEvent};
-use crate::catalog::{ClientRecord, DekRow, JobCompletion, JobRecord, PoolRecord};
+use keybridge_catalog::audit::{Action, Actor, AuditEvent};
+use keybridge_catalog::{ClientRecord, DekRow, JobCompletion, JobRecord, PoolRecord};
 use crate::context::Keybridge;
-use crate::crypto::PublicKek;
-use crate::secret::Dek;
-use crate::{seal, Error, Result};
+use keybridge_kms::crypto::PublicKek;
+use keybridge_proto::secret::Dek;
+use keybridge_proto::seal;
+use crate::{Error, Result};
 
 /// Issue a new DEK for `client` in `pool`, as `actor`. Every outcome is
 /// audited: the success row is committed with the DEK row, a failure gets
@@ -59,12 +60,12 @@ async fn checked_kek(kb: &Keybridge, pool: &PoolRecord, public: &PublicKek) -> R
         Some(_) => return Err(replaced("it is not the one this host checked against the KMS: the catalog row was replaced; no DEK is issued under it".into())),
         None => {}
     }
-    let probe = crate::crypto::random_array::<32>().map_err(Error::crypto("making a KEK check value"))?;
+    let probe = keybridge_proto::crypto::random_array::<32>().map_err(Error::crypto("making a KEK check value"))?;
     let encrypted = public.encrypt(pool.oaep_hash, &probe[..]).map_err(Error::crypto(format!("encrypting under the KEK of pool '{}'", pool.name)))?;
     let backend = kb.backend(&pool.kms_name).await?;
     match backend.decrypt_dek(&pool.kek(), &encrypted).await {
         Ok(plain) if plain[..] == probe[..] => {}
-        Ok(_) | Err(crate::backend::BackendError::DekDecrypt { .. }) => {
+        Ok(_) | Err(keybridge_kms::BackendError::DekDecrypt { .. }) => {
             return Err(replaced("the KMS cannot decrypt what it encrypts: it does not belong to the pool's private KEK (the catalog row was replaced); no DEK is issued under it".into()))
         }
         Err(e) => return Err(Error::backend(&pool.kms_name)(e)),
@@ -161,7 +162,7 @@ async fn store(kb: &Keybridge, pool: &PoolRecord, public: &PublicKek, client: &C
 /// second, failed `dek.issue` row for the same DEK: it was never delivered.
 pub async fn issue_with(kb: &Keybridge, pool: &PoolRecord, public: &PublicKek, client: &ClientRecord, actor: &Actor) -> Result<DekGrant> {
     let stored = store_new_dek(kb, pool, public, client, actor).await?;
-    let sealed_dek = match seal::seal(&stored.dek, client, &pool.name, &stored.dek_id) {
+    let sealed_dek = match seal::seal(&stored.dek, client.recipient(), &pool.name, &stored.dek_id) {
         Ok(s) => s,
         Err(e) => {
             let event = AuditEvent::new(actor, Action::DekIssue).pool(&pool.name).client(&client.name).dek(&stored.dek_id);

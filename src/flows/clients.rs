@@ -1,13 +1,13 @@
 //! Client registration: store only public material derived from the
-//! client's network password (see [`crate::seal`]).
+//! client's network password (see [`keybridge_proto::seal`]).
 
 use super::audited;
-use crate::audit::{Action, Actor, AuditEvent};
-use crate::catalog::ClientRecord;
+use keybridge_catalog::audit::{Action, Actor, AuditEvent};
+use keybridge_catalog::ClientRecord;
 use crate::context::Keybridge;
-use crate::error::check_name;
-use crate::seal::{self, KdfParams, Registration};
-use crate::secret::SecretString;
+use keybridge_proto::error::check_name;
+use keybridge_proto::seal::{self, KdfParams, Registration};
+use keybridge_proto::secret::SecretString;
 use crate::{Error, Result};
 
 /// Register a client with its network password; audited as `actor`'s.
@@ -40,7 +40,7 @@ fn register(kb: &Keybridge, name: &str, reg: &Registration) -> Result<ClientReco
     check_name("client name", name)?;
     let bad = |reason: &str| Error::Input { what: format!("registration of client '{name}'"), reason: reason.to_owned() };
     reg.kdf.check().map_err(|reason| bad(&reason))?;
-    if !crate::seal::SALT_LENS.contains(&reg.salt.len()) {
+    if !keybridge_proto::seal::SALT_LENS.contains(&reg.salt.len()) {
         return Err(bad("the salt must be 16 to 64 bytes"));
     }
     if ed25519_dalek::VerifyingKey::from_bytes(&reg.auth_public).is_err() {

@@ -22,8 +22,8 @@
 use sha2::{Digest, Sha256};
 use zeroize::Zeroizing;
 
-use crate::catalog::ClientRecord;
-use crate::secret::{Dek, DEK_LEN};
+use keybridge_catalog::ClientRecord;
+use keybridge_proto::secret::{Dek, DEK_LEN};
 use crate::{Error, Result};
 
 const V1_LEN: usize = DEK_LEN + 32;
@@ -85,7 +85,7 @@ mod tests {
         ClientRecord {
             id: 1,
             name: "c".into(),
-            kdf: crate::seal::KdfParams::default(),
+            kdf: keybridge_proto::seal::KdfParams::default(),
             salt: vec![0; 16],
             seal_public: [seal; 32],
             auth_public: Some([9; 32]),

@@ -13,23 +13,13 @@ mod envelope;
 pub mod pool_creation;
 pub mod restore;
 
-use serde::Serialize;
+pub use keybridge_proto::api::DekGrant;
 
-/// What the client receives for a DEK: the DEK only sealed under its
-/// network password, with the ids it is bound to.
-#[derive(Debug, Clone, Serialize, serde::Deserialize)]
-pub struct DekGrant {
-    pub dek_id: String,
-    pub pool: String,
-    pub client: String,
-    pub sealed_dek: String,
-    pub created_at: String,
-}
 
 /// Record a failed operation in the audit log and hand back the original
 /// error. If the audit append itself fails, the original error still wins;
 /// the audit failure is logged.
-pub(crate) async fn audit_failure(kb: &crate::Keybridge, event: crate::audit::AuditEvent, err: crate::Error) -> crate::Error {
+pub(crate) async fn audit_failure(kb: &crate::Keybridge, event: keybridge_catalog::audit::AuditEvent, err: crate::Error) -> crate::Error {
     let event = event.failed(&err);
     let action = event.action;
     if let Err(audit_err) = kb.catalog().audit(event).await {
@@ -41,7 +31,7 @@ pub(crate) async fn audit_failure(kb: &crate::Keybridge, event: crate::audit::Au
 /// Audit the outcome of `result`: success durably before returning it (so
 /// nothing is released before its audit record is committed), failure as
 /// [`audit_failure`].
-pub(crate) async fn audited<T>(kb: &crate::Keybridge, event: crate::audit::AuditEvent, result: crate::Result<T>) -> crate::Result<T> {
+pub(crate) async fn audited<T>(kb: &crate::Keybridge, event: keybridge_catalog::audit::AuditEvent, result: crate::Result<T>) -> crate::Result<T> {
     match result {
         Ok(v) => {
             kb.catalog().audit(event).await?;

@@ -11,10 +11,10 @@
 //! orphan so an operator can remove it.
 
 use super::audited;
-use crate::audit::{Action, Actor, AuditEvent};
-use crate::catalog::PoolRecord;
+use keybridge_catalog::audit::{Action, Actor, AuditEvent};
+use keybridge_catalog::PoolRecord;
 use crate::context::Keybridge;
-use crate::error::check_name;
+use keybridge_proto::error::check_name;
 use crate::{Error, Result};
 
 /// KEK sizes accepted.
@@ -83,13 +83,10 @@ async fn create(kb: &Keybridge, name: &str, kms: &str, opts: &PoolOptions<'_>) -
             Ok(()) => Err(err),
             Err(cleanup) => {
                 tracing::error!(mk = %mk.label, id = %mk.id, error = %cleanup, "orphan master key left in KMS");
-                Err(Error::Backend {
-                    kms: kms.to_owned(),
-                    source: crate::backend::BackendError::Other(format!(
-                        "pool creation failed ({err}) and the new master key {} (id {}) could not be destroyed: {cleanup}; remove it by hand",
-                        mk.label, mk.id
-                    )),
-                })
+                Err(Error::backend(kms)(keybridge_kms::BackendError::Other(format!(
+                    "pool creation failed ({err}) and the new master key {} (id {}) could not be destroyed: {cleanup}; remove it by hand",
+                    mk.label, mk.id
+                ))))
             }
         },
         Err(err) => Err(err),

@@ -16,10 +16,11 @@
 //! error is returned.
 
 use super::{audit_failure, envelope, DekGrant};
-use crate::audit::{Action, Actor, AuditEvent};
+use keybridge_catalog::audit::{Action, Actor, AuditEvent};
 use crate::context::Keybridge;
-use crate::secret::Dek;
-use crate::{seal, Error, Result};
+use keybridge_proto::secret::Dek;
+use keybridge_proto::seal;
+use crate::{Error, Result};
 
 /// Recover DEK `dek_id` for `client`, as `actor`. A client can recover only
 /// its own DEKs.
@@ -78,7 +79,7 @@ async fn recover(kb: &Keybridge, dek_id: &str, client: &str, actor: &Actor, pool
     let (plain, started, sealer) = tokio::join!(
         backend.decrypt_dek(&kek, &row.encrypted_dek),
         catalog.audit(recover_event(actor, Some(&pool.name), client, dek_id).started()),
-        async { seal::Sealer::new(&requester) }
+        async { seal::Sealer::new(requester.recipient()) }
     );
     started?;
     let plain = plain.map_err(Error::backend(&pool.kms_name))?;

@@ -1,11 +1,11 @@
 //! Service-side authentication: the operator bearer token and client
-//! request signatures (see [`crate::api::auth`]) with replay refusal.
+//! request signatures (see [`keybridge_proto::api::auth`]) with replay refusal.
 
 use axum::http::HeaderMap;
 
-use crate::api::auth::{self, AuthError, HEADER_CLIENT, HEADER_NONCE, HEADER_SIGNATURE, HEADER_TIMESTAMP, NONCE_HEX_LEN};
-use crate::catalog::Catalog;
-use crate::secret::{ExposeSecret, SecretString};
+use keybridge_proto::api::auth::{self, AuthError, HEADER_CLIENT, HEADER_NONCE, HEADER_SIGNATURE, HEADER_TIMESTAMP, NONCE_HEX_LEN};
+use keybridge_catalog::Catalog;
+use keybridge_proto::secret::{ExposeSecret, SecretString};
 
 /// Why a client request was refused: its credentials, or the catalog that
 /// records nonces failed (a server error, not the client's).
@@ -87,12 +87,12 @@ fn nonce_kept_until(timestamp: u64, max_skew: u64) -> u64 {
 
 /// Check `Authorization: Bearer <token>` against the operator token.
 pub fn verify_operator(token: &SecretString, headers: &HeaderMap) -> Result<(), &'static str> {
-    let given = crate::http::bearer(headers).map_err(|e| match e {
-        crate::http::BearerError::Missing => "missing Authorization header (operator token)",
-        crate::http::BearerError::Malformed => "malformed Authorization header",
-        crate::http::BearerError::NotBearer => "Authorization must be 'Bearer <operator token>'",
+    let given = keybridge_net::http::bearer(headers).map_err(|e| match e {
+        keybridge_net::http::BearerError::Missing => "missing Authorization header (operator token)",
+        keybridge_net::http::BearerError::Malformed => "malformed Authorization header",
+        keybridge_net::http::BearerError::NotBearer => "Authorization must be 'Bearer <operator token>'",
     })?;
-    if crate::crypto::ct_eq(given.as_bytes(), token.expose_secret().as_bytes()) {
+    if bool::from(subtle::ConstantTimeEq::ct_eq(given.as_bytes(), token.expose_secret().as_bytes())) {
         Ok(())
     } else {
         Err("wrong operator token")

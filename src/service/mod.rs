@@ -1,6 +1,6 @@
 //! `keybridge serve`: the adapter service (the seed's CommServe side).
 //!
-//! HTTPS JSON API (routes in [`crate::api::ROUTES`], documented in
+//! HTTPS JSON API (routes in [`keybridge_proto::api::ROUTES`], documented in
 //! `docs/openapi.json`). Operators manage pools and clients with a bearer
 //! token; clients issue and recover their own DEKs and record backup jobs
 //! with requests signed by their password-derived key. DEKs leave only
@@ -28,16 +28,17 @@ use serde::Serialize;
 use serde_json::json;
 use tokio::sync::RwLock;
 
-use crate::api::agent_token::{self, AgentKey, AgentOp};
-use crate::api::{self, ClientKdf, CreatePool, JobStarted, PoolRequest, RegisterClient, Role};
-use crate::http::ApiError;
-use crate::audit::Actor;
-use crate::catalog::PoolRecord;
+use keybridge_proto::api::agent_token::{self, AgentKey, AgentOp};
+use keybridge_proto::api::{self, ClientKdf, CreatePool, JobStarted, PoolRequest, RegisterClient, Role};
+use keybridge_net::http::ApiError;
+use keybridge_catalog::audit::Actor;
+use keybridge_catalog::PoolRecord;
 use crate::config::ServiceConfig;
 use crate::context::Keybridge;
 use crate::flows::{backup, clients, pool_creation, restore};
-use crate::secret::SecretString;
+use keybridge_proto::secret::SecretString;
 use crate::{Error, Result};
+use keybridge_proto::ErrorKind;
 
 pub use metrics::Metrics;
 
@@ -71,25 +72,10 @@ fn operator_actor() -> Actor {
     Actor::Operator("token".to_owned())
 }
 
-impl From<Error> for ApiError {
-    fn from(e: Error) -> Self {
-        let status = match &e {
-            Error::NotFound { .. } => StatusCode::NOT_FOUND,
-            Error::AlreadyExists { .. } => StatusCode::CONFLICT,
-            Error::InvalidName { .. } | Error::Input { .. } | Error::Seal { .. } => StatusCode::BAD_REQUEST,
-            Error::Denied(_) => StatusCode::FORBIDDEN,
-            Error::Backend { .. } => StatusCode::SERVICE_UNAVAILABLE,
-            Error::Integrity { .. } => StatusCode::UNPROCESSABLE_ENTITY,
-            _ => StatusCode::INTERNAL_SERVER_ERROR,
-        };
-        ApiError(status, e.kind(), e.to_string())
-    }
-}
-
 type ApiResult = std::result::Result<Response, ApiError>;
 
 fn parse_body<T: serde::de::DeserializeOwned>(body: &[u8]) -> std::result::Result<T, ApiError> {
-    serde_json::from_slice(body).map_err(|e| ApiError(StatusCode::BAD_REQUEST, "input", format!("request body: {e}")))
+    serde_json::from_slice(body).map_err(|e| ApiError::new(ErrorKind::Input, format!("request body: {e}")))
 }
 
 impl Service {
@@ -99,8 +85,8 @@ impl Service {
             path: kb.config().source.clone(),
             reason: "no [service] section; `keybridge serve` needs one (see keybridge.toml.example)".into(),
         })?;
-        let operator_token = crate::secret::read_secret_file(&cfg.operator_token_file, "reading operator token")?;
-        let agent_key = crate::secret::read_agent_key(&cfg.media_agent_key_file)?;
+        let operator_token = keybridge_proto::secret::read_secret_file(&cfg.operator_token_file, "reading operator token")?;
+        let agent_key = keybridge_proto::secret::read_agent_key(&cfg.media_agent_key_file)?;
         let health = kb
             .config()
             .kms
@@ -128,7 +114,7 @@ impl Service {
         };
         self.metrics.auth_failure(reason);
         tracing::warn!(reason, error = %e, "client request refused");
-        ApiError(StatusCode::UNAUTHORIZED, "auth", e.to_string())
+        ApiError::new(ErrorKind::Auth, e.to_string())
     }
 
     /// A MediaAgent token for `op` on `job`, valid for the next hour.
@@ -139,7 +125,7 @@ impl Service {
     fn operator(&self, headers: &HeaderMap) -> std::result::Result<(), ApiError> {
         auth::verify_operator(&self.operator_token, headers).map_err(|reason| {
             self.metrics.auth_failure("operator");
-            ApiError(StatusCode::UNAUTHORIZED, "auth", reason.to_owned())
+            ApiError::new(ErrorKind::Auth, reason.to_owned())
         })
     }
 
@@ -178,7 +164,7 @@ impl Service {
                 // Drop the cached backend so the next use reconnects.
                 self.kb.forget_backend(&name).await;
             }
-            let checked_at = crate::kmip::render::rfc3339(api::auth::unix_now() as i64, None);
+            let checked_at = keybridge_kmip::render::rfc3339(api::auth::unix_now() as i64, None);
             results.push(KmsHealth { name, kind, state, detail, checked_at: Some(checked_at) });
         }
         *self.health.write().await = results;
@@ -222,7 +208,7 @@ async fn admit(s: &Service, route: &str, req: Request) -> std::result::Result<Re
         Role::Client => Some(auth::claim(s.kb.catalog(), s.cfg.max_clock_skew_secs, req.headers()).map_err(|r| s.refused(r))?),
     };
     let (mut parts, body) = req.into_parts();
-    let too_large = || ApiError(StatusCode::PAYLOAD_TOO_LARGE, "input", format!("the request body is larger than {MAX_BODY} bytes"));
+    let too_large = || ApiError::new(ErrorKind::Input, format!("the request body is larger than {MAX_BODY} bytes"));
     let declared = parts.headers.get(axum::http::header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<u64>().ok());
     if declared.is_some_and(|n| n > MAX_BODY as u64) {
         return Err(too_large());
@@ -230,8 +216,8 @@ async fn admit(s: &Service, route: &str, req: Request) -> std::result::Result<Re
     let body = match tokio::time::timeout(BODY_DEADLINE, axum::body::to_bytes(body, MAX_BODY)).await {
         Ok(Ok(body)) => body,
         Ok(Err(e)) if std::error::Error::source(&e).is_some_and(|c| c.is::<http_body_util::LengthLimitError>()) => return Err(too_large()),
-        Ok(Err(_)) => return Err(ApiError(StatusCode::BAD_REQUEST, "input", "the request body broke off".into())),
-        Err(_) => return Err(ApiError(StatusCode::REQUEST_TIMEOUT, "input", format!("the request body did not arrive within {} s", BODY_DEADLINE.as_secs()))),
+        Ok(Err(_)) => return Err(ApiError::new(ErrorKind::Input, "the request body broke off")),
+        Err(_) => return Err(ApiError::new(ErrorKind::Input, format!("the request body did not arrive within {} s", BODY_DEADLINE.as_secs()))),
     };
     if let Some(claim) = claim {
         let path = parts.uri.path_and_query().map_or("/", |p| p.as_str());
@@ -258,7 +244,7 @@ pub fn router(service: Shared) -> Router {
         // Applies to the routes above it only: handlers do not authenticate
         // themselves, so every route goes above this line.
         .route_layer(axum::middleware::from_fn_with_state(service.clone(), guard))
-        .fallback(crate::http::no_route)
+        .fallback(keybridge_net::http::no_route)
         .with_state(service)
 }
 
@@ -387,7 +373,7 @@ pub async fn run(kb: Keybridge, shutdown: impl std::future::Future<Output = ()>)
     let service = Arc::new(Service::new(kb)?);
     let cfg = service.cfg.clone();
     let bad_tls = |reason: String| Error::Config { path: service.kb.config().source.clone(), reason: format!("[service] {reason}") };
-    let tls = Arc::new(crate::tls::server_config(&cfg.cert, &cfg.key).map_err(bad_tls)?);
+    let tls = Arc::new(keybridge_net::tls::server_config(&cfg.cert, &cfg.key).map_err(bad_tls)?);
     let listener = tokio::net::TcpListener::bind(&cfg.listen)
         .await
         .map_err(|source| Error::Io { context: "listening on", path: cfg.listen.clone().into(), source })?;
@@ -403,7 +389,7 @@ pub async fn run(kb: Keybridge, shutdown: impl std::future::Future<Output = ()>)
     };
     tracing::info!(listen = %cfg.listen, "keybridge service listening");
     eprintln!("keybridge: service listening on https://{}", listener.local_addr().map(|a| a.to_string()).unwrap_or(cfg.listen.clone()));
-    let left = crate::http::serve(listener, Some(tls), router(service), shutdown, Duration::from_secs(cfg.shutdown_grace_secs)).await;
+    let left = keybridge_net::http::serve(listener, Some(tls), router(service), shutdown, Duration::from_secs(cfg.shutdown_grace_secs)).await;
     health.abort();
     if left > 0 {
         tracing::warn!(connections = left, "grace period over with connections still open");

@@ -107,9 +107,9 @@ impl Rig {
         let config_path = dir.path().join("keybridge.toml");
         std::fs::write(&config_path, format!("[catalog]\npath = \"keybridge.db\"\n\n{kms}")).unwrap();
         let config = Config::load(&config_path).unwrap();
-        keybridge::catalog::Catalog::open_or_create(&config.catalog.path).unwrap();
+        keybridge_catalog::Catalog::open_or_create(&config.catalog.path).unwrap();
         if kind == Kind::Builtin {
-            keybridge::backend::builtin::create_root_key(&dir.path().join("root.key")).unwrap();
+            keybridge_kms::builtin::create_root_key(&dir.path().join("root.key")).unwrap();
         }
         Some(Rig { dir, config_path, kind })
     }
@@ -142,18 +142,18 @@ pub fn free_port() -> u16 {
 }
 
 /// A password for tests.
-pub fn password(s: &str) -> keybridge::secret::SecretString {
-    keybridge::secret::SecretString::from(s.to_owned())
+pub fn password(s: &str) -> keybridge_proto::secret::SecretString {
+    keybridge_proto::secret::SecretString::from(s.to_owned())
 }
 
 /// The actor the flow tests act as.
-pub fn actor() -> keybridge::audit::Actor {
-    keybridge::audit::Actor::Operator("test".into())
+pub fn actor() -> keybridge_catalog::audit::Actor {
+    keybridge_catalog::audit::Actor::Operator("test".into())
 }
 
 /// The cheapest Argon2id parameters keybridge accepts (its floor).
-pub fn test_kdf() -> keybridge::seal::KdfParams {
-    keybridge::seal::KdfParams { m_kib: keybridge::seal::KdfParams::MIN_M_KIB, t: 5, ..Default::default() }
+pub fn test_kdf() -> keybridge_proto::seal::KdfParams {
+    keybridge_proto::seal::KdfParams { m_kib: keybridge_proto::seal::KdfParams::MIN_M_KIB, t: 5, ..Default::default() }
 }
 
 /// SHA-256 over every row of every table: "nothing changed in the catalog".

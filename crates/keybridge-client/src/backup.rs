@@ -1,0 +1,242 @@
+//! Client side of the backup flow (seed "Backup", step 5): archive the
+//! files (tar: modes, mtimes, symlinks, empty directories), encrypt the
+//! archive with the job's DEK in the keybridge stream format, stream it to
+//! the MediaAgent, and report the stored stream to the service, which only
+//! then marks the job complete.
+//!
+//! Archiving and encryption run on one blocking thread; the upload runs on
+//! the runtime; a bounded channel between them keeps memory flat whatever
+//! the size of the backup.
+
+use std::io::{self, Write};
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use bytes::Bytes;
+use serde::Serialize;
+
+use super::{answer, unreachable, ServiceClient};
+use keybridge_proto::api::JobCompletion;
+use keybridge_proto::stream::Encryptor;
+use keybridge_proto::{Error, Result};
+
+/// Plaintext bytes per stream chunk.
+pub const CHUNK_SIZE: u32 = 64 * 1024;
+/// Ciphertext is handed to the upload in batches of about this size.
+const BATCH: usize = 512 * 1024;
+
+/// What a backup did.
+#[derive(Debug, Clone, Serialize)]
+pub struct BackupSummary {
+    pub job_id: String,
+    pub pool: String,
+    pub client: String,
+    pub dek_id: String,
+    pub media_agent: String,
+    pub files: u64,
+    pub plain_bytes: u64,
+    pub stream_bytes: u64,
+    pub stream_checksum: String,
+    pub seconds: f64,
+}
+
+/// Progress reporting hook (a progress bar on a TTY, nothing otherwise).
+pub type Progress = Option<indicatif::ProgressBar>;
+
+/// Check the inputs and count what will be archived: (entries, bytes).
+fn survey(paths: &[PathBuf]) -> Result<(u64, u64)> {
+    let mut names = std::collections::HashSet::new();
+    let (mut entries, mut bytes) = (0u64, 0u64);
+    for p in paths {
+        let meta = std::fs::symlink_metadata(p).map_err(|source| Error::Io { context: "reading backup input", path: p.clone(), source })?;
+        let name = archive_name(p)?;
+        if !names.insert(name.clone()) {
+            return Err(Error::Input { what: format!("backup input {}", p.display()), reason: format!("two inputs are both named '{name}' in the archive") });
+        }
+        let mut stack = vec![(p.clone(), meta)];
+        while let Some((path, meta)) = stack.pop() {
+            entries += 1;
+            if meta.is_file() {
+                bytes += meta.len();
+            } else if meta.is_dir() {
+                let rd = std::fs::read_dir(&path).map_err(|source| Error::Io { context: "listing backup input", path: path.clone(), source })?;
+                for entry in rd {
+                    let entry = entry.map_err(|source| Error::Io { context: "listing backup input", path: path.clone(), source })?;
+                    let m = entry.metadata().map_err(|source| Error::Io { context: "reading backup input", path: entry.path(), source })?;
+                    stack.push((entry.path(), m));
+                }
+            }
+        }
+    }
+    Ok((entries, bytes))
+}
+
+/// The top-level name an input gets in the archive: its last component.
+fn archive_name(p: &Path) -> Result<String> {
+    let abs = if p.is_absolute() { p.to_owned() } else { std::env::current_dir().map(|d| d.join(p)).unwrap_or_else(|_| p.to_owned()) };
+    let normal: PathBuf = abs.components().filter(|c| !matches!(c, std::path::Component::CurDir)).collect();
+    normal
+        .file_name()
+        .and_then(|n| n.to_str())
+        .filter(|n| *n != "..")
+        .map(str::to_owned)
+        .ok_or_else(|| Error::Input { what: format!("backup input {}", p.display()), reason: "it has no usable file name (use a path ending in a name)".into() })
+}
+
+/// Encrypts what tar writes and hands ciphertext batches to the upload.
+struct EncryptingWriter {
+    enc: Option<Encryptor>,
+    out: Vec<u8>,
+    tx: tokio::sync::mpsc::Sender<io::Result<Bytes>>,
+    stream_bytes: u64,
+    progress: Progress,
+}
+
+impl EncryptingWriter {
+    fn flush_batch(&mut self, force: bool) -> io::Result<()> {
+        if self.out.len() >= BATCH || (force && !self.out.is_empty()) {
+            let batch = Bytes::from(std::mem::replace(&mut self.out, Vec::with_capacity(BATCH + CHUNK_SIZE as usize + 64)));
+            self.stream_bytes += batch.len() as u64;
+            self.tx
+                .blocking_send(Ok(batch))
+                .map_err(|_| io::Error::new(io::ErrorKind::BrokenPipe, "the upload to the MediaAgent stopped"))?;
+        }
+        Ok(())
+    }
+
+    fn finish(mut self) -> io::Result<(u64, u64)> {
+        let enc = self.enc.take().expect("finished once");
+        let plain = enc.finish(&mut self.out).map_err(|e| io::Error::other(e.to_string()))?;
+        self.flush_batch(true)?;
+        Ok((plain, self.stream_bytes))
+    }
+}
+
+impl Write for EncryptingWriter {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        self.enc.as_mut().expect("not finished").push(buf, &mut self.out).map_err(|e| io::Error::other(e.to_string()))?;
+        if let Some(p) = &self.progress {
+            p.inc(buf.len() as u64);
+        }
+        self.flush_batch(false)?;
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+/// Archive and encrypt `paths` into `writer` (blocking). Each input is
+/// stored under its own name; directories are walked without following
+/// symlinks; headers carry mode, owner, mtime (tar's "complete" mode).
+fn archive(paths: &[PathBuf], writer: EncryptingWriter) -> io::Result<(u64, u64)> {
+    let mut tar = tar::Builder::new(writer);
+    tar.follow_symlinks(false);
+    for p in paths {
+        let name = archive_name(p).map_err(|e| io::Error::other(e.to_string()))?;
+        append_tree(&mut tar, p, Path::new(&name)).map_err(|e| io::Error::new(e.kind(), format!("archiving {}: {e}", p.display())))?;
+    }
+    tar.into_inner()?.finish()
+}
+
+fn append_tree(tar: &mut tar::Builder<EncryptingWriter>, path: &Path, name: &Path) -> io::Result<()> {
+    let meta = std::fs::symlink_metadata(path)?;
+    let mut header = tar::Header::new_gnu();
+    header.set_metadata_in_mode(&meta, tar::HeaderMode::Complete);
+    let ft = meta.file_type();
+    if ft.is_file() {
+        let file = std::fs::File::open(path)?;
+        tar.append_data(&mut header, name, io::BufReader::with_capacity(keybridge_net::FILE_IO_BUF, file))
+    } else if ft.is_symlink() {
+        let target = std::fs::read_link(path)?;
+        tar.append_link(&mut header, name, target)
+    } else if ft.is_dir() {
+        tar.append_data(&mut header, name, io::empty())?;
+        let mut entries = std::fs::read_dir(path)?.collect::<io::Result<Vec<_>>>()?;
+        entries.sort_by_key(|e| e.file_name());
+        for e in entries {
+            append_tree(tar, &e.path(), &name.join(e.file_name()))?;
+        }
+        Ok(())
+    } else {
+        // Devices, FIFOs and sockets: their header only, as tar does.
+        tar.append_data(&mut header, name, io::empty())
+    }
+}
+
+/// Back up `paths` into `pool`: the whole client side of the seed's backup.
+pub async fn backup(svc: &ServiceClient, pool: &str, paths: &[PathBuf], progress: Progress) -> Result<BackupSummary> {
+    let t0 = Instant::now();
+    if paths.is_empty() {
+        return Err(Error::Input { what: "backup".into(), reason: "name at least one file or directory".into() });
+    }
+    let (entries, bytes) = survey(paths)?;
+    if let Some(p) = &progress {
+        p.set_length(bytes);
+    }
+    // Steps 1-4 (service): a DEK for this job, sealed for us.
+    let started = svc.start_job(pool).await?;
+    let dek = svc.open(&started.grant)?;
+    let (enc, header) = Encryptor::new(&dek, &started.grant.dek_id, CHUNK_SIZE).map_err(|e| Error::Internal(format!("starting the stream: {e}")))?;
+    drop(dek);
+
+    // Step 5 (client -> MediaAgent).
+    let (tx, rx) = tokio::sync::mpsc::channel::<io::Result<Bytes>>(8);
+    let mut out = Vec::with_capacity(BATCH + CHUNK_SIZE as usize + 64);
+    out.extend_from_slice(&header);
+    let abort = tx.clone();
+    let writer = EncryptingWriter { enc: Some(enc), out, tx, stream_bytes: 0, progress: progress.clone() };
+    let inputs = paths.to_vec();
+    let producer = tokio::task::spawn_blocking(move || {
+        let result = archive(&inputs, writer);
+        if let Err(e) = &result {
+            // Fail the upload too, so the MediaAgent discards it.
+            let _ = abort.blocking_send(Err(io::Error::other(e.to_string())));
+        }
+        result
+    });
+    let body = reqwest::Body::wrap_stream(futures_util::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|item| (item, rx)) }));
+    let agent = started.media_agent.trim_end_matches('/').to_owned();
+    let url = format!("{agent}/v1/jobs/{}/stream", started.job_id);
+    let peer = format!("MediaAgent {agent}");
+    let upload = async {
+        let resp = svc.http().put(&url).bearer_auth(&started.agent_token).body(body).send().await.map_err(|e| unreachable(&peer, e))?;
+        answer::<serde_json::Value>(&peer, resp).await
+    };
+    let (uploaded, produced) = tokio::join!(upload, producer);
+    let produced = produced.map_err(|e| Error::Internal(format!("archiving task failed: {e}")))?;
+    // The upload's error is the cause when both failed (a dead agent makes
+    // the archiver's sends fail too).
+    let stored = uploaded?;
+    let (plain_bytes, stream_bytes) = produced.map_err(|e| Error::Input { what: "backup input".into(), reason: e.to_string() })?;
+    // TLS carried the bytes intact and every chunk is authenticated, so the
+    // count is the check here; the agent's checksum is recorded with the
+    // job so a later restore can tell the agent's copy changed.
+    let sha = stored["checksum"].as_str().unwrap_or_default().to_owned();
+    if stored["bytes"].as_u64() != Some(stream_bytes) {
+        return Err(Error::Integrity {
+            what: format!("stream of job {}", started.job_id),
+            reason: format!("the MediaAgent stored {} bytes, we sent {stream_bytes}", stored["bytes"]),
+        });
+    }
+    if let Some(p) = &progress {
+        p.finish_and_clear();
+    }
+    // Only now is the job complete.
+    let done = JobCompletion { stream_bytes, stream_checksum: sha.clone(), plain_bytes, files: entries };
+    svc.complete_job(&started.job_id, &done).await?;
+    Ok(BackupSummary {
+        job_id: started.job_id,
+        pool: pool.to_owned(),
+        client: svc.name().to_owned(),
+        dek_id: started.grant.dek_id,
+        media_agent: agent,
+        files: entries,
+        plain_bytes,
+        stream_bytes,
+        stream_checksum: sha,
+        seconds: t0.elapsed().as_secs_f64(),
+    })
+}
+

@@ -1,0 +1,207 @@
+//! The HTTP(S) server loop shared by `keybridge serve` and `keybridge
+//! media-agent`: accept, TLS handshake (when configured), HTTP/1.1 through
+//! hyper, and graceful shutdown — on the shutdown signal the listener closes,
+//! in-flight requests finish (up to a grace period), idle connections close.
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::conn::auto;
+use hyper_util::server::graceful::GracefulShutdown;
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use tokio::net::TcpListener;
+
+use keybridge_proto::api::{ErrorBody, ErrorDetail};
+use keybridge_proto::{Error, ErrorKind};
+
+/// An error answer of the service or the MediaAgent: status, kind and
+/// message (never secret material), sent as [`keybridge_proto::api::ErrorBody`].
+#[derive(Debug)]
+pub struct ApiError {
+    kind: ErrorKind,
+    message: String,
+}
+
+impl ApiError {
+    /// An answer of `kind`, with the HTTP status that kind maps to.
+    pub fn new(kind: ErrorKind, message: impl Into<String>) -> Self {
+        ApiError { kind, message: message.into() }
+    }
+}
+
+impl From<Error> for ApiError {
+    /// The status and kind come from the error's [`ErrorKind`].
+    fn from(e: Error) -> Self {
+        ApiError::new(e.kind(), e.to_string())
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let status = StatusCode::from_u16(self.kind.http_status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+        let body = ErrorBody { error: ErrorDetail { kind: self.kind, message: self.message } };
+        (status, axum::Json(body)).into_response()
+    }
+}
+
+/// The fallback route: a JSON 404 naming the path.
+pub async fn no_route(uri: axum::http::Uri) -> ApiError {
+    ApiError::new(ErrorKind::NotFound, format!("no route {}", uri.path()))
+}
+
+/// Why a request carries no usable `Authorization: Bearer` token.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BearerError {
+    Missing,
+    Malformed,
+    NotBearer,
+}
+
+/// The token of a request's `Authorization: Bearer <token>` header (the
+/// operator token at the service, a job token at the MediaAgent).
+pub fn bearer(headers: &axum::http::HeaderMap) -> Result<&str, BearerError> {
+    let value = headers.get(axum::http::header::AUTHORIZATION).ok_or(BearerError::Missing)?;
+    let value = value.to_str().map_err(|_| BearerError::Malformed)?;
+    value.strip_prefix("Bearer ").ok_or(BearerError::NotBearer)
+}
+
+/// Bytes read from the socket at once under TLS.
+pub const TLS_READ_BUFFER: usize = 256 * 1024;
+
+/// Time a client has for its TLS handshake.
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+/// Time a client has to send a request's headers, counted from the moment
+/// the connection waits for them (also while an open connection is idle
+/// between requests), so a silent or byte-a-second client is dropped.
+pub const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
+/// Connections open at once; a connection beyond it is closed at once, so
+/// idle sockets cannot take every file descriptor. Slow clients are shed by
+/// the timeouts above long before this many pile up. Lower where the
+/// process may not open that many files ([`connection_cap`]).
+pub const MAX_CONNECTIONS: usize = 4096;
+/// Descriptors kept free of connections: the catalog, the store's files,
+/// KMS connections, logs.
+const RESERVED_FDS: u64 = 256;
+
+/// How many connections this process may hold: its soft limit on open files
+/// is first raised to the hard limit, then [`RESERVED_FDS`] are kept back.
+fn connection_cap() -> usize {
+    use rustix::process::{getrlimit, setrlimit, Resource};
+    let mut limit = getrlimit(Resource::Nofile);
+    if limit.current < limit.maximum || (limit.current.is_some() && limit.maximum.is_none()) {
+        limit.current = limit.maximum;
+        if let Err(e) = setrlimit(Resource::Nofile, limit) {
+            tracing::debug!(error = %e, "could not raise the open-file limit");
+        }
+    }
+    let soft = getrlimit(Resource::Nofile).current.unwrap_or(u64::MAX);
+    let cap = usize::try_from(soft.saturating_sub(RESERVED_FDS)).unwrap_or(usize::MAX).clamp(64, MAX_CONNECTIONS);
+    if cap < MAX_CONNECTIONS {
+        tracing::warn!(cap, open_file_limit = soft, "the open-file limit allows fewer connections than {MAX_CONNECTIONS}");
+    }
+    cap
+}
+
+/// Serve `router` on `listener` until `shutdown` resolves, then wait up to
+/// `grace` for in-flight requests. Returns how many connections were still
+/// open when the grace period ran out (0 on a clean drain).
+pub async fn serve(
+    listener: TcpListener,
+    tls: Option<Arc<rustls::ServerConfig>>,
+    router: axum::Router,
+    shutdown: impl Future<Output = ()>,
+    grace: Duration,
+) -> usize {
+    let acceptor = tls.map(tokio_rustls::TlsAcceptor::from);
+    let graceful = GracefulShutdown::new();
+    let mut builder = auto::Builder::new(TokioExecutor::new());
+    builder.http1().timer(TokioTimer::new()).header_read_timeout(HEADER_READ_TIMEOUT);
+    let builder = builder.http1_only();
+    let cap = connection_cap();
+    let slots = Arc::new(tokio::sync::Semaphore::new(cap));
+    tokio::pin!(shutdown);
+    loop {
+        let (tcp, peer) = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok(a) => a,
+                Err(e) => {
+                    // EMFILE and friends: back off instead of spinning.
+                    tracing::warn!(error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+            () = &mut shutdown => break,
+        };
+        let Ok(slot) = slots.clone().try_acquire_owned() else {
+            tracing::warn!(%peer, limit = cap, "connection refused: too many open connections");
+            continue;
+        };
+        let _ = tcp.set_nodelay(true);
+        let service = hyper_util::service::TowerToHyperService::new(router.clone());
+        match &acceptor {
+            Some(acceptor) => {
+                // The handshake runs in its own task so a slow client cannot
+                // stall the accept loop; the connection joins the graceful
+                // set once it speaks HTTP.
+                let acceptor = acceptor.clone();
+                let builder = builder.clone();
+                let watcher = graceful.watcher();
+                tokio::spawn(async move {
+                    // rustls reads at most one record (16 KiB) per call; a
+                    // buffer below it turns a large upload's 65 000 reads
+                    // per GiB into a few thousand.
+                    let tcp = tokio::io::BufReader::with_capacity(TLS_READ_BUFFER, tcp);
+                    let _slot = slot;
+                    let stream = match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
+                        Ok(Ok(s)) => s,
+                        Ok(Err(e)) => return tracing::debug!(%peer, error = %e, "TLS handshake failed"),
+                        Err(_) => return tracing::debug!(%peer, "TLS handshake timed out"),
+                    };
+                    let conn = builder.serve_connection_with_upgrades(TokioIo::new(stream), service).into_owned();
+                    if let Err(e) = watcher.watch(conn).await {
+                        tracing::debug!(%peer, error = %e, "connection ended with an error");
+                    }
+                });
+            }
+            None => {
+                let conn = builder.serve_connection_with_upgrades(TokioIo::new(tcp), service).into_owned();
+                let conn = graceful.watch(conn);
+                tokio::spawn(async move {
+                    let _slot = slot;
+                    if let Err(e) = conn.await {
+                        tracing::debug!(%peer, error = %e, "connection ended with an error");
+                    }
+                });
+            }
+        }
+    }
+    drop(listener);
+    let open = graceful.count();
+    tracing::info!(connections = open, "shutting down: waiting for in-flight requests");
+    match tokio::time::timeout(grace, graceful.shutdown()).await {
+        Ok(()) => 0,
+        Err(_) => open,
+    }
+}
+
+/// Resolves on SIGTERM or SIGINT (Ctrl-C).
+pub async fn shutdown_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(s) => s,
+            Err(_) => return std::future::pending().await,
+        };
+        tokio::select! {
+            _ = ctrl_c => {}
+            _ = term.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = ctrl_c.await;
+}

@@ -1,0 +1,317 @@
+//! keybridge's error type and its kinds. Every error names what was being
+//! done, to which object, and why it failed, in words an operator can act
+//! on. No variant ever carries secret material (keys, PINs, passwords).
+//!
+//! [`ErrorKind`] is the one table of what an error means to a caller: its
+//! name on the wire and in `--json` output, its process exit code and its
+//! HTTP status. The service sends the kind, the client reads it back into
+//! [`Error::Remote`], and both exit with the same code.
+//!
+//! The layers below the wire contract keep their own typed errors
+//! (`BackendError` in keybridge-kms, the catalog engine's error): they
+//! arrive here boxed behind [`Error::Backend`] and [`Error::Catalog`] and
+//! can be downcast again (`std::error::Error::source`), so this crate
+//! depends on neither.
+
+use std::fmt;
+use std::path::PathBuf;
+
+use serde::{Deserialize, Serialize};
+
+use crate::crypto::CryptoError;
+use crate::stream::StreamError;
+
+/// A lower layer's error, kept whole behind the wire contract.
+pub type Source = Box<dyn std::error::Error + Send + Sync + 'static>;
+
+/// What an error means to whoever receives it. Serialised in snake case
+/// (`"not_found"`); a kind this build does not know reads as
+/// [`ErrorKind::Other`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+#[non_exhaustive]
+pub enum ErrorKind {
+    Config,
+    Input,
+    Kms,
+    Catalog,
+    NotFound,
+    AlreadyExists,
+    InvalidName,
+    Integrity,
+    Stream,
+    Seal,
+    Crypto,
+    Io,
+    Denied,
+    Internal,
+    Remote,
+    Unreachable,
+    /// The request's credentials were missing or wrong.
+    Auth,
+    /// The MediaAgent's store is full.
+    StorageFull,
+    /// A per-client limit is reached; retry later.
+    Busy,
+    #[serde(other)]
+    Other,
+}
+
+impl ErrorKind {
+    /// The name on the wire and in `--json` output.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ErrorKind::Config => "config",
+            ErrorKind::Input => "input",
+            ErrorKind::Kms => "kms",
+            ErrorKind::Catalog => "catalog",
+            ErrorKind::NotFound => "not_found",
+            ErrorKind::AlreadyExists => "already_exists",
+            ErrorKind::InvalidName => "invalid_name",
+            ErrorKind::Integrity => "integrity",
+            ErrorKind::Stream => "stream",
+            ErrorKind::Seal => "seal",
+            ErrorKind::Crypto => "crypto",
+            ErrorKind::Io => "io",
+            ErrorKind::Denied => "denied",
+            ErrorKind::Internal => "internal",
+            ErrorKind::Remote => "remote",
+            ErrorKind::Unreachable => "unreachable",
+            ErrorKind::Auth => "auth",
+            ErrorKind::StorageFull => "storage_full",
+            ErrorKind::Busy => "busy",
+            ErrorKind::Other => "other",
+        }
+    }
+
+    /// The process exit code (documented in README.md).
+    pub fn exit_code(self) -> i32 {
+        match self {
+            ErrorKind::Config | ErrorKind::Input | ErrorKind::InvalidName => 3,
+            ErrorKind::NotFound => 4,
+            ErrorKind::Kms => 5,
+            ErrorKind::Integrity | ErrorKind::Stream => 6,
+            ErrorKind::Seal => 7,
+            ErrorKind::AlreadyExists => 8,
+            ErrorKind::Denied => 9,
+            ErrorKind::Auth => 10,
+            ErrorKind::Unreachable => 11,
+            ErrorKind::StorageFull => 12,
+            ErrorKind::Catalog
+            | ErrorKind::Crypto
+            | ErrorKind::Io
+            | ErrorKind::Internal
+            | ErrorKind::Remote
+            | ErrorKind::Busy
+            | ErrorKind::Other => 1,
+        }
+    }
+
+    /// The HTTP status the service answers an error of this kind with.
+    pub fn http_status(self) -> u16 {
+        match self {
+            ErrorKind::NotFound => 404,
+            ErrorKind::AlreadyExists => 409,
+            ErrorKind::Input | ErrorKind::InvalidName | ErrorKind::Seal => 400,
+            ErrorKind::Denied => 403,
+            ErrorKind::Auth => 401,
+            ErrorKind::Kms => 503,
+            ErrorKind::Integrity => 422,
+            ErrorKind::StorageFull => 507,
+            ErrorKind::Busy => 429,
+            _ => 500,
+        }
+    }
+}
+
+impl fmt::Display for ErrorKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// Result alias used across keybridge.
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// Top-level error of the library and CLI.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// The configuration file could not be read or is invalid.
+    #[error("configuration {path}: {reason}")]
+    Config { path: PathBuf, reason: String },
+
+    /// A key-management backend failed.
+    #[error("KMS '{kms}': {source}")]
+    Backend {
+        kms: String,
+        /// keybridge-kms's `BackendError`.
+        #[source]
+        source: Source,
+    },
+
+    /// The catalog (SQLite) failed.
+    #[error("catalog: {context}: {source}")]
+    Catalog {
+        context: String,
+        /// The catalog engine's error (SQLite today).
+        #[source]
+        source: Source,
+    },
+
+    /// The catalog holds a schema this build does not understand.
+    #[error("catalog {path}: {reason}")]
+    CatalogSchema { path: PathBuf, reason: String },
+
+    /// A named object does not exist.
+    #[error("{what} '{name}' not found")]
+    NotFound { what: &'static str, name: String },
+
+    /// A named object exists already.
+    #[error("{what} '{name}' already exists")]
+    AlreadyExists { what: &'static str, name: String },
+
+    /// A name given on the command line or API is not acceptable.
+    #[error("invalid {what} '{value}': {reason}")]
+    InvalidName {
+        what: &'static str,
+        value: String,
+        reason: &'static str,
+    },
+
+    /// Stored key material failed an integrity check (tampered, moved or
+    /// corrupted catalog data).
+    #[error("integrity check failed for {what}: {reason}")]
+    Integrity { what: String, reason: String },
+
+    /// A client-data stream is malformed, was altered, truncated or
+    /// extended, or does not belong to the DEK given for it.
+    #[error("{context}: {source}")]
+    Stream {
+        context: String,
+        #[source]
+        source: StreamError,
+    },
+
+    /// A sealed DEK did not open for this client.
+    #[error("sealed DEK for client '{client}' did not open: {reason}")]
+    Seal { client: String, reason: String },
+
+    /// A software cryptographic primitive failed.
+    #[error("{context}: {source}")]
+    Crypto {
+        context: String,
+        #[source]
+        source: CryptoError,
+    },
+
+    /// File-system error on a named path.
+    #[error("{context} {path}: {source}")]
+    Io {
+        context: &'static str,
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+
+    /// Input given to a command (a file, stdin) is not what it should be.
+    #[error("{what}: {reason}")]
+    Input { what: String, reason: String },
+
+    /// A caller asked for something not allowed (e.g. another client's DEK).
+    #[error("denied: {0}")]
+    Denied(String),
+
+    /// The service or MediaAgent answered with an error.
+    #[error("{peer}: {message} (HTTP {status})")]
+    Remote { peer: String, status: u16, kind: ErrorKind, message: String },
+
+    /// The service or MediaAgent could not be reached, or the connection
+    /// broke.
+    #[error("{peer}: {reason}")]
+    Unreachable { peer: String, reason: String },
+
+    /// A bug or a failed background task; the message says which.
+    #[error("internal error: {0}")]
+    Internal(String),
+}
+
+impl Error {
+    /// Wraps a catalog engine's error, naming what was being done.
+    pub fn catalog<E>(context: impl Into<String>) -> impl FnOnce(E) -> Error
+    where
+        E: std::error::Error + Send + Sync + 'static,
+    {
+        let context = context.into();
+        move |source| Error::Catalog { context, source: Box::new(source) }
+    }
+
+    pub fn crypto(context: impl Into<String>) -> impl FnOnce(CryptoError) -> Error {
+        let context = context.into();
+        move |source| Error::Crypto { context, source }
+    }
+
+    /// Wraps a KMS backend's error, naming the KMS.
+    pub fn backend<E>(kms: &str) -> impl FnOnce(E) -> Error + '_
+    where
+        E: std::error::Error + Send + Sync + 'static,
+    {
+        move |source| Error::Backend { kms: kms.to_owned(), source: Box::new(source) }
+    }
+
+    /// The process exit code for this error (documented in README.md).
+    pub fn exit_code(&self) -> i32 {
+        match self {
+            Error::Remote { kind, .. } => kind.exit_code(),
+            other => other.kind().exit_code(),
+        }
+    }
+
+    /// What this error means to a caller; its name is the `kind` in
+    /// `--json` output and in the service's error answers.
+    pub fn kind(&self) -> ErrorKind {
+        match self {
+            Error::Config { .. } => ErrorKind::Config,
+            Error::Input { .. } => ErrorKind::Input,
+            Error::Backend { .. } => ErrorKind::Kms,
+            Error::Catalog { .. } | Error::CatalogSchema { .. } => ErrorKind::Catalog,
+            Error::NotFound { .. } => ErrorKind::NotFound,
+            Error::AlreadyExists { .. } => ErrorKind::AlreadyExists,
+            Error::InvalidName { .. } => ErrorKind::InvalidName,
+            Error::Integrity { .. } => ErrorKind::Integrity,
+            Error::Stream { .. } => ErrorKind::Stream,
+            Error::Seal { .. } => ErrorKind::Seal,
+            Error::Crypto { .. } => ErrorKind::Crypto,
+            Error::Io { .. } => ErrorKind::Io,
+            Error::Denied(_) => ErrorKind::Denied,
+            Error::Internal(_) => ErrorKind::Internal,
+            Error::Remote { .. } => ErrorKind::Remote,
+            Error::Unreachable { .. } => ErrorKind::Unreachable,
+        }
+    }
+}
+
+/// Check a pool or client name: 1-64 characters of `[A-Za-z0-9._-]`, not
+/// starting with a dot or dash.
+pub fn check_name(what: &'static str, value: &str) -> Result<()> {
+    let reason = if value.is_empty() || value.len() > 64 {
+        Some("must be 1 to 64 characters")
+    } else if !value
+        .bytes()
+        .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
+    {
+        Some("only letters, digits, '.', '_' and '-' are allowed")
+    } else if value.starts_with(['.', '-']) {
+        Some("must not start with '.' or '-'")
+    } else {
+        None
+    };
+    match reason {
+        Some(reason) => Err(Error::InvalidName {
+            what,
+            value: value.chars().take(80).collect(),
+            reason,
+        }),
+        None => Ok(()),
+    }
+}
