@@ -5,7 +5,6 @@
 //! Unknown keys are refused: a typo must not silently fall back to a default.
 
 use std::path::{Path, PathBuf};
-use std::time::Duration;
 
 use serde::Deserialize;
 

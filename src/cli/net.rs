@@ -104,12 +104,12 @@ fn progress(json: bool, what: &str) -> keybridge_client::backup::Progress {
     Some(bar)
 }
 
-pub async fn serve(kb: Keybridge) -> Result<(Value, String)> {
+pub(super) async fn serve(kb: Keybridge) -> Result<(Value, String)> {
     crate::service::run(kb, keybridge_net::http::shutdown_signal()).await?;
     Ok((json!({ "stopped": true }), "service stopped\n".into()))
 }
 
-pub async fn media_agent(args: &MediaAgentArgs) -> Result<(Value, String)> {
+pub(super) async fn media_agent(args: &MediaAgentArgs) -> Result<(Value, String)> {
     let cfg = AgentConfig {
         store: args.store.clone(),
         listen: args.listen.clone(),
@@ -123,7 +123,7 @@ pub async fn media_agent(args: &MediaAgentArgs) -> Result<(Value, String)> {
     Ok((json!({ "stopped": true }), "media agent stopped\n".into()))
 }
 
-pub async fn backup(args: &BackupArgs, json: bool) -> Result<(Value, String)> {
+pub(super) async fn backup(args: &BackupArgs, json: bool) -> Result<(Value, String)> {
     let svc = args.connect.open().await?;
     let s = keybridge_client::backup::backup(&svc, &args.pool, &args.paths, progress(json, "backup")).await?;
     let text = format!(
@@ -133,7 +133,7 @@ pub async fn backup(args: &BackupArgs, json: bool) -> Result<(Value, String)> {
     Ok((serde_json::to_value(&s).unwrap_or_default(), text))
 }
 
-pub async fn restore(args: &RestoreArgs, json: bool) -> Result<(Value, String)> {
+pub(super) async fn restore(args: &RestoreArgs, json: bool) -> Result<(Value, String)> {
     let svc = args.connect.open().await?;
     let s = keybridge_client::restore::restore(&svc, &args.job, &args.to, progress(json, "restore")).await?;
     let mut text = format!(
@@ -164,7 +164,7 @@ fn write_private(path: &std::path::Path, contents: &[u8]) -> Result<()> {
 
 /// `init` for the service: a self-signed localhost certificate, an operator
 /// token and the MediaAgent token key, where missing. Returns what was created.
-pub fn init_service(svc: &crate::config::ServiceConfig) -> Result<Vec<String>> {
+pub(super) fn init_service(svc: &crate::config::ServiceConfig) -> Result<Vec<String>> {
     let mut created = Vec::new();
     if !svc.cert.exists() && !svc.key.exists() {
         let (cert, key) = keybridge_net::tls::self_signed_localhost().map_err(crate::Error::Internal)?;

@@ -10,7 +10,7 @@ use keybridge_proto::secret::{ExposeSecret, SecretString};
 /// Why a client request was refused: its credentials, or the catalog that
 /// records nonces failed (a server error, not the client's).
 #[derive(Debug)]
-pub enum Refusal {
+pub(super) enum Refusal {
     Auth(AuthError),
     Catalog(crate::Error),
 }
@@ -30,7 +30,7 @@ fn header<'a>(headers: &'a HeaderMap, name: &'static str) -> Result<&'a str, Aut
 /// client known. Only then is the body read ([`Claim::verify`]), so an
 /// unauthenticated caller cannot make the service read a large body.
 #[derive(Debug)]
-pub struct Claim {
+pub(super) struct Claim {
     client: String,
     timestamp: u64,
     nonce: String,
@@ -40,7 +40,7 @@ pub struct Claim {
 }
 
 /// Check the headers of a signed client request (see [`Claim`]).
-pub fn claim(catalog: &Catalog, max_skew: u64, headers: &HeaderMap) -> Result<Claim, Refusal> {
+pub(super) fn claim(catalog: &Catalog, max_skew: u64, headers: &HeaderMap) -> Result<Claim, Refusal> {
     let client = header(headers, HEADER_CLIENT)?;
     let timestamp: u64 = header(headers, HEADER_TIMESTAMP)?.parse().map_err(|_| AuthError::Malformed(HEADER_TIMESTAMP))?;
     let nonce = header(headers, HEADER_NONCE)?;
@@ -66,7 +66,7 @@ impl Claim {
     /// it, also at another service process whose clock is up to `max_skew`
     /// behind this one's), so a replay is refused by every service process
     /// on the catalog, also after a restart.
-    pub async fn verify(self, catalog: &Catalog, method: &str, path_and_query: &str, body: &[u8]) -> Result<String, Refusal> {
+    pub(super) async fn verify(self, catalog: &Catalog, method: &str, path_and_query: &str, body: &[u8]) -> Result<String, Refusal> {
         let Claim { client, timestamp, nonce, signature, public, max_skew } = self;
         auth::verify(&public, &auth::canonical(method, path_and_query, &client, timestamp, &nonce, body), &signature, &client)?;
         // Only a verified request consumes its nonce, so forged requests
@@ -86,7 +86,7 @@ fn nonce_kept_until(timestamp: u64, max_skew: u64) -> u64 {
 }
 
 /// Check `Authorization: Bearer <token>` against the operator token.
-pub fn verify_operator(token: &SecretString, headers: &HeaderMap) -> Result<(), &'static str> {
+pub(super) fn verify_operator(token: &SecretString, headers: &HeaderMap) -> Result<(), &'static str> {
     let given = keybridge_net::http::bearer(headers).map_err(|e| match e {
         keybridge_net::http::BearerError::Missing => "missing Authorization header (operator token)",
         keybridge_net::http::BearerError::Malformed => "malformed Authorization header",

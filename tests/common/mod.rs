@@ -12,7 +12,7 @@ use keybridge::Keybridge;
 
 /// Which KMS a test runs on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Kind {
+pub(crate) enum Kind {
     Builtin,
     SoftHsm,
     Kryoptic,
@@ -49,7 +49,7 @@ impl Kind {
     }
 
     /// The module path, or `None` after a loud skip (panics under CI=true).
-    pub fn module(self) -> Option<PathBuf> {
+    pub(crate) fn module(self) -> Option<PathBuf> {
         let var = self.module_var()?;
         let missing: Vec<&str> = self.extra_vars().iter().copied().filter(|v| std::env::var_os(v).is_none_or(|s| s.is_empty())).collect();
         match std::env::var_os(var).map(PathBuf::from) {
@@ -68,7 +68,7 @@ impl Kind {
         }
     }
 
-    pub fn available(self) -> bool {
+    pub(crate) fn available(self) -> bool {
         match self {
             Kind::Builtin => true,
             Kind::Kmip => kmip::shared_server().is_some(),
@@ -78,7 +78,7 @@ impl Kind {
 }
 
 /// The `[[kms]]` block for `kind`, named `kms`.
-pub fn kms_toml(kind: Kind, dir: &Path) -> Option<String> {
+pub(crate) fn kms_toml(kind: Kind, dir: &Path) -> Option<String> {
     Some(match kind {
         Kind::Builtin => format!("[[kms]]\nname = \"kms\"\nkind = \"builtin\"\nroot_key = \"{}\"\n", dir.join("root.key").display()),
         Kind::Kmip => kmip::kms_toml("kms", &[kmip::shared_server()?], "client", ""),
@@ -94,14 +94,14 @@ pub fn kms_toml(kind: Kind, dir: &Path) -> Option<String> {
 }
 
 /// A temporary keybridge installation on one KMS.
-pub struct Rig {
+pub(crate) struct Rig {
     pub dir: tempfile::TempDir,
     pub config_path: PathBuf,
     pub kind: Kind,
 }
 
 impl Rig {
-    pub fn new(kind: Kind) -> Option<Rig> {
+    pub(crate) fn new(kind: Kind) -> Option<Rig> {
         let dir = tempfile::tempdir().expect("tempdir");
         let kms = kms_toml(kind, dir.path())?;
         let config_path = dir.path().join("keybridge.toml");
@@ -115,11 +115,11 @@ impl Rig {
     }
 
     /// A fresh `Keybridge` (own backend instances, empty KEK caches).
-    pub fn open(&self) -> Keybridge {
+    pub(crate) fn open(&self) -> Keybridge {
         Keybridge::open(Config::load(&self.config_path).unwrap()).unwrap()
     }
 
-    pub fn config(&self) -> Config {
+    pub(crate) fn config(&self) -> Config {
         Config::load(&self.config_path).unwrap()
     }
 }
@@ -129,7 +129,7 @@ impl Rig {
 /// kernel may hand a just-released port to a concurrent test meanwhile (a
 /// service then failed to bind, and its URL reached another test's
 /// MediaAgent).
-pub fn free_port() -> u16 {
+pub(crate) fn free_port() -> u16 {
     static GIVEN: std::sync::Mutex<Vec<u16>> = std::sync::Mutex::new(Vec::new());
     let mut given = GIVEN.lock().unwrap_or_else(|e| e.into_inner());
     loop {
@@ -142,22 +142,22 @@ pub fn free_port() -> u16 {
 }
 
 /// A password for tests.
-pub fn password(s: &str) -> keybridge_proto::secret::SecretString {
+pub(crate) fn password(s: &str) -> keybridge_proto::secret::SecretString {
     keybridge_proto::secret::SecretString::from(s.to_owned())
 }
 
 /// The actor the flow tests act as.
-pub fn actor() -> keybridge_catalog::audit::Actor {
+pub(crate) fn actor() -> keybridge_catalog::audit::Actor {
     keybridge_catalog::audit::Actor::Operator("test".into())
 }
 
 /// The cheapest Argon2id parameters keybridge accepts (its floor).
-pub fn test_kdf() -> keybridge_proto::seal::KdfParams {
+pub(crate) fn test_kdf() -> keybridge_proto::seal::KdfParams {
     keybridge_proto::seal::KdfParams { m_kib: keybridge_proto::seal::KdfParams::MIN_M_KIB, t: 5, ..Default::default() }
 }
 
 /// SHA-256 over every row of every table: "nothing changed in the catalog".
-pub fn catalog_digest(kb: &Keybridge) -> String {
+pub(crate) fn catalog_digest(kb: &Keybridge) -> String {
     use sha2::{Digest, Sha256};
     let conn = rusqlite::Connection::open(kb.catalog().path()).unwrap();
     let mut h = Sha256::new();
@@ -176,7 +176,7 @@ pub fn catalog_digest(kb: &Keybridge) -> String {
 }
 
 /// PyKMIP servers for tests (real servers, started by scripts/pykmip-server).
-pub mod kmip {
+pub(crate) mod kmip {
     use std::path::PathBuf;
     use std::process::Command;
 
@@ -185,7 +185,7 @@ pub mod kmip {
     }
 
     /// Test PKI made by scripts/kmip-certs.
-    pub fn pki() -> PathBuf {
+    pub(crate) fn pki() -> PathBuf {
         std::env::var_os("KEYBRIDGE_TEST_KMIP_PKI").map(PathBuf::from).unwrap_or_else(|| repo().join("target/kmip/pki"))
     }
 
@@ -197,7 +197,7 @@ pub mod kmip {
     }
 
     /// `host:port` of the shared PyKMIP server, or a loud skip.
-    pub fn shared_server() -> Option<String> {
+    pub(crate) fn shared_server() -> Option<String> {
         match std::env::var("KEYBRIDGE_TEST_KMIP_SERVER") {
             Ok(s) if !s.is_empty() => Some(s),
             _ => {
@@ -208,7 +208,7 @@ pub mod kmip {
     }
 
     /// A `[[kms]]` block for a KMIP entry; `cert` names a client cert in the PKI.
-    pub fn kms_toml(name: &str, servers: &[String], cert: &str, extra: &str) -> String {
+    pub(crate) fn kms_toml(name: &str, servers: &[String], cert: &str, extra: &str) -> String {
         let p = pki();
         let list = servers.iter().map(|s| format!("\"{s}\"")).collect::<Vec<_>>().join(", ");
         format!(
@@ -220,7 +220,7 @@ pub mod kmip {
     }
 
     /// A PyKMIP server owned by one test; killed when dropped.
-    pub struct PyKmip {
+    pub(crate) struct PyKmip {
         pub name: String,
         pub port: u16,
         pub db: Option<PathBuf>,
@@ -230,7 +230,7 @@ pub mod kmip {
     impl PyKmip {
         /// Start a server with its own name and a free port. `db`: a shared
         /// or persistent database file (replicas, restarts).
-        pub fn start(name: &str, db: Option<PathBuf>, cert: &'static str) -> Option<PyKmip> {
+        pub(crate) fn start(name: &str, db: Option<PathBuf>, cert: &'static str) -> Option<PyKmip> {
             shared_server()?;
             let name = format!("{name}-{}", std::process::id());
             let s = PyKmip { name, port: super::free_port(), db, cert };
@@ -248,18 +248,18 @@ pub mod kmip {
             assert!(out.status.success(), "starting PyKMIP {}: {}{}", self.name, String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
         }
 
-        pub fn addr(&self) -> String {
+        pub(crate) fn addr(&self) -> String {
             format!("127.0.0.1:{}", self.port)
         }
 
         /// SIGKILL the server's process group (a crash).
-        pub fn kill(&self) {
+        pub(crate) fn kill(&self) {
             let out = Command::new(repo().join("scripts/pykmip-server")).args(["kill", &self.name]).output().expect("run scripts/pykmip-server");
             assert!(out.status.success(), "killing PyKMIP {}: {}", self.name, String::from_utf8_lossy(&out.stderr));
         }
 
         /// Start it again on the same port (and database, if shared).
-        pub fn restart(&self) {
+        pub(crate) fn restart(&self) {
             self.kill();
             self.run_start();
         }
@@ -273,7 +273,7 @@ pub mod kmip {
 }
 
 /// `p11-kit server` processes for tests (started by scripts/p11kit-server).
-pub mod p11kit {
+pub(crate) mod p11kit {
     use std::path::{Path, PathBuf};
     use std::process::Command;
 
@@ -283,14 +283,14 @@ pub mod p11kit {
 
     /// A server owned by one test, serving the SoftHSM2 token of
     /// `softhsm2_conf`; killed when dropped.
-    pub struct Server {
+    pub(crate) struct Server {
         pub name: String,
         /// For P11_KIT_SERVER_ADDRESS.
         pub address: String,
     }
 
     impl Server {
-        pub fn start(name: &str, softhsm2_conf: &Path) -> Server {
+        pub(crate) fn start(name: &str, softhsm2_conf: &Path) -> Server {
             let name = format!("{name}-{}", std::process::id());
             let out = Command::new(script()).args(["start", &name, "--softhsm-conf"]).arg(softhsm2_conf).output().expect("run scripts/p11kit-server");
             assert!(out.status.success(), "starting p11-kit server {name}: {}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));

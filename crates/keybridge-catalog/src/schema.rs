@@ -6,7 +6,7 @@
 //! BYTEA aside), so that a shared PostgreSQL catalog can later replace SQLite
 //! for several adapter instances.
 
-pub const MIGRATIONS: &[&str] = &[
+pub(crate) const MIGRATIONS: &[&str] = &[
     // 1: the key hierarchy.
     r#"
     CREATE TABLE kms (

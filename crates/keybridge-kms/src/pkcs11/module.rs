@@ -16,7 +16,7 @@ use crate::BackendError;
 
 /// A loaded and initialised module.
 #[derive(Debug)]
-pub struct Module {
+pub(super) struct Module {
     pub path: PathBuf,
     /// The one function list of this module in this process, initialised
     /// once; every call goes through it (p11-kit hands each caller its own).
@@ -32,13 +32,13 @@ static MODULES: LazyLock<Mutex<HashMap<PathBuf, Arc<Module>>>> = LazyLock::new(D
 /// they are serialised. Per token, not per module: one process may reach a
 /// token through several modules (SoftHSM2 directly and through p11-kit's
 /// proxy are one SoftHSM2 instance).
-pub fn token_writes(identity: &str) -> Arc<Mutex<()>> {
+pub(super) fn token_writes(identity: &str) -> Arc<Mutex<()>> {
     static LOCKS: LazyLock<Mutex<HashMap<String, Arc<Mutex<()>>>>> = LazyLock::new(Default::default);
     LOCKS.lock().unwrap_or_else(|e| e.into_inner()).entry(identity.to_owned()).or_default().clone()
 }
 
 /// The process-wide context for the module at `path`.
-pub fn module(path: &Path) -> Result<Arc<Module>, BackendError> {
+pub(super) fn module(path: &Path) -> Result<Arc<Module>, BackendError> {
     let err = |reason: String| BackendError::Module { module: path.display().to_string(), reason };
     let key = std::fs::canonicalize(path).map_err(|e| err(format!("cannot be opened: {e}")))?;
     let mut map = MODULES.lock().unwrap_or_else(|e| e.into_inner());

@@ -65,7 +65,7 @@ fn mechanism(code: u64) -> Result<Mechanism<'static>, CkError> {
 
 /// Does the token in `slot` offer the mechanism `code`? Asked with
 /// C_GetMechanismInfo, so codes cryptoki cannot name are not lost.
-pub fn has_mechanism(ctx: &Pkcs11, slot: Slot, code: u64) -> Result<bool, CkError> {
+pub(super) fn has_mechanism(ctx: &Pkcs11, slot: Slot, code: u64) -> Result<bool, CkError> {
     let t = match mechanism_type(code) {
         Some(t) => t,
         // A code cryptoki knows (the ones below are PKCS#11 2.x).
@@ -79,12 +79,12 @@ pub fn has_mechanism(ctx: &Pkcs11, slot: Slot, code: u64) -> Result<bool, CkErro
 }
 
 /// C_WrapKey with the key-wrap mechanism `code`.
-pub fn wrap_key(session: &Session, code: u64, wrapping_key: ObjectHandle, key: ObjectHandle) -> Result<Vec<u8>, CkError> {
+pub(super) fn wrap_key(session: &Session, code: u64, wrapping_key: ObjectHandle, key: ObjectHandle) -> Result<Vec<u8>, CkError> {
     session.wrap_key(&mechanism(code)?, wrapping_key, key)
 }
 
 /// C_UnwrapKey with the key-wrap mechanism `code`.
-pub fn unwrap_key(session: &Session, code: u64, unwrapping_key: ObjectHandle, wrapped: &[u8], template: &[Attribute]) -> Result<ObjectHandle, CkError> {
+pub(super) fn unwrap_key(session: &Session, code: u64, unwrapping_key: ObjectHandle, wrapped: &[u8], template: &[Attribute]) -> Result<ObjectHandle, CkError> {
     session.unwrap_key(&mechanism(code)?, unwrapping_key, wrapped, template)
 }
 

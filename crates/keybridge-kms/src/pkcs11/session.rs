@@ -32,7 +32,7 @@ const MAX_ATTEMPTS: u32 = 3;
 
 /// An error inside a PKCS#11 call sequence.
 #[derive(Debug)]
-pub enum OpError {
+pub(super) enum OpError {
     /// A cryptoki call failed; `doing` says what we were doing.
     Ck { err: CkError, doing: String },
     /// Already a backend error (not retried).
@@ -46,7 +46,7 @@ impl From<BackendError> for OpError {
 }
 
 /// Attach "what we were doing" to a cryptoki result.
-pub trait Doing<T> {
+pub(super) trait Doing<T> {
     fn doing(self, what: &str) -> Result<T, OpError>;
 }
 
@@ -57,7 +57,7 @@ impl<T> Doing<T> for Result<T, CkError> {
 }
 
 /// Convert a cryptoki error to the backend error an operator reads.
-pub fn ck_to_backend(err: CkError, doing: &str) -> BackendError {
+pub(super) fn ck_to_backend(err: CkError, doing: &str) -> BackendError {
     match err {
         CkError::Pkcs11(rv, function) => BackendError::Pkcs11 {
             function: function_name(function),
@@ -94,7 +94,7 @@ impl OpError {
 type Job = Box<dyn FnOnce(&mut Option<Session>) + Send>;
 
 /// The sessions of one token.
-pub struct TokenSessions {
+pub(super) struct TokenSessions {
     pub module: Arc<Module>,
     pub slot: Slot,
     pub token_label: String,
@@ -166,7 +166,7 @@ fn worker(jobs: Arc<Mutex<mpsc::Receiver<Job>>>) {
 }
 
 impl TokenSessions {
-    pub fn new(module: Arc<Module>, slot: Slot, token_label: String, pin: SecretString, max_sessions: usize, timeout: Duration) -> Self {
+    pub(super) fn new(module: Arc<Module>, slot: Slot, token_label: String, pin: SecretString, max_sessions: usize, timeout: Duration) -> Self {
         let (tx, rx) = mpsc::channel();
         TokenSessions {
             module,
@@ -185,7 +185,7 @@ impl TokenSessions {
     }
 
     /// The current session epoch (see the field).
-    pub fn epoch(&self) -> u64 {
+    pub(super) fn epoch(&self) -> u64 {
         self.epoch.load(Ordering::SeqCst)
     }
 
@@ -205,14 +205,14 @@ impl TokenSessions {
     }
 
     /// Open and log in a new session (blocking).
-    pub fn open_session(&self) -> Result<Session, OpError> {
+    pub(super) fn open_session(&self) -> Result<Session, OpError> {
         let session = self.module.ctx.open_rw_session(self.slot).doing("opening a session")?;
         self.login(&session)?;
         Ok(session)
     }
 
     /// Keep a session opened outside the workers for the first worker.
-    pub fn put_back(&self, session: Session) {
+    pub(super) fn put_back(&self, session: Session) {
         self.spare.lock().unwrap_or_else(|e| e.into_inner()).push(session);
     }
 
@@ -286,7 +286,7 @@ impl TokenSessions {
     /// Run `f` on a session of this token, on a worker thread, with the
     /// configured timeout. A call that times out keeps its worker (and
     /// session) until it returns; its result is discarded.
-    pub async fn run<T, F>(self: &Arc<Self>, operation: &str, f: F) -> Result<T, BackendError>
+    pub(super) async fn run<T, F>(self: &Arc<Self>, operation: &str, f: F) -> Result<T, BackendError>
     where
         T: Send + 'static,
         F: FnMut(&Session) -> Result<T, OpError> + Send + 'static,
