@@ -56,7 +56,7 @@ use cryptoki::mechanism::{Mechanism, MechanismType};
 use cryptoki::object::{Attribute, AttributeType, ObjectHandle};
 use cryptoki::session::{Session, UserType};
 use cryptoki::types::AuthPin;
-use keybridge_catalog::{Catalog, ClientRecord, PoolRecord};
+use keybridge_catalog::{ClientRecord, PoolRecord, SqliteCatalog};
 use keybridge::config::Config;
 use keybridge_kms::crypto::{OaepHash, PublicKek};
 use keybridge::flows::{backup, clients, pool_creation, restore};
@@ -317,7 +317,7 @@ fn rig(rt: &Runtime, s: &Settings, kms_toml: &str, builtin: bool) -> Rig {
     let config_path = dir.path().join("keybridge.toml");
     std::fs::write(&config_path, format!("[catalog]\npath = \"keybridge.db\"\n\n{kms_toml}")).expect("writing config");
     let config = Config::load(&config_path).expect("loading config");
-    Catalog::open_or_create(&config.catalog.path).expect("creating catalog");
+    SqliteCatalog::open_or_create(&config.catalog.path).expect("creating catalog");
     if builtin {
         keybridge_kms::builtin::create_root_key(&dir.path().join("root.key")).expect("root key");
     }
@@ -609,12 +609,23 @@ struct Inline {
     dek_id: String,
 }
 
+/// The output of a future that completes when first polled, as the SQLite
+/// catalog's reads do (they run on the calling thread), so a read can be
+/// timed or replayed from synchronous code, inside the runtime or not.
+fn ready<F: std::future::Future>(f: F) -> F::Output {
+    let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+    match std::pin::pin!(f).poll(&mut cx) {
+        std::task::Poll::Ready(v) => v,
+        std::task::Poll::Pending => panic!("a catalog read waited: it cannot be replayed in line"),
+    }
+}
+
 impl Inline {
     fn run(&self) {
         let c = self.kb.catalog();
-        let row = c.dek(&self.dek_id).expect("dek");
-        let client = c.client_by_name(&self.client).expect("client");
-        let pool = c.pool_by_id(row.pool_id).expect("pool");
+        let row = ready(c.dek(&self.dek_id)).expect("dek");
+        let client = ready(c.client_by_name(&self.client)).expect("client");
+        let pool = ready(c.pool_by_id(row.pool_id)).expect("pool");
         let dek = Dek::from_bytes([7u8; 32]);
         std::hint::black_box(seal::seal(&dek, client.recipient(), &pool.name, &self.dek_id).expect("seal"));
     }
@@ -790,7 +801,7 @@ fn bench_token(rt: &Runtime, s: &Settings, t: Token, report: &mut Report) {
     match keybridge_kek(&raw) {
         Some(kek) => {
             eprintln!("[{k}] b detail: raw C_Decrypt on the generated key vs on keybridge's unwrapped KEK");
-            let dek_ct = rig.kb.catalog().dek(&ids[0]).expect("dek row").encrypted_dek;
+            let dek_ct = ready(rig.kb.catalog().dek(&ids[0])).expect("dek row").encrypted_dek;
             let (g, u) = compare(s, &mut |b, d| if b { raw_run_on(&mut raw, kek, &dek_ct, 1, d) } else { raw_run(&mut raw, 1, d) });
             report.row(&keys[2], &format!("{k}: raw decrypt, kb's KEK vs generated key"), "raw C_Decrypt, generated key", g, "raw C_Decrypt, unwrapped KEK", u, None);
         }
@@ -838,9 +849,9 @@ fn bench_token(rt: &Runtime, s: &Settings, t: Token, report: &mut Report) {
     let md = Duration::from_millis(300);
     let catalog = rig.kb.catalog().clone();
     let id0 = ids[0].clone();
-    let dek_us = micro(md, || drop(catalog.dek(&id0).expect("dek")));
-    let client_us = micro(md, || drop(catalog.client_by_name(&rig.client.name).expect("client")));
-    let pool_us = micro(md, || drop(catalog.pool_by_id(rig.pool.id).expect("pool")));
+    let dek_us = micro(md, || drop(ready(catalog.dek(&id0)).expect("dek")));
+    let client_us = micro(md, || drop(ready(catalog.client_by_name(&rig.client.name)).expect("client")));
+    let pool_us = micro(md, || drop(ready(catalog.pool_by_id(rig.pool.id)).expect("pool")));
     let dek = Dek::from_bytes([7u8; 32]);
     let seal_us = micro(md, || drop(seal::seal(&dek, rig.client.recipient(), &rig.pool.name, &id0).expect("seal")));
     let components = dek_us + client_us + pool_us + seal_us;

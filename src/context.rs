@@ -7,7 +7,7 @@ use std::sync::Arc;
 use tokio::sync::Mutex;
 
 use keybridge_kms::{self, BackendError, KeyBackend};
-use keybridge_catalog::Catalog;
+use keybridge_catalog::{Catalog, SqliteCatalog};
 use crate::config::Config;
 use crate::{Error, Result};
 
@@ -15,7 +15,7 @@ use crate::{Error, Result};
 #[derive(Debug)]
 pub struct Keybridge {
     config: Config,
-    catalog: Arc<Catalog>,
+    catalog: Arc<dyn Catalog>,
     backends: Mutex<HashMap<String, Arc<dyn KeyBackend>>>,
     /// KMS whose login was refused, with (token, reason): never tried again
     /// by this process, because tokens lock the PIN after a few wrong tries
@@ -34,7 +34,7 @@ impl Keybridge {
     /// Open the catalog named by the configuration. Backends are opened
     /// lazily, so a dead HSM does not stop commands that do not need it.
     pub fn open(config: Config) -> Result<Self> {
-        let catalog = Arc::new(Catalog::open(&config.catalog.path)?);
+        let catalog = Arc::new(SqliteCatalog::open(&config.catalog.path)?);
         Ok(Keybridge { config, catalog, backends: Mutex::new(HashMap::new()), refused: Default::default(), kek_pins: Default::default(), kek_checked: Default::default() })
     }
 
@@ -42,7 +42,7 @@ impl Keybridge {
         &self.config
     }
 
-    pub fn catalog(&self) -> &Arc<Catalog> {
+    pub fn catalog(&self) -> &Arc<dyn Catalog> {
         &self.catalog
     }
 

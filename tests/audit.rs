@@ -44,14 +44,14 @@ async fn scenario() -> Scenario {
     Scenario { rig, kb, dek_id: g.dek_id, dek_hex: dek.expose_hex().as_str().to_owned() }
 }
 
-fn rows(kb: &Keybridge) -> Vec<AuditRecord> {
-    kb.catalog().audit_rows(1000).unwrap()
+async fn rows(kb: &Keybridge) -> Vec<AuditRecord> {
+    kb.catalog().audit_rows(1000).await.unwrap()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn operations_leave_the_expected_rows() {
     let s = scenario().await;
-    let rows = rows(&s.kb);
+    let rows = rows(&s.kb).await;
     let got: Vec<_> = rows
         .iter()
         .map(|r| (r.seq, r.actor.as_str(), r.action.as_str(), r.pool.as_deref(), r.client.as_deref(), r.dek_id.as_deref()))
@@ -85,10 +85,10 @@ async fn operations_leave_the_expected_rows() {
         assert!(r.at.ends_with('Z') && r.at.len() == 24, "at is RFC 3339 UTC with ms: {}", r.at);
     }
     // The DEK row and its audit row were committed together, at one time.
-    assert_eq!(s.kb.catalog().dek(&s.dek_id).unwrap().created_at, rows[3].at);
+    assert_eq!(s.kb.catalog().dek(&s.dek_id).await.unwrap().created_at, rows[3].at);
 
     // No secret in any row: no DEK, no password.
-    let conn = rusqlite::Connection::open(s.kb.catalog().path()).unwrap();
+    let conn = common::sqlite(&s.kb);
     let dump: String = conn
         .query_row(
             "SELECT group_concat(seq || at || actor || action || ifnull(pool,'') || ifnull(client,'') || ifnull(dek_id,'') || result || hex(prev_hash) || hex(hash), '|') FROM audit",
@@ -100,7 +100,7 @@ async fn operations_leave_the_expected_rows() {
         assert!(!dump.contains(secret), "a secret is in the audit log");
     }
 
-    let report = s.kb.catalog().verify_audit().unwrap();
+    let report = s.kb.catalog().verify_audit().await.unwrap();
     assert!(report.ok(), "{report:?}");
     assert_eq!((report.rows, report.head_seq), (7, 7));
     assert_eq!(report.head_hash.as_deref(), Some(hex::encode(&rows[6].hash).as_str()));
@@ -115,7 +115,7 @@ async fn queued_outcome_rows_survive_closing_the_catalog() {
     let Scenario { rig, kb, .. } = scenario().await;
     drop(kb);
     let reopened = rig.open();
-    let results: Vec<_> = rows(&reopened).into_iter().map(|r| r.result).collect();
+    let results: Vec<_> = rows(&reopened).await.into_iter().map(|r| r.result).collect();
     assert_eq!(results.len(), 7, "{results:?}");
     assert_eq!(results[4..6], ["started", "ok"]);
 }
@@ -133,7 +133,7 @@ async fn failures_are_audited_and_the_original_error_returned() {
     assert!(matches!(err, Error::NotFound { what: "pool", .. }), "{err}");
     let err = restore::recover_dek(&kb, "no-such-dek", "c", &client_actor("c")).await.unwrap_err();
     assert!(matches!(err, Error::NotFound { what: "DEK", .. }), "{err}");
-    let rows = rows(&kb);
+    let rows = rows(&kb).await;
     let got: Vec<_> = rows.iter().map(|r| (r.action.as_str(), r.pool.as_deref(), r.result.as_str())).collect();
     assert_eq!(
         got,
@@ -144,7 +144,7 @@ async fn failures_are_audited_and_the_original_error_returned() {
             ("dek.recover", None, "error: DEK 'no-such-dek' not found"),
         ]
     );
-    assert!(kb.catalog().verify_audit().unwrap().ok());
+    assert!(kb.catalog().verify_audit().await.unwrap().ok());
 }
 
 /// No key leaves without its audit record: when the audit append fails,
@@ -152,27 +152,26 @@ async fn failures_are_audited_and_the_original_error_returned() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn no_key_without_a_durable_audit_row() {
     let s = scenario().await;
-    let p = s.kb.catalog().pool_by_name("p1").unwrap();
-    s.kb.catalog()
-        .execute_raw("CREATE TRIGGER audit_full BEFORE INSERT ON audit BEGIN SELECT RAISE(ABORT, 'audit log unavailable'); END")
+    let p = s.kb.catalog().pool_by_name("p1").await.unwrap();
+    common::execute_raw(&s.kb, "CREATE TRIGGER audit_full BEFORE INSERT ON audit BEGIN SELECT RAISE(ABORT, 'audit log unavailable'); END")
         .unwrap();
     let err = backup::issue_dek(&s.kb, "p1", "c1", &client_actor("c1")).await.unwrap_err();
     assert!(err.to_string().contains("audit log unavailable"), "{err}");
-    assert_eq!(s.kb.catalog().count_deks(p.id).unwrap(), 1, "a DEK was stored without its audit row");
+    assert_eq!(s.kb.catalog().count_deks(p.id).await.unwrap(), 1, "a DEK was stored without its audit row");
     let err = restore::recover_inner(&s.kb, &s.dek_id, "c1", &client_actor("c1")).await.unwrap_err();
     assert!(err.to_string().contains("audit log unavailable"), "{err}");
     // A failed operation whose audit append also fails still reports its own error.
     let err = restore::recover_dek(&s.kb, &s.dek_id, "mallory", &client_actor("mallory")).await.unwrap_err();
     assert!(matches!(err, Error::Denied(_)), "{err}");
-    s.kb.catalog().execute_raw("DROP TRIGGER audit_full").unwrap();
-    assert_eq!(rows(&s.kb).len(), 7);
+    common::execute_raw(&s.kb, "DROP TRIGGER audit_full").unwrap();
+    assert_eq!(rows(&s.kb).await.len(), 7);
     backup::issue_dek(&s.kb, "p1", "c1", &client_actor("c1")).await.unwrap();
-    assert_eq!(rows(&s.kb).len(), 8);
-    assert!(s.kb.catalog().verify_audit().unwrap().ok());
+    assert_eq!(rows(&s.kb).await.len(), 8);
+    assert!(s.kb.catalog().verify_audit().await.unwrap().ok());
 }
 
-fn broken(kb: &Keybridge) -> (i64, String, String) {
-    let r = kb.catalog().verify_audit().unwrap();
+async fn broken(kb: &Keybridge) -> (i64, String, String) {
+    let r = kb.catalog().verify_audit().await.unwrap();
     let b = r.broken.clone().unwrap_or_else(|| panic!("chain reported intact: {r:?}"));
     (b.seq, b.kind.to_owned(), b.message)
 }
@@ -180,42 +179,41 @@ fn broken(kb: &Keybridge) -> (i64, String, String) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn verify_finds_an_edited_row() {
     let s = scenario().await;
-    s.kb.catalog().execute_raw("UPDATE audit SET result = 'ok' WHERE seq = 7").unwrap();
-    assert_eq!(broken(&s.kb), (7, "edited".into(), "row 7 was edited (hash mismatch)".into()));
+    common::execute_raw(&s.kb, "UPDATE audit SET result = 'ok' WHERE seq = 7").unwrap();
+    assert_eq!(broken(&s.kb).await, (7, "edited".into(), "row 7 was edited (hash mismatch)".into()));
     // Put it back: intact again (the check looks at that field).
-    s.kb.catalog()
-        .execute_raw(&format!("UPDATE audit SET result = 'error: denied: DEK {} was not issued to client ''mallory''' WHERE seq = 7", s.dek_id))
+    common::execute_raw(&s.kb, &format!("UPDATE audit SET result = 'error: denied: DEK {} was not issued to client ''mallory''' WHERE seq = 7", s.dek_id))
         .unwrap();
-    assert!(s.kb.catalog().verify_audit().unwrap().ok());
+    assert!(s.kb.catalog().verify_audit().await.unwrap().ok());
     // Other fields: the actor of row 2.
-    s.kb.catalog().execute_raw("UPDATE audit SET actor = 'operator:someone-else' WHERE seq = 2").unwrap();
-    assert_eq!(broken(&s.kb).2, "row 2 was edited (hash mismatch)");
+    common::execute_raw(&s.kb, "UPDATE audit SET actor = 'operator:someone-else' WHERE seq = 2").unwrap();
+    assert_eq!(broken(&s.kb).await.2, "row 2 was edited (hash mismatch)");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn verify_finds_a_removed_row() {
     let s = scenario().await;
-    s.kb.catalog().execute_raw("DELETE FROM audit WHERE seq = 3").unwrap();
-    assert_eq!(broken(&s.kb), (3, "missing".into(), "row 3 is missing (seq jumps from 2 to 4): rows removed".into()));
+    common::execute_raw(&s.kb, "DELETE FROM audit WHERE seq = 3").unwrap();
+    assert_eq!(broken(&s.kb).await, (3, "missing".into(), "row 3 is missing (seq jumps from 2 to 4): rows removed".into()));
     // Renumbered to hide the gap: row 3 no longer follows row 2.
-    s.kb.catalog().execute_raw("UPDATE audit SET seq = seq - 1 WHERE seq > 3").unwrap();
-    let (seq, kind, message) = broken(&s.kb);
+    common::execute_raw(&s.kb, "UPDATE audit SET seq = seq - 1 WHERE seq > 3").unwrap();
+    let (seq, kind, message) = broken(&s.kb).await;
     assert_eq!((seq, kind.as_str()), (3, "out_of_order"));
     assert_eq!(message, "row 3 does not follow row 2 (prev_hash mismatch: rows removed or reordered)");
     // New rows still chain on from the (shortened) head; the break stays where it was.
     backup::issue_dek(&s.kb, "p1", "c1", &client_actor("c1")).await.unwrap();
-    assert_eq!(broken(&s.kb).0, 3);
+    assert_eq!(broken(&s.kb).await.0, 3);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn verify_finds_reordered_rows() {
     let s = scenario().await;
     for sql in ["UPDATE audit SET seq = -1 WHERE seq = 4", "UPDATE audit SET seq = 4 WHERE seq = 5", "UPDATE audit SET seq = 5 WHERE seq = -1"] {
-        s.kb.catalog().execute_raw(sql).unwrap();
+        common::execute_raw(&s.kb, sql).unwrap();
     }
-    let rows = rows(&s.kb);
+    let rows = rows(&s.kb).await;
     assert_eq!((rows[3].action.as_str(), rows[4].action.as_str()), ("dek.recover", "dek.issue"), "rows were swapped");
-    assert_eq!(broken(&s.kb), (4, "out_of_order".into(), "row 4 does not follow row 3 (prev_hash mismatch: rows removed or reordered)".into()));
+    assert_eq!(broken(&s.kb).await, (4, "out_of_order".into(), "row 4 does not follow row 3 (prev_hash mismatch: rows removed or reordered)".into()));
 }
 
 /// 64 concurrent issues share group commits; the chain has exactly one row
@@ -237,16 +235,16 @@ async fn concurrent_issues_extend_one_chain() {
     for t in tasks {
         assert!(ids.insert(t.await.unwrap()));
     }
-    let rows = rows(&kb);
+    let rows = rows(&kb).await;
     assert_eq!(rows.len(), 66);
     assert_eq!(rows.iter().map(|r| r.seq).collect::<Vec<_>>(), (1..=66).collect::<Vec<_>>());
     let issued: std::collections::HashSet<_> = rows.iter().filter(|r| r.action == "dek.issue" && r.result == "ok").filter_map(|r| r.dek_id.clone()).collect();
     assert_eq!(issued, ids, "one audit row per issued DEK");
     for id in &ids {
         let at = &rows.iter().find(|r| r.dek_id.as_deref() == Some(id)).unwrap().at;
-        assert_eq!(&kb.catalog().dek(id).unwrap().created_at, at, "DEK {id} and its audit row were committed apart");
+        assert_eq!(&kb.catalog().dek(id).await.unwrap().created_at, at, "DEK {id} and its audit row were committed apart");
     }
-    let report = kb.catalog().verify_audit().unwrap();
+    let report = kb.catalog().verify_audit().await.unwrap();
     assert!(report.ok(), "{report:?}");
     assert_eq!(report.rows, 66);
 }

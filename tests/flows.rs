@@ -119,7 +119,7 @@ async fn tampering(kind: Kind) {
     let g = backup::issue_dek(&kb, &pool, &client, &actor()).await.unwrap();
 
     // Change one byte of the encrypted DEK (to a value it does not have).
-    kb.catalog().execute_raw(&format!(
+    common::execute_raw(&kb, &format!(
         "UPDATE deks SET encrypted_dek = CAST(substr(encrypted_dek, 1, 100) || \
          CASE WHEN substr(encrypted_dek, 101, 1) = x'5a' THEN x'a5' ELSE x'5a' END || substr(encrypted_dek, 102) AS BLOB) WHERE id = '{}'",
         g.dek_id
@@ -131,7 +131,7 @@ async fn tampering(kind: Kind) {
 
     // Flip one byte of the wrapped private KEK.
     let g2 = backup::issue_dek(&kb, &pool, &client, &actor()).await.unwrap();
-    kb.catalog().execute_raw(&format!(
+    common::execute_raw(&kb, &format!(
         "UPDATE pools SET kek_wrapped = CAST(substr(kek_wrapped, 1, 40) || \
          CASE WHEN substr(kek_wrapped, 41, 1) = x'00' THEN x'01' ELSE x'00' END || substr(kek_wrapped, 42) AS BLOB) WHERE name = '{pool}'"
     )).unwrap();
@@ -155,18 +155,18 @@ async fn moved_rows(kind: Kind) {
 
     // The row is re-assigned to mallory in the catalog: the binding inside
     // the RSA envelope no longer matches.
-    let mallory = kb.catalog().client_by_name("mallory").unwrap();
-    kb.catalog().execute_raw(&format!("UPDATE deks SET client_id = {} WHERE id = '{}'", mallory.id, g.dek_id)).unwrap();
+    let mallory = kb.catalog().client_by_name("mallory").await.unwrap();
+    common::execute_raw(&kb, &format!("UPDATE deks SET client_id = {} WHERE id = '{}'", mallory.id, g.dek_id)).unwrap();
     let err = restore::recover_dek(&kb, &g.dek_id, "mallory", &actor()).await.unwrap_err();
     assert!(matches!(err, Error::Integrity { .. }), "{err}");
     assert!(err.to_string().contains("bound to another pool, client, id or client keys"), "{err}");
 
     // Moved to another pool: the other pool's KEK cannot decrypt it.
-    let original = kb.catalog().client_by_name(&client).unwrap();
-    kb.catalog().execute_raw(&format!("UPDATE deks SET client_id = {} WHERE id = '{}'", original.id, g.dek_id)).unwrap();
+    let original = kb.catalog().client_by_name(&client).await.unwrap();
+    common::execute_raw(&kb, &format!("UPDATE deks SET client_id = {} WHERE id = '{}'", original.id, g.dek_id)).unwrap();
     let other = pool_name();
     let p2 = pool_creation::create_pool(&kb, &other, "kms", &pool_creation::PoolOptions { kek_bits: 2048, master_key: None }, &actor()).await.unwrap();
-    kb.catalog().execute_raw(&format!("UPDATE deks SET pool_id = {} WHERE id = '{}'", p2.id, g.dek_id)).unwrap();
+    common::execute_raw(&kb, &format!("UPDATE deks SET pool_id = {} WHERE id = '{}'", p2.id, g.dek_id)).unwrap();
     let err = restore::recover_dek(&kb, &g.dek_id, &client, &actor()).await.unwrap_err();
     assert_kms_error(err, &format!("KEK of pool '{other}'"));
 }
@@ -183,7 +183,7 @@ async fn replaced_client_keys(kind: Kind) {
     let g = backup::issue_dek(&kb, &pool, &client, &actor()).await.unwrap();
     let theirs = seal::register(&client, &password("the-dbas-own-password"), test_kdf()).unwrap();
     let original: (String, Vec<u8>, Vec<u8>, Vec<u8>) = {
-        let c = kb.catalog().client_by_name(&client).unwrap();
+        let c = kb.catalog().client_by_name(&client).await.unwrap();
         (serde_json::to_string(&c.kdf).unwrap(), c.salt, c.seal_public.to_vec(), c.auth_public.unwrap().to_vec())
     };
     let set = |kdf: &str, salt: &[u8], seal_public: &[u8], auth_public: &[u8]| {
@@ -194,12 +194,12 @@ async fn replaced_client_keys(kind: Kind) {
             hex::encode(auth_public)
         )
     };
-    kb.catalog().execute_raw(&set(&serde_json::to_string(&theirs.kdf).unwrap(), &theirs.salt, &theirs.seal_public, &theirs.auth_public)).unwrap();
+    common::execute_raw(&kb, &set(&serde_json::to_string(&theirs.kdf).unwrap(), &theirs.salt, &theirs.seal_public, &theirs.auth_public)).unwrap();
     let err = restore::recover_dek(&kb, &g.dek_id, &client, &actor()).await.unwrap_err();
     assert!(matches!(err, Error::Integrity { .. }), "{err}");
     assert_eq!(err.exit_code(), 6);
     assert!(err.to_string().contains("the client's registration was replaced"), "{err}");
-    kb.catalog().execute_raw(&set(&original.0, &original.1, &original.2, &original.3)).unwrap();
+    common::execute_raw(&kb, &set(&original.0, &original.1, &original.2, &original.3)).unwrap();
     let back = restore::recover_dek(&kb, &g.dek_id, &client, &actor()).await.unwrap();
     seal::open(&back.sealed_dek, &client, &password("network-password-1")).unwrap();
 }
@@ -214,13 +214,12 @@ async fn replaced_kek_public(kind: Kind) {
     let kb = rig.open();
     let (pool, client) = pool_and_client(&kb).await;
     backup::issue_dek(&kb, &pool, &client, &actor()).await.unwrap();
-    let original = kb.catalog().pool_by_name(&pool).unwrap().kek_public;
+    let original = kb.catalog().pool_by_name(&pool).await.unwrap().kek_public;
     let other = pool_creation::create_pool(&kb, &pool_name(), "kms", &pool_creation::PoolOptions { kek_bits: 2048, master_key: None }, &actor()).await.unwrap();
     let set = |spki: &[u8]| format!("UPDATE pools SET kek_public = x'{}' WHERE name = '{pool}'", hex::encode(spki));
-    kb.catalog().execute_raw(&set(&other.kek_public)).unwrap();
-    let pool_id = kb.catalog().pool_by_name(&pool).unwrap().id;
-    let deks = |kb: &Keybridge| kb.catalog().count_deks(pool_id).unwrap();
-    let before = deks(&kb);
+    common::execute_raw(&kb, &set(&other.kek_public)).unwrap();
+    let pool_id = kb.catalog().pool_by_name(&pool).await.unwrap().id;
+    let before = kb.catalog().count_deks(pool_id).await.unwrap();
     let pins = rig.dir.path().join("kek-pins.json");
     for (what, needle) in [
         ("the creating process", "not the one this host checked against the KMS"),
@@ -239,9 +238,9 @@ async fn replaced_kek_public(kind: Kind) {
         assert!(matches!(err, Error::Integrity { .. }), "{what}: {err}");
         assert_eq!(err.exit_code(), 6, "{what}");
         assert!(err.to_string().contains(needle), "{what}: {err}");
-        assert_eq!(deks(kb), before, "{what}: a DEK was stored under the replaced KEK");
+        assert_eq!(kb.catalog().count_deks(pool_id).await.unwrap(), before, "{what}: a DEK was stored under the replaced KEK");
     }
-    kb.catalog().execute_raw(&set(&original)).unwrap();
+    common::execute_raw(&kb, &set(&original)).unwrap();
     let _ = std::fs::remove_file(&pins);
     let fresh = rig.open();
     let g = backup::issue_dek(&fresh, &pool, &client, &actor()).await.unwrap();
@@ -272,10 +271,10 @@ async fn missing_master_key(kind: Kind) {
     let kb = rig.open();
     let (pool, client) = pool_and_client(&kb).await;
     let g = backup::issue_dek(&kb, &pool, &client, &actor()).await.unwrap();
-    let p = kb.catalog().pool_by_name(&pool).unwrap();
+    let p = kb.catalog().pool_by_name(&pool).await.unwrap();
     match kind {
         Kind::Builtin => {
-            kb.catalog().execute_raw(&format!("UPDATE pools SET mk_material = NULL WHERE id = {}", p.id)).unwrap();
+            common::execute_raw(&kb, &format!("UPDATE pools SET mk_material = NULL WHERE id = {}", p.id)).unwrap();
         }
         _ => {
             let backend = kb.backend("kms").await.unwrap();
@@ -292,13 +291,12 @@ async fn missing_master_key(kind: Kind) {
 async fn no_orphan_master_key(kind: Kind) {
     let Some(rig) = Rig::new(kind) else { return };
     let kb = rig.open();
-    kb.catalog()
-        .execute_raw("CREATE TRIGGER injected_fault BEFORE INSERT ON pools BEGIN SELECT RAISE(ABORT, 'injected fault'); END")
+    common::execute_raw(&kb, "CREATE TRIGGER injected_fault BEFORE INSERT ON pools BEGIN SELECT RAISE(ABORT, 'injected fault'); END")
         .unwrap();
     let pool = pool_name();
     let err = pool_creation::create_pool(&kb, &pool, "kms", &pool_creation::PoolOptions { kek_bits: 2048, master_key: None }, &actor()).await.unwrap_err();
     assert!(err.to_string().contains("injected fault"), "{err}");
-    assert!(kb.catalog().list_pools().unwrap().is_empty());
+    assert!(kb.catalog().list_pools().await.unwrap().is_empty());
     let label = format!("keybridge-mk-{pool}");
     match kind {
         Kind::Builtin => {}
@@ -332,7 +330,7 @@ async fn key_attributes_from_token(kind: Kind) {
     let kb = rig.open();
     let (pool, client) = pool_and_client(&kb).await;
     let g = backup::issue_dek(&kb, &pool, &client, &actor()).await.unwrap();
-    let p = kb.catalog().pool_by_name(&pool).unwrap();
+    let p = kb.catalog().pool_by_name(&pool).await.unwrap();
 
     let backend = pkcs11_backend(&rig).await;
     let mk = backend.master_key_facts(&p.master_key).await.unwrap();
@@ -343,7 +341,7 @@ async fn key_attributes_from_token(kind: Kind) {
 
     // Restore through this backend instance, then inspect its cached KEK.
     use keybridge_kms::KeyBackend;
-    let row = kb.catalog().dek(&g.dek_id).unwrap();
+    let row = kb.catalog().dek(&g.dek_id).await.unwrap();
     backend.decrypt_dek(&p.kek(), &row.encrypted_dek).await.unwrap();
     let kek_facts = backend.cached_kek_facts(p.id).await.unwrap().expect("KEK cached after a restore");
     assert!(!kek_facts.token, "unwrapped KEK must be a session object: {kek_facts:?}");
@@ -412,8 +410,8 @@ async fn concurrent_issue_and_recover(kind: Kind) {
     for t in tasks {
         assert!(ids.insert(t.await.unwrap()));
     }
-    let p = kb.catalog().pool_by_name(&pool).unwrap();
-    assert_eq!(kb.catalog().count_deks(p.id).unwrap(), 64);
+    let p = kb.catalog().pool_by_name(&pool).await.unwrap();
+    assert_eq!(kb.catalog().count_deks(p.id).await.unwrap(), 64);
 }
 
 mod concurrency {
@@ -453,7 +451,7 @@ mod p11kit_client {
         let pool = pool_name();
         let err = pool_creation::create_pool(&kb, &pool, "kms", &pool_creation::PoolOptions { kek_bits: 2048, master_key: None }, &actor()).await.unwrap_err();
         assert_kms_error(err, "p11-kit's client module forwards no AES key wrap");
-        assert!(kb.catalog().list_pools().unwrap().is_empty());
+        assert!(kb.catalog().list_pools().await.unwrap().is_empty());
         assert_eq!(backend.count_keys_labelled(&format!("keybridge-mk-{pool}")).await.unwrap(), 0, "orphan master key left behind");
     }
 }

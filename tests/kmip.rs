@@ -34,7 +34,7 @@ fn rig(servers: &[String], extra: &str) -> (tempfile::TempDir, keybridge::Keybri
     let path = dir.path().join("keybridge.toml");
     std::fs::write(&path, format!("[catalog]\npath = \"keybridge.db\"\n{}", kms_toml("kmip", servers, "client", extra))).unwrap();
     let config = Config::load(&path).unwrap();
-    keybridge_catalog::Catalog::open_or_create(&config.catalog.path).unwrap();
+    keybridge_catalog::SqliteCatalog::open_or_create(&config.catalog.path).unwrap();
     let kb = keybridge::Keybridge::open(config).unwrap();
     (dir, kb)
 }
@@ -147,12 +147,12 @@ async fn cbc_wrap_on_kmip_1_2() {
     // padding check passes, keybridge's integrity check fails); one in the
     // second-to-last block garbles the padding (the server refuses). Both
     // give the same error, word for word: no padding oracle.
-    let original: Vec<u8> = kb.catalog().pool_by_name("p").unwrap().kek_wrapped;
+    let original: Vec<u8> = kb.catalog().pool_by_name("p").await.unwrap().kek_wrapped;
     let mut answers = Vec::new();
     for at in [60, original.len() - 17] {
         let mut blob = original.clone();
         blob[at] ^= 0x01;
-        kb.catalog().execute_raw(&format!("UPDATE pools SET kek_wrapped = x'{}' WHERE name = 'p'", hex::encode(&blob))).unwrap();
+        common::execute_raw(&kb, &format!("UPDATE pools SET kek_wrapped = x'{}' WHERE name = 'p'", hex::encode(&blob))).unwrap();
         kb.backend("kmip").await.unwrap().clear_cache().await;
         let err = restore::recover_dek(&kb, &g.dek_id, "c", &actor()).await.unwrap_err();
         assert_eq!(err.exit_code(), 5, "{err}");

@@ -20,7 +20,7 @@ async fn refused_login_is_not_retried(kind: Kind) {
     let path = dir.path().join("keybridge.toml");
     std::fs::write(&path, format!("[catalog]\npath = \"keybridge.db\"\n{kms}")).unwrap();
     let config = keybridge::config::Config::load(&path).unwrap();
-    keybridge_catalog::Catalog::open_or_create(&config.catalog.path).unwrap();
+    keybridge_catalog::SqliteCatalog::open_or_create(&config.catalog.path).unwrap();
     let kb = keybridge::Keybridge::open(config).unwrap();
     let first = kb.backend("kms").await.unwrap_err().to_string();
     assert!(first.contains("CKR_PIN_INCORRECT"), "{first}");

@@ -228,13 +228,13 @@ async fn run(cli: &Cli) -> Result<(Value, String)> {
                     Ok((pool_json(&p, None), text))
                 }
                 PoolCommand::List => {
-                    let pools = kb.catalog().list_pools()?;
+                    let pools = kb.catalog().list_pools().await?;
                     let text = pools.iter().map(|p| format!("{}\t{}\tRSA-{}\t{}\t{}\n", p.name, p.kms_name, p.kek_bits, p.wrap_mechanism, p.created_at)).collect();
                     Ok((json!({ "pools": pools.iter().map(|p| pool_json(p, None)).collect::<Vec<_>>() }), text))
                 }
                 PoolCommand::Show { name } => {
-                    let p = kb.catalog().pool_by_name(name)?;
-                    let n = kb.catalog().count_deks(p.id)?;
+                    let p = kb.catalog().pool_by_name(name).await?;
+                    let n = kb.catalog().count_deks(p.id).await?;
                     let v = pool_json(&p, Some(n));
                     Ok((v.clone(), serde_json::to_string_pretty(&v).unwrap_or_default() + "\n"))
                 }
@@ -255,8 +255,8 @@ async fn run(cli: &Cli) -> Result<(Value, String)> {
         Command::Audit { command } => {
             let kb = open(cli).await?;
             match command {
-                AuditCommand::Verify { expect_head } => audit_verify(&kb, expect_head.as_deref()),
-                AuditCommand::List { limit } => audit_list(&kb, *limit),
+                AuditCommand::Verify { expect_head } => audit_verify(&kb, expect_head.as_deref()).await,
+                AuditCommand::List { limit } => audit_list(&kb, *limit).await,
             }
         }
         Command::Dek { command } => match command {
@@ -288,9 +288,9 @@ const TAIL_NOTE: &str = "rows removed at the end of the log cannot be detected f
 
 /// `audit verify`: OK with the count and head, or the first break as an
 /// integrity error (exit code 6).
-fn audit_verify(kb: &Keybridge, expect_head: Option<&str>) -> Result<(Value, String)> {
-    let report = kb.catalog().verify_audit()?;
-    let what = || format!("audit log in {}", kb.catalog().path().display());
+async fn audit_verify(kb: &Keybridge, expect_head: Option<&str>) -> Result<(Value, String)> {
+    let report = kb.catalog().verify_audit().await?;
+    let what = || format!("audit log in {}", kb.catalog().location());
     if let Some(b) = &report.broken {
         let verified = if report.rows == 0 { "no row before it verifies".to_owned() } else { format!("rows 1 to {} verify", report.head_seq) };
         return Err(Error::Integrity { what: what(), reason: format!("{} ({verified})", b.message) });
@@ -301,7 +301,7 @@ fn audit_verify(kb: &Keybridge, expect_head: Option<&str>) -> Result<(Value, Str
             .ok()
             .filter(|b| b.len() == 32)
             .ok_or_else(|| Error::Input { what: "--expect-head".into(), reason: "not a SHA-256 hash in hex (64 hex digits)".into() })?;
-        if kb.catalog().audit_seq_of_hash(&bytes)?.is_none() {
+        if kb.catalog().audit_seq_of_hash(&bytes).await?.is_none() {
             return Err(Error::Integrity {
                 what: what(),
                 reason: format!(
@@ -321,8 +321,8 @@ fn audit_verify(kb: &Keybridge, expect_head: Option<&str>) -> Result<(Value, Str
 }
 
 /// `audit list`: the last `limit` rows, oldest first.
-fn audit_list(kb: &Keybridge, limit: usize) -> Result<(Value, String)> {
-    let rows = kb.catalog().audit_rows(limit)?;
+async fn audit_list(kb: &Keybridge, limit: usize) -> Result<(Value, String)> {
+    let rows = kb.catalog().audit_rows(limit).await?;
     let dash = |o: &Option<String>| o.clone().unwrap_or_else(|| "-".into());
     let text = rows
         .iter()
@@ -371,7 +371,7 @@ fn init(path: &Path) -> Result<(Value, String)> {
     }
     let config = Config::load(path)?;
     let existed = config.catalog.path.exists();
-    keybridge_catalog::Catalog::open_or_create(&config.catalog.path)?;
+    keybridge_catalog::SqliteCatalog::open_or_create(&config.catalog.path)?;
     if !existed {
         created.push(format!("catalog {}", config.catalog.path.display()));
     }

@@ -12,7 +12,8 @@
 
 use super::{audit_failure, envelope, DekGrant};
 use keybridge_catalog::audit::{Action, Actor, AuditEvent};
-use keybridge_catalog::{ClientRecord, DekRow, JobCompletion, JobRecord, PoolRecord};
+use keybridge_catalog::{ClientRecord, DekRow, PoolRecord};
+use keybridge_proto::api::{JobCompletion, JobRecord};
 use crate::context::Keybridge;
 use keybridge_kms::crypto::PublicKek;
 use keybridge_proto::secret::Dek;
@@ -30,7 +31,7 @@ pub async fn issue_dek(kb: &Keybridge, pool: &str, client: &str, actor: &Actor) 
 /// The pool, the client and the pool's public KEK for a DEK issue; a
 /// failure is audited as a failed `dek.issue`.
 async fn lookup(kb: &Keybridge, pool: &str, client: &str, actor: &Actor) -> Result<(PoolRecord, ClientRecord, PublicKek)> {
-    match find(kb, pool, client) {
+    match find(kb, pool, client).await {
         Ok(found) => Ok(found),
         Err(e) => Err(audit_failure(kb, AuditEvent::new(actor, Action::DekIssue).pool(pool).client(client), e).await),
     }
@@ -75,9 +76,9 @@ async fn checked_kek(kb: &Keybridge, pool: &PoolRecord, public: &PublicKek) -> R
     Ok(())
 }
 
-fn find(kb: &Keybridge, pool: &str, client: &str) -> Result<(PoolRecord, ClientRecord, PublicKek)> {
-    let pool = kb.catalog().pool_by_name(pool)?;
-    let client = kb.catalog().client_by_name(client)?;
+async fn find(kb: &Keybridge, pool: &str, client: &str) -> Result<(PoolRecord, ClientRecord, PublicKek)> {
+    let pool = kb.catalog().pool_by_name(pool).await?;
+    let client = kb.catalog().client_by_name(client).await?;
     let public = PublicKek::from_spki_der(&pool.kek_public).map_err(|e| Error::Integrity {
         what: format!("public KEK of pool '{}'", pool.name),
         reason: e.to_string(),
@@ -91,28 +92,28 @@ pub async fn start_job(kb: &Keybridge, pool: &str, client: &str, media_agent: &s
     let (pool, client, public) = lookup(kb, pool, client, actor).await?;
     let grant = issue_with(kb, &pool, &public, &client, actor).await?;
     let job_id = uuid::Uuid::now_v7().to_string();
-    let job = kb.catalog().insert_job(&job_id, pool.id, client.id, &grant.dek_id, media_agent)?;
+    let job = kb.catalog().insert_job(&job_id, pool.id, client.id, &grant.dek_id, media_agent).await?;
     tracing::info!(job = %job.id, pool = %pool.name, client = %client.name, "backup job started");
     Ok((job, grant))
 }
 
 /// Finish a backup job: the client reports the stream the MediaAgent
 /// stored. Only the job's own client may complete it.
-pub fn complete_job(kb: &Keybridge, job_id: &str, client: &str, done: &JobCompletion) -> Result<JobRecord> {
-    let job = own_job(kb, job_id, client)?;
+pub async fn complete_job(kb: &Keybridge, job_id: &str, client: &str, done: &JobCompletion) -> Result<JobRecord> {
+    let job = own_job(kb, job_id, client).await?;
     let valid = done.stream_checksum.strip_prefix("crc32c:").is_some_and(|h| h.len() == 8 && h.bytes().all(|b| b.is_ascii_hexdigit()));
     if !valid {
         return Err(Error::Input { what: format!("completion of job {job_id}"), reason: "stream_checksum must be 'crc32c:' and 8 hex digits".into() });
     }
-    let job = kb.catalog().complete_job(&job.id, done)?;
+    let job = kb.catalog().complete_job(&job.id, done).await?;
     tracing::info!(job = %job.id, bytes = done.stream_bytes, "backup job complete");
     Ok(job)
 }
 
 /// A job, if it belongs to `client`. Another client's job is reported as
 /// not found, so job ids cannot be probed.
-pub fn own_job(kb: &Keybridge, job_id: &str, client: &str) -> Result<JobRecord> {
-    let job = kb.catalog().job(job_id)?;
+pub async fn own_job(kb: &Keybridge, job_id: &str, client: &str) -> Result<JobRecord> {
+    let job = kb.catalog().job(job_id).await?;
     if job.client != client {
         return Err(Error::NotFound { what: "job", name: job_id.to_owned() });
     }

@@ -18,7 +18,7 @@ pub async fn add_client(kb: &Keybridge, name: &str, password: &SecretString, kdf
 
 async fn add(kb: &Keybridge, name: &str, password: &SecretString, kdf: KdfParams) -> Result<ClientRecord> {
     check_name("client name", name)?;
-    if kb.catalog().client_by_name(name).is_ok() {
+    if kb.catalog().client_by_name(name).await.is_ok() {
         return Err(Error::AlreadyExists { what: "client", name: name.to_owned() });
     }
     let password = password.clone();
@@ -26,17 +26,17 @@ async fn add(kb: &Keybridge, name: &str, password: &SecretString, kdf: KdfParams
     let reg = tokio::task::spawn_blocking(move || seal::register(&client, &password, kdf))
         .await
         .map_err(|e| Error::Internal(format!("client registration task failed: {e}")))??;
-    kb.catalog().insert_client(name, &reg)
+    kb.catalog().insert_client(name, &reg).await
 }
 
 /// Register a client from public material the client derived itself (the
 /// service's registration call: the password never leaves the client).
 pub async fn register_client(kb: &Keybridge, name: &str, reg: &Registration, actor: &Actor) -> Result<ClientRecord> {
-    let result = register(kb, name, reg);
+    let result = register(kb, name, reg).await;
     audited(kb, AuditEvent::new(actor, Action::ClientAdd).client(name), result).await
 }
 
-fn register(kb: &Keybridge, name: &str, reg: &Registration) -> Result<ClientRecord> {
+async fn register(kb: &Keybridge, name: &str, reg: &Registration) -> Result<ClientRecord> {
     check_name("client name", name)?;
     let bad = |reason: &str| Error::Input { what: format!("registration of client '{name}'"), reason: reason.to_owned() };
     reg.kdf.check().map_err(|reason| bad(&reason))?;
@@ -46,5 +46,5 @@ fn register(kb: &Keybridge, name: &str, reg: &Registration) -> Result<ClientReco
     if ed25519_dalek::VerifyingKey::from_bytes(&reg.auth_public).is_err() {
         return Err(bad("auth_public is not an Ed25519 public key"));
     }
-    kb.catalog().insert_client(name, reg)
+    kb.catalog().insert_client(name, reg).await
 }

@@ -51,7 +51,7 @@ async fn create(kb: &Keybridge, name: &str, kms: &str, opts: &PoolOptions<'_>) -
             reason: "must be 2048, 3072 or 4096 bits",
         });
     }
-    if kb.catalog().pool_by_name(name).is_ok() {
+    if kb.catalog().pool_by_name(name).await.is_ok() {
         return Err(Error::AlreadyExists { what: "pool", name: name.to_owned() });
     }
     let backend = kb.backend(kms).await?;
@@ -68,7 +68,7 @@ async fn create(kb: &Keybridge, name: &str, kms: &str, opts: &PoolOptions<'_>) -
     // Steps 2 and 3; on failure, remove what step 1 created.
     let result = async {
         let kek = backend.generate_kek(&mk, opts.kek_bits).await.map_err(on_kms)?;
-        kb.catalog().insert_pool(name, kms, backend.kind(), &identity, &mk, &kek)
+        kb.catalog().insert_pool(name, kms, backend.kind(), &identity, &mk, &kek).await
     }
     .await;
     match result {

@@ -62,10 +62,10 @@ fn recover_event(actor: &Actor, pool: Option<&str>, client: &str, dek_id: &str) 
 /// The recover itself; sets `pool_name` once the pool is known.
 async fn recover(kb: &Keybridge, dek_id: &str, client: &str, actor: &Actor, pool_name: &mut Option<String>) -> Result<(Dek, DekGrant)> {
     let catalog = kb.catalog();
-    let row = catalog.dek(dek_id)?;
-    let pool = catalog.pool_by_id(row.pool_id)?;
+    let row = catalog.dek(dek_id).await?;
+    let pool = catalog.pool_by_id(row.pool_id).await?;
     *pool_name = Some(pool.name.clone());
-    let requester = catalog.client_by_name(client)?;
+    let requester = catalog.client_by_name(client).await?;
     if row.client_id != requester.id {
         return Err(Error::Denied(format!("DEK {dek_id} was not issued to client '{client}'")));
     }

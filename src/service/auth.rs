@@ -40,7 +40,7 @@ pub(super) struct Claim {
 }
 
 /// Check the headers of a signed client request (see [`Claim`]).
-pub(super) fn claim(catalog: &Catalog, max_skew: u64, headers: &HeaderMap) -> Result<Claim, Refusal> {
+pub(super) async fn claim(catalog: &dyn Catalog, max_skew: u64, headers: &HeaderMap) -> Result<Claim, Refusal> {
     let client = header(headers, HEADER_CLIENT)?;
     let timestamp: u64 = header(headers, HEADER_TIMESTAMP)?.parse().map_err(|_| AuthError::Malformed(HEADER_TIMESTAMP))?;
     let nonce = header(headers, HEADER_NONCE)?;
@@ -53,7 +53,7 @@ pub(super) fn claim(catalog: &Catalog, max_skew: u64, headers: &HeaderMap) -> Re
     if skew > max_skew {
         return Err(AuthError::Skew(skew, max_skew).into());
     }
-    let record = catalog.client_by_name(client).map_err(|_| AuthError::UnknownClient(client.to_owned()))?;
+    let record = catalog.client_by_name(client).await.map_err(|_| AuthError::UnknownClient(client.to_owned()))?;
     let public = record.auth_public.ok_or_else(|| AuthError::NoAuthKey(client.to_owned()))?;
     Ok(Claim { client: client.to_owned(), timestamp, nonce: nonce.to_owned(), signature: signature.to_owned(), public, max_skew })
 }
@@ -66,7 +66,7 @@ impl Claim {
     /// it, also at another service process whose clock is up to `max_skew`
     /// behind this one's), so a replay is refused by every service process
     /// on the catalog, also after a restart.
-    pub(super) async fn verify(self, catalog: &Catalog, method: &str, path_and_query: &str, body: &[u8]) -> Result<String, Refusal> {
+    pub(super) async fn verify(self, catalog: &dyn Catalog, method: &str, path_and_query: &str, body: &[u8]) -> Result<String, Refusal> {
         let Claim { client, timestamp, nonce, signature, public, max_skew } = self;
         auth::verify(&public, &auth::canonical(method, path_and_query, &client, timestamp, &nonce, body), &signature, &client)?;
         // Only a verified request consumes its nonce, so forged requests

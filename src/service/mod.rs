@@ -143,8 +143,8 @@ impl Service {
         Ok(Json(result?).into_response())
     }
 
-    fn kms_of_pool(&self, pool: &str) -> String {
-        self.kb.catalog().pool_by_name(pool).map(|p| p.kms_name).unwrap_or_else(|_| "-".into())
+    async fn kms_of_pool(&self, pool: &str) -> String {
+        self.kb.catalog().pool_by_name(pool).await.map(|p| p.kms_name).unwrap_or_else(|_| "-".into())
     }
 
     /// Probe every KMS once and store the results.
@@ -205,7 +205,7 @@ async fn admit(s: &Service, route: &str, req: Request) -> std::result::Result<Re
             s.operator(req.headers())?;
             None
         }
-        Role::Client => Some(auth::claim(s.kb.catalog(), s.cfg.max_clock_skew_secs, req.headers()).map_err(|r| s.refused(r))?),
+        Role::Client => Some(auth::claim(s.kb.catalog().as_ref(), s.cfg.max_clock_skew_secs, req.headers()).await.map_err(|r| s.refused(r))?),
     };
     let (mut parts, body) = req.into_parts();
     let too_large = || ApiError::new(ErrorKind::Input, format!("the request body is larger than {MAX_BODY} bytes"));
@@ -221,7 +221,7 @@ async fn admit(s: &Service, route: &str, req: Request) -> std::result::Result<Re
     };
     if let Some(claim) = claim {
         let path = parts.uri.path_and_query().map_or("/", |p| p.as_str());
-        let client = claim.verify(s.kb.catalog(), parts.method.as_str(), path, &body).await.map_err(|r| s.refused(r))?;
+        let client = claim.verify(s.kb.catalog().as_ref(), parts.method.as_str(), path, &body).await.map_err(|r| s.refused(r))?;
         parts.extensions.insert(Caller(client));
     }
     Ok(Request::from_parts(parts, axum::body::Body::from(body)))
@@ -274,7 +274,7 @@ async fn metrics_text(State(s): State<Shared>) -> Response {
 
 async fn list_pools(State(s): State<Shared>) -> ApiResult {
     let started = Instant::now();
-    let pools = s.kb.catalog().list_pools().map(|ps| ps.iter().map(PoolRecord::to_json).collect::<Vec<_>>());
+    let pools = s.kb.catalog().list_pools().await.map(|ps| ps.iter().map(PoolRecord::to_json).collect::<Vec<_>>());
     s.finish("pool_list", "-", started, pools.map(|p| json!({ "pools": p })))
 }
 
@@ -288,7 +288,7 @@ async fn create_pool(State(s): State<Shared>, body: Bytes) -> ApiResult {
 
 async fn show_pool(State(s): State<Shared>, Path(name): Path<String>) -> ApiResult {
     let started = Instant::now();
-    let pool = s.kb.catalog().pool_by_name(&name).map(|p| p.to_json());
+    let pool = s.kb.catalog().pool_by_name(&name).await.map(|p| p.to_json());
     s.finish("pool_show", "-", started, pool)
 }
 
@@ -314,33 +314,30 @@ fn default_limit() -> u32 {
 
 async fn list_jobs(State(s): State<Shared>, Query(q): Query<JobsQuery>) -> ApiResult {
     let started = Instant::now();
-    let jobs = s.kb.catalog().list_jobs(q.client.as_deref(), q.limit.min(10_000));
+    let jobs = s.kb.catalog().list_jobs(q.client.as_deref(), q.limit.min(10_000)).await;
     s.finish("job_list", "-", started, jobs.map(|j| json!({ "jobs": j })))
 }
 
 async fn client_kdf(State(s): State<Shared>, Path(name): Path<String>) -> ApiResult {
     let started = Instant::now();
-    let c = s.kb.catalog().client_by_name(&name).map(|c| ClientKdf { client: c.name, salt: hex::encode(c.salt), kdf: c.kdf });
+    let c = s.kb.catalog().client_by_name(&name).await.map(|c| ClientKdf { client: c.name, salt: hex::encode(c.salt), kdf: c.kdf });
     s.finish("client_kdf", "-", started, c)
 }
 
 async fn issue_dek(State(s): State<Shared>, Extension(Caller(client)): Extension<Caller>, body: Bytes) -> ApiResult {
     let req: PoolRequest = parse_body(&body)?;
     let started = Instant::now();
-    let kms = s.kms_of_pool(&req.pool);
+    let kms = s.kms_of_pool(&req.pool).await;
     let grant = backup::issue_dek(&s.kb, &req.pool, &client, &Actor::Client(client.clone())).await;
     s.finish("dek_issue", &kms, started, grant)
 }
 
 async fn recover_dek(State(s): State<Shared>, Extension(Caller(client)): Extension<Caller>, Path(id): Path<String>) -> ApiResult {
     let started = Instant::now();
-    let kms = s
-        .kb
-        .catalog()
-        .dek(&id)
-        .and_then(|d| s.kb.catalog().pool_by_id(d.pool_id))
-        .map(|p| p.kms_name)
-        .unwrap_or_else(|_| "-".into());
+    let kms = match s.kb.catalog().dek(&id).await {
+        Ok(d) => s.kb.catalog().pool_by_id(d.pool_id).await.map(|p| p.kms_name).unwrap_or_else(|_| "-".into()),
+        Err(_) => "-".into(),
+    };
     let grant = restore::recover_dek(&s.kb, &id, &client, &Actor::Client(client.clone())).await;
     s.finish("dek_recover", &kms, started, grant)
 }
@@ -348,7 +345,7 @@ async fn recover_dek(State(s): State<Shared>, Extension(Caller(client)): Extensi
 async fn start_job(State(s): State<Shared>, Extension(Caller(client)): Extension<Caller>, body: Bytes) -> ApiResult {
     let req: PoolRequest = parse_body(&body)?;
     let started = Instant::now();
-    let kms = s.kms_of_pool(&req.pool);
+    let kms = s.kms_of_pool(&req.pool).await;
     let job = backup::start_job(&s.kb, &req.pool, &client, &s.cfg.media_agent, &Actor::Client(client.clone()))
         .await
         .map(|(job, grant)| JobStarted { agent_token: s.agent_token(AgentOp::Put, &job.id, &client), job_id: job.id, media_agent: job.media_agent, grant });
@@ -357,14 +354,14 @@ async fn start_job(State(s): State<Shared>, Extension(Caller(client)): Extension
 
 async fn get_job(State(s): State<Shared>, Extension(Caller(client)): Extension<Caller>, Path(id): Path<String>) -> ApiResult {
     let started = Instant::now();
-    let job = backup::own_job(&s.kb, &id, &client).map(|job| api::Job { agent_token: s.agent_token(AgentOp::Get, &job.id, &client), job });
+    let job = backup::own_job(&s.kb, &id, &client).await.map(|job| api::Job { agent_token: s.agent_token(AgentOp::Get, &job.id, &client), job });
     s.finish("job_get", "-", started, job)
 }
 
 async fn complete_job(State(s): State<Shared>, Extension(Caller(client)): Extension<Caller>, Path(id): Path<String>, body: Bytes) -> ApiResult {
     let req: api::CompleteJob = parse_body(&body)?;
     let started = Instant::now();
-    s.finish("job_complete", "-", started, backup::complete_job(&s.kb, &id, &client, &req))
+    s.finish("job_complete", "-", started, backup::complete_job(&s.kb, &id, &client, &req).await)
 }
 
 /// Run the service until `shutdown` resolves; in-flight requests finish

@@ -107,7 +107,7 @@ impl Rig {
         let config_path = dir.path().join("keybridge.toml");
         std::fs::write(&config_path, format!("[catalog]\npath = \"keybridge.db\"\n\n{kms}")).unwrap();
         let config = Config::load(&config_path).unwrap();
-        keybridge_catalog::Catalog::open_or_create(&config.catalog.path).unwrap();
+        keybridge_catalog::SqliteCatalog::open_or_create(&config.catalog.path).unwrap();
         if kind == Kind::Builtin {
             keybridge_kms::builtin::create_root_key(&dir.path().join("root.key")).unwrap();
         }
@@ -156,10 +156,23 @@ pub(crate) fn test_kdf() -> keybridge_proto::seal::KdfParams {
     keybridge_proto::seal::KdfParams { m_kib: keybridge_proto::seal::KdfParams::MIN_M_KIB, t: 5, ..Default::default() }
 }
 
+/// A connection of its own to `kb`'s SQLite catalog, as anyone who can
+/// write the file (a DBA, an attacker) has one.
+pub(crate) fn sqlite(kb: &Keybridge) -> rusqlite::Connection {
+    let conn = rusqlite::Connection::open(&kb.config().catalog.path).unwrap();
+    conn.busy_timeout(std::time::Duration::from_secs(30)).unwrap();
+    conn
+}
+
+/// Run one SQL statement on `kb`'s catalog behind keybridge's back.
+pub(crate) fn execute_raw(kb: &Keybridge, sql: &str) -> rusqlite::Result<usize> {
+    sqlite(kb).execute(sql, [])
+}
+
 /// SHA-256 over every row of every table: "nothing changed in the catalog".
 pub(crate) fn catalog_digest(kb: &Keybridge) -> String {
     use sha2::{Digest, Sha256};
-    let conn = rusqlite::Connection::open(kb.catalog().path()).unwrap();
+    let conn = sqlite(kb);
     let mut h = Sha256::new();
     for table in ["kms", "pools", "clients", "deks"] {
         let mut stmt = conn.prepare(&format!("SELECT * FROM {table} ORDER BY 1")).unwrap();

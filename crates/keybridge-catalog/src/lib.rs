@@ -1,31 +1,32 @@
-//! The catalog: SQLite (WAL, versioned migrations) holding the public and
-//! wrapped halves of the key hierarchy. It never holds a key in the clear:
-//! the private KEK only wrapped by the master key, DEKs only RSA-OAEP
+//! The catalog: what keybridge stores about pools, clients, DEKs and jobs,
+//! and the hash-chained audit log ([`audit`]). It never holds a key in the
+//! clear: the private KEK only wrapped by the master key, DEKs only RSA-OAEP
 //! encrypted, clients only as public key material derived from their
 //! password.
 //!
-//! Every multi-step change is one transaction. DEK inserts and audit records
-//! go through a group-commit writer (`writer.rs`) so that durable
-//! (`synchronous=FULL`) writes do not cost one fsync per DEK under load; the
-//! writer is also the only code that extends the audit hash chain.
+//! [`Catalog`] is the set of operations the flows, the service and the CLI
+//! need; an engine implements it. [`SqliteCatalog`] is the one engine today
+//! (the embedded default); a second one (PostgreSQL, for several instances)
+//! is another implementation of the same trait.
+//!
+//! It depends on the wire contract (keybridge-proto) and on the KMS layer's
+//! key references (keybridge-kms); never on the flows, the service or the
+//! CLI.
 
 pub mod audit;
-mod jobs;
-mod schema;
-mod writer;
+mod sqlite;
 
-use std::path::{Path, PathBuf};
-use std::sync::Mutex;
+use async_trait::async_trait;
 
-use rusqlite::{params, Connection, OptionalExtension, Row};
-
-use crate::audit::{AuditEvent, AuditRecord, AuditReport, ChainVerifier};
-use keybridge_kms::{MasterKeyRef, NewKek};
 use keybridge_kms::crypto::OaepHash;
-use keybridge_proto::{Error, Result};
+use keybridge_kms::{MasterKeyRef, NewKek};
+use keybridge_proto::api::{JobCompletion, JobRecord};
+use keybridge_proto::Result;
 
-pub use keybridge_proto::api::{JobCompletion, JobRecord, JobState};
-pub use writer::DekRow;
+use crate::audit::{AuditEvent, AuditRecord, AuditReport};
+
+pub use keybridge_proto::api::JobState;
+pub use sqlite::SqliteCatalog;
 
 /// A storage pool as stored.
 #[derive(Debug, Clone)]
@@ -110,93 +111,25 @@ pub struct DekRecord {
     pub created_at: String,
 }
 
-/// The catalog handle. Cheap to share behind an `Arc`.
-#[derive(Debug)]
-pub struct Catalog {
-    path: PathBuf,
-    conn: Mutex<Connection>,
-    writer: writer::DekWriter,
+/// A DEK row to insert.
+#[derive(Debug, Clone)]
+pub struct DekRow {
+    pub id: String,
+    pub pool_id: i64,
+    pub client_id: i64,
+    pub encrypted_dek: Vec<u8>,
 }
 
-type ClientRow = (i64, String, String, Vec<u8>, Vec<u8>, String, Option<Vec<u8>>);
-
-const NOW: &str = "strftime('%Y-%m-%dT%H:%M:%fZ','now')";
-
-fn open_connection(path: &Path) -> Result<Connection> {
-    let conn = Connection::open(path).map_err(Error::catalog(format!("opening {}", path.display())))?;
-    conn.busy_timeout(std::time::Duration::from_secs(30))
-        .map_err(Error::catalog("setting busy timeout"))?;
-    // WAL for concurrent readers; FULL so that a committed DEK survives power
-    // loss (the group-commit writer amortises the fsync).
-    conn.execute_batch("PRAGMA journal_mode=WAL; PRAGMA synchronous=FULL; PRAGMA foreign_keys=ON;")
-        .map_err(Error::catalog(format!("configuring {}", path.display())))?;
-    Ok(conn)
-}
-
-/// Create the catalog file 0600 if it is missing (SQLite gives its WAL and
-/// shared-memory files the database file's mode), and warn about an
-/// existing one that others may read: it holds wrapped keys and the audit
-/// log.
-fn create_private(path: &Path) -> Result<()> {
-    use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
-    let io = |source| Error::Io { context: "creating the catalog", path: path.to_owned(), source };
-    match std::fs::OpenOptions::new().write(true).create_new(true).mode(0o600).open(path) {
-        Ok(_) => Ok(()),
-        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
-            let mode = std::fs::metadata(path).map_err(io)?.permissions().mode();
-            if mode & 0o077 != 0 {
-                tracing::warn!(path = %path.display(), mode = format!("{:o}", mode & 0o777), "the catalog is readable or writable by others; chmod 600 it (and its -wal and -shm files)");
-            }
-            Ok(())
-        }
-        Err(e) => Err(io(e)),
-    }
-}
-
-impl Catalog {
-    /// Open an existing catalog, applying pending migrations.
-    pub fn open(path: &Path) -> Result<Catalog> {
-        if !path.exists() {
-            return Err(Error::CatalogSchema {
-                path: path.to_owned(),
-                reason: "does not exist; run `keybridge init` first".into(),
-            });
-        }
-        Self::open_or_create(path)
-    }
-
-    /// Open the catalog, creating it if missing, and apply migrations.
-    pub fn open_or_create(path: &Path) -> Result<Catalog> {
-        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-            std::fs::create_dir_all(dir).map_err(|source| Error::Io {
-                context: "creating catalog directory",
-                path: dir.to_owned(),
-                source,
-            })?;
-        }
-        create_private(path)?;
-        let mut conn = open_connection(path)?;
-        migrate(&mut conn, path)?;
-        let writer = writer::DekWriter::new(path.to_owned());
-        Ok(Catalog {
-            path: path.to_owned(),
-            conn: Mutex::new(conn),
-            writer,
-        })
-    }
-
-    pub fn path(&self) -> &Path {
-        &self.path
-    }
-
-    fn conn(&self) -> std::sync::MutexGuard<'_, Connection> {
-        // A panic while holding the lock cannot leave SQLite inconsistent
-        // (transactions roll back on drop), so a poisoned lock is usable.
-        self.conn.lock().unwrap_or_else(|e| e.into_inner())
-    }
+/// The operations on the catalog. Every write that must survive a crash is
+/// durable when the call returns.
+#[async_trait]
+pub trait Catalog: Send + Sync + std::fmt::Debug {
+    /// Where the catalog is, for messages (a file path, a database name;
+    /// never a password).
+    fn location(&self) -> String;
 
     /// Record a new pool (and its KMS entry on first use) in one transaction.
-    pub fn insert_pool(
+    async fn insert_pool(
         &self,
         name: &str,
         kms_name: &str,
@@ -204,337 +137,79 @@ impl Catalog {
         kms_identity: &str,
         mk: &MasterKeyRef,
         kek: &NewKek,
-    ) -> Result<PoolRecord> {
-        let mut conn = self.conn();
-        let tx = conn.transaction().map_err(Error::catalog("starting pool transaction"))?;
-        tx.execute(
-            &format!("INSERT INTO kms(name, kind, identity, first_used) VALUES (?1, ?2, ?3, {NOW}) ON CONFLICT(name) DO NOTHING"),
-            params![kms_name, kms_kind, kms_identity],
-        )
-        .map_err(Error::catalog("recording KMS entry"))?;
-        let exists: bool = tx
-            .query_row("SELECT 1 FROM pools WHERE name = ?1", [name], |_| Ok(true))
-            .optional()
-            .map_err(Error::catalog("checking pool name"))?
-            .unwrap_or(false);
-        if exists {
-            return Err(Error::AlreadyExists { what: "pool", name: name.to_owned() });
-        }
-        tx.execute(
-            &format!(
-                "INSERT INTO pools(name, kms_name, mk_id, mk_label, mk_material, mk_owned, kek_bits, kek_public,
-                                   kek_wrapped, wrap_mechanism, oaep_hash, params, created_at)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, {NOW})"
-            ),
-            params![
-                name,
-                kms_name,
-                mk.id,
-                mk.label,
-                mk.material,
-                mk.owned,
-                kek.bits as i64,
-                kek.public_spki,
-                kek.wrapped_private,
-                kek.wrap_mechanism,
-                kek.oaep_hash.to_string(),
-                kek.params.to_string(),
-            ],
-        )
-        .map_err(Error::catalog(format!("inserting pool '{name}'")))?;
-        let id = tx.last_insert_rowid();
-        tx.commit().map_err(Error::catalog(format!("committing pool '{name}'")))?;
-        drop(conn);
-        self.pool_by_id(id)
-    }
+    ) -> Result<PoolRecord>;
 
-    /// One row or none, through the connection's statement cache: the
-    /// restore path reads three rows per DEK, and parsing their SQL each
-    /// time cost more than running it.
-    fn query_one<T>(&self, sql: &str, param: &dyn rusqlite::ToSql, row: impl FnOnce(&Row<'_>) -> rusqlite::Result<T>) -> rusqlite::Result<Option<T>> {
-        self.conn().prepare_cached(sql)?.query_row([param], row).optional()
-    }
+    /// The pool named `name` (`NotFound` if none).
+    async fn pool_by_name(&self, name: &str) -> Result<PoolRecord>;
 
-    fn pool_query(&self, clause: &str, param: &dyn rusqlite::ToSql) -> Result<Option<PoolRecord>> {
-        self.query_one(
-            &format!(
-                "SELECT id, name, kms_name, mk_id, mk_label, mk_material, mk_owned, kek_bits, kek_public,
-                        kek_wrapped, wrap_mechanism, oaep_hash, params, created_at FROM pools WHERE {clause}"
-            ),
-            param,
-            pool_from_row,
-        )
-        .map_err(Error::catalog("reading pool"))
-    }
+    /// The pool with catalog id `id` (`NotFound` if none).
+    async fn pool_by_id(&self, id: i64) -> Result<PoolRecord>;
 
-    pub fn pool_by_name(&self, name: &str) -> Result<PoolRecord> {
-        self.pool_query("name = ?1", &name)?
-            .ok_or_else(|| Error::NotFound { what: "pool", name: name.to_owned() })
-    }
-
-    pub fn pool_by_id(&self, id: i64) -> Result<PoolRecord> {
-        self.pool_query("id = ?1", &id)?
-            .ok_or_else(|| Error::NotFound { what: "pool id", name: id.to_string() })
-    }
-
-    pub fn list_pools(&self) -> Result<Vec<PoolRecord>> {
-        let conn = self.conn();
-        let mut stmt = conn
-            .prepare(
-                "SELECT id, name, kms_name, mk_id, mk_label, mk_material, mk_owned, kek_bits, kek_public,
-                        kek_wrapped, wrap_mechanism, oaep_hash, params, created_at FROM pools ORDER BY name",
-            )
-            .map_err(Error::catalog("listing pools"))?;
-        let rows = stmt
-            .query_map([], pool_from_row)
-            .map_err(Error::catalog("listing pools"))?
-            .collect::<rusqlite::Result<Vec<_>>>()
-            .map_err(Error::catalog("listing pools"))?;
-        Ok(rows)
-    }
+    /// Every pool, by name.
+    async fn list_pools(&self) -> Result<Vec<PoolRecord>>;
 
     /// Number of DEKs issued under a pool.
-    pub fn count_deks(&self, pool_id: i64) -> Result<u64> {
-        let conn = self.conn();
-        conn.query_row("SELECT COUNT(*) FROM deks WHERE pool_id = ?1", [pool_id], |r| r.get::<_, i64>(0))
-            .map(|n| n as u64)
-            .map_err(Error::catalog("counting DEKs"))
-    }
+    async fn count_deks(&self, pool_id: i64) -> Result<u64>;
 
     /// Register a client.
-    pub fn insert_client(&self, name: &str, reg: &keybridge_proto::seal::Registration) -> Result<ClientRecord> {
-        let conn = self.conn();
-        let kdf_json = serde_json::to_string(&reg.kdf).expect("KdfParams serialises");
-        let res = conn.execute(
-            &format!(
-                "INSERT INTO clients(name, kdf, salt, seal_public, auth_public, created_at) VALUES (?1, ?2, ?3, ?4, ?5, {NOW})"
-            ),
-            params![name, kdf_json, reg.salt, &reg.seal_public[..], &reg.auth_public[..]],
-        );
-        match res {
-            Err(rusqlite::Error::SqliteFailure(e, _)) if e.code == rusqlite::ErrorCode::ConstraintViolation => {
-                return Err(Error::AlreadyExists { what: "client", name: name.to_owned() })
-            }
-            other => other.map_err(Error::catalog(format!("inserting client '{name}'")))?,
-        };
-        drop(conn);
-        self.client_by_name(name)
-    }
+    async fn insert_client(&self, name: &str, reg: &keybridge_proto::seal::Registration) -> Result<ClientRecord>;
 
-    fn client_query(&self, clause: &str, param: &dyn rusqlite::ToSql) -> Result<Option<ClientRecord>> {
-        self.query_one(
-            &format!("SELECT id, name, kdf, salt, seal_public, created_at, auth_public FROM clients WHERE {clause}"),
-            param,
-            |r| {
-                let kdf: String = r.get(2)?;
-                let public: Vec<u8> = r.get(4)?;
-                let auth: Option<Vec<u8>> = r.get(6)?;
-                Ok((r.get(0)?, r.get(1)?, kdf, r.get(3)?, public, r.get(5)?, auth))
-            },
-        )
-        .map_err(Error::catalog("reading client"))?
-        .map(|(id, name, kdf, salt, public, created_at, auth): ClientRow| {
-            let corrupt = |reason: &str| Error::Integrity {
-                what: format!("client '{name}' in the catalog"),
-                reason: reason.to_owned(),
-            };
-            let kdf = serde_json::from_str(&kdf).map_err(|_| corrupt("KDF parameters are not valid JSON"))?;
-            let seal_public: [u8; 32] =
-                public.as_slice().try_into().map_err(|_| corrupt("seal public key is not 32 bytes"))?;
-            let auth_public = auth
-                .map(|a| <[u8; 32]>::try_from(a.as_slice()).map_err(|_| corrupt("auth public key is not 32 bytes")))
-                .transpose()?;
-            Ok(ClientRecord { id, name, kdf, salt, seal_public, auth_public, created_at })
-        })
-        .transpose()
-    }
+    /// The client named `name` (`NotFound` if none).
+    async fn client_by_name(&self, name: &str) -> Result<ClientRecord>;
 
-    pub fn client_by_name(&self, name: &str) -> Result<ClientRecord> {
-        self.client_query("name = ?1", &name)?
-            .ok_or_else(|| Error::NotFound { what: "client", name: name.to_owned() })
-    }
-
-    pub fn client_by_id(&self, id: i64) -> Result<ClientRecord> {
-        self.client_query("id = ?1", &id)?
-            .ok_or_else(|| Error::NotFound { what: "client id", name: id.to_string() })
-    }
+    /// The client with catalog id `id` (`NotFound` if none).
+    async fn client_by_id(&self, id: i64) -> Result<ClientRecord>;
 
     /// Durably store one DEK row together with its audit record (one
     /// transaction); returns its `created_at`. Concurrent callers share one
     /// commit.
-    pub async fn insert_dek(&self, row: DekRow, event: AuditEvent) -> Result<String> {
-        self.writer.submit(Some(row), event).await
-    }
+    async fn insert_dek(&self, row: DekRow, event: AuditEvent) -> Result<String>;
 
     /// Append `event` to the audit chain; returns once it is durable.
     /// Concurrent callers share one commit.
-    pub async fn audit(&self, event: AuditEvent) -> Result<()> {
-        self.writer.submit(None, event).await.map(drop)
-    }
+    async fn audit(&self, event: AuditEvent) -> Result<()>;
 
     /// Record the nonce of a signed request from `client`, kept until
     /// `expires` (Unix seconds); false if it was recorded before, by this
     /// or any other process on the catalog (the request is a replay).
     /// Returns once durable; concurrent callers share one commit.
-    pub async fn consume_nonce(&self, client: &str, nonce: &str, expires: u64) -> Result<bool> {
-        self.writer.consume_nonce(client, nonce, expires).await
-    }
+    async fn consume_nonce(&self, client: &str, nonce: &str, expires: u64) -> Result<bool>;
 
     /// Queue `event` for the audit chain's next commit and return at once.
     /// Only for a record whose operation already has a durable row (the
     /// outcome of a recover after its "started" row); [`Catalog::flush`],
     /// [`Catalog::audit_rows`] and dropping the catalog wait for it.
-    pub fn audit_detached(&self, event: AuditEvent) -> Result<()> {
-        self.writer.submit_detached(event)
-    }
+    fn audit_detached(&self, event: AuditEvent) -> Result<()>;
 
     /// Wait until every audit record and DEK row this process queued is
     /// committed. Blocks the calling thread for the commits ahead of it.
-    pub fn flush(&self) -> Result<()> {
-        self.writer.flush()
-    }
+    async fn flush(&self) -> Result<()>;
 
     /// The last `limit` audit rows, oldest first, including every record
     /// this process queued before the call.
-    pub fn audit_rows(&self, limit: usize) -> Result<Vec<AuditRecord>> {
-        self.flush()?;
-        let conn = self.conn();
-        let mut stmt = conn
-            .prepare(
-                "SELECT * FROM (SELECT seq, at, actor, action, pool, client, dek_id, result, prev_hash, hash
-                                FROM audit ORDER BY seq DESC LIMIT ?1) ORDER BY seq",
-            )
-            .map_err(Error::catalog("listing audit rows"))?;
-        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
-        let rows = stmt
-            .query_map([limit], audit_from_row)
-            .map_err(Error::catalog("listing audit rows"))?
-            .collect::<rusqlite::Result<Vec<_>>>()
-            .map_err(Error::catalog("listing audit rows"))?;
-        Ok(rows)
-    }
+    async fn audit_rows(&self, limit: usize) -> Result<Vec<AuditRecord>>;
 
     /// The `seq` of the audit row whose hash is `hash`, if any.
-    pub fn audit_seq_of_hash(&self, hash: &[u8]) -> Result<Option<i64>> {
-        self.conn()
-            .query_row("SELECT seq FROM audit WHERE hash = ?1", [hash], |r| r.get(0))
-            .optional()
-            .map_err(Error::catalog("looking up an audit row by hash"))
-    }
+    async fn audit_seq_of_hash(&self, hash: &[u8]) -> Result<Option<i64>>;
 
     /// Walk the whole audit chain (one read snapshot) and report the first
     /// break, if any. A broken chain is a report, not an `Err`.
-    pub fn verify_audit(&self) -> Result<AuditReport> {
-        self.flush()?;
-        let conn = self.conn();
-        let mut stmt = conn
-            .prepare("SELECT seq, at, actor, action, pool, client, dek_id, result, prev_hash, hash FROM audit ORDER BY seq")
-            .map_err(Error::catalog("reading the audit log"))?;
-        let mut rows = stmt.query([]).map_err(Error::catalog("reading the audit log"))?;
-        let mut verifier = ChainVerifier::new();
-        while let Some(row) = rows.next().map_err(Error::catalog("reading the audit log"))? {
-            let record = match audit_from_row(row) {
-                Ok(r) => r,
-                // A value of the wrong type (text where a hash belongs...)
-                // is an edit: report it as one rather than as a catalog error.
-                Err(rusqlite::Error::InvalidColumnType(..) | rusqlite::Error::FromSqlConversionFailure(..)) => {
-                    let seq: i64 = row.get(0).unwrap_or(0);
-                    return Ok(verifier.finish_with_unreadable(seq));
-                }
-                Err(e) => return Err(Error::catalog("reading the audit log")(e)),
-            };
-            if !verifier.push(&record) {
-                break;
-            }
-        }
-        Ok(verifier.finish())
-    }
+    async fn verify_audit(&self) -> Result<AuditReport>;
 
-    pub fn dek(&self, id: &str) -> Result<DekRecord> {
-        self.query_one(
-            "SELECT id, pool_id, client_id, encrypted_dek, created_at FROM deks WHERE id = ?1",
-            &id,
-            |r| {
-                Ok(DekRecord {
-                    id: r.get(0)?,
-                    pool_id: r.get(1)?,
-                    client_id: r.get(2)?,
-                    encrypted_dek: r.get(3)?,
-                    created_at: r.get(4)?,
-                })
-            },
-        )
-        .map_err(Error::catalog(format!("reading DEK {id}")))?
-        .ok_or_else(|| Error::NotFound { what: "DEK", name: id.to_owned() })
-    }
+    /// The DEK row `id` (`NotFound` if none).
+    async fn dek(&self, id: &str) -> Result<DekRecord>;
 
-    /// Run raw SQL against the catalog. For tests and repair tools only.
-    #[doc(hidden)]
-    pub fn execute_raw(&self, sql: &str) -> Result<usize> {
-        self.conn().execute(sql, []).map_err(Error::catalog("raw statement"))
-    }
-}
+    /// Record a new running job for a DEK already stored.
+    async fn insert_job(&self, id: &str, pool_id: i64, client_id: i64, dek_id: &str, media_agent: &str) -> Result<JobRecord>;
 
-fn audit_from_row(r: &Row<'_>) -> rusqlite::Result<AuditRecord> {
-    Ok(AuditRecord {
-        seq: r.get(0)?,
-        at: r.get(1)?,
-        actor: r.get(2)?,
-        action: r.get(3)?,
-        pool: r.get(4)?,
-        client: r.get(5)?,
-        dek_id: r.get(6)?,
-        result: r.get(7)?,
-        prev_hash: r.get(8)?,
-        hash: r.get(9)?,
-    })
-}
+    /// The job `id` (`NotFound` if none).
+    async fn job(&self, id: &str) -> Result<JobRecord>;
 
-fn pool_from_row(r: &Row<'_>) -> rusqlite::Result<PoolRecord> {
-    let hash: String = r.get(11)?;
-    let params: String = r.get(12)?;
-    let bits: i64 = r.get(7)?;
-    Ok(PoolRecord {
-        id: r.get(0)?,
-        name: r.get(1)?,
-        kms_name: r.get(2)?,
-        master_key: MasterKeyRef {
-            id: r.get(3)?,
-            label: r.get(4)?,
-            material: r.get(5)?,
-            owned: r.get(6)?,
-        },
-        kek_bits: bits as usize,
-        kek_public: r.get(8)?,
-        kek_wrapped: r.get(9)?,
-        wrap_mechanism: r.get(10)?,
-        oaep_hash: hash.parse().map_err(|_| {
-            rusqlite::Error::FromSqlConversionFailure(11, rusqlite::types::Type::Text, format!("unknown OAEP hash '{hash}'").into())
-        })?,
-        params: serde_json::from_str(&params).map_err(|e| {
-            rusqlite::Error::FromSqlConversionFailure(12, rusqlite::types::Type::Text, Box::new(e))
-        })?,
-        created_at: r.get(13)?,
-    })
-}
+    /// Jobs, newest first; only `client`'s if given.
+    async fn list_jobs(&self, client: Option<&str>, limit: u32) -> Result<Vec<JobRecord>>;
 
-fn migrate(conn: &mut Connection, path: &Path) -> Result<()> {
-    let version: i64 = conn
-        .query_row("PRAGMA user_version", [], |r| r.get(0))
-        .map_err(Error::catalog("reading schema version"))?;
-    let known = schema::MIGRATIONS.len() as i64;
-    if version > known {
-        return Err(Error::CatalogSchema {
-            path: path.to_owned(),
-            reason: format!("schema version {version} is newer than this keybridge understands ({known}); upgrade keybridge"),
-        });
-    }
-    for (i, sql) in schema::MIGRATIONS.iter().enumerate().skip(version as usize) {
-        let tx = conn.transaction().map_err(Error::catalog("starting migration"))?;
-        tx.execute_batch(sql).map_err(Error::catalog(format!("applying migration {}", i + 1)))?;
-        tx.pragma_update(None, "user_version", (i + 1) as i64)
-            .map_err(Error::catalog("recording schema version"))?;
-        tx.commit().map_err(Error::catalog(format!("committing migration {}", i + 1)))?;
-    }
-    Ok(())
+    /// Mark a running job complete. Completing a job twice with the same
+    /// figures is accepted (a retried request); with other figures it is
+    /// refused.
+    async fn complete_job(&self, id: &str, done: &JobCompletion) -> Result<JobRecord>;
 }

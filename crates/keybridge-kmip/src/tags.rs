@@ -11,7 +11,30 @@
 //! `(value, name)` slice per enumeration, each generated with its constants
 //! by a small macro so the two cannot drift apart.
 
-use super::ttlv::Tag;
+use std::fmt;
+
+/// A KMIP tag (three bytes, normally `0x42xxxx`).
+#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Tag(pub u32);
+
+impl fmt::Debug for Tag {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match tag_name(*self) {
+            Some(n) => write!(f, "{n}(0x{:06X})", self.0),
+            None => write!(f, "0x{:06X}", self.0),
+        }
+    }
+}
+
+impl fmt::Display for Tag {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match tag_name(*self) {
+            Some(n) => f.write_str(n),
+            None => write!(f, "0x{:06X}", self.0),
+        }
+    }
+}
+
 
 macro_rules! tags {
     ($($name:ident = $value:literal => $text:literal,)*) => {

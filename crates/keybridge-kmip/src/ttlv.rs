@@ -9,27 +9,7 @@
 
 use std::fmt;
 
-/// A KMIP tag (three bytes, normally `0x42xxxx`).
-#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct Tag(pub u32);
-
-impl fmt::Debug for Tag {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match super::tags::tag_name(*self) {
-            Some(n) => write!(f, "{n}(0x{:06X})", self.0),
-            None => write!(f, "0x{:06X}", self.0),
-        }
-    }
-}
-
-impl fmt::Display for Tag {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match super::tags::tag_name(*self) {
-            Some(n) => f.write_str(n),
-            None => write!(f, "0x{:06X}", self.0),
-        }
-    }
-}
+pub use crate::tags::Tag;
 
 /// The TTLV item types.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -6,7 +6,7 @@
 
 use rusqlite::{params, Row};
 
-use super::{Catalog, NOW};
+use super::{SqliteCatalog, NOW};
 use keybridge_proto::api::{JobCompletion, JobRecord, JobState};
 use keybridge_proto::{Error, Result};
 
@@ -50,9 +50,8 @@ fn job_from_row(r: &Row<'_>) -> rusqlite::Result<JobRecord> {
     })
 }
 
-impl Catalog {
-    /// Record a new running job for a DEK already stored.
-    pub fn insert_job(&self, id: &str, pool_id: i64, client_id: i64, dek_id: &str, media_agent: &str) -> Result<JobRecord> {
+impl SqliteCatalog {
+    pub(super) fn insert_job_row(&self, id: &str, pool_id: i64, client_id: i64, dek_id: &str, media_agent: &str) -> Result<JobRecord> {
         self.conn()
             .execute(
                 &format!(
@@ -62,17 +61,16 @@ impl Catalog {
                 params![id, pool_id, client_id, dek_id, media_agent],
             )
             .map_err(Error::catalog(format!("recording job {id}")))?;
-        self.job(id)
+        self.job_row(id)
     }
 
-    pub fn job(&self, id: &str) -> Result<JobRecord> {
+    pub(super) fn job_row(&self, id: &str) -> Result<JobRecord> {
         self.query_one(&format!("{SELECT} WHERE j.id = ?1"), &id, job_from_row)
             .map_err(Error::catalog(format!("reading job {id}")))?
             .ok_or_else(|| Error::NotFound { what: "job", name: id.to_owned() })
     }
 
-    /// Jobs, newest first; only `client`'s if given.
-    pub fn list_jobs(&self, client: Option<&str>, limit: u32) -> Result<Vec<JobRecord>> {
+    pub(super) fn list_job_rows(&self, client: Option<&str>, limit: u32) -> Result<Vec<JobRecord>> {
         let conn = self.conn();
         let mut stmt = conn
             .prepare(&format!("{SELECT} WHERE (?1 IS NULL OR c.name = ?1) ORDER BY j.created_at DESC, j.id DESC LIMIT ?2"))
@@ -85,11 +83,8 @@ impl Catalog {
         Ok(rows)
     }
 
-    /// Mark a running job complete. Completing a job twice with the same
-    /// figures is accepted (a retried request); with other figures it is
-    /// refused.
-    pub fn complete_job(&self, id: &str, done: &JobCompletion) -> Result<JobRecord> {
-        let job = self.job(id)?;
+    pub(super) fn complete_job_row(&self, id: &str, done: &JobCompletion) -> Result<JobRecord> {
+        let job = self.job_row(id)?;
         if job.state == JobState::Complete {
             let same = job.completion.as_ref().is_some_and(|c| {
                 c.stream_bytes == done.stream_bytes && c.stream_checksum == done.stream_checksum
@@ -120,6 +115,6 @@ impl Catalog {
         if changed != 1 {
             return Err(Error::Internal(format!("job {id} changed state while being completed")));
         }
-        self.job(id)
+        self.job_row(id)
     }
 }

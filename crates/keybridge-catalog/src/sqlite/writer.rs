@@ -37,6 +37,7 @@ use rusqlite::{params, OptionalExtension, TransactionBehavior};
 use tokio::sync::oneshot;
 
 use crate::audit::{row_hash, AuditEvent, RowFields, GENESIS};
+use crate::DekRow;
 use keybridge_proto::{Error, Result};
 
 /// Largest number of jobs in one commit.
@@ -71,15 +72,6 @@ const GATHER_GAP: Duration = Duration::from_micros(250);
 /// Expired nonces are deleted at most this often (in a commit that
 /// records one).
 const NONCE_PURGE_EVERY: Duration = Duration::from_secs(60);
-
-/// A DEK row to insert.
-#[derive(Debug, Clone)]
-pub struct DekRow {
-    pub id: String,
-    pub pool_id: i64,
-    pub client_id: i64,
-    pub encrypted_dek: Vec<u8>,
-}
 
 /// One unit of work, answered with [`Committed`].
 #[derive(Debug)]
@@ -389,7 +381,8 @@ fn commit(conn: &mut rusqlite::Connection, batch: &[Job], purge: bool) -> rusqli
 
 #[cfg(test)]
 mod tests {
-    use super::super::Catalog;
+    use super::super::SqliteCatalog;
+    use crate::Catalog;
     use keybridge_proto::api::auth::unix_now;
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -398,7 +391,7 @@ mod tests {
         let path = dir.path().join("kb.db");
         let later = unix_now() + 300;
         {
-            let catalog = Catalog::open_or_create(&path).unwrap();
+            let catalog = SqliteCatalog::open_or_create(&path).unwrap();
             // Two uses of one nonce queued at once share a commit: only the
             // first is fresh.
             let (a, b) = tokio::join!(catalog.consume_nonce("alice", "n1", later), catalog.consume_nonce("alice", "n1", later));
@@ -407,7 +400,7 @@ mod tests {
             assert!(catalog.consume_nonce("bob", "n1", later).await.unwrap());
         }
         // Another process (here: a reopened catalog) sees them.
-        let catalog = Catalog::open(&path).unwrap();
+        let catalog = SqliteCatalog::open(&path).unwrap();
         assert!(!catalog.consume_nonce("alice", "n1", later).await.unwrap());
         assert!(catalog.consume_nonce("alice", "n2", later).await.unwrap());
     }
@@ -415,15 +408,15 @@ mod tests {
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn expired_nonces_are_purged() {
         let dir = tempfile::tempdir().unwrap();
-        let catalog = Catalog::open_or_create(&dir.path().join("kb.db")).unwrap();
+        let catalog = SqliteCatalog::open_or_create(&dir.path().join("kb.db")).unwrap();
         // The writer's first commit with a nonce purges.
         assert!(catalog.consume_nonce("alice", "old", 1).await.unwrap());
         assert!(catalog.consume_nonce("alice", "new", unix_now() + 300).await.unwrap());
-        let count = |c: &Catalog| c.conn().query_row("SELECT count(*) FROM request_nonces", [], |r| r.get::<_, i64>(0)).unwrap();
+        let count = |c: &SqliteCatalog| c.conn().query_row("SELECT count(*) FROM request_nonces", [], |r| r.get::<_, i64>(0)).unwrap();
         assert_eq!(count(&catalog), 2);
         drop(catalog);
         // A new writer purges on its first nonce commit: "old" expired long ago.
-        let catalog = Catalog::open(&dir.path().join("kb.db")).unwrap();
+        let catalog = SqliteCatalog::open(&dir.path().join("kb.db")).unwrap();
         assert!(catalog.consume_nonce("alice", "newer", unix_now() + 300).await.unwrap());
         assert_eq!(count(&catalog), 2);
     }
