@@ -4,19 +4,25 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use tokio::sync::Mutex;
+use tokio::sync::OnceCell;
 
 use keybridge_kms::{self, BackendError, KeyBackend};
 use keybridge_catalog::{Catalog, SqliteCatalog};
 use crate::config::Config;
 use crate::{Error, Result};
 
+/// A KMS opened on first use (empty until then, and after a failed open).
+type BackendCell = Arc<OnceCell<Arc<dyn KeyBackend>>>;
+
 /// A running keybridge: configuration, catalog, backends.
 #[derive(Debug)]
 pub struct Keybridge {
     config: Config,
     catalog: Arc<dyn Catalog>,
-    backends: Mutex<HashMap<String, Arc<dyn KeyBackend>>>,
+    /// One cell per KMS name, filled by the first use. The map's lock is
+    /// held only to find a cell, never while a KMS opens: a hanging HSM
+    /// holds up the callers of that KMS alone.
+    backends: std::sync::Mutex<HashMap<String, BackendCell>>,
     /// KMS whose login was refused, with (token, reason): never tried again
     /// by this process, because tokens lock the PIN after a few wrong tries
     /// and a long-running service would otherwise retry on every request
@@ -35,7 +41,7 @@ impl Keybridge {
     /// lazily, so a dead HSM does not stop commands that do not need it.
     pub fn open(config: Config) -> Result<Self> {
         let catalog = Arc::new(SqliteCatalog::open(&config.catalog.path)?);
-        Ok(Keybridge { config, catalog, backends: Mutex::new(HashMap::new()), refused: Default::default(), kek_pins: Default::default(), kek_checked: Default::default() })
+        Ok(Keybridge { config, catalog, backends: Default::default(), refused: Default::default(), kek_pins: Default::default(), kek_checked: Default::default() })
     }
 
     pub fn config(&self) -> &Config {
@@ -48,10 +54,16 @@ impl Keybridge {
 
     /// The backend for `[[kms]] name`, opened on first use.
     pub async fn backend(&self, name: &str) -> Result<Arc<dyn KeyBackend>> {
-        let mut map = self.backends.lock().await;
-        if let Some(b) = map.get(name) {
-            return Ok(b.clone());
-        }
+        self.config.kms(name)?;
+        let cell = self.backends().entry(name.to_owned()).or_default().clone();
+        cell.get_or_try_init(|| self.open_backend(name)).await.cloned()
+    }
+
+    fn backends(&self) -> std::sync::MutexGuard<'_, HashMap<String, BackendCell>> {
+        self.backends.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    async fn open_backend(&self, name: &str) -> Result<Arc<dyn KeyBackend>> {
         let cfg = self.config.kms(name)?;
         if let Some((token, reason)) = self.refused.lock().unwrap_or_else(|e| e.into_inner()).get(name) {
             return Err(Error::backend(name)(BackendError::Login {
@@ -59,17 +71,12 @@ impl Keybridge {
                 reason: format!("{reason}; not retried, so the token does not lock the PIN: fix the PIN and restart"),
             }));
         }
-        let b = match keybridge_kms::open(cfg).await {
-            Ok(b) => b,
-            Err(e) => {
-                if let BackendError::Login { token, reason } = &e {
-                    self.refused.lock().unwrap_or_else(|e| e.into_inner()).insert(name.to_owned(), (token.clone(), reason.clone()));
-                }
-                return Err(Error::backend(name)(e));
+        keybridge_kms::open(cfg).await.map_err(|e| {
+            if let BackendError::Login { token, reason } = &e {
+                self.refused.lock().unwrap_or_else(|e| e.into_inner()).insert(name.to_owned(), (token.clone(), reason.clone()));
             }
-        };
-        map.insert(name.to_owned(), b.clone());
-        Ok(b)
+            Error::backend(name)(e)
+        })
     }
 
     /// Whether this process already found `kek_public` to be `pool`'s
@@ -123,12 +130,12 @@ impl Keybridge {
     /// Forget an opened backend (after a failed health probe), so the next
     /// use opens it afresh.
     pub async fn forget_backend(&self, name: &str) {
-        self.backends.lock().await.remove(name);
+        self.backends().remove(name);
     }
 
     /// The backends opened so far, by name.
     pub async fn open_backends(&self) -> Vec<(String, Arc<dyn KeyBackend>)> {
-        self.backends.lock().await.iter().map(|(n, b)| (n.clone(), b.clone())).collect()
+        self.backends().iter().filter_map(|(n, cell)| Some((n.clone(), cell.get()?.clone()))).collect()
     }
 }
 

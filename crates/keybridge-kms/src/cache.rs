@@ -1,51 +1,69 @@
-//! A small TTL cache for unwrapped KEKs, keyed by pool id. Used by every
-//! backend so that restoring many DEKs of one pool costs one unwrap.
+//! The one TTL cache of unwrapped KEKs, keyed by pool id, used by every
+//! backend so that restoring many DEKs of one pool costs one unwrap: the
+//! built-in and KMIP backends keep the parsed private key in memory
+//! ([`SoftwareKeks`]), the PKCS#11 backend a handle to the key unwrapped in
+//! the token.
 
 use std::collections::HashMap;
 use std::future::Future;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use tokio::sync::Mutex;
 use zeroize::Zeroizing;
 
 use super::{BackendError, PoolKek};
 use crate::crypto::PrivateKek;
 
-/// Cached values expire `ttl` after insertion. Expired entries are dropped
-/// (and so zeroized or destroyed by their `Drop`) on the next access.
+/// Values expire `ttl` after insertion; with a zero TTL nothing is kept.
+/// Expired entries are dropped (and so zeroized or destroyed by their
+/// `Drop`) on the next lookup. The lock is never held across an await or a
+/// KMS call.
 #[derive(Debug)]
-pub struct TtlCache<V> {
+pub(crate) struct TtlCache<V> {
     ttl: Duration,
     entries: Mutex<HashMap<i64, (Instant, V)>>,
 }
 
 impl<V: Clone> TtlCache<V> {
-    pub fn new(ttl: Duration) -> Self {
+    pub(crate) fn new(ttl: Duration) -> Self {
         TtlCache { ttl, entries: Mutex::new(HashMap::new()) }
     }
 
-    /// The live value for `key`, if any.
-    pub async fn get(&self, key: i64) -> Option<V> {
-        let mut map = self.entries.lock().await;
+    fn entries(&self) -> std::sync::MutexGuard<'_, HashMap<i64, (Instant, V)>> {
+        // A panic elsewhere cannot leave the map half-updated.
+        self.entries.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The live value for `key`, if any. Entries past their TTL, or for
+    /// which `valid` says no, leave the cache first.
+    pub(crate) fn get_valid(&self, key: i64, valid: impl Fn(&V) -> bool) -> Option<V> {
+        let mut map = self.entries();
         let now = Instant::now();
-        map.retain(|_, (at, _)| now.duration_since(*at) < self.ttl);
+        map.retain(|_, (at, v)| now.duration_since(*at) < self.ttl && valid(v));
         map.get(&key).map(|(_, v)| v.clone())
     }
 
-    pub async fn insert(&self, key: i64, value: V) {
-        if self.ttl.is_zero() {
-            return;
+    /// The live value for `key`, if any.
+    pub(crate) fn get(&self, key: i64) -> Option<V> {
+        self.get_valid(key, |_| true)
+    }
+
+    pub(crate) fn insert(&self, key: i64, value: V) {
+        if !self.ttl.is_zero() {
+            self.entries().insert(key, (Instant::now(), value));
         }
-        self.entries.lock().await.insert(key, (Instant::now(), value));
     }
 
-    pub async fn remove(&self, key: i64) {
-        self.entries.lock().await.remove(&key);
+    /// Drop `key`'s entry if `is_it` says it is still the one the caller saw.
+    pub(crate) fn remove_if(&self, key: i64, is_it: impl FnOnce(&V) -> bool) {
+        let mut map = self.entries();
+        if map.get(&key).is_some_and(|(_, v)| is_it(v)) {
+            map.remove(&key);
+        }
     }
 
-    pub async fn clear(&self) {
-        self.entries.lock().await.clear();
+    pub(crate) fn clear(&self) {
+        self.entries().clear();
     }
 }
 
@@ -89,7 +107,7 @@ impl SoftwareKeks {
         F: FnOnce() -> Fut,
         Fut: Future<Output = Result<Zeroizing<Vec<u8>>, BackendError>>,
     {
-        let cached = self.cache.get(kek.pool_id).await;
+        let cached = self.cache.get(kek.pool_id);
         self.stats.record(cached.is_some());
         let private = match cached {
             Some(p) => p,
@@ -100,7 +118,7 @@ impl SoftwareKeks {
                     mk: kek.master_key.label.clone(),
                     detail: format!("the unwrapped bytes are not a private key: {e}"),
                 })?);
-                self.cache.insert(kek.pool_id, private.clone()).await;
+                self.cache.insert(kek.pool_id, private.clone());
                 private
             }
         };
@@ -113,6 +131,6 @@ impl SoftwareKeks {
     }
 
     pub async fn clear(&self) {
-        self.cache.clear().await;
+        self.cache.clear();
     }
 }

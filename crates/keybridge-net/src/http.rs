@@ -80,7 +80,7 @@ pub const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
 /// Connections open at once; a connection beyond it is closed at once, so
 /// idle sockets cannot take every file descriptor. Slow clients are shed by
 /// the timeouts above long before this many pile up. Lower where the
-/// process may not open that many files ([`connection_cap`]).
+/// process may not open that many files (see `connection_cap`).
 pub const MAX_CONNECTIONS: usize = 4096;
 /// Descriptors kept free of connections: the catalog, the store's files,
 /// KMS connections, logs.

@@ -74,7 +74,7 @@ pub enum CryptoError {
     #[error("operating system random number generator failed: {0}")]
     Random(String),
 
-    /// An [`OaepHash`] name could not be parsed.
+    /// An OAEP hash name (keybridge-kms's `OaepHash`) could not be parsed.
     #[error("unknown OAEP hash {0:?}: expected \"sha1\" or \"sha256\"")]
     UnknownOaepHash(String),
 }

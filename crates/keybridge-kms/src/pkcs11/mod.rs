@@ -21,9 +21,8 @@ pub mod rv;
 mod session;
 pub mod uri;
 
-use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use async_trait::async_trait;
 use cryptoki::error::{Error as CkError, RvError};
@@ -37,6 +36,7 @@ use zeroize::Zeroizing;
 
 use self::session::{ck_to_backend, Doing, OpError, TokenSessions};
 use self::uri::Pkcs11Uri;
+use super::cache::{CacheStats, TtlCache};
 use super::{BackendError, KeyBackend, MasterKeyRef, NewKek, PoolKek, ProbeReport};
 use crate::config::Pkcs11Config;
 use crate::crypto::{OaepHash, PublicKek};
@@ -108,41 +108,42 @@ impl Drop for CachedKek {
     }
 }
 
-/// Unwrapped KEKs per pool, with insertion time.
-#[derive(Debug, Default)]
+/// Unwrapped KEKs per pool (the backends' one TTL cache), and the handles
+/// of those no longer used, to destroy.
+#[derive(Debug)]
 struct KekCache {
-    entries: Mutex<HashMap<i64, (Instant, Arc<CachedKek>)>>,
+    entries: TtlCache<Arc<CachedKek>>,
     graveyard: Arc<Mutex<Vec<(ObjectHandle, u64)>>>,
-    stats: super::cache::CacheStats,
+    stats: CacheStats,
 }
 
 impl KekCache {
-    /// The live KEK for `pool`. Entries past their TTL or from an older
-    /// session epoch leave the cache (old-epoch objects died with their
-    /// session and are never destroyed by handle).
-    fn get(&self, pool: i64, ttl: Duration, epoch: u64) -> Option<Arc<CachedKek>> {
-        let mut map = self.entries.lock().unwrap_or_else(|e| e.into_inner());
-        let now = Instant::now();
-        map.retain(|_, (at, k)| k.epoch == epoch && now.duration_since(*at) < ttl);
-        map.get(&pool).map(|(_, k)| k.clone())
+    fn new(ttl: Duration) -> Self {
+        KekCache { entries: TtlCache::new(ttl), graveyard: Arc::default(), stats: CacheStats::default() }
     }
 
+    /// The live KEK for `pool`. Entries from an older session epoch leave
+    /// the cache (old-epoch objects died with their session and are never
+    /// destroyed by handle).
+    fn get(&self, pool: i64, epoch: u64) -> Option<Arc<CachedKek>> {
+        self.entries.get_valid(pool, |k| k.epoch == epoch)
+    }
+
+    /// Hold `handle` as `pool`'s KEK: cached for later calls (TTL) or,
+    /// with no TTL, destroyed by a later call once this one drops it.
     fn insert(&self, pool: i64, epoch: u64, handle: ObjectHandle) -> Arc<CachedKek> {
         let k = Arc::new(CachedKek { handle, epoch, graveyard: self.graveyard.clone() });
-        self.entries.lock().unwrap_or_else(|e| e.into_inner()).insert(pool, (Instant::now(), k.clone()));
+        self.entries.insert(pool, k.clone());
         k
     }
 
     /// Drop `pool`'s entry if it is still `k` (a stale or failing handle).
     fn evict(&self, pool: i64, k: &Arc<CachedKek>) {
-        let mut map = self.entries.lock().unwrap_or_else(|e| e.into_inner());
-        if map.get(&pool).is_some_and(|(_, cur)| Arc::ptr_eq(cur, k)) {
-            map.remove(&pool);
-        }
+        self.entries.remove_if(pool, |cur| Arc::ptr_eq(cur, k));
     }
 
     fn clear(&self) {
-        self.entries.lock().unwrap_or_else(|e| e.into_inner()).clear();
+        self.entries.clear();
     }
 
     /// Handles no longer used by anyone, to destroy in session epoch `epoch`.
@@ -173,7 +174,6 @@ pub struct Pkcs11Backend {
     token: TokenFacts,
     /// Preferred key-wrap-with-padding mechanism, if the token has one.
     wrap: Option<u64>,
-    kek_ttl: Duration,
     kek_cache: Arc<KekCache>,
     oaep_probe: tokio::sync::OnceCell<OaepHash>,
     /// Held while creating or destroying token objects (`module::token_writes`).
@@ -489,8 +489,7 @@ impl Pkcs11Backend {
             sessions,
             token,
             wrap,
-            kek_ttl: config.kek_cache_ttl(),
-            kek_cache: Arc::new(KekCache::default()),
+            kek_cache: Arc::new(KekCache::new(config.kek_cache_ttl())),
             oaep_probe: tokio::sync::OnceCell::new(),
             token_writes,
         })
@@ -546,7 +545,7 @@ impl Pkcs11Backend {
 
     /// The token's view of the cached unwrapped KEK of a pool, if cached.
     pub async fn cached_kek_facts(&self, pool_id: i64) -> Result<Option<KeyFacts>, BackendError> {
-        match self.kek_cache.get(pool_id, self.kek_ttl, self.sessions.epoch()) {
+        match self.kek_cache.get(pool_id, self.sessions.epoch()) {
             None => Ok(None),
             Some(k) => self.sessions.run("reading KEK attributes", move |s| key_facts(s, k.handle)).await.map(Some),
         }
@@ -754,7 +753,6 @@ impl KeyBackend for Pkcs11Backend {
         })?;
         let cache = self.kek_cache.clone();
         let sessions = self.sessions.clone();
-        let ttl = self.kek_ttl;
         let (pool_id, pool, hash) = (kek.pool_id, kek.pool_name.to_owned(), kek.oaep_hash);
         let mk = kek.master_key.clone();
         let wrapped = kek.wrapped_private.to_vec();
@@ -771,7 +769,7 @@ impl KeyBackend for Pkcs11Backend {
                 // failure other than a lost session sends us to the cold path
                 // once (the handle may have died or been reused); errors of
                 // the cold path are the ones reported.
-                let warm = cache.get(pool_id, ttl, epoch);
+                let warm = cache.get(pool_id, epoch);
                 cache.stats.record(warm.is_some());
                 if let Some(k) = warm {
                     match s.decrypt(&oaep(hash), k.handle, &ct) {
@@ -792,11 +790,7 @@ impl KeyBackend for Pkcs11Backend {
                 };
                 // Held until this call ends; cached for others (TTL) or, with
                 // no TTL, destroyed by a later call.
-                let kek = if ttl.is_zero() {
-                    Arc::new(CachedKek { handle: h, epoch, graveyard: cache.graveyard.clone() })
-                } else {
-                    cache.insert(pool_id, epoch, h)
-                };
+                let kek = cache.insert(pool_id, epoch, h);
                 s.decrypt(&oaep(hash), kek.handle, &ct).map(Zeroizing::new).map_err(|e| decrypt_error(e, &pool))
             })
             .await
