@@ -979,7 +979,7 @@ fn kmip_encrypt_run(rt: &Runtime, client: &Arc<keybridge_kms::kmip::client::Kmip
                     while Instant::now() < deadline {
                         let iv = keybridge_proto::crypto::random_array::<12>().expect("iv").to_vec();
                         client
-                            .call_one(Request::Encrypt { uid: uid.clone(), mode: CipherMode::Gcm, data: vec![0x5a; 64], iv, aad: Vec::new() })
+                            .call_one(Request::Encrypt { uid: uid.clone(), mode: CipherMode::Gcm, data: vec![0x5a; 64].into(), iv, aad: Vec::new() })
                             .await
                             .expect("KMIP Encrypt");
                         n += 1;

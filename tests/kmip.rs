@@ -83,7 +83,7 @@ async fn every_operation_at_each_version() {
         // AES-GCM with AAD from KMIP 1.4 on; CBC with PKCS#5 before.
         let (mode, iv) = if version == "version = \"1.2\"\n" { (CipherMode::CbcPkcs5, vec![7u8; 16]) } else { (CipherMode::Gcm, vec![7u8; 12]) };
         let plain = b"sixty-four bytes of data for the benchmark and the tests.......".to_vec();
-        let enc = client.call_one(Request::Encrypt { uid: uid.clone(), mode, data: plain.clone(), iv: iv.clone(), aad: b"aad".to_vec() }).await.unwrap();
+        let enc = client.call_one(Request::Encrypt { uid: uid.clone(), mode, data: plain.clone().into(), iv: iv.clone(), aad: b"aad".to_vec() }).await.unwrap();
         let enc = enc.encrypted().unwrap();
         let (ct, tag) = (enc.data, enc.tag);
         let tag = if mode == CipherMode::Gcm { tag.expect("GCM tag") } else { Vec::new() };
@@ -93,7 +93,7 @@ async fn every_operation_at_each_version() {
             .unwrap()
             .decrypted()
             .unwrap();
-        assert_eq!(pt, plain, "{version}");
+        assert_eq!(*pt, plain, "{version}");
         if mode == CipherMode::Gcm {
             // Wrong AAD: the server refuses, with its reason.
             let err = client.call_one(Request::Decrypt { uid: uid.clone(), mode, data: ct, iv, aad: b"other".to_vec(), tag }).await.unwrap_err();

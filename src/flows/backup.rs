@@ -65,7 +65,7 @@ async fn checked_kek(kb: &Keybridge, pool: &PoolRecord, public: &PublicKek) -> R
     let encrypted = public.encrypt(pool.oaep_hash, &probe[..]).map_err(Error::crypto(format!("encrypting under the KEK of pool '{}'", pool.name)))?;
     let backend = kb.backend(&pool.kms_name).await?;
     match backend.decrypt_dek(&pool.kek(), &encrypted).await {
-        Ok(plain) if plain[..] == probe[..] => {}
+        Ok(plain) if plain.expose() == &probe[..] => {}
         Ok(_) | Err(keybridge_kms::BackendError::DekDecrypt { .. }) => {
             return Err(replaced("the KMS cannot decrypt what it encrypts: it does not belong to the pool's private KEK (the catalog row was replaced); no DEK is issued under it".into()))
         }

@@ -84,7 +84,7 @@ async fn recover(kb: &Keybridge, dek_id: &str, client: &str, actor: &Actor, pool
     started?;
     let plain = plain.map_err(Error::backend(&pool.kms_name))?;
     let sealer = sealer?;
-    let dek = envelope::open(&plain, dek_id, &pool.name, &requester)?;
+    let dek = envelope::open(plain.expose(), dek_id, &pool.name, &requester)?;
     let sealed_dek = sealer.seal(&dek, &pool.name, dek_id)?;
     tracing::info!(pool = %pool.name, client, dek = dek_id, %actor, "DEK recovered");
     Ok((dek, DekGrant { dek_id: dek_id.to_owned(), pool: pool.name, client: requester.name, sealed_dek, created_at: row.created_at }))

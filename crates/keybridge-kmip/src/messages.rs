@@ -9,6 +9,8 @@
 
 use std::fmt;
 
+use zeroize::Zeroizing;
+
 use super::tags::{self as t, self as enums};
 use super::ttlv::{Item, Tag, Value};
 
@@ -171,7 +173,8 @@ pub enum Request {
     /// Create an AES key of `bits` with the given extra attributes.
     CreateAes { bits: i32, usage_mask: i32, attributes: Vec<Attribute> },
     Activate { uid: String },
-    Encrypt { uid: String, mode: CipherMode, data: Vec<u8>, iv: Vec<u8>, aad: Vec<u8> },
+    /// `data` is the plaintext (a private KEK): zeroized on drop.
+    Encrypt { uid: String, mode: CipherMode, data: Zeroizing<Vec<u8>>, iv: Vec<u8>, aad: Vec<u8> },
     Decrypt { uid: String, mode: CipherMode, data: Vec<u8>, iv: Vec<u8>, aad: Vec<u8>, tag: Vec<u8> },
     Get { uid: String },
     /// Locate by attributes (all must match).
@@ -255,7 +258,7 @@ impl Request {
             Request::Activate { uid: u } | Request::Get { uid: u } | Request::Destroy { uid: u } => vec![uid(u)],
             // Authenticated-encryption fields exist from KMIP 1.4 on.
             Request::Encrypt { uid: u, mode, data, iv, aad } => {
-                let mut v = vec![uid(u), mode.parameters(), Item::bytes(t::DATA, data.clone()), Item::bytes(t::IV_COUNTER_NONCE, iv.clone())];
+                let mut v = vec![uid(u), mode.parameters(), Item::new(t::DATA, Value::ByteString(data.clone())), Item::bytes(t::IV_COUNTER_NONCE, iv.clone())];
                 if *mode == CipherMode::Gcm && !aad.is_empty() && version >= Version::new(1, 4) {
                     v.push(Item::bytes(t::AUTHENTICATED_ENCRYPTION_ADDITIONAL_DATA, aad.clone()));
                 }
@@ -421,6 +424,11 @@ fn bytes_of(p: &Item, tag: Tag, what: &str) -> Result<Vec<u8>, ResponseError> {
     p.child(tag).and_then(Item::as_bytes).map(<[u8]>::to_vec).ok_or_else(|| bad(format!("no {what} in the response")))
 }
 
+/// [`bytes_of`] for secrets: zeroized on drop.
+fn secret_of(p: &Item, tag: Tag, what: &str) -> Result<Zeroizing<Vec<u8>>, ResponseError> {
+    bytes_of(p, tag, what).map(Zeroizing::new)
+}
+
 impl BatchResult {
     /// Unique Identifier of a Create/Activate/Revoke/Destroy/Add-/Modify-Attribute result.
     pub fn uid(&self) -> Result<String, ResponseError> {
@@ -438,12 +446,12 @@ impl BatchResult {
     }
 
     /// Decrypt result: the plaintext.
-    pub fn decrypted(&self) -> Result<Vec<u8>, ResponseError> {
-        bytes_of(self.payload()?, t::DATA, "Data")
+    pub fn decrypted(&self) -> Result<Zeroizing<Vec<u8>>, ResponseError> {
+        secret_of(self.payload()?, t::DATA, "Data")
     }
 
     /// Get of a symmetric key: its raw key material.
-    pub fn key_material(&self) -> Result<Vec<u8>, ResponseError> {
+    pub fn key_material(&self) -> Result<Zeroizing<Vec<u8>>, ResponseError> {
         let p = self.payload()?;
         let block = p
             .items()

@@ -9,6 +9,8 @@
 
 use std::fmt;
 
+use zeroize::Zeroizing;
+
 pub use crate::tags::Tag;
 
 /// The TTLV item types.
@@ -77,7 +79,9 @@ pub enum Value {
     Enumeration(u32),
     Boolean(bool),
     TextString(String),
-    ByteString(Vec<u8>),
+    /// Zeroized on drop: byte strings carry key material (a decrypted
+    /// private KEK, an exported key) as often as anything else.
+    ByteString(Zeroizing<Vec<u8>>),
     /// Seconds since the Unix epoch.
     DateTime(i64),
     /// Seconds.
@@ -159,7 +163,7 @@ impl Item {
         Item::new(tag, Value::TextString(v.into()))
     }
     pub fn bytes(tag: Tag, v: impl Into<Vec<u8>>) -> Item {
-        Item::new(tag, Value::ByteString(v.into()))
+        Item::new(tag, Value::ByteString(Zeroizing::new(v.into())))
     }
     pub fn date_time(tag: Tag, v: i64) -> Item {
         Item::new(tag, Value::DateTime(v))
@@ -449,7 +453,7 @@ impl Decoder<'_> {
                 Ok(s) => Value::TextString(s.to_owned()),
                 Err(e) => return self.fail(vstart + e.valid_up_to(), DecodeErrorKind::BadUtf8),
             },
-            ItemType::ByteString => Value::ByteString(v.to_vec()),
+            ItemType::ByteString => Value::ByteString(Zeroizing::new(v.to_vec())),
         };
         if let Some(i) = self.buf[vend..pend].iter().position(|b| *b != 0) {
             return self.fail(vend + i, DecodeErrorKind::NonZeroPadding);

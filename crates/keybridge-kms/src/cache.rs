@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 
 use zeroize::Zeroizing;
 
-use super::{BackendError, PoolKek};
+use super::{BackendError, DekPlaintext, PoolKek};
 use crate::crypto::PrivateKek;
 
 /// Values expire `ttl` after insertion; with a zero TTL nothing is kept.
@@ -102,7 +102,7 @@ impl SoftwareKeks {
 
     /// Decrypt `encrypted` with the pool's KEK; on a cache miss `unwrap`
     /// produces the KEK's PKCS#8 (from the KMS).
-    pub async fn decrypt_dek<F, Fut>(&self, kek: &PoolKek<'_>, encrypted: &[u8], unwrap: F) -> Result<Zeroizing<Vec<u8>>, BackendError>
+    pub async fn decrypt_dek<F, Fut>(&self, kek: &PoolKek<'_>, encrypted: &[u8], unwrap: F) -> Result<DekPlaintext, BackendError>
     where
         F: FnOnce() -> Fut,
         Fut: Future<Output = Result<Zeroizing<Vec<u8>>, BackendError>>,
@@ -127,6 +127,7 @@ impl SoftwareKeks {
         tokio::task::spawn_blocking(move || private.decrypt(hash, &ct))
             .await
             .map_err(|e| BackendError::Other(format!("DEK decryption task failed: {e}")))?
+            .map(DekPlaintext::new)
             .map_err(|e| BackendError::DekDecrypt { pool: kek.pool_name.to_owned(), detail: e.to_string() })
     }
 

@@ -76,6 +76,28 @@ pub struct PoolKek<'a> {
     pub oaep_hash: OaepHash,
 }
 
+/// What a DEK's RSA-OAEP ciphertext decrypts to: the DEK envelope (the DEK
+/// and its binding to its catalog row; the flows' `envelope` module builds
+/// and opens it). Zeroized on drop, not `Clone`, never printed.
+pub struct DekPlaintext(Zeroizing<Vec<u8>>);
+
+impl DekPlaintext {
+    pub(crate) fn new(bytes: Zeroizing<Vec<u8>>) -> Self {
+        DekPlaintext(bytes)
+    }
+
+    /// The envelope's bytes, for the one place that opens it.
+    pub fn expose(&self) -> &[u8] {
+        &self.0
+    }
+}
+
+impl fmt::Debug for DekPlaintext {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "DekPlaintext(<{} bytes>)", self.0.len())
+    }
+}
+
 /// Result of a capability and health probe.
 #[derive(Debug, Clone, Serialize)]
 pub struct ProbeReport {
@@ -183,7 +205,7 @@ pub trait KeyBackend: Send + Sync + fmt::Debug {
 
     /// Decrypt an RSA-OAEP encrypted DEK with the pool's KEK. The unwrapped
     /// KEK is cached per pool for the configured TTL.
-    async fn decrypt_dek(&self, kek: &PoolKek<'_>, encrypted: &[u8]) -> Result<Zeroizing<Vec<u8>>, BackendError>;
+    async fn decrypt_dek(&self, kek: &PoolKek<'_>, encrypted: &[u8]) -> Result<DekPlaintext, BackendError>;
 
     /// Destroy a master key created by keybridge (rollback of a failed pool
     /// creation, or pool deletion).

@@ -11,8 +11,10 @@ pub use secrecy::{ExposeSecret, SecretString};
 /// Length of a data-encryption key in bytes (AES-256).
 pub const DEK_LEN: usize = 32;
 
-/// A data-encryption key. Never printed, zeroized on drop.
-#[derive(Clone, Zeroize, zeroize::ZeroizeOnDrop)]
+/// A data-encryption key. Never printed, zeroized on drop, and not `Clone`:
+/// a move leaves no copy behind, so where the key lives is where it was
+/// passed.
+#[derive(Zeroize, zeroize::ZeroizeOnDrop)]
 pub struct Dek([u8; DEK_LEN]);
 
 impl Dek {

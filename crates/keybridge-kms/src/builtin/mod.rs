@@ -18,7 +18,7 @@ use async_trait::async_trait;
 use zeroize::Zeroizing;
 
 use super::cache::SoftwareKeks;
-use super::{BackendError, KeyBackend, MasterKeyRef, NewKek, PoolKek, ProbeReport};
+use super::{BackendError, DekPlaintext, KeyBackend, MasterKeyRef, NewKek, PoolKek, ProbeReport};
 use crate::config::BuiltinConfig;
 use crate::crypto::{kwp, OaepHash, PrivateKek};
 
@@ -199,7 +199,7 @@ impl KeyBackend for BuiltinBackend {
         })
     }
 
-    async fn decrypt_dek(&self, kek: &PoolKek<'_>, encrypted: &[u8]) -> Result<Zeroizing<Vec<u8>>, BackendError> {
+    async fn decrypt_dek(&self, kek: &PoolKek<'_>, encrypted: &[u8]) -> Result<DekPlaintext, BackendError> {
         self.keks.decrypt_dek(kek, encrypted, || async { self.unwrap_kek(kek) }).await
     }
 

@@ -18,6 +18,7 @@ use std::time::{Duration, Instant};
 
 use rustls::pki_types::ServerName;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use zeroize::Zeroizing;
 use tokio::net::TcpStream;
 use tokio::sync::{OnceCell, Semaphore};
 use tokio_rustls::client::TlsStream;
@@ -232,7 +233,8 @@ impl KmipClient {
             let total = ttlv::message_len(&header, &self.limits)
                 .map_err(|e| Failure::Garbage(e.to_string()))?
                 .expect("8 bytes read");
-            let mut buf = vec![0u8; total];
+            // Answers carry key material (a decrypted private KEK).
+            let mut buf = Zeroizing::new(vec![0u8; total]);
             buf[..ttlv::HEADER_LEN].copy_from_slice(&header);
             conn.stream.read_exact(&mut buf[ttlv::HEADER_LEN..]).await.map_err(Failure::Io)?;
             Ok(buf)
@@ -245,7 +247,8 @@ impl KmipClient {
     /// Send `batch` at `version`, with failover; returns the server's
     /// results (any of which may be a refusal) and the server's address.
     async fn send(&self, version: Version, batch: &[Request]) -> Result<(Vec<BatchResult>, String), KmipError> {
-        let request = ttlv::encode(&messages::request_message(version, batch));
+        // Requests carry key material too (a private KEK to encrypt).
+        let request = Zeroizing::new(ttlv::encode(&messages::request_message(version, batch)));
         let _permit = self.permits.acquire().await.expect("semaphore never closed");
         let mut failures = Vec::new();
         for server in self.order() {

@@ -28,7 +28,7 @@ use zeroize::Zeroizing;
 
 use self::client::{KmipClient, KmipError};
 use super::cache::SoftwareKeks;
-use super::{BackendError, KeyBackend, MasterKeyRef, NewKek, PoolKek, ProbeReport};
+use super::{BackendError, DekPlaintext, KeyBackend, MasterKeyRef, NewKek, PoolKek, ProbeReport};
 use crate::config::KmipConfig;
 use crate::crypto::{OaepHash, PrivateKek};
 use keybridge_kmip::messages::{Attribute, CipherMode, Request};
@@ -167,7 +167,7 @@ impl KmipBackend {
 
     async fn export_mk(&self, mk: &MasterKeyRef) -> Result<Zeroizing<Vec<u8>>, BackendError> {
         let r = self.client.call_one(Request::Get { uid: mk.id.clone() }).await.map_err(|e| missing_or(e, mk))?;
-        r.key_material().map(Zeroizing::new).map_err(|e| BackendError::Kmip(format!("Get of master key {}: {}", mk.label, e.0)))
+        r.key_material().map_err(|e| BackendError::Kmip(format!("Get of master key {}: {}", mk.label, e.0)))
     }
 
     /// Wrap `pkcs8` under the MK.
@@ -179,7 +179,7 @@ impl KmipBackend {
                 let iv = crate::crypto::random_array::<IV_LEN>().map_err(random)?;
                 let r = self
                     .client
-                    .call_one(Request::Encrypt { uid: mk.id.clone(), mode: CipherMode::Gcm, data: pkcs8.to_vec(), iv: iv.to_vec(), aad })
+                    .call_one(Request::Encrypt { uid: mk.id.clone(), mode: CipherMode::Gcm, data: Zeroizing::new(pkcs8.to_vec()), iv: iv.to_vec(), aad })
                     .await
                     .map_err(|e| missing_or(e, mk))?;
                 let enc = r.encrypted().map_err(|e| BackendError::Kmip(e.0))?;
@@ -191,7 +191,7 @@ impl KmipBackend {
                 let iv = crate::crypto::random_array::<CBC_IV_LEN>().map_err(random)?;
                 let r = self
                     .client
-                    .call_one(Request::Encrypt { uid: mk.id.clone(), mode: CipherMode::CbcPkcs5, data: pkcs8.to_vec(), iv: iv.to_vec(), aad: Vec::new() })
+                    .call_one(Request::Encrypt { uid: mk.id.clone(), mode: CipherMode::CbcPkcs5, data: Zeroizing::new(pkcs8.to_vec()), iv: iv.to_vec(), aad: Vec::new() })
                     .await
                     .map_err(|e| missing_or(e, mk))?;
                 let ct = r.encrypted().map_err(|e| BackendError::Kmip(e.0))?.data;
@@ -224,7 +224,7 @@ impl KmipBackend {
                     .call_one(Request::Decrypt { uid: kek.master_key.id.clone(), mode: CipherMode::Gcm, data: ct.to_vec(), iv: iv.to_vec(), aad, tag: tag.to_vec() })
                     .await
                     .map_err(refused)?;
-                r.decrypted().map(Zeroizing::new).map_err(|e| BackendError::Kmip(e.0))
+                r.decrypted().map_err(|e| BackendError::Kmip(e.0))
             }
             WRAP_SERVER_CBC => {
                 let (iv, check, ct) = split_blob(kek.wrapped_private, CBC_MAGIC, CBC_IV_LEN).ok_or_else(not_ours)?;
@@ -240,7 +240,7 @@ impl KmipBackend {
                         KmipError::Refused { code, .. } if code != Some(enums::result_reason::ITEM_NOT_FOUND) => altered(),
                         other => missing_or(other, kek.master_key),
                     })?;
-                let pkcs8 = Zeroizing::new(r.decrypted().map_err(|e| BackendError::Kmip(e.0))?);
+                let pkcs8 = r.decrypted().map_err(|e| BackendError::Kmip(e.0))?;
                 if cbc_check(&pkcs8) != check {
                     return Err(altered());
                 }
@@ -406,7 +406,7 @@ impl KeyBackend for KmipBackend {
         })
     }
 
-    async fn decrypt_dek(&self, kek: &PoolKek<'_>, encrypted: &[u8]) -> Result<Zeroizing<Vec<u8>>, BackendError> {
+    async fn decrypt_dek(&self, kek: &PoolKek<'_>, encrypted: &[u8]) -> Result<DekPlaintext, BackendError> {
         self.keks.decrypt_dek(kek, encrypted, || self.unwrap(kek)).await
     }
 

@@ -37,7 +37,7 @@ use zeroize::Zeroizing;
 use self::session::{ck_to_backend, Doing, OpError, TokenSessions};
 use self::uri::Pkcs11Uri;
 use super::cache::{CacheStats, TtlCache};
-use super::{BackendError, KeyBackend, MasterKeyRef, NewKek, PoolKek, ProbeReport};
+use super::{BackendError, DekPlaintext, KeyBackend, MasterKeyRef, NewKek, PoolKek, ProbeReport};
 use crate::config::Pkcs11Config;
 use crate::crypto::{OaepHash, PublicKek};
 use keybridge_proto::secret::{ExposeSecret, SecretString};
@@ -747,7 +747,7 @@ impl KeyBackend for Pkcs11Backend {
         })
     }
 
-    async fn decrypt_dek(&self, kek: &PoolKek<'_>, encrypted: &[u8]) -> Result<Zeroizing<Vec<u8>>, BackendError> {
+    async fn decrypt_dek(&self, kek: &PoolKek<'_>, encrypted: &[u8]) -> Result<DekPlaintext, BackendError> {
         let wrap = wrap_mechanism_code(kek.wrap_mechanism).ok_or_else(|| {
             BackendError::Unsupported(format!("pool '{}' was wrapped with {}, which this backend does not use", kek.pool_name, kek.wrap_mechanism))
         })?;
@@ -773,7 +773,7 @@ impl KeyBackend for Pkcs11Backend {
                 cache.stats.record(warm.is_some());
                 if let Some(k) = warm {
                     match s.decrypt(&oaep(hash), k.handle, &ct) {
-                        Ok(pt) => return Ok(Zeroizing::new(pt)),
+                        Ok(pt) => return Ok(DekPlaintext::new(Zeroizing::new(pt))),
                         Err(e @ CkError::Pkcs11(rv, _)) if !matches!(rv::disposition(rv), rv::Disposition::Permanent) && !bad_ciphertext(rv) => {
                             return Err(decrypt_error(e, &pool));
                         }
@@ -791,7 +791,7 @@ impl KeyBackend for Pkcs11Backend {
                 // Held until this call ends; cached for others (TTL) or, with
                 // no TTL, destroyed by a later call.
                 let kek = cache.insert(pool_id, epoch, h);
-                s.decrypt(&oaep(hash), kek.handle, &ct).map(Zeroizing::new).map_err(|e| decrypt_error(e, &pool))
+                s.decrypt(&oaep(hash), kek.handle, &ct).map(|pt| DekPlaintext::new(Zeroizing::new(pt))).map_err(|e| decrypt_error(e, &pool))
             })
             .await
     }
