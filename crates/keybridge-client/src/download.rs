@@ -2,7 +2,7 @@
 //! own. rustls reads at most one TLS record (16 KiB) per call on its
 //! socket; under reqwest that is one system call per 16 KiB received. Here
 //! the socket sits behind a 256 KiB read buffer, as on the serving side
-//! (`keybridge_net::http`), which took a 1 GiB restore from ~65 000 reads to a few
+//! (the servers in `keybridge_net::http`), which took a 1 GiB restore from ~65 000 reads to a few
 //! thousand.
 
 use std::sync::Arc;
@@ -67,7 +67,7 @@ pub async fn get(url: &str, bearer: &str, tls: &Arc<rustls::ClientConfig>, peer:
         .map_err(|_| fail("timed out: connecting".into()))?
         .map_err(|e| fail(format!("cannot connect: {e}")))?;
     let _ = tcp.set_nodelay(true);
-    let tcp = tokio::io::BufReader::with_capacity(keybridge_net::http::TLS_READ_BUFFER, tcp);
+    let tcp = tokio::io::BufReader::with_capacity(keybridge_net::TLS_READ_BUFFER, tcp);
     let path = match parsed.query() {
         Some(q) => format!("{}?{q}", parsed.path()),
         None => parsed.path().to_owned(),

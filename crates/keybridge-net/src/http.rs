@@ -68,9 +68,6 @@ pub fn bearer(headers: &axum::http::HeaderMap) -> Result<&str, BearerError> {
     value.strip_prefix("Bearer ").ok_or(BearerError::NotBearer)
 }
 
-/// Bytes read from the socket at once under TLS.
-pub const TLS_READ_BUFFER: usize = 256 * 1024;
-
 /// Time a client has for its TLS handshake.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 /// Time a client has to send a request's headers, counted from the moment
@@ -154,7 +151,7 @@ pub async fn serve(
                     // rustls reads at most one record (16 KiB) per call; a
                     // buffer below it turns a large upload's 65 000 reads
                     // per GiB into a few thousand.
-                    let tcp = tokio::io::BufReader::with_capacity(TLS_READ_BUFFER, tcp);
+                    let tcp = tokio::io::BufReader::with_capacity(crate::TLS_READ_BUFFER, tcp);
                     let _slot = slot;
                     let stream = match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
                         Ok(Ok(s)) => s,

@@ -1,10 +1,13 @@
 //! The network plumbing of keybridge's HTTPS endpoints: TLS configurations
 //! ([`tls`]) for the service, the MediaAgent, the backup client and the KMIP
-//! client, and the HTTP server loop with its error answers ([`http`]).
+//! client, and, with the `server` feature, the HTTP server loop with its
+//! error answers (`http`; the backup client leaves it out and links no
+//! server).
 //!
 //! It knows the wire only through `keybridge-proto`; it must not depend on
 //! the catalog, a KMS or the flows.
 
+#[cfg(feature = "server")]
 pub mod http;
 pub mod tls;
 
@@ -17,3 +20,6 @@ pub mod tls;
 /// (1 GiB: 1.0-2.7 s of system time against 0.33-0.7 s; in other states
 /// both took 0.3-0.4 s; see docs/design.md, "Performance notes").
 pub const FILE_IO_BUF: usize = 256 * 1024;
+
+/// Bytes read from the socket at once under TLS.
+pub const TLS_READ_BUFFER: usize = 256 * 1024;
