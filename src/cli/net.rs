@@ -114,7 +114,7 @@ pub(super) async fn media_agent(args: &MediaAgentArgs) -> Result<(Value, String)
         store: args.store.clone(),
         listen: args.listen.clone(),
         tls: args.cert.clone().zip(args.key.clone()),
-        token_key: args.token_key.as_deref().map(keybridge_proto::secret::read_agent_key).transpose()?,
+        token_key: args.token_key.as_deref().map(keybridge_proto::api::agent_token::AgentKey::read).transpose()?,
         uploads_per_client: args.uploads_per_client,
         upload_idle: Duration::from_secs(args.upload_idle_secs.max(1)),
         shutdown_grace: Duration::from_secs(30),

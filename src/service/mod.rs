@@ -86,7 +86,7 @@ impl Service {
             reason: "no [service] section; `keybridge serve` needs one (see keybridge.toml.example)".into(),
         })?;
         let operator_token = keybridge_proto::secret::read_secret_file(&cfg.operator_token_file, "reading operator token")?;
-        let agent_key = keybridge_proto::secret::read_agent_key(&cfg.media_agent_key_file)?;
+        let agent_key = AgentKey::read(&cfg.media_agent_key_file)?;
         let health = kb
             .config()
             .kms

@@ -14,6 +14,10 @@
 //! - `GET  /v1/jobs/{job}/stream`: the stream back.
 //! - `GET  /v1/jobs/{job}`: the job's index.
 //! - `GET  /healthz`.
+//!
+//! It depends on the wire contract (keybridge-proto, for the tokens and
+//! error bodies) and the server loop (keybridge-net); never on the catalog,
+//! a KMS or the flows: it holds no key and no catalog row.
 
 pub mod store;
 

@@ -3,6 +3,10 @@
 //! sealed DEK locally, encrypts or decrypts its data itself and streams it
 //! to or from the MediaAgent. The DEK exists only in this process; the
 //! service never sees the data, the MediaAgent never sees a key.
+//!
+//! It links the wire contract (keybridge-proto) and TLS configuration
+//! (keybridge-net) only: no catalog engine, no PKCS#11, no server
+//! (`cargo tree -p keybridge-client` shows neither rusqlite nor cryptoki).
 
 pub mod backup;
 pub mod download;

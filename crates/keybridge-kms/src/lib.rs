@@ -4,7 +4,14 @@
 //! needs one: creating the MK, producing a KEK pair whose private half comes
 //! out only wrapped by the MK, and decrypting a DEK with that wrapped KEK.
 //! Implementations: [`builtin`] (software, root key file), [`pkcs11`]
-//! (HSMs through cryptoki) and [`kmip`] (KMIP appliances over mutual TLS).
+//! (HSMs through cryptoki) and [`kmip`] (KMIP appliances over mutual TLS),
+//! each configured by its `[[kms]]` entry ([`config`]); [`crypto`] holds the
+//! software primitives they share (AES key wrap, RSA-OAEP).
+//!
+//! It knows nothing of pools as stored, clients, jobs or the wire: it
+//! depends on keybridge-proto (secrets, the error), keybridge-kmip (the
+//! codec) and keybridge-net (TLS configuration), never on the catalog, the
+//! flows or the service.
 
 pub mod builtin;
 pub mod cache;

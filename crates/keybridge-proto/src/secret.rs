@@ -54,14 +54,6 @@ impl PartialEq for Dek {
 }
 impl Eq for Dek {}
 
-/// The MediaAgent token key from its file (64 hex digits on the first line).
-pub fn read_agent_key(path: &std::path::Path) -> crate::Result<crate::api::agent_token::AgentKey> {
-    use secrecy::ExposeSecret;
-    let text = read_secret_file(path, "reading MediaAgent token key")?;
-    crate::api::agent_token::AgentKey::from_hex(text.expose_secret())
-        .map_err(|reason| crate::Error::Config { path: path.to_owned(), reason: format!("MediaAgent token key: {reason}") })
-}
-
 /// Read a secret (PIN or password) from a file: the first line, without the
 /// trailing newline. The file is read into zeroizing memory.
 pub fn read_secret_file(path: &std::path::Path, what: &'static str) -> crate::Result<SecretString> {

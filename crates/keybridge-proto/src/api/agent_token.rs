@@ -86,6 +86,14 @@ pub enum TokenError {
 }
 
 impl AgentKey {
+    /// The key from its file (64 hex digits on the first line, mode 0600).
+    pub fn read(path: &std::path::Path) -> crate::Result<AgentKey> {
+        use secrecy::ExposeSecret;
+        let text = crate::secret::read_secret_file(path, "reading MediaAgent token key")?;
+        AgentKey::from_hex(text.expose_secret())
+            .map_err(|reason| crate::Error::Config { path: path.to_owned(), reason: format!("MediaAgent token key: {reason}") })
+    }
+
     /// The key from its hex form (64 hex digits, as in the key file).
     pub fn from_hex(hex_key: &str) -> Result<AgentKey, String> {
         let mut key = Zeroizing::new([0u8; 32]);
