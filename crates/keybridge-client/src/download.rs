@@ -15,7 +15,7 @@ use keybridge_proto::{Error, Result};
 
 
 /// An open download: status, headers, and a body read frame by frame.
-pub struct Download {
+pub(crate) struct Download {
     pub status: u16,
     pub headers: hyper::HeaderMap,
     body: hyper::body::Incoming,
@@ -30,7 +30,7 @@ impl std::fmt::Debug for Download {
 
 impl Download {
     /// The next piece of the body; `None` at its end.
-    pub async fn next(&mut self) -> Option<Result<Bytes>> {
+    pub(crate) async fn next(&mut self) -> Option<Result<Bytes>> {
         loop {
             match self.body.frame().await? {
                 Ok(frame) => match frame.into_data() {
@@ -43,7 +43,7 @@ impl Download {
     }
 
     /// The first 64 KiB of the body, for error answers.
-    pub async fn head(mut self) -> Vec<u8> {
+    pub(crate) async fn head(mut self) -> Vec<u8> {
         let mut out = Vec::new();
         while let Some(Ok(b)) = self.next().await {
             out.extend_from_slice(&b);
@@ -57,7 +57,7 @@ impl Download {
 
 /// GET `url` (http or https; https trusts only `tls`'s roots), with
 /// `bearer` as the `Authorization` token.
-pub async fn get(url: &str, bearer: &str, tls: &Arc<rustls::ClientConfig>, peer: &str) -> Result<Download> {
+pub(crate) async fn get(url: &str, bearer: &str, tls: &Arc<rustls::ClientConfig>, peer: &str) -> Result<Download> {
     let fail = |reason: String| Error::Unreachable { peer: peer.to_owned(), reason };
     let parsed = reqwest::Url::parse(url).map_err(|e| fail(format!("bad URL {url}: {e}")))?;
     let host = parsed.host_str().ok_or_else(|| fail(format!("no host in {url}")))?.trim_matches(['[', ']']).to_owned();

@@ -9,7 +9,7 @@
 //! (`cargo tree -p keybridge-client` shows neither rusqlite nor cryptoki).
 
 pub mod backup;
-pub mod download;
+mod download;
 pub mod restore;
 pub mod unpack;
 
@@ -170,7 +170,7 @@ impl ServiceClient {
         &self.http
     }
 
-    /// TLS configuration for downloads ([`download::get`]).
+    /// TLS configuration for downloads (the restore's stream download).
     pub fn tls(&self) -> &Arc<rustls::ClientConfig> {
         &self.tls
     }

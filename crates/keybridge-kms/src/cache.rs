@@ -69,19 +69,19 @@ impl<V: Clone> TtlCache<V> {
 
 /// Hit and miss counts of a KEK cache, for `/metrics`.
 #[derive(Debug, Default)]
-pub struct CacheStats {
+pub(crate) struct CacheStats {
     hits: std::sync::atomic::AtomicU64,
     misses: std::sync::atomic::AtomicU64,
 }
 
 impl CacheStats {
-    pub fn record(&self, hit: bool) {
+    pub(crate) fn record(&self, hit: bool) {
         let counter = if hit { &self.hits } else { &self.misses };
         counter.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     }
 
     /// (hits, misses)
-    pub fn get(&self) -> (u64, u64) {
+    pub(crate) fn get(&self) -> (u64, u64) {
         use std::sync::atomic::Ordering::Relaxed;
         (self.hits.load(Relaxed), self.misses.load(Relaxed))
     }
@@ -90,19 +90,19 @@ impl CacheStats {
 /// KEKs held in software (built-in and KMIP backends): the parsed private
 /// key, cached per pool; DEKs are decrypted off the async runtime.
 #[derive(Debug)]
-pub struct SoftwareKeks {
+pub(crate) struct SoftwareKeks {
     cache: TtlCache<Arc<PrivateKek>>,
     pub stats: CacheStats,
 }
 
 impl SoftwareKeks {
-    pub fn new(ttl: Duration) -> Self {
+    pub(crate) fn new(ttl: Duration) -> Self {
         SoftwareKeks { cache: TtlCache::new(ttl), stats: CacheStats::default() }
     }
 
     /// Decrypt `encrypted` with the pool's KEK; on a cache miss `unwrap`
     /// produces the KEK's PKCS#8 (from the KMS).
-    pub async fn decrypt_dek<F, Fut>(&self, kek: &PoolKek<'_>, encrypted: &[u8], unwrap: F) -> Result<DekPlaintext, BackendError>
+    pub(crate) async fn decrypt_dek<F, Fut>(&self, kek: &PoolKek<'_>, encrypted: &[u8], unwrap: F) -> Result<DekPlaintext, BackendError>
     where
         F: FnOnce() -> Fut,
         Fut: Future<Output = Result<Zeroizing<Vec<u8>>, BackendError>>,
@@ -131,7 +131,7 @@ impl SoftwareKeks {
             .map_err(|e| BackendError::DekDecrypt { pool: kek.pool_name.to_owned(), detail: e.to_string() })
     }
 
-    pub async fn clear(&self) {
+    pub(crate) async fn clear(&self) {
         self.cache.clear();
     }
 }

@@ -14,7 +14,7 @@
 //! flows or the service.
 
 pub mod builtin;
-pub mod cache;
+mod cache;
 pub mod config;
 pub mod crypto;
 pub mod kmip;

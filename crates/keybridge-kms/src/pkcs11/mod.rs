@@ -17,9 +17,9 @@
 
 mod module;
 mod raw;
-pub mod rv;
+mod rv;
 mod session;
-pub mod uri;
+mod uri;
 
 use std::sync::{Arc, Mutex};
 use std::time::Duration;

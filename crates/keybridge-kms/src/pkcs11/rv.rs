@@ -10,7 +10,7 @@ use cryptoki::error::RvError;
 
 /// The response to a failed PKCS#11 call.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Disposition {
+pub(super) enum Disposition {
     /// Report the error; retrying cannot help.
     Permanent,
     /// Retry the call on the same session after a short pause.
@@ -22,7 +22,7 @@ pub enum Disposition {
 }
 
 /// Classify a return value.
-pub fn disposition(rv: RvError) -> Disposition {
+pub(super) fn disposition(rv: RvError) -> Disposition {
     use Disposition::*;
     match rv {
         // --- Session lost: a fresh session usually works. ---
@@ -143,7 +143,7 @@ pub fn disposition(rv: RvError) -> Disposition {
 }
 
 /// The `CKR_*` name of a return value, e.g. `CKR_PIN_INCORRECT`.
-pub fn ckr_name(rv: RvError) -> String {
+pub(super) fn ckr_name(rv: RvError) -> String {
     match rv {
         RvError::VendorDefined(code) => format!("CKR_VENDOR_DEFINED(0x{code:08X})"),
         RvError::UnknownErrorCode(code) => format!("unknown CK_RV 0x{code:08X}"),
@@ -162,7 +162,7 @@ pub fn ckr_name(rv: RvError) -> String {
 }
 
 /// An operator-facing hint for the codes that have an obvious cause.
-pub fn hint(rv: RvError) -> &'static str {
+pub(super) fn hint(rv: RvError) -> &'static str {
     match rv {
         RvError::PinIncorrect => " (wrong PIN)",
         RvError::PinLocked => " (the user PIN is locked; the security officer must reset it)",

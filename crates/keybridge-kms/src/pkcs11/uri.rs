@@ -7,7 +7,7 @@ use std::collections::HashMap;
 
 /// A parsed `pkcs11:` URI.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct Pkcs11Uri {
+pub(super) struct Pkcs11Uri {
     pub token: Option<String>,
     pub serial: Option<String>,
     pub object: Option<String>,
