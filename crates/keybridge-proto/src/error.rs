@@ -87,12 +87,12 @@ impl ErrorKind {
     /// The process exit code (documented in README.md).
     pub fn exit_code(self) -> i32 {
         match self {
-            ErrorKind::Config | ErrorKind::Input | ErrorKind::InvalidName => 3,
+            ErrorKind::Config | ErrorKind::Input => 3,
             ErrorKind::NotFound => 4,
             ErrorKind::Kms => 5,
             ErrorKind::Integrity | ErrorKind::Stream => 6,
             ErrorKind::Seal => 7,
-            ErrorKind::AlreadyExists => 8,
+            ErrorKind::AlreadyExists | ErrorKind::InvalidName => 8,
             ErrorKind::Denied => 9,
             ErrorKind::Auth => 10,
             ErrorKind::Unreachable => 11,
@@ -313,5 +313,71 @@ pub fn check_name(what: &'static str, value: &str) -> Result<()> {
             reason,
         }),
         None => Ok(()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const ALL: &[ErrorKind] = &[
+        ErrorKind::Config,
+        ErrorKind::Input,
+        ErrorKind::Kms,
+        ErrorKind::Catalog,
+        ErrorKind::NotFound,
+        ErrorKind::AlreadyExists,
+        ErrorKind::InvalidName,
+        ErrorKind::Integrity,
+        ErrorKind::Stream,
+        ErrorKind::Seal,
+        ErrorKind::Crypto,
+        ErrorKind::Io,
+        ErrorKind::Denied,
+        ErrorKind::Internal,
+        ErrorKind::Remote,
+        ErrorKind::Unreachable,
+        ErrorKind::Auth,
+        ErrorKind::StorageFull,
+        ErrorKind::Busy,
+        ErrorKind::Other,
+    ];
+
+    #[test]
+    fn the_wire_name_is_the_serde_name_and_unknown_kinds_read_as_other() {
+        for kind in ALL {
+            let json = serde_json::to_string(kind).unwrap();
+            assert_eq!(json, format!("\"{}\"", kind.as_str()));
+            assert_eq!(serde_json::from_str::<ErrorKind>(&json).unwrap(), *kind);
+        }
+        assert_eq!(serde_json::from_str::<ErrorKind>("\"from_a_newer_service\"").unwrap(), ErrorKind::Other);
+    }
+
+    /// A client that receives an error exits as the process that made it
+    /// would have (one table, read on both sides of the wire), with the
+    /// codes README.md documents.
+    #[test]
+    fn a_remote_error_exits_like_the_error_it_reports() {
+        let path = PathBuf::from("x");
+        let local = [
+            (Error::Config { path: path.clone(), reason: String::new() }, 3),
+            (Error::Input { what: String::new(), reason: String::new() }, 3),
+            (Error::NotFound { what: "pool", name: String::new() }, 4),
+            (Error::backend("kms")(std::io::Error::other("down")), 5),
+            (Error::Integrity { what: String::new(), reason: String::new() }, 6),
+            (Error::Seal { client: String::new(), reason: String::new() }, 7),
+            (Error::AlreadyExists { what: "pool", name: String::new() }, 8),
+            (Error::InvalidName { what: "pool", value: String::new(), reason: "" }, 8),
+            (Error::Denied(String::new()), 9),
+            (Error::Unreachable { peer: String::new(), reason: String::new() }, 11),
+            (Error::catalog("reading")(std::io::Error::other("locked")), 1),
+            (Error::Internal(String::new()), 1),
+        ];
+        for (e, documented) in local {
+            assert_eq!(e.exit_code(), documented, "{:?}", e.kind());
+            let remote = Error::Remote { peer: "service".into(), status: e.kind().http_status(), kind: e.kind(), message: e.to_string() };
+            assert_eq!(remote.exit_code(), documented, "remote {:?}", e.kind());
+        }
+        assert_eq!([ErrorKind::Auth.exit_code(), ErrorKind::StorageFull.exit_code()], [10, 12]);
     }
 }
