@@ -208,7 +208,7 @@ async fn admit(s: &Service, route: &str, req: Request) -> std::result::Result<Re
         Role::Client => Some(auth::claim(s.kb.catalog().as_ref(), s.cfg.max_clock_skew_secs, req.headers()).await.map_err(|r| s.refused(r))?),
     };
     let (mut parts, body) = req.into_parts();
-    let too_large = || ApiError::new(ErrorKind::Input, format!("the request body is larger than {MAX_BODY} bytes"));
+    let too_large = || ApiError::new(ErrorKind::Input, format!("the request body is larger than {MAX_BODY} bytes")).with_status(StatusCode::PAYLOAD_TOO_LARGE);
     let declared = parts.headers.get(axum::http::header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<u64>().ok());
     if declared.is_some_and(|n| n > MAX_BODY as u64) {
         return Err(too_large());
@@ -217,7 +217,7 @@ async fn admit(s: &Service, route: &str, req: Request) -> std::result::Result<Re
         Ok(Ok(body)) => body,
         Ok(Err(e)) if std::error::Error::source(&e).is_some_and(|c| c.is::<http_body_util::LengthLimitError>()) => return Err(too_large()),
         Ok(Err(_)) => return Err(ApiError::new(ErrorKind::Input, "the request body broke off")),
-        Err(_) => return Err(ApiError::new(ErrorKind::Input, format!("the request body did not arrive within {} s", BODY_DEADLINE.as_secs()))),
+        Err(_) => return Err(ApiError::new(ErrorKind::Input, format!("the request body did not arrive within {} s", BODY_DEADLINE.as_secs())).with_status(StatusCode::REQUEST_TIMEOUT)),
     };
     if let Some(claim) = claim {
         let path = parts.uri.path_and_query().map_or("/", |p| p.as_str());

@@ -21,6 +21,7 @@ use keybridge_proto::{Error, ErrorKind};
 /// message (never secret material), sent as [`keybridge_proto::api::ErrorBody`].
 #[derive(Debug)]
 pub struct ApiError {
+    status: StatusCode,
     kind: ErrorKind,
     message: String,
 }
@@ -28,7 +29,15 @@ pub struct ApiError {
 impl ApiError {
     /// An answer of `kind`, with the HTTP status that kind maps to.
     pub fn new(kind: ErrorKind, message: impl Into<String>) -> Self {
-        ApiError { kind, message: message.into() }
+        let status = StatusCode::from_u16(kind.http_status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+        ApiError { status, kind, message: message.into() }
+    }
+
+    /// The same answer with a more precise status than its kind's (413 for
+    /// a body too large, 408 for one too slow: both are input errors).
+    pub fn with_status(mut self, status: StatusCode) -> Self {
+        self.status = status;
+        self
     }
 }
 
@@ -41,9 +50,8 @@ impl From<Error> for ApiError {
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        let status = StatusCode::from_u16(self.kind.http_status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
         let body = ErrorBody { error: ErrorDetail { kind: self.kind, message: self.message } };
-        (status, axum::Json(body)).into_response()
+        (self.status, axum::Json(body)).into_response()
     }
 }
 
