@@ -76,13 +76,45 @@ pub struct PoolKek<'a> {
     pub oaep_hash: OaepHash,
 }
 
+/// Whether a probed KMS can serve keybridge. Serialised in lowercase
+/// (`"usable"`, `"unusable"`), as `kms probe --json` and the service's
+/// health answer show it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ProbeStatus {
+    /// The KMS answered and offers everything keybridge needs.
+    Usable,
+    /// The KMS did not answer, or lacks something keybridge needs; the
+    /// report's details or the error say what.
+    Unusable,
+}
+
+impl ProbeStatus {
+    /// The name in reports and JSON: `usable` or `unusable`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ProbeStatus::Usable => "usable",
+            ProbeStatus::Unusable => "unusable",
+        }
+    }
+
+    pub fn is_usable(self) -> bool {
+        self == ProbeStatus::Usable
+    }
+}
+
+impl fmt::Display for ProbeStatus {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
 /// Result of a capability and health probe.
 #[derive(Debug, Clone, Serialize)]
 pub struct ProbeReport {
     pub name: String,
     pub kind: &'static str,
-    /// `usable` or `unusable`.
-    pub state: &'static str,
+    pub state: ProbeStatus,
     /// Stable description of what the KMS is (token label + serial, ...).
     pub identity: String,
     /// Backend-specific details: mechanisms chosen, OAEP hash, limits.
@@ -203,4 +235,26 @@ pub async fn open(config: &KmsConfig) -> Result<Arc<dyn KeyBackend>, BackendErro
         KmsConfig::Pkcs11(c) => Arc::new(pkcs11::Pkcs11Backend::open(c).await?),
         KmsConfig::Kmip(c) => Arc::new(kmip::KmipBackend::open(c)?),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn probe_status_is_written_in_lowercase() {
+        for (status, name) in [(ProbeStatus::Usable, "usable"), (ProbeStatus::Unusable, "unusable")] {
+            assert_eq!(serde_json::to_value(status).unwrap(), name);
+            assert_eq!(status.to_string(), name);
+        }
+        let report = ProbeReport {
+            name: "hsm".into(),
+            kind: "pkcs11",
+            state: ProbeStatus::Unusable,
+            identity: "pkcs11:token=t".into(),
+            details: serde_json::json!({}),
+        };
+        assert_eq!(serde_json::to_value(&report).unwrap()["state"], "unusable");
+        assert!(ProbeStatus::Usable.is_usable() && !ProbeStatus::Unusable.is_usable());
+    }
 }

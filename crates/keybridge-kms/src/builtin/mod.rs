@@ -18,7 +18,7 @@ use async_trait::async_trait;
 use zeroize::Zeroizing;
 
 use super::cache::SoftwareKeks;
-use super::{BackendError, KeyBackend, MasterKeyRef, NewKek, PoolKek, ProbeReport};
+use super::{BackendError, KeyBackend, MasterKeyRef, NewKek, PoolKek, ProbeReport, ProbeStatus};
 use crate::config::BuiltinConfig;
 use crate::crypto::{kwp, OaepHash, PrivateKek};
 
@@ -151,7 +151,7 @@ impl KeyBackend for BuiltinBackend {
         Ok(ProbeReport {
             name: self.name.clone(),
             kind: self.kind(),
-            state: "usable",
+            state: ProbeStatus::Usable,
             identity: self.identity(),
             details: serde_json::json!({
                 "root_key": self.root_key_path.display().to_string(),

@@ -28,7 +28,7 @@ use zeroize::Zeroizing;
 
 use self::client::{KmipClient, KmipError};
 use super::cache::SoftwareKeks;
-use super::{BackendError, KeyBackend, MasterKeyRef, NewKek, PoolKek, ProbeReport};
+use super::{BackendError, KeyBackend, MasterKeyRef, NewKek, PoolKek, ProbeReport, ProbeStatus};
 use crate::config::KmipConfig;
 use crate::crypto::{OaepHash, PrivateKek};
 use keybridge_kmip::messages::{Attribute, CipherMode, Request};
@@ -288,9 +288,9 @@ impl KeyBackend for KmipBackend {
         let latency = self.client.ping().await?;
         let mode = self.mode().await;
         let (state, mode_text, mechanism) = match &mode {
-            Ok(Mode::Export) => ("usable", "export mode: Get of the master key (allow_key_export = true)".to_owned(), Some(WRAP_EXPORTED_GCM)),
-            Ok(m) => ("usable", "server-side Encrypt/Decrypt (master key never leaves the server)".to_owned(), Some(m.mechanism())),
-            Err(e) => ("unusable", e.to_string(), None),
+            Ok(Mode::Export) => (ProbeStatus::Usable, "export mode: Get of the master key (allow_key_export = true)".to_owned(), Some(WRAP_EXPORTED_GCM)),
+            Ok(m) => (ProbeStatus::Usable, "server-side Encrypt/Decrypt (master key never leaves the server)".to_owned(), Some(m.mechanism())),
+            Err(e) => (ProbeStatus::Unusable, e.to_string(), None),
         };
         Ok(ProbeReport {
             name: self.name.clone(),

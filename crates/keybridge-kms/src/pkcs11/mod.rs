@@ -37,7 +37,7 @@ use zeroize::Zeroizing;
 
 use self::session::{ck_to_backend, Doing, OpError, TokenSessions};
 use self::uri::Pkcs11Uri;
-use super::{BackendError, KeyBackend, MasterKeyRef, NewKek, PoolKek, ProbeReport};
+use super::{BackendError, KeyBackend, MasterKeyRef, NewKek, PoolKek, ProbeReport, ProbeStatus};
 use crate::config::Pkcs11Config;
 use crate::crypto::{OaepHash, PublicKek};
 use keybridge_proto::secret::{ExposeSecret, SecretString};
@@ -598,7 +598,7 @@ impl KeyBackend for Pkcs11Backend {
         Ok(ProbeReport {
             name: self.name.clone(),
             kind: self.kind(),
-            state: if self.wrap.is_some() && has(CKM_RSA_PKCS_KEY_PAIR_GEN) && has(CKM_RSA_PKCS_OAEP) && has(CKM_AES_KEY_GEN) { "usable" } else { "unusable" },
+            state: if self.wrap.is_some() && has(CKM_RSA_PKCS_KEY_PAIR_GEN) && has(CKM_RSA_PKCS_OAEP) && has(CKM_AES_KEY_GEN) { ProbeStatus::Usable } else { ProbeStatus::Unusable },
             identity: self.identity(),
             details: serde_json::json!({
                 "token": { "label": self.token.label, "serial": self.token.serial, "manufacturer": self.token.manufacturer,
