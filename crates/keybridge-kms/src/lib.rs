@@ -126,13 +126,25 @@ pub struct ProbeReport {
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum BackendError {
-    /// A PKCS#11 function returned an error.
-    #[error("{function} failed while {doing}: {rv}{hint}")]
+    /// A PKCS#11 function returned an error, e.g. "C_Decrypt failed while
+    /// decrypting a DEK of pool 'p': CKR_DEVICE_REMOVED (the token is not
+    /// present)".
+    #[error("{} failed while {doing}: {}{}", pkcs11::rv::function_name(*.function), pkcs11::rv::ckr_name(*.rv), pkcs11::rv::hint(*.rv))]
     Pkcs11 {
-        function: String,
-        rv: String,
+        /// The C function that failed.
+        function: cryptoki::context::Function,
+        /// What it returned.
+        rv: cryptoki::error::RvError,
+        /// What keybridge was doing.
         doing: String,
-        hint: &'static str,
+    },
+    /// cryptoki failed around a PKCS#11 call without a return value from the
+    /// module (a conversion, a missing function, a value it does not know).
+    #[error("{doing}: {source}")]
+    Cryptoki {
+        doing: String,
+        #[source]
+        source: cryptoki::error::Error,
     },
     /// The PKCS#11 module could not be loaded or initialised.
     #[error("PKCS#11 module {module}: {reason}")]
@@ -256,5 +268,21 @@ mod tests {
         };
         assert_eq!(serde_json::to_value(&report).unwrap()["state"], "unusable");
         assert!(ProbeStatus::Usable.is_usable() && !ProbeStatus::Unusable.is_usable());
+    }
+
+    fn pkcs11(rv: cryptoki::error::RvError) -> BackendError {
+        BackendError::Pkcs11 { function: cryptoki::context::Function::Decrypt, rv, doing: "decrypting a DEK of pool 'p'".into() }
+    }
+
+    #[test]
+    fn pkcs11_errors_read_as_before() {
+        use cryptoki::error::{Error as CkError, RvError};
+        assert_eq!(
+            pkcs11(RvError::DeviceRemoved).to_string(),
+            "C_Decrypt failed while decrypting a DEK of pool 'p': CKR_DEVICE_REMOVED (the token is not present)"
+        );
+        assert_eq!(pkcs11(RvError::FunctionFailed).to_string(), "C_Decrypt failed while decrypting a DEK of pool 'p': CKR_FUNCTION_FAILED");
+        let e = BackendError::Cryptoki { doing: "reading mechanism information".into(), source: CkError::NotSupported };
+        assert_eq!(e.to_string(), "reading mechanism information: Feature not supported");
     }
 }

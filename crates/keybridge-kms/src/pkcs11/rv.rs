@@ -6,6 +6,7 @@
 //! changing anything; everything caused by our input, the key material or the
 //! token's configuration is permanent and reported at once.
 
+use cryptoki::context::Function;
 use cryptoki::error::RvError;
 
 /// The response to a failed PKCS#11 call.
@@ -161,6 +162,12 @@ pub fn ckr_name(rv: RvError) -> String {
     }
 }
 
+/// The C name of a PKCS#11 function, e.g. `C_Decrypt`.
+pub fn function_name(f: Function) -> String {
+    // `Function`'s Debug is the C name without the `C_` prefix.
+    format!("C_{f:?}")
+}
+
 /// An operator-facing hint for the codes that have an obvious cause.
 pub fn hint(rv: RvError) -> &'static str {
     match rv {
@@ -185,6 +192,12 @@ mod tests {
         assert_eq!(ckr_name(RvError::PinIncorrect), "CKR_PIN_INCORRECT");
         assert_eq!(ckr_name(RvError::SessionHandleInvalid), "CKR_SESSION_HANDLE_INVALID");
         assert_eq!(ckr_name(RvError::VendorDefined(0x8000_0001)), "CKR_VENDOR_DEFINED(0x80000001)");
+    }
+
+    #[test]
+    fn function_names() {
+        assert_eq!(function_name(Function::Decrypt), "C_Decrypt");
+        assert_eq!(function_name(Function::GetMechanismList), "C_GetMechanismList");
     }
 
     #[test]
