@@ -183,9 +183,10 @@ pub enum BackendError {
         #[source]
         source: CryptoError,
     },
-    /// A KMIP server failed or refused.
-    #[error("{0}")]
-    Kmip(String),
+    /// A KMIP server failed or refused, or its answer lacks what the
+    /// operation returns.
+    #[error(transparent)]
+    Kmip(#[from] kmip::client::KmipError),
     /// Root key file problems (built-in KMS).
     #[error("root key {path}: {reason}")]
     RootKey { path: String, reason: String },
@@ -284,5 +285,25 @@ mod tests {
         assert_eq!(pkcs11(RvError::FunctionFailed).to_string(), "C_Decrypt failed while decrypting a DEK of pool 'p': CKR_FUNCTION_FAILED");
         let e = BackendError::Cryptoki { doing: "reading mechanism information".into(), source: CkError::NotSupported };
         assert_eq!(e.to_string(), "reading mechanism information: Feature not supported");
+    }
+
+    fn all_failed(failures: Vec<kmip::client::Failure>) -> BackendError {
+        let failures = failures
+            .into_iter()
+            .enumerate()
+            .map(|(i, failure)| kmip::client::ServerFailure { server: format!("kmip{i}:5696"), failure })
+            .collect();
+        BackendError::Kmip(kmip::client::KmipError::AllServersFailed(failures))
+    }
+
+    #[test]
+    fn kmip_errors_read_as_before() {
+        use kmip::client::{Failure, KmipError};
+        let e = all_failed(vec![Failure::Connect(std::io::ErrorKind::ConnectionRefused.into()), Failure::Timeout(10)]);
+        assert_eq!(e.to_string(), "no KMIP server could serve the request: kmip0:5696: cannot connect: connection refused; kmip1:5696: no answer within 10 s");
+        let missing = || keybridge_kmip::messages::ResponseError("no Key Block in the Get response".into());
+        assert_eq!(BackendError::from(KmipError::incomplete(missing())).to_string(), "no Key Block in the Get response");
+        let e = BackendError::from(KmipError::Incomplete { context: Some("Get of master key mk".into()), source: missing() });
+        assert_eq!(e.to_string(), "Get of master key mk: no Key Block in the Get response");
     }
 }

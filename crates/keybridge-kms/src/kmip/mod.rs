@@ -31,7 +31,7 @@ use super::cache::SoftwareKeks;
 use super::{BackendError, KeyBackend, MasterKeyRef, NewKek, PoolKek, ProbeReport, ProbeStatus};
 use crate::config::KmipConfig;
 use crate::crypto::{OaepHash, PrivateKek};
-use keybridge_kmip::messages::{Attribute, CipherMode, Request};
+use keybridge_kmip::messages::{Attribute, CipherMode, Request, ResponseError};
 use keybridge_kmip::tags as enums;
 
 /// Wrap mechanism: the server's Encrypt, AES-256-GCM under the MK.
@@ -69,12 +69,6 @@ impl Mode {
 }
 /// Object Group given to every master key keybridge creates.
 pub const OBJECT_GROUP: &str = "keybridge";
-
-impl From<KmipError> for BackendError {
-    fn from(e: KmipError) -> Self {
-        BackendError::Kmip(e.to_string())
-    }
-}
 
 /// A KMIP server (or replicated servers) as KMS.
 pub struct KmipBackend {
@@ -167,7 +161,9 @@ impl KmipBackend {
 
     async fn export_mk(&self, mk: &MasterKeyRef) -> Result<Zeroizing<Vec<u8>>, BackendError> {
         let r = self.client.call_one(Request::Get { uid: mk.id.clone() }).await.map_err(|e| missing_or(e, mk))?;
-        r.key_material().map(Zeroizing::new).map_err(|e| BackendError::Kmip(format!("Get of master key {}: {}", mk.label, e.0)))
+        r.key_material()
+            .map(Zeroizing::new)
+            .map_err(|source| KmipError::Incomplete { context: Some(format!("Get of master key {}", mk.label)), source }.into())
     }
 
     /// Wrap `pkcs8` under the MK.
@@ -182,7 +178,7 @@ impl KmipBackend {
                     .call_one(Request::Encrypt { uid: mk.id.clone(), mode: CipherMode::Gcm, data: pkcs8.to_vec(), iv: iv.to_vec(), aad })
                     .await
                     .map_err(|e| missing_or(e, mk))?;
-                let enc = r.encrypted().map_err(|e| BackendError::Kmip(e.0))?;
+                let enc = r.encrypted().map_err(incomplete)?;
                 let ct = enc.data;
                 let tag = enc.tag.filter(|t| t.len() == TAG_LEN).ok_or_else(|| BackendError::Unsupported("the KMIP server returned no 16-byte AES-GCM tag".into()))?;
                 Ok(join_blob(BLOB_MAGIC, &iv[..], &tag, &ct))
@@ -194,7 +190,7 @@ impl KmipBackend {
                     .call_one(Request::Encrypt { uid: mk.id.clone(), mode: CipherMode::CbcPkcs5, data: pkcs8.to_vec(), iv: iv.to_vec(), aad: Vec::new() })
                     .await
                     .map_err(|e| missing_or(e, mk))?;
-                let ct = r.encrypted().map_err(|e| BackendError::Kmip(e.0))?.data;
+                let ct = r.encrypted().map_err(incomplete)?.data;
                 Ok(join_blob(CBC_MAGIC, &iv[..], &cbc_check(pkcs8), &ct))
             }
             Mode::Export => {
@@ -224,7 +220,7 @@ impl KmipBackend {
                     .call_one(Request::Decrypt { uid: kek.master_key.id.clone(), mode: CipherMode::Gcm, data: ct.to_vec(), iv: iv.to_vec(), aad, tag: tag.to_vec() })
                     .await
                     .map_err(refused)?;
-                r.decrypted().map(Zeroizing::new).map_err(|e| BackendError::Kmip(e.0))
+                r.decrypted().map(Zeroizing::new).map_err(incomplete)
             }
             WRAP_SERVER_CBC => {
                 let (iv, check, ct) = split_blob(kek.wrapped_private, CBC_MAGIC, CBC_IV_LEN).ok_or_else(not_ours)?;
@@ -240,7 +236,7 @@ impl KmipBackend {
                         KmipError::Refused { code, .. } if code != Some(enums::result_reason::ITEM_NOT_FOUND) => altered(),
                         other => missing_or(other, kek.master_key),
                     })?;
-                let pkcs8 = Zeroizing::new(r.decrypted().map_err(|e| BackendError::Kmip(e.0))?);
+                let pkcs8 = Zeroizing::new(r.decrypted().map_err(incomplete)?);
                 if cbc_check(&pkcs8) != check {
                     return Err(altered());
                 }
@@ -259,6 +255,11 @@ impl KmipBackend {
             other => Err(BackendError::Unsupported(format!("pool '{}' was wrapped with {other}, which the KMIP backend does not use", kek.pool_name))),
         }
     }
+}
+
+/// A successful answer that lacks what the operation returns.
+fn incomplete(e: ResponseError) -> BackendError {
+    KmipError::incomplete(e).into()
 }
 
 /// "Item Not Found" from the server means the MK is gone.
@@ -326,7 +327,7 @@ impl KeyBackend for KmipBackend {
                 attributes: vec![Attribute::Name(label.to_owned()), Attribute::ObjectGroup(OBJECT_GROUP.into())],
             })
             .await?;
-        let id = created.uid().map_err(|e| BackendError::Kmip(e.0))?;
+        let id = created.uid().map_err(incomplete)?;
         let mk = MasterKeyRef { id: id.clone(), label: label.to_owned(), material: None, owned: true };
         if let Err(e) = self.client.call_one(Request::Activate { uid: id.clone() }).await {
             // Do not leave a pre-active key behind.
@@ -343,7 +344,7 @@ impl KeyBackend for KmipBackend {
         let uid = match reference.strip_prefix("name:") {
             Some(name) => {
                 let r = self.client.call_one(Request::Locate { attributes: vec![Attribute::Name(name.to_owned())], max_items: Some(2) }).await?;
-                match r.located().map_err(|e| BackendError::Kmip(e.0))?.as_slice() {
+                match r.located().map_err(incomplete)?.as_slice() {
                     [one] => one.clone(),
                     [] => return Err(BackendError::MasterKeyMissing { id: reference.into(), label: name.into() }),
                     _ => return Err(BackendError::Other(format!("more than one object is named '{name}'; give its Unique Identifier"))),
@@ -356,7 +357,7 @@ impl KeyBackend for KmipBackend {
             .call_one(Request::GetAttributes { uid: uid.clone(), names: vec!["Cryptographic Algorithm".into(), "Cryptographic Length".into(), "State".into(), "Name".into()] })
             .await
             .map_err(|e| missing_or(e, &MasterKeyRef { id: uid.clone(), label: reference.into(), material: None, owned: false }))?;
-        let attrs = r.attributes().map_err(|e| BackendError::Kmip(e.0))?;
+        let attrs = r.attributes().map_err(incomplete)?;
         let label = attrs.iter().find_map(|a| if let Attribute::Name(n) = a { Some(n.clone()) } else { None }).unwrap_or_else(|| uid.clone());
         let unfit = |reason: &str| BackendError::MasterKeyUnfit { label: label.clone(), reason: reason.into() };
         if !attrs.contains(&Attribute::CryptographicAlgorithm(enums::cryptographic_algorithm::AES)) || !attrs.contains(&Attribute::CryptographicLength(256)) {
