@@ -195,6 +195,45 @@ pub enum BackendError {
     Other(String),
 }
 
+impl BackendError {
+    /// Whether the same request may succeed later with nobody changing
+    /// anything (a token re-inserted, a KMIP server back, an overloaded HSM
+    /// answering again). Decided by the typed cause: the PKCS#11 return
+    /// value ([`pkcs11::rv::is_transient`]), the KMIP client's error
+    /// ([`kmip::client::KmipError::is_transient`]), and a timeout. Everything
+    /// else is not: configuration and module loading; a token no slot holds
+    /// (an absent token cannot be told from a wrong label); a refused login
+    /// whatever its code (retrying a PIN only burns tries, and keybridge
+    /// does not retry one); missing or unfit keys; data that does not
+    /// decrypt; and messages keybridge cannot classify.
+    pub fn is_transient(&self) -> bool {
+        match self {
+            BackendError::Pkcs11 { rv, .. } => pkcs11::rv::is_transient(*rv),
+            BackendError::Kmip(e) => e.is_transient(),
+            BackendError::Timeout { .. } => true,
+            BackendError::Cryptoki { .. }
+            | BackendError::Module { .. }
+            | BackendError::TokenNotFound { .. }
+            | BackendError::Login { .. }
+            | BackendError::Pin { .. }
+            | BackendError::MasterKeyMissing { .. }
+            | BackendError::MasterKeyUnfit { .. }
+            | BackendError::KekUnwrap { .. }
+            | BackendError::DekDecrypt { .. }
+            | BackendError::Unsupported(_)
+            | BackendError::Crypto { .. }
+            | BackendError::RootKey { .. }
+            | BackendError::Other(_) => false,
+        }
+    }
+}
+
+impl keybridge_proto::error::BackendFault for BackendError {
+    fn is_transient(&self) -> bool {
+        BackendError::is_transient(self)
+    }
+}
+
 /// The one trait every KMS implements.
 #[async_trait]
 pub trait KeyBackend: Send + Sync + fmt::Debug {
@@ -305,5 +344,41 @@ mod tests {
         assert_eq!(BackendError::from(KmipError::incomplete(missing())).to_string(), "no Key Block in the Get response");
         let e = BackendError::from(KmipError::Incomplete { context: Some("Get of master key mk".into()), source: missing() });
         assert_eq!(e.to_string(), "Get of master key mk: no Key Block in the Get response");
+    }
+
+    #[test]
+    fn transient_errors() {
+        use cryptoki::error::RvError;
+        use keybridge_kmip::messages::ResponseError;
+        use kmip::client::{Failure, KmipError};
+        let refused = || std::io::Error::from(std::io::ErrorKind::ConnectionRefused);
+        let table = [
+            (pkcs11(RvError::DeviceRemoved), true),
+            (pkcs11(RvError::TokenNotPresent), true),
+            (pkcs11(RvError::SessionClosed), true),
+            (pkcs11(RvError::FunctionFailed), true),
+            (pkcs11(RvError::CryptokiNotInitialized), false),
+            (pkcs11(RvError::PinIncorrect), false),
+            (pkcs11(RvError::GeneralError), false),
+            (BackendError::Timeout { operation: "decrypting a DEK".into(), secs: 30 }, true),
+            (all_failed(vec![Failure::Connect(refused())]), true),
+            (all_failed(vec![Failure::Refused("no".into()), Failure::Timeout(10)]), true),
+            (all_failed(vec![Failure::Refused("no".into())]), false),
+            (all_failed(vec![]), false),
+            (
+                BackendError::Kmip(KmipError::Refused { server: "kmip0:5696".into(), operation: "Decrypt".into(), reason: "Permission Denied".into(), code: Some(0x0C) }),
+                false,
+            ),
+            (BackendError::Kmip(KmipError::incomplete(ResponseError("no Data in the response".into()))), false),
+            (BackendError::Login { token: "keybridge".into(), reason: "CKR_PIN_INCORRECT (wrong PIN)".into() }, false),
+            (BackendError::MasterKeyMissing { id: "00".into(), label: "mk".into() }, false),
+            (BackendError::Other("anything".into()), false),
+        ];
+        for (e, transient) in table {
+            let what = e.to_string();
+            assert_eq!(e.is_transient(), transient, "{what}");
+            // And through the top-level error, which does not know BackendError.
+            assert_eq!(keybridge_proto::Error::backend("kms")(e).is_transient(), transient, "{what}");
+        }
     }
 }

@@ -107,6 +107,19 @@ fn incomplete(context: &Option<String>, e: &messages::ResponseError) -> String {
 }
 
 impl KmipError {
+    /// Whether the same request may succeed later with nobody changing
+    /// anything: only when no server could serve it and at least one of
+    /// them failed in a way [`Failure::is_transient`] counts as transient
+    /// (anything at the connection level); that server may be back. A
+    /// server's answer (a refusal, a malformed or incomplete response, no
+    /// common version) and the configuration are not transient.
+    pub fn is_transient(&self) -> bool {
+        match self {
+            KmipError::AllServersFailed(failures) => failures.iter().any(|f| f.failure.is_transient()),
+            KmipError::Config(_) | KmipError::Refused { .. } | KmipError::Protocol { .. } | KmipError::Incomplete { .. } | KmipError::NoCommonVersion { .. } => false,
+        }
+    }
+
     /// A successful answer that lacks what the operation returns.
     pub fn incomplete(source: messages::ResponseError) -> Self {
         KmipError::Incomplete { context: None, source }
