@@ -164,6 +164,13 @@ pub enum BackendError {
     /// The master key exists but is not usable as a master key.
     #[error("master key {label}: {reason}")]
     MasterKeyUnfit { label: String, reason: String },
+    /// Destroying a master key keybridge did not create (an adopted one)
+    /// is refused.
+    #[error("master key {label} was adopted, not created by keybridge; refusing to destroy it")]
+    MasterKeyNotOwned { label: String },
+    /// The token's answer lacks attributes it was asked for.
+    #[error("the token did not return {what}")]
+    AttributesMissing { what: &'static str },
     /// The wrapped private KEK did not unwrap under the MK.
     #[error("wrapped KEK of pool '{pool}' did not unwrap under master key {mk}: the blob is tampered or corrupted, or belongs to another master key ({detail})")]
     KekUnwrap { pool: String, mk: String, detail: String },
@@ -176,6 +183,14 @@ pub enum BackendError {
     /// An operation did not finish in time.
     #[error("{operation} did not finish within {secs} s; the session was discarded")]
     Timeout { operation: String, secs: u64 },
+    /// Work handed to a blocking thread (key generation, a software
+    /// decryption, opening a token) panicked or was cancelled.
+    #[error("{task} failed: {source}")]
+    Task {
+        task: &'static str,
+        #[source]
+        source: tokio::task::JoinError,
+    },
     /// A software primitive used by the backend failed.
     #[error("{context}: {source}")]
     Crypto {
@@ -218,6 +233,9 @@ impl BackendError {
             | BackendError::Pin { .. }
             | BackendError::MasterKeyMissing { .. }
             | BackendError::MasterKeyUnfit { .. }
+            | BackendError::MasterKeyNotOwned { .. }
+            | BackendError::AttributesMissing { .. }
+            | BackendError::Task { .. }
             | BackendError::KekUnwrap { .. }
             | BackendError::DekDecrypt { .. }
             | BackendError::Unsupported(_)
@@ -372,6 +390,8 @@ mod tests {
             (BackendError::Kmip(KmipError::incomplete(ResponseError("no Data in the response".into()))), false),
             (BackendError::Login { token: "keybridge".into(), reason: "CKR_PIN_INCORRECT (wrong PIN)".into() }, false),
             (BackendError::MasterKeyMissing { id: "00".into(), label: "mk".into() }, false),
+            (BackendError::MasterKeyNotOwned { label: "mk".into() }, false),
+            (BackendError::AttributesMissing { what: "the public KEK's modulus and exponent" }, false),
             (BackendError::Other("anything".into()), false),
         ];
         for (e, transient) in table {
@@ -380,5 +400,19 @@ mod tests {
             // And through the top-level error, which does not know BackendError.
             assert_eq!(keybridge_proto::Error::backend("kms")(e).is_transient(), transient, "{what}");
         }
+    }
+
+    #[tokio::test]
+    async fn recurring_conditions_read_as_before() {
+        let e = BackendError::MasterKeyNotOwned { label: "keybridge-mk-p".into() };
+        assert_eq!(e.to_string(), "master key keybridge-mk-p was adopted, not created by keybridge; refusing to destroy it");
+        let e = BackendError::AttributesMissing { what: "the public KEK's modulus and exponent" };
+        assert_eq!(e.to_string(), "the token did not return the public KEK's modulus and exponent");
+        let task = tokio::spawn(std::future::pending::<()>());
+        task.abort();
+        let e = BackendError::Task { task: "KEK generation task", source: task.await.unwrap_err() };
+        let (message, transient) = (e.to_string(), e.is_transient());
+        assert!(message.starts_with("KEK generation task failed: task ") && message.ends_with(" was cancelled"), "{message}");
+        assert!(!transient);
     }
 }

@@ -183,7 +183,7 @@ impl KeyBackend for BuiltinBackend {
             Ok::<_, crate::crypto::CryptoError>((private.public().to_spki_der()?, kwp::wrap(&mk_key, &pkcs8)?))
         })
         .await
-        .map_err(|e| BackendError::Other(format!("KEK generation task failed: {e}")))?
+        .map_err(|source| BackendError::Task { task: "KEK generation task", source })?
         .map_err(|source| BackendError::Crypto { context: format!("generating a {bits}-bit KEK"), source })?;
         Ok(NewKek {
             bits,

@@ -373,7 +373,7 @@ impl KeyBackend for KmipBackend {
         let mode = self.mode().await?;
         let private = tokio::task::spawn_blocking(move || PrivateKek::generate(bits))
             .await
-            .map_err(|e| BackendError::Other(format!("KEK generation task failed: {e}")))?
+            .map_err(|source| BackendError::Task { task: "KEK generation task", source })?
             .map_err(|source| BackendError::Crypto { context: format!("generating a {bits}-bit KEK"), source })?;
         let pkcs8 = private.to_pkcs8_der().map_err(|source| BackendError::Crypto { context: "encoding the KEK".into(), source })?;
         let public = private.public().to_spki_der().map_err(|source| BackendError::Crypto { context: "encoding the public KEK".into(), source })?;
@@ -413,7 +413,7 @@ impl KeyBackend for KmipBackend {
 
     async fn destroy_master_key(&self, mk: &MasterKeyRef) -> Result<(), BackendError> {
         if !mk.owned {
-            return Err(BackendError::Other(format!("master key {} was adopted, not created by keybridge; refusing to destroy it", mk.label)));
+            return Err(BackendError::MasterKeyNotOwned { label: mk.label.clone() });
         }
         self.client
             .call(&[

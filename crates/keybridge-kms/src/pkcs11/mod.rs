@@ -367,7 +367,7 @@ fn public_of(session: &Session, public: ObjectHandle) -> Result<PublicKek, OpErr
             _ => {}
         }
     }
-    let (n, e) = n.zip(e).ok_or_else(|| OpError::Backend(BackendError::Other("the token did not return the public KEK's modulus and exponent".into())))?;
+    let (n, e) = n.zip(e).ok_or(OpError::Backend(BackendError::AttributesMissing { what: "the public KEK's modulus and exponent" }))?;
     PublicKek::from_components(&n, &e).map_err(|source| OpError::Backend(BackendError::Crypto { context: "reading the public KEK".into(), source }))
 }
 
@@ -401,7 +401,7 @@ impl Pkcs11Backend {
         let task = tokio::task::spawn_blocking(move || Self::open_blocking(&config));
         match tokio::time::timeout(timeout, task).await {
             Err(_) => Err(BackendError::Timeout { operation: "opening the PKCS#11 token".into(), secs: timeout.as_secs() }),
-            Ok(Err(e)) => Err(BackendError::Other(format!("opening the PKCS#11 backend failed: {e}"))),
+            Ok(Err(source)) => Err(BackendError::Task { task: "opening the PKCS#11 backend", source }),
             Ok(Ok(r)) => r,
         }
     }
@@ -804,7 +804,7 @@ impl KeyBackend for Pkcs11Backend {
 
     async fn destroy_master_key(&self, mk: &MasterKeyRef) -> Result<(), BackendError> {
         if !mk.owned {
-            return Err(BackendError::Other(format!("master key {} was adopted, not created by keybridge; refusing to destroy it", mk.label)));
+            return Err(BackendError::MasterKeyNotOwned { label: mk.label.clone() });
         }
         let mk = mk.clone();
         let writes = self.token_writes.clone();
