@@ -325,8 +325,9 @@ impl Error {
     /// may succeed later with nobody changing anything (see
     /// [`BackendFault::is_transient`]). Only [`Error::Backend`] has a typed
     /// cause to decide on; every other error answers false, including
-    /// [`Error::Unreachable`] and [`Error::Remote`], whose causes arrive
-    /// here as text.
+    /// [`Error::Unreachable`], whose cause arrives as text, and
+    /// [`Error::Remote`], whose answer carries a kind but no verdict on
+    /// transience.
     pub fn is_transient(&self) -> bool {
         match self {
             Error::Backend { source, .. } => source.is_transient(),
