@@ -443,7 +443,7 @@ mod p11kit_client {
         let kb = rig.open();
         let backend = pkcs11_backend(&rig).await;
         let probe = backend.probe().await.unwrap();
-        assert_eq!(probe.state, "unusable", "{probe:?}");
+        assert_eq!(probe.state, keybridge_kms::ProbeStatus::Unusable, "{probe:?}");
         assert!(probe.details["wrap_mechanism"].is_null(), "{probe:?}");
         assert_eq!(probe.details["mechanisms"]["CKM_RSA_PKCS_OAEP"], true, "{probe:?}");
         assert_eq!(probe.details["token"]["label"], "keybridge", "{probe:?}");

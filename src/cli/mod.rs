@@ -11,6 +11,7 @@ use serde_json::{json, Value};
 mod net;
 
 use keybridge_catalog::audit::Actor;
+use keybridge_kms::ProbeStatus;
 use crate::config::{Config, DEFAULT_CONFIG};
 use crate::flows::{backup, clients, pool_creation, restore};
 use keybridge_proto::secret::read_secret_file;
@@ -201,8 +202,8 @@ async fn run(cli: &Cli) -> Result<(Value, String)> {
                         reports.push(serde_json::to_value(&r).unwrap_or_default());
                     }
                     Err(e) => {
-                        text += &format!("{n}: unusable: {e}\n");
-                        reports.push(json!({ "name": n, "state": "unusable", "error": e.to_string() }));
+                        text += &format!("{n}: {}: {e}\n", ProbeStatus::Unusable);
+                        reports.push(json!({ "name": n, "state": ProbeStatus::Unusable, "error": e.to_string() }));
                         first_err.get_or_insert(e);
                     }
                 }

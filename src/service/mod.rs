@@ -33,6 +33,7 @@ use keybridge_proto::api::{self, ClientKdf, CreatePool, JobStarted, PoolRequest,
 use keybridge_net::http::ApiError;
 use keybridge_catalog::audit::Actor;
 use keybridge_catalog::PoolRecord;
+use keybridge_kms::ProbeStatus;
 use crate::config::ServiceConfig;
 use crate::context::Keybridge;
 use crate::flows::{backup, clients, pool_creation, restore};
@@ -47,10 +48,19 @@ pub use metrics::Metrics;
 pub struct KmsHealth {
     pub name: String,
     pub kind: &'static str,
-    /// `usable`, `unusable`, or `unknown` before the first probe.
-    pub state: &'static str,
+    /// What the last probe found; `None` before the first probe, shown as
+    /// `unknown`.
+    #[serde(serialize_with = "state_or_unknown")]
+    pub state: Option<ProbeStatus>,
     pub detail: String,
     pub checked_at: Option<String>,
+}
+
+fn state_or_unknown<S: serde::Serializer>(state: &Option<ProbeStatus>, s: S) -> std::result::Result<S::Ok, S::Error> {
+    match state {
+        Some(state) => state.serialize(s),
+        None => s.serialize_str("unknown"),
+    }
 }
 
 /// The running service's shared state.
@@ -91,7 +101,7 @@ impl Service {
             .config()
             .kms
             .iter()
-            .map(|k| KmsHealth { name: k.name().to_owned(), kind: k.kind(), state: "unknown", detail: "not probed yet".into(), checked_at: None })
+            .map(|k| KmsHealth { name: k.name().to_owned(), kind: k.kind(), state: None, detail: "not probed yet".into(), checked_at: None })
             .collect();
         Ok(Service { kb: Arc::new(kb), cfg, operator_token, agent_key, metrics: Metrics::default(), health: RwLock::new(health) })
     }
@@ -156,16 +166,16 @@ impl Service {
             let probe = tokio::time::timeout(Duration::from_secs(15), self.kb.probe(&name)).await;
             let (state, detail) = match probe {
                 Ok(Ok(report)) => (report.state, report.identity),
-                Ok(Err(e)) => ("unusable", e.to_string()),
-                Err(_) => ("unusable", "probe did not answer within 15 s".to_owned()),
+                Ok(Err(e)) => (ProbeStatus::Unusable, e.to_string()),
+                Err(_) => (ProbeStatus::Unusable, "probe did not answer within 15 s".to_owned()),
             };
-            if state != "usable" {
+            if !state.is_usable() {
                 tracing::warn!(kms = %name, detail = %detail, "KMS unusable");
                 // Drop the cached backend so the next use reconnects.
                 self.kb.forget_backend(&name).await;
             }
             let checked_at = keybridge_kmip::render::rfc3339(api::auth::unix_now() as i64, None);
-            results.push(KmsHealth { name, kind, state, detail, checked_at: Some(checked_at) });
+            results.push(KmsHealth { name, kind, state: Some(state), detail, checked_at: Some(checked_at) });
         }
         *self.health.write().await = results;
     }
@@ -250,7 +260,7 @@ pub fn router(service: Shared) -> Router {
 
 async fn healthz(State(s): State<Shared>, headers: HeaderMap) -> Response {
     let health = s.health.read().await.clone();
-    let status = if health.iter().all(|h| h.state == "usable") { "ok" } else { "degraded" };
+    let status = if health.iter().all(|h| h.state == Some(ProbeStatus::Usable)) { "ok" } else { "degraded" };
     // 200 even when degraded: issuing DEKs needs no KMS (public KEK), so a
     // dead HSM must not make a load balancer drop the whole service.
     // Token labels, serials, module paths and raw KMS errors are for
@@ -268,7 +278,7 @@ async fn metrics_text(State(s): State<Shared>) -> Response {
         let (hits, misses) = b.cache_stats();
         (name.clone(), hits, misses)
     }).collect();
-    let up: Vec<_> = s.health.read().await.iter().map(|h| (h.name.clone(), h.state == "usable")).collect();
+    let up: Vec<_> = s.health.read().await.iter().map(|h| (h.name.clone(), h.state == Some(ProbeStatus::Usable))).collect();
     ([(axum::http::header::CONTENT_TYPE, "text/plain; version=0.0.4")], s.metrics.render(&cache, &up)).into_response()
 }
 
@@ -392,4 +402,17 @@ pub async fn run(kb: Keybridge, shutdown: impl std::future::Future<Output = ()>)
         tracing::warn!(connections = left, "grace period over with connections still open");
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn health_state_before_and_after_a_probe() {
+        let health = |state| KmsHealth { name: "hsm".into(), kind: "pkcs11", state, detail: String::new(), checked_at: None };
+        assert_eq!(serde_json::to_value(health(None)).unwrap()["state"], "unknown");
+        assert_eq!(serde_json::to_value(health(Some(ProbeStatus::Usable))).unwrap()["state"], "usable");
+        assert_eq!(serde_json::to_value(health(Some(ProbeStatus::Unusable))).unwrap()["state"], "unusable");
+    }
 }

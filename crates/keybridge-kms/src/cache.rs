@@ -126,7 +126,7 @@ impl SoftwareKeks {
         let ct = encrypted.to_vec();
         tokio::task::spawn_blocking(move || private.decrypt(hash, &ct))
             .await
-            .map_err(|e| BackendError::Other(format!("DEK decryption task failed: {e}")))?
+            .map_err(|source| BackendError::Task { task: "DEK decryption task", source })?
             .map(DekPlaintext::new)
             .map_err(|e| BackendError::DekDecrypt { pool: kek.pool_name.to_owned(), detail: e.to_string() })
     }

@@ -105,13 +105,45 @@ impl fmt::Debug for DekPlaintext {
     }
 }
 
+/// Whether a probed KMS can serve keybridge. Serialised in lowercase
+/// (`"usable"`, `"unusable"`), as `kms probe --json` and the service's
+/// health answer show it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ProbeStatus {
+    /// The KMS answered and offers everything keybridge needs.
+    Usable,
+    /// The KMS did not answer, or lacks something keybridge needs; the
+    /// report's details or the error say what.
+    Unusable,
+}
+
+impl ProbeStatus {
+    /// The name in reports and JSON: `usable` or `unusable`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ProbeStatus::Usable => "usable",
+            ProbeStatus::Unusable => "unusable",
+        }
+    }
+
+    pub fn is_usable(self) -> bool {
+        self == ProbeStatus::Usable
+    }
+}
+
+impl fmt::Display for ProbeStatus {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
 /// Result of a capability and health probe.
 #[derive(Debug, Clone, Serialize)]
 pub struct ProbeReport {
     pub name: String,
     pub kind: &'static str,
-    /// `usable` or `unusable`.
-    pub state: &'static str,
+    pub state: ProbeStatus,
     /// Stable description of what the KMS is (token label + serial, ...).
     pub identity: String,
     /// Backend-specific details: mechanisms chosen, OAEP hash, limits.
@@ -123,13 +155,25 @@ pub struct ProbeReport {
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum BackendError {
-    /// A PKCS#11 function returned an error.
-    #[error("{function} failed while {doing}: {rv}{hint}")]
+    /// A PKCS#11 function returned an error, e.g. "C_Decrypt failed while
+    /// decrypting a DEK of pool 'p': CKR_DEVICE_REMOVED (the token is not
+    /// present)".
+    #[error("{} failed while {doing}: {}{}", pkcs11::rv::function_name(*.function), pkcs11::rv::ckr_name(*.rv), pkcs11::rv::hint(*.rv))]
     Pkcs11 {
-        function: String,
-        rv: String,
+        /// The C function that failed.
+        function: cryptoki::context::Function,
+        /// What it returned.
+        rv: cryptoki::error::RvError,
+        /// What keybridge was doing.
         doing: String,
-        hint: &'static str,
+    },
+    /// cryptoki failed around a PKCS#11 call without a return value from the
+    /// module (a conversion, a missing function, a value it does not know).
+    #[error("{doing}: {source}")]
+    Cryptoki {
+        doing: String,
+        #[source]
+        source: cryptoki::error::Error,
     },
     /// The PKCS#11 module could not be loaded or initialised.
     #[error("PKCS#11 module {module}: {reason}")]
@@ -149,6 +193,13 @@ pub enum BackendError {
     /// The master key exists but is not usable as a master key.
     #[error("master key {label}: {reason}")]
     MasterKeyUnfit { label: String, reason: String },
+    /// Destroying a master key keybridge did not create (an adopted one)
+    /// is refused.
+    #[error("master key {label} was adopted, not created by keybridge; refusing to destroy it")]
+    MasterKeyNotOwned { label: String },
+    /// The token's answer lacks attributes it was asked for.
+    #[error("the token did not return {what}")]
+    AttributesMissing { what: &'static str },
     /// The wrapped private KEK did not unwrap under the MK.
     #[error("wrapped KEK of pool '{pool}' did not unwrap under master key {mk}: the blob is tampered or corrupted, or belongs to another master key ({detail})")]
     KekUnwrap { pool: String, mk: String, detail: String },
@@ -161,6 +212,14 @@ pub enum BackendError {
     /// An operation did not finish in time.
     #[error("{operation} did not finish within {secs} s; the session was discarded")]
     Timeout { operation: String, secs: u64 },
+    /// Work handed to a blocking thread (key generation, a software
+    /// decryption, opening a token) panicked or was cancelled.
+    #[error("{task} failed: {source}")]
+    Task {
+        task: &'static str,
+        #[source]
+        source: tokio::task::JoinError,
+    },
     /// A software primitive used by the backend failed.
     #[error("{context}: {source}")]
     Crypto {
@@ -168,15 +227,58 @@ pub enum BackendError {
         #[source]
         source: CryptoError,
     },
-    /// A KMIP server failed or refused.
-    #[error("{0}")]
-    Kmip(String),
+    /// A KMIP server failed or refused, or its answer lacks what the
+    /// operation returns.
+    #[error(transparent)]
+    Kmip(#[from] kmip::client::KmipError),
     /// Root key file problems (built-in KMS).
     #[error("root key {path}: {reason}")]
     RootKey { path: String, reason: String },
     /// Anything else, with context.
     #[error("{0}")]
     Other(String),
+}
+
+impl BackendError {
+    /// Whether the same request may succeed later with nobody changing
+    /// anything (a token re-inserted, a KMIP server back, an overloaded HSM
+    /// answering again). Decided by the typed cause: the PKCS#11 return
+    /// value (the PKCS#11 retry table), the KMIP client's error
+    /// ([`kmip::client::KmipError::is_transient`]), and a timeout. Everything
+    /// else is not: configuration and module loading; a token no slot holds
+    /// (an absent token cannot be told from a wrong label); a refused login
+    /// whatever its code (retrying a PIN only burns tries, and keybridge
+    /// does not retry one); missing or unfit keys; data that does not
+    /// decrypt; and messages keybridge cannot classify.
+    pub fn is_transient(&self) -> bool {
+        match self {
+            BackendError::Pkcs11 { rv, .. } => pkcs11::rv::is_transient(*rv),
+            BackendError::Kmip(e) => e.is_transient(),
+            BackendError::Timeout { .. } => true,
+            BackendError::Cryptoki { .. }
+            | BackendError::Module { .. }
+            | BackendError::TokenNotFound { .. }
+            | BackendError::Login { .. }
+            | BackendError::Pin { .. }
+            | BackendError::MasterKeyMissing { .. }
+            | BackendError::MasterKeyUnfit { .. }
+            | BackendError::MasterKeyNotOwned { .. }
+            | BackendError::AttributesMissing { .. }
+            | BackendError::Task { .. }
+            | BackendError::KekUnwrap { .. }
+            | BackendError::DekDecrypt { .. }
+            | BackendError::Unsupported(_)
+            | BackendError::Crypto { .. }
+            | BackendError::RootKey { .. }
+            | BackendError::Other(_) => false,
+        }
+    }
+}
+
+impl keybridge_proto::error::BackendFault for BackendError {
+    fn is_transient(&self) -> bool {
+        BackendError::is_transient(self)
+    }
 }
 
 /// The one trait every KMS implements.
@@ -232,4 +334,114 @@ pub async fn open(config: &KmsConfig) -> Result<Arc<dyn KeyBackend>, BackendErro
         KmsConfig::Pkcs11(c) => Arc::new(pkcs11::Pkcs11Backend::open(c).await?),
         KmsConfig::Kmip(c) => Arc::new(kmip::KmipBackend::open(c)?),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn probe_status_is_written_in_lowercase() {
+        for (status, name) in [(ProbeStatus::Usable, "usable"), (ProbeStatus::Unusable, "unusable")] {
+            assert_eq!(serde_json::to_value(status).unwrap(), name);
+            assert_eq!(status.to_string(), name);
+        }
+        let report = ProbeReport {
+            name: "hsm".into(),
+            kind: "pkcs11",
+            state: ProbeStatus::Unusable,
+            identity: "pkcs11:token=t".into(),
+            details: serde_json::json!({}),
+        };
+        assert_eq!(serde_json::to_value(&report).unwrap()["state"], "unusable");
+        assert!(ProbeStatus::Usable.is_usable() && !ProbeStatus::Unusable.is_usable());
+    }
+
+    fn pkcs11(rv: cryptoki::error::RvError) -> BackendError {
+        BackendError::Pkcs11 { function: cryptoki::context::Function::Decrypt, rv, doing: "decrypting a DEK of pool 'p'".into() }
+    }
+
+    #[test]
+    fn pkcs11_errors_read_as_before() {
+        use cryptoki::error::{Error as CkError, RvError};
+        assert_eq!(
+            pkcs11(RvError::DeviceRemoved).to_string(),
+            "C_Decrypt failed while decrypting a DEK of pool 'p': CKR_DEVICE_REMOVED (the token is not present)"
+        );
+        assert_eq!(pkcs11(RvError::FunctionFailed).to_string(), "C_Decrypt failed while decrypting a DEK of pool 'p': CKR_FUNCTION_FAILED");
+        let e = BackendError::Cryptoki { doing: "reading mechanism information".into(), source: CkError::NotSupported };
+        assert_eq!(e.to_string(), "reading mechanism information: Feature not supported");
+    }
+
+    fn all_failed(failures: Vec<kmip::client::Failure>) -> BackendError {
+        let failures = failures
+            .into_iter()
+            .enumerate()
+            .map(|(i, failure)| kmip::client::ServerFailure { server: format!("kmip{i}:5696"), failure })
+            .collect();
+        BackendError::Kmip(kmip::client::KmipError::AllServersFailed(failures))
+    }
+
+    #[test]
+    fn kmip_errors_read_as_before() {
+        use kmip::client::{Failure, KmipError};
+        let e = all_failed(vec![Failure::Connect(std::io::ErrorKind::ConnectionRefused.into()), Failure::Timeout(10)]);
+        assert_eq!(e.to_string(), "no KMIP server could serve the request: kmip0:5696: cannot connect: connection refused; kmip1:5696: no answer within 10 s");
+        let missing = || keybridge_kmip::messages::ResponseError("no Key Block in the Get response".into());
+        assert_eq!(BackendError::from(KmipError::incomplete(missing())).to_string(), "no Key Block in the Get response");
+        let e = BackendError::from(KmipError::Incomplete { context: Some("Get of master key mk".into()), source: missing() });
+        assert_eq!(e.to_string(), "Get of master key mk: no Key Block in the Get response");
+    }
+
+    #[test]
+    fn transient_errors() {
+        use cryptoki::error::RvError;
+        use keybridge_kmip::messages::ResponseError;
+        use kmip::client::{Failure, KmipError};
+        let refused = || std::io::Error::from(std::io::ErrorKind::ConnectionRefused);
+        let table = [
+            (pkcs11(RvError::DeviceRemoved), true),
+            (pkcs11(RvError::TokenNotPresent), true),
+            (pkcs11(RvError::SessionClosed), true),
+            (pkcs11(RvError::FunctionFailed), true),
+            (pkcs11(RvError::CryptokiNotInitialized), false),
+            (pkcs11(RvError::PinIncorrect), false),
+            (pkcs11(RvError::GeneralError), false),
+            (BackendError::Timeout { operation: "decrypting a DEK".into(), secs: 30 }, true),
+            (all_failed(vec![Failure::Connect(refused())]), true),
+            (all_failed(vec![Failure::Refused("no".into()), Failure::Timeout(10)]), true),
+            (all_failed(vec![Failure::Refused("no".into())]), false),
+            (all_failed(vec![]), false),
+            (
+                BackendError::Kmip(KmipError::Refused { server: "kmip0:5696".into(), operation: "Decrypt".into(), reason: "Permission Denied".into(), code: Some(0x0C) }),
+                false,
+            ),
+            (BackendError::Kmip(KmipError::incomplete(ResponseError("no Data in the response".into()))), false),
+            (BackendError::Login { token: "keybridge".into(), reason: "CKR_PIN_INCORRECT (wrong PIN)".into() }, false),
+            (BackendError::MasterKeyMissing { id: "00".into(), label: "mk".into() }, false),
+            (BackendError::MasterKeyNotOwned { label: "mk".into() }, false),
+            (BackendError::AttributesMissing { what: "the public KEK's modulus and exponent" }, false),
+            (BackendError::Other("anything".into()), false),
+        ];
+        for (e, transient) in table {
+            let what = e.to_string();
+            assert_eq!(e.is_transient(), transient, "{what}");
+            // And through the top-level error, which does not know BackendError.
+            assert_eq!(keybridge_proto::Error::backend("kms")(e).is_transient(), transient, "{what}");
+        }
+    }
+
+    #[tokio::test]
+    async fn recurring_conditions_read_as_before() {
+        let e = BackendError::MasterKeyNotOwned { label: "keybridge-mk-p".into() };
+        assert_eq!(e.to_string(), "master key keybridge-mk-p was adopted, not created by keybridge; refusing to destroy it");
+        let e = BackendError::AttributesMissing { what: "the public KEK's modulus and exponent" };
+        assert_eq!(e.to_string(), "the token did not return the public KEK's modulus and exponent");
+        let task = tokio::spawn(std::future::pending::<()>());
+        task.abort();
+        let e = BackendError::Task { task: "KEK generation task", source: task.await.unwrap_err() };
+        let (message, transient) = (e.to_string(), e.is_transient());
+        assert!(message.starts_with("KEK generation task failed: task ") && message.ends_with(" was cancelled"), "{message}");
+        assert!(!transient);
+    }
 }

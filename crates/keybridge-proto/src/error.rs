@@ -9,9 +9,12 @@
 //!
 //! The layers below the wire contract keep their own typed errors
 //! (`BackendError` in keybridge-kms, the catalog engine's error): they
-//! arrive here boxed behind [`Error::Backend`] and [`Error::Catalog`] and
-//! can be downcast again (`std::error::Error::source`), so this crate
-//! depends on neither.
+//! arrive here boxed behind [`Error::Backend`] and [`Error::Catalog`], so
+//! this crate depends on neither. A catalog error is the `source()` of
+//! [`Error::Catalog`] and downcasts from there; a KMS backend's error sits
+//! in a [`BackendSource`], which answers [`BackendFault::is_transient`]
+//! without knowing the backend's type and downcasts with
+//! [`BackendSource::downcast_ref`].
 
 use std::fmt;
 use std::path::PathBuf;
@@ -23,6 +26,68 @@ use crate::stream::StreamError;
 
 /// A lower layer's error, kept whole behind the wire contract.
 pub type Source = Box<dyn std::error::Error + Send + Sync + 'static>;
+
+/// What keybridge needs to know of a KMS backend's error without knowing
+/// its type (keybridge-kms's `BackendError` implements it).
+pub trait BackendFault: std::error::Error + Send + Sync + AsError + 'static {
+    /// Whether the same request may succeed later with nobody changing
+    /// anything: the KMS was unreachable, busy or lost a session, as
+    /// opposed to a refusal, a missing key or a configuration error.
+    fn is_transient(&self) -> bool;
+}
+
+/// Views an error as `dyn std::error::Error`, so a `dyn BackendFault` can
+/// be downcast (Rust 1.85, this workspace's minimum, cannot upcast trait
+/// objects). Implemented for every error type; nothing to write by hand.
+pub trait AsError {
+    fn as_error(&self) -> &(dyn std::error::Error + Send + Sync + 'static);
+}
+
+impl<E: std::error::Error + Send + Sync + 'static> AsError for E {
+    fn as_error(&self) -> &(dyn std::error::Error + Send + Sync + 'static) {
+        self
+    }
+}
+
+/// A KMS backend's error, kept whole behind [`Error::Backend`]. It shows
+/// exactly as the backend's error does: `Display`, `Debug` and
+/// `std::error::Error::source` are the backend error's own.
+pub struct BackendSource(Box<dyn BackendFault>);
+
+impl BackendSource {
+    pub fn new(fault: impl BackendFault) -> Self {
+        BackendSource(Box::new(fault))
+    }
+
+    /// See [`BackendFault::is_transient`].
+    pub fn is_transient(&self) -> bool {
+        self.0.is_transient()
+    }
+
+    /// The backend's error as its own type, e.g. keybridge-kms's
+    /// `BackendError`.
+    pub fn downcast_ref<E: BackendFault>(&self) -> Option<&E> {
+        (*self.0).as_error().downcast_ref()
+    }
+}
+
+impl fmt::Display for BackendSource {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Display::fmt(&*self.0, f)
+    }
+}
+
+impl fmt::Debug for BackendSource {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Debug::fmt(&*self.0, f)
+    }
+}
+
+impl std::error::Error for BackendSource {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        (*self.0).source()
+    }
+}
 
 /// What an error means to whoever receives it. Serialised in snake case
 /// (`"not_found"`); a kind this build does not know reads as
@@ -147,7 +212,7 @@ pub enum Error {
         kms: String,
         /// keybridge-kms's `BackendError`.
         #[source]
-        source: Source,
+        source: BackendSource,
     },
 
     /// The catalog (SQLite) failed.
@@ -252,11 +317,22 @@ impl Error {
     }
 
     /// Wraps a KMS backend's error, naming the KMS.
-    pub fn backend<E>(kms: &str) -> impl FnOnce(E) -> Error + '_
-    where
-        E: std::error::Error + Send + Sync + 'static,
-    {
-        move |source| Error::Backend { kms: kms.to_owned(), source: Box::new(source) }
+    pub fn backend<E: BackendFault>(kms: &str) -> impl FnOnce(E) -> Error + '_ {
+        move |source| Error::Backend { kms: kms.to_owned(), source: BackendSource::new(source) }
+    }
+
+    /// Whether a KMS reported this failure as transient: the same request
+    /// may succeed later with nobody changing anything (see
+    /// [`BackendFault::is_transient`]). Only [`Error::Backend`] has a typed
+    /// cause to decide on; every other error answers false, including
+    /// [`Error::Unreachable`], whose cause arrives as text, and
+    /// [`Error::Remote`], whose answer carries a kind but no verdict on
+    /// transience.
+    pub fn is_transient(&self) -> bool {
+        match self {
+            Error::Backend { source, .. } => source.is_transient(),
+            _ => false,
+        }
     }
 
     /// The process exit code for this error (documented in README.md).
@@ -363,7 +439,7 @@ mod tests {
             (Error::Config { path: path.clone(), reason: String::new() }, 3),
             (Error::Input { what: String::new(), reason: String::new() }, 3),
             (Error::NotFound { what: "pool", name: String::new() }, 4),
-            (Error::backend("kms")(std::io::Error::other("down")), 5),
+            (Error::backend("kms")(fault(false)), 5),
             (Error::Integrity { what: String::new(), reason: String::new() }, 6),
             (Error::Seal { client: String::new(), reason: String::new() }, 7),
             (Error::AlreadyExists { what: "pool", name: String::new() }, 8),
@@ -379,5 +455,48 @@ mod tests {
             assert_eq!(remote.exit_code(), documented, "remote {:?}", e.kind());
         }
         assert_eq!([ErrorKind::Auth.exit_code(), ErrorKind::StorageFull.exit_code()], [10, 12]);
+    }
+
+    /// A backend error as keybridge-kms's would be: a message, a cause, and
+    /// its own verdict on transience.
+    #[derive(Debug, thiserror::Error)]
+    #[error("C_Decrypt failed")]
+    struct Fault {
+        transient: bool,
+        #[source]
+        cause: std::io::Error,
+    }
+
+    impl BackendFault for Fault {
+        fn is_transient(&self) -> bool {
+            self.transient
+        }
+    }
+
+    fn fault(transient: bool) -> Fault {
+        Fault { transient, cause: std::io::Error::other("link down") }
+    }
+
+    #[test]
+    fn transience_comes_from_the_backend() {
+        assert!(Error::backend("hsm")(fault(true)).is_transient());
+        assert!(!Error::backend("hsm")(fault(false)).is_transient());
+        assert!(!Error::Internal("a bug".into()).is_transient());
+        assert!(!Error::Unreachable { peer: "service".into(), reason: "cannot connect".into() }.is_transient());
+    }
+
+    #[test]
+    fn the_backend_error_shows_through() {
+        use std::error::Error as _;
+        let e = Error::backend("hsm")(fault(true));
+        assert_eq!(e.to_string(), "KMS 'hsm': C_Decrypt failed");
+        assert_eq!(format!("{e:?}"), r#"Backend { kms: "hsm", source: Fault { transient: true, cause: Custom { kind: Other, error: "link down" } } }"#);
+        // The chain reads as the backend's own: its message, then its cause.
+        let source = e.source().expect("the backend error");
+        assert_eq!(source.to_string(), "C_Decrypt failed");
+        let cause = source.source().expect("the backend error's cause");
+        assert_eq!(cause.downcast_ref::<std::io::Error>().map(|c| c.to_string()).as_deref(), Some("link down"));
+        let Error::Backend { source, .. } = &e else { unreachable!() };
+        assert!(source.downcast_ref::<Fault>().is_some_and(|f| f.transient));
     }
 }

@@ -18,7 +18,7 @@ use async_trait::async_trait;
 use zeroize::Zeroizing;
 
 use super::cache::SoftwareKeks;
-use super::{BackendError, DekPlaintext, KeyBackend, MasterKeyRef, NewKek, PoolKek, ProbeReport};
+use super::{BackendError, DekPlaintext, KeyBackend, MasterKeyRef, NewKek, PoolKek, ProbeReport, ProbeStatus};
 use crate::config::BuiltinConfig;
 use crate::crypto::{kwp, OaepHash, PrivateKek};
 
@@ -151,7 +151,7 @@ impl KeyBackend for BuiltinBackend {
         Ok(ProbeReport {
             name: self.name.clone(),
             kind: self.kind(),
-            state: "usable",
+            state: ProbeStatus::Usable,
             identity: self.identity(),
             details: serde_json::json!({
                 "root_key": self.root_key_path.display().to_string(),
@@ -183,7 +183,7 @@ impl KeyBackend for BuiltinBackend {
             Ok::<_, crate::crypto::CryptoError>((private.public().to_spki_der()?, kwp::wrap(&mk_key, &pkcs8)?))
         })
         .await
-        .map_err(|e| BackendError::Other(format!("KEK generation task failed: {e}")))?
+        .map_err(|source| BackendError::Task { task: "KEK generation task", source })?
         .map_err(|source| BackendError::Crypto { context: format!("generating a {bits}-bit KEK"), source })?;
         Ok(NewKek {
             bits,

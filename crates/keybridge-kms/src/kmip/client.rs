@@ -60,22 +60,71 @@ impl Failure {
     }
 }
 
+/// One server's failure within a request that no server could serve.
+#[derive(Debug, thiserror::Error)]
+#[error("{server}: {failure}")]
+pub struct ServerFailure {
+    /// The server's address, `host:port`.
+    pub server: String,
+    pub failure: Failure,
+}
+
 /// Errors of the KMIP client.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum KmipError {
     #[error("{0}")]
     Config(String),
-    /// Every server failed; one line per server.
-    #[error("no KMIP server could serve the request: {}", .0.join("; "))]
-    AllServersFailed(Vec<String>),
+    /// Every server failed; one entry per server.
+    #[error("no KMIP server could serve the request: {}", joined(.0))]
+    AllServersFailed(Vec<ServerFailure>),
     /// The server answered but refused the operation.
     #[error("{operation} refused by {server}: {reason}")]
     Refused { server: String, operation: String, reason: String, code: Option<u32> },
     #[error("malformed response from {server}: {reason}")]
     Protocol { server: String, reason: String },
+    /// A successful answer that lacks what the operation returns (a Unique
+    /// Identifier, Data, a Key Block). `context` names the operation where
+    /// the bare reason would not.
+    #[error("{}", incomplete(.context, .source))]
+    Incomplete {
+        context: Option<String>,
+        #[source]
+        source: messages::ResponseError,
+    },
     #[error("no KMIP version in common with {server} (it offers {offered})")]
     NoCommonVersion { server: String, offered: String },
+}
+
+fn joined(failures: &[ServerFailure]) -> String {
+    failures.iter().map(ServerFailure::to_string).collect::<Vec<_>>().join("; ")
+}
+
+fn incomplete(context: &Option<String>, e: &messages::ResponseError) -> String {
+    match context {
+        Some(c) => format!("{c}: {}", e.0),
+        None => e.0.clone(),
+    }
+}
+
+impl KmipError {
+    /// Whether the same request may succeed later with nobody changing
+    /// anything: only when no server could serve it and at least one of
+    /// them failed in a way [`Failure::is_transient`] counts as transient
+    /// (anything at the connection level); that server may be back. A
+    /// server's answer (a refusal, a malformed or incomplete response, no
+    /// common version) and the configuration are not transient.
+    pub fn is_transient(&self) -> bool {
+        match self {
+            KmipError::AllServersFailed(failures) => failures.iter().any(|f| f.failure.is_transient()),
+            KmipError::Config(_) | KmipError::Refused { .. } | KmipError::Protocol { .. } | KmipError::Incomplete { .. } | KmipError::NoCommonVersion { .. } => false,
+        }
+    }
+
+    /// A successful answer that lacks what the operation returns.
+    pub fn incomplete(source: messages::ResponseError) -> Self {
+        KmipError::Incomplete { context: None, source }
+    }
 }
 
 struct Server {
@@ -259,8 +308,8 @@ impl KmipClient {
                 let mut conn = match conn {
                     Ok(c) => c,
                     Err(_) if !fresh => continue,
-                    Err(f) => {
-                        failures.push(format!("{addr}: {f}"));
+                    Err(failure) => {
+                        failures.push(ServerFailure { server: addr, failure });
                         break;
                     }
                 };
@@ -287,9 +336,9 @@ impl KmipClient {
                         tracing::debug!(server = %addr, error = %f, "pooled KMIP connection failed; reconnecting");
                         continue;
                     }
-                    Err(f) => {
-                        tracing::warn!(server = %addr, error = %f, "KMIP server failed");
-                        failures.push(format!("{addr}: {f}"));
+                    Err(failure) => {
+                        tracing::warn!(server = %addr, error = %failure, "KMIP server failed");
+                        failures.push(ServerFailure { server: addr, failure });
                         break;
                     }
                 }

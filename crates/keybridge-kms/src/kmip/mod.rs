@@ -28,10 +28,10 @@ use zeroize::Zeroizing;
 
 use self::client::{KmipClient, KmipError};
 use super::cache::SoftwareKeks;
-use super::{BackendError, DekPlaintext, KeyBackend, MasterKeyRef, NewKek, PoolKek, ProbeReport};
+use super::{BackendError, DekPlaintext, KeyBackend, MasterKeyRef, NewKek, PoolKek, ProbeReport, ProbeStatus};
 use crate::config::KmipConfig;
 use crate::crypto::{OaepHash, PrivateKek};
-use keybridge_kmip::messages::{Attribute, CipherMode, Request};
+use keybridge_kmip::messages::{Attribute, CipherMode, Request, ResponseError};
 use keybridge_kmip::tags as enums;
 
 /// Wrap mechanism: the server's Encrypt, AES-256-GCM under the MK.
@@ -69,12 +69,6 @@ impl Mode {
 }
 /// Object Group given to every master key keybridge creates.
 pub const OBJECT_GROUP: &str = "keybridge";
-
-impl From<KmipError> for BackendError {
-    fn from(e: KmipError) -> Self {
-        BackendError::Kmip(e.to_string())
-    }
-}
 
 /// A KMIP server (or replicated servers) as KMS.
 pub struct KmipBackend {
@@ -167,7 +161,8 @@ impl KmipBackend {
 
     async fn export_mk(&self, mk: &MasterKeyRef) -> Result<Zeroizing<Vec<u8>>, BackendError> {
         let r = self.client.call_one(Request::Get { uid: mk.id.clone() }).await.map_err(|e| missing_or(e, mk))?;
-        r.key_material().map_err(|e| BackendError::Kmip(format!("Get of master key {}: {}", mk.label, e.0)))
+        r.key_material()
+            .map_err(|source| KmipError::Incomplete { context: Some(format!("Get of master key {}", mk.label)), source }.into())
     }
 
     /// Wrap `pkcs8` under the MK.
@@ -182,7 +177,7 @@ impl KmipBackend {
                     .call_one(Request::Encrypt { uid: mk.id.clone(), mode: CipherMode::Gcm, data: Zeroizing::new(pkcs8.to_vec()), iv: iv.to_vec(), aad })
                     .await
                     .map_err(|e| missing_or(e, mk))?;
-                let enc = r.encrypted().map_err(|e| BackendError::Kmip(e.0))?;
+                let enc = r.encrypted().map_err(incomplete)?;
                 let ct = enc.data;
                 let tag = enc.tag.filter(|t| t.len() == TAG_LEN).ok_or_else(|| BackendError::Unsupported("the KMIP server returned no 16-byte AES-GCM tag".into()))?;
                 Ok(join_blob(BLOB_MAGIC, &iv[..], &tag, &ct))
@@ -194,7 +189,7 @@ impl KmipBackend {
                     .call_one(Request::Encrypt { uid: mk.id.clone(), mode: CipherMode::CbcPkcs5, data: Zeroizing::new(pkcs8.to_vec()), iv: iv.to_vec(), aad: Vec::new() })
                     .await
                     .map_err(|e| missing_or(e, mk))?;
-                let ct = r.encrypted().map_err(|e| BackendError::Kmip(e.0))?.data;
+                let ct = r.encrypted().map_err(incomplete)?.data;
                 Ok(join_blob(CBC_MAGIC, &iv[..], &cbc_check(pkcs8), &ct))
             }
             Mode::Export => {
@@ -224,7 +219,7 @@ impl KmipBackend {
                     .call_one(Request::Decrypt { uid: kek.master_key.id.clone(), mode: CipherMode::Gcm, data: ct.to_vec(), iv: iv.to_vec(), aad, tag: tag.to_vec() })
                     .await
                     .map_err(refused)?;
-                r.decrypted().map_err(|e| BackendError::Kmip(e.0))
+                r.decrypted().map_err(incomplete)
             }
             WRAP_SERVER_CBC => {
                 let (iv, check, ct) = split_blob(kek.wrapped_private, CBC_MAGIC, CBC_IV_LEN).ok_or_else(not_ours)?;
@@ -240,7 +235,7 @@ impl KmipBackend {
                         KmipError::Refused { code, .. } if code != Some(enums::result_reason::ITEM_NOT_FOUND) => altered(),
                         other => missing_or(other, kek.master_key),
                     })?;
-                let pkcs8 = r.decrypted().map_err(|e| BackendError::Kmip(e.0))?;
+                let pkcs8 = r.decrypted().map_err(incomplete)?;
                 if cbc_check(&pkcs8) != check {
                     return Err(altered());
                 }
@@ -259,6 +254,11 @@ impl KmipBackend {
             other => Err(BackendError::Unsupported(format!("pool '{}' was wrapped with {other}, which the KMIP backend does not use", kek.pool_name))),
         }
     }
+}
+
+/// A successful answer that lacks what the operation returns.
+fn incomplete(e: ResponseError) -> BackendError {
+    KmipError::incomplete(e).into()
 }
 
 /// "Item Not Found" from the server means the MK is gone.
@@ -288,9 +288,9 @@ impl KeyBackend for KmipBackend {
         let latency = self.client.ping().await?;
         let mode = self.mode().await;
         let (state, mode_text, mechanism) = match &mode {
-            Ok(Mode::Export) => ("usable", "export mode: Get of the master key (allow_key_export = true)".to_owned(), Some(WRAP_EXPORTED_GCM)),
-            Ok(m) => ("usable", "server-side Encrypt/Decrypt (master key never leaves the server)".to_owned(), Some(m.mechanism())),
-            Err(e) => ("unusable", e.to_string(), None),
+            Ok(Mode::Export) => (ProbeStatus::Usable, "export mode: Get of the master key (allow_key_export = true)".to_owned(), Some(WRAP_EXPORTED_GCM)),
+            Ok(m) => (ProbeStatus::Usable, "server-side Encrypt/Decrypt (master key never leaves the server)".to_owned(), Some(m.mechanism())),
+            Err(e) => (ProbeStatus::Unusable, e.to_string(), None),
         };
         Ok(ProbeReport {
             name: self.name.clone(),
@@ -326,7 +326,7 @@ impl KeyBackend for KmipBackend {
                 attributes: vec![Attribute::Name(label.to_owned()), Attribute::ObjectGroup(OBJECT_GROUP.into())],
             })
             .await?;
-        let id = created.uid().map_err(|e| BackendError::Kmip(e.0))?;
+        let id = created.uid().map_err(incomplete)?;
         let mk = MasterKeyRef { id: id.clone(), label: label.to_owned(), material: None, owned: true };
         if let Err(e) = self.client.call_one(Request::Activate { uid: id.clone() }).await {
             // Do not leave a pre-active key behind.
@@ -343,7 +343,7 @@ impl KeyBackend for KmipBackend {
         let uid = match reference.strip_prefix("name:") {
             Some(name) => {
                 let r = self.client.call_one(Request::Locate { attributes: vec![Attribute::Name(name.to_owned())], max_items: Some(2) }).await?;
-                match r.located().map_err(|e| BackendError::Kmip(e.0))?.as_slice() {
+                match r.located().map_err(incomplete)?.as_slice() {
                     [one] => one.clone(),
                     [] => return Err(BackendError::MasterKeyMissing { id: reference.into(), label: name.into() }),
                     _ => return Err(BackendError::Other(format!("more than one object is named '{name}'; give its Unique Identifier"))),
@@ -356,7 +356,7 @@ impl KeyBackend for KmipBackend {
             .call_one(Request::GetAttributes { uid: uid.clone(), names: vec!["Cryptographic Algorithm".into(), "Cryptographic Length".into(), "State".into(), "Name".into()] })
             .await
             .map_err(|e| missing_or(e, &MasterKeyRef { id: uid.clone(), label: reference.into(), material: None, owned: false }))?;
-        let attrs = r.attributes().map_err(|e| BackendError::Kmip(e.0))?;
+        let attrs = r.attributes().map_err(incomplete)?;
         let label = attrs.iter().find_map(|a| if let Attribute::Name(n) = a { Some(n.clone()) } else { None }).unwrap_or_else(|| uid.clone());
         let unfit = |reason: &str| BackendError::MasterKeyUnfit { label: label.clone(), reason: reason.into() };
         if !attrs.contains(&Attribute::CryptographicAlgorithm(enums::cryptographic_algorithm::AES)) || !attrs.contains(&Attribute::CryptographicLength(256)) {
@@ -372,7 +372,7 @@ impl KeyBackend for KmipBackend {
         let mode = self.mode().await?;
         let private = tokio::task::spawn_blocking(move || PrivateKek::generate(bits))
             .await
-            .map_err(|e| BackendError::Other(format!("KEK generation task failed: {e}")))?
+            .map_err(|source| BackendError::Task { task: "KEK generation task", source })?
             .map_err(|source| BackendError::Crypto { context: format!("generating a {bits}-bit KEK"), source })?;
         let pkcs8 = private.to_pkcs8_der().map_err(|source| BackendError::Crypto { context: "encoding the KEK".into(), source })?;
         let public = private.public().to_spki_der().map_err(|source| BackendError::Crypto { context: "encoding the public KEK".into(), source })?;
@@ -412,7 +412,7 @@ impl KeyBackend for KmipBackend {
 
     async fn destroy_master_key(&self, mk: &MasterKeyRef) -> Result<(), BackendError> {
         if !mk.owned {
-            return Err(BackendError::Other(format!("master key {} was adopted, not created by keybridge; refusing to destroy it", mk.label)));
+            return Err(BackendError::MasterKeyNotOwned { label: mk.label.clone() });
         }
         self.client
             .call(&[

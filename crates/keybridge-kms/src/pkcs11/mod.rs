@@ -17,7 +17,7 @@
 
 mod module;
 mod raw;
-mod rv;
+pub(crate) mod rv;
 mod session;
 mod uri;
 
@@ -37,7 +37,7 @@ use zeroize::Zeroizing;
 use self::session::{ck_to_backend, Doing, OpError, TokenSessions};
 use self::uri::Pkcs11Uri;
 use super::cache::{CacheStats, TtlCache};
-use super::{BackendError, DekPlaintext, KeyBackend, MasterKeyRef, NewKek, PoolKek, ProbeReport};
+use super::{BackendError, DekPlaintext, KeyBackend, MasterKeyRef, NewKek, PoolKek, ProbeReport, ProbeStatus};
 use crate::config::Pkcs11Config;
 use crate::crypto::{OaepHash, PublicKek};
 use keybridge_proto::secret::{ExposeSecret, SecretString};
@@ -367,7 +367,7 @@ fn public_of(session: &Session, public: ObjectHandle) -> Result<PublicKek, OpErr
             _ => {}
         }
     }
-    let (n, e) = n.zip(e).ok_or_else(|| OpError::Backend(BackendError::Other("the token did not return the public KEK's modulus and exponent".into())))?;
+    let (n, e) = n.zip(e).ok_or(OpError::Backend(BackendError::AttributesMissing { what: "the public KEK's modulus and exponent" }))?;
     PublicKek::from_components(&n, &e).map_err(|source| OpError::Backend(BackendError::Crypto { context: "reading the public KEK".into(), source }))
 }
 
@@ -401,7 +401,7 @@ impl Pkcs11Backend {
         let task = tokio::task::spawn_blocking(move || Self::open_blocking(&config));
         match tokio::time::timeout(timeout, task).await {
             Err(_) => Err(BackendError::Timeout { operation: "opening the PKCS#11 token".into(), secs: timeout.as_secs() }),
-            Ok(Err(e)) => Err(BackendError::Other(format!("opening the PKCS#11 backend failed: {e}"))),
+            Ok(Err(source)) => Err(BackendError::Task { task: "opening the PKCS#11 backend", source }),
             Ok(Ok(r)) => r,
         }
     }
@@ -597,7 +597,7 @@ impl KeyBackend for Pkcs11Backend {
         Ok(ProbeReport {
             name: self.name.clone(),
             kind: self.kind(),
-            state: if self.wrap.is_some() && has(CKM_RSA_PKCS_KEY_PAIR_GEN) && has(CKM_RSA_PKCS_OAEP) && has(CKM_AES_KEY_GEN) { "usable" } else { "unusable" },
+            state: if self.wrap.is_some() && has(CKM_RSA_PKCS_KEY_PAIR_GEN) && has(CKM_RSA_PKCS_OAEP) && has(CKM_AES_KEY_GEN) { ProbeStatus::Usable } else { ProbeStatus::Unusable },
             identity: self.identity(),
             details: serde_json::json!({
                 "token": { "label": self.token.label, "serial": self.token.serial, "manufacturer": self.token.manufacturer,
@@ -798,7 +798,7 @@ impl KeyBackend for Pkcs11Backend {
 
     async fn destroy_master_key(&self, mk: &MasterKeyRef) -> Result<(), BackendError> {
         if !mk.owned {
-            return Err(BackendError::Other(format!("master key {} was adopted, not created by keybridge; refusing to destroy it", mk.label)));
+            return Err(BackendError::MasterKeyNotOwned { label: mk.label.clone() });
         }
         let mk = mk.clone();
         let writes = self.token_writes.clone();

@@ -6,6 +6,7 @@
 //! changing anything; everything caused by our input, the key material or the
 //! token's configuration is permanent and reported at once.
 
+use cryptoki::context::Function;
 use cryptoki::error::RvError;
 
 /// The response to a failed PKCS#11 call.
@@ -142,8 +143,31 @@ pub(super) fn disposition(rv: RvError) -> Disposition {
     }
 }
 
+/// Whether a return value reports a condition that may clear with nobody
+/// changing anything, so the same request may succeed later: exactly the
+/// codes [`disposition`] retries (lost sessions and logins, device and
+/// memory trouble, CKR_FUNCTION_FAILED, cancellations). They reach a caller
+/// only once the bounded retries are spent, and a network HSM failing over
+/// or a token being re-inserted takes longer than those.
+///
+/// The doubtful ones:
+/// - CKR_FUNCTION_FAILED is transient: the standard says the same call may
+///   succeed again, unlike CKR_GENERAL_ERROR, which it calls unrecoverable.
+/// - CKR_CRYPTOKI_NOT_INITIALIZED is not: keybridge initialises each module
+///   once per process and never again, so a module that says it is not
+///   initialised (something finalised it, or a proxy handed out a function
+///   list of its own) answers the same until the process restarts.
+/// - CKR_DEVICE_ERROR is transient, but where C_Decrypt of a DEK or
+///   C_UnwrapKey of a KEK returns it, the backend reports a ciphertext or
+///   wrapped key that does not decrypt (some tokens answer bad data with
+///   it: `bad_ciphertext` and `bad_wrapped_key` in pkcs11/mod.rs), which
+///   is not transient.
+pub(crate) fn is_transient(rv: RvError) -> bool {
+    disposition(rv) != Disposition::Permanent
+}
+
 /// The `CKR_*` name of a return value, e.g. `CKR_PIN_INCORRECT`.
-pub(super) fn ckr_name(rv: RvError) -> String {
+pub(crate) fn ckr_name(rv: RvError) -> String {
     match rv {
         RvError::VendorDefined(code) => format!("CKR_VENDOR_DEFINED(0x{code:08X})"),
         RvError::UnknownErrorCode(code) => format!("unknown CK_RV 0x{code:08X}"),
@@ -161,8 +185,14 @@ pub(super) fn ckr_name(rv: RvError) -> String {
     }
 }
 
+/// The C name of a PKCS#11 function, e.g. `C_Decrypt`.
+pub(crate) fn function_name(f: Function) -> String {
+    // `Function`'s Debug is the C name without the `C_` prefix.
+    format!("C_{f:?}")
+}
+
 /// An operator-facing hint for the codes that have an obvious cause.
-pub(super) fn hint(rv: RvError) -> &'static str {
+pub(crate) fn hint(rv: RvError) -> &'static str {
     match rv {
         RvError::PinIncorrect => " (wrong PIN)",
         RvError::PinLocked => " (the user PIN is locked; the security officer must reset it)",
@@ -185,6 +215,43 @@ mod tests {
         assert_eq!(ckr_name(RvError::PinIncorrect), "CKR_PIN_INCORRECT");
         assert_eq!(ckr_name(RvError::SessionHandleInvalid), "CKR_SESSION_HANDLE_INVALID");
         assert_eq!(ckr_name(RvError::VendorDefined(0x8000_0001)), "CKR_VENDOR_DEFINED(0x80000001)");
+    }
+
+    #[test]
+    fn transient_codes() {
+        let table = [
+            (RvError::DeviceRemoved, true),
+            (RvError::TokenNotPresent, true),
+            (RvError::DeviceError, true),
+            (RvError::DeviceMemory, true),
+            (RvError::HostMemory, true),
+            (RvError::SessionCount, true),
+            (RvError::SessionClosed, true),
+            (RvError::SessionHandleInvalid, true),
+            (RvError::OperationActive, true),
+            (RvError::UserNotLoggedIn, true),
+            (RvError::FunctionFailed, true),
+            (RvError::FunctionCanceled, true),
+            (RvError::CryptokiNotInitialized, false),
+            (RvError::GeneralError, false),
+            (RvError::PinIncorrect, false),
+            (RvError::PinLocked, false),
+            (RvError::MechanismInvalid, false),
+            (RvError::WrappedKeyInvalid, false),
+            (RvError::EncryptedDataInvalid, false),
+            (RvError::KeyHandleInvalid, false),
+            (RvError::TokenWriteProtected, false),
+            (RvError::VendorDefined(0x8000_0001), false),
+        ];
+        for (rv, transient) in table {
+            assert_eq!(is_transient(rv), transient, "{}", ckr_name(rv));
+        }
+    }
+
+    #[test]
+    fn function_names() {
+        assert_eq!(function_name(Function::Decrypt), "C_Decrypt");
+        assert_eq!(function_name(Function::GetMechanismList), "C_GetMechanismList");
     }
 
     #[test]

@@ -59,19 +59,9 @@ impl<T> Doing<T> for Result<T, CkError> {
 /// Convert a cryptoki error to the backend error an operator reads.
 pub(super) fn ck_to_backend(err: CkError, doing: &str) -> BackendError {
     match err {
-        CkError::Pkcs11(rv, function) => BackendError::Pkcs11 {
-            function: function_name(function),
-            rv: ckr_name(rv),
-            doing: doing.to_owned(),
-            hint: hint(rv),
-        },
-        other => BackendError::Other(format!("{doing}: {other}")),
+        CkError::Pkcs11(rv, function) => BackendError::Pkcs11 { function, rv, doing: doing.to_owned() },
+        source => BackendError::Cryptoki { doing: doing.to_owned(), source },
     }
-}
-
-fn function_name(f: cryptoki::context::Function) -> String {
-    // `Function`'s Debug is the C name without the `C_` prefix.
-    format!("C_{f:?}")
 }
 
 impl OpError {
