@@ -14,7 +14,10 @@ use std::time::Duration;
 
 use common::{free_port, password, test_kdf, Kind, Rig};
 use keybridge_proto::api::agent_token::{AgentKey, AgentOp};
+use regex::Regex;
 use serde_json::Value;
+use snapbox::assert::Action;
+use snapbox::{Assert, Data};
 
 const BIN: &str = env!("CARGO_BIN_EXE_keybridge");
 
@@ -984,9 +987,12 @@ async fn cli_error_snapshots() {
         .output()
         .unwrap();
     outputs.push(("backup-without-ca", no_ca));
-    let update = std::env::var_os("KEYBRIDGE_UPDATE_SNAPSHOTS").is_some();
+    // snapbox compares (raw: byte for byte, no wildcards) and rewrites the
+    // files when asked to.
+    let action = if std::env::var_os("KEYBRIDGE_UPDATE_SNAPSHOTS").is_some() { Action::Overwrite } else { Action::Verify };
+    let snapshots = Assert::new().action(action);
     let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/snapshots/cli");
-    let uuid = regex_lite_uuid();
+    let uuid = Regex::new("[0-9A-Fa-f]{8}-[0-9A-Fa-f]{4}-[0-9A-Fa-f]{4}-[0-9A-Fa-f]{4}-[0-9A-Fa-f]{12}").unwrap();
     let mut mismatches = Vec::new();
     for (name, o) in outputs {
         let stderr = String::from_utf8_lossy(&o.stderr)
@@ -994,40 +1000,14 @@ async fn cli_error_snapshots() {
             .replace(&d.port.to_string(), "<PORT>")
             .replace(dead.rsplit(':').next().unwrap(), "<DEAD-PORT>")
             .replace(src.path().to_str().unwrap(), "<SRC>");
-        let got = format!("exit: {}\n{}", o.status.code().unwrap_or(-1), uuid(&stderr));
+        let got = format!("exit: {}\n{}", o.status.code().unwrap_or(-1), uuid.replace_all(&stderr, "<UUID>"));
         let file = dir.join(format!("{name}.txt"));
-        if update {
-            std::fs::create_dir_all(&dir).unwrap();
-            std::fs::write(&file, &got).unwrap();
-            continue;
-        }
-        let want = std::fs::read_to_string(&file).unwrap_or_else(|_| panic!("missing snapshot {}; run with KEYBRIDGE_UPDATE_SNAPSHOTS=1", file.display()));
-        if want != got {
-            mismatches.push(format!("{name}:\n--- want\n{want}--- got\n{got}"));
+        if let Err(e) = snapshots.try_eq(Some(&name), Data::text(got), Data::read_from(&file, None).raw()) {
+            mismatches.push(format!("{name}: {e}"));
         }
     }
     assert!(mismatches.is_empty(), "snapshots differ:\n{}", mismatches.join("\n"));
     assert!(!out_dir.exists() || std::fs::read_dir(&out_dir).unwrap().count() == 0, "a failed restore wrote into the target");
-}
-
-/// Replace every UUID in a text by `<UUID>`.
-fn regex_lite_uuid() -> impl Fn(&str) -> String {
-    |s: &str| {
-        let b = s.as_bytes();
-        let mut out = String::with_capacity(s.len());
-        let mut i = 0;
-        while i < b.len() {
-            if s.get(i..i + 36).is_some_and(|w| keybridge_agent::store::check_job_id(w).is_ok()) {
-                out.push_str("<UUID>");
-                i += 36;
-            } else {
-                let ch = s[i..].chars().next().unwrap();
-                out.push(ch);
-                i += ch.len_utf8();
-            }
-        }
-        out
-    }
 }
 
 /// A token for `op` on `job` signed with the deployment's MediaAgent key

@@ -1,111 +1,178 @@
 //! Prometheus text metrics for `/metrics`: requests and latency per
 //! operation and KMS, KMS errors, and KEK cache hits reported by the
-//! backends. Hand-written (a handful of counters does not need a metrics
-//! framework); every series is created on first use.
+//! backends, written by `prometheus-client` in the Prometheus text format
+//! (0.0.4). Every series is created on first use; a family without series
+//! is left out, and the series of a family come in no fixed order.
 
-use std::collections::BTreeMap;
-use std::fmt::Write;
-use std::sync::Mutex;
 use std::time::Duration;
 
+use prometheus_client::encoding::{prometheus_text, EncodeLabelSet};
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::Histogram;
+use prometheus_client::registry::Registry;
+
 /// Latency histogram bucket bounds, seconds.
-const BUCKETS: &[f64] = &[0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0];
+const BUCKETS: [f64; 13] = [0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0];
 
-#[derive(Debug, Default)]
-struct Histogram {
-    counts: [u64; BUCKETS.len()],
-    sum: f64,
-    count: u64,
+/// One finished operation; `kms` is "-" where no KMS is involved.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct Request {
+    operation: String,
+    kms: String,
+    outcome: String,
 }
 
-/// (operation, kms, outcome) — kms is "-" where no KMS is involved.
-type Key = (String, String, String);
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct Operation {
+    operation: String,
+    kms: String,
+}
 
-#[derive(Debug, Default)]
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct Kms {
+    kms: String,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct Reason {
+    reason: String,
+}
+
+/// The service's own series. `prometheus-client` appends the `_total` of a
+/// counter and the full stop of a help text itself.
+#[derive(Debug)]
 pub struct Metrics {
-    inner: Mutex<Inner>,
+    registry: Registry,
+    requests: Family<Request, Counter>,
+    latency: Family<Operation, Histogram, fn() -> Histogram>,
+    kms_errors: Family<Kms, Counter>,
+    auth_failures: Family<Reason, Counter>,
 }
 
-#[derive(Debug, Default)]
-struct Inner {
-    requests: BTreeMap<Key, u64>,
-    latency: BTreeMap<(String, String), Histogram>,
-    kms_errors: BTreeMap<String, u64>,
-    auth_failures: BTreeMap<String, u64>,
+impl Default for Metrics {
+    fn default() -> Self {
+        let requests = Family::<Request, Counter>::default();
+        let latency: Family<Operation, Histogram, fn() -> Histogram> = Family::new_with_constructor(|| Histogram::new(BUCKETS));
+        let kms_errors = Family::<Kms, Counter>::default();
+        let auth_failures = Family::<Reason, Counter>::default();
+        let mut registry = Registry::default();
+        registry.register("keybridge_requests", "Requests by operation, KMS and outcome", requests.clone());
+        registry.register("keybridge_request_duration_seconds", "Request latency by operation and KMS", latency.clone());
+        registry.register("keybridge_kms_errors", "Errors returned by a KMS (HSM, KMIP appliance, built-in)", kms_errors.clone());
+        registry.register("keybridge_auth_failures", "Refused authentications by reason", auth_failures.clone());
+        Metrics { registry, requests, latency, kms_errors, auth_failures }
+    }
 }
 
 impl Metrics {
     /// Count one finished operation.
     pub fn observe(&self, operation: &str, kms: &str, outcome: &str, elapsed: Duration) {
-        let mut inner = self.inner.lock().unwrap_or_else(|e| e.into_inner());
-        *inner.requests.entry((operation.to_owned(), kms.to_owned(), outcome.to_owned())).or_default() += 1;
-        let h = inner.latency.entry((operation.to_owned(), kms.to_owned())).or_default();
-        let secs = elapsed.as_secs_f64();
-        for (i, bound) in BUCKETS.iter().enumerate() {
-            if secs <= *bound {
-                h.counts[i] += 1;
-            }
-        }
-        h.sum += secs;
-        h.count += 1;
+        let (operation, kms) = (operation.to_owned(), kms.to_owned());
+        self.latency.get_or_create(&Operation { operation: operation.clone(), kms: kms.clone() }).observe(elapsed.as_secs_f64());
+        self.requests.get_or_create(&Request { operation, kms, outcome: outcome.to_owned() }).inc();
     }
 
     /// Count an error returned by a KMS (HSM or KMIP appliance).
     pub fn kms_error(&self, kms: &str) {
-        *self.inner.lock().unwrap_or_else(|e| e.into_inner()).kms_errors.entry(kms.to_owned()).or_default() += 1;
+        self.kms_errors.get_or_create(&Kms { kms: kms.to_owned() }).inc();
     }
 
     /// Count a refused client or operator authentication.
     pub fn auth_failure(&self, reason: &str) {
-        *self.inner.lock().unwrap_or_else(|e| e.into_inner()).auth_failures.entry(reason.to_owned()).or_default() += 1;
+        self.auth_failures.get_or_create(&Reason { reason: reason.to_owned() }).inc();
     }
 
     /// The Prometheus text exposition; `cache` lists (kms, hits, misses)
     /// and `up` lists (kms, usable) from the health checker.
     pub fn render(&self, cache: &[(String, u64, u64)], up: &[(String, bool)]) -> String {
-        let inner = self.inner.lock().unwrap_or_else(|e| e.into_inner());
-        let mut out = String::new();
-        let _ = writeln!(out, "# HELP keybridge_requests_total Requests by operation, KMS and outcome.");
-        let _ = writeln!(out, "# TYPE keybridge_requests_total counter");
-        for ((op, kms, outcome), n) in &inner.requests {
-            let _ = writeln!(out, "keybridge_requests_total{{operation=\"{op}\",kms=\"{kms}\",outcome=\"{outcome}\"}} {n}");
+        // The backends and the health checker keep these numbers; they are
+        // read once per scrape into series of their own.
+        let hits = Family::<Kms, Counter>::default();
+        let misses = Family::<Kms, Counter>::default();
+        for (kms, h, m) in cache {
+            hits.get_or_create(&Kms { kms: kms.clone() }).inc_by(*h);
+            misses.get_or_create(&Kms { kms: kms.clone() }).inc_by(*m);
         }
-        let _ = writeln!(out, "# HELP keybridge_request_duration_seconds Request latency by operation and KMS.");
-        let _ = writeln!(out, "# TYPE keybridge_request_duration_seconds histogram");
-        for ((op, kms), h) in &inner.latency {
-            let labels = format!("operation=\"{op}\",kms=\"{kms}\"");
-            for (bound, n) in BUCKETS.iter().zip(h.counts.iter()) {
-                let _ = writeln!(out, "keybridge_request_duration_seconds_bucket{{{labels},le=\"{bound}\"}} {n}");
-            }
-            let _ = writeln!(out, "keybridge_request_duration_seconds_bucket{{{labels},le=\"+Inf\"}} {}", h.count);
-            let _ = writeln!(out, "keybridge_request_duration_seconds_sum{{{labels}}} {}", h.sum);
-            let _ = writeln!(out, "keybridge_request_duration_seconds_count{{{labels}}} {}", h.count);
-        }
-        let _ = writeln!(out, "# HELP keybridge_kms_errors_total Errors returned by a KMS (HSM, KMIP appliance, built-in).");
-        let _ = writeln!(out, "# TYPE keybridge_kms_errors_total counter");
-        for (kms, n) in &inner.kms_errors {
-            let _ = writeln!(out, "keybridge_kms_errors_total{{kms=\"{kms}\"}} {n}");
-        }
-        let _ = writeln!(out, "# HELP keybridge_auth_failures_total Refused authentications by reason.");
-        let _ = writeln!(out, "# TYPE keybridge_auth_failures_total counter");
-        for (reason, n) in &inner.auth_failures {
-            let _ = writeln!(out, "keybridge_auth_failures_total{{reason=\"{reason}\"}} {n}");
-        }
-        let _ = writeln!(out, "# HELP keybridge_kek_cache_hits_total Restores that found the pool's KEK open in the cache.");
-        let _ = writeln!(out, "# TYPE keybridge_kek_cache_hits_total counter");
-        for (kms, hits, _) in cache {
-            let _ = writeln!(out, "keybridge_kek_cache_hits_total{{kms=\"{kms}\"}} {hits}");
-        }
-        let _ = writeln!(out, "# HELP keybridge_kek_cache_misses_total Restores that had to open (unwrap) the pool's KEK.");
-        let _ = writeln!(out, "# TYPE keybridge_kek_cache_misses_total counter");
-        for (kms, _, misses) in cache {
-            let _ = writeln!(out, "keybridge_kek_cache_misses_total{{kms=\"{kms}\"}} {misses}");
-        }
-        let _ = writeln!(out, "# HELP keybridge_kms_up Whether the last probe found the KMS usable.");
-        let _ = writeln!(out, "# TYPE keybridge_kms_up gauge");
+        let kms_up = Family::<Kms, Gauge>::default();
         for (kms, usable) in up {
-            let _ = writeln!(out, "keybridge_kms_up{{kms=\"{kms}\"}} {}", u8::from(*usable));
+            kms_up.get_or_create(&Kms { kms: kms.clone() }).set(i64::from(*usable));
         }
+        let mut scrape = Registry::default();
+        scrape.register("keybridge_kek_cache_hits", "Restores that found the pool's KEK open in the cache", hits);
+        scrape.register("keybridge_kek_cache_misses", "Restores that had to open (unwrap) the pool's KEK", misses);
+        scrape.register("keybridge_kms_up", "Whether the last probe found the KMS usable", kms_up);
+        let mut out = String::new();
+        // Writing to a String cannot fail.
+        let _ = prometheus_text::encode(&mut out, &self.registry);
+        let _ = prometheus_text::encode(&mut out, &scrape);
         out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The exposition byte for byte, with one series per family (the series
+    /// of a family come in no fixed order).
+    #[test]
+    fn exposition_text() {
+        let m = Metrics::default();
+        m.observe("dek_issue", "kms", "ok", Duration::from_millis(3));
+        m.kms_error("kms");
+        m.auth_failure("replay");
+        let text = m.render(&[("kms".into(), 5, 1)], &[("kms".into(), true)]);
+        let expected = concat!(
+            "# HELP keybridge_requests_total Requests by operation, KMS and outcome.\n",
+            "# TYPE keybridge_requests_total counter\n",
+            "keybridge_requests_total{operation=\"dek_issue\",kms=\"kms\",outcome=\"ok\"} 1\n",
+            "# HELP keybridge_request_duration_seconds Request latency by operation and KMS.\n",
+            "# TYPE keybridge_request_duration_seconds histogram\n",
+            "keybridge_request_duration_seconds_bucket{operation=\"dek_issue\",kms=\"kms\",le=\"0.001\"} 0\n",
+            "keybridge_request_duration_seconds_bucket{operation=\"dek_issue\",kms=\"kms\",le=\"0.0025\"} 0\n",
+            "keybridge_request_duration_seconds_bucket{operation=\"dek_issue\",kms=\"kms\",le=\"0.005\"} 1\n",
+            "keybridge_request_duration_seconds_bucket{operation=\"dek_issue\",kms=\"kms\",le=\"0.01\"} 1\n",
+            "keybridge_request_duration_seconds_bucket{operation=\"dek_issue\",kms=\"kms\",le=\"0.025\"} 1\n",
+            "keybridge_request_duration_seconds_bucket{operation=\"dek_issue\",kms=\"kms\",le=\"0.05\"} 1\n",
+            "keybridge_request_duration_seconds_bucket{operation=\"dek_issue\",kms=\"kms\",le=\"0.1\"} 1\n",
+            "keybridge_request_duration_seconds_bucket{operation=\"dek_issue\",kms=\"kms\",le=\"0.25\"} 1\n",
+            "keybridge_request_duration_seconds_bucket{operation=\"dek_issue\",kms=\"kms\",le=\"0.5\"} 1\n",
+            "keybridge_request_duration_seconds_bucket{operation=\"dek_issue\",kms=\"kms\",le=\"1\"} 1\n",
+            "keybridge_request_duration_seconds_bucket{operation=\"dek_issue\",kms=\"kms\",le=\"2.5\"} 1\n",
+            "keybridge_request_duration_seconds_bucket{operation=\"dek_issue\",kms=\"kms\",le=\"5\"} 1\n",
+            "keybridge_request_duration_seconds_bucket{operation=\"dek_issue\",kms=\"kms\",le=\"10\"} 1\n",
+            "keybridge_request_duration_seconds_bucket{operation=\"dek_issue\",kms=\"kms\",le=\"+Inf\"} 1\n",
+            "keybridge_request_duration_seconds_sum{operation=\"dek_issue\",kms=\"kms\"} 0.003\n",
+            "keybridge_request_duration_seconds_count{operation=\"dek_issue\",kms=\"kms\"} 1\n",
+            "# HELP keybridge_kms_errors_total Errors returned by a KMS (HSM, KMIP appliance, built-in).\n",
+            "# TYPE keybridge_kms_errors_total counter\n",
+            "keybridge_kms_errors_total{kms=\"kms\"} 1\n",
+            "# HELP keybridge_auth_failures_total Refused authentications by reason.\n",
+            "# TYPE keybridge_auth_failures_total counter\n",
+            "keybridge_auth_failures_total{reason=\"replay\"} 1\n",
+            "# HELP keybridge_kek_cache_hits_total Restores that found the pool's KEK open in the cache.\n",
+            "# TYPE keybridge_kek_cache_hits_total counter\n",
+            "keybridge_kek_cache_hits_total{kms=\"kms\"} 5\n",
+            "# HELP keybridge_kek_cache_misses_total Restores that had to open (unwrap) the pool's KEK.\n",
+            "# TYPE keybridge_kek_cache_misses_total counter\n",
+            "keybridge_kek_cache_misses_total{kms=\"kms\"} 1\n",
+            "# HELP keybridge_kms_up Whether the last probe found the KMS usable.\n",
+            "# TYPE keybridge_kms_up gauge\n",
+            "keybridge_kms_up{kms=\"kms\"} 1\n",
+        );
+        assert_eq!(text, expected);
+    }
+
+    /// A label value is escaped: `pool_create` labels its series with the
+    /// KMS name from the request body.
+    #[test]
+    fn label_values_are_escaped() {
+        let m = Metrics::default();
+        m.observe("pool_create", "x\"} 1\nfake 1", "error", Duration::from_millis(1));
+        let text = m.render(&[], &[]);
+        assert!(text.contains("keybridge_requests_total{operation=\"pool_create\",kms=\"x\\\"} 1\\nfake 1\",outcome=\"error\"} 1\n"), "{text}");
+        assert!(!text.lines().any(|l| l.starts_with("fake")), "{text}");
     }
 }

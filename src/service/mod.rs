@@ -26,6 +26,7 @@ use axum::routing::{get, post};
 use axum::{Json, Router};
 use serde::Serialize;
 use serde_json::json;
+use time::format_description::well_known::Rfc3339;
 use tokio::sync::RwLock;
 
 use keybridge_proto::api::agent_token::{self, AgentKey, AgentOp};
@@ -174,8 +175,8 @@ impl Service {
                 // Drop the cached backend so the next use reconnects.
                 self.kb.forget_backend(&name).await;
             }
-            let checked_at = keybridge_kmip::render::rfc3339(api::auth::unix_now() as i64, None);
-            results.push(KmsHealth { name, kind, state: Some(state), detail, checked_at: Some(checked_at) });
+            let checked_at = time::UtcDateTime::now().truncate_to_second().format(&Rfc3339).ok();
+            results.push(KmsHealth { name, kind, state: Some(state), detail, checked_at });
         }
         *self.health.write().await = results;
     }

@@ -10,6 +10,7 @@
 use std::fmt::Write as _;
 
 use serde_json::{json, Map, Value as Json};
+use time::UtcDateTime;
 
 use super::tags;
 use super::ttlv::{Item, Tag, Value};
@@ -169,37 +170,32 @@ pub fn to_json(item: &Item) -> Json {
 /// with six fractional digits when `micros` is given. Works for every
 /// `i64`; years outside 0000..=9999 are printed with as many digits as
 /// they need (and a sign when negative), which RFC 3339 cannot express.
-pub fn rfc3339(secs: i64, micros: Option<u32>) -> String {
-    let days = secs.div_euclid(86_400);
-    let sod = secs.rem_euclid(86_400);
-    let (y, m, d) = civil_from_days(days);
-    let (hh, mm, ss) = (sod / 3600, sod / 60 % 60, sod % 60);
+///
+/// The calendar is `time`'s. `time` holds years -9999..=9999 only
+/// (`UtcDateTime::from_unix_timestamp(253_402_300_800)`, year 10000, is an
+/// error) and a KMIP date-time is any `i64` (a broken or hostile server
+/// sends what it likes), so whole 400-year Gregorian cycles, which repeat
+/// exactly, are taken off before `time` sees the instant and added back to
+/// the year.
+fn rfc3339(secs: i64, micros: Option<u32>) -> String {
+    const CYCLE_SECS: i64 = 146_097 * 86_400; // 400 Gregorian years
+    let cycles = secs.div_euclid(CYCLE_SECS);
+    let in_cycle = secs.rem_euclid(CYCLE_SECS); // 1970-01-01 .. 2370-01-01
+    let t = UtcDateTime::from_unix_timestamp(in_cycle)
+        .expect("400 years after 1970 are within time's range");
+    // |cycles| <= 7.4e8, so the year fits an i64 with room to spare.
+    let y = i64::from(t.year()) + cycles * 400;
     let year = if (0..=9999).contains(&y) {
         format!("{y:04}")
     } else {
         format!("{y:+}")
     };
+    let (m, d) = (u8::from(t.month()), t.day());
+    let (hh, mm, ss) = (t.hour(), t.minute(), t.second());
     match micros {
         Some(us) => format!("{year}-{m:02}-{d:02}T{hh:02}:{mm:02}:{ss:02}.{us:06}Z"),
         None => format!("{year}-{m:02}-{d:02}T{hh:02}:{mm:02}:{ss:02}Z"),
     }
-}
-
-/// Proleptic Gregorian (year, month, day) of a day count since 1970-01-01.
-/// Days are grouped into 400-year eras of 146 097 days; within an era the
-/// year is counted from March so that the leap day falls at its end.
-fn civil_from_days(days: i64) -> (i64, u32, u32) {
-    // |days| <= i64::MAX / 86400, so none of this can overflow.
-    let z = days + 719_468; // days since 0000-03-01
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097); // day of era, 0..=146096
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365; // 0..=399
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100); // day of year from March, 0..=365
-    let mp = (5 * doy + 2) / 153; // month from March, 0..=11
-    let d = (doy - (153 * mp + 2) / 5 + 1) as u32;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
-    let y = yoe + era * 400 + i64::from(m <= 2);
-    (y, m, d)
 }
 
 #[cfg(test)]
@@ -223,11 +219,21 @@ mod tests {
         // Extremes must not panic.
         assert!(rfc3339(i64::MAX, None).starts_with('+'));
         assert!(rfc3339(i64::MIN, Some(0)).starts_with('-'));
-        // Every day boundary over a few centuries agrees with a naive count.
+        assert_eq!(rfc3339(i64::MAX, None), "+292277026596-12-04T15:30:07Z");
+        assert_eq!(
+            rfc3339(i64::MIN, Some(0)),
+            "-292277022657-01-27T08:29:52.000000Z"
+        );
+        assert_eq!(rfc3339(253_402_300_800, None), "+10000-01-01T00:00:00Z");
+        // Every day boundary over a few centuries agrees with a naive count,
+        // also across the 400-year cycles taken off before `time` sees a date.
         let (mut y, mut m, mut d) = (1900i64, 1u32, 1u32);
         let mut days = -25_567i64;
-        while y < 2300 {
-            assert_eq!(civil_from_days(days), (y, m, d));
+        while y < 2400 {
+            assert_eq!(
+                rfc3339(days * 86_400, None),
+                format!("{y:04}-{m:02}-{d:02}T00:00:00Z")
+            );
             let leap = (y % 4 == 0 && y % 100 != 0) || y % 400 == 0;
             let len = [
                 31,

@@ -11,6 +11,7 @@
 
 use std::fmt;
 
+use rsa::pkcs8::der::{self, Header, Reader, SliceReader, Tag};
 use rsa::pkcs8::{DecodePrivateKey, DecodePublicKey, EncodePrivateKey, EncodePublicKey};
 use rsa::traits::PublicKeyParts;
 use rsa::{BoxedUint, Oaep, PrivateKey, PublicKey};
@@ -301,50 +302,19 @@ fn strip_leading_zeros(bytes: &[u8]) -> &[u8] {
 }
 
 /// Returns the length of the DER SEQUENCE at the start of `der` (header plus
-/// contents), checking only the outer tag and length. The contents are
+/// contents), reading only its outer header with `der`; the contents are
 /// validated later by the real decoder.
 fn der_sequence_end(der: &[u8]) -> Result<usize, String> {
-    const SEQUENCE: u8 = 0x30;
-    let (&tag, rest) = der
-        .split_first()
-        .ok_or_else(|| "PKCS#8 input is empty".to_string())?;
-    if tag != SEQUENCE {
+    let read = |e: der::Error| format!("PKCS#8 DER cannot be read: {e}");
+    let mut reader = SliceReader::new(der).map_err(read)?;
+    let header = Header::peek(&reader).map_err(read)?;
+    if header.tag() != Tag::Sequence {
         return Err(format!(
-            "PKCS#8 must start with a DER SEQUENCE (0x30), found tag 0x{tag:02x}"
+            "PKCS#8 must start with a DER SEQUENCE (0x30), found tag 0x{:02x}",
+            der[0]
         ));
     }
-    let (&first, rest) = rest
-        .split_first()
-        .ok_or_else(|| "PKCS#8 DER is truncated inside its length".to_string())?;
-    let (content_len, header_len) = if first < 0x80 {
-        (usize::from(first), 2)
-    } else {
-        // Long form: the low bits say how many length octets follow. 0x80
-        // (indefinite length) is BER, not DER; more than 4 octets is absurd here.
-        let count = usize::from(first & 0x7f);
-        if count == 0 || count > 4 {
-            return Err(format!(
-                "PKCS#8 DER has an unsupported length encoding (0x{first:02x})"
-            ));
-        }
-        let octets = rest
-            .get(..count)
-            .ok_or_else(|| "PKCS#8 DER is truncated inside its length".to_string())?;
-        let len = octets
-            .iter()
-            .fold(0usize, |acc, &b| (acc << 8) | usize::from(b));
-        (len, 2 + count)
-    };
-    let end = header_len
-        .checked_add(content_len)
-        .ok_or_else(|| "PKCS#8 DER length overflows".to_string())?;
-    if end > der.len() {
-        return Err(format!(
-            "PKCS#8 DER declares {end} bytes but only {} are present",
-            der.len()
-        ));
-    }
-    Ok(end)
+    reader.tlv_bytes().map(<[u8]>::len).map_err(read)
 }
 
 #[cfg(test)]
@@ -529,6 +499,15 @@ mod tests {
     #[test]
     fn pkcs8_rejects_truncation_and_garbage() {
         let der = key().to_pkcs8_der().unwrap();
+        // The same key with its outer length in a longer form than DER
+        // allows (0x83 00 LL LL instead of 0x82 LL LL).
+        assert_eq!(der[1], 0x82);
+        let mut long_form = vec![0x30, 0x83, 0x00];
+        long_form.extend_from_slice(&der[2..]);
+        assert!(matches!(
+            PrivateKek::from_pkcs8_der(&long_form),
+            Err(CryptoError::InvalidPrivateKey(_))
+        ));
         for bad in [
             &der[..0],
             &der[..1],
@@ -549,12 +528,20 @@ mod tests {
     fn der_sequence_end_parses_lengths() {
         assert_eq!(der_sequence_end(&[0x30, 0x00]).unwrap(), 2);
         assert_eq!(der_sequence_end(&[0x30, 0x02, 1, 2, 0, 0]).unwrap(), 4);
-        assert_eq!(der_sequence_end(&[0x30, 0x81, 0x01, 9, 0]).unwrap(), 4);
+        let mut one_octet = vec![0x30, 0x81, 0x80];
+        one_octet.resize(3 + 128 + 2, 0);
+        assert_eq!(der_sequence_end(&one_octet).unwrap(), 131);
+        // A long-form length below 128 is BER, not DER (X.690 10.1); the
+        // PKCS#8 decoder refuses it too, so the key was never accepted.
+        assert!(der_sequence_end(&[0x30, 0x81, 0x01, 9, 0]).is_err());
         let mut long = vec![0x30, 0x82, 0x01, 0x00];
         long.resize(4 + 256 + 3, 0);
         assert_eq!(der_sequence_end(&long).unwrap(), 260);
         assert!(der_sequence_end(&[0x30, 0x82, 0x01]).is_err());
         assert!(der_sequence_end(&[0x30, 0x05, 0]).is_err());
+        assert!(der_sequence_end(&[]).is_err());
+        let err = der_sequence_end(&[0x04, 0x01, 0]).unwrap_err();
+        assert!(err.contains("found tag 0x04"), "{err}");
     }
 
     #[test]

@@ -5,6 +5,8 @@
 
 use std::collections::HashMap;
 
+use percent_encoding::percent_decode_str;
+
 /// A parsed `pkcs11:` URI.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub(super) struct Pkcs11Uri {
@@ -15,21 +17,18 @@ pub(super) struct Pkcs11Uri {
     pub object_type: Option<String>,
 }
 
+/// Percent-decodes one attribute value with `percent-encoding`, refusing a
+/// malformed escape first: the crate passes one through as text
+/// (`percent_decode_str("%zz")` gives `%zz`), and a typo in a key id must
+/// not silently name another key.
 fn pct_decode(s: &str) -> Result<Vec<u8>, String> {
-    let b = s.as_bytes();
-    let mut out = Vec::with_capacity(b.len());
-    let mut i = 0;
-    while i < b.len() {
-        if b[i] == b'%' {
-            let hex = s.get(i + 1..i + 3).ok_or_else(|| format!("truncated percent escape in '{s}'"))?;
-            out.push(u8::from_str_radix(hex, 16).map_err(|_| format!("bad percent escape '%{hex}'"))?);
-            i += 3;
-        } else {
-            out.push(b[i]);
-            i += 1;
+    for escape in s.split('%').skip(1) {
+        let hex = escape.get(..2).ok_or_else(|| format!("truncated percent escape in '{s}'"))?;
+        if !hex.bytes().all(|b| b.is_ascii_hexdigit()) {
+            return Err(format!("bad percent escape '%{hex}'"));
         }
     }
-    Ok(out)
+    Ok(percent_decode_str(s).collect())
 }
 
 impl std::str::FromStr for Pkcs11Uri {
@@ -91,5 +90,17 @@ mod tests {
         assert!("pkcs:token=a".parse::<Pkcs11Uri>().is_err());
         assert!("pkcs11:token=a;bogus=1".parse::<Pkcs11Uri>().is_err());
         assert!("pkcs11:id=%zz".parse::<Pkcs11Uri>().is_err());
+    }
+
+    #[test]
+    fn malformed_escapes_are_refused_not_passed_through() {
+        assert_eq!(pct_decode("%41%2f%2F%00"), Ok(vec![b'A', b'/', b'/', 0]));
+        assert_eq!(pct_decode("%e2%82%ac"), Ok("\u{20ac}".as_bytes().to_vec()));
+        assert_eq!(pct_decode("%zz").unwrap_err(), "bad percent escape '%zz'");
+        assert_eq!(pct_decode("%+1").unwrap_err(), "bad percent escape '%+1'");
+        assert_eq!(pct_decode("%\u{e9}").unwrap_err(), "bad percent escape '%\u{e9}'");
+        for truncated in ["%", "%4", "a%", "%4\u{e9}"] {
+            assert_eq!(pct_decode(truncated).unwrap_err(), format!("truncated percent escape in '{truncated}'"));
+        }
     }
 }
