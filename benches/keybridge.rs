@@ -66,8 +66,9 @@ use keybridge_proto::{seal, stream};
 use serde_json::{json, Map, Value};
 use tokio::runtime::Runtime;
 
-/// Plaintext length keybridge puts under RSA-OAEP: 32-byte DEK + 32-byte binding.
-const ENVELOPE_LEN: usize = 64;
+/// Plaintext length keybridge puts under RSA-OAEP: a v2 envelope, 32-byte DEK,
+/// version byte, 32-byte binding (`src/flows/envelope.rs`).
+const ENVELOPE_LEN: usize = 65;
 const KEK_BITS: usize = 3072;
 const PASSWORD: &str = "bench-network-password";
 
