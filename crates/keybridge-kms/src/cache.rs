@@ -131,7 +131,7 @@ impl SoftwareKeks {
             .map_err(|e| BackendError::DekDecrypt { pool: kek.pool_name.to_owned(), detail: e.to_string() })
     }
 
-    pub(crate) async fn clear(&self) {
+    pub(crate) fn clear(&self) {
         self.cache.clear();
     }
 }

@@ -214,6 +214,6 @@ impl KeyBackend for BuiltinBackend {
     }
 
     async fn clear_cache(&self) {
-        self.keks.clear().await;
+        self.keks.clear();
     }
 }

@@ -429,6 +429,6 @@ impl KeyBackend for KmipBackend {
     }
 
     async fn clear_cache(&self) {
-        self.keks.clear().await;
+        self.keks.clear();
     }
 }
