@@ -16,6 +16,7 @@
 //!   decrypts with it, else SHA-1 (SoftHSM2). The choice is recorded per pool.
 
 mod module;
+mod protect;
 mod raw;
 pub(crate) mod rv;
 mod session;
@@ -34,6 +35,7 @@ use cryptoki::slot::Limit;
 use serde::Serialize;
 use zeroize::Zeroizing;
 
+pub use self::protect::{Protection, ProtectionReport};
 use self::session::{ck_to_backend, Doing, OpError, TokenSessions};
 use self::uri::Pkcs11Uri;
 use super::cache::{CacheStats, TtlCache};
@@ -176,6 +178,7 @@ pub struct Pkcs11Backend {
     wrap: Option<u64>,
     kek_cache: Arc<KekCache>,
     oaep_probe: tokio::sync::OnceCell<OaepHash>,
+    protection_probe: tokio::sync::OnceCell<ProtectionReport>,
     /// Held while creating or destroying token objects (`module::token_writes`).
     token_writes: Arc<Mutex<()>>,
 }
@@ -280,7 +283,10 @@ fn unwrap_kek(session: &Session, mech: u64, mk: ObjectHandle, wrapped: &[u8]) ->
         Attribute::Extractable(false),
         Attribute::Decrypt(true),
         Attribute::Sign(false),
-    ];
+    ]
+    .into_iter()
+    .chain(protect::unwrapped_kek_attributes())
+    .collect::<Vec<_>>();
     raw::unwrap_key(session, mech, mk, wrapped, &template).doing("unwrapping the KEK under the master key")
 }
 
@@ -491,6 +497,7 @@ impl Pkcs11Backend {
             wrap,
             kek_cache: Arc::new(KekCache::new(config.kek_cache_ttl())),
             oaep_probe: tokio::sync::OnceCell::new(),
+            protection_probe: tokio::sync::OnceCell::new(),
             token_writes,
         })
     }
@@ -551,6 +558,23 @@ impl Pkcs11Backend {
         }
     }
 
+    /// Which protections against exporting a KEK this token enforces,
+    /// found once per process by trying the attacks on throwaway keys
+    /// (see `protect.rs`).
+    pub async fn key_protection(&self) -> Result<ProtectionReport, BackendError> {
+        let mech = self.wrap_mechanism()?;
+        self.protection_probe
+            .get_or_try_init(|| async {
+                self.sessions
+                    .run("checking which key protections the token enforces", move |s| {
+                        protect::check(s, mech).doing("trying the key-export attacks on throwaway keys")
+                    })
+                    .await
+            })
+            .await
+            .copied()
+    }
+
     async fn oaep_hash(&self) -> Result<OaepHash, BackendError> {
         self.oaep_probe
             .get_or_try_init(|| async {
@@ -593,6 +617,13 @@ impl KeyBackend for Pkcs11Backend {
             .run("checking the token", move |_s| module.ctx.get_token_info(slot).map(|_| ()).doing("reading token information"))
             .await?;
         let oaep = self.oaep_hash().await?;
+        let protection = match self.wrap {
+            Some(_) => Some(self.key_protection().await?),
+            None => None,
+        };
+        if let Some(p) = protection.filter(|p| !p.all_enforced()) {
+            tracing::warn!(kms = %self.name, protection = ?p, "this token does not enforce every protection against exporting a KEK; a PIN holder with the catalog may read KEKs (docs/security.md)");
+        }
         let has = |m: u64| self.token.mechanisms.contains(&m);
         Ok(ProbeReport {
             name: self.name.clone(),
@@ -613,6 +644,7 @@ impl KeyBackend for Pkcs11Backend {
                     "CKM_AES_KEY_GEN": has(CKM_AES_KEY_GEN),
                 },
                 "oaep_hash": oaep,
+                "key_protection": protection,
             }),
         })
     }
@@ -625,7 +657,7 @@ impl KeyBackend for Pkcs11Backend {
         self.sessions
             .run("creating the master key", move |s| {
                 let _writes = writes.lock().unwrap_or_else(|e| e.into_inner());
-                let template = [
+                let mut template = vec![
                     Attribute::Class(ObjectClass::SECRET_KEY),
                     Attribute::KeyType(KeyType::AES),
                     Attribute::ValueLen(32.into()),
@@ -643,6 +675,7 @@ impl KeyBackend for Pkcs11Backend {
                     Attribute::Id(hex::decode(&i).expect("hex we made")),
                     Attribute::Label(l.as_bytes().to_vec()),
                 ];
+                template.extend(protect::master_key_templates());
                 s.generate_key(&Mechanism::AesKeyGen, &template).doing("generating the AES-256 master key").map(|_| ())
             })
             .await?;
@@ -663,6 +696,8 @@ impl KeyBackend for Pkcs11Backend {
             return Err(BackendError::Other("master key URI names neither id nor object (label)".into()));
         }
         let reference = reference.to_owned();
+        let token_enforces = self.key_protection().await?.unwrap_template == Protection::Enforced;
+        let mech = self.wrap_mechanism()?;
         self.sessions
             .run("adopting the master key", move |s| {
                 let mut template = vec![Attribute::Class(ObjectClass::SECRET_KEY)];
@@ -700,6 +735,18 @@ impl KeyBackend for Pkcs11Backend {
                 }
                 if id.is_empty() {
                     return Err(unfit("it has no CKA_ID; give it one so keybridge can find it again"));
+                }
+                match protect::check_master_key(s, mech, h).doing("checking what the master key lets a token user unwrap")? {
+                    Protection::NotEnforced if token_enforces => {
+                        return Err(unfit(
+                            "it lets a token user unwrap keys as readable, non-sensitive objects; give it a CKA_UNWRAP_TEMPLATE with CKA_SENSITIVE=true (docs/security.md)",
+                        ))
+                    }
+                    Protection::NotEnforced => {
+                        tracing::warn!(label = %facts.label, "the adopted master key lets a token user unwrap keys as readable objects, and this token enforces no unwrap template")
+                    }
+                    Protection::Untested => tracing::info!(label = %facts.label, "the adopted master key would not wrap a test key; what it lets a token user unwrap was not checked"),
+                    Protection::Enforced => {}
                 }
                 Ok(MasterKeyRef { id: hex::encode(id), label: facts.label, material: None, owned: false })
             })

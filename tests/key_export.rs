@@ -1,0 +1,212 @@
+//! A token user with the PIN and a copy of the catalog tries to read a
+//! pool's KEK: unwrap the wrapped KEK under the pool's master key as a
+//! readable object, or as a wrappable one and wrap it under a key of their
+//! own, or make their own key CKA_TRUSTED first. On a token that enforces
+//! the master key's templates every attempt fails; where a token does not
+//! enforce one, `kms probe` must say so, as docs/security.md records.
+// cryptoki 0.12 cannot name CKM_AES_KEY_WRAP_KWP (Kryoptic's key wrap); the
+// test builds it the way crates/keybridge-kms/src/pkcs11/raw.rs does.
+#![allow(unsafe_code)]
+
+mod common;
+
+use common::{actor, Kind, Rig};
+use cryptoki::context::{CInitializeArgs, CInitializeFlags, Pkcs11};
+use cryptoki::error::{Error as CkError, RvError};
+use cryptoki::mechanism::vendor_defined::VendorDefinedMechanism;
+use cryptoki::mechanism::{Mechanism, MechanismType};
+use cryptoki::object::{Attribute, AttributeType, KeyType, ObjectClass};
+use cryptoki::session::{Session, UserType};
+use cryptoki::types::AuthPin;
+use keybridge::flows::pool_creation;
+use keybridge_kms::config::KmsConfig;
+use keybridge_kms::pkcs11::{Pkcs11Backend, Protection};
+
+/// The attacker's own session on the test token, logged in as the user.
+fn attacker_session(kind: Kind) -> Session {
+    let module = kind.module().expect("module checked by the caller");
+    let ctx = Pkcs11::new(&module).unwrap();
+    match ctx.initialize(CInitializeArgs::new(CInitializeFlags::OS_LOCKING_OK)) {
+        Ok(()) | Err(CkError::Pkcs11(RvError::CryptokiAlreadyInitialized, _)) => {}
+        Err(e) => panic!("C_Initialize: {e}"),
+    }
+    let label = std::env::var("KEYBRIDGE_TEST_TOKEN").unwrap_or_else(|_| "keybridge".into());
+    let slot = ctx
+        .get_slots_with_token()
+        .unwrap()
+        .into_iter()
+        .find(|s| ctx.get_token_info(*s).unwrap().label().trim_end() == label)
+        .expect("test token present");
+    let session = ctx.open_rw_session(slot).unwrap();
+    let pin = AuthPin::new(std::env::var("KEYBRIDGE_TEST_PIN").unwrap().into());
+    match session.login(UserType::User, Some(&pin)) {
+        Ok(()) | Err(CkError::Pkcs11(RvError::UserAlreadyLoggedIn, _)) => {}
+        Err(e) => panic!("C_Login: {e}"),
+    }
+    session
+}
+
+/// The pool's key-wrap mechanism, by the name the catalog records.
+fn wrap_mechanism(name: &str) -> Mechanism<'static> {
+    let t = match name {
+        "CKM_AES_KEY_WRAP_PAD" => MechanismType::AES_KEY_WRAP_PAD,
+        // SAFETY: as in raw.rs: MechanismType is repr(transparent) over a
+        // CK_MECHANISM_TYPE, and any integer is a valid value of it.
+        "CKM_AES_KEY_WRAP_KWP" => unsafe { std::mem::transmute::<cryptoki_sys::CK_MECHANISM_TYPE, MechanismType>(0x210B) },
+        other => panic!("unknown wrap mechanism {other}"),
+    };
+    Mechanism::VendorDefined(VendorDefinedMechanism::new::<()>(t, None))
+}
+
+fn as_rsa(sensitive: bool) -> Vec<Attribute> {
+    vec![
+        Attribute::Class(ObjectClass::PRIVATE_KEY),
+        Attribute::KeyType(KeyType::RSA),
+        Attribute::Token(false),
+        Attribute::Private(true),
+        Attribute::Sensitive(sensitive),
+        Attribute::Extractable(true),
+    ]
+}
+
+fn aes_key(session: &Session, extra: &[Attribute]) -> Result<cryptoki::object::ObjectHandle, CkError> {
+    let mut t = vec![
+        Attribute::Class(ObjectClass::SECRET_KEY),
+        Attribute::KeyType(KeyType::AES),
+        Attribute::ValueLen(32.into()),
+        Attribute::Token(false),
+        Attribute::Private(true),
+        Attribute::Sensitive(true),
+        Attribute::Extractable(false),
+        Attribute::Wrap(true),
+    ];
+    t.extend_from_slice(extra);
+    session.generate_key(&Mechanism::AesKeyGen, &t)
+}
+
+/// What each token is documented (docs/security.md) to enforce:
+/// (unwrap template, wrap-with-trusted, CKA_TRUSTED needs the SO).
+fn documented(kind: Kind) -> [Protection; 3] {
+    use Protection::*;
+    match kind {
+        Kind::SoftHsm => [Enforced, Enforced, Enforced],
+        Kind::Kryoptic => [Enforced, Enforced, Enforced],
+        _ => unreachable!(),
+    }
+}
+
+async fn pin_holder_cannot_read_a_kek(kind: Kind) {
+    let Some(rig) = Rig::new(kind) else { return };
+    let kb = rig.open();
+    let pool = format!("export-{}", &uuid::Uuid::new_v4().to_string()[..8]);
+    pool_creation::create_pool(&kb, &pool, "kms", &pool_creation::PoolOptions { kek_bits: 2048, master_key: None }, &actor()).await.unwrap();
+    let p = kb.catalog().pool_by_name(&pool).await.unwrap();
+    let backend = match rig.config().kms("kms").unwrap() {
+        KmsConfig::Pkcs11(c) => Pkcs11Backend::open(c).await.unwrap(),
+        _ => unreachable!(),
+    };
+    let probe = backend.key_protection().await.unwrap();
+    assert_eq!([probe.unwrap_template, probe.wrap_with_trusted, probe.trusted_needs_so], documented(kind), "kms probe disagrees with docs/security.md");
+
+    let s = attacker_session(kind);
+    let id = hex::decode(&p.master_key.id).unwrap();
+    let mk = s.find_objects(&[Attribute::Class(ObjectClass::SECRET_KEY), Attribute::Id(id)]).unwrap();
+    let [mk] = mk.as_slice() else { panic!("the pool's master key by CKA_ID: {mk:?}") };
+    let mech = wrap_mechanism(&p.wrap_mechanism);
+
+    // The control: keybridge's own unwrap works with the same mechanism and
+    // blob, so a refusal below is the token's protection, not a bad call.
+    let ours = [
+        Attribute::Class(ObjectClass::PRIVATE_KEY),
+        Attribute::KeyType(KeyType::RSA),
+        Attribute::Token(false),
+        Attribute::Private(true),
+        Attribute::Sensitive(true),
+        Attribute::Extractable(false),
+        Attribute::Decrypt(true),
+        Attribute::WrapWithTrusted(true),
+    ];
+    let h = s.unwrap_key(&mech, *mk, &p.kek_wrapped, &ours).expect("the legitimate unwrap");
+    s.destroy_object(h).unwrap();
+
+    // (1) Unwrap the real KEK as a readable object and read its exponent.
+    let readable = s.unwrap_key(&mech, *mk, &p.kek_wrapped, &as_rsa(false));
+    if let Ok(h) = readable {
+        let exponent = s.get_attributes(h, &[AttributeType::PrivateExponent]).unwrap_or_default();
+        let leaked = exponent.iter().any(|a| matches!(a, Attribute::PrivateExponent(v) if !v.is_empty()));
+        s.destroy_object(h).unwrap();
+        assert!(!leaked || probe.unwrap_template == Protection::NotEnforced, "the KEK's private exponent was read, and kms probe claims the unwrap template is enforced");
+        assert!(!leaked, "{kind:?}: a PIN holder read the KEK's private exponent");
+    }
+
+    // (2) Unwrap it as the token allows and wrap it under the attacker's key.
+    if let Ok(h) = s.unwrap_key(&mech, *mk, &p.kek_wrapped, &as_rsa(true)) {
+        let theirs = aes_key(&s, &[]).unwrap();
+        let out = s.wrap_key(&wrap_mechanism(&p.wrap_mechanism), theirs, h);
+        s.destroy_object(h).unwrap();
+        s.destroy_object(theirs).unwrap();
+        assert!(out.is_err(), "{kind:?}: the KEK was wrapped under a key the attacker made");
+    }
+
+    // (3) Make a trusted key as the user, to wrap the KEK under.
+    match aes_key(&s, &[Attribute::Trusted(true)]) {
+        Err(CkError::Pkcs11(_, _)) => {}
+        Err(e) => panic!("{e}"),
+        Ok(h) => {
+            s.destroy_object(h).unwrap();
+            panic!("{kind:?}: a user (not the security officer) made a CKA_TRUSTED key");
+        }
+    }
+}
+
+/// A key the operator made without an unwrap template is not adopted as a
+/// master key on a token that enforces one: it would let a PIN holder read
+/// every KEK wrapped under it.
+async fn unprotected_key_is_not_adopted(kind: Kind) {
+    let Some(rig) = Rig::new(kind) else { return };
+    let backend = match rig.config().kms("kms").unwrap() {
+        KmsConfig::Pkcs11(c) => Pkcs11Backend::open(c).await.unwrap(),
+        _ => unreachable!(),
+    };
+    let s = attacker_session(kind);
+    let label = format!("no-template-{}", &uuid::Uuid::new_v4().to_string()[..8]);
+    let template = [
+        Attribute::Class(ObjectClass::SECRET_KEY),
+        Attribute::KeyType(KeyType::AES),
+        Attribute::ValueLen(32.into()),
+        Attribute::Token(true),
+        Attribute::Private(true),
+        Attribute::Sensitive(true),
+        Attribute::Extractable(false),
+        Attribute::Wrap(true),
+        Attribute::Unwrap(true),
+        Attribute::Id(uuid::Uuid::new_v4().as_bytes().to_vec()),
+        Attribute::Label(label.as_bytes().to_vec()),
+    ];
+    let key = s.generate_key(&Mechanism::AesKeyGen, &template).unwrap();
+    use keybridge_kms::KeyBackend;
+    let adopted = backend.adopt_master_key(&format!("pkcs11:object={label};type=secret-key")).await;
+    s.destroy_object(key).unwrap();
+    let err = adopted.expect_err("a key without an unwrap template was adopted").to_string();
+    assert!(err.contains("readable, non-sensitive") && err.contains("CKA_UNWRAP_TEMPLATE"), "{err}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn softhsm_unprotected_key_is_not_adopted() {
+    unprotected_key_is_not_adopted(Kind::SoftHsm).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kryoptic_unprotected_key_is_not_adopted() {
+    unprotected_key_is_not_adopted(Kind::Kryoptic).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn softhsm_pin_holder_cannot_read_a_kek() {
+    pin_holder_cannot_read_a_kek(Kind::SoftHsm).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kryoptic_pin_holder_cannot_read_a_kek() {
+    pin_holder_cannot_read_a_kek(Kind::Kryoptic).await
+}
