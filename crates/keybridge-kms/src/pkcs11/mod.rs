@@ -283,10 +283,9 @@ fn unwrap_kek(session: &Session, mech: u64, mk: ObjectHandle, wrapped: &[u8]) ->
         Attribute::Extractable(false),
         Attribute::Decrypt(true),
         Attribute::Sign(false),
-    ]
-    .into_iter()
-    .chain(protect::unwrapped_kek_attributes())
-    .collect::<Vec<_>>();
+        // Consistent with either unwrap template of the MK (protect.rs).
+        Attribute::WrapWithTrusted(true),
+    ];
     raw::unwrap_key(session, mech, mk, wrapped, &template).doing("unwrapping the KEK under the master key")
 }
 
@@ -621,7 +620,7 @@ impl KeyBackend for Pkcs11Backend {
             Some(_) => Some(self.key_protection().await?),
             None => None,
         };
-        if let Some(p) = protection.filter(|p| !p.all_enforced()) {
+        if let Some(p) = protection.filter(|p| !p.kek_protected()) {
             tracing::warn!(kms = %self.name, protection = ?p, "this token does not enforce every protection against exporting a KEK; a PIN holder with the catalog may read KEKs (docs/security.md)");
         }
         let has = |m: u64| self.token.mechanisms.contains(&m);
@@ -654,6 +653,11 @@ impl KeyBackend for Pkcs11Backend {
         let id = hex::encode(crate::crypto::random_array::<16>().map_err(|source| BackendError::Crypto { context: "generating CKA_ID".into(), source })?);
         let (l, i) = (label.clone(), id.clone());
         let writes = self.token_writes.clone();
+        // Without a key-wrap mechanism the MK could wrap nothing anyway.
+        let rewrappable = match self.wrap {
+            Some(_) => self.key_protection().await?.rewrappable(),
+            None => false,
+        };
         self.sessions
             .run("creating the master key", move |s| {
                 let _writes = writes.lock().unwrap_or_else(|e| e.into_inner());
@@ -675,7 +679,7 @@ impl KeyBackend for Pkcs11Backend {
                     Attribute::Id(hex::decode(&i).expect("hex we made")),
                     Attribute::Label(l.as_bytes().to_vec()),
                 ];
-                template.extend(protect::master_key_templates());
+                template.extend(protect::master_key_templates(rewrappable));
                 s.generate_key(&Mechanism::AesKeyGen, &template).doing("generating the AES-256 master key").map(|_| ())
             })
             .await?;
@@ -696,7 +700,7 @@ impl KeyBackend for Pkcs11Backend {
             return Err(BackendError::Other("master key URI names neither id nor object (label)".into()));
         }
         let reference = reference.to_owned();
-        let token_enforces = self.key_protection().await?.unwrap_template == Protection::Enforced;
+        let token_enforces = self.key_protection().await?.readable_unwrap == Protection::Enforced;
         let mech = self.wrap_mechanism()?;
         self.sessions
             .run("adopting the master key", move |s| {

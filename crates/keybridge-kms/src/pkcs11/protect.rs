@@ -2,20 +2,24 @@
 //!
 //! Anyone with the user PIN and a copy of the catalog could ask the token to
 //! `C_UnwrapKey` a wrapped KEK under its master key as a non-sensitive,
-//! extractable object and read the private exponent. Two attributes stop
-//! that, where the token enforces them:
+//! extractable object and read the private exponent, or unwrap it as an
+//! extractable object and wrap it under a key whose value they know. The
+//! MK's templates stop both, where the token enforces them:
 //!
-//! - the MK's `CKA_UNWRAP_TEMPLATE`: every key it unwraps is a session
-//!   object, sensitive (its value can never be read) and
-//!   `CKA_WRAP_WITH_TRUSTED` (it can be wrapped only under a key the
-//!   security officer marked `CKA_TRUSTED`). Not `CKA_EXTRACTABLE=false`:
-//!   rotating a master key re-wraps the KEK inside the token, from the old
-//!   MK to a new, trusted one, and that needs a wrappable object;
-//! - the MK's `CKA_WRAP_TEMPLATE`: it wraps only RSA private keys.
+//! - `CKA_UNWRAP_TEMPLATE`: every key the MK unwraps is a session object
+//!   and sensitive (its value can never be read), and either
+//!   - `CKA_WRAP_WITH_TRUSTED`: it can be wrapped only under a key the
+//!     security officer marked `CKA_TRUSTED`. Chosen where the token lets
+//!     only the SO set `CKA_TRUSTED` (SoftHSM2): a master-key rotation can
+//!     then re-wrap a KEK inside the token, from the old MK to a new,
+//!     trusted one;
+//!   - or `CKA_EXTRACTABLE=false`: it can never be wrapped again. Chosen
+//!     where a user may set `CKA_TRUSTED` (Kryoptic), which makes
+//!     wrap-with-trusted no barrier;
+//! - `CKA_WRAP_TEMPLATE`: the MK wraps only RSA private keys (KEKs).
 //!
-//! Both hold only if the token applies the templates and lets only the
-//! security officer set `CKA_TRUSTED`. [`check`] tries the attacks on
-//! throwaway session keys, and `kms probe` reports what it found.
+//! [`check`] tries the attacks on throwaway session keys; `kms probe`
+//! reports what it found, and pool creation uses it to choose the template.
 //!
 //! cryptoki 0.12 has no variant for these attributes. Their value is an
 //! array of `CK_ATTRIBUTE`, which [`template_attribute`] lays out byte by
@@ -29,7 +33,7 @@ use cryptoki::object::{Attribute, AttributeType, KeyType, ObjectClass, ObjectHan
 use cryptoki::session::Session;
 use cryptoki_sys::{
     CK_ATTRIBUTE, CK_ATTRIBUTE_TYPE, CK_BBOOL, CK_KEY_TYPE, CK_OBJECT_CLASS, CK_ULONG, CKA_CLASS, CKA_KEY_TYPE,
-    CKA_SENSITIVE, CKA_TOKEN, CKA_UNWRAP_TEMPLATE, CKA_WRAP_TEMPLATE, CKA_WRAP_WITH_TRUSTED, CKK_RSA, CKO_PRIVATE_KEY,
+    CKA_EXTRACTABLE, CKA_SENSITIVE, CKA_TOKEN, CKA_UNWRAP_TEMPLATE, CKA_WRAP_TEMPLATE, CKA_WRAP_WITH_TRUSTED, CKK_RSA, CKO_PRIVATE_KEY,
 };
 use serde::Serialize;
 
@@ -79,13 +83,11 @@ fn aligned(a: &Attribute) -> bool {
     }
 }
 
-/// What every key the MK unwraps must be: a session object, sensitive, and
-/// wrappable only under a trusted key.
-fn unwrap_template() -> Attribute {
-    template_attribute(
-        CKA_UNWRAP_TEMPLATE,
-        &[Entry::Bool(CKA_TOKEN, &FALSE), Entry::Bool(CKA_SENSITIVE, &TRUE), Entry::Bool(CKA_WRAP_WITH_TRUSTED, &TRUE)],
-    )
+/// What every key the MK unwraps must be: a session object, sensitive,
+/// and wrappable only under a trusted key, or (`rewrappable` false) never.
+fn unwrap_template(rewrappable: bool) -> Attribute {
+    let last = if rewrappable { Entry::Bool(CKA_WRAP_WITH_TRUSTED, &TRUE) } else { Entry::Bool(CKA_EXTRACTABLE, &FALSE) };
+    template_attribute(CKA_UNWRAP_TEMPLATE, &[Entry::Bool(CKA_TOKEN, &FALSE), Entry::Bool(CKA_SENSITIVE, &TRUE), last])
 }
 
 /// What the MK may wrap: RSA private keys (the KEKs), nothing else.
@@ -93,23 +95,18 @@ fn wrap_template() -> Attribute {
     template_attribute(CKA_WRAP_TEMPLATE, &[Entry::Ulong(CKA_CLASS, &PRIVATE_KEY), Entry::Ulong(CKA_KEY_TYPE, &RSA)])
 }
 
-/// The templates a new master key carries, or none if they could not be
-/// laid out aligned (never seen; then the MK is made without them and
-/// [`check`] reports the unwrap template as not enforced for it).
-pub(super) fn master_key_templates() -> Vec<Attribute> {
-    let t = vec![unwrap_template(), wrap_template()];
+/// The templates a new master key carries on a token where only the SO
+/// can set `CKA_TRUSTED` (`trusted_needs_so`) or not; none if they could not
+/// be laid out aligned (never seen; then the MK is made without them and
+/// [`check`] reports the protections untested).
+pub(super) fn master_key_templates(trusted_needs_so: bool) -> Vec<Attribute> {
+    let t = vec![unwrap_template(trusted_needs_so), wrap_template()];
     if t.iter().all(aligned) {
         t
     } else {
         tracing::warn!("could not lay out the master key's wrap and unwrap templates aligned; the master key is made without them");
         Vec::new()
     }
-}
-
-/// Attributes the unwrapped KEK must carry so that a token applying the
-/// MK's unwrap template finds nothing inconsistent.
-pub(super) fn unwrapped_kek_attributes() -> [Attribute; 1] {
-    [Attribute::WrapWithTrusted(true)]
 }
 
 /// How a token answered one attack on throwaway keys.
@@ -124,23 +121,32 @@ pub enum Protection {
     Untested,
 }
 
-/// Which of the protections above this token enforces.
+/// Which protections this token enforces, found by trying the attacks.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 pub struct ProtectionReport {
-    /// A key unwrapped under an MK with an unwrap template cannot be made
-    /// non-sensitive.
-    pub unwrap_template: Protection,
-    /// A key unwrapped under such an MK cannot be wrapped under a key the
-    /// user made.
-    pub wrap_with_trusted: Protection,
     /// A user (not the security officer) cannot make a key `CKA_TRUSTED`.
+    /// Not an attack by itself; it decides which unwrap template a new MK
+    /// carries.
     pub trusted_needs_so: Protection,
+    /// A key unwrapped under a new MK cannot be made readable
+    /// (non-sensitive).
+    pub readable_unwrap: Protection,
+    /// A key unwrapped under a new MK cannot be wrapped under a key the
+    /// user made (a trusted one, where the user may make those).
+    pub rewrap_under_own_key: Protection,
 }
 
 impl ProtectionReport {
-    /// True when the token stops a PIN holder from reading a KEK.
-    pub fn all_enforced(&self) -> bool {
-        [self.unwrap_template, self.wrap_with_trusted, self.trusted_needs_so].iter().all(|p| *p == Protection::Enforced)
+    /// True when the token stops a PIN holder from reading a KEK wrapped
+    /// under a master key keybridge made.
+    pub fn kek_protected(&self) -> bool {
+        self.readable_unwrap == Protection::Enforced && self.rewrap_under_own_key == Protection::Enforced
+    }
+
+    /// Whether a master key made now keeps its KEKs re-wrappable under a
+    /// trusted key (for rotation inside the token).
+    pub fn rewrappable(&self) -> bool {
+        self.trusted_needs_so == Protection::Enforced
     }
 }
 
@@ -223,39 +229,49 @@ pub(super) fn check_master_key(session: &Session, mech: u64, mk: ObjectHandle) -
 }
 
 /// Try the attacks on throwaway session keys, with key-wrap mechanism
-/// `mech`: a stand-in master key with a new MK's templates, then (1) unwrap
-/// an RSA key wrapped under it as non-sensitive and extractable, (2) unwrap it
-/// as the token allows and wrap it under a key of the attacker's, (3) make
-/// a key `CKA_TRUSTED` as the user.
+/// `mech`: (a) make a key `CKA_TRUSTED` as the user; then, on a stand-in
+/// master key with the templates a new MK would get, (1) unwrap an RSA key
+/// wrapped under it as non-sensitive and extractable, (2) unwrap it as the
+/// token allows and wrap it under a key of the attacker's (trusted, if (a)
+/// worked).
 pub(super) fn check(session: &Session, mech: u64) -> Result<ProtectionReport, CkError> {
-    let untested = ProtectionReport { unwrap_template: Protection::Untested, wrap_with_trusted: Protection::Untested, trusted_needs_so: Protection::Untested };
     let mut made = Throwaway { session, handles: Vec::new() };
-    let templates = master_key_templates();
+    let mut report = ProtectionReport { trusted_needs_so: Protection::Untested, readable_unwrap: Protection::Untested, rewrap_under_own_key: Protection::Untested };
+
+    let own_trusted = match aes_session_key(session, &[Attribute::Sensitive(true), Attribute::Extractable(false), Attribute::Wrap(true), Attribute::Trusted(true)]) {
+        Err(CkError::Pkcs11(_, _)) => None,
+        Err(e) => return Err(e),
+        Ok(h) => {
+            made.handles.push(h);
+            Some(h)
+        }
+    };
+    report.trusted_needs_so = if own_trusted.is_some() { Protection::NotEnforced } else { Protection::Enforced };
+
+    let templates = master_key_templates(report.rewrappable());
     if templates.is_empty() {
-        return Ok(untested);
+        return Ok(report);
     }
     let mut attrs = vec![Attribute::Sensitive(true), Attribute::Extractable(false), Attribute::Wrap(true), Attribute::Unwrap(true)];
     attrs.extend(templates);
     let mk = aes_session_key(session, &attrs)?;
     made.handles.push(mk);
-    let (unwrap_template, Some(wrapped)) = readable_unwrap(&mut made, mech, mk)? else { return Ok(untested) };
+    let (readable, Some(wrapped)) = readable_unwrap(&mut made, mech, mk)? else { return Ok(report) };
+    report.readable_unwrap = readable;
 
-    let trusted_needs_so = match aes_session_key(session, &[Attribute::Wrap(true), Attribute::Trusted(true)]) {
+    report.rewrap_under_own_key = match raw::unwrap_key(session, mech, mk, &wrapped, &as_rsa(true)) {
         Err(CkError::Pkcs11(_, _)) => Protection::Enforced,
         Err(e) => return Err(e),
         Ok(h) => {
             made.handles.push(h);
-            Protection::NotEnforced
-        }
-    };
-
-    let wrap_with_trusted = match raw::unwrap_key(session, mech, mk, &wrapped, &as_rsa(true)) {
-        Err(CkError::Pkcs11(_, _)) => Protection::Enforced,
-        Err(e) => return Err(e),
-        Ok(h) => {
-            made.handles.push(h);
-            let theirs = aes_session_key(session, &[Attribute::Sensitive(true), Attribute::Extractable(false), Attribute::Wrap(true)])?;
-            made.handles.push(theirs);
+            let theirs = match own_trusted {
+                Some(t) => t,
+                None => {
+                    let t = aes_session_key(session, &[Attribute::Sensitive(true), Attribute::Extractable(false), Attribute::Wrap(true)])?;
+                    made.handles.push(t);
+                    t
+                }
+            };
             match raw::wrap_key(session, mech, theirs, h) {
                 Err(CkError::Pkcs11(_, _)) => Protection::Enforced,
                 Err(e) => return Err(e),
@@ -263,7 +279,7 @@ pub(super) fn check(session: &Session, mech: u64) -> Result<ProtectionReport, Ck
             }
         }
     };
-    Ok(ProtectionReport { unwrap_template, wrap_with_trusted, trusted_needs_so })
+    Ok(report)
 }
 
 #[cfg(test)]
@@ -273,7 +289,7 @@ mod tests {
     #[test]
     #[cfg(target_pointer_width = "64")]
     fn template_is_a_ck_attribute_array() {
-        let Attribute::VendorDefined((t, bytes)) = unwrap_template() else { panic!() };
+        let Attribute::VendorDefined((t, bytes)) = unwrap_template(true) else { panic!() };
         assert_eq!(CK_ATTRIBUTE_TYPE::from(t), CKA_UNWRAP_TEMPLATE);
         let w = size_of::<CK_ATTRIBUTE>();
         assert_eq!(bytes.len(), 3 * w);
@@ -285,6 +301,9 @@ mod tests {
         // Entry 2: CKA_WRAP_WITH_TRUSTED -> &TRUE.
         assert_eq!(word(6), CKA_WRAP_WITH_TRUSTED);
         assert_eq!(word(7) as usize, &TRUE as *const CK_BBOOL as usize);
+        let Attribute::VendorDefined((_, bytes)) = unwrap_template(false) else { panic!() };
+        assert_eq!(bytes.len(), 3 * w);
+        assert_eq!(u64::from_ne_bytes(bytes[48..56].try_into().unwrap()), CKA_EXTRACTABLE);
         let Attribute::VendorDefined((_, bytes)) = wrap_template() else { panic!() };
         let word = |i: usize| u64::from_ne_bytes(bytes[i * 8..i * 8 + 8].try_into().unwrap());
         assert_eq!((word(0), word(2)), (CKA_CLASS, size_of::<CK_ULONG>() as u64));
