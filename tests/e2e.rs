@@ -1479,3 +1479,57 @@ async fn media_agent_limits_each_clients_uploads() {
     let again = put(&jobs[2], "alice").await.unwrap();
     assert_eq!(again.status(), 201, "{}", again.text().await.unwrap());
 }
+
+/// The MediaAgent holds each client to `--client-quota` bytes: its stored
+/// jobs plus its uploads in progress. An upload that declares more than is
+/// left is refused before its body is read; one that streams past the
+/// quota without declaring a length is cut off; either stores nothing.
+/// Another client is not held to alice's usage, and a restarted agent
+/// counts what is stored from the job indexes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn media_agent_enforces_each_clients_quota() {
+    let d = Deployment::start(Kind::Builtin).unwrap();
+    let port = free_port();
+    let store = d.dir().join("quota-store");
+    let listen = format!("127.0.0.1:{port}");
+    let args = ["media-agent", "--store", store.to_str().unwrap(), "--listen", &listen, "--cert", "service.crt", "--key", "service.key", "--token-key", "media-agent.key", "--client-quota", "10000"];
+    let key = AgentKey::from_hex(&std::fs::read_to_string(d.dir().join("media-agent.key")).unwrap()).unwrap();
+    let url = |job: &str| format!("https://{listen}/v1/jobs/{job}/stream");
+    let put = |client: &'static str, len: usize, declared: bool| {
+        let job = uuid::Uuid::now_v7().to_string();
+        let req = d.operator().put(url(&job)).bearer_auth(key.mint(AgentOp::Put, &job, client, in_an_hour()));
+        let req = if declared {
+            req.body(vec![1u8; len])
+        } else {
+            // A stream of unknown length (chunked), as the client sends.
+            let chunks: Vec<Result<Vec<u8>, std::io::Error>> = (0..len / 1000).map(|_| Ok(vec![2u8; 1000])).collect();
+            req.body(reqwest::Body::wrap_stream(futures_util::stream::iter(chunks)))
+        };
+        async move { (job, req.send().await.unwrap()) }
+    };
+    let stored = |job: &str| store.join("jobs").join(job).exists();
+
+    let agent = d.spawn(&args, "quota.log");
+    d.wait_up(&format!("https://{listen}/healthz"), "quota.log");
+    let (first, r) = put("alice", 6000, true).await;
+    assert_eq!(r.status(), 201, "{}", r.text().await.unwrap());
+    let (declared, r) = put("alice", 6000, true).await;
+    assert_eq!(r.status(), 507);
+    let text = r.text().await.unwrap();
+    assert!(text.contains("client 'alice' would exceed its quota of 10000 bytes") && text.contains("nothing was stored"), "{text}");
+    let (streamed, r) = put("alice", 6000, false).await;
+    assert_eq!(r.status(), 507, "an undeclared upload past the quota: {}", r.text().await.unwrap());
+    assert!(stored(&first) && !stored(&declared) && !stored(&streamed), "only the upload within the quota is stored");
+    assert_eq!(std::fs::read_dir(store.join("tmp")).unwrap().count(), 0, "a refused upload left a temporary file");
+    let (_, r) = put("bob", 6000, false).await;
+    assert_eq!(r.status(), 201, "bob is not held to alice's usage: {}", r.text().await.unwrap());
+    drop(agent);
+
+    // A restarted agent counts alice's 6000 stored bytes again.
+    let _agent = d.spawn(&args, "quota-2.log");
+    d.wait_up(&format!("https://{listen}/healthz"), "quota-2.log");
+    let (_, r) = put("alice", 5000, true).await;
+    assert_eq!(r.status(), 507, "after a restart: {}", r.text().await.unwrap());
+    let (_, r) = put("alice", 4000, false).await;
+    assert_eq!(r.status(), 201, "{}", r.text().await.unwrap());
+}

@@ -64,6 +64,12 @@ pub struct MediaAgentArgs {
     /// nothing stored.
     #[arg(long, default_value_t = keybridge_agent::UPLOAD_IDLE_SECS)]
     pub upload_idle_secs: u64,
+    /// Bytes one client may store at this agent (its stored jobs plus its
+    /// uploads in progress); an upload that would pass it is refused with
+    /// 507 and nothing is stored. Counted per client named by the job
+    /// token, so not with --no-auth. No quota unless given.
+    #[arg(long, value_name = "BYTES")]
+    pub client_quota: Option<u64>,
 }
 
 #[derive(Debug, Args)]
@@ -117,6 +123,7 @@ pub(super) async fn media_agent(args: &MediaAgentArgs) -> Result<(Value, String)
         token_key: args.token_key.as_deref().map(keybridge_proto::api::agent_token::AgentKey::read).transpose()?,
         uploads_per_client: args.uploads_per_client,
         upload_idle: Duration::from_secs(args.upload_idle_secs.max(1)),
+        client_quota: args.client_quota,
         shutdown_grace: Duration::from_secs(30),
     };
     keybridge_agent::run(cfg, keybridge_net::http::shutdown_signal()).await?;

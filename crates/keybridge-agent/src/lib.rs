@@ -66,32 +66,104 @@ pub struct AgentConfig {
     pub uploads_per_client: usize,
     /// An upload that sends nothing for this long is dropped.
     pub upload_idle: Duration,
+    /// Bytes one client may have stored here, counting uploads in
+    /// progress; `None` for no quota.
+    pub client_quota: Option<u64>,
     pub shutdown_grace: Duration,
+}
+
+/// The per-client limits of [`router`].
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    pub uploads_per_client: usize,
+    pub upload_idle: Duration,
+    pub client_quota: Option<u64>,
 }
 
 /// What the handlers share.
 struct Agent {
     store: Store,
     token_key: Option<AgentKey>,
-    uploads_per_client: usize,
-    upload_idle: Duration,
-    /// Uploads running, per client.
-    uploads: std::sync::Mutex<std::collections::HashMap<String, usize>>,
+    limits: Limits,
+    /// What each client runs and holds here.
+    clients: std::sync::Mutex<std::collections::HashMap<String, ClientUse>>,
 }
 
-/// One running upload of a client; counted out when dropped.
+/// One client's uploads and bytes at this agent.
+#[derive(Debug, Default)]
+struct ClientUse {
+    uploads: usize,
+    /// Bytes of its committed jobs.
+    stored: u64,
+    /// Bytes received so far by its uploads in progress.
+    receiving: u64,
+}
+
+/// One running upload of a client; counted out when dropped, with the
+/// bytes it received unless they were stored.
 struct UploadSlot {
     agent: Shared,
     client: String,
+    received: u64,
+}
+
+impl UploadSlot {
+    fn quota_error(&self, quota: u64, stored: u64, more: u64) -> ApiError {
+        tracing::warn!(client = %self.client, quota, stored, "upload refused: the client's quota at this MediaAgent is used up");
+        ApiError::new(
+            ErrorKind::StorageFull,
+            format!(
+                "client '{}' would exceed its quota of {quota} bytes at this MediaAgent (it holds {stored}, this upload {more} more); nothing was stored",
+                self.client
+            ),
+        )
+    }
+
+    /// Refuse an upload that declares more bytes than the client has left.
+    fn admit(&self, declared: Option<u64>) -> Result<(), ApiError> {
+        let (Some(quota), Some(declared)) = (self.agent.limits.client_quota, declared) else { return Ok(()) };
+        let clients = self.agent.clients.lock().unwrap_or_else(|e| e.into_inner());
+        let held = clients.get(&self.client).map_or(0, |c| c.stored + c.receiving);
+        if held.saturating_add(declared) > quota {
+            return Err(self.quota_error(quota, held, declared));
+        }
+        Ok(())
+    }
+
+    /// Count `n` more received bytes, or refuse them over the quota.
+    fn receive(&mut self, n: u64) -> Result<(), ApiError> {
+        let mut clients = self.agent.clients.lock().unwrap_or_else(|e| e.into_inner());
+        let c = clients.entry(self.client.clone()).or_default();
+        if let Some(quota) = self.agent.limits.client_quota {
+            if (c.stored + c.receiving).saturating_add(n) > quota {
+                let held = c.stored + c.receiving - self.received;
+                drop(clients);
+                return Err(self.quota_error(quota, held, self.received + n));
+            }
+        }
+        c.receiving += n;
+        self.received += n;
+        Ok(())
+    }
+
+    /// The upload was committed: its bytes are stored.
+    fn stored(mut self) {
+        let mut clients = self.agent.clients.lock().unwrap_or_else(|e| e.into_inner());
+        let c = clients.entry(self.client.clone()).or_default();
+        c.receiving -= self.received;
+        c.stored += self.received;
+        self.received = 0;
+    }
 }
 
 impl Drop for UploadSlot {
     fn drop(&mut self) {
-        let mut uploads = self.agent.uploads.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(n) = uploads.get_mut(&self.client) {
-            *n -= 1;
-            if *n == 0 {
-                uploads.remove(&self.client);
+        let mut clients = self.agent.clients.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(c) = clients.get_mut(&self.client) {
+            c.uploads -= 1;
+            c.receiving -= self.received;
+            if c.uploads == 0 && c.stored == 0 {
+                clients.remove(&self.client);
             }
         }
     }
@@ -116,16 +188,15 @@ impl Agent {
 /// already runs its limit.
 fn start_upload(agent: &Shared, client: Option<String>) -> Result<Option<UploadSlot>, ApiError> {
     let Some(client) = client else { return Ok(None) };
-    let mut uploads = agent.uploads.lock().unwrap_or_else(|e| e.into_inner());
-    let running = uploads.entry(client.clone()).or_insert(0);
-    if *running >= agent.uploads_per_client {
-        tracing::warn!(client, limit = agent.uploads_per_client, "upload refused: the client runs its limit of uploads");
-        return Err(ApiError::new(ErrorKind::Busy,
-            format!("client '{client}' already runs {} uploads at this MediaAgent (its limit); retry when one ends", agent.uploads_per_client),
-        ));
+    let limit = agent.limits.uploads_per_client;
+    let mut clients = agent.clients.lock().unwrap_or_else(|e| e.into_inner());
+    let c = clients.entry(client.clone()).or_default();
+    if c.uploads >= limit {
+        tracing::warn!(client, limit, "upload refused: the client runs its limit of uploads");
+        return Err(ApiError::new(ErrorKind::Busy, format!("client '{client}' already runs {limit} uploads at this MediaAgent (its limit); retry when one ends")));
     }
-    *running += 1;
-    Ok(Some(UploadSlot { agent: agent.clone(), client }))
+    c.uploads += 1;
+    Ok(Some(UploadSlot { agent: agent.clone(), client, received: 0 }))
 }
 
 fn error_response(e: StoreError) -> Response {
@@ -143,14 +214,26 @@ fn error_response(e: StoreError) -> Response {
 }
 
 /// The agent's router over a store; with a key, job routes need tokens.
-pub fn router(store: Store, token_key: Option<AgentKey>, uploads_per_client: usize, upload_idle: Duration) -> Router {
+/// Fails only if the store's job indexes cannot be listed (to count what
+/// each client holds).
+pub fn router(store: Store, token_key: Option<AgentKey>, limits: Limits) -> Result<Router, StoreError> {
+    let clients = store
+        .usage_by_client()?
+        .into_iter()
+        .map(|(client, stored)| (client, ClientUse { stored, ..Default::default() }))
+        .collect();
     let auth = if token_key.is_some() { "token" } else { "none" };
-    Router::new()
+    Ok(Router::new()
         .route("/healthz", get(move |State(s): State<Shared>| async move { Json(json!({ "status": "ok", "store": s.store.root(), "auth": auth })) }))
         .route("/v1/jobs/{job}", get(job_index))
         .route("/v1/jobs/{job}/stream", get(get_stream).put(put_stream))
         .fallback(keybridge_net::http::no_route)
-        .with_state(Arc::new(Agent { store, token_key, uploads_per_client: uploads_per_client.max(1), upload_idle, uploads: Default::default() }))
+        .with_state(Arc::new(Agent {
+            store,
+            token_key,
+            limits: Limits { uploads_per_client: limits.uploads_per_client.max(1), ..limits },
+            clients: std::sync::Mutex::new(clients),
+        })))
 }
 
 async fn job_index(State(agent): State<Shared>, headers: HeaderMap, Path(job): Path<String>) -> Response {
@@ -193,12 +276,30 @@ async fn get_stream(State(agent): State<Shared>, headers: HeaderMap, Path(job): 
         .into_response()
 }
 
+/// Read and drop a bounded amount of what a client is still sending after
+/// its upload failed, so it gets the answer instead of a reset.
+async fn drain(frames: &mut axum::body::BodyDataStream) {
+    let deadline = tokio::time::Instant::now() + DRAIN_TIME;
+    let mut drained = 0usize;
+    while drained < DRAIN_BYTES {
+        match tokio::time::timeout_at(deadline, frames.next()).await {
+            Ok(Some(Ok(data))) => drained += data.len(),
+            _ => break,
+        }
+    }
+}
+
 async fn put_stream(State(agent): State<Shared>, headers: HeaderMap, Path(job): Path<String>, body: Body) -> Response {
-    let slot = match agent.authorize(&headers, AgentOp::Put, &job).and_then(|client| start_upload(&agent, client)) {
+    let declared = headers.get(axum::http::header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<u64>().ok());
+    let mut slot = match agent
+        .authorize(&headers, AgentOp::Put, &job)
+        .and_then(|client| start_upload(&agent, client))
+        .and_then(|slot| slot.as_ref().map_or(Ok(()), |s| s.admit(declared)).map(|()| slot))
+    {
         Ok(slot) => slot,
         Err(refused) => return refused.into_response(),
     };
-    let upload = match agent.store.begin(&job) {
+    let upload = match agent.store.begin(&job, slot.as_ref().map(|s| s.client.as_str())) {
         Ok(u) => u,
         Err(e) => return error_response(e),
     };
@@ -227,30 +328,28 @@ async fn put_stream(State(agent): State<Shared>, headers: HeaderMap, Path(job): 
     });
     let mut frames = body.into_data_stream();
     let mut body_error = None;
+    let mut refused = None;
     let mut batch = Vec::with_capacity(WRITE_BATCH);
     loop {
-        let frame = match tokio::time::timeout(agent.upload_idle, frames.next()).await {
+        let frame = match tokio::time::timeout(agent.limits.upload_idle, frames.next()).await {
             Ok(frame) => frame,
-            Err(_) => Some(Err(axum::Error::new(format!("nothing arrived for {} s", agent.upload_idle.as_secs())))),
+            Err(_) => Some(Err(axum::Error::new(format!("nothing arrived for {} s", agent.limits.upload_idle.as_secs())))),
         };
         let end = frame.is_none();
         if let Some(Ok(data)) = &frame {
+            if let Some(Err(e)) = slot.as_mut().map(|s| s.receive(data.len() as u64)) {
+                refused = Some(e);
+                let _ = tx.send(None).await;
+                drain(&mut frames).await;
+                break;
+            }
             batch.extend_from_slice(data);
         }
         if (end || batch.len() >= WRITE_BATCH) && !batch.is_empty() {
             let next = spare_rx.try_recv().unwrap_or_else(|_| Vec::with_capacity(WRITE_BATCH));
             if tx.send(Some(std::mem::replace(&mut batch, next))).await.is_err() {
-                // The writer failed (its error is reported below). Read
-                // and drop a bounded amount of what the client is still
-                // sending, so it gets that answer instead of a reset.
-                let deadline = tokio::time::Instant::now() + DRAIN_TIME;
-                let mut drained = 0usize;
-                while drained < DRAIN_BYTES {
-                    match tokio::time::timeout_at(deadline, frames.next()).await {
-                        Ok(Some(Ok(data))) => drained += data.len(),
-                        _ => break,
-                    }
-                }
+                // The writer failed (its error is reported below).
+                drain(&mut frames).await;
                 break;
             }
         }
@@ -266,9 +365,14 @@ async fn put_stream(State(agent): State<Shared>, headers: HeaderMap, Path(job): 
     }
     drop(tx);
     let written = writer.await;
-    drop(slot);
+    if let Some(refused) = refused {
+        return refused.into_response();
+    }
     match written {
         Ok(Ok(Some(info))) => {
+            if let Some(slot) = slot {
+                slot.stored();
+            }
             tracing::info!(job = %job, bytes = info.bytes, "stream stored");
             (StatusCode::CREATED, Json(json!({ "job": job, "bytes": info.bytes, "checksum": info.checksum }))).into_response()
         }
@@ -304,6 +408,8 @@ pub async fn run(cfg: AgentConfig, shutdown: impl std::future::Future<Output = (
         eprintln!("keybridge: media agent started with --no-auth: anyone who can reach it can store and read job streams");
         tracing::warn!("media agent accepts requests without job tokens (--no-auth)");
     }
-    keybridge_net::http::serve(listener, tls, router(store, cfg.token_key, cfg.uploads_per_client, cfg.upload_idle), shutdown, cfg.shutdown_grace).await;
+    let limits = Limits { uploads_per_client: cfg.uploads_per_client, upload_idle: cfg.upload_idle, client_quota: cfg.client_quota };
+    let router = router(store, cfg.token_key, limits).map_err(|e| keybridge_proto::Error::Input { what: format!("media agent store {}", cfg.store.display()), reason: e.to_string() })?;
+    keybridge_net::http::serve(listener, tls, router, shutdown, cfg.shutdown_grace).await;
     Ok(())
 }

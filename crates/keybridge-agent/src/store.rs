@@ -52,6 +52,10 @@ pub struct ObjectInfo {
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 pub struct JobIndex {
     pub job: String,
+    /// The client the upload's token named (none with `--no-auth`, and in
+    /// indexes written before quotas): whose quota the job counts against.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub client: Option<String>,
     pub objects: Vec<ObjectInfo>,
 }
 
@@ -110,8 +114,27 @@ impl Store {
         Ok(self.root.join("jobs").join(job))
     }
 
-    /// Start receiving the stream of a new job.
-    pub fn begin(&self, job: &str) -> Result<Upload, StoreError> {
+    /// Bytes stored per client, from the job indexes (for quotas). An
+    /// index that cannot be read is reported and counted for nobody.
+    pub fn usage_by_client(&self) -> Result<std::collections::HashMap<String, u64>, StoreError> {
+        let jobs = self.root.join("jobs");
+        let mut usage = std::collections::HashMap::new();
+        for entry in fs::read_dir(&jobs).map_err(io_err(&jobs, "listing"))? {
+            let entry = entry.map_err(io_err(&jobs, "listing"))?;
+            let job = entry.file_name().to_string_lossy().into_owned();
+            match self.index(&job) {
+                Ok(JobIndex { client: Some(client), objects, .. }) => {
+                    *usage.entry(client).or_insert(0) += objects.iter().map(|o| o.bytes).sum::<u64>();
+                }
+                Ok(_) => {}
+                Err(e) => tracing::warn!(job, error = %e, "job not counted against any client's quota"),
+            }
+        }
+        Ok(usage)
+    }
+
+    /// Start receiving the stream of a new job of `client`.
+    pub fn begin(&self, job: &str, client: Option<&str>) -> Result<Upload, StoreError> {
         let dir = self.job_dir(job)?;
         if dir.exists() {
             return Err(StoreError::Exists(job.to_owned()));
@@ -127,6 +150,7 @@ impl Store {
         Ok(Upload {
             store: self.clone(),
             job: job.to_owned(),
+            client: client.map(str::to_owned),
             tmp,
             file: Some(file),
             bytes: 0,
@@ -172,6 +196,7 @@ impl Store {
 pub struct Upload {
     store: Store,
     job: String,
+    client: Option<String>,
     tmp: PathBuf,
     file: Option<File>,
     bytes: u64,
@@ -264,7 +289,7 @@ impl Upload {
         let result = (|| {
             // The index is written first (to tmp) so that a job directory
             // with a stream always has its index.
-            let index = JobIndex { job: self.job.clone(), objects: vec![info.clone()] };
+            let index = JobIndex { job: self.job.clone(), client: self.client.clone(), objects: vec![info.clone()] };
             let index_tmp = self.tmp.with_extension("index");
             let mut f = File::create(&index_tmp).map_err(|e| self.store.classify(e, &self.job, &index_tmp, "writing index"))?;
             f.write_all(&serde_json::to_vec_pretty(&index).expect("index serialises"))
