@@ -1533,3 +1533,72 @@ async fn media_agent_enforces_each_clients_quota() {
     let (_, r) = put("alice", 4000, false).await;
     assert_eq!(r.status(), 201, "{}", r.text().await.unwrap());
 }
+
+/// What a KMS outage means (docs/operations.md): backups go on, because
+/// issuing a DEK needs only the public KEK; a restore fails fast with exit 5
+/// and says the KMS is unreachable and the restore can be retried; with
+/// `--retry-for` it waits the outage out. The pool's KMS is a PyKMIP server
+/// of this test's own, killed (SIGKILL) and restarted on its database.
+/// Then a loop of restores with `--retry-for`, with the server killed and
+/// restarted in the middle: every restore succeeds; the outage costs a
+/// pause and nothing else.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kms_outage_backups_go_on_restores_fail_fast_or_wait() {
+    let db = tempfile::tempdir().unwrap();
+    let Some(kmip) = common::kmip::PyKmip::start("outage", Some(db.path().join("pykmip.db")), "server") else { return };
+    let extra = common::kmip::kms_toml("outage", &[kmip.addr()], "client", "timeout_secs = 5\nkek_cache_ttl_secs = 0\n");
+    let Some(d) = Deployment::start_with(Kind::Builtin, None, &extra) else { return };
+    let pool = d.cli(&["pool", "create", "q", "--kms", "outage", "--kek-bits", "2048"]);
+    assert!(pool.status.success(), "pool create: {}", String::from_utf8_lossy(&pool.stderr));
+    d.register("alice", "alice-network-pw").await;
+    let pw = d.dir().join("alice.pw");
+    let backup = |path: &Path| {
+        d.cli(&["--json", "backup", "--pool", "q", "--client", "alice", "--password-file", pw.to_str().unwrap(), path.to_str().unwrap()])
+    };
+    let restore = |job: &str, to: &Path, retry_for: &str| {
+        d.command(&["--json", "restore", job, "--to", to.to_str().unwrap(), "--client", "alice", "--password-file", pw.to_str().unwrap(), "--retry-for", retry_for])
+    };
+    let src = tempfile::tempdir().unwrap();
+    let data = sample_tree(src.path());
+    let before = ok_json(&backup(&data))["job_id"].as_str().unwrap().to_owned();
+
+    kmip.kill();
+    // Backups go on.
+    let during = ok_json(&backup(&data))["job_id"].as_str().unwrap().to_owned();
+    // A restore fails fast, says why, and that it can be retried.
+    let out = tempfile::tempdir().unwrap();
+    let t0 = std::time::Instant::now();
+    let failed = restore(&before, &out.path().join("r0"), "0").output().unwrap();
+    let err = fails(&failed, 5, "the KMS is unreachable or failing for now");
+    assert!(err.contains("can be retried"), "{err}");
+    assert!(t0.elapsed() < Duration::from_secs(15), "the restore took {:?} to fail", t0.elapsed());
+    assert!(!out.path().join("r0").join("data").exists());
+
+    // With --retry-for it waits for the KMS to come back.
+    let waiting = restore(&during, &out.path().join("r1"), "120").stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap();
+    std::thread::sleep(Duration::from_secs(3));
+    kmip.restart();
+    let waited = waiting.wait_with_output().unwrap();
+    ok_json(&waited);
+    assert!(String::from_utf8_lossy(&waited.stderr).contains("failed for now; retrying"), "{}", String::from_utf8_lossy(&waited.stderr));
+    assert_eq!(describe(&data), describe(&out.path().join("r1").join("data")));
+
+    // A loop of restores; the KMS is killed after the second and restarted
+    // 3 s later. Every restore completes.
+    let mut results = Vec::new();
+    for i in 0..6 {
+        let job = if i % 2 == 0 { &before } else { &during };
+        let to = out.path().join(format!("loop{i}"));
+        let child = restore(job, &to, "120").stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap();
+        if i == 2 {
+            kmip.kill();
+            std::thread::sleep(Duration::from_secs(3));
+            kmip.restart();
+        }
+        results.push((to, child.wait_with_output().unwrap()));
+    }
+    for (to, r) in &results {
+        ok_json(r);
+        assert_eq!(describe(&data), describe(&to.join("data")));
+    }
+}

@@ -93,6 +93,11 @@ pub struct RestoreArgs {
     /// Directory to restore into (created if missing).
     #[arg(long)]
     pub to: PathBuf,
+    /// While the service answers that its KMS is unreachable (retriable),
+    /// keep trying with backoff (0.5 s doubling to 10 s) for up to this
+    /// many seconds. 0 (the default): fail at once with exit code 5.
+    #[arg(long, value_name = "SECONDS", default_value_t = 0)]
+    pub retry_for: u64,
 }
 
 /// A progress bar on a TTY (stderr), none otherwise or with --json.
@@ -142,7 +147,7 @@ pub(super) async fn backup(args: &BackupArgs, json: bool) -> Result<(Value, Stri
 
 pub(super) async fn restore(args: &RestoreArgs, json: bool) -> Result<(Value, String)> {
     let svc = args.connect.open().await?;
-    let s = keybridge_client::restore::restore(&svc, &args.job, &args.to, progress(json, "restore")).await?;
+    let s = keybridge_client::restore::restore(&svc, &args.job, &args.to, progress(json, "restore"), Duration::from_secs(args.retry_for)).await?;
     let mut text = format!(
         "job {} restored into {}: {} ({} bytes) in {:.2} s\n",
         s.job_id,

@@ -16,6 +16,7 @@ pub mod unpack;
 
 use std::path::Path;
 use std::sync::Arc;
+use std::time::Duration;
 
 use serde::de::DeserializeOwned;
 use serde::Serialize;
@@ -78,14 +79,41 @@ pub(crate) fn tls_refused(root: &str) -> String {
     }
 }
 
+/// First wait between tries of [`retrying`]; doubled after each, up to
+/// [`RETRY_MAX_DELAY`].
+const RETRY_FIRST_DELAY: Duration = Duration::from_millis(500);
+const RETRY_MAX_DELAY: Duration = Duration::from_secs(10);
+
+/// Run `op` until it succeeds, fails in a way that is not transient
+/// ([`Error::is_transient`]), or `retry_for` has passed: then its last
+/// error is returned. Each retry is logged with the error that caused it.
+pub async fn retrying<T, F, Fut>(retry_for: Duration, doing: &str, mut op: F) -> Result<T>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T>>,
+{
+    let deadline = tokio::time::Instant::now() + retry_for;
+    let mut delay = RETRY_FIRST_DELAY;
+    loop {
+        match op().await {
+            Err(e) if e.is_transient() && tokio::time::Instant::now() + delay <= deadline => {
+                tracing::warn!(error = %e, retry_in_ms = delay.as_millis() as u64, "{doing} failed for now; retrying");
+                tokio::time::sleep(delay).await;
+                delay = (delay * 2).min(RETRY_MAX_DELAY);
+            }
+            other => return other,
+        }
+    }
+}
+
 /// An error status answered by the service or the MediaAgent, with the
 /// peer's own message (`api::ErrorBody`) when it sent one.
 pub(crate) fn remote_error(peer: &str, status: u16, body: &[u8]) -> Error {
-    let (kind, message) = match serde_json::from_slice::<ErrorBody>(body) {
-        Ok(b) => (b.error.kind, b.error.message),
-        Err(_) => (ErrorKind::Other, String::from_utf8_lossy(&body[..body.len().min(300)]).into_owned()),
+    let (kind, message, retriable) = match serde_json::from_slice::<ErrorBody>(body) {
+        Ok(b) => (b.error.kind, b.error.message, b.error.retriable),
+        Err(_) => (ErrorKind::Other, String::from_utf8_lossy(&body[..body.len().min(300)]).into_owned(), false),
     };
-    Error::Remote { peer: peer.to_owned(), status, kind, message }
+    Error::Remote { peer: peer.to_owned(), status, kind, message, retriable }
 }
 
 /// Turn a failed exchange into an error naming the peer and the root
@@ -118,7 +146,7 @@ pub(crate) async fn answer<R: DeserializeOwned>(peer: &str, resp: reqwest::Respo
         return Err(remote_error(peer, status.as_u16(), &bytes));
     }
     serde_json::from_slice(&bytes)
-        .map_err(|e| Error::Remote { peer: peer.to_owned(), status: status.as_u16(), kind: ErrorKind::Other, message: format!("unexpected answer: {e}") })
+        .map_err(|e| Error::Remote { peer: peer.to_owned(), status: status.as_u16(), kind: ErrorKind::Other, message: format!("unexpected answer: {e}"), retriable: false })
 }
 
 /// A client's session with the service.
@@ -157,7 +185,7 @@ impl ServiceClient {
         let resp = http.get(&url).send().await.map_err(|e| unreachable(&base, e))?;
         let kdf: ClientKdf = answer(&base, resp).await?;
         let salt = hex::decode(&kdf.salt)
-            .map_err(|_| Error::Remote { peer: base.clone(), status: 200, kind: ErrorKind::Other, message: "salt is not hex".into() })?;
+            .map_err(|_| Error::Remote { peer: base.clone(), status: 200, kind: ErrorKind::Other, message: "salt is not hex".into(), retriable: false })?;
         let password = opts.password.clone();
         let client = opts.client.clone();
         let keys = tokio::task::spawn_blocking(move || ClientKeys::derive(&client, &password, &salt, &kdf.kdf))

@@ -15,7 +15,7 @@ use std::os::fd::OwnedFd;
 use std::path::{Path, PathBuf};
 
 use rustix::fs::{AtFlags, Mode, OFlags, RenameFlags};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use serde::Serialize;
 
@@ -161,7 +161,10 @@ fn unpack(mut reader: PlainReader, staging: OwnedFd) -> io::Result<Unpacked> {
 }
 
 /// Restore backup job `job_id` into `to` (created if missing).
-pub async fn restore(svc: &ServiceClient, job_id: &str, to: &Path, progress: Progress) -> Result<RestoreSummary> {
+/// Restore job `job_id` into `to`. A DEK recovery the service answers as
+/// retriable (its KMS unreachable or failing for now) is tried again with
+/// backoff for up to `retry_for`.
+pub async fn restore(svc: &ServiceClient, job_id: &str, to: &Path, progress: Progress, retry_for: Duration) -> Result<RestoreSummary> {
     let t0 = Instant::now();
     let keybridge_proto::api::Job { job, agent_token } = svc.job(job_id).await?;
     if job.state != JobState::Complete {
@@ -169,7 +172,7 @@ pub async fn restore(svc: &ServiceClient, job_id: &str, to: &Path, progress: Pro
     }
     let expected = job.completion.clone().ok_or_else(|| Error::Internal(format!("job {job_id} is complete without its stream figures")))?;
     // Restore steps 1-3 (service and KMS): the DEK, sealed for us.
-    let grant = svc.recover_dek(&job.dek_id).await?;
+    let grant = super::retrying(retry_for, "recovering the job's DEK", || svc.recover_dek(&job.dek_id)).await?;
     let dek = svc.open(&grant)?;
 
     // The target and the staging directory are held open, and every later

@@ -24,13 +24,14 @@ pub struct ApiError {
     status: StatusCode,
     kind: ErrorKind,
     message: String,
+    retriable: bool,
 }
 
 impl ApiError {
     /// An answer of `kind`, with the HTTP status that kind maps to.
     pub fn new(kind: ErrorKind, message: impl Into<String>) -> Self {
         let status = StatusCode::from_u16(kind.http_status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
-        ApiError { status, kind, message: message.into() }
+        ApiError { status, kind, message: message.into(), retriable: kind == ErrorKind::Busy }
     }
 
     /// The same answer with a more precise status than its kind's (413 for
@@ -43,14 +44,20 @@ impl ApiError {
 
 impl From<Error> for ApiError {
     /// The status and kind come from the error's [`ErrorKind`].
+    /// A transient KMS failure is answered retriable, with a message that
+    /// says so.
     fn from(e: Error) -> Self {
+        if e.is_transient() {
+            let message = format!("{e}; the KMS is unreachable or failing for now: nothing was changed, and the request can be retried");
+            return ApiError { retriable: true, ..ApiError::new(e.kind(), message) };
+        }
         ApiError::new(e.kind(), e.to_string())
     }
 }
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        let body = ErrorBody { error: ErrorDetail { kind: self.kind, message: self.message } };
+        let body = ErrorBody { error: ErrorDetail { kind: self.kind, message: self.message, retriable: self.retriable } };
         (self.status, axum::Json(body)).into_response()
     }
 }

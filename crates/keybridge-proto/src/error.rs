@@ -287,9 +287,10 @@ pub enum Error {
     #[error("denied: {0}")]
     Denied(String),
 
-    /// The service or MediaAgent answered with an error.
+    /// The service or MediaAgent answered with an error; `retriable` when
+    /// it said the same request may succeed later.
     #[error("{peer}: {message} (HTTP {status})")]
-    Remote { peer: String, status: u16, kind: ErrorKind, message: String },
+    Remote { peer: String, status: u16, kind: ErrorKind, message: String, retriable: bool },
 
     /// The service or MediaAgent could not be reached, or the connection
     /// broke.
@@ -321,16 +322,15 @@ impl Error {
         move |source| Error::Backend { kms: kms.to_owned(), source: BackendSource::new(source) }
     }
 
-    /// Whether a KMS reported this failure as transient: the same request
-    /// may succeed later with nobody changing anything (see
-    /// [`BackendFault::is_transient`]). Only [`Error::Backend`] has a typed
-    /// cause to decide on; every other error answers false, including
-    /// [`Error::Unreachable`], whose cause arrives as text, and
-    /// [`Error::Remote`], whose answer carries a kind but no verdict on
-    /// transience.
+    /// Whether the same request may succeed later with nobody changing
+    /// anything: a KMS reported the failure as transient (see
+    /// [`BackendFault::is_transient`]), or the service answered so
+    /// ([`Error::Remote`] with `retriable`). Every other error answers
+    /// false, including [`Error::Unreachable`], whose cause arrives as text.
     pub fn is_transient(&self) -> bool {
         match self {
             Error::Backend { source, .. } => source.is_transient(),
+            Error::Remote { retriable, .. } => *retriable,
             _ => false,
         }
     }
@@ -451,7 +451,7 @@ mod tests {
         ];
         for (e, documented) in local {
             assert_eq!(e.exit_code(), documented, "{:?}", e.kind());
-            let remote = Error::Remote { peer: "service".into(), status: e.kind().http_status(), kind: e.kind(), message: e.to_string() };
+            let remote = Error::Remote { peer: "service".into(), status: e.kind().http_status(), kind: e.kind(), message: e.to_string(), retriable: false };
             assert_eq!(remote.exit_code(), documented, "remote {:?}", e.kind());
         }
         assert_eq!([ErrorKind::Auth.exit_code(), ErrorKind::StorageFull.exit_code()], [10, 12]);

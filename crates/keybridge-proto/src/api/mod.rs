@@ -102,7 +102,8 @@ pub struct Job {
     pub agent_token: String,
 }
 
-/// Every error answer: `{"error": {"kind": ..., "message": ...}}`.
+/// Every error answer: `{"error": {"kind": ..., "message": ..., "retriable": true}}`
+/// (`retriable` only when true).
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct ErrorBody {
     pub error: ErrorDetail,
@@ -112,6 +113,11 @@ pub struct ErrorBody {
 pub struct ErrorDetail {
     pub kind: crate::ErrorKind,
     pub message: String,
+    /// The same request may succeed later with nobody changing anything
+    /// (a KMS that is unreachable or failing for now, a per-client limit);
+    /// nothing was changed by this one.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub retriable: bool,
 }
 
 /// What the client receives for a DEK: the DEK only sealed under its
