@@ -1602,3 +1602,98 @@ async fn kms_outage_backups_go_on_restores_fail_fast_or_wait() {
         assert_eq!(describe(&data), describe(&to.join("data")));
     }
 }
+
+/// `kill -9` of the service while 64 clients issue and recover DEKs and a
+/// backup streams. After a restart: every DEK whose issue returned success
+/// recovers to the same DEK, `audit verify` passes, no DEK row lacks its
+/// audit row, and the job that was streaming is not complete (its restore
+/// is refused as interrupted).
+async fn service_killed_under_load(kind: Kind) {
+    let _turn = softhsm_turn(kind);
+    let Some(mut d) = Deployment::start(kind) else { return };
+    futures_util::future::join_all((0..64).map(|i| {
+        let d = &d;
+        async move { d.register(&format!("c{i}"), &format!("password-of-c{i}")).await }
+    }))
+    .await;
+    let mut clients = Vec::new();
+    for i in 0..64 {
+        clients.push(d.client(&format!("c{i}"), &format!("password-of-c{i}")).await.unwrap());
+    }
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let mut tasks = Vec::new();
+    for c in clients {
+        let stop = stop.clone();
+        tasks.push(tokio::spawn(async move {
+            // (DEK id, DEK) of every issue that returned success.
+            let mut issued = Vec::new();
+            while !stop.load(std::sync::atomic::Ordering::SeqCst) {
+                let Ok(g) = c.issue_dek("p").await else { break };
+                let dek = c.open(&g).unwrap();
+                issued.push((g.dek_id.clone(), dek));
+                if c.recover_dek(&g.dek_id).await.is_err() {
+                    break;
+                }
+            }
+            (c, issued)
+        }));
+    }
+    tokio::time::sleep(Duration::from_millis(1000)).await;
+    // A backup that is still streaming when the service dies (sparse: 1 GiB
+    // to archive and encrypt; frozen while the service is killed).
+    let src = tempfile::tempdir().unwrap();
+    let big = src.path().join("big.bin");
+    std::fs::File::create(&big).unwrap().set_len(1 << 30).unwrap();
+    let backup = d.cli_spawn(&["--json", "backup", "--pool", "p", "--client", "c0", "--password-file", d.dir().join("c0.pw").to_str().unwrap(), big.to_str().unwrap()]);
+    let job_of_c0 = "SELECT j.id FROM jobs j JOIN clients c ON c.id = j.client_id WHERE c.name = 'c0'";
+    for _ in 0..2000 {
+        if d.catalog().query_row(job_of_c0, [], |r| r.get::<_, String>(0)).is_ok() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    // SIGKILL, not an orderly stop.
+    kill_while_frozen(&backup, d.service.take().unwrap());
+    stop.store(true, std::sync::atomic::Ordering::SeqCst);
+    let mut results = Vec::new();
+    for t in tasks {
+        results.push(t.await.unwrap());
+    }
+    let backup = backup.wait_with_output().unwrap();
+
+    d.start_service();
+    let issued: usize = results.iter().map(|(_, i)| i.len()).sum();
+    assert!(issued >= 64, "the load issued only {issued} DEKs before the kill");
+    futures_util::future::join_all(results.iter().map(|(c, issued)| async move {
+        for (id, dek) in issued {
+            let back = c.recover_dek(id).await.unwrap_or_else(|e| panic!("DEK {id} was issued before the kill and does not recover: {e}"));
+            assert_eq!(&c.open(&back).unwrap(), dek, "DEK {id} recovered to another key");
+        }
+    }))
+    .await;
+
+    let verify = d.cli(&["audit", "verify"]);
+    assert!(verify.status.success(), "audit verify after kill -9: {}{}", String::from_utf8_lossy(&verify.stdout), String::from_utf8_lossy(&verify.stderr));
+    let orphans: i64 = d
+        .catalog()
+        .query_row("SELECT count(*) FROM deks d WHERE NOT EXISTS (SELECT 1 FROM audit a WHERE a.action = 'dek.issue' AND a.dek_id = d.id AND a.result = 'ok')", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(orphans, 0, "DEK rows without their audit row");
+
+    // The backup that was streaming failed, and its job is not complete.
+    assert!(!backup.status.success(), "the backup survived the service's death: {}", String::from_utf8_lossy(&backup.stdout));
+    let job: String = d.catalog().query_row(job_of_c0, [], |r| r.get(0)).expect("the backup started a job before the kill");
+    assert_eq!(d.job_state(&job).as_deref(), Some("running"), "the killed backup's job shows as complete");
+    let out = tempfile::tempdir().unwrap();
+    fails(&d.restore("c0", &job, out.path()), 3, "never completed");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn service_killed_under_load_builtin() {
+    service_killed_under_load(Kind::Builtin).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn service_killed_under_load_softhsm() {
+    service_killed_under_load(Kind::SoftHsm).await;
+}
