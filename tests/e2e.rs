@@ -947,6 +947,44 @@ async fn media_agent_killed_during_restore() {
     assert_eq!(std::fs::metadata(out_dir.path().join("big.bin")).unwrap().len(), 256 << 20);
 }
 
+/// The MediaAgent is killed (SIGKILL) mid-upload: the backup fails naming
+/// the MediaAgent, its job never shows as complete, nothing of the upload
+/// is left in the agent's store once it is back, and a retry succeeds.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn media_agent_killed_during_backup() {
+    let mut d = Deployment::start(Kind::Builtin).unwrap();
+    d.register("alice", "alice-network-pw").await;
+    let src = tempfile::tempdir().unwrap();
+    let big = src.path().join("big.bin");
+    std::fs::File::create(&big).unwrap().set_len(1 << 30).unwrap();
+    let pw = d.dir().join("alice.pw");
+    let backup = d.cli_spawn(&["--json", "backup", "--pool", "p", "--client", "alice", "--password-file", pw.to_str().unwrap(), big.to_str().unwrap()]);
+    // Wait until the agent is writing the upload (its temporary file).
+    let uploading = || std::fs::read_dir(d.store.join("tmp")).map(|r| r.count() > 0).unwrap_or(false);
+    for _ in 0..5000 {
+        if uploading() {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    assert!(uploading(), "the upload never started");
+    kill_while_frozen(&backup, d.agent.take().unwrap());
+    let out = backup.wait_with_output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert!(!out.status.success() && err.contains(&format!("MediaAgent https://127.0.0.1:{}", d.agent_port)), "{err}");
+    let job: String = d.catalog().query_row("SELECT id FROM jobs", [], |r| r.get(0)).unwrap();
+    assert_eq!(d.job_state(&job).as_deref(), Some("running"), "an interrupted upload's job shows as complete");
+    d.start_agent();
+    assert_eq!(std::fs::read_dir(d.store.join("tmp")).unwrap().count(), 0, "the killed upload's temporary file survived a restart");
+    assert!(!d.store.join("jobs").join(&job).exists(), "the killed upload is in the store");
+    let small = src.path().join("small.txt");
+    std::fs::write(&small, "retry").unwrap();
+    let b = ok_json(&d.backup("alice", &[&small]));
+    let out_dir = tempfile::tempdir().unwrap();
+    ok_json(&d.restore("alice", b["job_id"].as_str().unwrap(), out_dir.path()));
+    assert_eq!(std::fs::read(out_dir.path().join("small.txt")).unwrap(), b"retry");
+}
+
 /// Error messages and exit codes of the networked commands, compared with
 /// `tests/snapshots/cli/*.txt` (ids, ports and temporary paths replaced by
 /// placeholders). `KEYBRIDGE_UPDATE_SNAPSHOTS=1` rewrites the files.
