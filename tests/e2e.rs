@@ -370,23 +370,6 @@ async fn backup_restore_p11kit_proxy() {
     backup_restore_identical(Kind::P11KitProxy).await;
 }
 
-/// A fresh SoftHSM2 token labelled like the test tokens, in `dir`; returns
-/// its configuration's path.
-fn fresh_softhsm_token(dir: &Path) -> PathBuf {
-    let tokens = dir.join("softhsm-tokens");
-    std::fs::create_dir_all(&tokens).unwrap();
-    let template = std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("softhsm-config/softhsm2.conf.in")).unwrap();
-    let conf = dir.join("softhsm2.conf");
-    std::fs::write(&conf, template.replace("@TOKENDIR@", &tokens.display().to_string())).unwrap();
-    let var = |v: &str| std::env::var(v).unwrap_or_else(|_| panic!("{v} is set by scripts/init-tokens"));
-    let out = Command::new("softhsm2-util")
-        .args(["--init-token", "--free", "--label", &var("KEYBRIDGE_TEST_TOKEN"), "--so-pin", &var("KEYBRIDGE_TEST_SO_PIN"), "--pin", &var("KEYBRIDGE_TEST_PIN")])
-        .env("SOFTHSM2_CONF", &conf)
-        .output()
-        .expect("run softhsm2-util");
-    assert!(out.status.success(), "softhsm2-util --init-token: {}", String::from_utf8_lossy(&out.stderr));
-    conf
-}
 
 /// The binary through p11-kit's client module, against a `p11-kit server`
 /// of this test's own (scripts/p11kit-server) on a fresh SoftHSM2 token:
@@ -396,7 +379,7 @@ fn fresh_softhsm_token(dir: &Path) -> PathBuf {
 #[test]
 fn p11kit_client_probe_and_refused_pool() {
     let Some(rig) = Rig::new(Kind::P11KitClient) else { return };
-    let server = common::p11kit::Server::start("e2e-client", &fresh_softhsm_token(rig.dir.path()));
+    let server = common::p11kit::Server::start("e2e-client", &common::p11kit::fresh_softhsm_token(rig.dir.path()));
     let run = |args: &[&str]| {
         Command::new(BIN)
             .current_dir(rig.dir.path())
@@ -414,6 +397,76 @@ fn p11kit_client_probe_and_refused_pool() {
     assert!(kms["details"]["wrap_mechanism"].is_null(), "{probe}");
     assert_eq!(kms["details"]["mechanisms"]["CKM_RSA_PKCS_OAEP"], true, "{probe}");
     fails(&run(&["pool", "create", "p", "--kms", "kms", "--kek-bits", "2048"]), 5, "p11-kit's client module forwards no AES key wrap");
+}
+
+/// `keybridge serve` on a token behind p11-kit's client module, with the
+/// `p11-kit server` killed (SIGKILL) and restarted, as a network HSM
+/// reboots: `/healthz` and `/metrics` show the KMS go unreachable and come
+/// back, and the same service process (never restarted) reaches the token
+/// again (p11-kit's client needs a C_Finalize/C_Initialize for that).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn p11kit_server_restart_under_serve() {
+    let Some(rig) = Rig::new(Kind::P11KitClient) else { return };
+    let conf = common::p11kit::fresh_softhsm_token(rig.dir.path());
+    let server = common::p11kit::Server::start("e2e-restart", &conf);
+    let port = free_port();
+    let mut cfg = std::fs::OpenOptions::new().append(true).open(&rig.config_path).unwrap();
+    write!(
+        cfg,
+        "\n[service]\nlisten = \"127.0.0.1:{port}\"\ncert = \"service.crt\"\nkey = \"service.key\"\noperator_token_file = \"operator.token\"\n\
+         media_agent = \"https://127.0.0.1:1\"\nmedia_agent_key_file = \"media-agent.key\"\nhealth_interval_secs = 1\n"
+    )
+    .unwrap();
+    drop(cfg);
+    let run = |args: &[&str]| {
+        let mut cmd = Command::new(BIN);
+        cmd.current_dir(rig.dir.path()).arg("--config").arg(&rig.config_path).args(args).env("P11_KIT_SERVER_ADDRESS", &server.address);
+        cmd
+    };
+    assert!(run(&["init"]).output().unwrap().status.success());
+    let log = std::fs::File::create(rig.dir.path().join("service.log")).unwrap();
+    let mut service = Proc(run(&["serve"]).stdout(Stdio::null()).stderr(log).spawn().unwrap());
+    let http = keybridge_client::http_client(Some(&rig.dir.path().join("service.crt"))).unwrap();
+    let token = std::fs::read_to_string(rig.dir.path().join("operator.token")).unwrap().trim().to_owned();
+    let url = format!("https://127.0.0.1:{port}");
+    // The KMS's health as the service reports it: (reachable gauge, detail).
+    let health = || async {
+        let h: Value = match http.get(format!("{url}/healthz")).bearer_auth(&token).send().await {
+            Ok(r) => r.json().await.unwrap(),
+            Err(_) => return None,
+        };
+        let m = http.get(format!("{url}/metrics")).send().await.unwrap().text().await.unwrap();
+        let reachable = m.lines().any(|l| l == "keybridge_kms_reachable{kms=\"kms\"} 1");
+        Some((reachable, h["kms"][0]["detail"].as_str().unwrap_or_default().to_owned()))
+    };
+    let wait_for = |want: bool, within: Duration| {
+        let health = &health;
+        async move {
+            let deadline = std::time::Instant::now() + within;
+            loop {
+                if let Some((reachable, detail)) = health().await {
+                    if reachable == want {
+                        return detail;
+                    }
+                    assert!(std::time::Instant::now() < deadline, "the KMS did not become {} within {within:?}: {detail}", if want { "reachable" } else { "unreachable" });
+                }
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+        }
+    };
+    let up = wait_for(true, Duration::from_secs(15)).await;
+    assert!(up.contains("pkcs11:token=keybridge"), "{up}");
+    server.kill();
+    let down = wait_for(false, Duration::from_secs(10)).await;
+    // The probe's own error (the service reopens a backend it found
+    // unusable, and a module with its server gone shows no token).
+    assert!(down.contains("CKR_DEVICE_ERROR") || down.contains("is down") || down.contains("tokens present: none"), "{down}");
+    server.restart(&conf);
+    let back = wait_for(true, Duration::from_secs(15)).await;
+    assert!(back.contains("pkcs11:token=keybridge"), "{back}");
+    assert!(service.0.try_wait().unwrap().is_none(), "the service exited");
+    let log = std::fs::read_to_string(rig.dir.path().join("service.log")).unwrap();
+    assert!(log.contains("PKCS#11 module initialised again"), "{log}");
 }
 
 /// Wrong password, replays, stale timestamps, other clients' jobs and DEKs.

@@ -85,8 +85,8 @@ impl Metrics {
     }
 
     /// The Prometheus text exposition; `cache` lists (kms, hits, misses)
-    /// and `up` lists (kms, usable) from the health checker.
-    pub fn render(&self, cache: &[(String, u64, u64)], up: &[(String, bool)]) -> String {
+    /// and `up` lists (kms, usable, reachable) from the health checker.
+    pub fn render(&self, cache: &[(String, u64, u64)], up: &[(String, bool, bool)]) -> String {
         // The backends and the health checker keep these numbers; they are
         // read once per scrape into series of their own.
         let hits = Family::<Kms, Counter>::default();
@@ -96,13 +96,16 @@ impl Metrics {
             misses.get_or_create(&Kms { kms: kms.clone() }).inc_by(*m);
         }
         let kms_up = Family::<Kms, Gauge>::default();
-        for (kms, usable) in up {
+        let kms_reachable = Family::<Kms, Gauge>::default();
+        for (kms, usable, reachable) in up {
             kms_up.get_or_create(&Kms { kms: kms.clone() }).set(i64::from(*usable));
+            kms_reachable.get_or_create(&Kms { kms: kms.clone() }).set(i64::from(*reachable));
         }
         let mut scrape = Registry::default();
         scrape.register("keybridge_kek_cache_hits", "Restores that found the pool's KEK open in the cache", hits);
         scrape.register("keybridge_kek_cache_misses", "Restores that had to open (unwrap) the pool's KEK", misses);
         scrape.register("keybridge_kms_up", "Whether the last probe found the KMS usable", kms_up);
+        scrape.register("keybridge_kms_reachable", "Whether the last probe got an answer from the KMS", kms_reachable);
         let mut out = String::new();
         // Writing to a String cannot fail.
         let _ = prometheus_text::encode(&mut out, &self.registry);
@@ -123,7 +126,7 @@ mod tests {
         m.observe("dek_issue", "kms", "ok", Duration::from_millis(3));
         m.kms_error("kms");
         m.auth_failure("replay");
-        let text = m.render(&[("kms".into(), 5, 1)], &[("kms".into(), true)]);
+        let text = m.render(&[("kms".into(), 5, 1)], &[("kms".into(), true, true)]);
         let expected = concat!(
             "# HELP keybridge_requests_total Requests by operation, KMS and outcome.\n",
             "# TYPE keybridge_requests_total counter\n",
@@ -161,6 +164,9 @@ mod tests {
             "# HELP keybridge_kms_up Whether the last probe found the KMS usable.\n",
             "# TYPE keybridge_kms_up gauge\n",
             "keybridge_kms_up{kms=\"kms\"} 1\n",
+            "# HELP keybridge_kms_reachable Whether the last probe got an answer from the KMS.\n",
+            "# TYPE keybridge_kms_reachable gauge\n",
+            "keybridge_kms_reachable{kms=\"kms\"} 1\n",
         );
         assert_eq!(text, expected);
     }

@@ -53,6 +53,9 @@ pub struct KmsHealth {
     /// `unknown`.
     #[serde(serialize_with = "state_or_unknown")]
     pub state: Option<ProbeStatus>,
+    /// Whether the last probe got an answer from the KMS at all (a KMS can
+    /// answer and still be unusable, e.g. a token without key wrap).
+    pub reachable: bool,
     pub detail: String,
     pub checked_at: Option<String>,
 }
@@ -102,7 +105,7 @@ impl Service {
             .config()
             .kms
             .iter()
-            .map(|k| KmsHealth { name: k.name().to_owned(), kind: k.kind(), state: None, detail: "not probed yet".into(), checked_at: None })
+            .map(|k| KmsHealth { name: k.name().to_owned(), kind: k.kind(), state: None, reachable: false, detail: "not probed yet".into(), checked_at: None })
             .collect();
         Ok(Service { kb: Arc::new(kb), cfg, operator_token, agent_key, metrics: Metrics::default(), health: RwLock::new(health) })
     }
@@ -165,10 +168,10 @@ impl Service {
         for name in names {
             let kind = self.kb.config().kms(&name).map(|k| k.kind()).unwrap_or("?");
             let probe = tokio::time::timeout(Duration::from_secs(15), self.kb.probe(&name)).await;
-            let (state, detail) = match probe {
-                Ok(Ok(report)) => (report.state, report.identity),
-                Ok(Err(e)) => (ProbeStatus::Unusable, e.to_string()),
-                Err(_) => (ProbeStatus::Unusable, "probe did not answer within 15 s".to_owned()),
+            let (state, reachable, detail) = match probe {
+                Ok(Ok(report)) => (report.state, true, report.identity),
+                Ok(Err(e)) => (ProbeStatus::Unusable, false, e.to_string()),
+                Err(_) => (ProbeStatus::Unusable, false, "probe did not answer within 15 s".to_owned()),
             };
             if !state.is_usable() {
                 tracing::warn!(kms = %name, detail = %detail, "KMS unusable");
@@ -176,7 +179,7 @@ impl Service {
                 self.kb.forget_backend(&name).await;
             }
             let checked_at = time::UtcDateTime::now().truncate_to_second().format(&Rfc3339).ok();
-            results.push(KmsHealth { name, kind, state: Some(state), detail, checked_at });
+            results.push(KmsHealth { name, kind, state: Some(state), reachable, detail, checked_at });
         }
         *self.health.write().await = results;
     }
@@ -279,7 +282,7 @@ async fn metrics_text(State(s): State<Shared>) -> Response {
         let (hits, misses) = b.cache_stats();
         (name.clone(), hits, misses)
     }).collect();
-    let up: Vec<_> = s.health.read().await.iter().map(|h| (h.name.clone(), h.state == Some(ProbeStatus::Usable))).collect();
+    let up: Vec<_> = s.health.read().await.iter().map(|h| (h.name.clone(), h.state == Some(ProbeStatus::Usable), h.reachable)).collect();
     ([(axum::http::header::CONTENT_TYPE, "text/plain; version=0.0.4")], s.metrics.render(&cache, &up)).into_response()
 }
 
@@ -411,7 +414,7 @@ mod tests {
 
     #[test]
     fn health_state_before_and_after_a_probe() {
-        let health = |state| KmsHealth { name: "hsm".into(), kind: "pkcs11", state, detail: String::new(), checked_at: None };
+        let health = |state| KmsHealth { name: "hsm".into(), kind: "pkcs11", state, reachable: false, detail: String::new(), checked_at: None };
         assert_eq!(serde_json::to_value(health(None)).unwrap()["state"], "unknown");
         assert_eq!(serde_json::to_value(health(Some(ProbeStatus::Usable))).unwrap()["state"], "usable");
         assert_eq!(serde_json::to_value(health(Some(ProbeStatus::Unusable))).unwrap()["state"], "unusable");

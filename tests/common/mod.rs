@@ -315,6 +315,38 @@ pub(crate) mod p11kit {
                 .to_owned();
             Server { name, address }
         }
+
+        /// SIGKILL the server's process group (a crash of the HSM's host).
+        pub(crate) fn kill(&self) {
+            let out = Command::new(script()).args(["kill", &self.name]).output().expect("run scripts/p11kit-server");
+            assert!(out.status.success(), "killing p11-kit server {}: {}", self.name, String::from_utf8_lossy(&out.stderr));
+        }
+
+        /// Start it again on the same socket, serving the same token.
+        pub(crate) fn restart(&self, softhsm2_conf: &Path) {
+            let out = Command::new(script()).args(["start", &self.name, "--softhsm-conf"]).arg(softhsm2_conf).output().expect("run scripts/p11kit-server");
+            assert!(out.status.success(), "restarting p11-kit server {}: {}", self.name, String::from_utf8_lossy(&out.stderr));
+            assert!(String::from_utf8_lossy(&out.stdout).contains(&self.address), "the restarted server listens elsewhere");
+        }
+    }
+
+    /// A SoftHSM2 configuration in `dir` with a fresh token directory and
+    /// the test token initialised in it (for a p11-kit server of a test's
+    /// own).
+    pub(crate) fn fresh_softhsm_token(dir: &Path) -> PathBuf {
+        let tokens = dir.join("softhsm-tokens");
+        std::fs::create_dir_all(&tokens).unwrap();
+        let template = std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("softhsm-config/softhsm2.conf.in")).unwrap();
+        let conf = dir.join("softhsm2.conf");
+        std::fs::write(&conf, template.replace("@TOKENDIR@", &tokens.display().to_string())).unwrap();
+        let var = |v: &str| std::env::var(v).unwrap_or_else(|_| panic!("{v} is set by scripts/init-tokens"));
+        let out = Command::new("softhsm2-util")
+            .args(["--init-token", "--free", "--label", &var("KEYBRIDGE_TEST_TOKEN"), "--so-pin", &var("KEYBRIDGE_TEST_SO_PIN"), "--pin", &var("KEYBRIDGE_TEST_PIN")])
+            .env("SOFTHSM2_CONF", &conf)
+            .output()
+            .expect("run softhsm2-util");
+        assert!(out.status.success(), "softhsm2-util --init-token: {}", String::from_utf8_lossy(&out.stderr));
+        conf
     }
 
     impl Drop for Server {

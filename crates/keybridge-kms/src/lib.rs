@@ -178,6 +178,10 @@ pub enum BackendError {
     /// The PKCS#11 module could not be loaded or initialised.
     #[error("PKCS#11 module {module}: {reason}")]
     Module { module: String, reason: String },
+    /// The PKCS#11 module went away (its sessions could not be reopened)
+    /// and initialising it again failed; tried again at most once a second.
+    #[error("PKCS#11 module {module} is down ({reason}, {since_secs} s ago); keybridge initialises it again on the next call, at most once a second")]
+    ModuleDown { module: String, since_secs: u64, reason: String },
     /// No token matches the configuration.
     #[error("no token with {wanted} in module {module} (tokens present: {present})")]
     TokenNotFound { wanted: String, module: String, present: String },
@@ -254,7 +258,7 @@ impl BackendError {
         match self {
             BackendError::Pkcs11 { rv, .. } => pkcs11::rv::is_transient(*rv),
             BackendError::Kmip(e) => e.is_transient(),
-            BackendError::Timeout { .. } => true,
+            BackendError::Timeout { .. } | BackendError::ModuleDown { .. } => true,
             BackendError::Cryptoki { .. }
             | BackendError::Module { .. }
             | BackendError::TokenNotFound { .. }
@@ -404,7 +408,9 @@ mod tests {
             (pkcs11(RvError::TokenNotPresent), true),
             (pkcs11(RvError::SessionClosed), true),
             (pkcs11(RvError::FunctionFailed), true),
-            (pkcs11(RvError::CryptokiNotInitialized), false),
+            (pkcs11(RvError::CryptokiNotInitialized), true),
+            (pkcs11(RvError::DeviceError), true),
+            (BackendError::ModuleDown { module: "p11-kit-client.so".into(), since_secs: 0, reason: "CKR_DEVICE_ERROR".into() }, true),
             (pkcs11(RvError::PinIncorrect), false),
             (pkcs11(RvError::GeneralError), false),
             (BackendError::Timeout { operation: "decrypting a DEK".into(), secs: 30 }, true),

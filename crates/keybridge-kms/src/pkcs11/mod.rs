@@ -31,7 +31,7 @@ use cryptoki::mechanism::rsa::{PkcsMgfType, PkcsOaepParams, PkcsOaepSource};
 use cryptoki::mechanism::{Mechanism, MechanismType};
 use cryptoki::object::{Attribute, AttributeType, KeyType, ObjectClass, ObjectHandle};
 use cryptoki::session::Session;
-use cryptoki::slot::Limit;
+use cryptoki::slot::{Limit, TokenInfo};
 use serde::Serialize;
 use zeroize::Zeroizing;
 
@@ -376,6 +376,11 @@ fn public_of(session: &Session, public: ObjectHandle) -> Result<PublicKek, OpErr
     PublicKek::from_components(&n, &e).map_err(|source| OpError::Backend(BackendError::Crypto { context: "reading the public KEK".into(), source }))
 }
 
+/// The slots of `ctx` that hold a token, with the token's information.
+fn tokens_of(ctx: &cryptoki::context::Pkcs11) -> Result<Vec<(cryptoki::slot::Slot, TokenInfo)>, CkError> {
+    ctx.get_slots_with_token()?.into_iter().map(|slot| Ok((slot, ctx.get_token_info(slot)?))).collect()
+}
+
 fn rsa_pair_templates(bits: usize) -> (Vec<Attribute>, Vec<Attribute>) {
     let public = vec![
         Attribute::Token(false),
@@ -425,22 +430,34 @@ impl Pkcs11Backend {
             (None, None) => return Err(BackendError::Other("no token configured".into())),
         };
         let module_name = config.module.display().to_string();
-        let slots = module
-            .ctx
-            .get_slots_with_token()
-            .map_err(|e| ck_to_backend(e, "listing slots"))?;
-        let mut present = Vec::new();
-        let mut chosen = None;
-        for slot in slots {
-            let info = module.ctx.get_token_info(slot).map_err(|e| ck_to_backend(e, "reading token information"))?;
-            let label = info.label().trim_end().to_owned();
-            let serial = info.serial_number().trim_end().to_owned();
-            let matches = want_label.as_deref().is_none_or(|l| l == label) && want_serial.as_deref().is_none_or(|s| s == serial);
-            present.push(format!("'{label}'"));
-            if matches && chosen.is_none() {
-                chosen = Some((slot, info));
+        // A module that went away since it was loaded (another backend of
+        // it saw that, or nobody used it since) is initialised again here.
+        let (mut ctx, generation) = module.ctx().or_else(|_| {
+            module.reinitialize(module.generation(), "opening a backend on a module that was down")?;
+            module.ctx()
+        })?;
+        let matches = |info: &TokenInfo| {
+            want_label.as_deref().is_none_or(|l| l == info.label().trim_end()) && want_serial.as_deref().is_none_or(|s| s == info.serial_number().trim_end())
+        };
+        let mut tokens = match tokens_of(&ctx) {
+            Err(CkError::Pkcs11(rv, _)) if session::module_gone_rv(rv) => {
+                module.reinitialize(generation, &format!("listing slots: {}", rv::ckr_name(rv)))?;
+                ctx = module.ctx()?.0;
+                tokens_of(&ctx)
             }
+            // A module initialised again while its far end (a p11-kit
+            // server, a network HSM) was still gone lists no token until it
+            // is initialised once more.
+            Ok(t) if generation > 0 && !t.iter().any(|(_, info)| matches(info)) => {
+                module.reinitialize(generation, "the token was missing after the module was initialised again")?;
+                ctx = module.ctx()?.0;
+                tokens_of(&ctx)
+            }
+            other => other,
         }
+        .map_err(|e| ck_to_backend(e, "listing tokens"))?;
+        let present: Vec<String> = tokens.iter().map(|(_, info)| format!("'{}'", info.label().trim_end())).collect();
+        let chosen = tokens.iter().position(|(_, info)| matches(info)).map(|i| tokens.swap_remove(i));
         let wanted = match (&want_label, &want_serial) {
             (Some(l), Some(s)) => format!("label '{l}' and serial '{s}'"),
             (Some(l), None) => format!("label '{l}'"),
@@ -462,7 +479,7 @@ impl Pkcs11Backend {
         if pin.expose_secret().is_empty() {
             return Err(BackendError::Pin { kms: config.name.clone(), reason: "PIN is empty".into() });
         }
-        let sessions = Arc::new(TokenSessions::new(module.clone(), slot, label.clone(), pin, max_sessions, config.timeout()));
+        let sessions = Arc::new(TokenSessions::new(module.clone(), slot, (want_label, want_serial), label.clone(), pin, max_sessions, config.timeout()));
         // Log in now: a wrong PIN is reported at open, not at first use.
         let first = sessions.open_session().map_err(|e| match e {
             OpError::Backend(b) => b,
@@ -472,12 +489,12 @@ impl Pkcs11Backend {
         sessions.put_back(first);
         let mut mechanisms = Vec::new();
         for code in [CKM_AES_KEY_WRAP_KWP, CKM_AES_KEY_WRAP_PAD, CKM_RSA_PKCS_KEY_PAIR_GEN, CKM_RSA_PKCS_OAEP, CKM_AES_KEY_GEN] {
-            if raw::has_mechanism(&module.ctx, slot, code).map_err(|e| ck_to_backend(e, "reading mechanism information"))? {
+            if raw::has_mechanism(&ctx, slot, code).map_err(|e| ck_to_backend(e, "reading mechanism information"))? {
                 mechanisms.push(code);
             }
         }
         let wrap = [CKM_AES_KEY_WRAP_KWP, CKM_AES_KEY_WRAP_PAD].into_iter().find(|m| mechanisms.contains(m));
-        let lib = module.ctx.get_library_info().map(|i| format!("{} {}", i.manufacturer_id().trim_end(), i.library_description().trim_end())).unwrap_or_default();
+        let lib = ctx.get_library_info().map(|i| format!("{} {}", i.manufacturer_id().trim_end(), i.library_description().trim_end())).unwrap_or_default();
         let token = TokenFacts {
             label,
             serial: info.serial_number().trim_end().to_owned(),
@@ -610,10 +627,9 @@ impl KeyBackend for Pkcs11Backend {
 
     async fn probe(&self) -> Result<ProbeReport, BackendError> {
         // Health: a session round trip; also refreshes the login if lost.
-        let slot = self.sessions.slot;
-        let module = self.sessions.module.clone();
+        let sessions = self.sessions.clone();
         self.sessions
-            .run("checking the token", move |_s| module.ctx.get_token_info(slot).map(|_| ()).doing("reading token information"))
+            .run("checking the token", move |_s| sessions.with_token(|ctx, slot| ctx.get_token_info(slot).map(|_| ()).doing("reading token information")))
             .await?;
         let oaep = self.oaep_hash().await?;
         let protection = match self.wrap {
@@ -653,10 +669,11 @@ impl KeyBackend for Pkcs11Backend {
         let id = hex::encode(crate::crypto::random_array::<16>().map_err(|source| BackendError::Crypto { context: "generating CKA_ID".into(), source })?);
         let (l, i) = (label.clone(), id.clone());
         let writes = self.token_writes.clone();
-        // Without a key-wrap mechanism the MK could wrap nothing anyway.
-        let rewrappable = match self.wrap {
-            Some(_) => self.key_protection().await?.rewrappable(),
-            None => false,
+        // Without a key-wrap mechanism the MK could wrap nothing anyway,
+        // and gets no templates (p11-kit's client cannot carry them).
+        let templates = match self.wrap {
+            Some(_) => protect::master_key_templates(self.key_protection().await?.rewrappable()),
+            None => Vec::new(),
         };
         self.sessions
             .run("creating the master key", move |s| {
@@ -679,7 +696,7 @@ impl KeyBackend for Pkcs11Backend {
                     Attribute::Id(hex::decode(&i).expect("hex we made")),
                     Attribute::Label(l.as_bytes().to_vec()),
                 ];
-                template.extend(protect::master_key_templates(rewrappable));
+                template.extend(templates.iter().cloned());
                 s.generate_key(&Mechanism::AesKeyGen, &template).doing("generating the AES-256 master key").map(|_| ())
             })
             .await?;

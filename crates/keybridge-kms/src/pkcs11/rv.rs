@@ -33,6 +33,10 @@ pub(super) fn disposition(rv: RvError) -> Disposition {
         // The device was removed or reset; when it comes back, a new session
         // is needed. Bounded retries decide whether it did.
         RvError::DeviceRemoved | RvError::TokenNotPresent => ReopenSession,
+        // The module was finalised under us (by another part of the
+        // process, or by a library that reset itself): a new session fails
+        // the same way, which initialises the module again.
+        RvError::CryptokiNotInitialized => ReopenSession,
         // A previous caller left an operation active on this session (e.g. a
         // timed-out call finished late): the session state is unknown.
         RvError::OperationActive | RvError::OperationNotInitialized => ReopenSession,
@@ -45,8 +49,11 @@ pub(super) fn disposition(rv: RvError) -> Disposition {
         RvError::FunctionFailed => Retry,
         // Out of memory or session slots right now; others may free them.
         RvError::HostMemory | RvError::DeviceMemory | RvError::SessionCount => Retry,
-        // Network HSMs report link trouble as device errors.
-        RvError::DeviceError => Retry,
+        // Network HSMs report link trouble as device errors, and p11-kit's
+        // client answers every call with it once its server went away: a
+        // fresh session tests the link, and if none can be opened the
+        // module is initialised again (session.rs).
+        RvError::DeviceError => ReopenSession,
         // Cancelled by the library (surrender callbacks, HA failover).
         RvError::Cancel | RvError::FunctionCanceled => Retry,
 
@@ -123,7 +130,6 @@ pub(super) fn disposition(rv: RvError) -> Disposition {
         | RvError::RandomNoRng
         | RvError::SavedStateInvalid
         | RvError::StateUnsaveable
-        | RvError::CryptokiNotInitialized
         | RvError::CryptokiAlreadyInitialized
         | RvError::NeedToCreateThreads
         | RvError::CantLock
@@ -232,7 +238,7 @@ mod tests {
             (RvError::UserNotLoggedIn, true),
             (RvError::FunctionFailed, true),
             (RvError::FunctionCanceled, true),
-            (RvError::CryptokiNotInitialized, false),
+            (RvError::CryptokiNotInitialized, true),
             (RvError::GeneralError, false),
             (RvError::PinIncorrect, false),
             (RvError::PinLocked, false),

@@ -12,11 +12,20 @@
 //! Login is per application and token, so the first session logs in and
 //! later ones see CKR_USER_ALREADY_LOGGED_IN, which is success. Workers keep
 //! their sessions open so the login persists.
+//!
+//! When a session cannot be reopened because the module is gone
+//! (CKR_DEVICE_ERROR, CKR_DEVICE_REMOVED, CKR_TOKEN_NOT_PRESENT,
+//! CKR_CRYPTOKI_NOT_INITIALIZED), the call asks the module to initialise
+//! again ([`Module::reinitialize`]), finds the token again by its configured
+//! label or serial (never by slot number: slots are renumbered), logs in on
+//! the next session, and goes on; every session and object handle of the
+//! old generation is forgotten.
 
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{mpsc, Arc, Mutex};
 use std::time::Duration;
 
+use cryptoki::context::Pkcs11;
 use cryptoki::error::{Error as CkError, RvError};
 use cryptoki::session::{Session, UserType};
 use cryptoki::slot::Slot;
@@ -80,13 +89,56 @@ impl OpError {
     }
 }
 
+/// A session of one module generation. Dropped in its generation it is
+/// closed; dropped after the module was initialised again it is only
+/// forgotten (its handle number may now name another session).
+pub(super) struct Held {
+    session: Option<Session>,
+    generation: u64,
+    module: Arc<Module>,
+}
+
+impl std::ops::Deref for Held {
+    type Target = Session;
+    fn deref(&self) -> &Session {
+        self.session.as_ref().expect("present until dropped")
+    }
+}
+
+impl Drop for Held {
+    fn drop(&mut self) {
+        let Some(session) = self.session.take() else { return };
+        let _calls = self.module.calls();
+        if self.module.generation() == self.generation {
+            drop(session);
+        } else {
+            std::mem::forget(session);
+        }
+    }
+}
+
+/// Does this return value, on opening a session or listing slots, mean
+/// the module itself is gone?
+pub(super) fn module_gone_rv(rv: RvError) -> bool {
+    matches!(rv, RvError::DeviceError | RvError::DeviceRemoved | RvError::TokenNotPresent | RvError::CryptokiNotInitialized)
+}
+
+/// Does this failure to open a session mean the module itself is gone?
+fn module_gone(e: &OpError) -> bool {
+    matches!(e, OpError::Backend(BackendError::ModuleDown { .. })) || e.rv().is_some_and(module_gone_rv)
+}
+
 /// A queued call: runs on a worker with that worker's session slot.
-type Job = Box<dyn FnOnce(&mut Option<Session>) + Send>;
+type Job = Box<dyn FnOnce(&mut Option<Held>) + Send>;
 
 /// The sessions of one token.
 pub(super) struct TokenSessions {
     pub module: Arc<Module>,
-    pub slot: Slot,
+    /// The token's slot, as found in a module generation.
+    slot: Mutex<(Slot, u64)>,
+    /// How the configuration names the token (label, serial): how it is
+    /// found again after the module was initialised again.
+    wanted: (Option<String>, Option<String>),
     pub token_label: String,
     pin: SecretString,
     pub max_sessions: usize,
@@ -98,7 +150,7 @@ pub(super) struct TokenSessions {
     epoch: AtomicU64,
     /// Sessions opened outside a worker (the login check at open), handed
     /// to the first workers.
-    spare: Mutex<Vec<Session>>,
+    spare: Mutex<Vec<Held>>,
     queue: Mutex<mpsc::Sender<Job>>,
     jobs: Arc<Mutex<mpsc::Receiver<Job>>>,
     workers: AtomicUsize,
@@ -106,12 +158,34 @@ pub(super) struct TokenSessions {
     /// calls in flight than workers (a call is counted out just before its
     /// result is sent, so back-to-back calls reuse the same worker).
     in_flight: AtomicUsize,
+    stopped: Arc<Stopped>,
+}
+
+impl Drop for TokenSessions {
+    /// Stop the workers and wait (at most [`WORKERS_STOP`]) until they have
+    /// closed their sessions. A process that exits right after dropping a
+    /// backend (the CLI) must not unload the module while a worker is still
+    /// inside C_CloseSession: SoftHSM2 crashed that way.
+    fn drop(&mut self) {
+        *self.queue.get_mut().unwrap_or_else(|e| e.into_inner()) = mpsc::channel().0;
+        let expected = self.workers.load(Ordering::SeqCst) - usize::from(ON_WORKER.with(|w| w.get()));
+        let deadline = std::time::Instant::now() + WORKERS_STOP;
+        let mut stopped = self.stopped.count.lock().unwrap_or_else(|e| e.into_inner());
+        while *stopped < expected {
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            if left.is_zero() {
+                tracing::warn!(token = %self.token_label, "PKCS#11 workers still busy after {} s; not waiting for them", WORKERS_STOP.as_secs());
+                break;
+            }
+            stopped = self.stopped.changed.wait_timeout(stopped, left).unwrap_or_else(|e| e.into_inner()).0;
+        }
+    }
 }
 
 impl std::fmt::Debug for TokenSessions {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("TokenSessions")
-            .field("slot", &self.slot.id())
+            .field("slot", &self.slot().id())
             .field("token", &self.token_label)
             .field("max_sessions", &self.max_sessions)
             .finish_non_exhaustive()
@@ -128,8 +202,36 @@ impl std::fmt::Debug for TokenSessions {
 /// recover at 0.86 of raw; 1 ms with yields, 0.89-0.97).
 const LINGER: Duration = Duration::from_micros(1000);
 
-fn worker(jobs: Arc<Mutex<mpsc::Receiver<Job>>>) {
-    let mut session: Option<Session> = None;
+/// How long dropping a token's sessions waits for its workers to close
+/// their sessions and stop.
+const WORKERS_STOP: Duration = Duration::from_secs(5);
+
+thread_local! {
+    /// Set on worker threads (a worker never waits for itself to stop).
+    static ON_WORKER: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+/// Workers that have stopped, for [`TokenSessions`]'s drop to wait on.
+#[derive(Default)]
+struct Stopped {
+    count: Mutex<usize>,
+    changed: std::sync::Condvar,
+}
+
+/// Counts its worker out when the worker ends, however it ends.
+struct StopGuard(Arc<Stopped>);
+
+impl Drop for StopGuard {
+    fn drop(&mut self) {
+        *self.0.count.lock().unwrap_or_else(|e| e.into_inner()) += 1;
+        self.0.changed.notify_all();
+    }
+}
+
+fn worker(jobs: Arc<Mutex<mpsc::Receiver<Job>>>, stopped: Arc<Stopped>) {
+    ON_WORKER.with(|w| w.set(true));
+    let _stop = StopGuard(stopped);
+    let mut session: Option<Held> = None;
     loop {
         let mut job = None;
         let until = std::time::Instant::now() + LINGER;
@@ -156,11 +258,21 @@ fn worker(jobs: Arc<Mutex<mpsc::Receiver<Job>>>) {
 }
 
 impl TokenSessions {
-    pub(super) fn new(module: Arc<Module>, slot: Slot, token_label: String, pin: SecretString, max_sessions: usize, timeout: Duration) -> Self {
+    pub(super) fn new(
+        module: Arc<Module>,
+        slot: Slot,
+        wanted: (Option<String>, Option<String>),
+        token_label: String,
+        pin: SecretString,
+        max_sessions: usize,
+        timeout: Duration,
+    ) -> Self {
         let (tx, rx) = mpsc::channel();
+        let generation = module.generation();
         TokenSessions {
             module,
-            slot,
+            slot: Mutex::new((slot, generation)),
+            wanted,
             token_label,
             pin,
             max_sessions,
@@ -171,7 +283,47 @@ impl TokenSessions {
             jobs: Arc::new(Mutex::new(rx)),
             workers: AtomicUsize::new(0),
             in_flight: AtomicUsize::new(0),
+            stopped: Arc::default(),
         }
+    }
+
+    /// The token's slot as last found.
+    pub(super) fn slot(&self) -> Slot {
+        self.slot.lock().unwrap_or_else(|e| e.into_inner()).0
+    }
+
+    /// The token's slot in module generation `generation` of `ctx`: found
+    /// again by label or serial when the module was initialised again.
+    fn slot_in(&self, ctx: &Pkcs11, generation: u64) -> Result<Slot, OpError> {
+        let mut slot = self.slot.lock().unwrap_or_else(|e| e.into_inner());
+        if slot.1 == generation {
+            return Ok(slot.0);
+        }
+        let (label, serial) = &self.wanted;
+        for s in ctx.get_slots_with_token().doing("listing slots")? {
+            let info = ctx.get_token_info(s).doing("reading token information")?;
+            if label.as_deref().is_none_or(|l| l == info.label().trim_end()) && serial.as_deref().is_none_or(|n| n == info.serial_number().trim_end()) {
+                tracing::warn!(token = %self.token_label, slot = s.id(), "token found again after the module was initialised again");
+                *slot = (s, generation);
+                return Ok(s);
+            }
+        }
+        // The module is back but not (yet) its token: as good as gone.
+        Err(OpError::Backend(BackendError::ModuleDown {
+            module: self.module.path.display().to_string(),
+            since_secs: 0,
+            reason: format!("token '{}' not present after the module was initialised again", self.token_label),
+        }))
+    }
+
+    /// Run `f` with the module's current context and the token's slot in
+    /// it, holding the module's call gate (for calls made outside a
+    /// session: token information, mechanisms).
+    pub(super) fn with_token<T>(&self, f: impl FnOnce(&Pkcs11, Slot) -> Result<T, OpError>) -> Result<T, OpError> {
+        let (ctx, generation) = self.module.ctx()?;
+        let _calls = self.module.calls();
+        let slot = self.slot_in(&ctx, generation)?;
+        f(&ctx, slot)
     }
 
     /// The current session epoch (see the field).
@@ -195,27 +347,54 @@ impl TokenSessions {
     }
 
     /// Open and log in a new session (blocking).
-    pub(super) fn open_session(&self) -> Result<Session, OpError> {
-        let session = self.module.ctx.open_rw_session(self.slot).doing("opening a session")?;
-        self.login(&session)?;
-        Ok(session)
+    pub(super) fn open_session(&self) -> Result<Held, OpError> {
+        let (ctx, generation) = self.module.ctx()?;
+        let held = {
+            let _calls = self.module.calls();
+            let slot = self.slot_in(&ctx, generation)?;
+            let session = ctx.open_rw_session(slot).doing("opening a session")?;
+            Held { session: Some(session), generation, module: self.module.clone() }
+        };
+        {
+            let _calls = self.module.calls();
+            self.login(&held)?;
+        }
+        Ok(held)
     }
 
     /// Keep a session opened outside the workers for the first worker.
-    pub(super) fn put_back(&self, session: Session) {
+    pub(super) fn put_back(&self, session: Held) {
         self.spare.lock().unwrap_or_else(|e| e.into_inner()).push(session);
     }
 
     /// Run `f` on the worker's session, blocking; with retries.
-    fn run_on<T>(&self, slot: &mut Option<Session>, operation: &str, mut f: impl FnMut(&Session) -> Result<T, OpError>) -> Result<T, BackendError> {
+    fn run_on<T>(&self, slot: &mut Option<Held>, operation: &str, mut f: impl FnMut(&Session) -> Result<T, OpError>) -> Result<T, BackendError> {
         let mut attempt = 0;
         loop {
             attempt += 1;
             let last = attempt >= MAX_ATTEMPTS;
+            // A session of an older module generation is dead: forget it.
+            let generation = self.module.generation();
+            if slot.as_ref().is_some_and(|s| s.generation != generation) {
+                *slot = None;
+                self.session_lost();
+            }
             if slot.is_none() {
-                let spare = self.spare.lock().unwrap_or_else(|e| e.into_inner()).pop();
+                let spare = self.spare.lock().unwrap_or_else(|e| e.into_inner()).pop().filter(|s| s.generation == generation);
                 match spare.map(Ok).unwrap_or_else(|| self.open_session()) {
                     Ok(s) => *slot = Some(s),
+                    // The module is gone: initialise it again (once, for
+                    // every caller that saw this generation), then retry.
+                    // While that fails, the call fails at once.
+                    Err(e) if module_gone(&e) => {
+                        self.session_lost();
+                        let why = e.into_backend().to_string();
+                        self.module.reinitialize(generation, &why)?;
+                        if last {
+                            return Err(BackendError::ModuleDown { module: self.module.path.display().to_string(), since_secs: 0, reason: why });
+                        }
+                        continue;
+                    }
                     Err(e) => {
                         let retry = e.rv().map(disposition).is_some_and(|d| d != Disposition::Permanent);
                         if retry && !last {
@@ -227,7 +406,11 @@ impl TokenSessions {
                 }
             }
             let session = slot.as_ref().expect("filled above");
-            let err = match f(session) {
+            let result = {
+                let _calls = self.module.calls();
+                f(session)
+            };
+            let err = match result {
                 Ok(v) => return Ok(v),
                 Err(e) => e,
             };
@@ -249,7 +432,11 @@ impl TokenSessions {
                 }
                 Disposition::Relogin => {
                     self.session_lost();
-                    if let Err(e) = self.login(session) {
+                    let relogin = {
+                        let _calls = self.module.calls();
+                        self.login(session)
+                    };
+                    if let Err(e) = relogin {
                         return Err(e.into_backend());
                     }
                 }
@@ -265,9 +452,10 @@ impl TokenSessions {
             .is_ok();
         if more {
             let jobs = self.jobs.clone();
+            let stopped = self.stopped.clone();
             std::thread::Builder::new()
-                .name(format!("keybridge-pkcs11-{}", self.slot.id()))
-                .spawn(move || worker(jobs))
+                .name(format!("keybridge-pkcs11-{}", self.token_label))
+                .spawn(move || worker(jobs, stopped))
                 .map_err(|e| BackendError::Other(format!("cannot start a PKCS#11 worker thread: {e}")))?;
         }
         Ok(())
