@@ -138,7 +138,8 @@ fn check_copy(conn: &Connection) -> std::result::Result<(i64, crate::audit::Audi
     }
     let report = walk_audit(conn).map_err(|e| e.to_string())?;
     if let Some(b) = &report.broken {
-        return Err(format!("the audit chain is broken: {} (rows 1 to {} verify)", b.message, report.head_seq));
+        let verified = if report.head_seq == 0 { "no row before it verifies".to_owned() } else { format!("rows 1 to {} verify", report.head_seq) };
+        return Err(format!("the audit chain is broken: {} ({verified})", b.message));
     }
     Ok((version, report))
 }
