@@ -350,7 +350,7 @@ async fn drill(kind: Kind) {
     // The backup is audited in the live catalog, after the copy's head.
     let audit = ok_json(&site.cli(&["--json", "audit", "list", "--limit", "1000"]));
     let rows = audit["rows"].as_array().unwrap();
-    let head_at = rows.iter().position(|r| r["hash"] == Value::from(copy_head.as_str())).expect("the copy's head is not in the live chain");
+    let head_at = rows.iter().position(|r| r["hash"] == copy_head.as_str()).expect("the copy's head is not in the live chain");
     assert!(rows[head_at + 1..].iter().any(|r| r["action"] == "catalog.backup" && r["result"] == "ok" && r["actor"].as_str().unwrap().starts_with("local:")), "no catalog.backup row after the copy's head");
     for f in std::iter::once("keybridge.toml").chain(SERVICE_FILES) {
         std::fs::copy(site.dir().join(f), offsite.path().join(f)).unwrap();
