@@ -1,6 +1,6 @@
 //! The disaster-recovery drill of docs/operations.md, with real processes:
 //! `keybridge serve` and a `keybridge media-agent` spawned from the built
-//! binary, real SQLite, real KMS (built-in, SoftHSM2, Kryoptic).
+//! binary, real SQLite, real KMS (built-in, SoftHSM2, Kryoptic, PyKMIP).
 //!
 //! The service's machine is lost: everything keybridge keeps on it is
 //! wiped except the KMS (the built-in KMS's root key file, the token). What
@@ -209,7 +209,9 @@ fn private_softhsm(dir: &Path) -> PathBuf {
     private_conf
 }
 
-/// What is the KMS on the service's machine, and survives the wipe.
+/// What is the KMS on the service's machine, and survives the wipe
+/// (Kryoptic's store and the KMIP server are elsewhere already; the KMIP
+/// client's certificate and key are in the test PKI outside the site).
 fn kms_files(kind: Kind) -> &'static [&'static str] {
     match kind {
         Kind::Builtin => &["root.key"],
@@ -519,4 +521,9 @@ async fn damaged_backups_are_refused_and_the_catalog_is_untouched() {
     site.start_service();
     let client = site.client("alice", "alice-network-pw").await;
     client.issue_dek("p").await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn drill_pykmip() {
+    drill(Kind::Kmip).await;
 }
