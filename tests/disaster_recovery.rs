@@ -348,6 +348,7 @@ async fn drill(kind: Kind) {
     let issued = issuer.await.unwrap();
     assert_eq!(mode(&copy_path), 0o600, "the catalog copy is readable by others");
     assert_eq!(copy["out"], Value::from(copy_path.to_str().unwrap()));
+    assert_eq!(copy["mode"], "0600");
     let copy_head = copy["audit_head"].as_str().expect("the copy has an audit head").to_owned();
     // The backup is audited in the live catalog, after the copy's head.
     let audit = ok_json(&site.cli(&["--json", "audit", "list", "--limit", "1000"]));

@@ -61,7 +61,7 @@ pub enum Command {
         #[command(subcommand)]
         command: AuditCommand,
     },
-    /// The catalog itself: online backup, restore from a backup.
+    /// The catalog itself: online backup, restore from a backup (docs/operations.md).
     Catalog {
         #[command(subcommand)]
         command: CatalogCommand,
@@ -93,12 +93,14 @@ pub enum TtlvCommand {
 
 #[derive(Debug, Subcommand)]
 pub enum CatalogCommand {
-    /// Write a consistent copy of the catalog to FILE while it is in use
-    /// (SQLite's online backup API; the service goes on). The copy is made
-    /// 0600, checked, synced and renamed into place; the backup is recorded
-    /// in the audit log. Keep it with the KMS keys (or their escrow), the
-    /// configuration and, for the built-in KMS, its root key: see
-    /// docs/operations.md.
+    /// Write a consistent copy of the catalog to FILE while it is in use.
+    ///
+    /// SQLite's online backup API: the service goes on. The copy is made
+    /// 0600, checked (integrity, schema version, audit chain), synced and
+    /// renamed into place; the backup is recorded in the live audit log.
+    /// Store it off this machine and never with the built-in KMS's root
+    /// key; a recovery also needs the KMS keys and the configuration (see
+    /// docs/operations.md).
     Backup {
         /// Where to write the copy.
         #[arg(long, value_name = "FILE")]
@@ -107,9 +109,12 @@ pub enum CatalogCommand {
         #[arg(long)]
         force: bool,
     },
-    /// Put the catalog named by the configuration back from a copy made by
-    /// `catalog backup`. The copy is checked first (integrity, schema
-    /// version, audit chain); nothing may have the catalog open.
+    /// Put the catalog back from a copy made by `catalog backup`.
+    ///
+    /// The catalog named by the configuration is replaced only after the
+    /// copy passed the checks (integrity, foreign keys, schema version,
+    /// audit chain); nothing may have the catalog open. The restore is
+    /// recorded in the restored audit log.
     Restore {
         /// The copy to restore.
         file: PathBuf,
@@ -372,8 +377,13 @@ async fn audit_list(kb: &Keybridge, limit: usize) -> Result<(Value, String)> {
 async fn catalog_backup(kb: &Keybridge, out: &Path, force: bool) -> Result<(Value, String)> {
     let copy = crate::flows::catalog::backup(kb, out, force, &Actor::local_user()).await?;
     let head = copy.audit_head.as_deref().unwrap_or("none (empty audit log)");
+    let mode = {
+        use std::os::unix::fs::PermissionsExt;
+        let m = std::fs::metadata(&copy.path).map_err(|source| Error::Io { context: "reading the mode of", path: copy.path.clone(), source })?;
+        format!("{:04o}", m.permissions().mode() & 0o7777)
+    };
     let text = format!(
-        "catalog {} copied to {} (mode 0600, {} bytes, schema version {})\naudit log in the copy: {} rows, head hash {head}\n\
+        "catalog {} copied to {} (mode {mode}, {} bytes, schema version {})\naudit log in the copy: {} rows, head hash {head}\n\
          record the head hash with the copy: after a restore, `keybridge audit verify --expect-head {head}` proves nothing was cut from it\n",
         kb.catalog().location(),
         copy.path.display(),
@@ -381,7 +391,7 @@ async fn catalog_backup(kb: &Keybridge, out: &Path, force: bool) -> Result<(Valu
         copy.schema_version,
         copy.audit_rows,
     );
-    let v = json!({ "catalog": kb.catalog().location(), "out": copy.path, "bytes": copy.bytes, "mode": "0600", "schema_version": copy.schema_version, "audit_rows": copy.audit_rows, "audit_head": copy.audit_head });
+    let v = json!({ "catalog": kb.catalog().location(), "out": copy.path, "bytes": copy.bytes, "mode": mode, "schema_version": copy.schema_version, "audit_rows": copy.audit_rows, "audit_head": copy.audit_head });
     Ok((v, text))
 }
 
