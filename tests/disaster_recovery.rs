@@ -522,6 +522,25 @@ async fn damaged_backups_are_refused_and_the_catalog_is_untouched() {
     site.start_service();
     let client = site.client("alice", "alice-network-pw").await;
     client.issue_dek("p").await.unwrap();
+
+    // The live catalog's header is destroyed under the running service:
+    // SQLite can no longer say whether it is in use, the file lock still
+    // can, and the restore is refused.
+    {
+        use std::io::Write;
+        let mut f = std::fs::OpenOptions::new().write(true).open(site.catalog_path()).unwrap();
+        f.write_all(b"not SQLite at all").unwrap();
+    }
+    fails(&site.cli(&["catalog", "restore", "--force", good.to_str().unwrap()]), 1, "is in use (it is unreadable");
+    // Stopped, the damaged catalog is replaced, its log kept beside it.
+    drop(site.service.take());
+    let r = ok_json(&site.cli(&["--json", "catalog", "restore", "--force", good.to_str().unwrap()]));
+    assert!(r["replaced_unreadable"].as_str().unwrap().contains("not a database"), "{r}");
+    let replaced = PathBuf::from(r["replaced"].as_str().unwrap());
+    assert!(std::fs::read(&replaced).unwrap().starts_with(b"not SQLite at all"));
+    assert!(!site.dir().join("keybridge.db-wal").exists(), "the damaged catalog's log was left for the restored one");
+    site.start_service();
+    client.issue_dek("p").await.unwrap();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -407,11 +407,13 @@ async fn catalog_restore(config: &Config, file: &Path, force: bool) -> Result<(V
         r.from.schema_version,
         r.from.audit_rows,
     );
-    if let Some(old) = &r.replaced {
-        text += &format!("the catalog that was there is kept as {}\n", old.display());
+    match (&r.replaced, &r.replaced_unreadable) {
+        (Some(old), Some(why)) => text += &format!("the catalog that was there could not be read ({why}); it is kept as {}\n", old.display()),
+        (Some(old), None) => text += &format!("the catalog that was there is kept as {}\n", old.display()),
+        _ => {}
     }
     text += "anything issued after this backup was taken is not in it: DEKs issued since cannot be recovered\n";
-    let v = json!({ "catalog": r.catalog, "from": r.from.path, "bytes": r.from.bytes, "schema_version": r.from.schema_version, "audit_rows": r.from.audit_rows, "audit_head": r.from.audit_head, "replaced": r.replaced });
+    let v = json!({ "catalog": r.catalog, "from": r.from.path, "bytes": r.from.bytes, "schema_version": r.from.schema_version, "audit_rows": r.from.audit_rows, "audit_head": r.from.audit_head, "replaced": r.replaced, "replaced_unreadable": r.replaced_unreadable });
     Ok((v, text))
 }
 

@@ -40,6 +40,10 @@ pub struct CatalogRestore {
     pub from: CatalogCopy,
     /// Where the catalog that was there before was moved (`--force`).
     pub replaced: Option<PathBuf>,
+    /// Why the replaced catalog could not be read, if it could not (a
+    /// damaged catalog is replaced like any other; its `-wal` moves with
+    /// it).
+    pub replaced_unreadable: Option<String>,
 }
 
 fn io<'a>(context: &'static str, path: &'a Path) -> impl FnOnce(std::io::Error) -> Error + 'a {
@@ -193,24 +197,67 @@ pub(super) fn backup_file(src: &Path, dest: &Path, replace: bool) -> Result<Cata
     Ok(CatalogCopy { path: dest.to_owned(), ..facts })
 }
 
+/// Proof that nothing has the catalog open, held until dropped.
+enum CatalogLock {
+    /// SQLite's exclusive lock: no other connection, in this process or
+    /// another, has the catalog open.
+    Sqlite(Connection),
+    /// The catalog is not a readable database (the reason), so SQLite
+    /// cannot lock it: a POSIX write lock over the whole file, which no
+    /// other process's SQLite connection would let us take. (Connections
+    /// of this process are not seen by it; the CLI has none.)
+    Unreadable(File, String),
+}
+
 /// Whether some connection (this process's or another's) has `catalog`
 /// open: only a connection with the file to itself can take SQLite's
-/// exclusive lock in WAL mode. Returns the lock, held until dropped.
-fn lock_unused(catalog: &Path) -> Result<Connection> {
-    let in_use = |detail: String| Error::CatalogSchema {
-        path: catalog.to_owned(),
-        reason: format!("is in use ({detail}); stop every keybridge process using it (`keybridge serve`, a running CLI command) before restoring over it"),
-    };
+/// exclusive lock in WAL mode.
+fn lock_unused(catalog: &Path) -> Result<CatalogLock> {
+    // A file that does not even start like SQLite is not handed to SQLite,
+    // which could remove a log beside it that it cannot use.
+    let mut magic = Vec::with_capacity(16);
+    {
+        use std::io::Read;
+        File::open(catalog).and_then(|f| f.take(16).read_to_end(&mut magic)).map_err(io("reading", catalog))?;
+    }
+    if !magic.is_empty() && magic != b"SQLite format 3\0" {
+        return lock_unreadable(catalog, "file is not a database (no SQLite header)".into());
+    }
     let conn = Connection::open(catalog).map_err(Error::catalog(format!("opening {}", catalog.display())))?;
     conn.busy_timeout(Duration::ZERO).map_err(Error::catalog("setting busy timeout"))?;
     conn.query_row("PRAGMA locking_mode=EXCLUSIVE", [], |r| r.get::<_, String>(0))
         .map_err(Error::catalog("setting the locking mode"))?;
     match conn.execute_batch("BEGIN EXCLUSIVE; COMMIT;") {
-        Ok(()) => Ok(conn),
+        Ok(()) => Ok(CatalogLock::Sqlite(conn)),
         Err(rusqlite::Error::SqliteFailure(e, msg)) if matches!(e.code, rusqlite::ErrorCode::DatabaseBusy | rusqlite::ErrorCode::DatabaseLocked) => {
-            Err(in_use(msg.unwrap_or_else(|| e.to_string())))
+            Err(in_use(catalog, msg.unwrap_or_else(|| e.to_string())))
+        }
+        // The catalog being replaced is damaged: often why it is replaced.
+        Err(rusqlite::Error::SqliteFailure(e, msg)) if matches!(e.code, rusqlite::ErrorCode::NotADatabase | rusqlite::ErrorCode::DatabaseCorrupt) => {
+            drop(conn);
+            lock_unreadable(catalog, msg.unwrap_or_else(|| e.to_string()))
         }
         Err(e) => Err(Error::catalog(format!("locking {}", catalog.display()))(e)),
+    }
+}
+
+fn in_use(catalog: &Path, detail: String) -> Error {
+    Error::CatalogSchema {
+        path: catalog.to_owned(),
+        reason: format!("is in use ({detail}); stop every keybridge process using it (`keybridge serve`, a running CLI command) before restoring over it"),
+    }
+}
+
+/// [`CatalogLock::Unreadable`]: a POSIX write lock over the whole file, not
+/// granted while another process's SQLite connection holds its lock.
+fn lock_unreadable(catalog: &Path, reason: String) -> Result<CatalogLock> {
+    let file = OpenOptions::new().read(true).write(true).open(catalog).map_err(io("opening", catalog))?;
+    match rustix::fs::fcntl_lock(&file, rustix::fs::FlockOperation::NonBlockingLockExclusive) {
+        Ok(()) => Ok(CatalogLock::Unreadable(file, reason)),
+        Err(rustix::io::Errno::AGAIN | rustix::io::Errno::ACCESS) => {
+            Err(in_use(catalog, format!("it is unreadable ({reason}), and another process holds a lock on it")))
+        }
+        Err(e) => Err(io("locking", catalog)(e.into())),
     }
 }
 
@@ -275,8 +322,11 @@ impl super::SqliteCatalog {
         };
         let facts = copy_facts(&tmp.path, version, &report)?;
 
-        let replaced = match lock {
-            Some(lock) => {
+        let secs = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
+        let aside = with_suffix(catalog, &format!(".replaced-{secs}"));
+        let (replaced, replaced_unreadable) = match lock {
+            None => (None, None),
+            Some(CatalogLock::Sqlite(lock)) => {
                 // The last connection to close checkpoints the log into the
                 // file and removes it: the old catalog moves aside whole.
                 drop(lock);
@@ -286,16 +336,25 @@ impl super::SqliteCatalog {
                         reason: "still has a write-ahead log after its last connection closed (another process opened it meanwhile?); nothing was restored".into(),
                     });
                 }
-                let secs = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
-                let aside = with_suffix(catalog, &format!(".replaced-{secs}"));
                 std::fs::rename(catalog, &aside).map_err(io("moving the old catalog aside to", &aside))?;
-                let _ = std::fs::remove_file(with_suffix(catalog, "-shm"));
-                Some(aside)
+                (Some(aside), None)
             }
-            None => None,
+            Some(CatalogLock::Unreadable(file, reason)) => {
+                drop(file);
+                std::fs::rename(catalog, &aside).map_err(io("moving the old catalog aside to", &aside))?;
+                // Its log goes with it: left in place, SQLite would replay
+                // it into the restored catalog.
+                let wal = with_suffix(catalog, "-wal");
+                if wal.exists() {
+                    let to = with_suffix(&aside, "-wal");
+                    std::fs::rename(&wal, &to).map_err(io("moving the old catalog's log aside to", &to))?;
+                }
+                (Some(aside), Some(reason))
+            }
         };
+        let _ = std::fs::remove_file(with_suffix(catalog, "-shm"));
         tmp.persist(catalog)?;
-        Ok(CatalogRestore { catalog: catalog.to_owned(), from: CatalogCopy { path: from.to_owned(), ..facts }, replaced })
+        Ok(CatalogRestore { catalog: catalog.to_owned(), from: CatalogCopy { path: from.to_owned(), ..facts }, replaced, replaced_unreadable })
     }
 }
 
@@ -409,6 +468,25 @@ mod tests {
         let r = SqliteCatalog::restore_from(&good, &target, true).unwrap();
         assert_eq!(r.from.audit_rows, 200);
         assert_eq!(std::fs::read(r.replaced.unwrap()).unwrap(), before, "the replaced catalog was not kept whole");
+    }
+
+    /// A catalog too damaged to open (often why it is restored) is
+    /// replaced like any other, and its stale log moves aside with it.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn an_unreadable_catalog_is_replaced_with_its_log() {
+        let dir = tempfile::tempdir().unwrap();
+        let good = dir.path().join("good.db");
+        catalog_with_rows(&dir.path().join("live.db"), 4).await.backup_to(&good, false).await.unwrap();
+        let target = dir.path().join("keybridge.db");
+        std::fs::write(&target, vec![0xa5; 16384]).unwrap();
+        std::fs::write(with_suffix(&target, "-wal"), b"a stale log").unwrap();
+        let r = SqliteCatalog::restore_from(&good, &target, true).unwrap();
+        let aside = r.replaced.unwrap();
+        assert!(r.replaced_unreadable.unwrap().contains("not a database"));
+        assert_eq!(std::fs::read(&aside).unwrap(), vec![0xa5; 16384]);
+        assert_eq!(std::fs::read(with_suffix(&aside, "-wal")).unwrap(), b"a stale log");
+        assert!(!with_suffix(&target, "-wal").exists());
+        assert_eq!(SqliteCatalog::open(&target).unwrap().verify_audit().await.unwrap().rows, 4);
     }
 
     /// An existing catalog needs `replace`; one that is open is refused
