@@ -61,6 +61,11 @@ pub enum Command {
         #[command(subcommand)]
         command: AuditCommand,
     },
+    /// The catalog itself: online backup, restore from a backup (docs/operations.md).
+    Catalog {
+        #[command(subcommand)]
+        command: CatalogCommand,
+    },
     /// KMIP wire format tools.
     Ttlv {
         #[command(subcommand)]
@@ -83,6 +88,40 @@ pub enum TtlvCommand {
     Decode {
         /// File to read; `-` or nothing for stdin.
         file: Option<PathBuf>,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum CatalogCommand {
+    /// Write a consistent copy of the catalog to FILE while it is in use.
+    ///
+    /// SQLite's online backup API: the service goes on. The copy is made
+    /// 0600, checked (integrity, schema version, audit chain), synced and
+    /// renamed into place; the backup is recorded in the live audit log.
+    /// Store it off this machine and never with the built-in KMS's root
+    /// key; a recovery also needs the KMS keys and the configuration (see
+    /// docs/operations.md).
+    Backup {
+        /// Where to write the copy.
+        #[arg(long, value_name = "FILE")]
+        out: PathBuf,
+        /// Replace FILE if it exists.
+        #[arg(long)]
+        force: bool,
+    },
+    /// Put the catalog back from a copy made by `catalog backup`.
+    ///
+    /// The catalog named by the configuration is replaced only after the
+    /// copy passed the checks (integrity, foreign keys, schema version,
+    /// audit chain); nothing may have the catalog open. The restore is
+    /// recorded in the restored audit log.
+    Restore {
+        /// The copy to restore.
+        file: PathBuf,
+        /// Replace an existing catalog (moved aside as NAME.replaced-TIME,
+        /// not deleted). A catalog in use is refused even so.
+        #[arg(long)]
+        force: bool,
     },
 }
 
@@ -248,6 +287,8 @@ async fn run(cli: &Cli) -> Result<(Value, String)> {
             let v = json!({ "name": c.name, "kdf": c.kdf, "created_at": c.created_at });
             Ok((v, format!("client '{}' registered (Argon2id m={} KiB, t={})\n", c.name, c.kdf.m_kib, c.kdf.t)))
         }
+        Command::Catalog { command: CatalogCommand::Backup { out, force } } => catalog_backup(&open(cli).await?, out, *force).await,
+        Command::Catalog { command: CatalogCommand::Restore { file, force } } => catalog_restore(&Config::load(&config_path(cli))?, file, *force).await,
         Command::Ttlv { command: TtlvCommand::Decode { file } } => ttlv_decode(file.as_deref()),
         Command::Serve => net::serve(open(cli).await?).await,
         Command::MediaAgent(args) => net::media_agent(args).await,
@@ -330,6 +371,50 @@ async fn audit_list(kb: &Keybridge, limit: usize) -> Result<(Value, String)> {
         .map(|r| format!("{}\t{}\t{}\t{}\tpool={}\tclient={}\tdek={}\t{}\n", r.seq, r.at, r.actor, r.action, dash(&r.pool), dash(&r.client), dash(&r.dek_id), r.result))
         .collect();
     Ok((json!({ "rows": rows }), text))
+}
+
+/// `catalog backup`: the copy, then its audit row in the live catalog.
+async fn catalog_backup(kb: &Keybridge, out: &Path, force: bool) -> Result<(Value, String)> {
+    let copy = crate::flows::catalog::backup(kb, out, force, &Actor::local_user()).await?;
+    let head = copy.audit_head.as_deref().unwrap_or("none (empty audit log)");
+    let mode = {
+        use std::os::unix::fs::PermissionsExt;
+        let m = std::fs::metadata(&copy.path).map_err(|source| Error::Io { context: "reading the mode of", path: copy.path.clone(), source })?;
+        format!("{:04o}", m.permissions().mode() & 0o7777)
+    };
+    let text = format!(
+        "catalog {} copied to {} (mode {mode}, {} bytes, schema version {})\naudit log in the copy: {} rows, head hash {head}\n\
+         record the head hash with the copy: after a restore, `keybridge audit verify --expect-head {head}` proves nothing was cut from it\n",
+        kb.catalog().location(),
+        copy.path.display(),
+        copy.bytes,
+        copy.schema_version,
+        copy.audit_rows,
+    );
+    let v = json!({ "catalog": kb.catalog().location(), "out": copy.path, "bytes": copy.bytes, "mode": mode, "schema_version": copy.schema_version, "audit_rows": copy.audit_rows, "audit_head": copy.audit_head });
+    Ok((v, text))
+}
+
+/// `catalog restore`: check the copy, put it in place, then record the
+/// restore in the restored catalog.
+async fn catalog_restore(config: &Config, file: &Path, force: bool) -> Result<(Value, String)> {
+    let r = crate::flows::catalog::restore(config, file, force, &Actor::local_user()).await?;
+    let head = r.from.audit_head.as_deref().unwrap_or("none (empty audit log)");
+    let mut text = format!(
+        "catalog {} restored from {} (integrity ok, schema version {}, audit log {} rows verified, head hash {head})\n",
+        r.catalog.display(),
+        r.from.path.display(),
+        r.from.schema_version,
+        r.from.audit_rows,
+    );
+    match (&r.replaced, &r.replaced_unreadable) {
+        (Some(old), Some(why)) => text += &format!("the catalog that was there could not be read ({why}); it is kept as {}\n", old.display()),
+        (Some(old), None) => text += &format!("the catalog that was there is kept as {}\n", old.display()),
+        _ => {}
+    }
+    text += "anything issued after this backup was taken is not in it: DEKs issued since cannot be recovered\n";
+    let v = json!({ "catalog": r.catalog, "from": r.from.path, "bytes": r.from.bytes, "schema_version": r.from.schema_version, "audit_rows": r.from.audit_rows, "audit_head": r.from.audit_head, "replaced": r.replaced, "replaced_unreadable": r.replaced_unreadable });
+    Ok((v, text))
 }
 
 /// `ttlv decode`: hex (whitespace ignored) or raw bytes.

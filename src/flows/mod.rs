@@ -8,6 +8,7 @@
 //!   there, handed to the client sealed under its password.
 
 pub mod backup;
+pub mod catalog;
 pub mod clients;
 mod envelope;
 pub mod pool_creation;

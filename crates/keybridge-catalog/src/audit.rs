@@ -88,6 +88,12 @@ pub enum Action {
     ClientAdd,
     DekIssue,
     DekRecover,
+    /// An online copy of the catalog (`keybridge catalog backup`), recorded
+    /// in the catalog that was copied.
+    CatalogBackup,
+    /// A catalog put back from a copy (`keybridge catalog restore`),
+    /// recorded as the first row after the copy's head.
+    CatalogRestore,
 }
 
 impl Action {
@@ -97,6 +103,8 @@ impl Action {
             Action::ClientAdd => "client.add",
             Action::DekIssue => "dek.issue",
             Action::DekRecover => "dek.recover",
+            Action::CatalogBackup => "catalog.backup",
+            Action::CatalogRestore => "catalog.restore",
         }
     }
 }

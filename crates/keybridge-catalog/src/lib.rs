@@ -26,7 +26,7 @@ use keybridge_proto::Result;
 use crate::audit::{AuditEvent, AuditRecord, AuditReport};
 
 pub use keybridge_proto::api::JobState;
-pub use sqlite::SqliteCatalog;
+pub use sqlite::{CatalogRestore, SqliteCatalog};
 
 /// A storage pool as stored.
 #[derive(Debug, Clone)]
@@ -120,6 +120,22 @@ pub struct DekRow {
     pub encrypted_dek: Vec<u8>,
 }
 
+/// A copy of the catalog, as written by [`Catalog::backup_to`] or checked
+/// by a restore: what it holds, for the operator to record.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct CatalogCopy {
+    /// The copy's file.
+    pub path: std::path::PathBuf,
+    pub bytes: u64,
+    /// The copy's schema version (`PRAGMA user_version` for SQLite).
+    pub schema_version: i64,
+    /// Rows in the copy's audit chain, all verified.
+    pub audit_rows: u64,
+    /// Hash (hex) of the copy's last audit row: the value to give
+    /// `audit verify --expect-head` after a restore from this copy.
+    pub audit_head: Option<String>,
+}
+
 /// The operations on the catalog. Every write that must survive a crash is
 /// durable when the call returns.
 #[async_trait]
@@ -207,6 +223,16 @@ pub trait Catalog: Send + Sync + std::fmt::Debug {
 
     /// Jobs, newest first; only `client`'s if given.
     async fn list_jobs(&self, client: Option<&str>, limit: u32) -> Result<Vec<JobRecord>>;
+
+    /// Write a consistent copy of the whole catalog to `dest` while other
+    /// callers and processes go on reading and writing: the state after
+    /// some commit, never half of one. The copy is written 0600 to a
+    /// temporary file next to `dest`, checked as a restore would check it
+    /// (integrity, schema version, audit chain), synced, then renamed over
+    /// `dest` (an existing `dest` is refused unless `replace`). Every row
+    /// this process queued before the call is in the copy. The caller
+    /// audits the backup.
+    async fn backup_to(&self, dest: &std::path::Path, replace: bool) -> Result<CatalogCopy>;
 
     /// Mark a running job complete. Completing a job twice with the same
     /// figures is accepted (a retried request); with other figures it is

@@ -5,6 +5,7 @@
 //! (`synchronous=FULL`) writes do not cost one fsync per DEK under load; the
 //! writer is also the only code that extends the audit hash chain.
 
+mod backup;
 mod jobs;
 mod schema;
 mod writer;
@@ -17,7 +18,8 @@ use rusqlite::{params, Connection, OptionalExtension, Row};
 use async_trait::async_trait;
 
 use crate::audit::{AuditEvent, AuditRecord, AuditReport, ChainVerifier};
-use crate::{Catalog, ClientRecord, DekRecord, DekRow, PoolRecord};
+pub use backup::CatalogRestore;
+use crate::{Catalog, CatalogCopy, ClientRecord, DekRecord, DekRow, PoolRecord};
 use keybridge_kms::{MasterKeyRef, NewKek};
 use keybridge_proto::{Error, Result};
 
@@ -324,28 +326,16 @@ impl Catalog for SqliteCatalog {
 
     async fn verify_audit(&self) -> Result<AuditReport> {
         self.flush().await?;
-        let conn = self.conn();
-        let mut stmt = conn
-            .prepare("SELECT seq, at, actor, action, pool, client, dek_id, result, prev_hash, hash FROM audit ORDER BY seq")
-            .map_err(Error::catalog("reading the audit log"))?;
-        let mut rows = stmt.query([]).map_err(Error::catalog("reading the audit log"))?;
-        let mut verifier = ChainVerifier::new();
-        while let Some(row) = rows.next().map_err(Error::catalog("reading the audit log"))? {
-            let record = match audit_from_row(row) {
-                Ok(r) => r,
-                // A value of the wrong type (text where a hash belongs...)
-                // is an edit: report it as one rather than as a catalog error.
-                Err(rusqlite::Error::InvalidColumnType(..) | rusqlite::Error::FromSqlConversionFailure(..)) => {
-                    let seq: i64 = row.get(0).unwrap_or(0);
-                    return Ok(verifier.finish_with_unreadable(seq));
-                }
-                Err(e) => return Err(Error::catalog("reading the audit log")(e)),
-            };
-            if !verifier.push(&record) {
-                break;
-            }
-        }
-        Ok(verifier.finish())
+        walk_audit(&self.conn())
+    }
+
+    async fn backup_to(&self, dest: &Path, replace: bool) -> Result<CatalogCopy> {
+        // Every row this process queued is in the copy.
+        self.flush().await?;
+        let (src, dest) = (self.path.clone(), dest.to_owned());
+        tokio::task::spawn_blocking(move || backup::backup_file(&src, &dest, replace))
+            .await
+            .map_err(|e| Error::Internal(format!("catalog backup task: {e}")))?
     }
 
     async fn dek(&self, id: &str) -> Result<DekRecord> {
@@ -381,6 +371,32 @@ impl Catalog for SqliteCatalog {
     async fn complete_job(&self, id: &str, done: &JobCompletion) -> Result<JobRecord> {
         self.complete_job_row(id, done)
     }
+}
+
+/// Walk the whole audit chain on `conn` (one read snapshot) and report the
+/// first break, if any.
+pub(crate) fn walk_audit(conn: &Connection) -> Result<AuditReport> {
+    let mut stmt = conn
+        .prepare("SELECT seq, at, actor, action, pool, client, dek_id, result, prev_hash, hash FROM audit ORDER BY seq")
+        .map_err(Error::catalog("reading the audit log"))?;
+    let mut rows = stmt.query([]).map_err(Error::catalog("reading the audit log"))?;
+    let mut verifier = ChainVerifier::new();
+    while let Some(row) = rows.next().map_err(Error::catalog("reading the audit log"))? {
+        let record = match audit_from_row(row) {
+            Ok(r) => r,
+            // A value of the wrong type (text where a hash belongs...)
+            // is an edit: report it as one rather than as a catalog error.
+            Err(rusqlite::Error::InvalidColumnType(..) | rusqlite::Error::FromSqlConversionFailure(..)) => {
+                let seq: i64 = row.get(0).unwrap_or(0);
+                return Ok(verifier.finish_with_unreadable(seq));
+            }
+            Err(e) => return Err(Error::catalog("reading the audit log")(e)),
+        };
+        if !verifier.push(&record) {
+            break;
+        }
+    }
+    Ok(verifier.finish())
 }
 
 fn audit_from_row(r: &Row<'_>) -> rusqlite::Result<AuditRecord> {
