@@ -396,17 +396,18 @@ pub async fn run(kb: Keybridge, shutdown: impl std::future::Future<Output = ()>)
     let listener = tokio::net::TcpListener::bind(&cfg.listen)
         .await
         .map_err(|source| Error::Io { context: "listening on", path: cfg.listen.clone().into(), source })?;
+    crate::certs::log_warnings(&service.certs, keybridge_net::cert::now());
     let health = {
         let service = service.clone();
         let every = Duration::from_secs(cfg.health_interval_secs.max(1));
         tokio::spawn(async move {
-            // Certificates near expiry are warned about at start and then
-            // once a day.
-            let mut certs_checked: Option<Instant> = None;
+            // Certificates near expiry are warned about at start (below)
+            // and then once a day.
+            let mut certs_checked = Instant::now();
             loop {
-                if certs_checked.is_none_or(|t| t.elapsed() >= CERT_WARNING_INTERVAL) {
+                if certs_checked.elapsed() >= CERT_WARNING_INTERVAL {
                     crate::certs::log_warnings(&service.certs, keybridge_net::cert::now());
-                    certs_checked = Some(Instant::now());
+                    certs_checked = Instant::now();
                 }
                 service.check_health().await;
                 tokio::time::sleep(every).await;

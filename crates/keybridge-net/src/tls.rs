@@ -92,7 +92,8 @@ pub fn self_signed_localhost() -> Result<(String, zeroize::Zeroizing<String>), S
 /// message.
 #[derive(Debug, Clone, Copy)]
 pub struct Peer<'a> {
-    /// The peer, e.g. "the KMIP server 10.0.0.5:5696".
+    /// The peer as the message names it ("the server"; the caller's error
+    /// adds its address).
     pub what: &'a str,
     /// Where keybridge's trusted CAs come from, e.g. "the `ca` file
     /// /etc/keybridge/kmip-ca.pem".
@@ -302,7 +303,7 @@ fn own_cert_refused(alert: rustls::AlertDescription, peer: &Peer<'_>) -> String 
         return format!("{what} refused the TLS handshake with alert {name}");
     };
     let now = crate::cert::now();
-    let validity = summary.map(|s| format!(" (keybridge's certificate {})", s.validity_text(now))).unwrap_or_default();
+    let validity = summary.map(|s| format!("; keybridge's certificate {}", s.validity_text(now))).unwrap_or_default();
     let usages = summary.map(|s| if s.usages.is_empty() { "no extendedKeyUsage".to_owned() } else { format!("extendedKeyUsage {}", s.usages.join(", ")) });
     let meaning = match alert {
         A::CertificateExpired => format!("it finds the certificate expired or not yet valid{validity}: renew it, or check the clocks"),
