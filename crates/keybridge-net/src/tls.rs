@@ -326,3 +326,46 @@ fn own_cert_refused(alert: rustls::AlertDescription, peer: &Peer<'_>) -> String 
     };
     format!("client certificate refused: {what} refused keybridge's client certificate {own} with TLS alert {name}: {meaning}")
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rustls::{AlertDescription as A, CertificateError as C, Error as E, PeerIncompatible as P};
+
+    #[test]
+    fn causes() {
+        let t = rustls::pki_types::UnixTime::since_unix_epoch(std::time::Duration::from_secs(1_000));
+        for (e, cause) in [
+            (E::InvalidCertificate(C::ExpiredContext { time: t, not_after: t }), TlsCause::Expired),
+            (E::InvalidCertificate(C::NotValidYetContext { time: t, not_before: t }), TlsCause::NotYetValid),
+            (E::InvalidCertificate(C::NotValidForName), TlsCause::NameMismatch),
+            (E::InvalidCertificate(C::InvalidPurpose), TlsCause::WrongPurpose),
+            (E::InvalidCertificate(C::UnknownIssuer), TlsCause::UnknownCa),
+            (E::AlertReceived(A::CertificateExpired), TlsCause::OwnCertificateRefused),
+            (E::AlertReceived(A::UnknownCA), TlsCause::OwnCertificateRefused),
+            (E::AlertReceived(A::ProtocolVersion), TlsCause::NoSharedVersion),
+            (E::PeerIncompatible(P::ServerDoesNotSupportTls12Or13), TlsCause::NoSharedVersion),
+            (E::AlertReceived(A::HandshakeFailure), TlsCause::NoSharedCipher),
+            (E::PeerIncompatible(P::NoCipherSuitesInCommon), TlsCause::NoSharedCipher),
+            (E::AlertReceived(A::DecodeError), TlsCause::Other),
+        ] {
+            assert_eq!(classify(&e), cause, "{e:?}");
+        }
+    }
+
+    /// The rustls error is found under the io::Error layers tokio-rustls
+    /// and hyper put around it.
+    #[test]
+    fn finds_the_rustls_error_inside_io_errors() {
+        let inner = std::io::Error::new(std::io::ErrorKind::InvalidData, E::AlertReceived(A::UnknownCA));
+        let outer = std::io::Error::other(inner);
+        assert!(matches!(rustls_error(&outer), Some(E::AlertReceived(A::UnknownCA))));
+        assert!(rustls_error(&std::io::Error::from(std::io::ErrorKind::ConnectionReset)).is_none());
+    }
+
+    #[test]
+    fn names_as_operators_write_them() {
+        assert_eq!(presented_names(&["DnsName(\"kmip.example\")".into(), "IpAddress(10.0.0.7)".into()]), "DNS:kmip.example, IP:10.0.0.7");
+        assert_eq!(presented_names(&[]), "no subjectAltName at all");
+    }
+}
