@@ -237,9 +237,11 @@ impl OpenSsl {
             .stderr(Stdio::null())
             .spawn()
             .expect("openssl (scripts/install-deps installs it)");
+        // Dropped (killed and reaped) if it never listens.
+        let server = OpenSsl(child, format!("127.0.0.1:{port}"));
         for _ in 0..100 {
             if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
-                return OpenSsl(child, format!("127.0.0.1:{port}"));
+                return server;
             }
             std::thread::sleep(Duration::from_millis(50));
         }
