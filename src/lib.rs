@@ -13,6 +13,7 @@
 //! `keybridge-proto` (the wire contract). `docs/architecture.md` draws the
 //! graph.
 
+pub mod certs;
 pub mod cli;
 pub mod config;
 pub mod context;

@@ -230,7 +230,8 @@ async fn wrong_client_certificate_is_refused() {
     // The server refuses a client certificate from a CA it does not know,
     // with TLS's own alert, during the handshake.
     assert!(err.contains("no KMIP server could serve"), "{err}");
-    assert!(err.contains("TLS handshake failed: received fatal alert: UnknownCA"), "{err}");
+    assert!(err.contains("TLS handshake failed: client certificate refused: the server refused keybridge's client certificate"), "{err}");
+    assert!(err.contains("wrong-client.crt (`cert` of [[kms]] 'kmip') with TLS alert unknown_ca: it does not trust the CA that issued the certificate"), "{err}");
 }
 
 #[tokio::test]
@@ -238,7 +239,8 @@ async fn untrusted_server_certificate_is_refused() {
     let Some(s) = PyKmip::start("untrusted", None, "untrusted") else { return };
     let client = KmipClient::new(&kmip_config(&[s.addr()], "client", "")).unwrap();
     let err = client.facts().await.unwrap_err().to_string();
-    assert!(err.contains("TLS handshake failed") && err.contains("UnknownIssuer"), "{err}");
+    assert!(err.contains("TLS handshake failed: unknown CA: the server presented a certificate that no CA in the `ca` file"), "{err}");
+    assert!(err.contains("ca.crt of [[kms]] 'kmip' signed"), "{err}");
 }
 
 /// A proxy that forwards to `upstream` and silently drops connections that

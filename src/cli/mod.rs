@@ -231,6 +231,7 @@ async fn run(cli: &Cli) -> Result<(Value, String)> {
                 Some(n) => vec![kb.config().kms(n)?.name().to_owned()],
                 None => kb.config().kms.iter().map(|k| k.name().to_owned()).collect(),
             };
+            let (certificates, cert_warnings, cert_text) = crate::certs::probe_section(kb.config(), &names);
             let mut reports = Vec::new();
             let mut text = String::new();
             let mut first_err = None;
@@ -247,13 +248,14 @@ async fn run(cli: &Cli) -> Result<(Value, String)> {
                     }
                 }
             }
+            text += &cert_text;
             if let Some(e) = first_err {
                 if !cli.json {
                     print!("{text}");
                 }
                 return Err(e);
             }
-            Ok((json!({ "kms": reports }), text))
+            Ok((json!({ "kms": reports, "certificates": certificates, "certificate_warnings": cert_warnings }), text))
         }
         Command::Pool { command } => {
             let kb = open(cli).await?;

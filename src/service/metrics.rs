@@ -35,6 +35,17 @@ struct Kms {
     kms: String,
 }
 
+/// One configured certificate: which one (`service`, `kmip_client`,
+/// `kmip_ca`, ...), its KMS (`-` for the service's), subject and serial
+/// (two CAs of one name in a bundle during a rollover differ by serial).
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct Cert {
+    cert: String,
+    kms: String,
+    subject: String,
+    serial: String,
+}
+
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct Reason {
     reason: String,
@@ -84,9 +95,11 @@ impl Metrics {
         self.auth_failures.get_or_create(&Reason { reason: reason.to_owned() }).inc();
     }
 
-    /// The Prometheus text exposition; `cache` lists (kms, hits, misses)
-    /// and `up` lists (kms, usable, reachable) from the health checker.
-    pub fn render(&self, cache: &[(String, u64, u64)], up: &[(String, bool, bool)]) -> String {
+    /// The Prometheus text exposition; `cache` lists (kms, hits, misses),
+    /// `up` lists (kms, usable, reachable) from the health checker, and
+    /// `certs` the configured certificates, whose seconds to expiry are
+    /// taken at `now` (Unix seconds).
+    pub fn render(&self, cache: &[(String, u64, u64)], up: &[(String, bool, bool)], certs: &[crate::certs::ConfiguredCert], now: i64) -> String {
         // The backends and the health checker keep these numbers; they are
         // read once per scrape into series of their own.
         let hits = Family::<Kms, Counter>::default();
@@ -101,11 +114,21 @@ impl Metrics {
             kms_up.get_or_create(&Kms { kms: kms.clone() }).set(i64::from(*usable));
             kms_reachable.get_or_create(&Kms { kms: kms.clone() }).set(i64::from(*reachable));
         }
+        let expiry = Family::<Cert, Gauge>::default();
+        for c in certs {
+            let labels = Cert { cert: c.role.to_owned(), kms: c.kms.clone().unwrap_or_else(|| "-".into()), subject: c.summary.subject.clone(), serial: c.summary.serial.clone() };
+            expiry.get_or_create(&labels).set(c.seconds_left(now));
+        }
         let mut scrape = Registry::default();
         scrape.register("keybridge_kek_cache_hits", "Restores that found the pool's KEK open in the cache", hits);
         scrape.register("keybridge_kek_cache_misses", "Restores that had to open (unwrap) the pool's KEK", misses);
         scrape.register("keybridge_kms_up", "Whether the last probe found the KMS usable", kms_up);
         scrape.register("keybridge_kms_reachable", "Whether the last probe got an answer from the KMS", kms_reachable);
+        scrape.register(
+            "keybridge_cert_expiry_seconds",
+            "Seconds until a configured certificate's notAfter (negative once expired), as read at service start",
+            expiry,
+        );
         let mut out = String::new();
         // Writing to a String cannot fail.
         let _ = prometheus_text::encode(&mut out, &self.registry);
@@ -126,7 +149,18 @@ mod tests {
         m.observe("dek_issue", "kms", "ok", Duration::from_millis(3));
         m.kms_error("kms");
         m.auth_failure("replay");
-        let text = m.render(&[("kms".into(), 5, 1)], &[("kms".into(), true, true)]);
+        let summary = keybridge_net::cert::CertSummary {
+            subject: "CN=kmip client".into(),
+            issuer: "CN=kmip ca".into(),
+            serial: "01:02".into(),
+            not_before: 0,
+            not_after: 1_000_000,
+            is_ca: false,
+            names: Vec::new(),
+            usages: Vec::new(),
+        };
+        let cert = crate::certs::ConfiguredCert { role: "kmip_client", kms: Some("kms".into()), path: "client.pem".into(), summary };
+        let text = m.render(&[("kms".into(), 5, 1)], &[("kms".into(), true, true)], &[cert], 1_000_000 + 86_400);
         let expected = concat!(
             "# HELP keybridge_requests_total Requests by operation, KMS and outcome.\n",
             "# TYPE keybridge_requests_total counter\n",
@@ -167,6 +201,9 @@ mod tests {
             "# HELP keybridge_kms_reachable Whether the last probe got an answer from the KMS.\n",
             "# TYPE keybridge_kms_reachable gauge\n",
             "keybridge_kms_reachable{kms=\"kms\"} 1\n",
+            "# HELP keybridge_cert_expiry_seconds Seconds until a configured certificate's notAfter (negative once expired), as read at service start.\n",
+            "# TYPE keybridge_cert_expiry_seconds gauge\n",
+            "keybridge_cert_expiry_seconds{cert=\"kmip_client\",kms=\"kms\",subject=\"CN=kmip client\",serial=\"01:02\"} -86400\n",
         );
         assert_eq!(text, expected);
     }
@@ -177,7 +214,7 @@ mod tests {
     fn label_values_are_escaped() {
         let m = Metrics::default();
         m.observe("pool_create", "x\"} 1\nfake 1", "error", Duration::from_millis(1));
-        let text = m.render(&[], &[]);
+        let text = m.render(&[], &[], &[], 0);
         assert!(text.contains("keybridge_requests_total{operation=\"pool_create\",kms=\"x\\\"} 1\\nfake 1\",outcome=\"error\"} 1\n"), "{text}");
         assert!(!text.lines().any(|l| l.starts_with("fake")), "{text}");
     }

@@ -76,6 +76,8 @@ pub struct Service {
     agent_key: AgentKey,
     metrics: Metrics,
     health: RwLock<Vec<KmsHealth>>,
+    /// The service's and the KMIP entries' certificates, read at start.
+    certs: Vec<crate::certs::ConfiguredCert>,
 }
 
 type Shared = Arc<Service>;
@@ -107,7 +109,11 @@ impl Service {
             .iter()
             .map(|k| KmsHealth { name: k.name().to_owned(), kind: k.kind(), state: None, reachable: false, detail: "not probed yet".into(), checked_at: None })
             .collect();
-        Ok(Service { kb: Arc::new(kb), cfg, operator_token, agent_key, metrics: Metrics::default(), health: RwLock::new(health) })
+        let (certs, unreadable) = crate::certs::configured(kb.config(), None, true);
+        for e in unreadable {
+            tracing::warn!(error = %e, "certificate not readable; its expiry is not reported");
+        }
+        Ok(Service { kb: Arc::new(kb), cfg, operator_token, agent_key, metrics: Metrics::default(), health: RwLock::new(health), certs })
     }
 
     /// The answer to a refused client request; counts and logs it.
@@ -184,6 +190,10 @@ impl Service {
         *self.health.write().await = results;
     }
 }
+
+/// How often the service repeats its warning about a certificate near
+/// expiry.
+const CERT_WARNING_INTERVAL: Duration = Duration::from_secs(24 * 3600);
 
 /// Largest request body the service reads: every request is a small JSON
 /// document.
@@ -283,7 +293,8 @@ async fn metrics_text(State(s): State<Shared>) -> Response {
         (name.clone(), hits, misses)
     }).collect();
     let up: Vec<_> = s.health.read().await.iter().map(|h| (h.name.clone(), h.state == Some(ProbeStatus::Usable), h.reachable)).collect();
-    ([(axum::http::header::CONTENT_TYPE, "text/plain; version=0.0.4")], s.metrics.render(&cache, &up)).into_response()
+    let text = s.metrics.render(&cache, &up, &s.certs, keybridge_net::cert::now());
+    ([(axum::http::header::CONTENT_TYPE, "text/plain; version=0.0.4")], text).into_response()
 }
 
 async fn list_pools(State(s): State<Shared>) -> ApiResult {
@@ -388,11 +399,19 @@ pub async fn run(kb: Keybridge, shutdown: impl std::future::Future<Output = ()>)
     let listener = tokio::net::TcpListener::bind(&cfg.listen)
         .await
         .map_err(|source| Error::Io { context: "listening on", path: cfg.listen.clone().into(), source })?;
+    crate::certs::log_warnings(&service.certs, keybridge_net::cert::now());
     let health = {
         let service = service.clone();
         let every = Duration::from_secs(cfg.health_interval_secs.max(1));
         tokio::spawn(async move {
+            // Certificates near expiry are warned about at start (below)
+            // and then once a day.
+            let mut certs_checked = Instant::now();
             loop {
+                if certs_checked.elapsed() >= CERT_WARNING_INTERVAL {
+                    crate::certs::log_warnings(&service.certs, keybridge_net::cert::now());
+                    certs_checked = Instant::now();
+                }
                 service.check_health().await;
                 tokio::time::sleep(every).await;
             }

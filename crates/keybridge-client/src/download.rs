@@ -84,7 +84,7 @@ pub(crate) async fn get(url: &str, bearer: &str, tls: &Arc<rustls::ClientConfig>
             let stream = tokio_rustls::TlsConnector::from(config)
                 .connect(name, tcp)
                 .await
-                .map_err(|e| fail(super::tls_refused(&e.to_string())))?;
+                .map_err(|e| fail(super::tls_refused(&e).unwrap_or_else(|| format!("TLS handshake failed: {e}"))))?;
             send(TokioIo::new(stream), request, peer).await?
         }
         "http" => send(TokioIo::new(tcp), request, peer).await?,

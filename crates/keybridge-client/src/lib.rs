@@ -69,14 +69,19 @@ pub fn client_tls(ca: Option<&Path>) -> Result<rustls::ClientConfig> {
     }
 }
 
-/// The reason for a refused TLS handshake, pointing at `--ca` when the
-/// peer's certificate was not trusted.
-pub(crate) fn tls_refused(root: &str) -> String {
-    if root.contains("certificate") {
-        format!("TLS refused: {root} (is --ca / KEYBRIDGE_CA the CA that signed its certificate?)")
-    } else {
-        format!("TLS handshake failed: {root}")
-    }
+/// The reason for a failed TLS connection to the service or a MediaAgent: named by cause (expired, not yet valid, name mismatch,
+/// wrong extended key usage, unknown CA, no common version or cipher)
+/// when rustls says what it was, pointing at `--ca` when the peer's
+/// certificate was not trusted.
+pub(crate) fn tls_refused(e: &(dyn std::error::Error + 'static)) -> Option<String> {
+    let r = keybridge_net::tls::rustls_error(e)?;
+    let peer = keybridge_net::tls::Peer {
+        what: "the server",
+        trust: "the CA file given with --ca / KEYBRIDGE_CA (with none, nothing is trusted)",
+        name_fix: "use a URL whose host is one of those names",
+        own_cert: None,
+    };
+    Some(keybridge_net::tls::explain(r, &peer))
 }
 
 /// First wait between tries of [`retrying`]; doubled after each, up to
@@ -125,10 +130,10 @@ pub(crate) fn unreachable(peer: &str, e: reqwest::Error) -> Error {
         root = s.to_string();
         source = s.source();
     }
-    let reason = if e.is_timeout() {
+    let reason = if let Some(tls) = tls_refused(&e) {
+        tls
+    } else if e.is_timeout() {
         format!("timed out: {root}")
-    } else if root.contains("certificate") {
-        tls_refused(&root)
     } else if e.is_connect() {
         format!("cannot connect: {root}")
     } else {

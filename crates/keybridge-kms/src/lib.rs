@@ -417,6 +417,10 @@ mod tests {
             (all_failed(vec![Failure::Connect(refused())]), true),
             (all_failed(vec![Failure::Refused("no".into()), Failure::Timeout(10)]), true),
             (all_failed(vec![Failure::Refused("no".into())]), false),
+            // A certificate or a TLS setting stays wrong until an operator acts.
+            (all_failed(vec![Failure::TlsRefused { cause: keybridge_net::tls::TlsCause::Expired, message: "certificate expired".into() }]), false),
+            (all_failed(vec![Failure::TlsRefused { cause: keybridge_net::tls::TlsCause::NoSharedVersion, message: "no TLS version in common".into() }]), false),
+            (all_failed(vec![Failure::TlsRefused { cause: keybridge_net::tls::TlsCause::Other, message: "handshake broke off".into() }]), true),
             (all_failed(vec![]), false),
             (
                 BackendError::Kmip(KmipError::Refused { server: "kmip0:5696".into(), operation: "Decrypt".into(), reason: "Permission Denied".into(), code: Some(0x0C) }),

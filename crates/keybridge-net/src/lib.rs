@@ -9,6 +9,7 @@
 
 #[cfg(feature = "server")]
 pub mod http;
+pub mod cert;
 pub mod tls;
 
 /// Bulk file data is read and written in pieces of this size: the backup

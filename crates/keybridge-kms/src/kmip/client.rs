@@ -39,8 +39,15 @@ const DOWN_BACKOFF: Duration = Duration::from_secs(5);
 pub enum Failure {
     #[error("cannot connect: {0}")]
     Connect(io::Error),
+    /// The TLS handshake failed for a reason keybridge could not name
+    /// (the peer hung up, garbage instead of TLS).
     #[error("TLS handshake failed: {0}")]
     Tls(io::Error),
+    /// TLS failed for a named cause (a certificate, the protocol version,
+    /// the cipher suites): the message says whose certificate and what to
+    /// do ([`keybridge_net::tls::explain`]).
+    #[error("TLS handshake failed: {message}")]
+    TlsRefused { cause: keybridge_net::tls::TlsCause, message: String },
     #[error("connection failed during the request: {0}")]
     Io(io::Error),
     #[error("no answer within {0} s")]
@@ -53,10 +60,16 @@ pub enum Failure {
 
 impl Failure {
     /// Whether another attempt (fresh connection, then the next server) may
-    /// succeed. Everything at the connection level is; a server's own
-    /// refusal is not.
+    /// succeed. Everything at the connection level is, except a TLS
+    /// failure with a named cause (an expired or misissued certificate, no
+    /// common TLS version or cipher suite): that stays until an operator
+    /// changes a certificate or a setting. A server's own refusal is not.
     pub fn is_transient(&self) -> bool {
-        !matches!(self, Failure::Refused(_))
+        match self {
+            Failure::Refused(_) => false,
+            Failure::TlsRefused { cause, .. } => *cause == keybridge_net::tls::TlsCause::Other,
+            _ => true,
+        }
     }
 }
 
@@ -153,6 +166,9 @@ pub struct ServerFacts {
 /// A pooled, failing-over KMIP client.
 pub struct KmipClient {
     servers: Vec<Server>,
+    /// What TLS failures refer to: the configured files and our own
+    /// certificate's facts.
+    tls_context: TlsContext,
     connector: TlsConnector,
     idle: Mutex<Vec<Conn>>,
     permits: Semaphore,
@@ -167,6 +183,44 @@ pub struct KmipClient {
 impl std::fmt::Debug for KmipClient {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("KmipClient").field("servers", &self.servers.iter().map(|s| &s.addr).collect::<Vec<_>>()).finish_non_exhaustive()
+    }
+}
+
+/// The configuration behind the TLS connections, for messages.
+struct TlsContext {
+    trust: String,
+    name_fix: String,
+    own: String,
+    own_summary: Option<keybridge_net::cert::CertSummary>,
+}
+
+impl TlsContext {
+    fn new(cfg: &KmipConfig) -> TlsContext {
+        let name_fix = match &cfg.server_name {
+            Some(n) => format!("`server_name = \"{n}\"` of [[kms]] '{}' must be one of those names", cfg.name),
+            None => format!("list the server by one of those names in `servers`, or set `server_name` in [[kms]] '{}' to one of them", cfg.name),
+        };
+        TlsContext {
+            trust: format!("the `ca` file {} of [[kms]] '{}'", cfg.ca.display(), cfg.name),
+            name_fix,
+            own: format!("{} (`cert` of [[kms]] '{}')", cfg.cert.display(), cfg.name),
+            // Its first certificate is ours; the file was read (and
+            // checked) by the TLS configuration already.
+            own_summary: keybridge_net::cert::summarize_file(&cfg.cert, "client certificate").ok().and_then(|mut v| (!v.is_empty()).then(|| v.remove(0))),
+        }
+    }
+
+    /// A TLS failure (the server's address is added by [`ServerFailure`]):
+    /// named when rustls says what it was.
+    fn failure(&self, e: io::Error, during_request: bool) -> Failure {
+        match keybridge_net::tls::rustls_error(&e) {
+            Some(r) => {
+                let peer = keybridge_net::tls::Peer { what: "the server", trust: &self.trust, name_fix: &self.name_fix, own_cert: Some((&self.own, self.own_summary.as_ref())) };
+                Failure::TlsRefused { cause: keybridge_net::tls::classify(r), message: keybridge_net::tls::explain(r, &peer) }
+            }
+            None if during_request => Failure::Io(e),
+            None => Failure::Tls(e),
+        }
     }
 }
 
@@ -215,6 +269,7 @@ impl KmipClient {
             .transpose()?;
         Ok(KmipClient {
             servers,
+            tls_context: TlsContext::new(cfg),
             connector: TlsConnector::from(Arc::new(tls)),
             idle: Mutex::new(Vec::new()),
             permits: Semaphore::new(cfg.max_connections.max(1)),
@@ -268,24 +323,27 @@ impl KmipClient {
         let stream = tokio::time::timeout(self.connect_timeout, self.connector.connect(s.name.clone(), tcp))
             .await
             .map_err(|_| Failure::Timeout(self.connect_timeout.as_secs()))?
-            .map_err(Failure::Tls)?;
+            .map_err(|e| self.tls_context.failure(e, false))?;
         Ok(Conn { server, stream, last_used: Instant::now() })
     }
 
     /// One request/response exchange on a connection.
     async fn exchange(&self, conn: &mut Conn, request: &[u8]) -> Result<messages::Response, Failure> {
+        // Under TLS 1.3 the client's handshake ends before the server has
+        // checked our certificate: its refusal (an alert) arrives here.
+        let failed = |e: io::Error| self.tls_context.failure(e, true);
         let io = async {
-            conn.stream.write_all(request).await.map_err(Failure::Io)?;
-            conn.stream.flush().await.map_err(Failure::Io)?;
+            conn.stream.write_all(request).await.map_err(failed)?;
+            conn.stream.flush().await.map_err(failed)?;
             let mut header = [0u8; ttlv::HEADER_LEN];
-            conn.stream.read_exact(&mut header).await.map_err(Failure::Io)?;
+            conn.stream.read_exact(&mut header).await.map_err(failed)?;
             let total = ttlv::message_len(&header, &self.limits)
                 .map_err(|e| Failure::Garbage(e.to_string()))?
                 .expect("8 bytes read");
             // Answers carry key material (a decrypted private KEK).
             let mut buf = Zeroizing::new(vec![0u8; total]);
             buf[..ttlv::HEADER_LEN].copy_from_slice(&header);
-            conn.stream.read_exact(&mut buf[ttlv::HEADER_LEN..]).await.map_err(Failure::Io)?;
+            conn.stream.read_exact(&mut buf[ttlv::HEADER_LEN..]).await.map_err(failed)?;
             Ok(buf)
         };
         let buf = tokio::time::timeout(self.timeout, io).await.map_err(|_| Failure::Timeout(self.timeout.as_secs()))??;
