@@ -14,25 +14,15 @@
 mod common;
 
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
+use std::process::{Command, Output, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use common::{free_port, password, test_kdf, Kind, Rig};
+use common::{fails, free_port, ok_json, password, private_softhsm, test_kdf, Kind, Proc, Rig};
 use serde_json::Value;
 
 const BIN: &str = env!("CARGO_BIN_EXE_keybridge");
-
-/// A child process killed when dropped.
-struct Proc(Child);
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
 
 /// The configuration files `keybridge init` makes for `[service]`: kept
 /// with the configuration (docs/operations.md).
@@ -190,25 +180,6 @@ impl Site {
     }
 }
 
-/// A copy of the SoftHSM2 token directory named by `$SOFTHSM2_CONF` in
-/// `dir`, and a configuration pointing at it (the token is this site's
-/// KMS, and no other test's process touches it).
-fn private_softhsm(dir: &Path) -> PathBuf {
-    let conf = std::fs::read_to_string(std::env::var("SOFTHSM2_CONF").expect("SoftHSM2 needs SOFTHSM2_CONF")).unwrap();
-    let shared = conf.lines().find_map(|l| l.trim().strip_prefix("directories.tokendir")).map(|v| v.trim().trim_start_matches('=').trim().to_owned());
-    let shared = PathBuf::from(shared.expect("no directories.tokendir in SOFTHSM2_CONF"));
-    let private = dir.join("softhsm-tokens");
-    assert!(Command::new("cp").arg("-r").arg(&shared).arg(&private).status().unwrap().success());
-    let private_conf = dir.join("softhsm2.conf");
-    let conf: String = conf
-        .lines()
-        .map(|l| if l.trim().starts_with("directories.tokendir") { format!("directories.tokendir = {}", private.display()) } else { l.to_owned() })
-        .collect::<Vec<_>>()
-        .join("\n");
-    std::fs::write(&private_conf, conf + "\n").unwrap();
-    private_conf
-}
-
 /// What is the KMS on the service's machine, and survives the wipe
 /// (Kryoptic's store and the KMIP server are elsewhere already; the KMIP
 /// client's certificate and key are in the test PKI outside the site).
@@ -218,20 +189,6 @@ fn kms_files(kind: Kind) -> &'static [&'static str] {
         Kind::SoftHsm => &["softhsm-tokens", "softhsm2.conf"],
         _ => &[],
     }
-}
-
-#[track_caller]
-fn ok_json(out: &Output) -> Value {
-    assert_eq!(out.status.code(), Some(0), "stderr: {}", String::from_utf8_lossy(&out.stderr));
-    serde_json::from_slice(&out.stdout).unwrap()
-}
-
-#[track_caller]
-fn fails(out: &Output, code: i32, needle: &str) -> String {
-    let err = String::from_utf8_lossy(&out.stderr).into_owned();
-    assert_eq!(out.status.code(), Some(code), "stderr: {err}");
-    assert!(err.contains(needle), "stderr '{err}' does not mention '{needle}'");
-    err
 }
 
 /// Files to back up: text, a 700 kB file of several chunks, a nested one.

@@ -12,7 +12,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::Duration;
 
-use common::{free_port, password, test_kdf, Kind, Rig};
+use common::{fails, free_port, ok_json, password, private_softhsm, test_kdf, Kind, Proc, Rig};
 use keybridge_proto::api::agent_token::{AgentKey, AgentOp};
 use regex::Regex;
 use serde_json::Value;
@@ -32,27 +32,6 @@ fn softhsm_turn(kind: Kind) -> Option<std::sync::MutexGuard<'static, ()>> {
     matches!(kind, Kind::SoftHsm | Kind::P11KitProxy).then(|| SOFTHSM_TURN.lock().unwrap_or_else(|e| e.into_inner()))
 }
 
-/// A copy of the SoftHSM2 token directory named by `$SOFTHSM2_CONF` in
-/// `dir`, and a configuration pointing at it; returns that configuration's
-/// path. Each SoftHSM2 deployment works on its own copy, so no process of
-/// another test (or one killed at a test's end) touches its token files.
-fn private_softhsm(dir: &Path) -> PathBuf {
-    let conf = std::fs::read_to_string(std::env::var("SOFTHSM2_CONF").expect("SoftHSM2 deployments need SOFTHSM2_CONF")).unwrap();
-    let shared = conf.lines().find_map(|l| l.trim().strip_prefix("directories.tokendir")).map(|v| v.trim().trim_start_matches('=').trim().to_owned());
-    let shared = PathBuf::from(shared.expect("no directories.tokendir in SOFTHSM2_CONF"));
-    let private = dir.join("softhsm-tokens");
-    let status = Command::new("cp").arg("-r").arg(&shared).arg(&private).status().unwrap();
-    assert!(status.success(), "copying the SoftHSM2 token directory {}", shared.display());
-    let private_conf = dir.join("softhsm2.conf");
-    let conf: String = conf
-        .lines()
-        .map(|l| if l.trim().starts_with("directories.tokendir") { format!("directories.tokendir = {}", private.display()) } else { l.to_owned() })
-        .collect::<Vec<_>>()
-        .join("\n");
-    std::fs::write(&private_conf, conf + "\n").unwrap();
-    private_conf
-}
-
 /// Kill `server` while `client` is frozen (SIGSTOP), then let the client
 /// go on: the kill lands mid-transfer however fast this machine is.
 fn kill_while_frozen(client: &Child, mut server: Proc) {
@@ -61,16 +40,6 @@ fn kill_while_frozen(client: &Child, mut server: Proc) {
     server.0.kill().unwrap();
     server.0.wait().unwrap();
     Command::new("kill").args(["-CONT", &pid]).status().unwrap();
-}
-
-/// A child process killed when dropped.
-struct Proc(Child);
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
 }
 
 /// Service + MediaAgent on one backend, in a temporary directory.
@@ -258,20 +227,6 @@ impl Deployment {
     fn job_state(&self, job: &str) -> Option<String> {
         self.catalog().query_row("SELECT state FROM jobs WHERE id = ?1", [job], |r| r.get(0)).ok()
     }
-}
-
-#[track_caller]
-fn ok_json(out: &Output) -> Value {
-    assert_eq!(out.status.code(), Some(0), "stderr: {}", String::from_utf8_lossy(&out.stderr));
-    serde_json::from_slice(&out.stdout).unwrap()
-}
-
-#[track_caller]
-fn fails(out: &Output, code: i32, needle: &str) -> String {
-    let err = String::from_utf8_lossy(&out.stderr).into_owned();
-    assert_eq!(out.status.code(), Some(code), "stderr: {err}");
-    assert!(err.contains(needle), "stderr '{err}' does not mention '{needle}'");
-    err
 }
 
 /// A tree with what a backup must keep: contents, modes, mtimes, a

@@ -11,7 +11,6 @@
 mod common;
 
 use common::{actor, Kind, Rig};
-use cryptoki::context::{CInitializeArgs, CInitializeFlags, Pkcs11};
 use cryptoki::error::{Error as CkError, RvError};
 use cryptoki::mechanism::vendor_defined::VendorDefinedMechanism;
 use cryptoki::mechanism::{Mechanism, MechanismType};
@@ -24,19 +23,7 @@ use keybridge_kms::pkcs11::{Pkcs11Backend, Protection};
 
 /// The attacker's own session on the test token, logged in as the user.
 fn attacker_session(kind: Kind) -> Session {
-    let module = kind.module().expect("module checked by the caller");
-    let ctx = Pkcs11::new(&module).unwrap();
-    match ctx.initialize(CInitializeArgs::new(CInitializeFlags::OS_LOCKING_OK)) {
-        Ok(()) | Err(CkError::Pkcs11(RvError::CryptokiAlreadyInitialized, _)) => {}
-        Err(e) => panic!("C_Initialize: {e}"),
-    }
-    let label = std::env::var("KEYBRIDGE_TEST_TOKEN").unwrap_or_else(|_| "keybridge".into());
-    let slot = ctx
-        .get_slots_with_token()
-        .unwrap()
-        .into_iter()
-        .find(|s| ctx.get_token_info(*s).unwrap().label().trim_end() == label)
-        .expect("test token present");
+    let (ctx, slot) = common::test_token(kind);
     let session = ctx.open_rw_session(slot).unwrap();
     let pin = AuthPin::new(std::env::var("KEYBRIDGE_TEST_PIN").unwrap().into());
     match session.login(UserType::User, Some(&pin)) {

@@ -11,23 +11,11 @@
 mod common;
 
 use common::{actor, password, test_kdf, Kind, Rig};
-use cryptoki::context::{CInitializeArgs, CInitializeFlags, Pkcs11};
 use keybridge::flows::{backup, clients, pool_creation, restore};
 
 fn close_all_sessions(kind: Kind) {
+    let (_ctx, slot) = common::test_token(kind);
     let module = kind.module().expect("module checked by the caller");
-    let ctx = Pkcs11::new(&module).unwrap();
-    match ctx.initialize(CInitializeArgs::new(CInitializeFlags::OS_LOCKING_OK)) {
-        Ok(()) | Err(cryptoki::error::Error::Pkcs11(cryptoki::error::RvError::CryptokiAlreadyInitialized, _)) => {}
-        Err(e) => panic!("C_Initialize: {e}"),
-    }
-    let label = std::env::var("KEYBRIDGE_TEST_TOKEN").unwrap_or_else(|_| "keybridge".into());
-    let slot = ctx
-        .get_slots_with_token()
-        .unwrap()
-        .into_iter()
-        .find(|s| ctx.get_token_info(*s).unwrap().label().trim_end() == label)
-        .expect("test token present");
     // SAFETY: loads the module already mapped by this process and calls one
     // PKCS#11 function with a valid slot id.
     // Kryoptic exports only C_GetFunctionList, so go through the table.

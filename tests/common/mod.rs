@@ -6,6 +6,7 @@
 #![allow(dead_code)]
 
 use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output};
 
 use keybridge::config::Config;
 use keybridge::Keybridge;
@@ -354,4 +355,74 @@ pub(crate) mod p11kit {
             let _ = Command::new(script()).args(["kill", &self.name]).output();
         }
     }
+}
+
+/// A child process killed when dropped.
+pub(crate) struct Proc(pub Child);
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// The JSON a command printed, which must have exited 0.
+#[track_caller]
+pub(crate) fn ok_json(out: &Output) -> serde_json::Value {
+    assert_eq!(out.status.code(), Some(0), "stderr: {}", String::from_utf8_lossy(&out.stderr));
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
+/// A command that must have exited `code` with `needle` in its stderr;
+/// returns the stderr.
+#[track_caller]
+pub(crate) fn fails(out: &Output, code: i32, needle: &str) -> String {
+    let err = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert_eq!(out.status.code(), Some(code), "stderr: {err}");
+    assert!(err.contains(needle), "stderr '{err}' does not mention '{needle}'");
+    err
+}
+
+/// A copy of the SoftHSM2 token directory named by `$SOFTHSM2_CONF` in
+/// `dir`, and a configuration pointing at it; returns that configuration's
+/// path. Each SoftHSM2 deployment works on its own copy, so no process of
+/// another test (or one killed at a test's end) touches its token files.
+pub(crate) fn private_softhsm(dir: &Path) -> PathBuf {
+    let conf = std::fs::read_to_string(std::env::var("SOFTHSM2_CONF").expect("SoftHSM2 deployments need SOFTHSM2_CONF")).unwrap();
+    let shared = conf.lines().find_map(|l| l.trim().strip_prefix("directories.tokendir")).map(|v| v.trim().trim_start_matches('=').trim().to_owned());
+    let shared = PathBuf::from(shared.expect("no directories.tokendir in SOFTHSM2_CONF"));
+    let private = dir.join("softhsm-tokens");
+    let status = Command::new("cp").arg("-r").arg(&shared).arg(&private).status().unwrap();
+    assert!(status.success(), "copying the SoftHSM2 token directory {}", shared.display());
+    let private_conf = dir.join("softhsm2.conf");
+    let conf: String = conf
+        .lines()
+        .map(|l| if l.trim().starts_with("directories.tokendir") { format!("directories.tokendir = {}", private.display()) } else { l.to_owned() })
+        .collect::<Vec<_>>()
+        .join("\n");
+    std::fs::write(&private_conf, conf + "\n").unwrap();
+    private_conf
+}
+
+/// The test token's module as another part of this process sees it: a
+/// context on the module (initialised, or already initialised by
+/// keybridge) and the slot of the token labelled `$KEYBRIDGE_TEST_TOKEN`.
+pub(crate) fn test_token(kind: Kind) -> (cryptoki::context::Pkcs11, cryptoki::slot::Slot) {
+    use cryptoki::context::{CInitializeArgs, CInitializeFlags, Pkcs11};
+    use cryptoki::error::{Error, RvError};
+    let module = kind.module().expect("module checked by the caller");
+    let ctx = Pkcs11::new(&module).unwrap();
+    match ctx.initialize(CInitializeArgs::new(CInitializeFlags::OS_LOCKING_OK)) {
+        Ok(()) | Err(Error::Pkcs11(RvError::CryptokiAlreadyInitialized, _)) => {}
+        Err(e) => panic!("C_Initialize: {e}"),
+    }
+    let label = std::env::var("KEYBRIDGE_TEST_TOKEN").unwrap_or_else(|_| "keybridge".into());
+    let slot = ctx
+        .get_slots_with_token()
+        .unwrap()
+        .into_iter()
+        .find(|s| ctx.get_token_info(*s).unwrap().label().trim_end() == label)
+        .expect("test token present");
+    (ctx, slot)
 }
