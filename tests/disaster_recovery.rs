@@ -282,19 +282,25 @@ async fn drill(kind: Kind) {
     // DEKs issued while the copy is taken.
     let alice = Arc::new(site.client("alice", "alice-network-pw").await);
     let stop = Arc::new(AtomicBool::new(false));
+    let count = Arc::new(std::sync::atomic::AtomicUsize::new(0));
     let issuer = {
-        let (alice, stop) = (alice.clone(), stop.clone());
+        let (alice, stop, count) = (alice.clone(), stop.clone(), count.clone());
         tokio::spawn(async move {
             let mut issued = Vec::new();
             while !stop.load(Ordering::Relaxed) || issued.len() < 3 {
                 let grant = alice.issue_dek("p").await.unwrap();
                 let dek = alice.open(&grant).unwrap();
                 issued.push((grant.dek_id.clone(), dek.expose_hex().as_str().to_owned()));
+                count.store(issued.len(), Ordering::SeqCst);
             }
             issued
         })
     };
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    // At least one DEK issued (and so durable) before the copy starts,
+    // however slow this machine is; more are issued while it runs.
+    while count.load(Ordering::SeqCst) == 0 {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
 
     // Offsite: the catalog copy and the configuration.
     let offsite = tempfile::tempdir().unwrap();
