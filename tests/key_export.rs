@@ -56,19 +56,35 @@ fn as_rsa(sensitive: bool) -> Vec<Attribute> {
     ]
 }
 
-fn aes_key(session: &Session, extra: &[Attribute]) -> Result<cryptoki::object::ObjectHandle, CkError> {
+/// A key whose value the attacker can read (non-sensitive, extractable), trusted if asked
+/// (and if the token lets a user make one).
+fn known_key(session: &Session, trusted: bool) -> Result<cryptoki::object::ObjectHandle, CkError> {
     let mut t = vec![
         Attribute::Class(ObjectClass::SECRET_KEY),
         Attribute::KeyType(KeyType::AES),
         Attribute::ValueLen(32.into()),
         Attribute::Token(false),
         Attribute::Private(true),
-        Attribute::Sensitive(true),
-        Attribute::Extractable(false),
+        // Readable: the attacker learns its value after making it.
+        Attribute::Sensitive(false),
+        Attribute::Extractable(true),
         Attribute::Wrap(true),
     ];
-    t.extend_from_slice(extra);
+    if trusted {
+        t.push(Attribute::Trusted(true));
+    }
     session.generate_key(&Mechanism::AesKeyGen, &t)
+}
+
+/// `CKA_UNWRAP_TEMPLATE = {CKA_SENSITIVE: true}` (the CK_ATTRIBUTE array the
+/// standard defines): what an operator might think is enough.
+fn sensitive_only_unwrap_template() -> Attribute {
+    static TRUE: cryptoki_sys::CK_BBOOL = 1;
+    let mut bytes = Vec::new();
+    bytes.extend_from_slice(&cryptoki_sys::CKA_SENSITIVE.to_ne_bytes());
+    bytes.extend_from_slice(&(&TRUE as *const cryptoki_sys::CK_BBOOL as usize).to_ne_bytes());
+    bytes.extend_from_slice(&(1 as cryptoki_sys::CK_ULONG).to_ne_bytes());
+    Attribute::VendorDefined((AttributeType::VendorDefined(cryptoki_sys::CKA_UNWRAP_TEMPLATE), bytes))
 }
 
 /// What each token is documented (docs/security.md) to enforce:
@@ -131,9 +147,9 @@ async fn pin_holder_cannot_read_a_kek(kind: Kind) {
 
     // (2) Unwrap it as the token allows and wrap it under a key of the
     // attacker's: a trusted one where the token lets a user make it.
-    let theirs = match aes_key(&s, &[Attribute::Trusted(true)]) {
+    let theirs = match known_key(&s, true) {
         Ok(h) => h,
-        Err(CkError::Pkcs11(_, _)) => aes_key(&s, &[]).unwrap(),
+        Err(CkError::Pkcs11(_, _)) => known_key(&s, false).unwrap(),
         Err(e) => panic!("{e}"),
     };
     if let Ok(h) = s.unwrap_key(&mech, *mk, &p.kek_wrapped, &as_rsa(true)) {
@@ -154,26 +170,32 @@ async fn unprotected_key_is_not_adopted(kind: Kind) {
         _ => unreachable!(),
     };
     let s = attacker_session(kind);
-    let label = format!("no-template-{}", &uuid::Uuid::new_v4().to_string()[..8]);
-    let template = [
-        Attribute::Class(ObjectClass::SECRET_KEY),
-        Attribute::KeyType(KeyType::AES),
-        Attribute::ValueLen(32.into()),
-        Attribute::Token(true),
-        Attribute::Private(true),
-        Attribute::Sensitive(true),
-        Attribute::Extractable(false),
-        Attribute::Wrap(true),
-        Attribute::Unwrap(true),
-        Attribute::Id(uuid::Uuid::new_v4().as_bytes().to_vec()),
-        Attribute::Label(label.as_bytes().to_vec()),
-    ];
-    let key = s.generate_key(&Mechanism::AesKeyGen, &template).unwrap();
-    use keybridge_kms::KeyBackend;
-    let adopted = backend.adopt_master_key(&format!("pkcs11:object={label};type=secret-key")).await;
-    s.destroy_object(key).unwrap();
-    let err = adopted.expect_err("a key without an unwrap template was adopted").to_string();
-    assert!(err.contains("readable, non-sensitive") && err.contains("CKA_UNWRAP_TEMPLATE"), "{err}");
+    // No unwrap template, and one that keeps unwrapped keys sensitive but
+    // lets them be wrapped under any key.
+    for extra in [None, Some(sensitive_only_unwrap_template())] {
+        let label = format!("weak-mk-{}", &uuid::Uuid::new_v4().to_string()[..8]);
+        let mut template = vec![
+            Attribute::Class(ObjectClass::SECRET_KEY),
+            Attribute::KeyType(KeyType::AES),
+            Attribute::ValueLen(32.into()),
+            Attribute::Token(true),
+            Attribute::Private(true),
+            Attribute::Sensitive(true),
+            Attribute::Extractable(false),
+            Attribute::Wrap(true),
+            Attribute::Unwrap(true),
+            Attribute::Id(uuid::Uuid::new_v4().as_bytes().to_vec()),
+            Attribute::Label(label.as_bytes().to_vec()),
+        ];
+        let described = if extra.is_some() { "a sensitive-only unwrap template" } else { "no unwrap template" };
+        template.extend(extra);
+        let key = s.generate_key(&Mechanism::AesKeyGen, &template).unwrap();
+        use keybridge_kms::KeyBackend;
+        let adopted = backend.adopt_master_key(&format!("pkcs11:object={label};type=secret-key")).await;
+        s.destroy_object(key).unwrap();
+        let err = adopted.map(|_| ()).expect_err(&format!("{kind:?}: a key with {described} was adopted")).to_string();
+        assert!(err.contains("readable, non-sensitive") && err.contains("CKA_UNWRAP_TEMPLATE"), "{err}");
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

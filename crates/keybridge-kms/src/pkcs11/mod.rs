@@ -439,19 +439,26 @@ impl Pkcs11Backend {
         let matches = |info: &TokenInfo| {
             want_label.as_deref().is_none_or(|l| l == info.label().trim_end()) && want_serial.as_deref().is_none_or(|s| s == info.serial_number().trim_end())
         };
-        let mut tokens = match tokens_of(&ctx) {
+        // Calls outside the workers hold the call gate too (never while
+        // asking for a re-initialisation).
+        let list = |ctx: &cryptoki::context::Pkcs11| {
+            let _calls = module.calls();
+            tokens_of(ctx)
+        };
+        let mut tokens = match list(&ctx) {
             Err(CkError::Pkcs11(rv, _)) if session::module_gone_rv(rv) => {
                 module.reinitialize(generation, &format!("listing slots: {}", rv::ckr_name(rv)))?;
                 ctx = module.ctx()?.0;
-                tokens_of(&ctx)
+                list(&ctx)
             }
             // A module initialised again while its far end (a p11-kit
-            // server, a network HSM) was still gone lists no token until it
-            // is initialised once more.
-            Ok(t) if generation > 0 && !t.iter().any(|(_, info)| matches(info)) => {
+            // server, a network HSM) was still gone lists no token at all
+            // until it is initialised once more. (Other tokens present: the
+            // label is wrong, and the module is left alone.)
+            Ok(t) if generation > 0 && t.is_empty() => {
                 module.reinitialize(generation, "the token was missing after the module was initialised again")?;
                 ctx = module.ctx()?.0;
-                tokens_of(&ctx)
+                list(&ctx)
             }
             other => other,
         }
@@ -487,14 +494,19 @@ impl Pkcs11Backend {
         })?;
         // Keep it: closing the application's last session would log it out.
         sessions.put_back(first);
-        let mut mechanisms = Vec::new();
-        for code in [CKM_AES_KEY_WRAP_KWP, CKM_AES_KEY_WRAP_PAD, CKM_RSA_PKCS_KEY_PAIR_GEN, CKM_RSA_PKCS_OAEP, CKM_AES_KEY_GEN] {
-            if raw::has_mechanism(&ctx, slot, code).map_err(|e| ck_to_backend(e, "reading mechanism information"))? {
-                mechanisms.push(code);
-            }
-        }
+        // Under the call gate, released before `sessions` can drop (its
+        // sessions' drop takes the gate itself).
+        let (mechanisms, lib) = {
+            let _calls = module.calls();
+            let mechanisms: Result<Vec<u64>, CkError> = [CKM_AES_KEY_WRAP_KWP, CKM_AES_KEY_WRAP_PAD, CKM_RSA_PKCS_KEY_PAIR_GEN, CKM_RSA_PKCS_OAEP, CKM_AES_KEY_GEN]
+                .into_iter()
+                .filter_map(|code| raw::has_mechanism(&ctx, slot, code).map(|has| has.then_some(code)).transpose())
+                .collect();
+            let lib = ctx.get_library_info().map(|i| format!("{} {}", i.manufacturer_id().trim_end(), i.library_description().trim_end())).unwrap_or_default();
+            (mechanisms, lib)
+        };
+        let mechanisms = mechanisms.map_err(|e| ck_to_backend(e, "reading mechanism information"))?;
         let wrap = [CKM_AES_KEY_WRAP_KWP, CKM_AES_KEY_WRAP_PAD].into_iter().find(|m| mechanisms.contains(m));
-        let lib = ctx.get_library_info().map(|i| format!("{} {}", i.manufacturer_id().trim_end(), i.library_description().trim_end())).unwrap_or_default();
         let token = TokenFacts {
             label,
             serial: info.serial_number().trim_end().to_owned(),
@@ -717,7 +729,7 @@ impl KeyBackend for Pkcs11Backend {
             return Err(BackendError::Other("master key URI names neither id nor object (label)".into()));
         }
         let reference = reference.to_owned();
-        let token_enforces = self.key_protection().await?.readable_unwrap == Protection::Enforced;
+        let token_enforces = self.key_protection().await?.kek_protected();
         let mech = self.wrap_mechanism()?;
         self.sessions
             .run("adopting the master key", move |s| {
@@ -760,13 +772,13 @@ impl KeyBackend for Pkcs11Backend {
                 match protect::check_master_key(s, mech, h).doing("checking what the master key lets a token user unwrap")? {
                     Protection::NotEnforced if token_enforces => {
                         return Err(unfit(
-                            "it lets a token user unwrap keys as readable, non-sensitive objects; give it a CKA_UNWRAP_TEMPLATE with CKA_SENSITIVE=true (docs/security.md)",
+                            "it lets a token user unwrap keys as readable, non-sensitive objects, or as extractable ones and wrap them under a key of their own; give it a CKA_UNWRAP_TEMPLATE with CKA_SENSITIVE=true and CKA_EXTRACTABLE=false (docs/security.md)",
                         ))
                     }
                     Protection::NotEnforced => {
-                        tracing::warn!(label = %facts.label, "the adopted master key lets a token user unwrap keys as readable objects, and this token enforces no unwrap template")
+                        tracing::warn!(label = %facts.label, "the adopted master key lets a token user read what it unwraps, and this token enforces no unwrap template")
                     }
-                    Protection::Untested => tracing::info!(label = %facts.label, "the adopted master key would not wrap a test key; what it lets a token user unwrap was not checked"),
+                    Protection::Untested => tracing::warn!(label = %facts.label, "the adopted master key would not wrap a test key; what it lets a token user unwrap was not checked"),
                     Protection::Enforced => {}
                 }
                 Ok(MasterKeyRef { id: hex::encode(id), label: facts.label, material: None, owned: false })

@@ -92,17 +92,26 @@ impl Module {
 
     /// Finalise and initialise the module again, because a call on
     /// generation `seen` found it gone (`why`). Does nothing if that was
-    /// already done since `seen`; fails at once while the last attempt is
-    /// younger than [`REINIT_INTERVAL`] (a module that is still gone is not
-    /// hammered, and its callers are not held).
+    /// already done since `seen`; fails at once, without waiting for the
+    /// call gate, while the last attempt is younger than
+    /// [`REINIT_INTERVAL`], so a module that is still gone is not hammered.
+    /// An attempt itself holds the gate exclusively while the module
+    /// loads: calls on this module wait for it (C_Initialize of a network
+    /// module may take its connect timeout).
     pub(super) fn reinitialize(&self, seen: u64, why: &str) -> Result<(), BackendError> {
+        let settled = |l: &Loaded| -> Option<Result<(), BackendError>> {
+            if l.generation != seen && l.ctx.is_some() {
+                return Some(Ok(()));
+            }
+            l.last.as_ref().is_some_and(|(at, _)| at.elapsed() < REINIT_INTERVAL).then(|| Err(self.down(l)))
+        };
+        if let Some(r) = settled(&self.state.read().unwrap_or_else(|e| e.into_inner())) {
+            return r;
+        }
         let _drained = self.calls.write().unwrap_or_else(|e| e.into_inner());
         let mut l = self.state.write().unwrap_or_else(|e| e.into_inner());
-        if l.generation != seen && l.ctx.is_some() {
-            return Ok(());
-        }
-        if l.last.as_ref().is_some_and(|(at, _)| at.elapsed() < REINIT_INTERVAL) {
-            return Err(self.down(&l));
+        if let Some(r) = settled(&l) {
+            return r;
         }
         if let Some(old) = l.ctx.take() {
             // Ends every session of the old list (the module's, or its
@@ -113,6 +122,10 @@ impl Module {
         }
         match load(&self.path) {
             Ok(ctx) => {
+                // A new generation for every context, so that a caller who
+                // saw the module down (after a failed attempt) is not
+                // mistaken for one who saw this context fail.
+                l.generation += 1;
                 l.ctx = Some(ctx);
                 l.last = Some((Instant::now(), why.to_owned()));
                 tracing::warn!(module = %self.path.display(), generation = l.generation, "PKCS#11 module initialised again");

@@ -183,70 +183,140 @@ fn is_sensitive(session: &Session, h: ObjectHandle) -> Result<bool, CkError> {
         .any(|a| matches!(a, Attribute::Sensitive(true))))
 }
 
-/// Attack (1) on master key `mk`: wrap a throwaway RSA private key (what a
-/// KEK is) under it, then unwrap that as non-sensitive and extractable.
-/// Returns the wrapped throwaway for further attacks, or `None` if `mk`
-/// would not wrap it.
-fn readable_unwrap(made: &mut Throwaway<'_>, mech: u64, mk: ObjectHandle) -> Result<(Protection, Option<Vec<u8>>), CkError> {
-    let session = made.session;
-    let (public, private) = super::rsa_pair_templates(2048);
-    let (public, victim) = session.generate_key_pair(&Mechanism::RsaPkcsKeyPairGen, &public, &private)?;
-    made.handles.extend([public, victim]);
-    let wrapped = match raw::wrap_key(session, mech, mk, victim) {
-        Ok(w) => w,
-        Err(CkError::Pkcs11(_, _)) => return Ok((Protection::Untested, None)),
-        Err(e) => return Err(e),
-    };
-    let p = match raw::unwrap_key(session, mech, mk, &wrapped, &as_rsa(false)) {
-        Err(CkError::Pkcs11(_, _)) => Protection::Enforced,
-        Err(e) => return Err(e),
-        Ok(h) => {
-            made.handles.push(h);
-            if is_sensitive(session, h)? { Protection::Enforced } else { Protection::NotEnforced }
-        }
-    };
-    Ok((p, Some(wrapped)))
+/// Is this the token refusing what the template or the key's attributes
+/// forbid (the protection working), rather than a failure of some other
+/// kind (which says nothing, and is reported as an error)?
+fn refused(e: &CkError) -> bool {
+    use cryptoki::error::RvError::*;
+    matches!(
+        e,
+        CkError::Pkcs11(
+            TemplateInconsistent
+                | TemplateIncomplete
+                | AttributeValueInvalid
+                | AttributeReadOnly
+                | AttributeTypeInvalid
+                | KeyUnextractable
+                | KeyNotWrappable
+                | KeyFunctionNotPermitted
+                | ActionProhibited,
+            _
+        )
+    )
 }
 
-/// The template an attacker unwraps a KEK with: extractable, and sensitive
-/// or not.
-fn as_rsa(sensitive: bool) -> [Attribute; 6] {
+/// The outcome of one attempt: a refusal is the protection working; any
+/// other error is passed on.
+fn outcome<T>(r: Result<T, CkError>) -> Result<Option<T>, CkError> {
+    match r {
+        Ok(v) => Ok(Some(v)),
+        Err(e) if refused(&e) => Ok(None),
+        Err(e) => Err(e),
+    }
+}
+
+/// A key of the attacker's whose value they can read (generated
+/// non-sensitive and extractable): `CKA_TRUSTED` if `trusted` (refused where only the SO
+/// may set it).
+fn known_key(made: &mut Throwaway<'_>, trusted: bool) -> Result<Option<ObjectHandle>, CkError> {
+    let mut t = vec![
+        Attribute::Class(ObjectClass::SECRET_KEY),
+        Attribute::KeyType(KeyType::AES),
+        Attribute::ValueLen(32.into()),
+        Attribute::Token(false),
+        Attribute::Private(true),
+        // Readable: the attacker learns its value after making it.
+        Attribute::Sensitive(false),
+        Attribute::Extractable(true),
+        Attribute::Wrap(true),
+    ];
+    if trusted {
+        t.push(Attribute::Trusted(true));
+    }
+    let h = outcome(made.session.generate_key(&Mechanism::AesKeyGen, &t))?;
+    made.handles.extend(h);
+    Ok(h)
+}
+
+/// The template an attacker unwraps a KEK with.
+fn as_rsa(sensitive: bool, extractable: bool) -> [Attribute; 6] {
     [
         Attribute::Class(ObjectClass::PRIVATE_KEY),
         Attribute::KeyType(KeyType::RSA),
         Attribute::Token(false),
         Attribute::Private(true),
         Attribute::Sensitive(sensitive),
-        Attribute::Extractable(true),
+        Attribute::Extractable(extractable),
     ]
 }
 
-/// Whether master key `mk` (an adopted one, say) keeps what it unwraps
-/// sensitive, tried with attack (1) of [`check`].
+/// The two attacks on master key `mk` with a throwaway RSA private key (what
+/// a KEK is) wrapped under it: (1) unwrap it as a non-sensitive object,
+/// extractable or not; (2) unwrap it as the token allows and wrap it under
+/// `theirs`, a key whose value the attacker knows. `None` if `mk` would not
+/// wrap the throwaway key (a wrap template of its own, say).
+fn attacks(made: &mut Throwaway<'_>, mech: u64, mk: ObjectHandle, theirs: ObjectHandle) -> Result<Option<(Protection, Protection)>, CkError> {
+    let session = made.session;
+    let (public, private) = super::rsa_pair_templates(2048);
+    let (public, victim) = session.generate_key_pair(&Mechanism::RsaPkcsKeyPairGen, &public, &private)?;
+    made.handles.extend([public, victim]);
+    let Some(wrapped) = outcome(raw::wrap_key(session, mech, mk, victim))? else { return Ok(None) };
+
+    let mut readable = Protection::Enforced;
+    for extractable in [true, false] {
+        if let Some(h) = outcome(raw::unwrap_key(session, mech, mk, &wrapped, &as_rsa(false, extractable)))? {
+            made.handles.push(h);
+            if !is_sensitive(session, h)? {
+                readable = Protection::NotEnforced;
+            }
+        }
+    }
+
+    let rewrap = match outcome(raw::unwrap_key(session, mech, mk, &wrapped, &as_rsa(true, true)))? {
+        None => Protection::Enforced,
+        Some(h) => {
+            made.handles.push(h);
+            match outcome(raw::wrap_key(session, mech, theirs, h))? {
+                None => Protection::Enforced,
+                Some(_) => Protection::NotEnforced,
+            }
+        }
+    };
+    Ok(Some((readable, rewrap)))
+}
+
+/// The attacker's wrapping key: trusted where the token lets a user make
+/// one, else plain; and whether it is trusted.
+fn attackers_key(made: &mut Throwaway<'_>) -> Result<(ObjectHandle, bool), CkError> {
+    if let Some(h) = known_key(made, true)? {
+        return Ok((h, true));
+    }
+    let h = known_key(made, false)?.ok_or(CkError::NotSupported)?;
+    Ok((h, false))
+}
+
+/// Whether master key `mk` (an adopted one) stops both attacks of
+/// [`check`]: `Untested` if it would not wrap the throwaway key.
 pub(super) fn check_master_key(session: &Session, mech: u64, mk: ObjectHandle) -> Result<Protection, CkError> {
     let mut made = Throwaway { session, handles: Vec::new() };
-    Ok(readable_unwrap(&mut made, mech, mk)?.0)
+    let (theirs, _) = attackers_key(&mut made)?;
+    Ok(match attacks(&mut made, mech, mk, theirs)? {
+        None => Protection::Untested,
+        Some((Protection::Enforced, Protection::Enforced)) => Protection::Enforced,
+        Some(_) => Protection::NotEnforced,
+    })
 }
 
 /// Try the attacks on throwaway session keys, with key-wrap mechanism
-/// `mech`: (a) make a key `CKA_TRUSTED` as the user; then, on a stand-in
-/// master key with the templates a new MK would get, (1) unwrap an RSA key
-/// wrapped under it as non-sensitive and extractable, (2) unwrap it as the
-/// token allows and wrap it under a key of the attacker's (trusted, if (a)
-/// worked).
+/// `mech`: make a key `CKA_TRUSTED` with a known value as the user; then,
+/// on a stand-in master key with the templates a new MK would get, the
+/// two attacks of [`attacks`], with that key (or an untrusted one of known
+/// value where the token refused).
 pub(super) fn check(session: &Session, mech: u64) -> Result<ProtectionReport, CkError> {
     let mut made = Throwaway { session, handles: Vec::new() };
     let mut report = ProtectionReport { trusted_needs_so: Protection::Untested, readable_unwrap: Protection::Untested, rewrap_under_own_key: Protection::Untested };
-
-    let own_trusted = match aes_session_key(session, &[Attribute::Sensitive(true), Attribute::Extractable(false), Attribute::Wrap(true), Attribute::Trusted(true)]) {
-        Err(CkError::Pkcs11(_, _)) => None,
-        Err(e) => return Err(e),
-        Ok(h) => {
-            made.handles.push(h);
-            Some(h)
-        }
-    };
-    report.trusted_needs_so = if own_trusted.is_some() { Protection::NotEnforced } else { Protection::Enforced };
+    let (theirs, trusted) = attackers_key(&mut made)?;
+    report.trusted_needs_so = if trusted { Protection::NotEnforced } else { Protection::Enforced };
 
     let templates = master_key_templates(report.rewrappable());
     if templates.is_empty() {
@@ -256,29 +326,10 @@ pub(super) fn check(session: &Session, mech: u64) -> Result<ProtectionReport, Ck
     attrs.extend(templates);
     let mk = aes_session_key(session, &attrs)?;
     made.handles.push(mk);
-    let (readable, Some(wrapped)) = readable_unwrap(&mut made, mech, mk)? else { return Ok(report) };
-    report.readable_unwrap = readable;
-
-    report.rewrap_under_own_key = match raw::unwrap_key(session, mech, mk, &wrapped, &as_rsa(true)) {
-        Err(CkError::Pkcs11(_, _)) => Protection::Enforced,
-        Err(e) => return Err(e),
-        Ok(h) => {
-            made.handles.push(h);
-            let theirs = match own_trusted {
-                Some(t) => t,
-                None => {
-                    let t = aes_session_key(session, &[Attribute::Sensitive(true), Attribute::Extractable(false), Attribute::Wrap(true)])?;
-                    made.handles.push(t);
-                    t
-                }
-            };
-            match raw::wrap_key(session, mech, theirs, h) {
-                Err(CkError::Pkcs11(_, _)) => Protection::Enforced,
-                Err(e) => return Err(e),
-                Ok(_) => Protection::NotEnforced,
-            }
-        }
-    };
+    if let Some((readable, rewrap)) = attacks(&mut made, mech, mk, theirs)? {
+        report.readable_unwrap = readable;
+        report.rewrap_under_own_key = rewrap;
+    }
     Ok(report)
 }
 

@@ -300,7 +300,9 @@ impl TokenSessions {
             return Ok(slot.0);
         }
         let (label, serial) = &self.wanted;
-        for s in ctx.get_slots_with_token().doing("listing slots")? {
+        let slots = ctx.get_slots_with_token().doing("listing slots")?;
+        let any = !slots.is_empty();
+        for s in slots {
             let info = ctx.get_token_info(s).doing("reading token information")?;
             if label.as_deref().is_none_or(|l| l == info.label().trim_end()) && serial.as_deref().is_none_or(|n| n == info.serial_number().trim_end()) {
                 tracing::warn!(token = %self.token_label, slot = s.id(), "token found again after the module was initialised again");
@@ -308,7 +310,15 @@ impl TokenSessions {
                 return Ok(s);
             }
         }
-        // The module is back but not (yet) its token: as good as gone.
+        if any {
+            return Err(OpError::Backend(BackendError::TokenNotFound {
+                wanted: format!("label {label:?} and serial {serial:?}"),
+                module: self.module.path.display().to_string(),
+                present: "others, after the module was initialised again".into(),
+            }));
+        }
+        // The module is back but shows no token at all: its far end is
+        // still gone.
         Err(OpError::Backend(BackendError::ModuleDown {
             module: self.module.path.display().to_string(),
             since_secs: 0,
@@ -317,18 +327,22 @@ impl TokenSessions {
     }
 
     /// Run `f` with the module's current context and the token's slot in
-    /// it, holding the module's call gate (for calls made outside a
-    /// session: token information, mechanisms).
+    /// it (for calls made outside a session: token information). Only
+    /// inside a call of [`TokenSessions::run`], which holds the call gate
+    /// (taking it again could deadlock behind a waiting re-initialisation).
     pub(super) fn with_token<T>(&self, f: impl FnOnce(&Pkcs11, Slot) -> Result<T, OpError>) -> Result<T, OpError> {
         let (ctx, generation) = self.module.ctx()?;
-        let _calls = self.module.calls();
         let slot = self.slot_in(&ctx, generation)?;
         f(&ctx, slot)
     }
 
     /// The current session epoch (see the field).
+    /// Includes the module's generation: a re-initialisation by any
+    /// backend on the module ends every session, and so every object
+    /// handle, of this token too. Read inside a call (under the call gate)
+    /// it is the epoch of that call's session.
     pub(super) fn epoch(&self) -> u64 {
-        self.epoch.load(Ordering::SeqCst)
+        (self.module.generation() << 32) | (self.epoch.load(Ordering::SeqCst) & 0xFFFF_FFFF)
     }
 
     fn session_lost(&self) {
@@ -348,17 +362,20 @@ impl TokenSessions {
 
     /// Open and log in a new session (blocking).
     pub(super) fn open_session(&self) -> Result<Held, OpError> {
-        let (ctx, generation) = self.module.ctx()?;
-        let held = {
+        // Under the gate the generation cannot change: the context, slot,
+        // session and login are of one generation. A session whose login
+        // failed is dropped after the gate is released (Held's drop takes
+        // it).
+        let (held, login) = {
             let _calls = self.module.calls();
+            let (ctx, generation) = self.module.ctx()?;
             let slot = self.slot_in(&ctx, generation)?;
             let session = ctx.open_rw_session(slot).doing("opening a session")?;
-            Held { session: Some(session), generation, module: self.module.clone() }
+            let held = Held { session: Some(session), generation, module: self.module.clone() };
+            let login = self.login(&held);
+            (held, login)
         };
-        {
-            let _calls = self.module.calls();
-            self.login(&held)?;
-        }
+        login?;
         Ok(held)
     }
 
@@ -406,9 +423,24 @@ impl TokenSessions {
                 }
             }
             let session = slot.as_ref().expect("filled above");
+            // The generation is checked under the gate: a re-initialisation
+            // that finished while this call waited for the gate has ended
+            // this session, and its handles mean nothing any more.
             let result = {
                 let _calls = self.module.calls();
-                f(session)
+                (session.generation == self.module.generation()).then(|| f(session))
+            };
+            let Some(result) = result else {
+                *slot = None;
+                self.session_lost();
+                if last {
+                    return Err(BackendError::ModuleDown {
+                        module: self.module.path.display().to_string(),
+                        since_secs: 0,
+                        reason: "initialised again while this call waited".into(),
+                    });
+                }
+                continue;
             };
             let err = match result {
                 Ok(v) => return Ok(v),
