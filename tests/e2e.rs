@@ -179,6 +179,16 @@ impl Deployment {
         self.command(args).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap()
     }
 
+    /// Start `keybridge backup` as client `name` of a sparse 1 GiB file
+    /// made in `dir` (cheap to make, long to archive and encrypt: a backup
+    /// that is still streaming when a test kills something).
+    fn spawn_big_backup(&self, name: &str, dir: &Path) -> Child {
+        let big = dir.join("big.bin");
+        std::fs::File::create(&big).unwrap().set_len(1 << 30).unwrap();
+        let pw = self.dir().join(format!("{name}.pw"));
+        self.cli_spawn(&["--json", "backup", "--pool", "p", "--client", name, "--password-file", pw.to_str().unwrap(), big.to_str().unwrap()])
+    }
+
     /// Register `name` with `pw` through the operator API (cheap KDF).
     async fn register(&self, name: &str, pw: &str) {
         let reg = keybridge_proto::seal::register(name, &password(pw), test_kdf()).unwrap();
@@ -707,11 +717,7 @@ async fn service_killed_during_backup() {
     let mut d = Deployment::start(Kind::Builtin).unwrap();
     d.register("alice", "alice-network-pw").await;
     let src = tempfile::tempdir().unwrap();
-    let big = src.path().join("big.bin");
-    // Sparse: cheap to make, 1 GiB to archive and encrypt.
-    std::fs::File::create(&big).unwrap().set_len(1 << 30).unwrap();
-    let pw = d.dir().join("alice.pw");
-    let backup = d.cli_spawn(&["--json", "backup", "--pool", "p", "--client", "alice", "--password-file", pw.to_str().unwrap(), big.to_str().unwrap()]);
+    let backup = d.spawn_big_backup("alice", src.path());
     // Wait for the job to exist (the DEK is issued), then kill the service.
     let mut job = None;
     for _ in 0..2000 {
@@ -963,10 +969,7 @@ async fn media_agent_killed_during_backup() {
     let mut d = Deployment::start(Kind::Builtin).unwrap();
     d.register("alice", "alice-network-pw").await;
     let src = tempfile::tempdir().unwrap();
-    let big = src.path().join("big.bin");
-    std::fs::File::create(&big).unwrap().set_len(1 << 30).unwrap();
-    let pw = d.dir().join("alice.pw");
-    let backup = d.cli_spawn(&["--json", "backup", "--pool", "p", "--client", "alice", "--password-file", pw.to_str().unwrap(), big.to_str().unwrap()]);
+    let backup = d.spawn_big_backup("alice", src.path());
     // Wait until the agent is writing the upload (its temporary file).
     let uploading = || std::fs::read_dir(d.store.join("tmp")).map(|r| r.count() > 0).unwrap_or(false);
     for _ in 0..5000 {
@@ -1685,12 +1688,10 @@ async fn service_killed_under_load(kind: Kind) {
         }));
     }
     tokio::time::sleep(Duration::from_millis(1000)).await;
-    // A backup that is still streaming when the service dies (sparse: 1 GiB
-    // to archive and encrypt; frozen while the service is killed).
+    // A backup that is still streaming when the service dies (frozen while
+    // the service is killed).
     let src = tempfile::tempdir().unwrap();
-    let big = src.path().join("big.bin");
-    std::fs::File::create(&big).unwrap().set_len(1 << 30).unwrap();
-    let backup = d.cli_spawn(&["--json", "backup", "--pool", "p", "--client", "c0", "--password-file", d.dir().join("c0.pw").to_str().unwrap(), big.to_str().unwrap()]);
+    let backup = d.spawn_big_backup("c0", src.path());
     let job_of_c0 = "SELECT j.id FROM jobs j JOIN clients c ON c.id = j.client_id WHERE c.name = 'c0'";
     for _ in 0..2000 {
         if d.catalog().query_row(job_of_c0, [], |r| r.get::<_, String>(0)).is_ok() {

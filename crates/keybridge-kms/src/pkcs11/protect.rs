@@ -216,24 +216,15 @@ fn outcome<T>(r: Result<T, CkError>) -> Result<Option<T>, CkError> {
 }
 
 /// A key of the attacker's whose value they can read (generated
-/// non-sensitive and extractable): `CKA_TRUSTED` if `trusted` (refused where only the SO
-/// may set it).
+/// non-sensitive and extractable): `CKA_TRUSTED` if `trusted` (refused
+/// where only the SO may set it).
 fn known_key(made: &mut Throwaway<'_>, trusted: bool) -> Result<Option<ObjectHandle>, CkError> {
-    let mut t = vec![
-        Attribute::Class(ObjectClass::SECRET_KEY),
-        Attribute::KeyType(KeyType::AES),
-        Attribute::ValueLen(32.into()),
-        Attribute::Token(false),
-        Attribute::Private(true),
-        // Readable: the attacker learns its value after making it.
-        Attribute::Sensitive(false),
-        Attribute::Extractable(true),
-        Attribute::Wrap(true),
-    ];
+    // Readable: the attacker learns its value after making it.
+    let mut t = vec![Attribute::Sensitive(false), Attribute::Extractable(true), Attribute::Wrap(true)];
     if trusted {
         t.push(Attribute::Trusted(true));
     }
-    let h = outcome(made.session.generate_key(&Mechanism::AesKeyGen, &t))?;
+    let h = outcome(aes_session_key(made.session, &t))?;
     made.handles.extend(h);
     Ok(h)
 }
