@@ -214,14 +214,13 @@ fn error_response(e: StoreError) -> Response {
 }
 
 /// The agent's router over a store; with a key, job routes need tokens.
-/// Fails only if the store's job indexes cannot be listed (to count what
-/// each client holds).
+/// Fails only if, with a quota, the store's job indexes cannot be listed
+/// (to count what each client holds).
 pub fn router(store: Store, token_key: Option<AgentKey>, limits: Limits) -> Result<Router, StoreError> {
-    let clients = store
-        .usage_by_client()?
-        .into_iter()
-        .map(|(client, stored)| (client, ClientUse { stored, ..Default::default() }))
-        .collect();
+    // What each client holds matters only to a quota; without one the
+    // store's indexes are not read at start.
+    let stored = if limits.client_quota.is_some() { store.usage_by_client()? } else { Default::default() };
+    let clients = stored.into_iter().map(|(client, stored)| (client, ClientUse { stored, ..Default::default() })).collect();
     let auth = if token_key.is_some() { "token" } else { "none" };
     Ok(Router::new()
         .route("/healthz", get(move |State(s): State<Shared>| async move { Json(json!({ "status": "ok", "store": s.store.root(), "auth": auth })) }))
