@@ -414,6 +414,44 @@ async fn concurrent_issue_and_recover(kind: Kind) {
     assert_eq!(kb.catalog().count_deks(p.id).await.unwrap(), 64);
 }
 
+/// Pools created while restores run: each read of the token beside each
+/// creation of a master key. SoftHSM2 answered CKR_GENERAL_ERROR to such a
+/// creation when a read indexed its object store at the same moment.
+async fn pools_created_beside_restores(kind: Kind) {
+    let Some(rig) = Rig::new(kind) else { return };
+    let kb = std::sync::Arc::new(rig.open());
+    let (pool, client) = pool_and_client(&kb).await;
+    let g = backup::issue_dek(&kb, &pool, &client, &actor()).await.unwrap();
+    let done = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let rig = std::sync::Arc::new(rig);
+    let mut readers = Vec::new();
+    for _ in 0..2 {
+        let (rig, id, client, done) = (rig.clone(), g.dek_id.clone(), client.clone(), done.clone());
+        readers.push(tokio::spawn(async move {
+            let mut n = 0u32;
+            while !done.load(std::sync::atomic::Ordering::SeqCst) {
+                // A fresh instance every time: it logs in, finds the MK and
+                // unwraps the KEK under it.
+                restore::recover_inner(&rig.open(), &id, &client, &actor()).await.unwrap();
+                n += 1;
+            }
+            n
+        }));
+    }
+    let created = async {
+        for _ in 0..12 {
+            pool_creation::create_pool(&kb, &pool_name(), "kms", &pool_creation::PoolOptions { kek_bits: 2048, master_key: None }, &actor()).await?;
+        }
+        Ok::<_, Error>(())
+    }
+    .await;
+    done.store(true, std::sync::atomic::Ordering::SeqCst);
+    for r in readers {
+        assert!(r.await.unwrap() > 0);
+    }
+    created.unwrap();
+}
+
 mod concurrency {
     use super::*;
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -426,6 +464,10 @@ mod concurrency {
     async fn kmip_concurrent() { concurrent_issue_and_recover(Kind::Kmip).await }
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn p11kit_proxy_concurrent() { concurrent_issue_and_recover(Kind::P11KitProxy).await }
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn softhsm_pools_beside_restores() { pools_created_beside_restores(Kind::SoftHsm).await }
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn kryoptic_pools_beside_restores() { pools_created_beside_restores(Kind::Kryoptic).await }
 }
 
 /// Through p11-kit's client module the token is found, the login works and

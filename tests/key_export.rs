@@ -101,7 +101,14 @@ fn documented(kind: Kind) -> [Protection; 3] {
     }
 }
 
+/// The tests of this file run one at a time: `unprotected_key_is_not_adopted`
+/// writes token objects through its own session, outside the lock that
+/// keybridge holds against SoftHSM2's object-store race (`token_objects` in
+/// the PKCS#11 backend).
+static ONE_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
 async fn pin_holder_cannot_read_a_kek(kind: Kind) {
+    let _alone = ONE_AT_A_TIME.lock().await;
     let Some(rig) = Rig::new(kind) else { return };
     let kb = rig.open();
     let pool = format!("export-{}", &uuid::Uuid::new_v4().to_string()[..8]);
@@ -164,6 +171,7 @@ async fn pin_holder_cannot_read_a_kek(kind: Kind) {
 /// master key on a token that enforces one: it would let a PIN holder read
 /// every KEK wrapped under it.
 async fn unprotected_key_is_not_adopted(kind: Kind) {
+    let _alone = ONE_AT_A_TIME.lock().await;
     let Some(rig) = Rig::new(kind) else { return };
     let backend = match rig.config().kms("kms").unwrap() {
         KmsConfig::Pkcs11(c) => Pkcs11Backend::open(c).await.unwrap(),

@@ -179,8 +179,6 @@ pub struct Pkcs11Backend {
     kek_cache: Arc<KekCache>,
     oaep_probe: tokio::sync::OnceCell<OaepHash>,
     protection_probe: tokio::sync::OnceCell<ProtectionReport>,
-    /// Held while creating or destroying token objects (`module::token_writes`).
-    token_writes: Arc<Mutex<()>>,
 }
 
 fn read_pin(config: &Pkcs11Config) -> Result<SecretString, BackendError> {
@@ -486,7 +484,8 @@ impl Pkcs11Backend {
         if pin.expose_secret().is_empty() {
             return Err(BackendError::Pin { kms: config.name.clone(), reason: "PIN is empty".into() });
         }
-        let sessions = Arc::new(TokenSessions::new(module.clone(), slot, (want_label, want_serial), label.clone(), pin, max_sessions, config.timeout()));
+        let objects = module::token_objects(&format!("{}\u{0}{}\u{0}{}", info.manufacturer_id().trim_end(), info.model().trim_end(), info.serial_number().trim_end()));
+        let sessions = Arc::new(TokenSessions::new(module.clone(), slot, (want_label, want_serial), label.clone(), pin, max_sessions, config.timeout(), objects));
         // Log in now: a wrong PIN is reported at open, not at first use.
         let first = sessions.open_session().map_err(|e| match e {
             OpError::Backend(b) => b,
@@ -517,7 +516,6 @@ impl Pkcs11Backend {
             mechanisms,
         };
         tracing::debug!(token = %token.label, serial = %token.serial, max_sessions, "PKCS#11 token opened");
-        let token_writes = module::token_writes(&format!("{}\u{0}{}\u{0}{}", token.manufacturer, token.model, token.serial));
         Ok(Pkcs11Backend {
             name: config.name.clone(),
             sessions,
@@ -526,7 +524,6 @@ impl Pkcs11Backend {
             kek_cache: Arc::new(KekCache::new(config.kek_cache_ttl())),
             oaep_probe: tokio::sync::OnceCell::new(),
             protection_probe: tokio::sync::OnceCell::new(),
-            token_writes,
         })
     }
 
@@ -680,7 +677,6 @@ impl KeyBackend for Pkcs11Backend {
         let label = label.to_owned();
         let id = hex::encode(crate::crypto::random_array::<16>().map_err(|source| BackendError::Crypto { context: "generating CKA_ID".into(), source })?);
         let (l, i) = (label.clone(), id.clone());
-        let writes = self.token_writes.clone();
         // Without a key-wrap mechanism the MK could wrap nothing anyway,
         // and gets no templates (p11-kit's client cannot carry them).
         let templates = match self.wrap {
@@ -688,8 +684,7 @@ impl KeyBackend for Pkcs11Backend {
             None => Vec::new(),
         };
         self.sessions
-            .run("creating the master key", move |s| {
-                let _writes = writes.lock().unwrap_or_else(|e| e.into_inner());
+            .run_writing("creating the master key", move |s| {
                 let mut template = vec![
                     Attribute::Class(ObjectClass::SECRET_KEY),
                     Attribute::KeyType(KeyType::AES),
@@ -709,7 +704,30 @@ impl KeyBackend for Pkcs11Backend {
                     Attribute::Label(l.as_bytes().to_vec()),
                 ];
                 template.extend(templates.iter().cloned());
-                s.generate_key(&Mechanism::AesKeyGen, &template).doing("generating the AES-256 master key").map(|_| ())
+                let id = Attribute::Id(hex::decode(&i).expect("hex we made"));
+                // A generation that fails may leave a partial object behind
+                // (SoftHSM2 keeps the object file it had begun), so nothing
+                // carrying this fresh CKA_ID outlives the failure. SoftHSM2
+                // answered one CKR_GENERAL_ERROR here in about twenty CI runs,
+                // under concurrent pool creation and restores, cause not
+                // found; such an internal failure is tried once more.
+                let mut tries = 0;
+                loop {
+                    tries += 1;
+                    match s.generate_key(&Mechanism::AesKeyGen, &template) {
+                        Ok(_) => return Ok(()),
+                        Err(e) => {
+                            for h in s.find_objects(&[Attribute::Token(true), id.clone()]).unwrap_or_default() {
+                                let _ = s.destroy_object(h);
+                            }
+                            let internal = matches!(e, CkError::Pkcs11(RvError::GeneralError | RvError::FunctionFailed, _));
+                            if !internal || tries > 1 {
+                                return Err(e).doing("generating the AES-256 master key");
+                            }
+                            tracing::warn!(label = %l, error = %e, "the token failed to generate the master key; trying once more");
+                        }
+                    }
+                }
             })
             .await?;
         Ok(MasterKeyRef { id, label, material: None, owned: true })
@@ -881,10 +899,8 @@ impl KeyBackend for Pkcs11Backend {
             return Err(BackendError::MasterKeyNotOwned { label: mk.label.clone() });
         }
         let mk = mk.clone();
-        let writes = self.token_writes.clone();
         self.sessions
-            .run("destroying the master key", move |s| {
-                let _writes = writes.lock().unwrap_or_else(|e| e.into_inner());
+            .run_writing("destroying the master key", move |s| {
                 let h = find_mk(s, &mk)?;
                 s.destroy_object(h).doing("destroying the master key")
             })

@@ -141,15 +141,19 @@ impl Module {
 
 static MODULES: LazyLock<Mutex<HashMap<PathBuf, Arc<Module>>>> = LazyLock::new(Default::default);
 
-/// The lock held while creating or destroying objects on the token
-/// `identity` (manufacturer, model, serial). SoftHSM2 2.6 can answer
-/// CKR_GENERAL_ERROR when two threads of one process write its object store
-/// at once; such writes are rare here (pool creation and its rollback), so
-/// they are serialised. Per token, not per module: one process may reach a
-/// token through several modules (SoftHSM2 directly and through p11-kit's
-/// proxy are one SoftHSM2 instance).
-pub(super) fn token_writes(identity: &str) -> Arc<Mutex<()>> {
-    static LOCKS: LazyLock<Mutex<HashMap<String, Arc<Mutex<()>>>>> = LazyLock::new(Default::default);
+/// The lock of the token `identity` (manufacturer, model, serial)'s object
+/// store: every call sequence holds it shared, one that creates or destroys
+/// a token object holds it exclusively. SoftHSM2 2.6 indexes its token
+/// directory on reads without holding its own lock over the whole index: a
+/// read that lists the directory just before another thread's new object
+/// file appears marks that object deleted, and the write answers
+/// CKR_GENERAL_ERROR (seen in CI: pool creation beside a restore). Writes
+/// are rare here (pool creation and its rollback), so serialising them
+/// against everything else costs nothing measurable. Per token, not per
+/// module: one process may reach a token through several modules (SoftHSM2
+/// directly and through p11-kit's proxy are one SoftHSM2 instance).
+pub(super) fn token_objects(identity: &str) -> Arc<RwLock<()>> {
+    static LOCKS: LazyLock<Mutex<HashMap<String, Arc<RwLock<()>>>>> = LazyLock::new(Default::default);
     LOCKS.lock().unwrap_or_else(|e| e.into_inner()).entry(identity.to_owned()).or_default().clone()
 }
 

@@ -22,7 +22,7 @@
 //! old generation is forgotten.
 
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::sync::{mpsc, Arc, Mutex};
+use std::sync::{mpsc, Arc, Mutex, RwLock};
 use std::time::Duration;
 
 use cryptoki::context::Pkcs11;
@@ -143,6 +143,8 @@ pub(super) struct TokenSessions {
     pin: SecretString,
     pub max_sessions: usize,
     pub timeout: Duration,
+    /// The token's object-store lock ([`super::module::token_objects`]).
+    objects: Arc<RwLock<()>>,
     /// Bumped whenever a session is discarded or the login was lost. Session
     /// objects die with the session that made them, so a cached object
     /// handle from an older epoch may be gone (or, on tokens that reuse
@@ -266,6 +268,7 @@ impl TokenSessions {
         pin: SecretString,
         max_sessions: usize,
         timeout: Duration,
+        objects: Arc<RwLock<()>>,
     ) -> Self {
         let (tx, rx) = mpsc::channel();
         let generation = module.generation();
@@ -277,6 +280,7 @@ impl TokenSessions {
             pin,
             max_sessions,
             timeout,
+            objects,
             epoch: AtomicU64::new(0),
             spare: Mutex::new(Vec::new()),
             queue: Mutex::new(tx),
@@ -385,7 +389,7 @@ impl TokenSessions {
     }
 
     /// Run `f` on the worker's session, blocking; with retries.
-    fn run_on<T>(&self, slot: &mut Option<Held>, operation: &str, mut f: impl FnMut(&Session) -> Result<T, OpError>) -> Result<T, BackendError> {
+    fn run_on<T>(&self, slot: &mut Option<Held>, operation: &str, writes: bool, mut f: impl FnMut(&Session) -> Result<T, OpError>) -> Result<T, BackendError> {
         let mut attempt = 0;
         loop {
             attempt += 1;
@@ -428,6 +432,8 @@ impl TokenSessions {
             // this session, and its handles mean nothing any more.
             let result = {
                 let _calls = self.module.calls();
+                let _shared = (!writes).then(|| self.objects.read().unwrap_or_else(|e| e.into_inner()));
+                let _exclusive = writes.then(|| self.objects.write().unwrap_or_else(|e| e.into_inner()));
                 (session.generation == self.module.generation()).then(|| f(session))
             };
             let Some(result) = result else {
@@ -495,8 +501,27 @@ impl TokenSessions {
 
     /// Run `f` on a session of this token, on a worker thread, with the
     /// configured timeout. A call that times out keeps its worker (and
-    /// session) until it returns; its result is discarded.
+    /// session) until it returns; its result is discarded. `f` must not
+    /// create or destroy token objects: that is [`Self::run_writing`].
     pub(super) async fn run<T, F>(self: &Arc<Self>, operation: &str, f: F) -> Result<T, BackendError>
+    where
+        T: Send + 'static,
+        F: FnMut(&Session) -> Result<T, OpError> + Send + 'static,
+    {
+        self.run_job(operation, false, f).await
+    }
+
+    /// [`Self::run`] for a call sequence that creates or destroys token
+    /// objects: it holds the token's object store alone.
+    pub(super) async fn run_writing<T, F>(self: &Arc<Self>, operation: &str, f: F) -> Result<T, BackendError>
+    where
+        T: Send + 'static,
+        F: FnMut(&Session) -> Result<T, OpError> + Send + 'static,
+    {
+        self.run_job(operation, true, f).await
+    }
+
+    async fn run_job<T, F>(self: &Arc<Self>, operation: &str, writes: bool, f: F) -> Result<T, BackendError>
     where
         T: Send + 'static,
         F: FnMut(&Session) -> Result<T, OpError> + Send + 'static,
@@ -505,7 +530,7 @@ impl TokenSessions {
         let this = self.clone();
         let op = operation.to_owned();
         let job: Job = Box::new(move |slot| {
-            let result = this.run_on(slot, &op, f);
+            let result = this.run_on(slot, &op, writes, f);
             this.in_flight.fetch_sub(1, Ordering::SeqCst);
             let _ = tx.send(result);
         });
