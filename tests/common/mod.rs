@@ -189,6 +189,8 @@ pub(crate) fn catalog_digest(kb: &Keybridge) -> String {
     hex::encode(h.finalize())
 }
 
+pub(crate) mod deployment;
+
 /// PyKMIP servers for tests (real servers, started by scripts/pykmip-server).
 pub(crate) mod kmip {
     use std::path::PathBuf;
