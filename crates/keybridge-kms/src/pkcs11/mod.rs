@@ -484,8 +484,7 @@ impl Pkcs11Backend {
         if pin.expose_secret().is_empty() {
             return Err(BackendError::Pin { kms: config.name.clone(), reason: "PIN is empty".into() });
         }
-        let objects = module::token_objects(&format!("{}\u{0}{}\u{0}{}", info.manufacturer_id().trim_end(), info.model().trim_end(), info.serial_number().trim_end()));
-        let sessions = Arc::new(TokenSessions::new(module.clone(), slot, (want_label, want_serial), label.clone(), pin, max_sessions, config.timeout(), objects));
+        let sessions = Arc::new(TokenSessions::new(module.clone(), slot, &info, (want_label, want_serial), pin, max_sessions, config.timeout()));
         // Log in now: a wrong PIN is reported at open, not at first use.
         let first = sessions.open_session().map_err(|e| match e {
             OpError::Backend(b) => b,

@@ -28,7 +28,7 @@ use std::time::Duration;
 use cryptoki::context::Pkcs11;
 use cryptoki::error::{Error as CkError, RvError};
 use cryptoki::session::{Session, UserType};
-use cryptoki::slot::Slot;
+use cryptoki::slot::{Slot, TokenInfo};
 use secrecy::SecretString;
 use tokio::sync::oneshot;
 
@@ -260,16 +260,18 @@ fn worker(jobs: Arc<Mutex<mpsc::Receiver<Job>>>, stopped: Arc<Stopped>) {
 }
 
 impl TokenSessions {
+    /// Sessions of the token `info` found in `slot`.
     pub(super) fn new(
         module: Arc<Module>,
         slot: Slot,
+        info: &TokenInfo,
         wanted: (Option<String>, Option<String>),
-        token_label: String,
         pin: SecretString,
         max_sessions: usize,
         timeout: Duration,
-        objects: Arc<RwLock<()>>,
     ) -> Self {
+        let token_label = info.label().trim_end().to_owned();
+        let objects = super::module::token_objects(&format!("{}\u{0}{}\u{0}{}", info.manufacturer_id().trim_end(), info.model().trim_end(), info.serial_number().trim_end()));
         let (tx, rx) = mpsc::channel();
         let generation = module.generation();
         TokenSessions {
