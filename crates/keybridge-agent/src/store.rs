@@ -114,8 +114,11 @@ impl Store {
         Ok(self.root.join("jobs").join(job))
     }
 
-    /// Bytes stored per client, from the job indexes (for quotas). An
-    /// index that cannot be read is reported and counted for nobody.
+    /// Bytes stored per client (for quotas): each job's stream as it is on
+    /// disk, counted against the client its index names. The sizes an
+    /// index declares are not trusted (whoever can write the store can
+    /// edit an index). An index that cannot be read is reported and
+    /// counted for nobody.
     pub fn usage_by_client(&self) -> Result<std::collections::HashMap<String, u64>, StoreError> {
         let jobs = self.root.join("jobs");
         let mut usage = std::collections::HashMap::new();
@@ -123,8 +126,14 @@ impl Store {
             let entry = entry.map_err(io_err(&jobs, "listing"))?;
             let job = entry.file_name().to_string_lossy().into_owned();
             match self.index(&job) {
-                Ok(JobIndex { client: Some(client), objects, .. }) => {
-                    *usage.entry(client).or_insert(0) += objects.iter().map(|o| o.bytes).sum::<u64>();
+                Ok(JobIndex { client: Some(client), .. }) => {
+                    let stream = jobs.join(&job).join(STREAM);
+                    let bytes = fs::symlink_metadata(&stream).map(|m| m.len()).unwrap_or_else(|e| {
+                        tracing::warn!(job, error = %e, "job's stream missing; not counted against its client's quota");
+                        0
+                    });
+                    let used: &mut u64 = usage.entry(client).or_insert(0);
+                    *used = used.saturating_add(bytes);
                 }
                 Ok(_) => {}
                 Err(e) => tracing::warn!(job, error = %e, "job not counted against any client's quota"),
@@ -319,5 +328,48 @@ impl Drop for Upload {
         // fail harmlessly; after any failure they remove the leftovers.
         let _ = fs::remove_file(&self.tmp);
         let _ = fs::remove_file(self.tmp.with_extension("index"));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const A: &str = "01900000-0000-7000-8000-00000000000a";
+    const B: &str = "01900000-0000-7000-8000-00000000000b";
+    const C: &str = "01900000-0000-7000-8000-00000000000c";
+
+    fn stored(store: &Store, job: &str, client: &str, bytes: usize) {
+        let mut up = store.begin(job, Some(client)).unwrap();
+        up.write(&vec![7u8; bytes]).unwrap();
+        up.commit().unwrap();
+    }
+
+    /// Quotas count what is on disk: an index edited to declare huge sizes,
+    /// one naming a client whose stream is gone, and one that is not JSON
+    /// neither overflow, nor stop the count, nor count what is not there.
+    #[test]
+    fn usage_counts_streams_on_disk_not_what_indexes_declare() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        stored(&store, A, "alice", 1000);
+        stored(&store, B, "alice", 24);
+        stored(&store, C, "bob", 10);
+        let jobs = dir.path().join("jobs");
+        for job in [A, B] {
+            let mut index = store.index(job).unwrap();
+            index.objects[0].bytes = u64::MAX;
+            fs::write(jobs.join(job).join(INDEX), serde_json::to_vec(&index).unwrap()).unwrap();
+        }
+        fs::remove_file(jobs.join(C).join(STREAM)).unwrap();
+        let garbage = jobs.join("01900000-0000-7000-8000-0000000000ff");
+        fs::create_dir(&garbage).unwrap();
+        fs::write(garbage.join(INDEX), b"{ not json").unwrap();
+        fs::create_dir(jobs.join("not-a-job")).unwrap();
+
+        let usage = store.usage_by_client().unwrap();
+        assert_eq!(usage.get("alice"), Some(&1024));
+        assert_eq!(usage.get("bob"), Some(&0));
+        assert_eq!(usage.len(), 2);
     }
 }
