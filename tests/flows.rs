@@ -439,7 +439,7 @@ async fn pools_created_beside_restores(kind: Kind) {
         }));
     }
     let created = async {
-        for _ in 0..12 {
+        for _ in 0..6 {
             pool_creation::create_pool(&kb, &pool_name(), "kms", &pool_creation::PoolOptions { kek_bits: 2048, master_key: None }, &actor()).await?;
         }
         Ok::<_, Error>(())

@@ -10,14 +10,14 @@
 
 mod common;
 
-use common::{actor, Kind, Rig};
+use common::{actor, password, test_kdf, Kind, Rig};
 use cryptoki::error::{Error as CkError, RvError};
 use cryptoki::mechanism::vendor_defined::VendorDefinedMechanism;
 use cryptoki::mechanism::{Mechanism, MechanismType};
 use cryptoki::object::{Attribute, AttributeType, KeyType, ObjectClass};
 use cryptoki::session::{Session, UserType};
 use cryptoki::types::AuthPin;
-use keybridge::flows::pool_creation;
+use keybridge::flows::{backup, clients, pool_creation, restore};
 use keybridge_kms::config::KmsConfig;
 use keybridge_kms::pkcs11::{Pkcs11Backend, Protection};
 
@@ -204,6 +204,50 @@ async fn unprotected_key_is_not_adopted(kind: Kind) {
         let err = adopted.map(|_| ()).expect_err(&format!("{kind:?}: a key with {described} was adopted")).to_string();
         assert!(err.contains("readable, non-sensitive") && err.contains("CKA_UNWRAP_TEMPLATE"), "{err}");
     }
+}
+
+/// A second key carrying a master key's CKA_ID (planted by a PIN holder, or
+/// left by a duplicated generation): keybridge refuses to pick one, names
+/// the ambiguity, and restores again once the stranger is gone.
+async fn ambiguous_master_key_is_refused(kind: Kind) {
+    let _alone = ONE_AT_A_TIME.lock().await;
+    let Some(rig) = Rig::new(kind) else { return };
+    let kb = rig.open();
+    let pool = format!("twin-{}", &uuid::Uuid::new_v4().to_string()[..8]);
+    pool_creation::create_pool(&kb, &pool, "kms", &pool_creation::PoolOptions { kek_bits: 2048, master_key: None }, &actor()).await.unwrap();
+    clients::add_client(&kb, "c", &password("client-pw-one"), test_kdf(), &actor()).await.unwrap();
+    let g = backup::issue_dek(&kb, &pool, "c", &actor()).await.unwrap();
+    let p = kb.catalog().pool_by_name(&pool).await.unwrap();
+    let s = attacker_session(kind);
+    let twin = s
+        .generate_key(
+            &Mechanism::AesKeyGen,
+            &[
+                Attribute::Class(ObjectClass::SECRET_KEY),
+                Attribute::KeyType(KeyType::AES),
+                Attribute::ValueLen(32.into()),
+                Attribute::Token(true),
+                Attribute::Wrap(true),
+                Attribute::Unwrap(true),
+                Attribute::Id(hex::decode(&p.master_key.id).unwrap()),
+                Attribute::Label(b"twin".to_vec()),
+            ],
+        )
+        .unwrap();
+    let err = restore::recover_dek(&rig.open(), &g.dek_id, "c", &actor()).await.map(|_| ()).unwrap_err().to_string();
+    s.destroy_object(twin).unwrap();
+    assert!(err.contains("2 secret keys carry the CKA_ID") && err.contains("ambiguous"), "{err}");
+    restore::recover_dek(&rig.open(), &g.dek_id, "c", &actor()).await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn softhsm_ambiguous_master_key_is_refused() {
+    ambiguous_master_key_is_refused(Kind::SoftHsm).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kryoptic_ambiguous_master_key_is_refused() {
+    ambiguous_master_key_is_refused(Kind::Kryoptic).await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -54,6 +54,12 @@ impl Deployment {
     /// rig's directory) and whose config holds `extra_kms` besides the
     /// rig's `kms` entry.
     pub(crate) fn start_with(kind: Kind, store: Option<PathBuf>, extra_kms: &str) -> Option<Deployment> {
+        Self::start_with_env(kind, store, extra_kms, Vec::new())
+    }
+
+    /// [`Self::start_with`], every process of the deployment also getting
+    /// `more_env`.
+    pub(crate) fn start_with_env(kind: Kind, store: Option<PathBuf>, extra_kms: &str, more_env: Vec<(&'static str, PathBuf)>) -> Option<Deployment> {
         let rig = Rig::new(kind)?;
         let (port, agent_port) = (free_port(), free_port());
         let mut cfg = std::fs::OpenOptions::new().append(true).open(&rig.config_path).unwrap();
@@ -65,11 +71,12 @@ impl Deployment {
         )
         .unwrap();
         drop(cfg);
-        let env = match kind {
+        let mut env = match kind {
             // Through p11-kit's proxy, SoftHSM2 reads the same variable.
             Kind::SoftHsm | Kind::P11KitProxy => vec![("SOFTHSM2_CONF", private_softhsm(rig.dir.path()))],
             _ => Vec::new(),
         };
+        env.extend(more_env);
         let mut d = Deployment { store: store.unwrap_or_else(|| rig.dir.path().join("store")), rig, env, service: None, agent: None, port, agent_port };
         let init = d.cli(&["init"]);
         assert!(init.status.success(), "init: {}", String::from_utf8_lossy(&init.stderr));
@@ -150,6 +157,39 @@ impl Deployment {
     /// Run the CLI against this deployment.
     pub(crate) fn cli(&self, args: &[&str]) -> Output {
         self.command(args).output().unwrap()
+    }
+
+    /// Run the CLI; killed after `limit` (its output then says so), so a
+    /// stuck command fails a test instead of hanging it.
+    pub(crate) fn cli_within(&self, args: &[&str], limit: Duration) -> Output {
+        use std::io::Read;
+        let mut child = self.cli_spawn(args);
+        // Read both pipes while waiting: a full pipe must not stall the child.
+        let drain = |mut r: Box<dyn Read + Send>| {
+            std::thread::spawn(move || {
+                let mut buf = Vec::new();
+                let _ = r.read_to_end(&mut buf);
+                buf
+            })
+        };
+        let out = drain(Box::new(child.stdout.take().unwrap()));
+        let err = drain(Box::new(child.stderr.take().unwrap()));
+        let deadline = std::time::Instant::now() + limit;
+        let status = loop {
+            if let Some(status) = child.try_wait().unwrap() {
+                break status;
+            }
+            if std::time::Instant::now() > deadline {
+                let _ = child.kill();
+                break child.wait().unwrap();
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        };
+        let mut stderr = err.join().unwrap();
+        if std::time::Instant::now() > deadline {
+            stderr.extend_from_slice(format!("\n(killed by the test after {limit:?})\n").as_bytes());
+        }
+        Output { status, stdout: out.join().unwrap(), stderr }
     }
 
     /// The CLI command with this deployment's environment, not started.

@@ -196,11 +196,6 @@ fn read_pin(config: &Pkcs11Config) -> Result<SecretString, BackendError> {
     Err(err("neither pin_env nor pin_file is set".into()))
 }
 
-fn find_one(session: &Session, template: &[Attribute], what: &str) -> Result<Option<ObjectHandle>, OpError> {
-    let mut found = session.find_objects(template).doing(what)?;
-    Ok(if found.is_empty() { None } else { Some(found.swap_remove(0)) })
-}
-
 /// Destroys session objects on drop unless disarmed: no KEK half is left in
 /// the token when a step fails half-way.
 struct Cleanup<'a> {
@@ -226,8 +221,26 @@ fn mk_template(mk: &MasterKeyRef) -> Result<Vec<Attribute>, OpError> {
 }
 
 fn find_mk(session: &Session, mk: &MasterKeyRef) -> Result<ObjectHandle, OpError> {
-    find_one(session, &mk_template(mk)?, "finding the master key")?
-        .ok_or_else(|| OpError::Backend(BackendError::MasterKeyMissing { id: mk.id.clone(), label: mk.label.clone() }))
+    match session.find_objects(&mk_template(mk)?).doing("finding the master key")?[..] {
+        [one] => Ok(one),
+        [] => Err(OpError::Backend(BackendError::MasterKeyMissing { id: mk.id.clone(), label: mk.label.clone() })),
+        ref several => Err(OpError::Backend(BackendError::Other(format!(
+            "{} secret keys carry the CKA_ID {} of master key '{}': which one wraps the pool's KEK is ambiguous; keep the right one and remove the others",
+            several.len(),
+            mk.id,
+            mk.label
+        )))),
+    }
+}
+
+/// Whether `h` is a whole master key made with `label` (an attempt that
+/// succeeded but whose reply was lost), not an object left half-made.
+fn is_whole_master_key(session: &Session, h: ObjectHandle, label: &str) -> bool {
+    session.get_attributes(h, &[AttributeType::Label, AttributeType::Wrap, AttributeType::Unwrap]).is_ok_and(|attrs| {
+        attrs.iter().any(|a| matches!(a, Attribute::Label(l) if l == label.as_bytes()))
+            && bool_attr(&attrs, AttributeType::Wrap)
+            && bool_attr(&attrs, AttributeType::Unwrap)
+    })
 }
 
 fn bool_attr(attrs: &[Attribute], t: AttributeType) -> bool {
@@ -682,6 +695,9 @@ impl KeyBackend for Pkcs11Backend {
             Some(_) => protect::master_key_templates(self.key_protection().await?.rewrappable()),
             None => Vec::new(),
         };
+        // Named before it exists: a call that times out here may still
+        // create the key later, and the operator can find it by these.
+        tracing::info!(label = %label, id = %id, "creating a master key");
         self.sessions
             .run_writing("creating the master key", move |s| {
                 let mut template = vec![
@@ -703,27 +719,47 @@ impl KeyBackend for Pkcs11Backend {
                     Attribute::Label(l.as_bytes().to_vec()),
                 ];
                 template.extend(templates.iter().cloned());
-                let id = Attribute::Id(hex::decode(&i).expect("hex we made"));
-                // A generation that fails may leave a partial object behind
-                // (SoftHSM2 keeps the object file it had begun), so nothing
-                // carrying this fresh CKA_ID outlives the failure. SoftHSM2
-                // answered one CKR_GENERAL_ERROR here in about twenty CI runs,
-                // under concurrent pool creation and restores, cause not
-                // found; such an internal failure is tried once more.
+                let ours = [Attribute::Token(true), Attribute::Id(hex::decode(&i).expect("hex we made"))];
+                // Whatever carries this fresh CKA_ID was made by this call:
+                // the worker runs the closure again after a lost session or
+                // reply, and a generation that fails may leave a partial
+                // object (SoftHSM2 keeps the object file it had begun).
+                // A whole key from an earlier attempt is kept (its reply was
+                // lost); anything else is removed before generating, and the
+                // removal must succeed, so never two keys share the ID.
                 let mut tries = 0;
                 loop {
                     tries += 1;
+                    let earlier = s.find_objects(&ours).doing("looking for a master key of an earlier attempt")?;
+                    if let [one] = earlier[..] {
+                        if is_whole_master_key(s, one, &l) {
+                            return Ok(());
+                        }
+                    }
+                    for h in earlier {
+                        s.destroy_object(h).doing("removing a partial master key of an earlier attempt")?;
+                    }
                     match s.generate_key(&Mechanism::AesKeyGen, &template) {
                         Ok(_) => return Ok(()),
+                        // SoftHSM2 answered one CKR_GENERAL_ERROR here in
+                        // about twenty CI runs (pool creation beside
+                        // restores; cause not found). rv.rs treats it as
+                        // permanent because the token may be inconsistent;
+                        // here nothing depends on the new key yet and the
+                        // next round removes what it left, so it is tried
+                        // once more.
+                        Err(e @ CkError::Pkcs11(RvError::GeneralError | RvError::FunctionFailed, _)) if tries == 1 => {
+                            tracing::warn!(label = %l, id = %i, error = %e, "the token failed to generate the master key; trying once more");
+                        }
                         Err(e) => {
-                            for h in s.find_objects(&[Attribute::Token(true), id.clone()]).unwrap_or_default() {
-                                let _ = s.destroy_object(h);
+                            if let Ok(left) = s.find_objects(&ours) {
+                                for h in left {
+                                    if s.destroy_object(h).is_err() {
+                                        tracing::error!(label = %l, id = %i, "a failed master-key generation left an object that could not be removed; remove it by its CKA_ID");
+                                    }
+                                }
                             }
-                            let internal = matches!(e, CkError::Pkcs11(RvError::GeneralError | RvError::FunctionFailed, _));
-                            if !internal || tries > 1 {
-                                return Err(e).doing("generating the AES-256 master key");
-                            }
-                            tracing::warn!(label = %l, error = %e, "the token failed to generate the master key; trying once more");
+                            return Err(e).doing("generating the AES-256 master key");
                         }
                     }
                 }

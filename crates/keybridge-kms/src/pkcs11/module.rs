@@ -142,16 +142,19 @@ impl Module {
 static MODULES: LazyLock<Mutex<HashMap<PathBuf, Arc<Module>>>> = LazyLock::new(Default::default);
 
 /// The lock of the token `identity` (manufacturer, model, serial)'s object
-/// store: every call sequence holds it shared, one that creates or destroys
-/// a token object holds it exclusively. SoftHSM2 2.6 indexes its token
-/// directory on reads without holding its own lock over the whole index: a
-/// read that lists the directory just before another thread's new object
-/// file appears marks that object deleted, and the write answers
-/// CKR_GENERAL_ERROR (seen in CI: pool creation beside a restore). Writes
-/// are rare here (pool creation and its rollback), so serialising them
-/// against everything else costs nothing measurable. Per token, not per
-/// module: one process may reach a token through several modules (SoftHSM2
-/// directly and through p11-kit's proxy are one SoftHSM2 instance).
+/// store. A call sequence that creates or destroys a token object holds it
+/// exclusively, so such writes never run at once (SoftHSM2 2.6 answered
+/// CKR_GENERAL_ERROR to concurrent master-key creation). On SoftHSM2 the
+/// worker's call sequences that only read also hold it shared: in
+/// SoftHSM2 2.6.1 a new object's file exists before the object joins the
+/// token's list (`OSToken::createObject`), and a read that indexes the
+/// token in between (`OSToken::index`) loads the file as a second object,
+/// so the key could be found twice. Opening sessions, logging in and
+/// listing slots do not take it. Other tokens need no read lock, and taking
+/// it there would make one hung call stall every call behind a waiting
+/// pool creation. Per token, not per module: one process may reach a token
+/// through several modules (SoftHSM2 directly and through p11-kit's proxy
+/// are one SoftHSM2 instance).
 pub(super) fn token_objects(identity: &str) -> Arc<RwLock<()>> {
     static LOCKS: LazyLock<Mutex<HashMap<String, Arc<RwLock<()>>>>> = LazyLock::new(Default::default);
     LOCKS.lock().unwrap_or_else(|e| e.into_inner()).entry(identity.to_owned()).or_default().clone()

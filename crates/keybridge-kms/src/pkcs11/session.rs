@@ -145,6 +145,10 @@ pub(super) struct TokenSessions {
     pub timeout: Duration,
     /// The token's object-store lock ([`super::module::token_objects`]).
     objects: Arc<RwLock<()>>,
+    /// Whether call sequences that only read hold `objects` shared
+    /// (SoftHSM2 only, whose object store needs it): elsewhere one hung
+    /// call would make every call wait behind a pool creation.
+    reads_take_objects: bool,
     /// Bumped whenever a session is discarded or the login was lost. Session
     /// objects die with the session that made them, so a cached object
     /// handle from an older epoch may be gone (or, on tokens that reuse
@@ -272,6 +276,7 @@ impl TokenSessions {
     ) -> Self {
         let token_label = info.label().trim_end().to_owned();
         let objects = super::module::token_objects(&format!("{}\u{0}{}\u{0}{}", info.manufacturer_id().trim_end(), info.model().trim_end(), info.serial_number().trim_end()));
+        let reads_take_objects = info.manufacturer_id().starts_with("SoftHSM");
         let (tx, rx) = mpsc::channel();
         let generation = module.generation();
         TokenSessions {
@@ -283,6 +288,7 @@ impl TokenSessions {
             max_sessions,
             timeout,
             objects,
+            reads_take_objects,
             epoch: AtomicU64::new(0),
             spare: Mutex::new(Vec::new()),
             queue: Mutex::new(tx),
@@ -434,7 +440,7 @@ impl TokenSessions {
             // this session, and its handles mean nothing any more.
             let result = {
                 let _calls = self.module.calls();
-                let _shared = (!writes).then(|| self.objects.read().unwrap_or_else(|e| e.into_inner()));
+                let _shared = (!writes && self.reads_take_objects).then(|| self.objects.read().unwrap_or_else(|e| e.into_inner()));
                 let _exclusive = writes.then(|| self.objects.write().unwrap_or_else(|e| e.into_inner()));
                 (session.generation == self.module.generation()).then(|| f(session))
             };
