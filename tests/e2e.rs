@@ -45,6 +45,36 @@ async fn backup_restore_identical(kind: Kind) {
     fails(&d.restore("alice", job, out.path()), 3, "exists already");
 }
 
+/// `pool rekey` from the CLI and the service: backups made under each KEK
+/// generation restore, and `pool show` lists the generations.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rekey_through_cli_and_service() {
+    let Some(d) = Deployment::start(Kind::Builtin) else { return };
+    d.register("alice", "alice-network-pw").await;
+    let src = tempfile::tempdir().unwrap();
+    let data = sample_tree(src.path());
+    let mut jobs = vec![ok_json(&d.backup("alice", &[&data]))["job_id"].as_str().unwrap().to_owned()];
+    let cli = ok_json(&d.cli(&["--json", "pool", "rekey", "p"]));
+    assert_eq!(cli["kek_generation"], 2);
+    jobs.push(ok_json(&d.backup("alice", &[&data]))["job_id"].as_str().unwrap().to_owned());
+    let resp = d.operator().post(format!("{}/v1/pools/p/rekey", d.url())).bearer_auth(d.token()).json(&serde_json::json!({ "kek_bits": 2048 })).send().await.unwrap();
+    assert_eq!(resp.status(), 200);
+    let via_service: Value = resp.json().await.unwrap();
+    assert_eq!((via_service["kek_generation"].as_u64(), via_service["kek_bits"].as_u64()), (Some(3), Some(2048)));
+    // Without the operator token: refused.
+    let resp = d.operator().post(format!("{}/v1/pools/p/rekey", d.url())).send().await.unwrap();
+    assert_eq!(resp.status(), 401);
+    jobs.push(ok_json(&d.backup("alice", &[&data]))["job_id"].as_str().unwrap().to_owned());
+    for (i, job) in jobs.iter().enumerate() {
+        let out = tempfile::tempdir().unwrap();
+        ok_json(&d.restore("alice", job, out.path()));
+        assert_eq!(describe(&data), describe(&out.path().join("data")), "backup under generation {}", i + 1);
+    }
+    let show = ok_json(&d.cli(&["--json", "pool", "show", "p"]));
+    let gens: Vec<(u64, u64)> = show["kek_generations"].as_array().unwrap().iter().map(|g| (g["generation"].as_u64().unwrap(), g["deks"].as_u64().unwrap())).collect();
+    assert_eq!(gens, vec![(1, 1), (2, 1), (3, 1)]);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn backup_restore_builtin() {
     backup_restore_identical(Kind::Builtin).await;

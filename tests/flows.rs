@@ -10,7 +10,7 @@ use common::{actor, catalog_digest, password, test_kdf, Kind, Rig};
 use keybridge_kms::pkcs11::Pkcs11Backend;
 use keybridge::config::KmsConfig;
 use keybridge_kms::crypto::PrivateKek;
-use keybridge::flows::{backup, clients, pool_creation, restore};
+use keybridge::flows::{backup, clients, pool_creation, pool_lifecycle, restore};
 use keybridge::{Error, Keybridge};
 use keybridge_proto::seal;
 
@@ -311,6 +311,47 @@ async fn no_orphan_master_key(kind: Kind) {
     }
 }
 
+/// Rekey twice: three KEK generations; each DEK restores under its own
+/// (fresh instance, nothing cached), new DEKs use the newest, and the
+/// rekeys are audited.
+async fn rekey_twice(kind: Kind) {
+    let Some(rig) = Rig::new(kind) else { return };
+    let kb = rig.open();
+    let (pool, client) = pool_and_client(&kb).await;
+    let pw = password("network-password-1");
+    let mut issued = Vec::new();
+    let mut publics = Vec::new();
+    for generation in 1..=3u32 {
+        if generation > 1 {
+            let p = pool_lifecycle::rekey(&kb, &pool, None, &actor()).await.unwrap();
+            assert_eq!((p.generation, p.kek_bits), (generation, 2048));
+        }
+        let p = kb.catalog().pool_by_name(&pool).await.unwrap();
+        assert_eq!(p.generation, generation);
+        publics.push(p.kek_public.clone());
+        for _ in 0..2 {
+            let g = backup::issue_dek(&kb, &pool, &client, &actor()).await.unwrap();
+            assert_eq!(kb.catalog().dek(&g.dek_id).await.unwrap().generation, generation);
+            issued.push((g.dek_id.clone(), seal::open(&g.sealed_dek, &client, &pw).unwrap().1));
+        }
+    }
+    assert!(publics[0] != publics[1] && publics[1] != publics[2], "each generation has its own KEK");
+    let fresh = rig.open();
+    for (id, dek) in &issued {
+        let (got, _) = restore::recover_inner(&fresh, id, &client, &actor()).await.unwrap();
+        assert_eq!(&got, dek, "DEK {id} restores to what was issued");
+    }
+    let gens = kb.catalog().generations(kb.catalog().pool_by_name(&pool).await.unwrap().id).await.unwrap();
+    assert_eq!(gens.iter().map(|g| (g.generation, g.deks)).collect::<Vec<_>>(), vec![(1, 2), (2, 2), (3, 2)]);
+    let rows = kb.catalog().audit_rows(100).await.unwrap();
+    assert_eq!(rows.iter().filter(|r| r.action == "pool.rekey" && r.pool.as_deref() == Some(pool.as_str()) && r.result == "ok").count(), 2);
+    // Refused by name: an unknown pool, a KEK size keybridge does not make.
+    let err = pool_lifecycle::rekey(&kb, "no-such-pool", None, &actor()).await.unwrap_err().to_string();
+    assert!(err.contains("no-such-pool"), "{err}");
+    let err = pool_lifecycle::rekey(&kb, &pool, Some(1024), &actor()).await.unwrap_err().to_string();
+    assert!(err.contains("2048, 3072 or 4096"), "{err}");
+}
+
 macro_rules! on_every_backend {
     ($($test:ident),* $(,)?) => {
         mod builtin { $( #[tokio::test(flavor = "multi_thread", worker_threads = 2)] async fn $test() { super::$test(super::Kind::Builtin).await } )* }
@@ -321,7 +362,7 @@ macro_rules! on_every_backend {
     };
 }
 
-on_every_backend!(full_chain, catalog_holds_no_secret, tampering, moved_rows, replaced_client_keys, replaced_kek_public, wrong_password, missing_master_key, no_orphan_master_key);
+on_every_backend!(full_chain, catalog_holds_no_secret, tampering, moved_rows, replaced_client_keys, replaced_kek_public, wrong_password, missing_master_key, no_orphan_master_key, rekey_twice);
 
 /// From the token itself: the MK is sensitive, never extractable; the
 /// unwrapped KEK is a sensitive, non-extractable session object.
@@ -343,11 +384,11 @@ async fn key_attributes_from_token(kind: Kind) {
     use keybridge_kms::KeyBackend;
     let row = kb.catalog().dek(&g.dek_id).await.unwrap();
     backend.decrypt_dek(&p.kek(), &row.encrypted_dek).await.unwrap();
-    let kek_facts = backend.cached_kek_facts(p.id).await.unwrap().expect("KEK cached after a restore");
+    let kek_facts = backend.cached_kek_facts(p.id, p.generation).await.unwrap().expect("KEK cached after a restore");
     assert!(!kek_facts.token, "unwrapped KEK must be a session object: {kek_facts:?}");
     assert!(kek_facts.sensitive && !kek_facts.extractable, "{kek_facts:?}");
     backend.clear_cache().await;
-    assert!(backend.cached_kek_facts(p.id).await.unwrap().is_none());
+    assert!(backend.cached_kek_facts(p.id, p.generation).await.unwrap().is_none());
 }
 
 /// An existing key adopted by PKCS#11 URI works as master key and is never destroyed by keybridge.

@@ -13,7 +13,7 @@ mod net;
 use keybridge_catalog::audit::Actor;
 use keybridge_kms::ProbeStatus;
 use crate::config::{Config, DEFAULT_CONFIG};
-use crate::flows::{backup, clients, pool_creation, restore};
+use crate::flows::{backup, clients, pool_creation, pool_lifecycle, restore};
 use keybridge_proto::secret::read_secret_file;
 use keybridge_proto::seal;
 use crate::{Error, Keybridge, Result};
@@ -167,8 +167,16 @@ pub enum PoolCommand {
     },
     /// List pools.
     List,
-    /// Show one pool.
+    /// Show one pool, with its KEK generations.
     Show { name: String },
+    /// Give a pool its next KEK generation (wrapped under the same master
+    /// key): new DEKs use it; older DEKs keep, and restore under, theirs.
+    Rekey {
+        name: String,
+        /// Size of the new KEK (default: that of the newest generation).
+        #[arg(long)]
+        kek_bits: Option<usize>,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -277,8 +285,14 @@ async fn run(cli: &Cli) -> Result<(Value, String)> {
                 PoolCommand::Show { name } => {
                     let p = kb.catalog().pool_by_name(name).await?;
                     let n = kb.catalog().count_deks(p.id).await?;
-                    let v = pool_json(&p, Some(n));
+                    let mut v = pool_json(&p, Some(n));
+                    v["kek_generations"] = json!(kb.catalog().generations(p.id).await?);
                     Ok((v.clone(), serde_json::to_string_pretty(&v).unwrap_or_default() + "\n"))
+                }
+                PoolCommand::Rekey { name, kek_bits } => {
+                    let p = pool_lifecycle::rekey(&kb, name, *kek_bits, &Actor::local_user()).await?;
+                    let text = format!("pool '{}' rekeyed: KEK generation {} (RSA-{}), wrapped under master key {}; new DEKs use it\n", p.name, p.generation, p.kek_bits, p.master_key.label);
+                    Ok((pool_json(&p, None), text))
                 }
             }
         }

@@ -48,14 +48,16 @@ async fn lookup(kb: &Keybridge, pool: &str, client: &str, actor: &Actor) -> Resu
 /// cannot decrypt for, is an integrity error: no DEK is issued under it.
 /// A KMS that cannot be reached for the first check is a KMS error.
 async fn checked_kek(kb: &Keybridge, pool: &PoolRecord, public: &PublicKek) -> Result<()> {
-    if kb.kek_checked(&pool.name, &pool.kek_public) {
+    // Pinned per KEK generation: `pool` for the first, `pool#N` after.
+    let pin = pool.pin_name();
+    if kb.kek_checked(&pin, &pool.kek_public) {
         return Ok(());
     }
     let sha256 = pool.kek_public_sha256();
-    let replaced = |reason: String| Error::Integrity { what: format!("public KEK of pool '{}'", pool.name), reason };
-    match kb.kek_pin(&pool.name) {
+    let replaced = |reason: String| Error::Integrity { what: format!("public KEK of pool '{}' (generation {})", pool.name, pool.generation), reason };
+    match kb.kek_pin(&pin) {
         Some(pinned) if pinned == sha256 => {
-            kb.set_kek_checked(&pool.name, &pool.kek_public);
+            kb.set_kek_checked(&pin, &pool.kek_public);
             return Ok(());
         }
         Some(_) => return Err(replaced("it is not the one this host checked against the KMS: the catalog row was replaced; no DEK is issued under it".into())),
@@ -71,8 +73,8 @@ async fn checked_kek(kb: &Keybridge, pool: &PoolRecord, public: &PublicKek) -> R
         }
         Err(e) => return Err(Error::backend(&pool.kms_name)(e)),
     }
-    kb.pin_kek(&pool.name, sha256);
-    kb.set_kek_checked(&pool.name, &pool.kek_public);
+    kb.pin_kek(&pin, sha256);
+    kb.set_kek_checked(&pin, &pool.kek_public);
     Ok(())
 }
 
@@ -152,7 +154,7 @@ async fn store(kb: &Keybridge, pool: &PoolRecord, public: &PublicKek, client: &C
     let encrypted = public
         .encrypt(pool.oaep_hash, &plain)
         .map_err(Error::crypto(format!("encrypting DEK under the KEK of pool '{}'", pool.name)))?;
-    let row = DekRow { id: dek_id.to_owned(), pool_id: pool.id, client_id: client.id, encrypted_dek: encrypted };
+    let row = DekRow { id: dek_id.to_owned(), pool_id: pool.id, client_id: client.id, encrypted_dek: encrypted, generation: pool.generation };
     let created_at = kb.catalog().insert_dek(row, event).await?;
     Ok((dek, created_at))
 }

@@ -12,6 +12,7 @@ pub mod catalog;
 pub mod clients;
 mod envelope;
 pub mod pool_creation;
+pub mod pool_lifecycle;
 pub mod restore;
 
 pub use keybridge_proto::api::DekGrant;

@@ -76,7 +76,7 @@ async fn create(kb: &Keybridge, name: &str, kms: &str, opts: &PoolOptions<'_>) -
             tracing::info!(pool = name, kms, mk = %mk.label, wrap = %pool.wrap_mechanism, oaep = %pool.oaep_hash, "pool created");
             // The KEK pair was made here, so its public half is known good
             // (see `backup::checked_kek`).
-            kb.pin_kek(name, pool.kek_public_sha256());
+            kb.pin_kek(&pool.pin_name(), pool.kek_public_sha256());
             Ok(pool)
         }
         Err(err) if mk.owned => match backend.destroy_master_key(&mk).await {

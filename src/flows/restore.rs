@@ -63,7 +63,8 @@ fn recover_event(actor: &Actor, pool: Option<&str>, client: &str, dek_id: &str) 
 async fn recover(kb: &Keybridge, dek_id: &str, client: &str, actor: &Actor, pool_name: &mut Option<String>) -> Result<(Dek, DekGrant)> {
     let catalog = kb.catalog();
     let row = catalog.dek(dek_id).await?;
-    let pool = catalog.pool_by_id(row.pool_id).await?;
+    // The KEK generation the DEK was issued under, not necessarily the newest.
+    let pool = catalog.pool_generation(row.pool_id, row.generation).await?;
     *pool_name = Some(pool.name.clone());
     let requester = catalog.client_by_name(client).await?;
     if row.client_id != requester.id {

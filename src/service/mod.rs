@@ -30,14 +30,14 @@ use time::format_description::well_known::Rfc3339;
 use tokio::sync::RwLock;
 
 use keybridge_proto::api::agent_token::{self, AgentKey, AgentOp};
-use keybridge_proto::api::{self, ClientKdf, CreatePool, JobStarted, PoolRequest, RegisterClient, Role};
+use keybridge_proto::api::{self, ClientKdf, CreatePool, JobStarted, PoolRequest, RegisterClient, RekeyPool, Role};
 use keybridge_net::http::ApiError;
 use keybridge_catalog::audit::Actor;
 use keybridge_catalog::PoolRecord;
 use keybridge_kms::ProbeStatus;
 use crate::config::ServiceConfig;
 use crate::context::Keybridge;
-use crate::flows::{backup, clients, pool_creation, restore};
+use crate::flows::{backup, clients, pool_creation, pool_lifecycle, restore};
 use keybridge_proto::secret::SecretString;
 use crate::{Error, Result};
 use keybridge_proto::ErrorKind;
@@ -258,6 +258,7 @@ pub fn router(service: Shared) -> Router {
         .route("/metrics", get(metrics_text))
         .route("/v1/pools", get(list_pools).post(create_pool))
         .route("/v1/pools/{name}", get(show_pool))
+        .route("/v1/pools/{name}/rekey", post(rekey_pool))
         .route("/v1/clients", post(register_client))
         .route("/v1/clients/{name}/kdf", get(client_kdf))
         .route("/v1/deks", post(issue_dek))
@@ -315,6 +316,13 @@ async fn show_pool(State(s): State<Shared>, Path(name): Path<String>) -> ApiResu
     let started = Instant::now();
     let pool = s.kb.catalog().pool_by_name(&name).await.map(|p| p.to_json());
     s.finish("pool_show", "-", started, pool)
+}
+
+async fn rekey_pool(State(s): State<Shared>, Path(name): Path<String>, body: Bytes) -> ApiResult {
+    let req: RekeyPool = if body.is_empty() { RekeyPool::default() } else { parse_body(&body)? };
+    let started = Instant::now();
+    let pool = pool_lifecycle::rekey(&s.kb, &name, req.kek_bits, &operator_actor()).await.map(|p| p.to_json());
+    s.finish("pool_rekey", "-", started, pool)
 }
 
 async fn register_client(State(s): State<Shared>, body: Bytes) -> ApiResult {

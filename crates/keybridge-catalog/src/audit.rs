@@ -94,6 +94,8 @@ pub enum Action {
     /// A catalog put back from a copy (`keybridge catalog restore`),
     /// recorded as the first row after the copy's head.
     CatalogRestore,
+    /// A new KEK generation for a pool (`keybridge pool rekey`).
+    PoolRekey,
 }
 
 impl Action {
@@ -105,6 +107,7 @@ impl Action {
             Action::DekRecover => "dek.recover",
             Action::CatalogBackup => "catalog.backup",
             Action::CatalogRestore => "catalog.restore",
+            Action::PoolRekey => "pool.rekey",
         }
     }
 }

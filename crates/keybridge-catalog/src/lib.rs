@@ -28,7 +28,8 @@ use crate::audit::{AuditEvent, AuditRecord, AuditReport};
 pub use keybridge_proto::api::JobState;
 pub use sqlite::{CatalogRestore, SqliteCatalog};
 
-/// A storage pool as stored.
+/// A storage pool at one KEK generation (the newest, unless read with
+/// [`Catalog::pool_generation`]), with that generation's first wrapping.
 #[derive(Debug, Clone)]
 pub struct PoolRecord {
     pub id: i64,
@@ -42,6 +43,20 @@ pub struct PoolRecord {
     pub oaep_hash: OaepHash,
     pub params: serde_json::Value,
     pub created_at: String,
+    /// The KEK generation this record describes (1, 2, ...).
+    pub generation: u32,
+    /// Catalog row of `master_key`.
+    pub mk_row: i64,
+}
+
+/// One KEK generation of a pool, for operators.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct GenerationInfo {
+    pub generation: u32,
+    pub bits: usize,
+    pub created_at: String,
+    /// DEKs issued under it.
+    pub deks: u64,
 }
 
 impl PoolRecord {
@@ -51,10 +66,21 @@ impl PoolRecord {
         hex::encode(<sha2::Sha256 as sha2::Digest>::digest(&self.kek_public))
     }
 
+    /// The name a host pins this generation's public KEK under: the pool's
+    /// name for generation 1 (as before generations existed), `NAME#N`
+    /// after.
+    pub fn pin_name(&self) -> String {
+        match self.generation {
+            1 => self.name.clone(),
+            n => format!("{}#{n}", self.name),
+        }
+    }
+
     /// What a backend needs to decrypt under this pool's KEK.
     pub fn kek(&self) -> keybridge_kms::PoolKek<'_> {
         keybridge_kms::PoolKek {
             pool_id: self.id,
+            generation: self.generation,
             pool_name: &self.name,
             master_key: &self.master_key,
             wrapped_private: &self.kek_wrapped,
@@ -71,6 +97,7 @@ impl PoolRecord {
             "kms": self.kms_name,
             "master_key": { "id": self.master_key.id, "label": self.master_key.label, "created_by_keybridge": self.master_key.owned },
             "kek_bits": self.kek_bits,
+            "kek_generation": self.generation,
             "wrap_mechanism": self.wrap_mechanism,
             "oaep_hash": self.oaep_hash,
             "params": self.params,
@@ -109,6 +136,8 @@ pub struct DekRecord {
     pub client_id: i64,
     pub encrypted_dek: Vec<u8>,
     pub created_at: String,
+    /// The pool's KEK generation it is encrypted under.
+    pub generation: u32,
 }
 
 /// A DEK row to insert.
@@ -118,6 +147,7 @@ pub struct DekRow {
     pub pool_id: i64,
     pub client_id: i64,
     pub encrypted_dek: Vec<u8>,
+    pub generation: u32,
 }
 
 /// A copy of the catalog, as written by [`Catalog::backup_to`] or checked
@@ -163,6 +193,17 @@ pub trait Catalog: Send + Sync + std::fmt::Debug {
 
     /// Every pool, by name.
     async fn list_pools(&self) -> Result<Vec<PoolRecord>>;
+
+    /// Pool `id` at KEK generation `generation` (`NotFound` if it has none).
+    async fn pool_generation(&self, id: i64, generation: u32) -> Result<PoolRecord>;
+
+    /// Add the next KEK generation to `pool` (read at its newest), wrapped
+    /// under the same master key; new DEKs use it. Refused if another
+    /// generation was added since `pool` was read.
+    async fn add_generation(&self, pool: &PoolRecord, kek: &NewKek) -> Result<PoolRecord>;
+
+    /// The KEK generations of pool `id`, oldest first.
+    async fn generations(&self, pool_id: i64) -> Result<Vec<GenerationInfo>>;
 
     /// Number of DEKs issued under a pool.
     async fn count_deks(&self, pool_id: i64) -> Result<u64>;

@@ -14,6 +14,9 @@ use zeroize::Zeroizing;
 use super::{BackendError, DekPlaintext, PoolKek};
 use crate::crypto::PrivateKek;
 
+/// A cached KEK's key: pool id and KEK generation.
+pub(crate) type KekId = (i64, u32);
+
 /// Values expire `ttl` after insertion; with a zero TTL nothing is kept.
 /// Expired entries are dropped (and so zeroized or destroyed by their
 /// `Drop`) on the next lookup. The lock is never held across an await or a
@@ -21,7 +24,7 @@ use crate::crypto::PrivateKek;
 #[derive(Debug)]
 pub(crate) struct TtlCache<V> {
     ttl: Duration,
-    entries: Mutex<HashMap<i64, (Instant, V)>>,
+    entries: Mutex<HashMap<KekId, (Instant, V)>>,
 }
 
 impl<V: Clone> TtlCache<V> {
@@ -29,14 +32,14 @@ impl<V: Clone> TtlCache<V> {
         TtlCache { ttl, entries: Mutex::new(HashMap::new()) }
     }
 
-    fn entries(&self) -> std::sync::MutexGuard<'_, HashMap<i64, (Instant, V)>> {
+    fn entries(&self) -> std::sync::MutexGuard<'_, HashMap<KekId, (Instant, V)>> {
         // A panic elsewhere cannot leave the map half-updated.
         self.entries.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     /// The live value for `key`, if any. Entries past their TTL, or for
     /// which `valid` says no, leave the cache first.
-    pub(crate) fn get_valid(&self, key: i64, valid: impl Fn(&V) -> bool) -> Option<V> {
+    pub(crate) fn get_valid(&self, key: KekId, valid: impl Fn(&V) -> bool) -> Option<V> {
         let mut map = self.entries();
         let now = Instant::now();
         map.retain(|_, (at, v)| now.duration_since(*at) < self.ttl && valid(v));
@@ -44,18 +47,18 @@ impl<V: Clone> TtlCache<V> {
     }
 
     /// The live value for `key`, if any.
-    pub(crate) fn get(&self, key: i64) -> Option<V> {
+    pub(crate) fn get(&self, key: KekId) -> Option<V> {
         self.get_valid(key, |_| true)
     }
 
-    pub(crate) fn insert(&self, key: i64, value: V) {
+    pub(crate) fn insert(&self, key: KekId, value: V) {
         if !self.ttl.is_zero() {
             self.entries().insert(key, (Instant::now(), value));
         }
     }
 
     /// Drop `key`'s entry if `is_it` says it is still the one the caller saw.
-    pub(crate) fn remove_if(&self, key: i64, is_it: impl FnOnce(&V) -> bool) {
+    pub(crate) fn remove_if(&self, key: KekId, is_it: impl FnOnce(&V) -> bool) {
         let mut map = self.entries();
         if map.get(&key).is_some_and(|(_, v)| is_it(v)) {
             map.remove(&key);
@@ -107,7 +110,7 @@ impl SoftwareKeks {
         F: FnOnce() -> Fut,
         Fut: Future<Output = Result<Zeroizing<Vec<u8>>, BackendError>>,
     {
-        let cached = self.cache.get(kek.pool_id);
+        let cached = self.cache.get((kek.pool_id, kek.generation));
         self.stats.record(cached.is_some());
         let private = match cached {
             Some(p) => p,
@@ -118,7 +121,7 @@ impl SoftwareKeks {
                     mk: kek.master_key.label.clone(),
                     detail: format!("the unwrapped bytes are not a private key: {e}"),
                 })?);
-                self.cache.insert(kek.pool_id, private.clone());
+                self.cache.insert((kek.pool_id, kek.generation), private.clone());
                 private
             }
         };

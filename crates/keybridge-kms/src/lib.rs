@@ -74,8 +74,10 @@ pub struct NewKek {
 /// What a backend needs to decrypt a DEK of one pool.
 #[derive(Debug, Clone, Copy)]
 pub struct PoolKek<'a> {
-    /// Catalog id of the pool; the cache key for the unwrapped KEK.
+    /// Catalog id of the pool and the KEK generation: the cache key for
+    /// the unwrapped KEK.
     pub pool_id: i64,
+    pub generation: u32,
     pub pool_name: &'a str,
     pub master_key: &'a MasterKeyRef,
     pub wrapped_private: &'a [u8],

@@ -19,7 +19,7 @@ use async_trait::async_trait;
 
 use crate::audit::{AuditEvent, AuditRecord, AuditReport, ChainVerifier};
 pub use backup::CatalogRestore;
-use crate::{Catalog, CatalogCopy, ClientRecord, DekRecord, DekRow, PoolRecord};
+use crate::{Catalog, CatalogCopy, ClientRecord, DekRecord, DekRow, GenerationInfo, PoolRecord};
 use keybridge_kms::{MasterKeyRef, NewKek};
 use keybridge_proto::{Error, Result};
 
@@ -117,16 +117,9 @@ impl SqliteCatalog {
         self.conn().prepare_cached(sql)?.query_row([param], row).optional()
     }
 
+    /// The pool matching `clause` (on `p`) at its newest KEK generation.
     fn pool_query(&self, clause: &str, param: &dyn rusqlite::ToSql) -> Result<Option<PoolRecord>> {
-        self.query_one(
-            &format!(
-                "SELECT id, name, kms_name, mk_id, mk_label, mk_material, mk_owned, kek_bits, kek_public,
-                        kek_wrapped, wrap_mechanism, oaep_hash, params, created_at FROM pools WHERE {clause}"
-            ),
-            param,
-            pool_from_row,
-        )
-        .map_err(Error::catalog("reading pool"))
+        self.query_one(&format!("{POOL_SELECT} WHERE {clause} AND {NEWEST}"), param, pool_from_row).map_err(Error::catalog("reading pool"))
     }
 
     fn client_query(&self, clause: &str, param: &dyn rusqlite::ToSql) -> Result<Option<ClientRecord>> {
@@ -177,6 +170,7 @@ impl Catalog for SqliteCatalog {
         let id = {
             let mut conn = self.conn();
             let tx = conn.transaction().map_err(Error::catalog("starting pool transaction"))?;
+            // The pool, its master key, KEK generation 1 and its wrapping.
             tx.execute(
                 &format!("INSERT INTO kms(name, kind, identity, first_used) VALUES (?1, ?2, ?3, {NOW}) ON CONFLICT(name) DO NOTHING"),
                 params![kms_name, kms_kind, kms_identity],
@@ -190,29 +184,16 @@ impl Catalog for SqliteCatalog {
             if exists {
                 return Err(Error::AlreadyExists { what: "pool", name: name.to_owned() });
             }
-            tx.execute(
-                &format!(
-                    "INSERT INTO pools(name, kms_name, mk_id, mk_label, mk_material, mk_owned, kek_bits, kek_public,
-                                       kek_wrapped, wrap_mechanism, oaep_hash, params, created_at)
-                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, {NOW})"
-                ),
-                params![
-                    name,
-                    kms_name,
-                    mk.id,
-                    mk.label,
-                    mk.material,
-                    mk.owned,
-                    kek.bits as i64,
-                    kek.public_spki,
-                    kek.wrapped_private,
-                    kek.wrap_mechanism,
-                    kek.oaep_hash.to_string(),
-                    kek.params.to_string(),
-                ],
-            )
-            .map_err(Error::catalog(format!("inserting pool '{name}'")))?;
+            tx.execute(&format!("INSERT INTO pools(name, kms_name, created_at) VALUES (?1, ?2, {NOW})"), params![name, kms_name])
+                .map_err(Error::catalog(format!("inserting pool '{name}'")))?;
             let id = tx.last_insert_rowid();
+            tx.execute(
+                &format!("INSERT INTO master_keys(kms_name, key_ref, label, material, owned, state, created_at) VALUES (?1, ?2, ?3, ?4, ?5, 'active', {NOW})"),
+                params![kms_name, mk.id, mk.label, mk.material, mk.owned],
+            )
+            .map_err(Error::catalog(format!("recording the master key of pool '{name}'")))?;
+            let mk_row = tx.last_insert_rowid();
+            insert_generation(&tx, id, 1, mk_row, kek).map_err(Error::catalog(format!("inserting the KEK of pool '{name}'")))?;
             tx.commit().map_err(Error::catalog(format!("committing pool '{name}'")))?;
             id
         };
@@ -220,28 +201,70 @@ impl Catalog for SqliteCatalog {
     }
 
     async fn pool_by_name(&self, name: &str) -> Result<PoolRecord> {
-        self.pool_query("name = ?1", &name)?
+        self.pool_query("p.name = ?1", &name)?
             .ok_or_else(|| Error::NotFound { what: "pool", name: name.to_owned() })
     }
 
     async fn pool_by_id(&self, id: i64) -> Result<PoolRecord> {
-        self.pool_query("id = ?1", &id)?
+        self.pool_query("p.id = ?1", &id)?
             .ok_or_else(|| Error::NotFound { what: "pool id", name: id.to_string() })
+    }
+
+    async fn pool_generation(&self, id: i64, generation: u32) -> Result<PoolRecord> {
+        self.conn()
+            .prepare_cached(&format!("{POOL_SELECT} WHERE p.id = ?1 AND g.generation = ?2"))
+            .and_then(|mut st| st.query_row(params![id, generation], pool_from_row).optional())
+            .map_err(Error::catalog("reading a KEK generation"))?
+            .ok_or_else(|| Error::NotFound { what: "KEK generation", name: format!("{generation} of pool id {id}") })
+    }
+
+    async fn add_generation(&self, pool: &PoolRecord, kek: &NewKek) -> Result<PoolRecord> {
+        let id = pool.id;
+        {
+            let mut conn = self.conn();
+            let tx = conn.transaction().map_err(Error::catalog("starting a KEK generation"))?;
+            let newest: u32 = tx
+                .query_row("SELECT MAX(generation) FROM kek_generations WHERE pool_id = ?1", [id], |r| r.get(0))
+                .map_err(Error::catalog("reading the newest KEK generation"))?;
+            // Two rekeys at once: the second is refused, not stacked.
+            if newest != pool.generation {
+                return Err(Error::Input {
+                    what: format!("new KEK generation of pool '{}'", pool.name),
+                    reason: format!("the pool changed meanwhile (its newest generation is {newest}, not {}); run the command again", pool.generation),
+                });
+            }
+            insert_generation(&tx, id, newest + 1, pool.mk_row, kek).map_err(Error::catalog(format!("adding a KEK generation to pool '{}'", pool.name)))?;
+            tx.commit().map_err(Error::catalog(format!("committing a KEK generation of pool '{}'", pool.name)))?;
+        }
+        self.pool_by_id(id).await
     }
 
     async fn list_pools(&self) -> Result<Vec<PoolRecord>> {
         let conn = self.conn();
         let mut stmt = conn
-            .prepare(
-                "SELECT id, name, kms_name, mk_id, mk_label, mk_material, mk_owned, kek_bits, kek_public,
-                        kek_wrapped, wrap_mechanism, oaep_hash, params, created_at FROM pools ORDER BY name",
-            )
+            .prepare(&format!("{POOL_SELECT} WHERE {NEWEST} ORDER BY p.name"))
             .map_err(Error::catalog("listing pools"))?;
         let rows = stmt
             .query_map([], pool_from_row)
             .map_err(Error::catalog("listing pools"))?
             .collect::<rusqlite::Result<Vec<_>>>()
             .map_err(Error::catalog("listing pools"))?;
+        Ok(rows)
+    }
+
+    async fn generations(&self, pool_id: i64) -> Result<Vec<GenerationInfo>> {
+        let conn = self.conn();
+        let mut stmt = conn
+            .prepare(
+                "SELECT g.generation, g.bits, g.created_at, (SELECT COUNT(*) FROM deks d WHERE d.pool_id = g.pool_id AND d.generation = g.generation)
+                 FROM kek_generations g WHERE g.pool_id = ?1 ORDER BY g.generation",
+            )
+            .map_err(Error::catalog("listing KEK generations"))?;
+        let rows = stmt
+            .query_map([pool_id], |r| Ok(GenerationInfo { generation: r.get(0)?, bits: r.get::<_, i64>(1)? as usize, created_at: r.get(2)?, deks: r.get::<_, i64>(3)? as u64 }))
+            .map_err(Error::catalog("listing KEK generations"))?
+            .collect::<rusqlite::Result<Vec<_>>>()
+            .map_err(Error::catalog("listing KEK generations"))?;
         Ok(rows)
     }
 
@@ -340,7 +363,7 @@ impl Catalog for SqliteCatalog {
 
     async fn dek(&self, id: &str) -> Result<DekRecord> {
         self.query_one(
-            "SELECT id, pool_id, client_id, encrypted_dek, created_at FROM deks WHERE id = ?1",
+            "SELECT id, pool_id, client_id, encrypted_dek, created_at, generation FROM deks WHERE id = ?1",
             &id,
             |r| {
                 Ok(DekRecord {
@@ -349,6 +372,7 @@ impl Catalog for SqliteCatalog {
                     client_id: r.get(2)?,
                     encrypted_dek: r.get(3)?,
                     created_at: r.get(4)?,
+                    generation: r.get(5)?,
                 })
             },
         )
@@ -414,6 +438,35 @@ fn audit_from_row(r: &Row<'_>) -> rusqlite::Result<AuditRecord> {
     })
 }
 
+/// A pool at one KEK generation, with the generation's first wrapping (by
+/// priority) and its master key (`kms_name` is that key's KMS). Filter on `p` (pools), `g` (the
+/// generation) and add [`NEWEST`] for the current generation.
+const POOL_SELECT: &str = "SELECT p.id, p.name, m.kms_name, m.key_ref, m.label, m.material, m.owned, g.bits, g.kek_public,
+        w.wrapped, w.wrap_mechanism, g.oaep_hash, g.params, p.created_at, g.generation, m.id
+    FROM pools p
+    JOIN kek_generations g ON g.pool_id = p.id
+    JOIN wrappings w ON w.pool_id = p.id AND w.generation = g.generation
+        AND w.master_key_id = (SELECT w2.master_key_id FROM wrappings w2 WHERE w2.pool_id = p.id AND w2.generation = g.generation
+                               ORDER BY w2.priority, w2.created_at LIMIT 1)
+    JOIN master_keys m ON m.id = w.master_key_id";
+
+/// [`POOL_SELECT`] at the pool's newest generation.
+const NEWEST: &str = "g.generation = (SELECT MAX(g2.generation) FROM kek_generations g2 WHERE g2.pool_id = p.id)";
+
+/// KEK generation `generation` of pool `pool_id`, wrapped under master-key
+/// row `mk_row`, in `tx`.
+fn insert_generation(tx: &rusqlite::Transaction<'_>, pool_id: i64, generation: u32, mk_row: i64, kek: &NewKek) -> rusqlite::Result<()> {
+    tx.execute(
+        &format!("INSERT INTO kek_generations(pool_id, generation, bits, kek_public, oaep_hash, params, created_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6, {NOW})"),
+        params![pool_id, generation, kek.bits as i64, kek.public_spki, kek.oaep_hash.to_string(), kek.params.to_string()],
+    )?;
+    tx.execute(
+        &format!("INSERT INTO wrappings(pool_id, generation, master_key_id, wrap_mechanism, wrapped, priority, created_at) VALUES (?1, ?2, ?3, ?4, ?5, 0, {NOW})"),
+        params![pool_id, generation, mk_row, kek.wrap_mechanism, kek.wrapped_private],
+    )?;
+    Ok(())
+}
+
 fn pool_from_row(r: &Row<'_>) -> rusqlite::Result<PoolRecord> {
     let hash: String = r.get(11)?;
     let params: String = r.get(12)?;
@@ -439,6 +492,8 @@ fn pool_from_row(r: &Row<'_>) -> rusqlite::Result<PoolRecord> {
             rusqlite::Error::FromSqlConversionFailure(12, rusqlite::types::Type::Text, Box::new(e))
         })?,
         created_at: r.get(13)?,
+        generation: r.get(14)?,
+        mk_row: r.get(15)?,
     })
 }
 
@@ -461,4 +516,48 @@ fn migrate(conn: &mut Connection, path: &Path) -> Result<()> {
         tx.commit().map_err(Error::catalog(format!("committing migration {}", i + 1)))?;
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A catalog written before KEK generations (schema 4) migrates: its
+    /// pool becomes generation 1 wrapped under its master key, its DEKs
+    /// name generation 1, and nothing the pool row held is lost.
+    #[tokio::test]
+    async fn a_schema_4_catalog_migrates_to_generations() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("old.db");
+        {
+            let mut conn = Connection::open(&path).unwrap();
+            let tx = conn.transaction().unwrap();
+            for sql in &schema::MIGRATIONS[..4] {
+                tx.execute_batch(sql).unwrap();
+            }
+            tx.pragma_update(None, "user_version", 4).unwrap();
+            tx.execute_batch(
+                "INSERT INTO kms VALUES ('hsm', 'pkcs11', 'token keybridge', '2026-01-01T00:00:00.000Z');
+                 INSERT INTO pools(id, name, kms_name, mk_id, mk_label, mk_material, mk_owned, kek_bits, kek_public, kek_wrapped,
+                                   wrap_mechanism, oaep_hash, params, created_at)
+                     VALUES (7, 'old', 'hsm', '00aa', 'keybridge-mk-old', NULL, 1, 3072, X'3082', X'beef',
+                             'CKM_AES_KEY_WRAP_PAD', 'sha1', '{\"k\":1}', '2026-01-01T00:00:00.000Z');
+                 INSERT INTO clients(id, name, kdf, salt, seal_public, created_at) VALUES (3, 'c', '{}', X'00', X'00', '2026-01-01T00:00:00.000Z');
+                 INSERT INTO deks VALUES ('d1', 7, 3, X'0102', '2026-01-02T00:00:00.000Z');",
+            )
+            .unwrap();
+            tx.commit().unwrap();
+        }
+        let c = SqliteCatalog::open(&path).unwrap();
+        let p = c.pool_by_name("old").await.unwrap();
+        assert_eq!((p.id, p.generation, p.kms_name.as_str(), p.kek_bits), (7, 1, "hsm", 3072));
+        assert_eq!((p.master_key.id.as_str(), p.master_key.label.as_str(), p.master_key.owned), ("00aa", "keybridge-mk-old", true));
+        assert_eq!((p.kek_public.as_slice(), p.kek_wrapped.as_slice()), (&[0x30, 0x82][..], &[0xbe, 0xef][..]));
+        assert_eq!((p.wrap_mechanism.as_str(), p.oaep_hash.to_string().as_str(), p.params["k"].as_i64()), ("CKM_AES_KEY_WRAP_PAD", "sha1", Some(1)));
+        assert_eq!(c.dek("d1").await.unwrap().generation, 1);
+        assert_eq!(c.pool_generation(7, 1).await.unwrap().kek_wrapped, p.kek_wrapped);
+        assert!(c.pool_generation(7, 2).await.is_err());
+        let gens = c.generations(7).await.unwrap();
+        assert_eq!((gens.len(), gens[0].deks), (1, 1));
+    }
 }

@@ -98,4 +98,62 @@ pub(crate) const MIGRATIONS: &[&str] = &[
     );
     CREATE INDEX request_nonces_by_expiry ON request_nonces(expires);
     "#,
+    // 5: the key lifecycle (docs/design.md, "Key lifecycle"). A pool has
+    // KEK generations; each generation's private half is wrapped under one
+    // or more master keys; master keys have states. Each existing pool
+    // becomes generation 1 with one wrapping under its master key; the
+    // pool row keeps its KMS (where new master keys and KEKs are made).
+    r#"
+    CREATE TABLE master_keys (
+        id              INTEGER PRIMARY KEY,
+        kms_name        TEXT NOT NULL REFERENCES kms(name),
+        key_ref         TEXT NOT NULL,        -- reference in the KMS (CKA_ID hex, KMIP id)
+        label           TEXT NOT NULL,
+        material        BLOB,                 -- built-in KMS only: MK sealed under the root key
+        owned           INTEGER NOT NULL,     -- 1: created by keybridge, 0: adopted
+        state           TEXT NOT NULL,        -- active | deactivated | destroyed
+        created_at      TEXT NOT NULL,
+        deactivated_at  TEXT,
+        destroyed_at    TEXT
+    );
+    CREATE TABLE kek_generations (
+        pool_id     INTEGER NOT NULL REFERENCES pools(id),
+        generation  INTEGER NOT NULL,         -- 1, 2, ... new DEKs use the newest
+        bits        INTEGER NOT NULL,
+        kek_public  BLOB NOT NULL,            -- SubjectPublicKeyInfo DER, in clear
+        oaep_hash   TEXT NOT NULL,
+        params      TEXT NOT NULL,            -- JSON: exact mechanisms and parameters
+        created_at  TEXT NOT NULL,
+        PRIMARY KEY (pool_id, generation)
+    );
+    CREATE TABLE wrappings (
+        pool_id         INTEGER NOT NULL,
+        generation      INTEGER NOT NULL,
+        master_key_id   INTEGER NOT NULL REFERENCES master_keys(id),
+        wrap_mechanism  TEXT NOT NULL,
+        wrapped         BLOB NOT NULL,        -- the generation's private KEK under the MK
+        priority        INTEGER NOT NULL,     -- lower first
+        created_at      TEXT NOT NULL,
+        PRIMARY KEY (pool_id, generation, master_key_id),
+        FOREIGN KEY (pool_id, generation) REFERENCES kek_generations(pool_id, generation)
+    );
+    CREATE INDEX wrappings_by_master_key ON wrappings(master_key_id);
+    INSERT INTO master_keys(id, kms_name, key_ref, label, material, owned, state, created_at)
+        SELECT id, kms_name, mk_id, mk_label, mk_material, mk_owned, 'active', created_at FROM pools;
+    INSERT INTO kek_generations(pool_id, generation, bits, kek_public, oaep_hash, params, created_at)
+        SELECT id, 1, kek_bits, kek_public, oaep_hash, params, created_at FROM pools;
+    INSERT INTO wrappings(pool_id, generation, master_key_id, wrap_mechanism, wrapped, priority, created_at)
+        SELECT id, 1, id, wrap_mechanism, kek_wrapped, 0, created_at FROM pools;
+    ALTER TABLE pools DROP COLUMN mk_id;
+    ALTER TABLE pools DROP COLUMN mk_label;
+    ALTER TABLE pools DROP COLUMN mk_material;
+    ALTER TABLE pools DROP COLUMN mk_owned;
+    ALTER TABLE pools DROP COLUMN kek_bits;
+    ALTER TABLE pools DROP COLUMN kek_public;
+    ALTER TABLE pools DROP COLUMN kek_wrapped;
+    ALTER TABLE pools DROP COLUMN wrap_mechanism;
+    ALTER TABLE pools DROP COLUMN oaep_hash;
+    ALTER TABLE pools DROP COLUMN params;
+    ALTER TABLE deks ADD COLUMN generation INTEGER NOT NULL DEFAULT 1;
+    "#,
 ];

@@ -334,7 +334,7 @@ fn commit(conn: &mut rusqlite::Connection, batch: &[Job], purge: bool) -> rusqli
             tx.prepare_cached("DELETE FROM request_nonces WHERE expires < ?1")?.execute(params![keybridge_proto::api::auth::unix_now() as i64])?;
         }
         let mut dek_stmt = tx.prepare_cached(
-            "INSERT INTO deks(id, pool_id, client_id, encrypted_dek, created_at) VALUES (?1, ?2, ?3, ?4, ?5)",
+            "INSERT INTO deks(id, pool_id, client_id, encrypted_dek, generation, created_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
         )?;
         let mut audit_stmt = tx.prepare_cached(
             "INSERT INTO audit(seq, at, actor, action, pool, client, dek_id, result, prev_hash, hash)
@@ -355,7 +355,7 @@ fn commit(conn: &mut rusqlite::Connection, batch: &[Job], purge: bool) -> rusqli
             };
             fresh.push(true);
             if let Some(row) = dek {
-                dek_stmt.execute(params![row.id, row.pool_id, row.client_id, row.encrypted_dek, at])?;
+                dek_stmt.execute(params![row.id, row.pool_id, row.client_id, row.encrypted_dek, row.generation, at])?;
             }
             seq += 1;
             let fields = RowFields {

@@ -379,7 +379,7 @@ impl KeyBackend for KmipBackend {
         let wrapped = self.wrap(mk, &pkcs8, mode).await?;
         let mechanism = mode.mechanism();
         // Verify before anything is stored: the blob opens through the server.
-        let check = PoolKek { pool_id: -1, pool_name: &mk.label, master_key: mk, wrapped_private: &wrapped, wrap_mechanism: mechanism, oaep_hash: OaepHash::Sha256 };
+        let check = PoolKek { pool_id: -1, generation: 0, pool_name: &mk.label, master_key: mk, wrapped_private: &wrapped, wrap_mechanism: mechanism, oaep_hash: OaepHash::Sha256 };
         let back = self.unwrap(&check).await?;
         if back.as_slice() != pkcs8.as_slice() {
             return Err(BackendError::Other("the KMIP server's Decrypt did not return what its Encrypt was given".into()));

@@ -38,7 +38,7 @@ use zeroize::Zeroizing;
 pub use self::protect::{Protection, ProtectionReport};
 use self::session::{ck_to_backend, Doing, OpError, TokenSessions};
 use self::uri::Pkcs11Uri;
-use super::cache::{CacheStats, TtlCache};
+use super::cache::{CacheStats, KekId, TtlCache};
 use super::{BackendError, DekPlaintext, KeyBackend, MasterKeyRef, NewKek, PoolKek, ProbeReport, ProbeStatus};
 use crate::config::Pkcs11Config;
 use crate::crypto::{OaepHash, PublicKek};
@@ -127,20 +127,20 @@ impl KekCache {
     /// The live KEK for `pool`. Entries from an older session epoch leave
     /// the cache (old-epoch objects died with their session and are never
     /// destroyed by handle).
-    fn get(&self, pool: i64, epoch: u64) -> Option<Arc<CachedKek>> {
+    fn get(&self, pool: KekId, epoch: u64) -> Option<Arc<CachedKek>> {
         self.entries.get_valid(pool, |k| k.epoch == epoch)
     }
 
     /// Hold `handle` as `pool`'s KEK: cached for later calls (TTL) or,
     /// with no TTL, destroyed by a later call once this one drops it.
-    fn insert(&self, pool: i64, epoch: u64, handle: ObjectHandle) -> Arc<CachedKek> {
+    fn insert(&self, pool: KekId, epoch: u64, handle: ObjectHandle) -> Arc<CachedKek> {
         let k = Arc::new(CachedKek { handle, epoch, graveyard: self.graveyard.clone() });
         self.entries.insert(pool, k.clone());
         k
     }
 
     /// Drop `pool`'s entry if it is still `k` (a stale or failing handle).
-    fn evict(&self, pool: i64, k: &Arc<CachedKek>) {
+    fn evict(&self, pool: KekId, k: &Arc<CachedKek>) {
         self.entries.remove_if(pool, |cur| Arc::ptr_eq(cur, k));
     }
 
@@ -588,8 +588,8 @@ impl Pkcs11Backend {
     }
 
     /// The token's view of the cached unwrapped KEK of a pool, if cached.
-    pub async fn cached_kek_facts(&self, pool_id: i64) -> Result<Option<KeyFacts>, BackendError> {
-        match self.kek_cache.get(pool_id, self.sessions.epoch()) {
+    pub async fn cached_kek_facts(&self, pool_id: i64, generation: u32) -> Result<Option<KeyFacts>, BackendError> {
+        match self.kek_cache.get((pool_id, generation), self.sessions.epoch()) {
             None => Ok(None),
             Some(k) => self.sessions.run("reading KEK attributes", move |s| key_facts(s, k.handle)).await.map(Some),
         }
@@ -886,7 +886,7 @@ impl KeyBackend for Pkcs11Backend {
         })?;
         let cache = self.kek_cache.clone();
         let sessions = self.sessions.clone();
-        let (pool_id, pool, hash) = (kek.pool_id, kek.pool_name.to_owned(), kek.oaep_hash);
+        let (pool_id, pool, hash) = ((kek.pool_id, kek.generation), kek.pool_name.to_owned(), kek.oaep_hash);
         let mk = kek.master_key.clone();
         let wrapped = kek.wrapped_private.to_vec();
         let ct = encrypted.to_vec();

@@ -17,6 +17,7 @@ pub const ROUTES: &[(&str, &str, Role)] = &[
     ("GET", "/v1/pools", Role::Operator),
     ("POST", "/v1/pools", Role::Operator),
     ("GET", "/v1/pools/{name}", Role::Operator),
+    ("POST", "/v1/pools/{name}/rekey", Role::Operator),
     ("POST", "/v1/clients", Role::Operator),
     ("GET", "/v1/jobs", Role::Operator),
     ("GET", "/v1/clients/{name}/kdf", Role::Public),
@@ -51,6 +52,15 @@ pub struct CreatePool {
 
 fn default_kek_bits() -> usize {
     3072
+}
+
+/// `POST /v1/pools/{name}/rekey` (the body may be empty).
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RekeyPool {
+    /// Size of the new KEK; default: that of the newest generation.
+    #[serde(default)]
+    pub kek_bits: Option<usize>,
 }
 
 /// `POST /v1/clients`: the public material the client derived from its
