@@ -86,7 +86,7 @@ async fn catalog_holds_no_secret(kind: Kind) {
     let conn = rusqlite::Connection::open(rig.dir.path().join("keybridge.db")).unwrap();
     conn.execute_batch("PRAGMA wal_checkpoint(TRUNCATE);").unwrap();
     let mut blobs = 0;
-    for table in ["kms", "pools", "clients", "deks"] {
+    for table in ["kms", "pools", "master_keys", "kek_generations", "wrappings", "clients", "deks"] {
         let mut stmt = conn.prepare(&format!("SELECT * FROM {table}")).unwrap();
         let n = stmt.column_count();
         let mut rows = stmt.query([]).unwrap();
@@ -132,8 +132,9 @@ async fn tampering(kind: Kind) {
     // Flip one byte of the wrapped private KEK.
     let g2 = backup::issue_dek(&kb, &pool, &client, &actor()).await.unwrap();
     common::execute_raw(&kb, &format!(
-        "UPDATE pools SET kek_wrapped = CAST(substr(kek_wrapped, 1, 40) || \
-         CASE WHEN substr(kek_wrapped, 41, 1) = x'00' THEN x'01' ELSE x'00' END || substr(kek_wrapped, 42) AS BLOB) WHERE name = '{pool}'"
+        "UPDATE wrappings SET wrapped = CAST(substr(wrapped, 1, 40) || \
+         CASE WHEN substr(wrapped, 41, 1) = x'00' THEN x'01' ELSE x'00' END || substr(wrapped, 42) AS BLOB) \
+         WHERE pool_id = (SELECT id FROM pools WHERE name = '{pool}')"
     )).unwrap();
     let before = catalog_digest(&kb);
     let err = restore::recover_dek(&rig.open(), &g2.dek_id, &client, &actor()).await.unwrap_err();
@@ -216,7 +217,7 @@ async fn replaced_kek_public(kind: Kind) {
     backup::issue_dek(&kb, &pool, &client, &actor()).await.unwrap();
     let original = kb.catalog().pool_by_name(&pool).await.unwrap().kek_public;
     let other = pool_creation::create_pool(&kb, &pool_name(), "kms", &pool_creation::PoolOptions { kek_bits: 2048, master_key: None }, &actor()).await.unwrap();
-    let set = |spki: &[u8]| format!("UPDATE pools SET kek_public = x'{}' WHERE name = '{pool}'", hex::encode(spki));
+    let set = |spki: &[u8]| format!("UPDATE kek_generations SET kek_public = x'{}' WHERE pool_id = (SELECT id FROM pools WHERE name = '{pool}')", hex::encode(spki));
     common::execute_raw(&kb, &set(&other.kek_public)).unwrap();
     let pool_id = kb.catalog().pool_by_name(&pool).await.unwrap().id;
     let before = kb.catalog().count_deks(pool_id).await.unwrap();
@@ -274,7 +275,7 @@ async fn missing_master_key(kind: Kind) {
     let p = kb.catalog().pool_by_name(&pool).await.unwrap();
     match kind {
         Kind::Builtin => {
-            common::execute_raw(&kb, &format!("UPDATE pools SET mk_material = NULL WHERE id = {}", p.id)).unwrap();
+            common::execute_raw(&kb, &format!("UPDATE master_keys SET material = NULL WHERE id = {}", p.mk_row)).unwrap();
         }
         _ => {
             let backend = kb.backend("kms").await.unwrap();

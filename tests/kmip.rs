@@ -152,7 +152,7 @@ async fn cbc_wrap_on_kmip_1_2() {
     for at in [60, original.len() - 17] {
         let mut blob = original.clone();
         blob[at] ^= 0x01;
-        common::execute_raw(&kb, &format!("UPDATE pools SET kek_wrapped = x'{}' WHERE name = 'p'", hex::encode(&blob))).unwrap();
+        common::execute_raw(&kb, &format!("UPDATE wrappings SET wrapped = x'{}' WHERE pool_id = (SELECT id FROM pools WHERE name = 'p')", hex::encode(&blob))).unwrap();
         kb.backend("kmip").await.unwrap().clear_cache().await;
         let err = restore::recover_dek(&kb, &g.dek_id, "c", &actor()).await.unwrap_err();
         assert_eq!(err.exit_code(), 5, "{err}");

@@ -175,7 +175,7 @@ pub(crate) fn catalog_digest(kb: &Keybridge) -> String {
     use sha2::{Digest, Sha256};
     let conn = sqlite(kb);
     let mut h = Sha256::new();
-    for table in ["kms", "pools", "clients", "deks"] {
+    for table in ["kms", "pools", "master_keys", "kek_generations", "wrappings", "clients", "deks"] {
         let mut stmt = conn.prepare(&format!("SELECT * FROM {table} ORDER BY 1")).unwrap();
         let n = stmt.column_count();
         let mut rows = stmt.query([]).unwrap();
