@@ -626,7 +626,7 @@ impl Inline {
         let c = self.kb.catalog();
         let row = ready(c.dek(&self.dek_id)).expect("dek");
         let client = ready(c.client_by_name(&self.client)).expect("client");
-        let pool = ready(c.pool_by_id(row.pool_id)).expect("pool");
+        let pool = ready(c.pool_generation(row.pool_id, row.generation)).expect("pool");
         let dek = Dek::from_bytes([7u8; 32]);
         std::hint::black_box(seal::seal(&dek, client.recipient(), &pool.name, &self.dek_id).expect("seal"));
     }
@@ -852,12 +852,12 @@ fn bench_token(rt: &Runtime, s: &Settings, t: Token, report: &mut Report) {
     let id0 = ids[0].clone();
     let dek_us = micro(md, || drop(ready(catalog.dek(&id0)).expect("dek")));
     let client_us = micro(md, || drop(ready(catalog.client_by_name(&rig.client.name)).expect("client")));
-    let pool_us = micro(md, || drop(ready(catalog.pool_by_id(rig.pool.id)).expect("pool")));
+    let pool_us = micro(md, || drop(ready(catalog.pool_generation(rig.pool.id, rig.pool.generation)).expect("pool")));
     let dek = Dek::from_bytes([7u8; 32]);
     let seal_us = micro(md, || drop(seal::seal(&dek, rig.client.recipient(), &rig.pool.name, &id0).expect("seal")));
     let components = dek_us + client_us + pool_us + seal_us;
     report.notes.push(format!(
-        "{k} recover: {kb_us:.0} us/op vs raw C_Decrypt {base_us:.0} us/op (+{:.0} us). Parts, by ratio: raw calls via spawn_blocking vs direct {:.3}; recover vs raw + hand-off + keybridge's in-line work replayed {:.3} (about 1: nothing else hides in recover). In-line work measured hot: catalog dek() {dek_us:.0} + client_by_name {client_us:.0} + pool_by_id {pool_us:.0} + seal {seal_us:.0} = {components:.0} us; it costs more in situ (cold caches after each token call)",
+        "{k} recover: {kb_us:.0} us/op vs raw C_Decrypt {base_us:.0} us/op (+{:.0} us). Parts, by ratio: raw calls via spawn_blocking vs direct {:.3}; recover vs raw + hand-off + keybridge's in-line work replayed {:.3} (about 1: nothing else hides in recover). In-line work measured hot: catalog dek() {dek_us:.0} + client_by_name {client_us:.0} + pool_generation {pool_us:.0} + seal {seal_us:.0} = {components:.0} us; it costs more in situ (cold caches after each token call)",
         kb_us - base_us,
         t1.rate() / h1.rate(),
         v.rate() / w.rate(),

@@ -353,6 +353,41 @@ async fn rekey_twice(kind: Kind) {
     assert!(err.contains("2048, 3072 or 4096"), "{err}");
 }
 
+/// Whoever writes the catalog cannot slip a KEK generation in: not one
+/// that copies another pool's KEK and wrapping (it passes a KMS round
+/// trip, but is wrapped under the other pool's master key), and not by a
+/// trigger that adds such a generation while a rekey stores its own (the
+/// rekey pins only the key it made).
+async fn forged_generation_is_refused(kind: Kind) {
+    let Some(rig) = Rig::new(kind) else { return };
+    let kb = rig.open();
+    let (a, client) = pool_and_client(&kb).await;
+    let (b, _) = pool_and_client(&kb).await;
+    backup::issue_dek(&kb, &a, &client, &actor()).await.unwrap();
+    let copy_b_as = |generation: u32| {
+        format!(
+            "INSERT INTO kek_generations SELECT (SELECT id FROM pools WHERE name = '{a}'), {generation}, bits, kek_public, oaep_hash, params, created_at
+                 FROM kek_generations WHERE pool_id = (SELECT id FROM pools WHERE name = '{b}');
+             INSERT INTO wrappings SELECT (SELECT id FROM pools WHERE name = '{a}'), {generation}, master_key_id, wrap_mechanism, wrapped, priority, created_at
+                 FROM wrappings WHERE pool_id = (SELECT id FROM pools WHERE name = '{b}');"
+        )
+    };
+    // A trigger adds generation 3 (pool b's key) as the rekey stores 2.
+    common::execute_raw(&kb, &format!("CREATE TRIGGER slip AFTER INSERT ON wrappings WHEN NEW.generation = 2 BEGIN {} END", copy_b_as(3))).unwrap();
+    let new = pool_lifecycle::rekey(&kb, &a, None, &actor()).await.unwrap();
+    assert_eq!(new.generation, 2, "the rekey reports the generation it made");
+    assert_eq!(kb.catalog().pool_by_name(&a).await.unwrap().generation, 3, "the trigger did add generation 3");
+    let err = backup::issue_dek(&kb, &a, &client, &actor()).await.unwrap_err();
+    assert_eq!(err.exit_code(), 6, "{err}");
+    assert!(err.to_string().contains("wrapped under master key"), "{err}");
+    // Inserted directly, without the rekey: a fresh instance on this host
+    // (pins read from disk) refuses it as well.
+    common::execute_raw(&kb, "DROP TRIGGER slip").unwrap();
+    common::sqlite(&kb).execute_batch(&copy_b_as(4)).unwrap();
+    let err = backup::issue_dek(&rig.open(), &a, &client, &actor()).await.unwrap_err();
+    assert!(err.to_string().contains("wrapped under master key"), "{err}");
+}
+
 macro_rules! on_every_backend {
     ($($test:ident),* $(,)?) => {
         mod builtin { $( #[tokio::test(flavor = "multi_thread", worker_threads = 2)] async fn $test() { super::$test(super::Kind::Builtin).await } )* }
@@ -429,6 +464,10 @@ mod token_only {
     async fn p11kit_proxy_key_attributes() { key_attributes_from_token(Kind::P11KitProxy).await }
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn p11kit_proxy_adopt_master_key() { adopt_existing_master_key(Kind::P11KitProxy).await }
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn builtin_forged_generation_is_refused() { forged_generation_is_refused(Kind::Builtin).await }
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn softhsm_forged_generation_is_refused() { forged_generation_is_refused(Kind::SoftHsm).await }
 }
 
 /// Many concurrent issuers share group commits; none is lost or mixed up,

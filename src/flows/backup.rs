@@ -55,13 +55,34 @@ async fn checked_kek(kb: &Keybridge, pool: &PoolRecord, public: &PublicKek) -> R
     }
     let sha256 = pool.kek_public_sha256();
     let replaced = |reason: String| Error::Integrity { what: format!("public KEK of pool '{}' (generation {})", pool.name, pool.generation), reason };
+    // A name from the catalog is not trusted either: one holding '#' or
+    // '@' could take over another pool's pins.
+    keybridge_proto::error::check_name("pool name", &pool.name).map_err(|e| replaced(format!("the catalog holds an invalid pool name: {e}")))?;
     match kb.kek_pin(&pin) {
         Some(pinned) if pinned == sha256 => {
+            // Pins written before master keys were pinned: the key of a
+            // generation this host checked becomes the pool's.
+            let (mk_pin, mk_id) = pool.mk_pin();
+            if kb.kek_pin(&mk_pin).is_none() {
+                kb.pin_kek(&mk_pin, mk_id);
+            }
             kb.set_kek_checked(&pin, &pool.kek_public);
             return Ok(());
         }
         Some(_) => return Err(replaced("it is not the one this host checked against the KMS: the catalog row was replaced; no DEK is issued under it".into())),
         None => {}
+    }
+    // A generation this host has not seen: it must be wrapped under the
+    // master key this host pinned for the pool, or a catalog writer could
+    // add a generation that copies another pool's KEK and wrapping (under
+    // another, perhaps weaker, KMS) and pass the round trip below.
+    let (mk_pin, mk_id) = pool.mk_pin();
+    let pinned_mk = kb.kek_pin(&mk_pin);
+    if pinned_mk.as_deref().is_some_and(|p| p != mk_id) {
+        return Err(replaced(format!(
+            "it is wrapped under master key {mk_id}, not {} which this host pinned for the pool; no DEK is issued under it",
+            pinned_mk.unwrap_or_default()
+        )));
     }
     let probe = keybridge_proto::crypto::random_array::<32>().map_err(Error::crypto("making a KEK check value"))?;
     let encrypted = public.encrypt(pool.oaep_hash, &probe[..]).map_err(Error::crypto(format!("encrypting under the KEK of pool '{}'", pool.name)))?;
@@ -74,6 +95,9 @@ async fn checked_kek(kb: &Keybridge, pool: &PoolRecord, public: &PublicKek) -> R
         Err(e) => return Err(Error::backend(&pool.kms_name)(e)),
     }
     kb.pin_kek(&pin, sha256);
+    if pinned_mk.is_none() {
+        kb.pin_kek(&mk_pin, mk_id);
+    }
     kb.set_kek_checked(&pin, &pool.kek_public);
     Ok(())
 }

@@ -68,7 +68,14 @@ async fn create(kb: &Keybridge, name: &str, kms: &str, opts: &PoolOptions<'_>) -
     // Steps 2 and 3; on failure, remove what step 1 created.
     let result = async {
         let kek = backend.generate_kek(&mk, opts.kek_bits).await.map_err(on_kms)?;
-        kb.catalog().insert_pool(name, kms, backend.kind(), &identity, &mk, &kek).await
+        let pool = kb.catalog().insert_pool(name, kms, backend.kind(), &identity, &mk, &kek).await?;
+        if pool.generation != 1 || pool.kek_public != kek.public_spki {
+            return Err(Error::Integrity {
+                what: format!("pool '{name}'"),
+                reason: "the catalog returned another key than the one just stored (the catalog was edited); nothing was pinned".into(),
+            });
+        }
+        Ok(pool)
     }
     .await;
     match result {
@@ -77,6 +84,8 @@ async fn create(kb: &Keybridge, name: &str, kms: &str, opts: &PoolOptions<'_>) -
             // The KEK pair was made here, so its public half is known good
             // (see `backup::checked_kek`).
             kb.pin_kek(&pool.pin_name(), pool.kek_public_sha256());
+            let (mk_pin, mk_id) = pool.mk_pin();
+            kb.pin_kek(&mk_pin, mk_id);
             Ok(pool)
         }
         Err(err) if mk.owned => match backend.destroy_master_key(&mk).await {

@@ -33,8 +33,18 @@ async fn rekey_inner(kb: &Keybridge, name: &str, bits: Option<usize>) -> Result<
     let backend = kb.backend(&pool.kms_name).await?;
     let kek = backend.generate_kek(&pool.master_key, bits).await.map_err(Error::backend(&pool.kms_name))?;
     let new = kb.catalog().add_generation(&pool, &kek).await?;
+    if new.generation != pool.generation + 1 || new.kek_public != kek.public_spki || new.mk_row != pool.mk_row {
+        return Err(Error::Integrity {
+            what: format!("new KEK generation of pool '{name}'"),
+            reason: "the catalog returned another key than the one just stored (the catalog was edited); nothing was pinned".into(),
+        });
+    }
     // Made here, so its public half is known good (see `backup::checked_kek`).
     kb.pin_kek(&new.pin_name(), new.kek_public_sha256());
+    let (mk_pin, mk_id) = new.mk_pin();
+    if kb.kek_pin(&mk_pin).is_none() {
+        kb.pin_kek(&mk_pin, mk_id);
+    }
     tracing::info!(pool = name, generation = new.generation, bits, "pool rekeyed: new DEKs use the new KEK generation");
     Ok(new)
 }

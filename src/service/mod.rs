@@ -314,7 +314,13 @@ async fn create_pool(State(s): State<Shared>, body: Bytes) -> ApiResult {
 
 async fn show_pool(State(s): State<Shared>, Path(name): Path<String>) -> ApiResult {
     let started = Instant::now();
-    let pool = s.kb.catalog().pool_by_name(&name).await.map(|p| p.to_json());
+    let pool = async {
+        let p = s.kb.catalog().pool_by_name(&name).await?;
+        let mut v = p.to_json();
+        v["kek_generations"] = json!(s.kb.catalog().generations(p.id).await?);
+        Ok(v)
+    }
+    .await;
     s.finish("pool_show", "-", started, pool)
 }
 
@@ -368,7 +374,7 @@ async fn issue_dek(State(s): State<Shared>, Extension(Caller(client)): Extension
 async fn recover_dek(State(s): State<Shared>, Extension(Caller(client)): Extension<Caller>, Path(id): Path<String>) -> ApiResult {
     let started = Instant::now();
     let kms = match s.kb.catalog().dek(&id).await {
-        Ok(d) => s.kb.catalog().pool_by_id(d.pool_id).await.map(|p| p.kms_name).unwrap_or_else(|_| "-".into()),
+        Ok(d) => s.kb.catalog().pool_generation(d.pool_id, d.generation).await.map(|p| p.kms_name).unwrap_or_else(|_| "-".into()),
         Err(_) => "-".into(),
     };
     let grant = restore::recover_dek(&s.kb, &id, &client, &Actor::Client(client.clone())).await;

@@ -68,12 +68,19 @@ impl PoolRecord {
 
     /// The name a host pins this generation's public KEK under: the pool's
     /// name for generation 1 (as before generations existed), `NAME#N`
-    /// after.
+    /// after. (Pool names never hold '#' or '@': `check_name`.)
     pub fn pin_name(&self) -> String {
         match self.generation {
             1 => self.name.clone(),
             n => format!("{}#{n}", self.name),
         }
+    }
+
+    /// The name a host pins the pool's master key under (`NAME@mk`), and
+    /// the value: the KMS and the key's reference there. A generation
+    /// first seen on a host must be wrapped under the pinned master key.
+    pub fn mk_pin(&self) -> (String, String) {
+        (format!("{}@mk", self.name), format!("{}/{}", self.kms_name, self.master_key.id))
     }
 
     /// What a backend needs to decrypt under this pool's KEK.

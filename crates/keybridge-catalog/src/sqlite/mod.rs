@@ -13,7 +13,7 @@ mod writer;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
-use rusqlite::{params, Connection, OptionalExtension, Row};
+use rusqlite::{params, Connection, OptionalExtension, Row, TransactionBehavior};
 
 use async_trait::async_trait;
 
@@ -167,9 +167,11 @@ impl Catalog for SqliteCatalog {
         kek: &NewKek,
     ) -> Result<PoolRecord> {
         // The connection guard must not live across an await.
-        let id = {
-            let mut conn = self.conn();
-            let tx = conn.transaction().map_err(Error::catalog("starting pool transaction"))?;
+        let mut conn = self.conn();
+        // IMMEDIATE: it reads, then writes; a deferred transaction would
+        // fail at once if the DEK writer committed in between.
+        let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate).map_err(Error::catalog("starting pool transaction"))?;
+        {
             // The pool, its master key, KEK generation 1 and its wrapping.
             tx.execute(
                 &format!("INSERT INTO kms(name, kind, identity, first_used) VALUES (?1, ?2, ?3, {NOW}) ON CONFLICT(name) DO NOTHING"),
@@ -187,17 +189,26 @@ impl Catalog for SqliteCatalog {
             tx.execute(&format!("INSERT INTO pools(name, kms_name, created_at) VALUES (?1, ?2, {NOW})"), params![name, kms_name])
                 .map_err(Error::catalog(format!("inserting pool '{name}'")))?;
             let id = tx.last_insert_rowid();
+            // One row per key in a KMS: a key adopted by several pools is
+            // one master key (it may be destroyed only when no wrapping of
+            // any pool names it).
             tx.execute(
-                &format!("INSERT INTO master_keys(kms_name, key_ref, label, material, owned, state, created_at) VALUES (?1, ?2, ?3, ?4, ?5, 'active', {NOW})"),
+                &format!(
+                    "INSERT INTO master_keys(kms_name, key_ref, label, material, owned, state, created_at) VALUES (?1, ?2, ?3, ?4, ?5, 'active', {NOW})
+                     ON CONFLICT(kms_name, key_ref) DO NOTHING"
+                ),
                 params![kms_name, mk.id, mk.label, mk.material, mk.owned],
             )
             .map_err(Error::catalog(format!("recording the master key of pool '{name}'")))?;
-            let mk_row = tx.last_insert_rowid();
+            let mk_row: i64 = tx
+                .query_row("SELECT id FROM master_keys WHERE kms_name = ?1 AND key_ref = ?2", params![kms_name, mk.id], |r| r.get(0))
+                .map_err(Error::catalog(format!("recording the master key of pool '{name}'")))?;
             insert_generation(&tx, id, 1, mk_row, kek).map_err(Error::catalog(format!("inserting the KEK of pool '{name}'")))?;
+            // Read back inside the transaction, by the generation made here.
+            let pool = generation_in(&tx, id, 1)?;
             tx.commit().map_err(Error::catalog(format!("committing pool '{name}'")))?;
-            id
-        };
-        self.pool_by_id(id).await
+            Ok(pool)
+        }
     }
 
     async fn pool_by_name(&self, name: &str) -> Result<PoolRecord> {
@@ -211,18 +222,14 @@ impl Catalog for SqliteCatalog {
     }
 
     async fn pool_generation(&self, id: i64, generation: u32) -> Result<PoolRecord> {
-        self.conn()
-            .prepare_cached(&format!("{POOL_SELECT} WHERE p.id = ?1 AND g.generation = ?2"))
-            .and_then(|mut st| st.query_row(params![id, generation], pool_from_row).optional())
-            .map_err(Error::catalog("reading a KEK generation"))?
-            .ok_or_else(|| Error::NotFound { what: "KEK generation", name: format!("{generation} of pool id {id}") })
+        generation_in(&self.conn(), id, generation)
     }
 
     async fn add_generation(&self, pool: &PoolRecord, kek: &NewKek) -> Result<PoolRecord> {
         let id = pool.id;
+        let mut conn = self.conn();
+        let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate).map_err(Error::catalog("starting a KEK generation"))?;
         {
-            let mut conn = self.conn();
-            let tx = conn.transaction().map_err(Error::catalog("starting a KEK generation"))?;
             let newest: u32 = tx
                 .query_row("SELECT MAX(generation) FROM kek_generations WHERE pool_id = ?1", [id], |r| r.get(0))
                 .map_err(Error::catalog("reading the newest KEK generation"))?;
@@ -233,10 +240,13 @@ impl Catalog for SqliteCatalog {
                     reason: format!("the pool changed meanwhile (its newest generation is {newest}, not {}); run the command again", pool.generation),
                 });
             }
-            insert_generation(&tx, id, newest + 1, pool.mk_row, kek).map_err(Error::catalog(format!("adding a KEK generation to pool '{}'", pool.name)))?;
+            let next = newest.checked_add(1).ok_or_else(|| Error::Integrity { what: format!("KEK generations of pool '{}'", pool.name), reason: "the newest generation number is the largest there is".into() })?;
+            insert_generation(&tx, id, next, pool.mk_row, kek).map_err(Error::catalog(format!("adding a KEK generation to pool '{}'", pool.name)))?;
+            // Read back inside the transaction, by the generation made here.
+            let new = generation_in(&tx, id, next)?;
             tx.commit().map_err(Error::catalog(format!("committing a KEK generation of pool '{}'", pool.name)))?;
+            Ok(new)
         }
-        self.pool_by_id(id).await
     }
 
     async fn list_pools(&self) -> Result<Vec<PoolRecord>> {
@@ -445,10 +455,18 @@ const POOL_SELECT: &str = "SELECT p.id, p.name, m.kms_name, m.key_ref, m.label, 
         w.wrapped, w.wrap_mechanism, g.oaep_hash, g.params, p.created_at, g.generation, m.id
     FROM pools p
     JOIN kek_generations g ON g.pool_id = p.id
-    JOIN wrappings w ON w.pool_id = p.id AND w.generation = g.generation
+    LEFT JOIN wrappings w ON w.pool_id = p.id AND w.generation = g.generation
         AND w.master_key_id = (SELECT w2.master_key_id FROM wrappings w2 WHERE w2.pool_id = p.id AND w2.generation = g.generation
-                               ORDER BY w2.priority, w2.created_at LIMIT 1)
-    JOIN master_keys m ON m.id = w.master_key_id";
+                               ORDER BY w2.priority, w2.created_at, w2.master_key_id LIMIT 1)
+    LEFT JOIN master_keys m ON m.id = w.master_key_id";
+
+/// Pool `id` at KEK generation `generation`, on `conn` (or a transaction).
+fn generation_in(conn: &Connection, id: i64, generation: u32) -> Result<PoolRecord> {
+    conn.prepare_cached(&format!("{POOL_SELECT} WHERE p.id = ?1 AND g.generation = ?2"))
+        .and_then(|mut st| st.query_row(params![id, generation], pool_from_row).optional())
+        .map_err(Error::catalog("reading a KEK generation"))?
+        .ok_or_else(|| Error::NotFound { what: "KEK generation", name: format!("{generation} of pool id {id}") })
+}
 
 /// [`POOL_SELECT`] at the pool's newest generation.
 const NEWEST: &str = "g.generation = (SELECT MAX(g2.generation) FROM kek_generations g2 WHERE g2.pool_id = p.id)";
@@ -468,6 +486,16 @@ fn insert_generation(tx: &rusqlite::Transaction<'_>, pool_id: i64, generation: u
 }
 
 fn pool_from_row(r: &Row<'_>) -> rusqlite::Result<PoolRecord> {
+    // A generation without a wrapping (joined LEFT, so the pool does not
+    // vanish from listings) cannot restore: say so.
+    if r.get::<_, Option<i64>>(15)?.is_none() {
+        let (name, generation): (String, u32) = (r.get(1)?, r.get(14)?);
+        return Err(rusqlite::Error::FromSqlConversionFailure(
+            15,
+            rusqlite::types::Type::Null,
+            format!("KEK generation {generation} of pool '{name}' has no wrapping under any master key (the catalog was edited)").into(),
+        ));
+    }
     let hash: String = r.get(11)?;
     let params: String = r.get(12)?;
     let bits: i64 = r.get(7)?;
@@ -542,6 +570,10 @@ mod tests {
                                    wrap_mechanism, oaep_hash, params, created_at)
                      VALUES (7, 'old', 'hsm', '00aa', 'keybridge-mk-old', NULL, 1, 3072, X'3082', X'beef',
                              'CKM_AES_KEY_WRAP_PAD', 'sha1', '{\"k\":1}', '2026-01-01T00:00:00.000Z');
+                 INSERT INTO pools(id, name, kms_name, mk_id, mk_label, mk_material, mk_owned, kek_bits, kek_public, kek_wrapped,
+                                   wrap_mechanism, oaep_hash, params, created_at)
+                     VALUES (9, 'shared', 'hsm', '00aa', 'keybridge-mk-old', NULL, 0, 2048, X'3083', X'cafe',
+                             'CKM_AES_KEY_WRAP_PAD', 'sha1', '{}', '2026-01-03T00:00:00.000Z');
                  INSERT INTO clients(id, name, kdf, salt, seal_public, created_at) VALUES (3, 'c', '{}', X'00', X'00', '2026-01-01T00:00:00.000Z');
                  INSERT INTO deks VALUES ('d1', 7, 3, X'0102', '2026-01-02T00:00:00.000Z');",
             )
@@ -559,5 +591,10 @@ mod tests {
         assert!(c.pool_generation(7, 2).await.is_err());
         let gens = c.generations(7).await.unwrap();
         assert_eq!((gens.len(), gens[0].deks), (1, 1));
+        // Two pools on one (adopted) key: one master key row, both wrap under it.
+        let shared = c.pool_by_name("shared").await.unwrap();
+        assert_eq!((shared.mk_row, shared.kek_wrapped.as_slice()), (p.mk_row, &[0xca, 0xfe][..]));
+        let rows: i64 = c.conn().query_row("SELECT COUNT(*) FROM master_keys", [], |r| r.get(0)).unwrap();
+        assert_eq!(rows, 1);
     }
 }

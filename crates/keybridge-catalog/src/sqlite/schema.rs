@@ -138,12 +138,18 @@ pub(crate) const MIGRATIONS: &[&str] = &[
         FOREIGN KEY (pool_id, generation) REFERENCES kek_generations(pool_id, generation)
     );
     CREATE INDEX wrappings_by_master_key ON wrappings(master_key_id);
+    -- One row per key in a KMS: pools that adopted the same key share it.
+    CREATE UNIQUE INDEX master_keys_by_ref ON master_keys(kms_name, key_ref);
+    -- Ids chosen here (the smallest pool id using the key); a PostgreSQL
+    -- port must move its sequence past them (setval).
     INSERT INTO master_keys(id, kms_name, key_ref, label, material, owned, state, created_at)
-        SELECT id, kms_name, mk_id, mk_label, mk_material, mk_owned, 'active', created_at FROM pools;
+        SELECT MIN(id), kms_name, mk_id, MIN(mk_label), MIN(mk_material), MAX(mk_owned), 'active', MIN(created_at)
+        FROM pools GROUP BY kms_name, mk_id;
     INSERT INTO kek_generations(pool_id, generation, bits, kek_public, oaep_hash, params, created_at)
         SELECT id, 1, kek_bits, kek_public, oaep_hash, params, created_at FROM pools;
     INSERT INTO wrappings(pool_id, generation, master_key_id, wrap_mechanism, wrapped, priority, created_at)
-        SELECT id, 1, id, wrap_mechanism, kek_wrapped, 0, created_at FROM pools;
+        SELECT p.id, 1, m.id, p.wrap_mechanism, p.kek_wrapped, 0, p.created_at
+        FROM pools p JOIN master_keys m ON m.kms_name = p.kms_name AND m.key_ref = p.mk_id;
     ALTER TABLE pools DROP COLUMN mk_id;
     ALTER TABLE pools DROP COLUMN mk_label;
     ALTER TABLE pools DROP COLUMN mk_material;
@@ -155,5 +161,6 @@ pub(crate) const MIGRATIONS: &[&str] = &[
     ALTER TABLE pools DROP COLUMN oaep_hash;
     ALTER TABLE pools DROP COLUMN params;
     ALTER TABLE deks ADD COLUMN generation INTEGER NOT NULL DEFAULT 1;
+    CREATE INDEX deks_by_pool_generation ON deks(pool_id, generation);
     "#,
 ];
