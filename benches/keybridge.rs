@@ -19,12 +19,12 @@
 //!
 //! And on the built-in backend (no token): d, DEK issue as the service does
 //! it (`backup::issue_dek`, which `POST /v1/deks` calls: pool and client
-//! lookups, public KEK parse, OAEP encrypt, durable group-committed insert
+//! lookups, public KEK check, OAEP encrypt, durable group-committed insert
 //! with its audit row, seal for the client) with one stated number of
 //! concurrent issuers (32), against raw software OAEP encryption plus the
 //! same seal in a loop on as many OS threads as the runtime has workers
 //! (same cores). Info rows: a control (the baseline's work in tokio tasks),
-//! `issue_dek` vs `issue_with` (what lookups and parse cost in situ) and
+//! `issue_dek` vs `issue_with` (what the lookups cost in situ) and
 //! other issuer counts; the CPU each side used is in the notes.
 //!
 //! Stream (no token): e, client-data stream encryption (`stream::Encryptor`,
@@ -449,10 +449,10 @@ fn recover_run(rt: &Runtime, rig: &Rig, ids: &Arc<Vec<String>>, callers: usize, 
 enum IssueMode {
     /// DEK issue as the service's `POST /v1/deks` handler runs it:
     /// `backup::issue_dek` by pool and client name (catalog lookups, public
-    /// KEK parse, DEK, OAEP encrypt, durable insert with its audit row, seal).
+    /// KEK check, DEK, OAEP encrypt, durable insert with its audit row, seal).
     Service,
-    /// `backup::issue_with`: the same without the lookups and the parse
-    /// (records and parsed key in hand), to measure what those cost in situ.
+    /// `backup::issue_with`: the same without the lookups (records and
+    /// parsed key in hand), to measure what they cost in situ.
     Prepared,
     /// Control: the baseline's work (OAEP encrypt + seal) in tokio tasks.
     EncryptSeal,
@@ -1021,7 +1021,7 @@ fn bench_issue(rt: &Runtime, s: &Settings, report: &mut Report) {
     let threads = s.cores;
     let n = s.issue_concurrency;
     let base_side = format!("encrypt + seal, {threads} threads");
-    let less = "[baseline does less: no catalog, no key parse, no DEK generation]";
+    let less = "[baseline does less: no catalog, no KEK check, no DEK generation]";
 
     // Same CPU budget: the baseline keeps every core busy with OAEP encrypt
     // + seal on `cores` OS threads; keybridge gets a tokio runtime with
@@ -1055,7 +1055,7 @@ fn bench_issue(rt: &Runtime, s: &Settings, report: &mut Report) {
         None,
     );
     report.notes.push(format!(
-        "issue setup: baseline = PublicKek::encrypt (same RSA-{KEK_BITS} KEK, OAEP-{hash}, {ENVELOPE_LEN}-byte plaintext) + seal::seal of a fixed DEK for the same client, on {threads} OS threads (every core busy); keybridge = backup::issue_dek, the function POST /v1/deks calls (pool and client looked up by name, public KEK parsed from the pool row, pin compared, DEK generated, OAEP encrypt, DEK row and its audit row committed durably by the group-commit writer, seal), {n} concurrent tasks on a tokio runtime with {threads} worker threads (same cores; plus the writer thread). Concurrency set by KEYBRIDGE_BENCH_ISSUE_CONCURRENCY"
+        "issue setup: baseline = PublicKek::encrypt (same RSA-{KEK_BITS} KEK, OAEP-{hash}, {ENVELOPE_LEN}-byte plaintext) + seal::seal of a fixed DEK for the same client, on {threads} OS threads (every core busy); keybridge = backup::issue_dek, the function POST /v1/deks calls (pool and client looked up by name, the pool's public KEK compared with the one this process checked, which it parsed then, DEK generated, OAEP encrypt, DEK row and its audit row committed durably by the group-commit writer, seal), {n} concurrent tasks on a tokio runtime with {threads} worker threads (same cores; plus the writer thread). Concurrency set by KEYBRIDGE_BENCH_ISSUE_CONCURRENCY"
     ));
 
     // Control: what running the baseline's work in tokio tasks costs.
@@ -1063,13 +1063,13 @@ fn bench_issue(rt: &Runtime, s: &Settings, report: &mut Report) {
     let (cb, ck) = compare(s, &mut |b, d| if b { issue_run(rt, &rig, n, IssueMode::EncryptSeal, d) } else { encrypt_seal_run(&rig, threads, d) });
     report.row("issue.control_tokio_vs_threads", &format!("control: encrypt + seal in {n} tokio tasks vs threads"), &base_side, cb, &format!("encrypt + seal, {n} tokio tasks"), ck, None);
 
-    // What the lookups and the parse cost in situ: issue_with is issue_dek
-    // with the records and the parsed key handed in.
+    // What the lookups cost in situ: issue_with is issue_dek with the
+    // records and the parsed key handed in.
     eprintln!("[issue] detail: issue_with (records and parsed key in hand) vs issue_dek, {n} concurrent");
     let (pb, pk) = compare(s, &mut |b, d| issue_run(rt, &rig, n, if b { IssueMode::Service } else { IssueMode::Prepared }, d));
     report.row(
         "issue.service_vs_prepared",
-        &format!("info: issue_dek vs issue_with, {n} concurrent [baseline does less: no lookups, no key parse]"),
+        &format!("info: issue_dek vs issue_with, {n} concurrent [baseline does less: no lookups]"),
         &format!("issue_with, {n} concurrent"),
         pb,
         &format!("backup::issue_dek, {n} concurrent"),
@@ -1111,9 +1111,9 @@ fn bench_issue(rt: &Runtime, s: &Settings, report: &mut Report) {
     let one_us = micro(Duration::from_millis(500), || {
         rt.block_on(async { drop(backup::issue_dek(&rig.kb, &rig.pool.name, &rig.client.name, &actor()).await.expect("issue")) })
     });
-    let inline = enc_us + seal_us + gen_us + lookup_us + parse_us;
+    let inline = enc_us + seal_us + gen_us + lookup_us;
     report.notes.push(format!(
-        "issue: in-line CPU per DEK on one thread (thread CPU time, hot caches) = OAEP encrypt {enc_us:.0} + seal {seal_us:.0} (the baseline's {:.0} us) + DEK/uuid {gen_us:.1} + pool and client lookups {lookup_us:.1} + public KEK parse {parse_us:.1} = {inline:.0} us, so with a free durable insert the ratio could reach {:.2}; one issue_dek alone (no concurrency, a commit each) takes {one_us:.0} us of wall time",
+        "issue: in-line CPU per DEK on one thread (thread CPU time, hot caches) = OAEP encrypt {enc_us:.0} + seal {seal_us:.0} (the baseline's {:.0} us) + DEK/uuid {gen_us:.1} + pool and client lookups {lookup_us:.1} = {inline:.0} us, so with a free durable insert the ratio could reach {:.2}; the public KEK parse ({parse_us:.1} us) is paid once per pool per process, with its check; one issue_dek alone (no concurrency, a commit each) takes {one_us:.0} us of wall time",
         enc_us + seal_us,
         (enc_us + seal_us) / inline
     ));
@@ -1126,10 +1126,10 @@ fn bench_issue(rt: &Runtime, s: &Settings, report: &mut Report) {
     ));
     if ratio < 0.80 {
         let extra = kb_cpu - base_cpu;
-        let rest = extra - writer_cpu - (gen_us + lookup_us + parse_us);
+        let rest = extra - writer_cpu - (gen_us + lookup_us);
         report.notes.push(format!(
-            "issue SHORT ({ratio:.3}): issue_dek uses {extra:.0} us more CPU per DEK than encrypt + seal: catalog writer (SQLite insert of the DEK and audit rows, commit, fsync call) {writer_cpu:.0}, in-line lookups + parse + DEK {:.0}, the rest {rest:.0} (tokio scheduling and wake-ups, audit event and row building, allocation){}",
-            gen_us + lookup_us + parse_us,
+            "issue SHORT ({ratio:.3}): issue_dek uses {extra:.0} us more CPU per DEK than encrypt + seal: catalog writer (SQLite insert of the DEK and audit rows, commit, fsync call) {writer_cpu:.0}, in-line lookups + DEK {:.0}, the rest {rest:.0} (tokio scheduling and wake-ups, audit event and row building, allocation){}",
+            gen_us + lookup_us,
             if cpu[1].cores_busy() < cpu[0].cores_busy() - 0.1 {
                 format!("; and the cores were {:.0}% idle on keybridge's side against {:.0}% on the baseline's (waiting for commits)", (1.0 - cpu[1].cores_busy() / threads as f64) * 100.0, (1.0 - cpu[0].cores_busy() / threads as f64) * 100.0)
             } else {
