@@ -247,6 +247,12 @@ async fn replaced_kek_public(kind: Kind) {
     let g = backup::issue_dek(&fresh, &pool, &client, &actor()).await.unwrap();
     restore::recover_dek(&fresh, &g.dek_id, &client, &actor()).await.unwrap();
     assert!(std::fs::read_to_string(&pins).unwrap().contains(&pool), "the checked KEK was not pinned");
+    // Later issues use the key as parsed at its check, in the new process
+    // and in the one that saw it replaced and put back.
+    for kb in [&fresh, &kb] {
+        let g = backup::issue_dek(kb, &pool, &client, &actor()).await.unwrap();
+        restore::recover_dek(kb, &g.dek_id, &client, &actor()).await.unwrap();
+    }
 }
 
 /// Wrong network password: the sealed DEK does not open.

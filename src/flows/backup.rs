@@ -10,6 +10,8 @@
 //! Steps 5 and 6 (client-side encryption, MediaAgent) live in the client and
 //! media-agent modules.
 
+use std::sync::Arc;
+
 use super::{audit_failure, envelope, DekGrant};
 use keybridge_catalog::audit::{Action, Actor, AuditEvent};
 use keybridge_catalog::{ClientRecord, DekRow, PoolRecord};
@@ -30,7 +32,7 @@ pub async fn issue_dek(kb: &Keybridge, pool: &str, client: &str, actor: &Actor) 
 
 /// The pool, the client and the pool's public KEK for a DEK issue; a
 /// failure is audited as a failed `dek.issue`.
-async fn lookup(kb: &Keybridge, pool: &str, client: &str, actor: &Actor) -> Result<(PoolRecord, ClientRecord, PublicKek)> {
+async fn lookup(kb: &Keybridge, pool: &str, client: &str, actor: &Actor) -> Result<(PoolRecord, ClientRecord, Arc<PublicKek>)> {
     match find(kb, pool, client).await {
         Ok(found) => Ok(found),
         Err(e) => Err(audit_failure(kb, AuditEvent::new(actor, Action::DekIssue).pool(pool).client(client), e).await),
@@ -66,7 +68,7 @@ async fn checked_kek(kb: &Keybridge, pool: &PoolRecord, public: &PublicKek) -> R
             if kb.kek_pin(&mk_pin).is_none() {
                 kb.pin_kek(&mk_pin, mk_id);
             }
-            kb.set_kek_checked(&pin, &pool.kek_public);
+            kb.set_kek_checked(&pin, &pool.kek_public, public);
             return Ok(());
         }
         Some(_) => return Err(replaced("it is not the one this host checked against the KMS: the catalog row was replaced; no DEK is issued under it".into())),
@@ -98,17 +100,22 @@ async fn checked_kek(kb: &Keybridge, pool: &PoolRecord, public: &PublicKek) -> R
     if pinned_mk.is_none() {
         kb.pin_kek(&mk_pin, mk_id);
     }
-    kb.set_kek_checked(&pin, &pool.kek_public);
+    kb.set_kek_checked(&pin, &pool.kek_public, public);
     Ok(())
 }
 
-async fn find(kb: &Keybridge, pool: &str, client: &str) -> Result<(PoolRecord, ClientRecord, PublicKek)> {
+/// The pool, the client and the pool's public KEK, parsed, or as this
+/// process parsed it when it checked these same bytes.
+async fn find(kb: &Keybridge, pool: &str, client: &str) -> Result<(PoolRecord, ClientRecord, Arc<PublicKek>)> {
     let pool = kb.catalog().pool_by_name(pool).await?;
     let client = kb.catalog().client_by_name(client).await?;
-    let public = PublicKek::from_spki_der(&pool.kek_public).map_err(|e| Error::Integrity {
-        what: format!("public KEK of pool '{}'", pool.name),
-        reason: e.to_string(),
-    })?;
+    let public = match kb.checked_public_kek(&pool.pin_name(), &pool.kek_public) {
+        Some(public) => public,
+        None => Arc::new(PublicKek::from_spki_der(&pool.kek_public).map_err(|e| Error::Integrity {
+            what: format!("public KEK of pool '{}'", pool.name),
+            reason: e.to_string(),
+        })?),
+    };
     Ok((pool, client, public))
 }
 
