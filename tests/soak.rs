@@ -22,7 +22,9 @@
 //! with SIGKILL and restarted.
 //!
 //! It ends with the count of operations and failures by kind, then checks:
-//! no failure outside a fault's window; every DEK whose issue returned
+//! no failure that a fault of its own deployment does not explain (from
+//! 1 s before it until 30 s after its repair); each deployment that took a
+//! fault issues and recovers again after it; every DEK whose issue returned
 //! success recovers to the same key; every backup that returned success
 //! restores identically; `audit verify` passes; no DEK row lacks its audit
 //! row; the `net` KMS went down and came back in `/metrics`. It writes
