@@ -24,6 +24,9 @@ pub struct Config {
     pub kms: Vec<KmsConfig>,
     /// `[service]`: needed only by `keybridge serve`.
     pub service: Option<ServiceConfig>,
+    /// `[lifecycle]`: key rotation schedule.
+    #[serde(default)]
+    pub lifecycle: LifecycleConfig,
     /// Where the file was read from (not a TOML key).
     #[serde(skip)]
     pub source: PathBuf,
@@ -40,6 +43,33 @@ pub struct CatalogConfig {
     /// cannot reach, next to the configuration by default.
     #[serde(default = "default_kek_pins")]
     pub kek_pins: PathBuf,
+}
+
+/// `[lifecycle]`
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LifecycleConfig {
+    /// Days between master-key rotations of a pool that sets none itself;
+    /// `keybridge serve` rotates pools that are due. 0 turns scheduled
+    /// rotation off.
+    #[serde(default = "default_rotation_days")]
+    pub rotation_days: u32,
+    /// How often `keybridge serve` looks for pools due for rotation.
+    #[serde(default = "default_rotation_check_secs")]
+    pub rotation_check_secs: u64,
+}
+
+impl Default for LifecycleConfig {
+    fn default() -> Self {
+        LifecycleConfig { rotation_days: default_rotation_days(), rotation_check_secs: default_rotation_check_secs() }
+    }
+}
+
+fn default_rotation_days() -> u32 {
+    90
+}
+fn default_rotation_check_secs() -> u64 {
+    3600
 }
 
 fn default_kek_pins() -> PathBuf {

@@ -80,6 +80,15 @@ impl Keybridge {
         cell.get_or_try_init(|| self.open_backend(name)).await.cloned()
     }
 
+    /// Drop the unwrapped KEKs every open backend caches (after a change of
+    /// wrappings, so no later call uses one the catalog no longer names).
+    pub async fn clear_caches(&self) {
+        let open: Vec<Arc<dyn KeyBackend>> = self.backends().values().filter_map(|c| c.get().cloned()).collect();
+        for backend in open {
+            backend.clear_cache().await;
+        }
+    }
+
     fn backends(&self) -> std::sync::MutexGuard<'_, HashMap<String, BackendCell>> {
         self.backends.lock().unwrap_or_else(|e| e.into_inner())
     }

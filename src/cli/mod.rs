@@ -177,6 +177,43 @@ pub enum PoolCommand {
         #[arg(long)]
         kek_bits: Option<usize>,
     },
+    /// Give pools new master keys (one in each KMS that wraps them) and
+    /// re-wrap their KEKs under them; the old keys become deactivated.
+    Rotate {
+        /// The pools to rotate, one after another.
+        #[arg(required_unless_present = "all")]
+        names: Vec<String>,
+        /// Rotate every pool.
+        #[arg(long, conflicts_with = "names")]
+        all: bool,
+    },
+    /// Wrap a pool's KEKs under a new master key in another KMS too.
+    Wrap {
+        name: String,
+        #[arg(long)]
+        kms: String,
+    },
+    /// Remove a pool's wrappings in one KMS (refused for the last one).
+    Unwrap {
+        name: String,
+        #[arg(long)]
+        kms: String,
+    },
+    /// Move a pool to another KMS: wrap it there, then unwrap it elsewhere.
+    Migrate {
+        name: String,
+        #[arg(long)]
+        to: String,
+    },
+    /// Destroy the deactivated master keys of a pool that nothing uses.
+    RetireKeys { name: String },
+    /// Destroy every master key of a pool: nothing of it can be restored.
+    Shred {
+        name: String,
+        /// The pool's name again, to confirm.
+        #[arg(long, value_name = "POOL")]
+        yes_destroy: String,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -227,6 +264,11 @@ fn pool_json(p: &keybridge_catalog::PoolRecord, deks: Option<u64>) -> Value {
         v["deks"] = json!(n);
     }
     v
+}
+
+fn lifecycle_out(r: pool_lifecycle::ChangeReport) -> Result<(Value, String)> {
+    let text = r.to_text();
+    Ok((serde_json::to_value(&r).unwrap_or_default(), text))
 }
 
 /// Run one command; returns the JSON result and a text rendering.
@@ -283,12 +325,29 @@ async fn run(cli: &Cli) -> Result<(Value, String)> {
                     Ok((json!({ "pools": pools.iter().map(|p| pool_json(p, None)).collect::<Vec<_>>() }), text))
                 }
                 PoolCommand::Show { name } => {
-                    let p = kb.catalog().pool_by_name(name).await?;
-                    let n = kb.catalog().count_deks(p.id).await?;
-                    let mut v = pool_json(&p, Some(n));
-                    v["kek_generations"] = json!(kb.catalog().generations(p.id).await?);
-                    Ok((v.clone(), serde_json::to_string_pretty(&v).unwrap_or_default() + "\n"))
+                    let v = pool_lifecycle::show(&kb, name).await?;
+                    let mut text = serde_json::to_string_pretty(&v).unwrap_or_default() + "\n";
+                    for w in v["warnings"].as_array().into_iter().flatten() {
+                        text += &format!("warning: {}\n", w.as_str().unwrap_or_default());
+                    }
+                    Ok((v, text))
                 }
+                PoolCommand::Rotate { names, all } => {
+                    let names = if *all { kb.catalog().list_pools().await?.into_iter().map(|p| p.name).collect() } else { names.clone() };
+                    let mut reports = Vec::new();
+                    let mut text = String::new();
+                    for name in &names {
+                        let r = pool_lifecycle::rotate(&kb, name, &Actor::local_user()).await?;
+                        text += &r.to_text();
+                        reports.push(r);
+                    }
+                    Ok((json!({ "rotated": reports }), text))
+                }
+                PoolCommand::Wrap { name, kms } => lifecycle_out(pool_lifecycle::wrap(&kb, name, kms, &Actor::local_user()).await?),
+                PoolCommand::Unwrap { name, kms } => lifecycle_out(pool_lifecycle::unwrap(&kb, name, kms, &Actor::local_user()).await?),
+                PoolCommand::Migrate { name, to } => lifecycle_out(pool_lifecycle::migrate(&kb, name, to, &Actor::local_user()).await?),
+                PoolCommand::RetireKeys { name } => lifecycle_out(pool_lifecycle::retire_keys(&kb, name, &Actor::local_user()).await?),
+                PoolCommand::Shred { name, yes_destroy } => lifecycle_out(pool_lifecycle::shred(&kb, name, yes_destroy, &Actor::local_user()).await?),
                 PoolCommand::Rekey { name, kek_bits } => {
                     let p = pool_lifecycle::rekey(&kb, name, *kek_bits, &Actor::local_user()).await?;
                     let text = format!("pool '{}' rekeyed: KEK generation {} (RSA-{}), wrapped under master key {}; new DEKs use it\n", p.name, p.generation, p.kek_bits, p.master_key.label);

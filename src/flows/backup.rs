@@ -49,6 +49,8 @@ async fn lookup(kb: &Keybridge, pool: &str, client: &str, actor: &Actor) -> Resu
 /// needs no KMS. A public KEK that differs from the pin, or that the KMS
 /// cannot decrypt for, is an integrity error: no DEK is issued under it.
 /// A KMS that cannot be reached for the first check is a KMS error.
+const NOT_ITS_KEK: &str = "the KMS cannot decrypt what it encrypts: it does not belong to the pool's private KEK (the catalog row was replaced); no DEK is issued under it";
+
 async fn checked_kek(kb: &Keybridge, pool: &PoolRecord, public: &PublicKek) -> Result<()> {
     // Pinned per KEK generation: `pool` for the first, `pool#N` after.
     let pin = pool.pin_name();
@@ -88,13 +90,13 @@ async fn checked_kek(kb: &Keybridge, pool: &PoolRecord, public: &PublicKek) -> R
     }
     let probe = keybridge_proto::crypto::random_array::<32>().map_err(Error::crypto("making a KEK check value"))?;
     let encrypted = public.encrypt(pool.oaep_hash, &probe[..]).map_err(Error::crypto(format!("encrypting under the KEK of pool '{}'", pool.name)))?;
-    let backend = kb.backend(&pool.kms_name).await?;
-    match backend.decrypt_dek(&pool.kek(), &encrypted).await {
+    match super::decrypt_dek(kb, pool, &encrypted).await {
         Ok(plain) if plain.expose() == &probe[..] => {}
-        Ok(_) | Err(keybridge_kms::BackendError::DekDecrypt { .. }) => {
-            return Err(replaced("the KMS cannot decrypt what it encrypts: it does not belong to the pool's private KEK (the catalog row was replaced); no DEK is issued under it".into()))
+        Ok(_) => return Err(replaced(NOT_ITS_KEK.into())),
+        Err(Error::Backend { source, .. }) if matches!(source.downcast_ref::<keybridge_kms::BackendError>(), Some(keybridge_kms::BackendError::DekDecrypt { .. })) => {
+            return Err(replaced(NOT_ITS_KEK.into()))
         }
-        Err(e) => return Err(Error::backend(&pool.kms_name)(e)),
+        Err(e) => return Err(e),
     }
     kb.pin_kek(&pin, sha256);
     if pinned_mk.is_none() {

@@ -11,6 +11,7 @@ pub mod backup;
 pub mod catalog;
 pub mod clients;
 mod envelope;
+pub mod journal;
 pub mod pool_creation;
 pub mod pool_lifecycle;
 pub mod restore;
@@ -41,4 +42,39 @@ pub(crate) async fn audited<T>(kb: &crate::Keybridge, event: keybridge_catalog::
         }
         Err(e) => Err(audit_failure(kb, event, e).await),
     }
+}
+
+/// Decrypt `encrypted` (RSA-OAEP under `pool`'s KEK generation) in the KMS
+/// of the generation's first wrapping; if that KMS fails or is no longer
+/// configured, through its other wrappings, by priority. Losing one KMS of
+/// a pool wrapped in several loses nothing.
+pub(crate) async fn decrypt_dek(kb: &crate::Keybridge, pool: &keybridge_catalog::PoolRecord, encrypted: &[u8]) -> crate::Result<keybridge_kms::DekPlaintext> {
+    let first = match kb.backend(&pool.kms_name).await {
+        Ok(backend) => backend.decrypt_dek(&pool.kek(), encrypted).await.map_err(crate::Error::backend(&pool.kms_name)),
+        Err(e) => Err(e),
+    };
+    let error = match first {
+        Ok(plain) => return Ok(plain),
+        Err(e) => e,
+    };
+    // A ciphertext that does not decrypt under the KEK does not under any
+    // wrapping of it either.
+    let bad_ciphertext = matches!(&error, crate::Error::Backend { source, .. } if matches!(source.downcast_ref::<keybridge_kms::BackendError>(), Some(keybridge_kms::BackendError::DekDecrypt { .. })));
+    if bad_ciphertext || !matches!(error, crate::Error::Backend { .. } | crate::Error::Config { .. }) {
+        return Err(error);
+    }
+    let wrappings = kb.catalog().wrappings(pool.id).await?;
+    for w in wrappings.iter().filter(|w| w.generation == pool.generation && w.master_key.row != pool.mk_row) {
+        let kms = &w.master_key.kms_name;
+        let Ok(backend) = kb.backend(kms).await else { continue };
+        let kek = keybridge_kms::PoolKek { master_key: &w.master_key.key, wrapped_private: &w.wrapped, wrap_mechanism: &w.wrap_mechanism, ..pool.kek() };
+        match backend.decrypt_dek(&kek, encrypted).await {
+            Ok(plain) => {
+                tracing::warn!(pool = %pool.name, generation = pool.generation, first = %pool.kms_name, through = %kms, error = %error, "the first wrapping's KMS failed; decrypted through another wrapping");
+                return Ok(plain);
+            }
+            Err(e) => tracing::warn!(pool = %pool.name, generation = pool.generation, kms = %kms, error = %e, "another wrapping's KMS failed too"),
+        }
+    }
+    Err(error)
 }

@@ -70,20 +70,18 @@ async fn recover(kb: &Keybridge, dek_id: &str, client: &str, actor: &Actor, pool
     if row.client_id != requester.id {
         return Err(Error::Denied(format!("DEK {dek_id} was not issued to client '{client}'")));
     }
-    let backend = kb.backend(&pool.kms_name).await?;
-    let kek = pool.kek();
     // While the KMS decrypts: the started row is committed by the catalog
     // writer, and the seal's key agreement (which depends only on the
     // client) runs on this thread. join! polls in order: the decryption
     // hands the KMS call to another thread, the audit row is queued, then
     // the seal work runs.
     let (plain, started, sealer) = tokio::join!(
-        backend.decrypt_dek(&kek, &row.encrypted_dek),
+        super::decrypt_dek(kb, &pool, &row.encrypted_dek),
         catalog.audit(recover_event(actor, Some(&pool.name), client, dek_id).started()),
         async { seal::Sealer::new(requester.recipient()) }
     );
     started?;
-    let plain = plain.map_err(Error::backend(&pool.kms_name))?;
+    let plain = plain?;
     let sealer = sealer?;
     let dek = envelope::open(plain.expose(), dek_id, &pool.name, &requester)?;
     let sealed_dek = sealer.seal(&dek, &pool.name, dek_id)?;

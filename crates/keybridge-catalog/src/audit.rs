@@ -96,6 +96,22 @@ pub enum Action {
     CatalogRestore,
     /// A new KEK generation for a pool (`keybridge pool rekey`).
     PoolRekey,
+    /// New master keys for a pool, its KEKs re-wrapped under them.
+    PoolRotate,
+    /// A wrapping of a pool's KEKs added in another KMS.
+    PoolWrap,
+    /// A pool's wrappings in one KMS removed.
+    PoolUnwrap,
+    /// A pool moved to another KMS (wrap there, unwrap elsewhere).
+    PoolMigrate,
+    /// A pool's KEKs exported under a passphrase (escrow).
+    PoolExport,
+    /// A pool's KEKs imported from an escrow export.
+    PoolImport,
+    /// Every master key of a pool destroyed.
+    PoolShred,
+    /// Deactivated master keys that nothing uses destroyed.
+    KeyRetire,
 }
 
 impl Action {
@@ -108,6 +124,14 @@ impl Action {
             Action::CatalogBackup => "catalog.backup",
             Action::CatalogRestore => "catalog.restore",
             Action::PoolRekey => "pool.rekey",
+            Action::PoolRotate => "pool.rotate",
+            Action::PoolWrap => "pool.wrap",
+            Action::PoolUnwrap => "pool.unwrap",
+            Action::PoolMigrate => "pool.migrate",
+            Action::PoolExport => "pool.export",
+            Action::PoolImport => "pool.import",
+            Action::PoolShred => "pool.shred",
+            Action::KeyRetire => "key.retire",
         }
     }
 }

@@ -14,6 +14,7 @@
 //! CLI.
 
 pub mod audit;
+pub mod lifecycle;
 mod sqlite;
 
 use async_trait::async_trait;
@@ -24,6 +25,7 @@ use keybridge_proto::api::{JobCompletion, JobRecord};
 use keybridge_proto::Result;
 
 use crate::audit::{AuditEvent, AuditRecord, AuditReport};
+use crate::lifecycle::{JournalEntry, KeyChange, MasterKeyRecord, PoolLifecycle, WrappingRecord};
 
 pub use keybridge_proto::api::JobState;
 pub use sqlite::{CatalogRestore, SqliteCatalog};
@@ -211,6 +213,47 @@ pub trait Catalog: Send + Sync + std::fmt::Debug {
 
     /// The KEK generations of pool `id`, oldest first.
     async fn generations(&self, pool_id: i64) -> Result<Vec<GenerationInfo>>;
+
+    /// Every wrapping of every KEK generation of pool `id`, by generation
+    /// then priority.
+    async fn wrappings(&self, pool_id: i64) -> Result<Vec<WrappingRecord>>;
+
+    /// The master keys made for pool `id` or wrapping one of its
+    /// generations, in any state, oldest first.
+    async fn pool_master_keys(&self, pool_id: i64) -> Result<Vec<MasterKeyRecord>>;
+
+    /// Rotation schedule, history, escrow exports and shredding of pool `id`.
+    async fn pool_lifecycle(&self, pool_id: i64) -> Result<PoolLifecycle>;
+
+    /// Set pool `id`'s rotation period (`None`: the configuration's default).
+    async fn set_rotation_days(&self, pool_id: i64, days: Option<u32>) -> Result<()>;
+
+    /// Open a journal entry for a multi-step change of pool `id`, durable
+    /// before the change starts. Refused (an `Input` error naming the open
+    /// entry) while another entry of the pool is open.
+    async fn journal_begin(&self, pool_id: i64, operation: &str, owner: &str, detail: &serde_json::Value) -> Result<JournalEntry>;
+
+    /// Open journal entries (of pool `id` only, if given), oldest first.
+    async fn open_journal(&self, pool_id: Option<i64>) -> Result<Vec<JournalEntry>>;
+
+    /// Take over open entry `id` from `from` (a process that died): true if
+    /// this caller now owns it, false if someone else took it first.
+    async fn journal_take_over(&self, id: i64, from: &str, to: &str) -> Result<bool>;
+
+    /// Record master key `mk`, just made in KMS `kms_name` for pool
+    /// `pool_id` (state active), and journal step `step`, in one
+    /// transaction.
+    async fn record_master_key(&self, pool_id: i64, kms_name: &str, kms_kind: &str, kms_identity: &str, mk: &MasterKeyRef, step: &lifecycle::JournalStep) -> Result<MasterKeyRecord>;
+
+    /// Delete master-key row `row` (a key made by a change being rolled
+    /// back, destroyed in its KMS), with journal step `step`. Refused if a
+    /// wrapping names it.
+    async fn forget_master_key(&self, row: i64, step: &lifecycle::JournalStep) -> Result<()>;
+
+    /// Apply one lifecycle change of pool `pool_id` in one transaction.
+    /// Refused, with nothing changed, if it would leave a KEK generation
+    /// without a wrapping (unless the pool is being shredded).
+    async fn apply_key_change(&self, pool_id: i64, change: &KeyChange) -> Result<()>;
 
     /// Number of DEKs issued under a pool.
     async fn count_deks(&self, pool_id: i64) -> Result<u64>;

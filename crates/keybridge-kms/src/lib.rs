@@ -71,6 +71,37 @@ pub struct NewKek {
     pub params: serde_json::Value,
 }
 
+/// A KEK's private half wrapped under a master key (a wrapping to store).
+#[derive(Debug, Clone)]
+pub struct WrappedKek {
+    pub wrapped: Vec<u8>,
+    /// Name of the wrapping mechanism, as in [`NewKek::wrap_mechanism`].
+    pub wrap_mechanism: String,
+}
+
+/// A master key as its KMS sees it now, for `pool show`.
+#[derive(Debug, Clone, Serialize)]
+pub struct KeyStatus {
+    /// The KMS holds the key.
+    pub present: bool,
+    /// The KMS's own state name (KMIP: `Active`, `Deactivated`, ...), where
+    /// it has states.
+    pub state: Option<String>,
+    /// Backend-specific facts (KMIP dates; PKCS#11 attributes).
+    pub details: serde_json::Value,
+}
+
+/// Check that `pkcs8` is the private half of `public_spki`: what a KMS
+/// is asked to wrap, or gave back, is the generation's KEK.
+pub fn check_kek_pair(pkcs8: &[u8], public_spki: &[u8]) -> Result<(), BackendError> {
+    let private = crypto::PrivateKek::from_pkcs8_der(pkcs8).map_err(|source| BackendError::Crypto { context: "reading a private KEK".into(), source })?;
+    let public = private.public().to_spki_der().map_err(|source| BackendError::Crypto { context: "encoding a public KEK".into(), source })?;
+    if public != public_spki {
+        return Err(BackendError::Other("the private KEK does not belong to the generation's public KEK".into()));
+    }
+    Ok(())
+}
+
 /// What a backend needs to decrypt a DEK of one pool.
 #[derive(Debug, Clone, Copy)]
 pub struct PoolKek<'a> {
@@ -325,6 +356,47 @@ pub trait KeyBackend: Send + Sync + fmt::Debug {
     /// Destroy a master key created by keybridge (rollback of a failed pool
     /// creation, or pool deletion).
     async fn destroy_master_key(&self, mk: &MasterKeyRef) -> Result<(), BackendError>;
+
+    /// Whether this KMS can give a KEK's private half back to keybridge,
+    /// to move it to another KMS or escrow it (`Err`: why not).
+    fn kek_release(&self) -> Result<(), String> {
+        Ok(())
+    }
+
+    /// The private half (PKCS#8 DER) of a KEK wrapped in this KMS. Refused
+    /// where [`KeyBackend::kek_release`] says why.
+    async fn release_kek(&self, kek: &PoolKek<'_>) -> Result<Zeroizing<Vec<u8>>, BackendError>;
+
+    /// Wrap a KEK's private half (PKCS#8 DER) under `mk` in this KMS, and
+    /// check that the wrapping unwraps, under `mk`, to the private half of
+    /// `public_spki`.
+    async fn wrap_kek(&self, mk: &MasterKeyRef, pkcs8: &[u8], public_spki: &[u8]) -> Result<WrappedKek, BackendError>;
+
+    /// Move a KEK's wrapping from its master key to `to`, another master key
+    /// of this KMS (rotation), checked as [`KeyBackend::wrap_kek`] checks.
+    async fn rewrap_kek(&self, kek: &PoolKek<'_>, to: &MasterKeyRef, public_spki: &[u8]) -> Result<WrappedKek, BackendError> {
+        let pkcs8 = self.release_kek(kek).await?;
+        self.wrap_kek(to, &pkcs8, public_spki).await
+    }
+
+    /// Mark `mk` deactivated where the KMS has states (KMIP: Revoke with
+    /// Cessation of Operation): it may still unwrap, never wrap. Elsewhere
+    /// the catalog alone holds the state. Done already is not an error.
+    async fn deactivate_master_key(&self, mk: &MasterKeyRef) -> Result<(), BackendError> {
+        let _ = mk;
+        Ok(())
+    }
+
+    /// What the KMS says of `mk` now.
+    async fn master_key_status(&self, mk: &MasterKeyRef) -> Result<KeyStatus, BackendError>;
+
+    /// Destroy the master keys keybridge made with `label` (a change whose
+    /// key was made but not yet recorded is rolled back by label); returns
+    /// how many were destroyed.
+    async fn destroy_master_keys_labelled(&self, label: &str) -> Result<usize, BackendError> {
+        let _ = label;
+        Ok(0)
+    }
 
     /// Drop every cached unwrapped KEK.
     async fn clear_cache(&self);

@@ -283,6 +283,11 @@ pub enum Error {
     #[error("{what}: {reason}")]
     Input { what: String, reason: String },
 
+    /// Every master key of the pool was destroyed (`pool shred`): nothing
+    /// encrypted under it can be restored, ever.
+    #[error("the master keys of pool '{pool}' were destroyed ({at}); its data can no longer be restored")]
+    KeysDestroyed { pool: String, at: String },
+
     /// A caller asked for something not allowed (e.g. another client's DEK).
     #[error("denied: {0}")]
     Denied(String),
@@ -349,7 +354,7 @@ impl Error {
         match self {
             Error::Config { .. } => ErrorKind::Config,
             Error::Input { .. } => ErrorKind::Input,
-            Error::Backend { .. } => ErrorKind::Kms,
+            Error::Backend { .. } | Error::KeysDestroyed { .. } => ErrorKind::Kms,
             Error::Catalog { .. } | Error::CatalogSchema { .. } => ErrorKind::Catalog,
             Error::NotFound { .. } => ErrorKind::NotFound,
             Error::AlreadyExists { .. } => ErrorKind::AlreadyExists,

@@ -7,6 +7,7 @@
 
 mod backup;
 mod jobs;
+mod lifecycle;
 mod schema;
 mod writer;
 
@@ -19,6 +20,7 @@ use async_trait::async_trait;
 
 use crate::audit::{AuditEvent, AuditRecord, AuditReport, ChainVerifier};
 pub use backup::CatalogRestore;
+use crate::lifecycle::{JournalEntry, JournalStep, KeyChange, MasterKeyRecord, PoolLifecycle, WrappingRecord};
 use crate::{Catalog, CatalogCopy, ClientRecord, DekRecord, DekRow, GenerationInfo, PoolRecord};
 use keybridge_kms::{MasterKeyRef, NewKek};
 use keybridge_proto::{Error, Result};
@@ -119,7 +121,7 @@ impl SqliteCatalog {
 
     /// The pool matching `clause` (on `p`) at its newest KEK generation.
     fn pool_query(&self, clause: &str, param: &dyn rusqlite::ToSql) -> Result<Option<PoolRecord>> {
-        self.query_one(&format!("{POOL_SELECT} WHERE {clause} AND {NEWEST}"), param, pool_from_row).map_err(Error::catalog("reading pool"))
+        self.query_one(&format!("{POOL_SELECT} WHERE {clause} AND {NEWEST}"), param, pool_from_row).map_err(pool_read_error("reading pool"))
     }
 
     fn client_query(&self, clause: &str, param: &dyn rusqlite::ToSql) -> Result<Option<ClientRecord>> {
@@ -194,10 +196,10 @@ impl Catalog for SqliteCatalog {
             // any pool names it).
             tx.execute(
                 &format!(
-                    "INSERT INTO master_keys(kms_name, key_ref, label, material, owned, state, created_at) VALUES (?1, ?2, ?3, ?4, ?5, 'active', {NOW})
+                    "INSERT INTO master_keys(kms_name, key_ref, label, material, owned, state, created_at, pool_id) VALUES (?1, ?2, ?3, ?4, ?5, 'active', {NOW}, ?6)
                      ON CONFLICT(kms_name, key_ref) DO NOTHING"
                 ),
-                params![kms_name, mk.id, mk.label, mk.material, mk.owned],
+                params![kms_name, mk.id, mk.label, mk.material, mk.owned, id],
             )
             .map_err(Error::catalog(format!("recording the master key of pool '{name}'")))?;
             let mk_row: i64 = tx
@@ -258,7 +260,7 @@ impl Catalog for SqliteCatalog {
             .query_map([], pool_from_row)
             .map_err(Error::catalog("listing pools"))?
             .collect::<rusqlite::Result<Vec<_>>>()
-            .map_err(Error::catalog("listing pools"))?;
+            .map_err(pool_read_error("listing pools"))?;
         Ok(rows)
     }
 
@@ -276,6 +278,46 @@ impl Catalog for SqliteCatalog {
             .collect::<rusqlite::Result<Vec<_>>>()
             .map_err(Error::catalog("listing KEK generations"))?;
         Ok(rows)
+    }
+
+    async fn wrappings(&self, pool_id: i64) -> Result<Vec<WrappingRecord>> {
+        self.wrappings_of(pool_id)
+    }
+
+    async fn pool_master_keys(&self, pool_id: i64) -> Result<Vec<MasterKeyRecord>> {
+        self.master_keys_of(pool_id)
+    }
+
+    async fn pool_lifecycle(&self, pool_id: i64) -> Result<PoolLifecycle> {
+        self.lifecycle_of(pool_id)
+    }
+
+    async fn set_rotation_days(&self, pool_id: i64, days: Option<u32>) -> Result<()> {
+        self.set_rotation(pool_id, days)
+    }
+
+    async fn journal_begin(&self, pool_id: i64, operation: &str, owner: &str, detail: &serde_json::Value) -> Result<JournalEntry> {
+        self.journal_open(pool_id, operation, owner, detail)
+    }
+
+    async fn open_journal(&self, pool_id: Option<i64>) -> Result<Vec<JournalEntry>> {
+        self.journal_list(pool_id)
+    }
+
+    async fn journal_take_over(&self, id: i64, from: &str, to: &str) -> Result<bool> {
+        self.journal_owner(id, from, to)
+    }
+
+    async fn record_master_key(&self, pool_id: i64, kms_name: &str, kms_kind: &str, kms_identity: &str, mk: &MasterKeyRef, step: &JournalStep) -> Result<MasterKeyRecord> {
+        self.insert_master_key(pool_id, kms_name, kms_kind, kms_identity, mk, step)
+    }
+
+    async fn forget_master_key(&self, row: i64, step: &JournalStep) -> Result<()> {
+        self.delete_master_key(row, step)
+    }
+
+    async fn apply_key_change(&self, pool_id: i64, change: &KeyChange) -> Result<()> {
+        self.key_change(pool_id, change)
     }
 
     async fn count_deks(&self, pool_id: i64) -> Result<u64> {
@@ -452,7 +494,7 @@ fn audit_from_row(r: &Row<'_>) -> rusqlite::Result<AuditRecord> {
 /// priority) and its master key (`kms_name` is that key's KMS). Filter on `p` (pools), `g` (the
 /// generation) and add [`NEWEST`] for the current generation.
 const POOL_SELECT: &str = "SELECT p.id, p.name, m.kms_name, m.key_ref, m.label, m.material, m.owned, g.bits, g.kek_public,
-        w.wrapped, w.wrap_mechanism, g.oaep_hash, g.params, p.created_at, g.generation, m.id
+        w.wrapped, w.wrap_mechanism, g.oaep_hash, g.params, p.created_at, g.generation, m.id, p.shredded_at
     FROM pools p
     JOIN kek_generations g ON g.pool_id = p.id
     LEFT JOIN wrappings w ON w.pool_id = p.id AND w.generation = g.generation
@@ -464,7 +506,7 @@ const POOL_SELECT: &str = "SELECT p.id, p.name, m.kms_name, m.key_ref, m.label, 
 fn generation_in(conn: &Connection, id: i64, generation: u32) -> Result<PoolRecord> {
     conn.prepare_cached(&format!("{POOL_SELECT} WHERE p.id = ?1 AND g.generation = ?2"))
         .and_then(|mut st| st.query_row(params![id, generation], pool_from_row).optional())
-        .map_err(Error::catalog("reading a KEK generation"))?
+        .map_err(pool_read_error("reading a KEK generation"))?
         .ok_or_else(|| Error::NotFound { what: "KEK generation", name: format!("{generation} of pool id {id}") })
 }
 
@@ -473,7 +515,7 @@ const NEWEST: &str = "g.generation = (SELECT MAX(g2.generation) FROM kek_generat
 
 /// KEK generation `generation` of pool `pool_id`, wrapped under master-key
 /// row `mk_row`, in `tx`.
-fn insert_generation(tx: &rusqlite::Transaction<'_>, pool_id: i64, generation: u32, mk_row: i64, kek: &NewKek) -> rusqlite::Result<()> {
+pub(super) fn insert_generation(tx: &rusqlite::Transaction<'_>, pool_id: i64, generation: u32, mk_row: i64, kek: &NewKek) -> rusqlite::Result<()> {
     tx.execute(
         &format!("INSERT INTO kek_generations(pool_id, generation, bits, kek_public, oaep_hash, params, created_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6, {NOW})"),
         params![pool_id, generation, kek.bits as i64, kek.public_spki, kek.oaep_hash.to_string(), kek.params.to_string()],
@@ -485,11 +527,33 @@ fn insert_generation(tx: &rusqlite::Transaction<'_>, pool_id: i64, generation: u
     Ok(())
 }
 
+/// A shredded pool's generation read as a row: no wrapping remains.
+#[derive(Debug, thiserror::Error)]
+#[error("pool '{pool}' was shredded at {at}")]
+struct Shredded {
+    pool: String,
+    at: String,
+}
+
+/// A pool read failed: a shredded pool's is [`Error::KeysDestroyed`].
+fn pool_read_error(context: &'static str) -> impl FnOnce(rusqlite::Error) -> Error {
+    move |e| match e {
+        rusqlite::Error::FromSqlConversionFailure(column, kind, source) => match source.downcast::<Shredded>() {
+            Ok(s) => Error::KeysDestroyed { pool: s.pool, at: s.at },
+            Err(source) => Error::catalog(context)(rusqlite::Error::FromSqlConversionFailure(column, kind, source)),
+        },
+        e => Error::catalog(context)(e),
+    }
+}
+
 fn pool_from_row(r: &Row<'_>) -> rusqlite::Result<PoolRecord> {
     // A generation without a wrapping (joined LEFT, so the pool does not
     // vanish from listings) cannot restore: say so.
     if r.get::<_, Option<i64>>(15)?.is_none() {
         let (name, generation): (String, u32) = (r.get(1)?, r.get(14)?);
+        if let Some(at) = r.get::<_, Option<String>>(16)? {
+            return Err(rusqlite::Error::FromSqlConversionFailure(16, rusqlite::types::Type::Null, Box::new(Shredded { pool: name, at })));
+        }
         return Err(rusqlite::Error::FromSqlConversionFailure(
             15,
             rusqlite::types::Type::Null,

@@ -163,4 +163,29 @@ pub(crate) const MIGRATIONS: &[&str] = &[
     ALTER TABLE deks ADD COLUMN generation INTEGER NOT NULL DEFAULT 1;
     CREATE INDEX deks_by_pool_generation ON deks(pool_id, generation);
     "#,
+    // 6: the key lifecycle's state (docs/design.md, "Key lifecycle"): the
+    // pool a master key was made for (adopted keys may serve several), the
+    // pool's rotation schedule and history, its escrow exports, whether it
+    // was shredded, and the journal of multi-step changes. At most one
+    // open journal entry per pool: two changes to one pool never interleave.
+    r#"
+    ALTER TABLE master_keys ADD COLUMN pool_id INTEGER REFERENCES pools(id);
+    UPDATE master_keys SET pool_id = (SELECT MIN(w.pool_id) FROM wrappings w WHERE w.master_key_id = master_keys.id);
+    ALTER TABLE pools ADD COLUMN rotation_days INTEGER;   -- NULL: the configuration's default
+    ALTER TABLE pools ADD COLUMN rotated_at TEXT;         -- last master-key rotation
+    ALTER TABLE pools ADD COLUMN escrow_exported_at TEXT; -- last `pool export`
+    ALTER TABLE pools ADD COLUMN shredded_at TEXT;        -- every master key destroyed
+    CREATE TABLE journal (
+        id          INTEGER PRIMARY KEY,
+        pool_id     INTEGER NOT NULL REFERENCES pools(id),
+        operation   TEXT NOT NULL,            -- rotate | wrap | unwrap | migrate | import | shred
+        step        TEXT NOT NULL,            -- planned | keys_made | committed | done | rolled_back
+        state       TEXT NOT NULL,            -- open | done | rolled_back
+        owner       TEXT NOT NULL,            -- host:pid:start of the process running it
+        detail      TEXT NOT NULL,            -- JSON: the keys made, the keys to deactivate
+        started_at  TEXT NOT NULL,
+        updated_at  TEXT NOT NULL
+    );
+    CREATE UNIQUE INDEX journal_open_by_pool ON journal(pool_id) WHERE state = 'open';
+    "#,
 ];

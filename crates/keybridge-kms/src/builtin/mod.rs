@@ -18,7 +18,7 @@ use async_trait::async_trait;
 use zeroize::Zeroizing;
 
 use super::cache::SoftwareKeks;
-use super::{BackendError, DekPlaintext, KeyBackend, MasterKeyRef, NewKek, PoolKek, ProbeReport, ProbeStatus};
+use super::{BackendError, DekPlaintext, KeyBackend, KeyStatus, MasterKeyRef, NewKek, PoolKek, ProbeReport, ProbeStatus, WrappedKek};
 use crate::config::BuiltinConfig;
 use crate::crypto::{kwp, OaepHash, PrivateKek};
 
@@ -201,6 +201,28 @@ impl KeyBackend for BuiltinBackend {
 
     async fn decrypt_dek(&self, kek: &PoolKek<'_>, encrypted: &[u8]) -> Result<DekPlaintext, BackendError> {
         self.keks.decrypt_dek(kek, encrypted, || async { self.unwrap_kek(kek) }).await
+    }
+
+    async fn release_kek(&self, kek: &PoolKek<'_>) -> Result<Zeroizing<Vec<u8>>, BackendError> {
+        self.unwrap_kek(kek)
+    }
+
+    async fn wrap_kek(&self, mk: &MasterKeyRef, pkcs8: &[u8], public_spki: &[u8]) -> Result<WrappedKek, BackendError> {
+        super::check_kek_pair(pkcs8, public_spki)?;
+        let mk_key = self.unseal_master_key(mk)?;
+        let wrapped = kwp::wrap(&mk_key, pkcs8).map_err(|source| BackendError::Crypto { context: format!("wrapping a KEK under master key {}", mk.label), source })?;
+        // Verify before anything is stored: the blob opens to what was wrapped.
+        let back = kwp::unwrap(&mk_key, &wrapped).map_err(|source| BackendError::Crypto { context: format!("checking a KEK wrapped under master key {}", mk.label), source })?;
+        if back.as_slice() != pkcs8 {
+            return Err(BackendError::Other(format!("a KEK wrapped under master key {} did not unwrap to itself", mk.label)));
+        }
+        Ok(WrappedKek { wrapped, wrap_mechanism: WRAP_MECHANISM.into() })
+    }
+
+    async fn master_key_status(&self, mk: &MasterKeyRef) -> Result<KeyStatus, BackendError> {
+        // The sealed key is the catalog row: present if it opens under the root key.
+        let present = self.unseal_master_key(mk).is_ok();
+        Ok(KeyStatus { present, state: None, details: serde_json::json!({ "sealed_under": self.root_key_path.display().to_string() }) })
     }
 
     async fn destroy_master_key(&self, _mk: &MasterKeyRef) -> Result<(), BackendError> {

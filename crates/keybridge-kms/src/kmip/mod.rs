@@ -28,7 +28,7 @@ use zeroize::Zeroizing;
 
 use self::client::{KmipClient, KmipError};
 use super::cache::SoftwareKeks;
-use super::{BackendError, DekPlaintext, KeyBackend, MasterKeyRef, NewKek, PoolKek, ProbeReport, ProbeStatus};
+use super::{BackendError, DekPlaintext, KeyBackend, KeyStatus, MasterKeyRef, NewKek, PoolKek, ProbeReport, ProbeStatus, WrappedKek};
 use crate::config::KmipConfig;
 use crate::crypto::{OaepHash, PrivateKek};
 use keybridge_kmip::messages::{Attribute, CipherMode, Request, ResponseError};
@@ -256,6 +256,23 @@ impl KmipBackend {
     }
 }
 
+impl KmipBackend {
+    /// The KMIP State of `mk` and its other attributes, as the server has them.
+    async fn key_attributes(&self, mk: &MasterKeyRef) -> Result<Vec<Attribute>, BackendError> {
+        let names = ["State", "Name", "Activation Date", "Deactivation Date", "Initial Date"].map(String::from).to_vec();
+        let r = self.client.call_one(Request::GetAttributes { uid: mk.id.clone(), names }).await.map_err(|e| missing_or(e, mk))?;
+        r.attributes().map_err(incomplete)
+    }
+
+    async fn key_state(&self, mk: &MasterKeyRef) -> Result<u32, BackendError> {
+        self.key_attributes(mk)
+            .await?
+            .iter()
+            .find_map(|a| if let Attribute::State(s) = a { Some(*s) } else { None })
+            .ok_or_else(|| incomplete(ResponseError(format!("no State attribute for master key {}", mk.label))))
+    }
+}
+
 /// A successful answer that lacks what the operation returns.
 fn incomplete(e: ResponseError) -> BackendError {
     KmipError::incomplete(e).into()
@@ -414,14 +431,74 @@ impl KeyBackend for KmipBackend {
         if !mk.owned {
             return Err(BackendError::MasterKeyNotOwned { label: mk.label.clone() });
         }
+        // An Active key must be revoked first; a Deactivated one (rotated
+        // out) cannot be revoked again, only destroyed.
+        let mut batch = Vec::with_capacity(2);
+        if self.key_state(mk).await? == enums::state::ACTIVE {
+            batch.push(Request::Revoke { uid: mk.id.clone(), reason_code: enums::revocation_reason_code::CESSATION_OF_OPERATION, message: Some("keybridge: master key destroyed".into()) });
+        }
+        batch.push(Request::Destroy { uid: mk.id.clone() });
+        self.client.call(&batch).await.map_err(|e| missing_or(e, mk))?;
+        Ok(())
+    }
+
+    async fn release_kek(&self, kek: &PoolKek<'_>) -> Result<Zeroizing<Vec<u8>>, BackendError> {
+        self.unwrap(kek).await
+    }
+
+    async fn wrap_kek(&self, mk: &MasterKeyRef, pkcs8: &[u8], public_spki: &[u8]) -> Result<WrappedKek, BackendError> {
+        super::check_kek_pair(pkcs8, public_spki)?;
+        let mode = self.mode().await?;
+        let wrapped = self.wrap(mk, pkcs8, mode).await?;
+        let mechanism = mode.mechanism();
+        // Verify before anything is stored: the blob opens through the server.
+        let check = PoolKek { pool_id: -1, generation: 0, pool_name: &mk.label, master_key: mk, wrapped_private: &wrapped, wrap_mechanism: mechanism, oaep_hash: OaepHash::Sha256 };
+        if self.unwrap(&check).await?.as_slice() != pkcs8 {
+            return Err(BackendError::Other("the KMIP server's Decrypt did not return what its Encrypt was given".into()));
+        }
+        Ok(WrappedKek { wrapped, wrap_mechanism: mechanism.into() })
+    }
+
+    async fn deactivate_master_key(&self, mk: &MasterKeyRef) -> Result<(), BackendError> {
+        if self.key_state(mk).await? != enums::state::ACTIVE {
+            return Ok(());
+        }
         self.client
-            .call(&[
-                Request::Revoke { uid: mk.id.clone(), reason_code: enums::revocation_reason_code::CESSATION_OF_OPERATION, message: Some("keybridge: pool creation rolled back".into()) },
-                Request::Destroy { uid: mk.id.clone() },
-            ])
+            .call_one(Request::Revoke { uid: mk.id.clone(), reason_code: enums::revocation_reason_code::CESSATION_OF_OPERATION, message: Some("keybridge: master key rotated out".into()) })
             .await
             .map_err(|e| missing_or(e, mk))?;
         Ok(())
+    }
+
+    async fn master_key_status(&self, mk: &MasterKeyRef) -> Result<KeyStatus, BackendError> {
+        let attrs = match self.key_attributes(mk).await {
+            Ok(a) => a,
+            Err(BackendError::MasterKeyMissing { .. }) => return Ok(KeyStatus { present: false, state: None, details: serde_json::json!({}) }),
+            Err(e) => return Err(e),
+        };
+        let mut state = None;
+        let mut details = serde_json::Map::new();
+        for a in &attrs {
+            match a {
+                Attribute::State(s) => state = enums::enum_name(keybridge_kmip::tags::STATE, *s).map(str::to_owned),
+                Attribute::Other { name, value } => {
+                    if let keybridge_kmip::ttlv::Value::DateTime(t) = value.value {
+                        details.insert(name.clone(), serde_json::json!(t));
+                    }
+                }
+                _ => {}
+            }
+        }
+        Ok(KeyStatus { present: true, state, details: details.into() })
+    }
+
+    async fn destroy_master_keys_labelled(&self, label: &str) -> Result<usize, BackendError> {
+        let r = self.client.call_one(Request::Locate { attributes: vec![Attribute::Name(label.to_owned()), Attribute::ObjectGroup(OBJECT_GROUP.into())], max_items: None }).await?;
+        let found = r.located().map_err(incomplete)?;
+        for uid in &found {
+            self.destroy_master_key(&MasterKeyRef { id: uid.clone(), label: label.to_owned(), material: None, owned: true }).await?;
+        }
+        Ok(found.len())
     }
 
     fn cache_stats(&self) -> (u64, u64) {

@@ -39,7 +39,7 @@ pub use self::protect::{Protection, ProtectionReport};
 use self::session::{ck_to_backend, Doing, OpError, TokenSessions};
 use self::uri::Pkcs11Uri;
 use super::cache::{CacheStats, KekId, TtlCache};
-use super::{BackendError, DekPlaintext, KeyBackend, MasterKeyRef, NewKek, PoolKek, ProbeReport, ProbeStatus};
+use super::{BackendError, DekPlaintext, KeyBackend, KeyStatus, MasterKeyRef, NewKek, PoolKek, ProbeReport, ProbeStatus, WrappedKek};
 use crate::config::Pkcs11Config;
 use crate::crypto::{OaepHash, PublicKek};
 use keybridge_proto::secret::{ExposeSecret, SecretString};
@@ -282,6 +282,11 @@ fn key_facts(session: &Session, h: ObjectHandle) -> Result<KeyFacts, OpError> {
         decrypt: bool_attr(&attrs, T::Decrypt),
     })
 }
+
+/// Why a PKCS#11 token never gives a KEK back (see `protect.rs`).
+const KEK_STAYS: &str = "a KEK wrapped in a PKCS#11 token never leaves it: the master key's unwrap template makes every KEK it unwraps sensitive, \
+and wrappable only under a key the security officer marked trusted (SoftHSM2) or not at all; \
+move the pool's new DEKs to another KMS with a new KEK generation there instead";
 
 /// Unwrap a private KEK into a sensitive, non-extractable session object.
 fn unwrap_kek(session: &Session, mech: u64, mk: ObjectHandle, wrapped: &[u8]) -> Result<ObjectHandle, OpError> {
@@ -938,6 +943,95 @@ impl KeyBackend for Pkcs11Backend {
             .run_writing("destroying the master key", move |s| {
                 let h = find_mk(s, &mk)?;
                 s.destroy_object(h).doing("destroying the master key")
+            })
+            .await
+    }
+
+    fn kek_release(&self) -> Result<(), String> {
+        Err(KEK_STAYS.into())
+    }
+
+    async fn release_kek(&self, _kek: &PoolKek<'_>) -> Result<Zeroizing<Vec<u8>>, BackendError> {
+        Err(BackendError::Unsupported(KEK_STAYS.into()))
+    }
+
+    async fn wrap_kek(&self, mk: &MasterKeyRef, pkcs8: &[u8], public_spki: &[u8]) -> Result<WrappedKek, BackendError> {
+        super::check_kek_pair(pkcs8, public_spki)?;
+        let public = PublicKek::from_spki_der(public_spki).map_err(|source| BackendError::Crypto { context: "reading the public KEK".into(), source })?;
+        let wrap = self.wrap_mechanism()?;
+        // Into the token under a one-time transport key (a session object
+        // made from a random value), then wrapped under the MK there: the
+        // MK never leaves the token. The token's two AES key-wrap-with-
+        // padding mechanisms are both RFC 5649, as `kwp` writes.
+        let transport = crate::crypto::random_array::<32>().map_err(|source| BackendError::Crypto { context: "making a transport key".into(), source })?;
+        let blob = crate::crypto::kwp::wrap(&transport[..], pkcs8).map_err(|source| BackendError::Crypto { context: "wrapping the KEK for the token".into(), source })?;
+        let transport = Zeroizing::new(transport.to_vec());
+        let mk = mk.clone();
+        let wrapped = self
+            .sessions
+            .run("importing a KEK under a master key", move |s| {
+                let mk_handle = find_mk(s, &mk)?;
+                let t = s
+                    .create_object(&[
+                        Attribute::Class(ObjectClass::SECRET_KEY),
+                        Attribute::KeyType(KeyType::AES),
+                        Attribute::Token(false),
+                        Attribute::Private(true),
+                        Attribute::Sensitive(true),
+                        Attribute::Extractable(false),
+                        Attribute::Unwrap(true),
+                        Attribute::Wrap(false),
+                        Attribute::Encrypt(false),
+                        Attribute::Decrypt(false),
+                        Attribute::Value(transport.to_vec()),
+                    ])
+                    .doing("making a one-time transport key")?;
+                let mut cleanup = Cleanup { session: s, handles: vec![t] };
+                let template = [
+                    Attribute::Class(ObjectClass::PRIVATE_KEY),
+                    Attribute::KeyType(KeyType::RSA),
+                    Attribute::Token(false),
+                    Attribute::Private(true),
+                    Attribute::Sensitive(true),
+                    // Extractable only so C_WrapKey can wrap it under the MK.
+                    Attribute::Extractable(true),
+                    Attribute::Decrypt(true),
+                    Attribute::Sign(false),
+                ];
+                let kek = raw::unwrap_key(s, wrap, t, &blob, &template).doing("unwrapping the KEK under the transport key")?;
+                cleanup.handles.push(kek);
+                let wrapped = raw::wrap_key(s, wrap, mk_handle, kek).doing("wrapping the KEK under the master key")?;
+                // Verify before anything is stored: the blob unwraps under
+                // the MK to the private half of the generation's public KEK.
+                let check = unwrap_kek(s, wrap, mk_handle, &wrapped)?;
+                cleanup.handles.push(check);
+                probe_oaep(s, check, &public)?;
+                drop(cleanup);
+                Ok(wrapped)
+            })
+            .await?;
+        Ok(WrappedKek { wrapped, wrap_mechanism: wrap_mechanism_name(wrap).expect("chosen from the known list").into() })
+    }
+
+    async fn master_key_status(&self, mk: &MasterKeyRef) -> Result<KeyStatus, BackendError> {
+        match self.master_key_facts(mk).await {
+            Ok(facts) => Ok(KeyStatus { present: true, state: None, details: serde_json::to_value(facts).unwrap_or_default() }),
+            Err(BackendError::MasterKeyMissing { .. }) => Ok(KeyStatus { present: false, state: None, details: serde_json::json!({}) }),
+            Err(e) => Err(e),
+        }
+    }
+
+    async fn destroy_master_keys_labelled(&self, label: &str) -> Result<usize, BackendError> {
+        let label = label.as_bytes().to_vec();
+        self.sessions
+            .run_writing("destroying master keys by label", move |s| {
+                let found = s
+                    .find_objects(&[Attribute::Class(ObjectClass::SECRET_KEY), Attribute::Token(true), Attribute::Label(label.clone())])
+                    .doing("finding master keys by label")?;
+                for h in &found {
+                    s.destroy_object(*h).doing("destroying a master key")?;
+                }
+                Ok(found.len())
             })
             .await
     }

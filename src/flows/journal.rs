@@ -1,0 +1,347 @@
+//! The journal of multi-step key changes (docs/design.md, "Key lifecycle").
+//!
+//! A change of a pool's keys (rotate, wrap, unwrap, migrate, import,
+//! shred) is journalled before it starts:
+//!
+//! 1. `planned`: the entry names the master keys it will make (KMS and a
+//!    label unique to this change), before any exists;
+//! 2. `keys_made`: each key, once made, is recorded in the catalog with its
+//!    reference in the KMS, in the same transaction as this step;
+//! 3. `committed`: the new wrappings, the removed ones and the master-key
+//!    states, in one transaction;
+//! 4. `done`: the old master keys marked deactivated in their KMS too.
+//!
+//! A change interrupted before `committed` is rolled back: every key it
+//! made is destroyed in its KMS (by reference, or by label if the crash
+//! came between making it and recording it) and forgotten. One interrupted
+//! after is finished. Whichever process finds an entry whose process is
+//! gone does this: the next lifecycle command on the pool, or `keybridge
+//! serve` when it starts. At every instant the pool restores under its old
+//! wrappings or its new ones, and every key keybridge made is named by the
+//! journal or by a catalog row.
+
+use serde::{Deserialize, Serialize};
+
+use crate::context::Keybridge;
+use crate::{Error, Result};
+use keybridge_catalog::lifecycle::{JournalEntry, JournalState, JournalStep, KeyChange, MasterKeyState};
+use keybridge_kms::BackendError;
+
+/// What a journal entry records of its change.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub(crate) struct Plan {
+    /// Master keys the change makes, in order.
+    #[serde(default)]
+    pub new_keys: Vec<PlannedKey>,
+    /// Master-key rows the change deactivates (mirrored in the KMS once
+    /// committed).
+    #[serde(default)]
+    pub deactivate: Vec<i64>,
+    /// Master-key rows the change destroys (shred).
+    #[serde(default)]
+    pub destroy: Vec<i64>,
+}
+
+/// A master key a change makes.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub(crate) struct PlannedKey {
+    pub kms: String,
+    /// Unique to this change, so a key made but not yet recorded is found.
+    pub label: String,
+    /// The key's reference in its KMS, once made and recorded.
+    pub key_ref: Option<String>,
+}
+
+/// An interrupted change found and dealt with.
+#[derive(Debug, Clone, Serialize)]
+pub struct Resumed {
+    pub journal_id: i64,
+    pub pool: String,
+    pub operation: String,
+    /// The step it had reached.
+    pub step: String,
+    /// `finished` or `rolled back`.
+    pub outcome: &'static str,
+}
+
+/// This process, as journal entries name their owner: `host:pid:start`,
+/// the start time telling a live process from a later one with its pid.
+pub(crate) fn owner() -> String {
+    let pid = std::process::id();
+    format!("{}:{pid}:{}", hostname(), start_time(pid).unwrap_or_default())
+}
+
+fn hostname() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname").map(|h| h.trim().to_owned()).unwrap_or_else(|_| "unknown-host".into())
+}
+
+/// Field 22 of `/proc/PID/stat`: when the process started, in clock ticks
+/// after boot.
+fn start_time(pid: u32) -> Option<String> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // The command name (field 2) is in parentheses and may hold spaces.
+    let rest = &stat[stat.rfind(')')? + 1..];
+    rest.split_whitespace().nth(19).map(str::to_owned)
+}
+
+/// Whether the process that owns an entry still runs. An owner on another
+/// host is taken to be alive: this process cannot tell.
+fn owner_alive(owner: &str) -> bool {
+    let mut parts = owner.rsplitn(3, ':');
+    let (Some(start), Some(pid), Some(host)) = (parts.next(), parts.next(), parts.next()) else { return false };
+    if host != hostname() {
+        return true;
+    }
+    let Ok(pid) = pid.parse::<u32>() else { return false };
+    start_time(pid).is_some_and(|s| s == start)
+}
+
+/// A test-only fault point (debug builds): `KEYBRIDGE_TEST_FAULT` holds
+/// `OPERATION.POINT:ACTION[@N]` entries separated by commas; ACTION is
+/// `fail` (an error, so the change rolls back), `exit` (the process ends
+/// at once, as in a crash) or `hang` (it stops here until killed); `@N`
+/// acts on the Nth time the point is reached only.
+pub(crate) fn fault(operation: &str, point: &str) -> Result<()> {
+    #[cfg(debug_assertions)]
+    {
+        use std::collections::HashMap;
+        use std::sync::Mutex;
+        static HITS: Mutex<Option<HashMap<String, u32>>> = Mutex::new(None);
+        let Ok(spec) = std::env::var("KEYBRIDGE_TEST_FAULT") else { return Ok(()) };
+        let here = format!("{operation}.{point}");
+        let hit = {
+            let mut hits = HITS.lock().unwrap_or_else(|e| e.into_inner());
+            let n = hits.get_or_insert_with(HashMap::new).entry(here.clone()).or_insert(0);
+            *n += 1;
+            *n
+        };
+        for entry in spec.split(',') {
+            let Some((at, action)) = entry.trim().split_once(':') else { continue };
+            let (action, nth) = match action.split_once('@') {
+                Some((a, n)) => (a, n.parse::<u32>().ok()),
+                None => (action, None),
+            };
+            if at != here || nth.is_some_and(|n| n != hit) {
+                continue;
+            }
+            tracing::warn!(point = %here, action, "test fault point reached");
+            match action {
+                "fail" => return Err(Error::Internal(format!("test fault injected at {here}"))),
+                "exit" => std::process::exit(86),
+                "hang" => loop {
+                    std::thread::sleep(std::time::Duration::from_secs(3600));
+                },
+                _ => {}
+            }
+        }
+    }
+    #[cfg(not(debug_assertions))]
+    let _ = (operation, point);
+    Ok(())
+}
+
+/// Journal entries this process is running now (an entry of this process
+/// that is not here was left unfinished, and may be resumed).
+static RUNNING: std::sync::Mutex<Vec<i64>> = std::sync::Mutex::new(Vec::new());
+
+/// Held while deciding which entries are unfinished and opening a new one,
+/// so that no entry is taken for unfinished between its opening and its
+/// being marked running.
+static BEGIN: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
+fn running() -> std::sync::MutexGuard<'static, Vec<i64>> {
+    RUNNING.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// A change in progress: its entry and plan.
+pub(crate) struct Change<'a> {
+    kb: &'a Keybridge,
+    pub pool_id: i64,
+    pub id: i64,
+    pub operation: String,
+    pub plan: Plan,
+}
+
+impl<'a> Change<'a> {
+    /// Journal a change of pool `pool_id` before it starts, after dealing
+    /// with any interrupted change of the same pool.
+    pub(crate) async fn begin(kb: &'a Keybridge, pool_id: i64, operation: &str, plan: Plan) -> Result<(Change<'a>, Vec<Resumed>)> {
+        let _begin = BEGIN.lock().await;
+        let resumed = resume_unfinished(kb, Some(pool_id)).await?;
+        let entry = kb.catalog().journal_begin(pool_id, operation, &owner(), &detail(&plan)).await?;
+        running().push(entry.id);
+        Ok((Change { kb, pool_id, id: entry.id, operation: operation.to_owned(), plan }, resumed))
+    }
+
+    fn step(&self, step: &str, close: Option<JournalState>) -> JournalStep {
+        JournalStep { id: self.id, step: step.to_owned(), detail: detail(&self.plan), close }
+    }
+
+    /// Make the planned master keys not yet made, recording each.
+    pub(crate) async fn make_keys(&mut self) -> Result<Vec<keybridge_catalog::lifecycle::MasterKeyRecord>> {
+        let mut made = Vec::new();
+        for i in 0..self.plan.new_keys.len() {
+            if self.plan.new_keys[i].key_ref.is_some() {
+                continue;
+            }
+            fault(&self.operation, "make_key")?;
+            let kms = self.plan.new_keys[i].kms.clone();
+            let backend = self.kb.backend(&kms).await?;
+            let mk = backend.create_master_key(&self.plan.new_keys[i].label).await.map_err(Error::backend(&kms))?;
+            fault(&self.operation, "key_made")?;
+            self.plan.new_keys[i].key_ref = Some(mk.id.clone());
+            let step = self.step("keys_made", None);
+            let record = self.kb.catalog().record_master_key(self.pool_id, &kms, backend.kind(), &backend.identity(), &mk, &step).await;
+            match record {
+                Ok(r) => made.push(r),
+                Err(e) => {
+                    // Not recorded: the rollback finds it by its label.
+                    self.plan.new_keys[i].key_ref = None;
+                    return Err(e);
+                }
+            }
+        }
+        Ok(made)
+    }
+
+    /// Commit `change` with the `committed` step, then mirror the
+    /// deactivations in the KMSs and close the entry. An error before the
+    /// commit rolls the change back; a KMS that cannot take the mirror now
+    /// leaves the entry open (finished later) and a note.
+    pub(crate) async fn commit(mut self, mut change: KeyChange) -> Result<Vec<String>> {
+        fault(&self.operation, "before_commit")?;
+        self.plan.deactivate = change.deactivate.clone();
+        self.plan.destroy = change.destroyed.clone();
+        change.journal = Some(self.step("committed", None));
+        self.kb.catalog().apply_key_change(self.pool_id, &change).await?;
+        fault(&self.operation, "committed")?;
+        let mut notes = Vec::new();
+        if let Err(e) = finish(self.kb, self.pool_id, self.id, &self.plan).await {
+            tracing::warn!(journal = self.id, error = %e, "a key change is committed, but its KMS mirror is not finished; the next command on the pool or `keybridge serve` finishes it");
+            notes.push(format!("committed; marking the old master keys deactivated in their KMS is not finished ({e}); the next command on the pool or `keybridge serve` finishes it"));
+        }
+        Ok(notes)
+    }
+
+    /// Undo an uncommitted change after `error`, and return the error.
+    pub(crate) async fn abandon(self, error: Error) -> Error {
+        if let Err(e) = roll_back(self.kb, self.pool_id, self.id, &self.plan).await {
+            tracing::error!(journal = self.id, error = %e, "could not roll back an interrupted key change; the next command on the pool or `keybridge serve` tries again");
+        }
+        error
+    }
+}
+
+impl Drop for Change<'_> {
+    fn drop(&mut self) {
+        running().retain(|id| *id != self.id);
+    }
+}
+
+fn detail(plan: &Plan) -> serde_json::Value {
+    serde_json::to_value(plan).expect("a plan serialises")
+}
+
+fn parse_plan(entry: &JournalEntry) -> Result<Plan> {
+    serde_json::from_value(entry.detail.clone())
+        .map_err(|e| Error::Integrity { what: format!("journal entry {} of pool '{}'", entry.id, entry.pool), reason: format!("its detail is not a plan keybridge wrote: {e}") })
+}
+
+/// Finish or roll back the interrupted changes (of pool `pool_id`, or of
+/// all pools) whose process is gone.
+pub async fn resume(kb: &Keybridge, pool_id: Option<i64>) -> Result<Vec<Resumed>> {
+    let _begin = BEGIN.lock().await;
+    resume_unfinished(kb, pool_id).await
+}
+
+async fn resume_unfinished(kb: &Keybridge, pool_id: Option<i64>) -> Result<Vec<Resumed>> {
+    let me = owner();
+    let mut done = Vec::new();
+    for entry in kb.catalog().open_journal(pool_id).await? {
+        let live = if entry.owner == me { running().contains(&entry.id) } else { owner_alive(&entry.owner) };
+        if live || !kb.catalog().journal_take_over(entry.id, &entry.owner, &me).await? {
+            continue;
+        }
+        let plan = parse_plan(&entry)?;
+        let outcome = if entry.step == "committed" || entry.operation == "shred" {
+            if entry.operation == "shred" && entry.step != "committed" {
+                super::pool_lifecycle::finish_shred(kb, entry.pool_id, entry.id, &plan).await?;
+            } else {
+                finish(kb, entry.pool_id, entry.id, &plan).await?;
+            }
+            "finished"
+        } else {
+            roll_back(kb, entry.pool_id, entry.id, &plan).await?;
+            "rolled back"
+        };
+        tracing::warn!(journal = entry.id, pool = %entry.pool, operation = %entry.operation, step = %entry.step, outcome, "an interrupted key change was dealt with");
+        done.push(Resumed { journal_id: entry.id, pool: entry.pool, operation: entry.operation, step: entry.step, outcome });
+    }
+    Ok(done)
+}
+
+/// Close entry `id` with `step`.
+pub(crate) async fn close(kb: &Keybridge, pool_id: i64, id: i64, plan: &Plan, step: &str, state: JournalState) -> Result<()> {
+    let change = KeyChange { journal: Some(JournalStep { id, step: step.to_owned(), detail: detail(plan), close: Some(state) }), ..Default::default() };
+    kb.catalog().apply_key_change(pool_id, &change).await
+}
+
+/// Mirror a committed change's deactivations in the KMSs, then close it.
+async fn finish(kb: &Keybridge, pool_id: i64, id: i64, plan: &Plan) -> Result<()> {
+    let keys = kb.catalog().pool_master_keys(pool_id).await?;
+    for row in &plan.deactivate {
+        let Some(mk) = keys.iter().find(|k| k.row == *row && k.state == MasterKeyState::Deactivated) else { continue };
+        match kb.backend(&mk.kms_name).await {
+            Ok(backend) => match backend.deactivate_master_key(&mk.key).await {
+                Ok(()) | Err(BackendError::MasterKeyMissing { .. }) => {}
+                Err(e) => return Err(Error::backend(&mk.kms_name)(e)),
+            },
+            // A KMS no longer configured: the catalog's state stands.
+            Err(Error::Config { .. }) => tracing::warn!(kms = %mk.kms_name, mk = %mk.key.label, "KMS not configured: master key marked deactivated in the catalog only"),
+            Err(e) => return Err(e),
+        }
+    }
+    close(kb, pool_id, id, plan, "done", JournalState::Done).await
+}
+
+/// Destroy and forget every key an uncommitted change made, then close it.
+async fn roll_back(kb: &Keybridge, pool_id: i64, id: i64, plan: &Plan) -> Result<()> {
+    let keys = kb.catalog().pool_master_keys(pool_id).await?;
+    for key in &plan.new_keys {
+        let backend = kb.backend(&key.kms).await?;
+        let recorded = key.key_ref.as_ref().and_then(|r| keys.iter().find(|k| k.kms_name == key.kms && &k.key.id == r));
+        match recorded {
+            Some(mk) => {
+                match backend.destroy_master_key(&mk.key).await {
+                    Ok(()) | Err(BackendError::MasterKeyMissing { .. }) => {}
+                    Err(e) => return Err(Error::backend(&key.kms)(e)),
+                }
+                let step = JournalStep { id, step: "rolling_back".into(), detail: detail(plan), close: None };
+                kb.catalog().forget_master_key(mk.row, &step).await?;
+            }
+            None => {
+                let n = backend.destroy_master_keys_labelled(&key.label).await.map_err(Error::backend(&key.kms))?;
+                if n > 0 {
+                    tracing::warn!(kms = %key.kms, label = %key.label, destroyed = n, "destroyed a master key made by an interrupted change before it was recorded");
+                }
+            }
+        }
+    }
+    close(kb, pool_id, id, plan, "rolled_back", JournalState::RolledBack).await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn this_process_is_alive_and_a_made_up_one_is_not() {
+        let me = owner();
+        assert!(owner_alive(&me), "{me}");
+        let (rest, _start) = me.rsplit_once(':').unwrap();
+        assert!(!owner_alive(&format!("{rest}:1")), "another start time is another process");
+        assert!(!owner_alive(&format!("{}:4194304:1", hostname())), "no such pid");
+        assert!(owner_alive("some-other-host:1:1"), "another host cannot be checked");
+        assert!(!owner_alive("garbage"));
+    }
+}
