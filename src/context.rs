@@ -140,12 +140,21 @@ impl Keybridge {
     /// it is a warning, not an error.
     pub(crate) fn pin_kek(&self, pool: &str, sha256: String) {
         let mut pins = self.kek_pins.lock().unwrap_or_else(|e| e.into_inner());
-        let pins = pins.get_or_insert_with(|| self.load_kek_pins());
+        // Merged into the file as it is now: other processes on this host
+        // (the service, the CLI rotating a pool) pin into it too, and an
+        // entry this process read earlier may be stale.
+        let pins = pins.insert(self.load_kek_pins());
         pins.insert(pool.to_owned(), sha256);
         let path = &self.config.catalog.kek_pins;
         if let Err(e) = write_atomically(path, serde_json::to_string_pretty(pins).unwrap_or_default().as_bytes()) {
             tracing::warn!(path = %path.display(), error = %e, "could not record a checked public KEK; the next process checks it against the KMS again");
         }
+    }
+
+    /// Read the pins again from the file: another process on this host
+    /// (a `pool rotate` or `pool migrate`) may have moved one.
+    pub(crate) fn reload_kek_pins(&self) {
+        *self.kek_pins.lock().unwrap_or_else(|e| e.into_inner()) = Some(self.load_kek_pins());
     }
 
     fn load_kek_pins(&self) -> HashMap<String, String> {

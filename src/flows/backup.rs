@@ -81,7 +81,13 @@ async fn checked_kek(kb: &Keybridge, pool: &PoolRecord, public: &PublicKek) -> R
     // add a generation that copies another pool's KEK and wrapping (under
     // another, perhaps weaker, KMS) and pass the round trip below.
     let (mk_pin, mk_id) = pool.mk_pin();
-    let pinned_mk = kb.kek_pin(&mk_pin);
+    let mut pinned_mk = kb.kek_pin(&mk_pin);
+    if pinned_mk.as_deref().is_some_and(|p| p != mk_id) {
+        // A lifecycle command of another process on this host may have
+        // moved the pool to a new master key since this process read the pins.
+        kb.reload_kek_pins();
+        pinned_mk = kb.kek_pin(&mk_pin);
+    }
     if pinned_mk.as_deref().is_some_and(|p| p != mk_id) {
         return Err(replaced(format!(
             "it is wrapped under master key {mk_id}, not {} which this host pinned for the pool; no DEK is issued under it",

@@ -209,11 +209,17 @@ impl<'a> Change<'a> {
     /// commit rolls the change back; a KMS that cannot take the mirror now
     /// leaves the entry open (finished later) and a note.
     pub(crate) async fn commit(mut self, mut change: KeyChange) -> Result<Vec<String>> {
-        fault(&self.operation, "before_commit")?;
+        if let Err(e) = fault(&self.operation, "before_commit") {
+            return Err(self.abandon(e).await);
+        }
         self.plan.deactivate = change.deactivate.clone();
         self.plan.destroy = change.destroyed.clone();
         change.journal = Some(self.step("committed", None));
-        self.kb.catalog().apply_key_change(self.pool_id, &change).await?;
+        if let Err(e) = self.kb.catalog().apply_key_change(self.pool_id, &change).await {
+            // The rollback reads the journal first: a commit that took
+            // effect after all is finished, never undone.
+            return Err(self.abandon(e).await);
+        }
         fault(&self.operation, "committed")?;
         let mut notes = Vec::new();
         if let Err(e) = finish(self.kb, self.pool_id, self.id, &self.plan).await {
@@ -306,6 +312,13 @@ async fn finish(kb: &Keybridge, pool_id: i64, id: i64, plan: &Plan) -> Result<()
 
 /// Destroy and forget every key an uncommitted change made, then close it.
 async fn roll_back(kb: &Keybridge, pool_id: i64, id: i64, plan: &Plan) -> Result<()> {
+    // Only what the catalog says is uncommitted is undone.
+    let entry = kb.catalog().open_journal(Some(pool_id)).await?.into_iter().find(|e| e.id == id);
+    match entry {
+        None => return Ok(()),
+        Some(e) if e.step == "committed" => return finish(kb, pool_id, id, &parse_plan(&e)?).await,
+        Some(_) => {}
+    }
     let keys = kb.catalog().pool_master_keys(pool_id).await?;
     for key in &plan.new_keys {
         let backend = kb.backend(&key.kms).await?;

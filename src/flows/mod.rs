@@ -60,7 +60,7 @@ pub(crate) async fn decrypt_dek(kb: &crate::Keybridge, pool: &keybridge_catalog:
     // A ciphertext that does not decrypt under the KEK does not under any
     // wrapping of it either.
     let bad_ciphertext = matches!(&error, crate::Error::Backend { source, .. } if matches!(source.downcast_ref::<keybridge_kms::BackendError>(), Some(keybridge_kms::BackendError::DekDecrypt { .. })));
-    if bad_ciphertext || !matches!(error, crate::Error::Backend { .. } | crate::Error::Config { .. }) {
+    if bad_ciphertext || !matches!(error, crate::Error::Backend { .. } | crate::Error::Config { .. } | crate::Error::NotFound { .. }) {
         return Err(error);
     }
     let wrappings = kb.catalog().wrappings(pool.id).await?;

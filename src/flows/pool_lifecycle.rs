@@ -175,6 +175,31 @@ async fn release(kb: &Keybridge, at: &PoolRecord, wrappings: &[WrappingRecord]) 
     }))
 }
 
+/// Refuse, before any key is made, a move of `pool`'s generations to KMS
+/// `kms` that cannot succeed: a generation no configured KMS can give
+/// back, or one whose DEKs `kms` cannot decrypt.
+async fn can_move(kb: &Keybridge, pool: &PoolRecord, wrappings: &[WrappingRecord], kms: &str) -> Result<()> {
+    let target = kb.backend(kms).await?;
+    for at in generations(kb, pool).await? {
+        target.accepts_oaep(at.oaep_hash).await.map_err(|reason| Error::Input { what: format!("KEK generation {} of pool '{}'", at.generation, pool.name), reason })?;
+        let mut why = Vec::new();
+        let mut releasable = false;
+        for w in wrappings.iter().filter(|w| w.generation == at.generation) {
+            match kb.backend(&w.master_key.kms_name).await {
+                Ok(b) => match b.kek_release() {
+                    Ok(()) => releasable = true,
+                    Err(reason) => why.push(format!("KMS '{}': {reason}", w.master_key.kms_name)),
+                },
+                Err(e) => why.push(e.to_string()),
+            }
+        }
+        if !releasable {
+            return Err(Error::Input { what: format!("KEK generation {} of pool '{}'", at.generation, pool.name), reason: format!("no KMS that wraps it can give it back ({})", why.join("; ")) });
+        }
+    }
+    Ok(())
+}
+
 /// The pool's generations, each as a record (public KEK, OAEP hash).
 async fn generations(kb: &Keybridge, pool: &PoolRecord) -> Result<Vec<PoolRecord>> {
     let mut out = Vec::new();
@@ -191,7 +216,7 @@ async fn wrap_all(kb: &Keybridge, pool: &PoolRecord, wrappings: &[WrappingRecord
     let mut add = Vec::new();
     for at in generations(kb, pool).await? {
         let pkcs8 = release(kb, &at, wrappings).await?;
-        let new = target.wrap_kek(&mk.key, &pkcs8, &at.kek_public).await.map_err(Error::backend(&mk.kms_name))?;
+        let new = target.wrap_kek(&mk.key, &pkcs8, &at.kek_public, at.oaep_hash).await.map_err(Error::backend(&mk.kms_name))?;
         journal::fault(report.operation, "wrapped")?;
         add.push(NewWrapping { generation: at.generation, mk_row: mk.row, wrap_mechanism: new.wrap_mechanism, wrapped: new.wrapped, priority });
         report.wrapped_generations.push(at.generation);
@@ -323,6 +348,9 @@ async fn wrap_inner(kb: &Keybridge, name: &str, kms: &str, migrate: bool) -> Res
     let there = wrappings.iter().any(|w| w.master_key.kms_name == kms);
     if there && !migrate {
         return Err(Error::Input { what: format!("wrap of pool '{name}'"), reason: format!("KMS '{kms}' wraps it already; `pool rotate` gives it a new master key there") });
+    }
+    if !there {
+        can_move(kb, &pool, &wrappings, kms).await?;
     }
     let plan = Plan { new_keys: if there { vec![] } else { vec![PlannedKey { kms: kms.to_owned(), label: new_label(name), key_ref: None }] }, ..Default::default() };
     let mut report = ChangeReport::new(name, operation);

@@ -367,16 +367,23 @@ pub trait KeyBackend: Send + Sync + fmt::Debug {
     /// where [`KeyBackend::kek_release`] says why.
     async fn release_kek(&self, kek: &PoolKek<'_>) -> Result<Zeroizing<Vec<u8>>, BackendError>;
 
+    /// Whether this KMS can decrypt DEKs encrypted with RSA-OAEP over
+    /// `hash` (`Err`: why not); asked before a KEK generation moves here.
+    async fn accepts_oaep(&self, hash: OaepHash) -> Result<(), String> {
+        let _ = hash;
+        Ok(())
+    }
+
     /// Wrap a KEK's private half (PKCS#8 DER) under `mk` in this KMS, and
     /// check that the wrapping unwraps, under `mk`, to the private half of
-    /// `public_spki`.
-    async fn wrap_kek(&self, mk: &MasterKeyRef, pkcs8: &[u8], public_spki: &[u8]) -> Result<WrappedKek, BackendError>;
+    /// `public_spki`, which decrypts RSA-OAEP over `hash` here.
+    async fn wrap_kek(&self, mk: &MasterKeyRef, pkcs8: &[u8], public_spki: &[u8], hash: OaepHash) -> Result<WrappedKek, BackendError>;
 
     /// Move a KEK's wrapping from its master key to `to`, another master key
     /// of this KMS (rotation), checked as [`KeyBackend::wrap_kek`] checks.
     async fn rewrap_kek(&self, kek: &PoolKek<'_>, to: &MasterKeyRef, public_spki: &[u8]) -> Result<WrappedKek, BackendError> {
         let pkcs8 = self.release_kek(kek).await?;
-        self.wrap_kek(to, &pkcs8, public_spki).await
+        self.wrap_kek(to, &pkcs8, public_spki, kek.oaep_hash).await
     }
 
     /// Mark `mk` deactivated where the KMS has states (KMIP: Revoke with

@@ -207,7 +207,7 @@ impl KeyBackend for BuiltinBackend {
         self.unwrap_kek(kek)
     }
 
-    async fn wrap_kek(&self, mk: &MasterKeyRef, pkcs8: &[u8], public_spki: &[u8]) -> Result<WrappedKek, BackendError> {
+    async fn wrap_kek(&self, mk: &MasterKeyRef, pkcs8: &[u8], public_spki: &[u8], _hash: OaepHash) -> Result<WrappedKek, BackendError> {
         super::check_kek_pair(pkcs8, public_spki)?;
         let mk_key = self.unseal_master_key(mk)?;
         let wrapped = kwp::wrap(&mk_key, pkcs8).map_err(|source| BackendError::Crypto { context: format!("wrapping a KEK under master key {}", mk.label), source })?;

@@ -446,7 +446,7 @@ impl KeyBackend for KmipBackend {
         self.unwrap(kek).await
     }
 
-    async fn wrap_kek(&self, mk: &MasterKeyRef, pkcs8: &[u8], public_spki: &[u8]) -> Result<WrappedKek, BackendError> {
+    async fn wrap_kek(&self, mk: &MasterKeyRef, pkcs8: &[u8], public_spki: &[u8], _hash: OaepHash) -> Result<WrappedKek, BackendError> {
         super::check_kek_pair(pkcs8, public_spki)?;
         let mode = self.mode().await?;
         let wrapped = self.wrap(mk, pkcs8, mode).await?;

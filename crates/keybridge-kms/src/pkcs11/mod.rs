@@ -375,6 +375,19 @@ fn probe_oaep(session: &Session, private: ObjectHandle, public: &PublicKek) -> R
     Err(OpError::Backend(BackendError::Unsupported("the token decrypts RSA-OAEP with neither SHA-256 nor SHA-1".into())))
 }
 
+/// Check that `private` (a session object) decrypts, with RSA-OAEP over
+/// `hash`, what its `public` half encrypts in software.
+fn check_oaep(session: &Session, private: ObjectHandle, public: &PublicKek, hash: OaepHash) -> Result<(), OpError> {
+    let probe = |source| OpError::Backend(BackendError::Crypto { context: "OAEP check".into(), source });
+    let secret = crate::crypto::random_array::<32>().map_err(probe)?;
+    let ct = public.encrypt(hash, &secret[..]).map_err(probe)?;
+    match session.decrypt(&oaep(hash), private, &ct) {
+        Ok(pt) if pt.as_slice() == &secret[..] => Ok(()),
+        Ok(_) => Err(OpError::Backend(BackendError::Other("the wrapped KEK is not the private half of the generation's public KEK".into()))),
+        Err(e) => Err(OpError::Ck { err: e, doing: format!("checking the wrapped KEK with RSA-OAEP over {hash}") }),
+    }
+}
+
 fn public_of(session: &Session, public: ObjectHandle) -> Result<PublicKek, OpError> {
     let attrs = session
         .get_attributes(public, &[AttributeType::Modulus, AttributeType::PublicExponent])
@@ -951,11 +964,24 @@ impl KeyBackend for Pkcs11Backend {
         Err(KEK_STAYS.into())
     }
 
+    async fn accepts_oaep(&self, hash: OaepHash) -> Result<(), String> {
+        // The probe prefers SHA-256: a token that settled on SHA-1 has no other.
+        match self.oaep_hash().await {
+            Ok(OaepHash::Sha1) if hash != OaepHash::Sha1 => Err(format!(
+                "token '{}' decrypts RSA-OAEP only with SHA-1, and the DEKs of this KEK generation are encrypted with RSA-OAEP over {hash}; it cannot be wrapped here",
+                self.token.label
+            )),
+            Ok(_) => Ok(()),
+            Err(e) => Err(e.to_string()),
+        }
+    }
+
     async fn release_kek(&self, _kek: &PoolKek<'_>) -> Result<Zeroizing<Vec<u8>>, BackendError> {
         Err(BackendError::Unsupported(KEK_STAYS.into()))
     }
 
-    async fn wrap_kek(&self, mk: &MasterKeyRef, pkcs8: &[u8], public_spki: &[u8]) -> Result<WrappedKek, BackendError> {
+    async fn wrap_kek(&self, mk: &MasterKeyRef, pkcs8: &[u8], public_spki: &[u8], hash: OaepHash) -> Result<WrappedKek, BackendError> {
+        self.accepts_oaep(hash).await.map_err(BackendError::Unsupported)?;
         super::check_kek_pair(pkcs8, public_spki)?;
         let public = PublicKek::from_spki_der(public_spki).map_err(|source| BackendError::Crypto { context: "reading the public KEK".into(), source })?;
         let wrap = self.wrap_mechanism()?;
@@ -1005,7 +1031,7 @@ impl KeyBackend for Pkcs11Backend {
                 // the MK to the private half of the generation's public KEK.
                 let check = unwrap_kek(s, wrap, mk_handle, &wrapped)?;
                 cleanup.handles.push(check);
-                probe_oaep(s, check, &public)?;
+                check_oaep(s, check, &public, hash)?;
                 drop(cleanup);
                 Ok(wrapped)
             })

@@ -1,0 +1,458 @@
+//! The key lifecycle (issue 13) on real KMSs: rotate, wrap, unwrap,
+//! migrate between kinds, retire-keys and shred, each followed by restores
+//! of everything issued before and after; the journal's crash safety, with
+//! a fault injected at each step of a change in a real `keybridge`
+//! process; and restores running while a pool rotates.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use common::{actor, password, test_kdf, Kind};
+use keybridge::config::{Config, KmsConfig};
+use keybridge::flows::{backup, clients, pool_creation, pool_lifecycle, restore};
+use keybridge::Keybridge;
+use keybridge_catalog::lifecycle::MasterKeyState;
+use keybridge_kms::pkcs11::Pkcs11Backend;
+use keybridge_proto::seal;
+
+/// The `[[kms]]` name of each kind in these tests.
+fn kms_name(kind: Kind) -> &'static str {
+    match kind {
+        Kind::Builtin => "builtin",
+        Kind::SoftHsm => "softhsm",
+        Kind::Kryoptic => "kryoptic",
+        Kind::Kmip => "kmip",
+        other => panic!("{other:?} is not used here"),
+    }
+}
+
+/// A keybridge installation with several KMSs, and configurations that
+/// name only some of them (a KMS removed after a migration).
+struct Site {
+    dir: tempfile::TempDir,
+    kinds: Vec<Kind>,
+}
+
+impl Site {
+    fn new(kinds: &[Kind]) -> Option<Site> {
+        let dir = tempfile::tempdir().unwrap();
+        for k in kinds {
+            common::kms_toml(*k, dir.path())?;
+        }
+        keybridge_kms::builtin::create_root_key(&dir.path().join("root.key")).unwrap();
+        let site = Site { dir, kinds: kinds.to_vec() };
+        keybridge_catalog::SqliteCatalog::open_or_create(&site.config_with(kinds).catalog.path).unwrap();
+        Some(site)
+    }
+
+    /// The configuration file naming `kinds`.
+    fn config_path(&self, kinds: &[Kind]) -> PathBuf {
+        let mut toml = "[catalog]\npath = \"keybridge.db\"\n\n".to_owned();
+        for k in kinds {
+            let block = common::kms_toml(*k, self.dir.path()).unwrap();
+            toml += &block.replacen("name = \"kms\"", &format!("name = \"{}\"", kms_name(*k)), 1);
+            toml += "\n";
+        }
+        let names: Vec<&str> = kinds.iter().map(|k| kms_name(*k)).collect();
+        let path = self.dir.path().join(format!("keybridge-{}.toml", names.join("-")));
+        std::fs::write(&path, toml).unwrap();
+        path
+    }
+
+    fn config_with(&self, kinds: &[Kind]) -> Config {
+        Config::load(&self.config_path(kinds)).unwrap()
+    }
+
+    /// A fresh instance (empty caches) configured with every KMS.
+    fn open(&self) -> Keybridge {
+        self.open_with(&self.kinds)
+    }
+
+    fn open_with(&self, kinds: &[Kind]) -> Keybridge {
+        Keybridge::open(self.config_with(kinds)).unwrap()
+    }
+
+    /// Master keys labelled `label` in KMS `kind` right now.
+    async fn keys_labelled(&self, kind: Kind, label: &str) -> usize {
+        match kind {
+            Kind::Builtin => 0,
+            Kind::Kmip => {
+                let KmsConfig::Kmip(c) = self.config_with(&[kind]).kms("kmip").unwrap().clone() else { unreachable!() };
+                let backend = keybridge_kms::kmip::KmipBackend::open(&c).unwrap();
+                let located = backend
+                    .client()
+                    .call_one(keybridge_kmip::messages::Request::Locate { attributes: vec![keybridge_kmip::messages::Attribute::Name(label.to_owned())], max_items: None })
+                    .await
+                    .unwrap();
+                located.located().unwrap().len()
+            }
+            _ => {
+                let KmsConfig::Pkcs11(c) = self.config_with(&[kind]).kms(kms_name(kind)).unwrap().clone() else { unreachable!() };
+                Pkcs11Backend::open(&c).await.unwrap().count_keys_labelled(label).await.unwrap()
+            }
+        }
+    }
+
+    /// No master key keybridge planned for `pool` is in a KMS without a
+    /// live catalog row naming it, and every live row's key is there.
+    async fn assert_no_orphans(&self, kb: &Keybridge, pool: &str) {
+        let conn = common::sqlite(kb);
+        let mut labels: Vec<(String, String)> = Vec::new();
+        let mut st = conn.prepare("SELECT j.detail FROM journal j JOIN pools p ON p.id = j.pool_id WHERE p.name = ?1").unwrap();
+        for detail in st.query_map([pool], |r| r.get::<_, String>(0)).unwrap() {
+            let v: serde_json::Value = serde_json::from_str(&detail.unwrap()).unwrap();
+            for k in v["new_keys"].as_array().into_iter().flatten() {
+                labels.push((k["kms"].as_str().unwrap().to_owned(), k["label"].as_str().unwrap().to_owned()));
+            }
+        }
+        let mut st = conn
+            .prepare("SELECT m.kms_name, m.label FROM master_keys m JOIN pools p ON p.id = m.pool_id WHERE p.name = ?1 AND m.state != 'destroyed'")
+            .unwrap();
+        let live: Vec<(String, String)> = st.query_map([pool], |r| Ok((r.get(0)?, r.get(1)?))).unwrap().map(Result::unwrap).collect();
+        for (kms, label) in labels.iter().chain(live.iter()) {
+            let kind = *self.kinds.iter().find(|k| kms_name(**k) == kms).unwrap();
+            if kind == Kind::Builtin {
+                continue;
+            }
+            let expected = usize::from(live.contains(&(kms.clone(), label.clone())));
+            assert_eq!(self.keys_labelled(kind, label).await, expected, "master key {label} in KMS '{kms}': {expected} expected (catalog rows: {live:?})");
+        }
+    }
+}
+
+/// A pool on `kms` and a client; returns their names.
+async fn pool_and_client(kb: &Keybridge, kms: &str) -> (String, String) {
+    let pool = format!("pool-{}", &uuid::Uuid::new_v4().simple().to_string()[..8]);
+    pool_creation::create_pool(kb, &pool, kms, &pool_creation::PoolOptions { kek_bits: 2048, master_key: None }, &actor()).await.unwrap();
+    let client = format!("client-{}", &uuid::Uuid::new_v4().simple().to_string()[..8]);
+    clients::add_client(kb, &client, &password("network-password-1"), test_kdf(), &actor()).await.unwrap();
+    (pool, client)
+}
+
+type Issued = Vec<(String, keybridge_proto::secret::Dek)>;
+
+async fn issue(kb: &Keybridge, pool: &str, client: &str, n: usize, issued: &mut Issued) {
+    for _ in 0..n {
+        let g = backup::issue_dek(kb, pool, client, &actor()).await.unwrap();
+        issued.push((g.dek_id.clone(), seal::open(&g.sealed_dek, client, &password("network-password-1")).unwrap().1));
+    }
+}
+
+/// Every DEK in `issued` restores, through `kb`, to what was issued.
+async fn assert_restores(kb: &Keybridge, client: &str, issued: &Issued) {
+    for (id, dek) in issued {
+        let (got, _) = restore::recover_inner(kb, id, client, &actor()).await.unwrap_or_else(|e| panic!("DEK {id}: {e}"));
+        assert_eq!(&got, dek, "DEK {id} restores to what was issued");
+    }
+}
+
+fn audited(kb: &Keybridge, action: &str, pool: &str) -> usize {
+    let conn = common::sqlite(kb);
+    conn.query_row("SELECT COUNT(*) FROM audit WHERE action = ?1 AND pool = ?2 AND result = 'ok'", [action, pool], |r| r.get::<_, i64>(0)).unwrap() as usize
+}
+
+/// Rotate twice, then restore every DEK issued before and between; the
+/// old keys are deactivated (in the KMS too, where it has states) and
+/// `retire-keys` destroys those nothing uses. A KMS that cannot re-wrap
+/// (PKCS#11) rotates into a new KEK generation instead.
+async fn rotate_restores_old_and_new(kind: Kind) {
+    let Some(site) = Site::new(&[kind]) else { return };
+    let kms = kms_name(kind);
+    let kb = site.open();
+    let (pool, client) = pool_and_client(&kb, kms).await;
+    let mut issued = Vec::new();
+    issue(&kb, &pool, &client, 2, &mut issued).await;
+    let first = kb.catalog().pool_by_name(&pool).await.unwrap();
+    let rewraps = kind != Kind::SoftHsm && kind != Kind::Kryoptic;
+    for round in 1..=2u32 {
+        let r = pool_lifecycle::rotate(&kb, &pool, &actor()).await.unwrap();
+        assert_eq!(r.new_master_keys.len(), 1, "{r:?}");
+        if rewraps {
+            assert_eq!((r.wrapped_generations.clone(), r.new_generation), (vec![1], None), "{r:?}");
+        } else {
+            assert_eq!((r.wrapped_generations.len(), r.new_generation), (0, Some(round + 1)), "{r:?}");
+            assert!(r.notes.iter().any(|n| n.contains("never leaves")), "{r:?}");
+        }
+        issue(&kb, &pool, &client, 2, &mut issued).await;
+    }
+    assert_restores(&site.open(), &client, &issued).await;
+    assert_eq!(audited(&kb, "pool.rotate", &pool), 2);
+
+    // The first key is deactivated, in the catalog and (KMIP) in the KMS.
+    let keys = kb.catalog().pool_master_keys(first.id).await.unwrap();
+    assert_eq!(keys.len(), 3, "{keys:?}");
+    let old = keys.iter().find(|k| k.row == first.mk_row).unwrap();
+    assert_eq!(old.state, MasterKeyState::Deactivated);
+    let status = kb.backend(kms).await.unwrap().master_key_status(&old.key).await.unwrap();
+    assert!(status.present);
+    if kind == Kind::Kmip {
+        assert_eq!(status.state.as_deref(), Some("Deactivated"));
+    }
+
+    // Retire: a rewrapping KMS lets both old keys go; a token keeps each
+    // key that still wraps a generation.
+    let r = pool_lifecycle::retire_keys(&kb, &pool, &actor()).await.unwrap();
+    let keys = kb.catalog().pool_master_keys(first.id).await.unwrap();
+    if rewraps {
+        assert_eq!(r.destroyed.len(), 2, "{r:?}");
+        assert_eq!(keys.iter().filter(|k| k.state == MasterKeyState::Destroyed).count(), 2);
+        let old = keys.iter().find(|k| k.row == first.mk_row).unwrap();
+        let status = kb.backend(kms).await.unwrap().master_key_status(&old.key).await.unwrap();
+        assert!(!status.present || status.state.as_deref() == Some("Destroyed"), "{status:?}");
+    } else {
+        assert!(r.destroyed.is_empty(), "{r:?}");
+        assert!(r.notes.iter().any(|n| n.contains("still wraps KEK generation")), "{r:?}");
+    }
+    assert_eq!(audited(&kb, "key.retire", &pool), 1);
+    assert_restores(&site.open(), &client, &issued).await;
+    site.assert_no_orphans(&kb, &pool).await;
+}
+
+/// Move a pool from `from` to `to`; then take `from` out of the
+/// configuration: every DEK of both KEK generations still restores.
+async fn migrate(from: Kind, to: Kind) {
+    let Some(site) = Site::new(&[from, to]) else { return };
+    let kb = site.open();
+    let (pool, client) = pool_and_client(&kb, kms_name(from)).await;
+    let mut issued = Vec::new();
+    issue(&kb, &pool, &client, 2, &mut issued).await;
+    pool_lifecycle::rekey(&kb, &pool, None, &actor()).await.unwrap();
+    issue(&kb, &pool, &client, 2, &mut issued).await;
+    let r = pool_lifecycle::migrate(&kb, &pool, kms_name(to), &actor()).await.unwrap();
+    assert_eq!((r.wrapped_generations.clone(), r.removed_wrappings), (vec![1, 2], 2), "{r:?}");
+    assert_eq!(audited(&kb, "pool.migrate", &pool), 1);
+    // New DEKs go to the new KMS too.
+    issue(&kb, &pool, &client, 1, &mut issued).await;
+    let only_new = site.open_with(&[to]);
+    assert_eq!(only_new.catalog().pool_by_name(&pool).await.unwrap().kms_name, kms_name(to));
+    assert_restores(&only_new, &client, &issued).await;
+    pool_lifecycle::rekey(&only_new, &pool, None, &actor()).await.unwrap();
+    issue(&only_new, &pool, &client, 1, &mut issued).await;
+    assert_restores(&site.open_with(&[to]), &client, &issued).await;
+    site.assert_no_orphans(&kb, &pool).await;
+}
+
+/// A migration that cannot succeed is refused, clearly, before anything
+/// changes: a KEK generation on a token cannot leave it, and SoftHSM2
+/// cannot decrypt DEKs encrypted with RSA-OAEP over SHA-256.
+async fn migrate_is_refused(from: Kind, to: Kind, why: &str) {
+    let Some(site) = Site::new(&[from, to]) else { return };
+    let kb = site.open();
+    let (pool, client) = pool_and_client(&kb, kms_name(from)).await;
+    let mut issued = Vec::new();
+    issue(&kb, &pool, &client, 1, &mut issued).await;
+    let before = common::catalog_digest(&kb);
+    let err = pool_lifecycle::migrate(&kb, &pool, kms_name(to), &actor()).await.unwrap_err();
+    assert!(err.to_string().contains(why), "{err}");
+    assert_eq!(before, common::catalog_digest(&kb), "a refused migration changes nothing");
+    assert_restores(&site.open(), &client, &issued).await;
+    site.assert_no_orphans(&kb, &pool).await;
+}
+
+/// A pool wrapped in two KMSs survives losing either; the last wrapping
+/// cannot be removed.
+async fn wrapped_twice_survives_either_kms(first: Kind, second: Kind) {
+    let Some(site) = Site::new(&[first, second]) else { return };
+    let kb = site.open();
+    let (pool, client) = pool_and_client(&kb, kms_name(first)).await;
+    let mut issued = Vec::new();
+    issue(&kb, &pool, &client, 2, &mut issued).await;
+    let r = pool_lifecycle::wrap(&kb, &pool, kms_name(second), &actor()).await.unwrap();
+    assert_eq!(r.wrapped_generations, vec![1], "{r:?}");
+    let err = pool_lifecycle::wrap(&kb, &pool, kms_name(second), &actor()).await.unwrap_err();
+    assert!(err.to_string().contains("wraps it already"), "{err}");
+    // The first wrapping comes first; without its KMS, the second serves.
+    assert_restores(&site.open_with(&[second]), &client, &issued).await;
+    assert_restores(&site.open_with(&[first]), &client, &issued).await;
+    let r = pool_lifecycle::unwrap(&kb, &pool, kms_name(first), &actor()).await.unwrap();
+    assert_eq!(r.removed_wrappings, 1, "{r:?}");
+    let err = pool_lifecycle::unwrap(&kb, &pool, kms_name(second), &actor()).await.unwrap_err();
+    assert!(err.to_string().contains("only wrapping of KEK generation 1"), "{err}");
+    assert_restores(&site.open_with(&[second]), &client, &issued).await;
+    assert_eq!((audited(&kb, "pool.wrap", &pool), audited(&kb, "pool.unwrap", &pool)), (1, 1));
+}
+
+/// Shred: every master key of the pool destroyed in its KMS, every
+/// restore refused with exit code 5, and the refusals audited.
+async fn shred_destroys_every_key(kind: Kind) {
+    let Some(site) = Site::new(&[kind]) else { return };
+    let kb = site.open();
+    let (pool, client) = pool_and_client(&kb, kms_name(kind)).await;
+    let mut issued = Vec::new();
+    issue(&kb, &pool, &client, 2, &mut issued).await;
+    pool_lifecycle::rotate(&kb, &pool, &actor()).await.unwrap();
+    issue(&kb, &pool, &client, 1, &mut issued).await;
+    // Warm caches must not outlive the shred either.
+    assert_restores(&kb, &client, &issued).await;
+    let labels: Vec<String> = kb.catalog().pool_master_keys(kb.catalog().pool_by_name(&pool).await.unwrap().id).await.unwrap().into_iter().map(|k| k.key.label).collect();
+    let err = pool_lifecycle::shred(&kb, &pool, "another-pool", &actor()).await.unwrap_err();
+    assert!(err.to_string().contains("nothing was destroyed"), "{err}");
+    let r = pool_lifecycle::shred(&kb, &pool, &pool, &actor()).await.unwrap();
+    assert_eq!(r.destroyed.len(), 2, "{r:?}");
+    for label in &labels {
+        assert_eq!(site.keys_labelled(kind, label).await, 0, "{label} is still in the KMS");
+    }
+    for k in [&kb, &site.open()] {
+        for (id, _) in &issued {
+            let err = restore::recover_dek(k, id, &client, &actor()).await.unwrap_err();
+            assert_eq!(err.exit_code(), 5, "{err}");
+            assert!(err.to_string().contains("were destroyed"), "{err}");
+        }
+        let err = backup::issue_dek(k, &pool, &client, &actor()).await.unwrap_err();
+        assert_eq!(err.exit_code(), 5, "{err}");
+    }
+    assert_eq!(audited(&kb, "pool.shred", &pool), 1);
+}
+
+macro_rules! on_every_backend {
+    ($($test:ident),* $(,)?) => {
+        mod builtin { $( #[tokio::test(flavor = "multi_thread", worker_threads = 2)] async fn $test() { super::$test(super::Kind::Builtin).await } )* }
+        mod softhsm { $( #[tokio::test(flavor = "multi_thread", worker_threads = 2)] async fn $test() { super::$test(super::Kind::SoftHsm).await } )* }
+        mod kryoptic { $( #[tokio::test(flavor = "multi_thread", worker_threads = 2)] async fn $test() { super::$test(super::Kind::Kryoptic).await } )* }
+        mod kmip { $( #[tokio::test(flavor = "multi_thread", worker_threads = 2)] async fn $test() { super::$test(super::Kind::Kmip).await } )* }
+    };
+}
+
+on_every_backend!(rotate_restores_old_and_new, shred_destroys_every_key);
+
+mod between_kinds {
+    use super::Kind::*;
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn builtin_to_softhsm_is_refused() { super::migrate_is_refused(Builtin, SoftHsm, "only with SHA-1").await }
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn builtin_to_kryoptic() { super::migrate(Builtin, Kryoptic).await }
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn builtin_to_kmip() { super::migrate(Builtin, Kmip).await }
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn kmip_to_builtin() { super::migrate(Kmip, Builtin).await }
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn kmip_to_softhsm_is_refused() { super::migrate_is_refused(Kmip, SoftHsm, "only with SHA-1").await }
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn kmip_to_kryoptic() { super::migrate(Kmip, Kryoptic).await }
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn softhsm_to_builtin_is_refused() { super::migrate_is_refused(SoftHsm, Builtin, "never leaves").await }
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn kryoptic_to_kmip_is_refused() { super::migrate_is_refused(Kryoptic, Kmip, "never leaves").await }
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn builtin_and_kmip_each_survive_the_other() { super::wrapped_twice_survives_either_kms(Builtin, Kmip).await }
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn kmip_and_kryoptic_each_survive_the_other() { super::wrapped_twice_survives_either_kms(Kmip, Kryoptic).await }
+}
+
+/// Restores keep working while the pool rotates: no recover fails during
+/// the switch.
+async fn restores_during_rotation(kind: Kind) {
+    let Some(site) = Site::new(&[kind]) else { return };
+    let kb = std::sync::Arc::new(site.open());
+    let (pool, client) = pool_and_client(&kb, kms_name(kind)).await;
+    let mut issued = Vec::new();
+    issue(&kb, &pool, &client, 4, &mut issued).await;
+    let issued = std::sync::Arc::new(issued);
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let mut loops = Vec::new();
+    for i in 0..2 {
+        let (kb, client, issued, stop) = (kb.clone(), client.clone(), issued.clone(), stop.clone());
+        loops.push(tokio::spawn(async move {
+            let mut n = 0usize;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                let (id, dek) = &issued[(n + i) % issued.len()];
+                let (got, _) = restore::recover_inner(&kb, id, &client, &actor()).await.unwrap_or_else(|e| panic!("recover {n} of loop {i} failed during a rotation: {e}"));
+                assert_eq!(&got, dek);
+                n += 1;
+            }
+            n
+        }));
+    }
+    for _ in 0..3 {
+        pool_lifecycle::rotate(&kb, &pool, &actor()).await.unwrap();
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    for l in loops {
+        assert!(l.await.unwrap() > 0, "the restore loop ran");
+    }
+}
+
+mod concurrency {
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn builtin_restores_during_rotation() { super::restores_during_rotation(super::Kind::Builtin).await }
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn softhsm_restores_during_rotation() { super::restores_during_rotation(super::Kind::SoftHsm).await }
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn kmip_restores_during_rotation() { super::restores_during_rotation(super::Kind::Kmip).await }
+}
+
+/// `keybridge` as a process, on `config`, with a test fault point set.
+fn cli(config: &Path, fault: Option<&str>, args: &[&str]) -> std::process::Output {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_keybridge"));
+    cmd.arg("--config").arg(config).arg("--json").args(args);
+    match fault {
+        Some(f) => cmd.env("KEYBRIDGE_TEST_FAULT", f),
+        None => cmd.env_remove("KEYBRIDGE_TEST_FAULT"),
+    };
+    cmd.output().unwrap()
+}
+
+/// A `keybridge` process crashes (exits at once, no cleanup) or fails at
+/// every step of `operation` in turn; the next command on the pool rolls
+/// the change back or finishes it, then does its own work; every DEK
+/// restores and no master key is left in a KMS without a catalog row.
+async fn crash_at_every_step(kinds: &[Kind], operation: &str, points: &[&str]) {
+    let Some(site) = Site::new(kinds) else { return };
+    let kb = site.open();
+    let home = kms_name(kinds[0]);
+    let config = site.config_path(kinds);
+    for point in points {
+        for action in ["exit", "fail"] {
+            let (pool, client) = pool_and_client(&kb, home).await;
+            let mut issued = Vec::new();
+            issue(&kb, &pool, &client, 2, &mut issued).await;
+            let target = kinds.get(1).map(|k| kms_name(*k)).unwrap_or(home);
+            let args: Vec<&str> = match operation {
+                "rotate" => vec!["pool", "rotate", &pool],
+                "migrate" => vec!["pool", "migrate", &pool, "--to", target],
+                "wrap" => vec!["pool", "wrap", &pool, "--kms", target],
+                other => panic!("{other}"),
+            };
+            let fault = format!("{operation}.{point}:{action}");
+            let out = cli(&config, Some(&fault), &args);
+            assert!(!out.status.success(), "{fault}: the command should have stopped: {}", String::from_utf8_lossy(&out.stdout));
+            let open: i64 = common::sqlite(&kb).query_row("SELECT COUNT(*) FROM journal j JOIN pools p ON p.id = j.pool_id WHERE p.name = ?1 AND j.state = 'open'", [&pool], |r| r.get(0)).unwrap();
+            match (action, *point) {
+                // A crash leaves the entry open; a failure before the
+                // commit rolls back at once; one after it is finished at once.
+                ("exit", _) => assert_eq!(open, 1, "{fault}"),
+                ("fail", _) => assert_eq!(open, if *point == "committed" { 1 } else { 0 }, "{fault}"),
+                _ => unreachable!(),
+            }
+            // Every DEK restores meanwhile, under the old wrapping or the new.
+            assert_restores(&site.open(), &client, &issued).await;
+            // The next command deals with the interrupted change, then works.
+            let out = cli(&config, None, &args);
+            assert!(out.status.success(), "{fault}: rerun failed: {}", String::from_utf8_lossy(&out.stderr));
+            let open: i64 = common::sqlite(&kb).query_row("SELECT COUNT(*) FROM journal j JOIN pools p ON p.id = j.pool_id WHERE p.name = ?1 AND j.state = 'open'", [&pool], |r| r.get(0)).unwrap();
+            assert_eq!(open, 0, "{fault}: the journal is closed after the rerun");
+            issue(&kb, &pool, &client, 1, &mut issued).await;
+            assert_restores(&site.open(), &client, &issued).await;
+            site.assert_no_orphans(&kb, &pool).await;
+        }
+    }
+}
+
+const ROTATE_POINTS: &[&str] = &["make_key", "key_made", "keys_made", "wrapped", "before_commit", "committed"];
+const MIGRATE_POINTS: &[&str] = &["make_key", "key_made", "keys_made", "wrapped", "before_commit", "committed"];
+
+mod crash {
+    use super::Kind::*;
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn builtin_rotate() { super::crash_at_every_step(&[Builtin], "rotate", super::ROTATE_POINTS).await }
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn kmip_rotate() { super::crash_at_every_step(&[Kmip], "rotate", super::ROTATE_POINTS).await }
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn softhsm_rotate() { super::crash_at_every_step(&[SoftHsm], "rotate", &["make_key", "key_made", "keys_made", "before_commit", "committed"]).await }
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn builtin_to_kryoptic_migrate() { super::crash_at_every_step(&[Builtin, Kryoptic], "migrate", super::MIGRATE_POINTS).await }
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn kmip_to_builtin_migrate() { super::crash_at_every_step(&[Kmip, Builtin], "migrate", super::MIGRATE_POINTS).await }
+}
