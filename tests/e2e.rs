@@ -75,6 +75,61 @@ async fn rekey_through_cli_and_service() {
     assert_eq!(gens, vec![(1, 1), (2, 1), (3, 1)]);
 }
 
+/// The lifecycle through the CLI and the service: rotations both ways,
+/// `pool show` with key states and schedule, the key age in /metrics,
+/// retire-keys, and a shred after which the pool's backups refuse to
+/// restore with exit code 5.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lifecycle_through_cli_and_service() {
+    let Some(d) = Deployment::start(Kind::Builtin) else { return };
+    d.register("alice", "alice-network-pw").await;
+    let src = tempfile::tempdir().unwrap();
+    let data = sample_tree(src.path());
+    let post = |path: &str, body: Value| {
+        let req = d.operator().post(format!("{}/v1/pools/p/{path}", d.url())).bearer_auth(d.token());
+        let req = if body.is_null() { req } else { req.json(&body) };
+        async move {
+            let resp = req.send().await.unwrap();
+            (resp.status().as_u16(), resp.json::<Value>().await.unwrap())
+        }
+    };
+    let mut jobs = vec![ok_json(&d.backup("alice", &[&data]))["job_id"].as_str().unwrap().to_owned()];
+    let (status, r) = post("rotate", Value::Null).await;
+    assert_eq!((status, r["wrapped_generations"].clone()), (200, serde_json::json!([1])), "{r}");
+    jobs.push(ok_json(&d.backup("alice", &[&data]))["job_id"].as_str().unwrap().to_owned());
+    let cli = ok_json(&d.cli(&["--json", "pool", "rotate", "p"]));
+    assert_eq!(cli["rotated"][0]["operation"], "rotate", "{cli}");
+    let (status, r) = post("retire-keys", Value::Null).await;
+    assert_eq!((status, r["destroyed"].as_array().map(Vec::len)), (200, Some(2)), "{r}");
+    let resp = d.operator().get(format!("{}/v1/pools/p", d.url())).bearer_auth(d.token()).send().await.unwrap();
+    let show: Value = resp.json().await.unwrap();
+    let states: Vec<&str> = show["master_keys"].as_array().unwrap().iter().map(|k| k["state"].as_str().unwrap()).collect();
+    assert_eq!(states, ["destroyed", "destroyed", "active"], "{show}");
+    assert!(show["rotation"]["last_rotation"].is_string() && show["rotation"]["next_due"].is_string(), "{show}");
+    let cli = ok_json(&d.cli(&["--json", "pool", "schedule", "p", "--rotation-days", "30"]));
+    assert_eq!((cli["rotation_days"].as_u64(), cli["own_schedule"].as_bool()), (Some(30), Some(true)), "{cli}");
+    let metrics = d.operator().get(format!("{}/metrics", d.url())).send().await.unwrap().text().await.unwrap();
+    assert!(metrics.contains("keybridge_pool_key_age_seconds{pool=\"p\"}"), "{metrics}");
+    for (i, job) in jobs.iter().enumerate() {
+        let out = tempfile::tempdir().unwrap();
+        ok_json(&d.restore("alice", job, out.path()));
+        assert_eq!(describe(&data), describe(&out.path().join("data")), "backup {i}");
+    }
+    // Shred: refused without the name, then every restore exits 5.
+    let (status, r) = post("shred", serde_json::json!({ "confirm": "q" })).await;
+    assert_eq!(status, 400, "{r}");
+    let (status, r) = post("shred", serde_json::json!({ "confirm": "p" })).await;
+    assert_eq!((status, r["destroyed"].as_array().map(Vec::len)), (200, Some(1)), "{r}");
+    let out = tempfile::tempdir().unwrap();
+    let err = fails(&d.restore("alice", &jobs[0], out.path()), 5, "were destroyed");
+    assert!(!err.contains("panicked"), "{err}");
+    let audit = ok_json(&d.cli(&["--json", "audit", "list"]));
+    let actions: Vec<&str> = audit["rows"].as_array().unwrap().iter().filter(|r| r["result"] == "ok").map(|r| r["action"].as_str().unwrap()).collect();
+    for a in ["pool.rotate", "key.retire", "pool.shred"] {
+        assert!(actions.contains(&a), "{a} not audited: {actions:?}");
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn backup_restore_builtin() {
     backup_restore_identical(Kind::Builtin).await;

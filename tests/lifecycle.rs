@@ -456,3 +456,38 @@ mod crash {
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn kmip_to_builtin_migrate() { super::crash_at_every_step(&[Kmip, Builtin], "migrate", super::MIGRATE_POINTS).await }
 }
+
+/// Scheduled rotation: a pool past its rotation period is rotated by
+/// `rotate_due` (what `keybridge serve` runs), once; one with rotation
+/// off, or not yet due, is not.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn scheduled_rotation_rotates_pools_that_are_due() {
+    let Some(site) = Site::new(&[Kind::Builtin]) else { return };
+    let kb = site.open();
+    let (due, client) = pool_and_client(&kb, "builtin").await;
+    let (never, _) = pool_and_client(&kb, "builtin").await;
+    let (fresh, _) = pool_and_client(&kb, "builtin").await;
+    let mut issued = Vec::new();
+    issue(&kb, &due, &client, 2, &mut issued).await;
+    pool_lifecycle::set_schedule(&kb, &due, Some(7)).await.unwrap();
+    pool_lifecycle::set_schedule(&kb, &never, Some(0)).await.unwrap();
+    // The first two were made (as if) 8 days ago.
+    common::execute_raw(&kb, &format!("UPDATE pools SET created_at = strftime('%Y-%m-%dT%H:%M:%fZ', 'now', '-8 days') WHERE name IN ('{due}', '{never}')")).unwrap();
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs() as i64;
+    let done = pool_lifecycle::rotate_due(&kb, now, &actor()).await.unwrap();
+    let rotated: Vec<&str> = done.iter().map(|(p, r)| {
+        assert!(r.is_ok(), "{p}: {r:?}");
+        p.as_str()
+    }).collect();
+    assert_eq!(rotated, [due.as_str()], "only the pool past its period is rotated ({fresh} is 0 days old, {never} never rotates)");
+    assert!(pool_lifecycle::rotate_due(&kb, now, &actor()).await.unwrap().is_empty(), "rotated: due again in 7 days");
+    let later = pool_lifecycle::rotate_due(&kb, now + 91 * 86_400, &actor()).await.unwrap();
+    let mut later: Vec<&str> = later.iter().map(|(p, _)| p.as_str()).collect();
+    later.sort();
+    let mut expected = vec![due.as_str(), fresh.as_str()];
+    expected.sort();
+    assert_eq!(later, expected, "after 91 days: the default 90 applies to {fresh}");
+    assert_restores(&site.open(), &client, &issued).await;
+    let show = pool_lifecycle::show(&kb, &due).await.unwrap();
+    assert_eq!(show["rotation"]["rotation_days"], 7, "{show}");
+}

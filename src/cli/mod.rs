@@ -207,6 +207,16 @@ pub enum PoolCommand {
     },
     /// Destroy the deactivated master keys of a pool that nothing uses.
     RetireKeys { name: String },
+    /// Set how often `keybridge serve` rotates a pool's master keys.
+    Schedule {
+        name: String,
+        /// Days between rotations (0: never).
+        #[arg(long, required_unless_present = "default", conflicts_with = "default")]
+        rotation_days: Option<u32>,
+        /// Follow `[lifecycle] rotation_days` of the configuration.
+        #[arg(long)]
+        default: bool,
+    },
     /// Destroy every master key of a pool: nothing of it can be restored.
     Shred {
         name: String,
@@ -346,6 +356,11 @@ async fn run(cli: &Cli) -> Result<(Value, String)> {
                 PoolCommand::Wrap { name, kms } => lifecycle_out(pool_lifecycle::wrap(&kb, name, kms, &Actor::local_user()).await?),
                 PoolCommand::Unwrap { name, kms } => lifecycle_out(pool_lifecycle::unwrap(&kb, name, kms, &Actor::local_user()).await?),
                 PoolCommand::Migrate { name, to } => lifecycle_out(pool_lifecycle::migrate(&kb, name, to, &Actor::local_user()).await?),
+                PoolCommand::Schedule { name, rotation_days, .. } => {
+                    let v = pool_lifecycle::set_schedule(&kb, name, *rotation_days).await?;
+                    let text = format!("pool '{name}': rotation every {} days{}, next due {}\n", v["rotation_days"], if v["own_schedule"] == true { "" } else { " (the configuration's default)" }, v["next_due"].as_str().unwrap_or("never"));
+                    Ok((v, text))
+                }
                 PoolCommand::RetireKeys { name } => lifecycle_out(pool_lifecycle::retire_keys(&kb, name, &Actor::local_user()).await?),
                 PoolCommand::Shred { name, yes_destroy } => lifecycle_out(pool_lifecycle::shred(&kb, name, yes_destroy, &Actor::local_user()).await?),
                 PoolCommand::Rekey { name, kek_bits } => {

@@ -618,3 +618,42 @@ pub async fn show(kb: &Keybridge, name: &str) -> Result<serde_json::Value> {
     v["warnings"] = warnings.into();
     Ok(v)
 }
+
+/// Set pool `name`'s rotation period: `Some(days)` (0: never), or `None`
+/// for the configuration's default.
+pub async fn set_schedule(kb: &Keybridge, name: &str, days: Option<u32>) -> Result<serde_json::Value> {
+    let pool = kb.catalog().pool_by_name(name).await?;
+    kb.catalog().set_rotation_days(pool.id, days).await?;
+    let life = kb.catalog().pool_lifecycle(pool.id).await?;
+    Ok(serde_json::json!({ "pool": name, "rotation_days": rotation_days(kb, life.rotation_days), "own_schedule": days.is_some(), "next_due": rotation_due(kb, &pool, &life).and_then(rfc3339) }))
+}
+
+/// A pool's key age: seconds since its last rotation or its creation.
+pub async fn key_ages(kb: &Keybridge, now: i64) -> Result<Vec<(String, i64)>> {
+    let mut out = Vec::new();
+    for pool in kb.catalog().list_pools().await? {
+        let life = kb.catalog().pool_lifecycle(pool.id).await?;
+        if let Some(since) = unix_seconds(life.rotated_at.as_deref().unwrap_or(&pool.created_at)) {
+            out.push((pool.name, now - since));
+        }
+    }
+    Ok(out)
+}
+
+/// Rotate every pool due at `now` (Unix seconds), as `actor`; one result
+/// per pool rotated or tried. Shredded pools are not listed, so never due.
+pub async fn rotate_due(kb: &Keybridge, now: i64, actor: &Actor) -> Result<Vec<(String, Result<ChangeReport>)>> {
+    let mut out = Vec::new();
+    for pool in kb.catalog().list_pools().await? {
+        let life = kb.catalog().pool_lifecycle(pool.id).await?;
+        if rotation_due(kb, &pool, &life).is_some_and(|due| due <= now) {
+            let r = rotate(kb, &pool.name, actor).await;
+            match &r {
+                Ok(report) => tracing::info!(pool = %pool.name, keys = report.new_master_keys.len(), "scheduled rotation done"),
+                Err(e) => tracing::warn!(pool = %pool.name, error = %e, "scheduled rotation failed; tried again at the next check"),
+            }
+            out.push((pool.name, r));
+        }
+    }
+    Ok(out)
+}

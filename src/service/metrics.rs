@@ -47,6 +47,17 @@ struct Cert {
 }
 
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct Rotation {
+    pool: String,
+    outcome: String,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct Pool {
+    pool: String,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct Reason {
     reason: String,
 }
@@ -60,6 +71,7 @@ pub struct Metrics {
     latency: Family<Operation, Histogram, fn() -> Histogram>,
     kms_errors: Family<Kms, Counter>,
     auth_failures: Family<Reason, Counter>,
+    rotations: Family<Rotation, Counter>,
 }
 
 impl Default for Metrics {
@@ -73,7 +85,9 @@ impl Default for Metrics {
         registry.register("keybridge_request_duration_seconds", "Request latency by operation and KMS", latency.clone());
         registry.register("keybridge_kms_errors", "Errors returned by a KMS (HSM, KMIP appliance, built-in)", kms_errors.clone());
         registry.register("keybridge_auth_failures", "Refused authentications by reason", auth_failures.clone());
-        Metrics { registry, requests, latency, kms_errors, auth_failures }
+        let rotations = Family::<Rotation, Counter>::default();
+        registry.register("keybridge_pool_rotations", "Scheduled master-key rotations by pool and outcome (ok, error)", rotations.clone());
+        Metrics { registry, requests, latency, kms_errors, auth_failures, rotations }
     }
 }
 
@@ -95,11 +109,17 @@ impl Metrics {
         self.auth_failures.get_or_create(&Reason { reason: reason.to_owned() }).inc();
     }
 
+    /// Count one scheduled rotation of `pool`.
+    pub fn rotation(&self, pool: &str, ok: bool) {
+        self.rotations.get_or_create(&Rotation { pool: pool.to_owned(), outcome: if ok { "ok" } else { "error" }.to_owned() }).inc();
+    }
+
     /// The Prometheus text exposition; `cache` lists (kms, hits, misses),
     /// `up` lists (kms, usable, reachable) from the health checker, and
     /// `certs` the configured certificates, whose seconds to expiry are
-    /// taken at `now` (Unix seconds).
-    pub fn render(&self, cache: &[(String, u64, u64)], up: &[(String, bool, bool)], certs: &[crate::certs::ConfiguredCert], now: i64) -> String {
+    /// taken at `now` (Unix seconds); `key_ages` lists (pool, seconds since
+    /// its last rotation or its creation).
+    pub fn render(&self, cache: &[(String, u64, u64)], up: &[(String, bool, bool)], certs: &[crate::certs::ConfiguredCert], key_ages: &[(String, i64)], now: i64) -> String {
         // The backends and the health checker keep these numbers; they are
         // read once per scrape into series of their own.
         let hits = Family::<Kms, Counter>::default();
@@ -119,7 +139,12 @@ impl Metrics {
             let labels = Cert { cert: c.role.to_owned(), kms: c.kms.clone().unwrap_or_else(|| "-".into()), subject: c.summary.subject.clone(), serial: c.summary.serial.clone() };
             expiry.get_or_create(&labels).set(c.seconds_left(now));
         }
+        let ages = Family::<Pool, Gauge>::default();
+        for (pool, age) in key_ages {
+            ages.get_or_create(&Pool { pool: pool.clone() }).set(*age);
+        }
         let mut scrape = Registry::default();
+        scrape.register("keybridge_pool_key_age_seconds", "Seconds since the pool's master keys were last rotated (or the pool created)", ages);
         scrape.register("keybridge_kek_cache_hits", "Restores that found the pool's KEK open in the cache", hits);
         scrape.register("keybridge_kek_cache_misses", "Restores that had to open (unwrap) the pool's KEK", misses);
         scrape.register("keybridge_kms_up", "Whether the last probe found the KMS usable", kms_up);
@@ -160,7 +185,7 @@ mod tests {
             usages: Vec::new(),
         };
         let cert = crate::certs::ConfiguredCert { role: "kmip_client", kms: Some("kms".into()), path: "client.pem".into(), summary };
-        let text = m.render(&[("kms".into(), 5, 1)], &[("kms".into(), true, true)], &[cert], 1_000_000 + 86_400);
+        let text = m.render(&[("kms".into(), 5, 1)], &[("kms".into(), true, true)], &[cert], &[], 1_000_000 + 86_400);
         let expected = concat!(
             "# HELP keybridge_requests_total Requests by operation, KMS and outcome.\n",
             "# TYPE keybridge_requests_total counter\n",

@@ -259,6 +259,12 @@ pub fn router(service: Shared) -> Router {
         .route("/v1/pools", get(list_pools).post(create_pool))
         .route("/v1/pools/{name}", get(show_pool))
         .route("/v1/pools/{name}/rekey", post(rekey_pool))
+        .route("/v1/pools/{name}/rotate", post(rotate_pool))
+        .route("/v1/pools/{name}/wrap", post(wrap_pool))
+        .route("/v1/pools/{name}/unwrap", post(unwrap_pool))
+        .route("/v1/pools/{name}/migrate", post(migrate_pool))
+        .route("/v1/pools/{name}/retire-keys", post(retire_pool_keys))
+        .route("/v1/pools/{name}/shred", post(shred_pool))
         .route("/v1/clients", post(register_client))
         .route("/v1/clients/{name}/kdf", get(client_kdf))
         .route("/v1/deks", post(issue_dek))
@@ -294,7 +300,12 @@ async fn metrics_text(State(s): State<Shared>) -> Response {
         (name.clone(), hits, misses)
     }).collect();
     let up: Vec<_> = s.health.read().await.iter().map(|h| (h.name.clone(), h.state == Some(ProbeStatus::Usable), h.reachable)).collect();
-    let text = s.metrics.render(&cache, &up, &s.certs, keybridge_net::cert::now());
+    let now = keybridge_net::cert::now();
+    let ages = pool_lifecycle::key_ages(&s.kb, now).await.unwrap_or_else(|e| {
+        tracing::warn!(error = %e, "could not read the pools' key ages for /metrics");
+        Vec::new()
+    });
+    let text = s.metrics.render(&cache, &up, &s.certs, &ages, now);
     ([(axum::http::header::CONTENT_TYPE, "text/plain; version=0.0.4")], text).into_response()
 }
 
@@ -314,14 +325,54 @@ async fn create_pool(State(s): State<Shared>, body: Bytes) -> ApiResult {
 
 async fn show_pool(State(s): State<Shared>, Path(name): Path<String>) -> ApiResult {
     let started = Instant::now();
-    let pool = async {
-        let p = s.kb.catalog().pool_by_name(&name).await?;
-        let mut v = p.to_json();
-        v["kek_generations"] = json!(s.kb.catalog().generations(p.id).await?);
-        Ok(v)
-    }
-    .await;
+    let pool = pool_lifecycle::show(&s.kb, &name).await;
     s.finish("pool_show", "-", started, pool)
+}
+
+/// Run a lifecycle change of a pool to its end even if the caller goes
+/// away: a dropped request must not leave a journalled change half done.
+async fn lifecycle<F>(s: Shared, operation: &'static str, change: impl FnOnce(Shared) -> F + Send + 'static) -> ApiResult
+where
+    F: std::future::Future<Output = Result<pool_lifecycle::ChangeReport>> + Send + 'static,
+{
+    let started = Instant::now();
+    let task = tokio::spawn({
+        let s = s.clone();
+        async move { change(s).await }
+    });
+    let report = match task.await {
+        Ok(r) => r.map(|r| serde_json::to_value(r).unwrap_or_default()),
+        Err(e) => Err(Error::Internal(format!("the {operation} task failed: {e}"))),
+    };
+    s.finish(operation, "-", started, report)
+}
+
+async fn rotate_pool(State(s): State<Shared>, Path(name): Path<String>) -> ApiResult {
+    lifecycle(s, "pool_rotate", move |s| async move { pool_lifecycle::rotate(&s.kb, &name, &operator_actor()).await }).await
+}
+
+async fn wrap_pool(State(s): State<Shared>, Path(name): Path<String>, body: Bytes) -> ApiResult {
+    let req: api::PoolKms = parse_body(&body)?;
+    lifecycle(s, "pool_wrap", move |s| async move { pool_lifecycle::wrap(&s.kb, &name, &req.kms, &operator_actor()).await }).await
+}
+
+async fn unwrap_pool(State(s): State<Shared>, Path(name): Path<String>, body: Bytes) -> ApiResult {
+    let req: api::PoolKms = parse_body(&body)?;
+    lifecycle(s, "pool_unwrap", move |s| async move { pool_lifecycle::unwrap(&s.kb, &name, &req.kms, &operator_actor()).await }).await
+}
+
+async fn migrate_pool(State(s): State<Shared>, Path(name): Path<String>, body: Bytes) -> ApiResult {
+    let req: api::MigratePool = parse_body(&body)?;
+    lifecycle(s, "pool_migrate", move |s| async move { pool_lifecycle::migrate(&s.kb, &name, &req.to, &operator_actor()).await }).await
+}
+
+async fn retire_pool_keys(State(s): State<Shared>, Path(name): Path<String>) -> ApiResult {
+    lifecycle(s, "pool_retire_keys", move |s| async move { pool_lifecycle::retire_keys(&s.kb, &name, &operator_actor()).await }).await
+}
+
+async fn shred_pool(State(s): State<Shared>, Path(name): Path<String>, body: Bytes) -> ApiResult {
+    let req: api::ShredPool = parse_body(&body)?;
+    lifecycle(s, "pool_shred", move |s| async move { pool_lifecycle::shred(&s.kb, &name, &req.confirm, &operator_actor()).await }).await
 }
 
 async fn rekey_pool(State(s): State<Shared>, Path(name): Path<String>, body: Bytes) -> ApiResult {
@@ -431,10 +482,38 @@ pub async fn run(kb: Keybridge, shutdown: impl std::future::Future<Output = ()>)
             }
         })
     };
+    let rotation = {
+        let service = service.clone();
+        let every = Duration::from_secs(service.kb.config().lifecycle.rotation_check_secs.max(1));
+        tokio::spawn(async move {
+            // Changes a crash interrupted are finished or rolled back first.
+            match crate::flows::journal::resume(&service.kb, None).await {
+                Ok(done) => {
+                    for r in done {
+                        tracing::warn!(pool = %r.pool, operation = %r.operation, step = %r.step, outcome = r.outcome, "an interrupted key change was dealt with at start");
+                    }
+                }
+                Err(e) => tracing::error!(error = %e, "could not finish or roll back the interrupted key changes; the next command on each pool tries again"),
+            }
+            let actor = Actor::Operator("schedule".into());
+            loop {
+                match pool_lifecycle::rotate_due(&service.kb, keybridge_net::cert::now(), &actor).await {
+                    Ok(done) => {
+                        for (pool, r) in done {
+                            service.metrics.rotation(&pool, r.is_ok());
+                        }
+                    }
+                    Err(e) => tracing::warn!(error = %e, "could not look for pools due for rotation"),
+                }
+                tokio::time::sleep(every).await;
+            }
+        })
+    };
     tracing::info!(listen = %cfg.listen, "keybridge service listening");
     eprintln!("keybridge: service listening on https://{}", listener.local_addr().map(|a| a.to_string()).unwrap_or(cfg.listen.clone()));
     let left = keybridge_net::http::serve(listener, Some(tls), router(service), shutdown, Duration::from_secs(cfg.shutdown_grace_secs)).await;
     health.abort();
+    rotation.abort();
     if left > 0 {
         tracing::warn!(connections = left, "grace period over with connections still open");
     }

@@ -200,7 +200,7 @@ pub trait Catalog: Send + Sync + std::fmt::Debug {
     /// The pool with catalog id `id` (`NotFound` if none).
     async fn pool_by_id(&self, id: i64) -> Result<PoolRecord>;
 
-    /// Every pool, by name.
+    /// Every pool, by name, but shredded ones.
     async fn list_pools(&self) -> Result<Vec<PoolRecord>>;
 
     /// Pool `id` at KEK generation `generation` (`NotFound` if it has none).

@@ -254,7 +254,7 @@ impl Catalog for SqliteCatalog {
     async fn list_pools(&self) -> Result<Vec<PoolRecord>> {
         let conn = self.conn();
         let mut stmt = conn
-            .prepare(&format!("{POOL_SELECT} WHERE {NEWEST} ORDER BY p.name"))
+            .prepare(&format!("{POOL_SELECT} WHERE {NEWEST} AND p.shredded_at IS NULL ORDER BY p.name"))
             .map_err(Error::catalog("listing pools"))?;
         let rows = stmt
             .query_map([], pool_from_row)

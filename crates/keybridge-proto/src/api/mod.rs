@@ -18,6 +18,12 @@ pub const ROUTES: &[(&str, &str, Role)] = &[
     ("POST", "/v1/pools", Role::Operator),
     ("GET", "/v1/pools/{name}", Role::Operator),
     ("POST", "/v1/pools/{name}/rekey", Role::Operator),
+    ("POST", "/v1/pools/{name}/rotate", Role::Operator),
+    ("POST", "/v1/pools/{name}/wrap", Role::Operator),
+    ("POST", "/v1/pools/{name}/unwrap", Role::Operator),
+    ("POST", "/v1/pools/{name}/migrate", Role::Operator),
+    ("POST", "/v1/pools/{name}/retire-keys", Role::Operator),
+    ("POST", "/v1/pools/{name}/shred", Role::Operator),
     ("POST", "/v1/clients", Role::Operator),
     ("GET", "/v1/jobs", Role::Operator),
     ("GET", "/v1/clients/{name}/kdf", Role::Public),
@@ -61,6 +67,28 @@ pub struct RekeyPool {
     /// Size of the new KEK; default: that of the newest generation.
     #[serde(default)]
     pub kek_bits: Option<usize>,
+}
+
+/// `POST /v1/pools/{name}/wrap` and `/unwrap`: the KMS to add a wrapping
+/// in, or to remove the pool's wrappings from.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PoolKms {
+    pub kms: String,
+}
+
+/// `POST /v1/pools/{name}/migrate`: the KMS to move the pool to.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MigratePool {
+    pub to: String,
+}
+
+/// `POST /v1/pools/{name}/shred`: the pool's name again, to confirm.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ShredPool {
+    pub confirm: String,
 }
 
 /// `POST /v1/clients`: the public material the client derived from its
