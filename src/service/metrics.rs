@@ -239,7 +239,7 @@ mod tests {
     fn label_values_are_escaped() {
         let m = Metrics::default();
         m.observe("pool_create", "x\"} 1\nfake 1", "error", Duration::from_millis(1));
-        let text = m.render(&[], &[], &[], 0);
+        let text = m.render(&[], &[], &[], &[], 0);
         assert!(text.contains("keybridge_requests_total{operation=\"pool_create\",kms=\"x\\\"} 1\\nfake 1\",outcome=\"error\"} 1\n"), "{text}");
         assert!(!text.lines().any(|l| l.starts_with("fake")), "{text}");
     }
