@@ -33,6 +33,8 @@ fn kms_name(kind: Kind) -> &'static str {
 struct Site {
     dir: tempfile::TempDir,
     kinds: Vec<Kind>,
+    /// A PyKMIP server of the test's own instead of the shared one.
+    kmip: Option<String>,
 }
 
 impl Site {
@@ -42,7 +44,7 @@ impl Site {
             common::kms_toml(*k, dir.path())?;
         }
         keybridge_kms::builtin::create_root_key(&dir.path().join("root.key")).unwrap();
-        let site = Site { dir, kinds: kinds.to_vec() };
+        let site = Site { dir, kinds: kinds.to_vec(), kmip: None };
         keybridge_catalog::SqliteCatalog::open_or_create(&site.config_with(kinds).catalog.path).unwrap();
         Some(site)
     }
@@ -51,7 +53,10 @@ impl Site {
     fn config_path(&self, kinds: &[Kind]) -> PathBuf {
         let mut toml = "[catalog]\npath = \"keybridge.db\"\n\n".to_owned();
         for k in kinds {
-            let block = common::kms_toml(*k, self.dir.path()).unwrap();
+            let block = match (&self.kmip, k) {
+                (Some(addr), Kind::Kmip) => common::kmip::kms_toml("kms", std::slice::from_ref(addr), "client", ""),
+                _ => common::kms_toml(*k, self.dir.path()).unwrap(),
+            };
             toml += &block.replacen("name = \"kms\"", &format!("name = \"{}\"", kms_name(*k)), 1);
             toml += "\n";
         }
@@ -490,4 +495,111 @@ async fn scheduled_rotation_rotates_pools_that_are_due() {
     assert_restores(&site.open(), &client, &issued).await;
     let show = pool_lifecycle::show(&kb, &due).await.unwrap();
     assert_eq!(show["rotation"]["rotation_days"], 7, "{show}");
+}
+
+/// Start `keybridge pool rotate --all` on `config` with `fault`; return it
+/// once it reports reaching the fault point.
+fn rotate_all_until_fault(config: &Path, fault: &str) -> std::process::Child {
+    use std::io::BufRead;
+    let mut child = Command::new(env!("CARGO_BIN_EXE_keybridge"))
+        .arg("--config")
+        .arg(config)
+        .args(["pool", "rotate", "--all"])
+        .env("KEYBRIDGE_TEST_FAULT", fault)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stderr = child.stderr.take().unwrap();
+    let mut lines = std::io::BufReader::new(stderr).lines();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(120);
+    loop {
+        assert!(std::time::Instant::now() < deadline, "the rotation never reached {fault}");
+        match lines.next() {
+            Some(Ok(line)) if line.contains("test fault point reached") => break,
+            Some(Ok(_)) => continue,
+            _ => panic!("the rotation ended before reaching {fault}: {:?}", child.wait()),
+        }
+    }
+    // Keep draining stderr so the child never blocks on a full pipe.
+    std::thread::spawn(move || for _ in lines {});
+    child
+}
+
+fn open_entries(kb: &Keybridge) -> i64 {
+    common::sqlite(kb).query_row("SELECT COUNT(*) FROM journal WHERE state = 'open'", [], |r| r.get(0)).unwrap()
+}
+
+/// A real `kill -9` of `keybridge pool rotate --all` in the middle of
+/// rotating many pools (stopped at its 5th re-wrap); then the rerun
+/// finishes: every journal entry is closed, every DEK restores, and no
+/// master key is left in the KMS without a catalog row.
+async fn kill_9_mid_rotation_of_many_pools(kind: Kind) {
+    let Some(site) = Site::new(&[kind]) else { return };
+    let kb = site.open();
+    let mut pools = Vec::new();
+    for _ in 0..8 {
+        let (pool, client) = pool_and_client(&kb, kms_name(kind)).await;
+        let mut issued = Vec::new();
+        issue(&kb, &pool, &client, 1, &mut issued).await;
+        pools.push((pool, client, issued));
+    }
+    let config = site.config_path(&[kind]);
+    let point = if kind == Kind::Kmip || kind == Kind::Builtin { "rotate.wrapped:hang@5" } else { "rotate.keys_made:hang@5" };
+    let mut child = rotate_all_until_fault(&config, point);
+    let killed = Command::new("kill").args(["-9", &child.id().to_string()]).status().unwrap();
+    assert!(killed.success());
+    child.wait().unwrap();
+    assert_eq!(open_entries(&kb), 1, "the killed rotation left its change open");
+    for (_, client, issued) in &pools {
+        assert_restores(&site.open(), client, issued).await;
+    }
+    let out = cli(&config, None, &["pool", "rotate", "--all"]);
+    assert!(out.status.success(), "rerun: {}", String::from_utf8_lossy(&out.stderr));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let resumed: Vec<&serde_json::Value> = v["rotated"].as_array().unwrap().iter().flat_map(|r| r["resumed"].as_array().unwrap().iter()).collect();
+    assert_eq!(resumed.len(), 1, "{v}");
+    assert_eq!(resumed[0]["outcome"], "rolled back", "{v}");
+    assert_eq!(open_entries(&kb), 0);
+    for (pool, client, issued) in &pools {
+        assert_restores(&site.open(), client, issued).await;
+        site.assert_no_orphans(&kb, pool).await;
+    }
+}
+
+mod kill_9 {
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn kmip_rotate_all() { super::kill_9_mid_rotation_of_many_pools(super::Kind::Kmip).await }
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn softhsm_rotate_all() { super::kill_9_mid_rotation_of_many_pools(super::Kind::SoftHsm).await }
+}
+
+/// The KMIP server is killed in the middle of a rotation: the rotation
+/// fails and cannot roll back (the server is gone), leaving its change
+/// open; once the server is back, the next rotation rolls it back,
+/// destroying the key it had made, and rotates. Every DEK restores.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kmip_server_killed_mid_rotation() {
+    let db = tempfile::tempdir().unwrap();
+    let Some(server) = common::kmip::PyKmip::start("rotation", Some(db.path().join("pykmip.db")), "server") else { return };
+    let Some(mut site) = Site::new(&[Kind::Kmip]) else { return };
+    site.kmip = Some(server.addr());
+    let kb = site.open();
+    let (pool, client) = pool_and_client(&kb, "kmip").await;
+    let mut issued = Vec::new();
+    issue(&kb, &pool, &client, 2, &mut issued).await;
+    let config = site.config_path(&[Kind::Kmip]);
+    let child = rotate_all_until_fault(&config, "rotate.keys_made:pause");
+    server.kill();
+    let out = child.wait_with_output().unwrap();
+    assert!(!out.status.success(), "the rotation cannot succeed without its server");
+    assert_eq!(open_entries(&kb), 1, "the change could not be rolled back without the server");
+    server.restart();
+    let out = cli(&config, None, &["pool", "rotate", &pool]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["rotated"][0]["resumed"][0]["outcome"], "rolled back", "{v}");
+    assert_eq!(open_entries(&kb), 0);
+    assert_restores(&site.open(), &client, &issued).await;
+    site.assert_no_orphans(&kb, &pool).await;
 }

@@ -99,7 +99,8 @@ fn owner_alive(owner: &str) -> bool {
 /// A test-only fault point (debug builds): `KEYBRIDGE_TEST_FAULT` holds
 /// `OPERATION.POINT:ACTION[@N]` entries separated by commas; ACTION is
 /// `fail` (an error, so the change rolls back), `exit` (the process ends
-/// at once, as in a crash) or `hang` (it stops here until killed); `@N`
+/// at once, as in a crash), `pause` (5 s, for a test to break something
+/// meanwhile) or `hang` (it stops here until killed); `@N`
 /// acts on the Nth time the point is reached only.
 pub(crate) fn fault(operation: &str, point: &str) -> Result<()> {
     #[cfg(debug_assertions)]
@@ -128,6 +129,7 @@ pub(crate) fn fault(operation: &str, point: &str) -> Result<()> {
             match action {
                 "fail" => return Err(Error::Internal(format!("test fault injected at {here}"))),
                 "exit" => std::process::exit(86),
+                "pause" => std::thread::sleep(std::time::Duration::from_secs(5)),
                 "hang" => loop {
                     std::thread::sleep(std::time::Duration::from_secs(3600));
                 },
