@@ -253,6 +253,16 @@ async fn migrate_is_refused(from: Kind, to: Kind, why: &str) {
     assert!(err.to_string().contains(why), "{err}");
     assert_eq!(before, common::catalog_digest(&kb), "a refused migration changes nothing");
     assert_restores(&site.open(), &client, &issued).await;
+    if why == "never leaves" {
+        // What moves the pool's new DEKs off the token instead.
+        let r = pool_lifecycle::rekey_to(&kb, &pool, None, kms_name(to), &actor()).await.unwrap();
+        assert_eq!((r.new_generation, r.new_master_keys.len()), (Some(2), 1), "{r:?}");
+        let mut new = Vec::new();
+        issue(&kb, &pool, &client, 2, &mut new).await;
+        assert_eq!(kb.catalog().pool_by_name(&pool).await.unwrap().kms_name, kms_name(to));
+        assert_restores(&site.open_with(&[to]), &client, &new).await;
+        assert_restores(&site.open(), &client, &issued).await;
+    }
     site.assert_no_orphans(&kb, &pool).await;
 }
 
@@ -418,6 +428,7 @@ async fn crash_at_every_step(kinds: &[Kind], operation: &str, points: &[&str]) {
                 "rotate" => vec!["pool", "rotate", &pool],
                 "migrate" => vec!["pool", "migrate", &pool, "--to", target],
                 "wrap" => vec!["pool", "wrap", &pool, "--kms", target],
+                "rekey" => vec!["pool", "rekey", &pool, "--kms", target],
                 other => panic!("{other}"),
             };
             let fault = format!("{operation}.{point}:{action}");
@@ -458,6 +469,8 @@ mod crash {
     async fn softhsm_rotate() { super::crash_at_every_step(&[SoftHsm], "rotate", &["make_key", "key_made", "keys_made", "before_commit", "committed"]).await }
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn builtin_to_kryoptic_migrate() { super::crash_at_every_step(&[Builtin, Kryoptic], "migrate", super::MIGRATE_POINTS).await }
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn softhsm_to_kmip_rekey() { super::crash_at_every_step(&[SoftHsm, Kmip], "rekey", &["make_key", "key_made", "keys_made", "before_commit", "committed"]).await }
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn kmip_to_builtin_migrate() { super::crash_at_every_step(&[Kmip, Builtin], "migrate", super::MIGRATE_POINTS).await }
 }

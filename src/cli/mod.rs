@@ -176,6 +176,10 @@ pub enum PoolCommand {
         /// Size of the new KEK (default: that of the newest generation).
         #[arg(long)]
         kek_bits: Option<usize>,
+        /// Make the new generation under a new master key in this KMS
+        /// (new DEKs go there; older generations stay where they are).
+        #[arg(long)]
+        kms: Option<String>,
     },
     /// Give pools new master keys (one in each KMS that wraps them) and
     /// re-wrap their KEKs under them; the old keys become deactivated.
@@ -363,7 +367,8 @@ async fn run(cli: &Cli) -> Result<(Value, String)> {
                 }
                 PoolCommand::RetireKeys { name } => lifecycle_out(pool_lifecycle::retire_keys(&kb, name, &Actor::local_user()).await?),
                 PoolCommand::Shred { name, yes_destroy } => lifecycle_out(pool_lifecycle::shred(&kb, name, yes_destroy, &Actor::local_user()).await?),
-                PoolCommand::Rekey { name, kek_bits } => {
+                PoolCommand::Rekey { name, kek_bits, kms: Some(kms) } => lifecycle_out(pool_lifecycle::rekey_to(&kb, name, *kek_bits, kms, &Actor::local_user()).await?),
+                PoolCommand::Rekey { name, kek_bits, kms: None } => {
                     let p = pool_lifecycle::rekey(&kb, name, *kek_bits, &Actor::local_user()).await?;
                     let text = format!("pool '{}' rekeyed: KEK generation {} (RSA-{}), wrapped under master key {}; new DEKs use it\n", p.name, p.generation, p.kek_bits, p.master_key.label);
                     Ok((pool_json(&p, None), text))

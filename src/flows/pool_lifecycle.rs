@@ -31,12 +31,55 @@ pub async fn rekey(kb: &Keybridge, name: &str, bits: Option<usize>, actor: &Acto
     audited(kb, AuditEvent::new(actor, Action::PoolRekey).pool(name), result).await
 }
 
-async fn rekey_inner(kb: &Keybridge, name: &str, bits: Option<usize>) -> Result<PoolRecord> {
+/// Give pool `name` its next KEK generation under a new master key in KMS
+/// `kms` (any kind, including one its other generations are not in): new
+/// DEKs go there; older generations stay where they are. The way a pool
+/// moves its new DEKs off a PKCS#11 token, which never lets a KEK out.
+/// Journalled (a key is made); audited as `pool.rekey`.
+pub async fn rekey_to(kb: &Keybridge, name: &str, bits: Option<usize>, kms: &str, actor: &Actor) -> Result<ChangeReport> {
+    let result = rekey_to_inner(kb, name, bits, kms).await;
+    audited(kb, AuditEvent::new(actor, Action::PoolRekey).pool(name), result).await
+}
+
+async fn rekey_to_inner(kb: &Keybridge, name: &str, bits: Option<usize>, kms: &str) -> Result<ChangeReport> {
     let pool = kb.catalog().pool_by_name(name).await?;
-    let bits = bits.unwrap_or(pool.kek_bits);
+    let bits = checked_bits(bits.unwrap_or(pool.kek_bits))?;
+    let backend = kb.backend(kms).await?;
+    let plan = Plan { new_keys: vec![PlannedKey { kms: kms.to_owned(), label: new_label(name), key_ref: None }], ..Default::default() };
+    let mut report = ChangeReport::new(name, "rekey");
+    let (mut change, resumed) = Change::begin(kb, pool.id, "rekey", plan).await?;
+    report.resumed = resumed;
+    let built = async {
+        let made = change.make_keys().await?;
+        journal::fault("rekey", "keys_made")?;
+        let mk = made.first().ok_or_else(|| Error::Internal("no master key was made".into()))?;
+        report.new_master_keys.push(key_json(mk));
+        let kek = backend.generate_kek(&mk.key, bits).await.map_err(Error::backend(kms))?;
+        let public = kek.public_spki.clone();
+        report.new_generation = Some(pool.generation + 1);
+        Ok((KeyChange { new_generation: Some(NewGeneration { generation: pool.generation + 1, mk_row: mk.row, kek }), ..Default::default() }, public))
+    }
+    .await;
+    let (kc, public) = match built {
+        Ok(v) => v,
+        Err(e) => return Err(change.abandon(e).await),
+    };
+    report.notes.extend(change.commit(kc).await?);
+    repin(kb, name, Some(&public)).await?;
+    tracing::info!(pool = name, kms, generation = pool.generation + 1, "pool rekeyed into another KMS: new DEKs use it");
+    Ok(report)
+}
+
+fn checked_bits(bits: usize) -> Result<usize> {
     if !KEK_BITS.contains(&bits) {
         return Err(Error::InvalidName { what: "KEK size", value: bits.to_string(), reason: "must be 2048, 3072 or 4096 bits" });
     }
+    Ok(bits)
+}
+
+async fn rekey_inner(kb: &Keybridge, name: &str, bits: Option<usize>) -> Result<PoolRecord> {
+    let pool = kb.catalog().pool_by_name(name).await?;
+    let bits = checked_bits(bits.unwrap_or(pool.kek_bits))?;
     let backend = kb.backend(&pool.kms_name).await?;
     let kek = backend.generate_kek(&pool.master_key, bits).await.map_err(Error::backend(&pool.kms_name))?;
     let new = kb.catalog().add_generation(&pool, &kek).await?;

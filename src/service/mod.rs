@@ -377,6 +377,9 @@ async fn shred_pool(State(s): State<Shared>, Path(name): Path<String>, body: Byt
 
 async fn rekey_pool(State(s): State<Shared>, Path(name): Path<String>, body: Bytes) -> ApiResult {
     let req: RekeyPool = if body.is_empty() { RekeyPool::default() } else { parse_body(&body)? };
+    if let Some(kms) = req.kms {
+        return lifecycle(s, "pool_rekey", move |s| async move { pool_lifecycle::rekey_to(&s.kb, &name, req.kek_bits, &kms, &operator_actor()).await }).await;
+    }
     let started = Instant::now();
     let pool = pool_lifecycle::rekey(&s.kb, &name, req.kek_bits, &operator_actor()).await.map(|p| p.to_json());
     s.finish("pool_rekey", "-", started, pool)

@@ -67,6 +67,10 @@ pub struct RekeyPool {
     /// Size of the new KEK; default: that of the newest generation.
     #[serde(default)]
     pub kek_bits: Option<usize>,
+    /// Make the new generation under a new master key in this KMS; the
+    /// answer is then the change's report.
+    #[serde(default)]
+    pub kms: Option<String>,
 }
 
 /// `POST /v1/pools/{name}/wrap` and `/unwrap`: the KMS to add a wrapping
