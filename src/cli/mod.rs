@@ -591,12 +591,15 @@ pub fn main() -> i32 {
     };
     match rt.block_on(run(&cli)) {
         Ok((value, text)) => {
-            if cli.json {
-                println!("{value}");
-            } else {
-                print!("{text}");
+            let out = if cli.json { format!("{value}\n") } else { text };
+            // A reader that stops early (`| head`) is not an error of ours.
+            match std::io::Write::write_all(&mut std::io::stdout().lock(), out.as_bytes()) {
+                Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => {
+                    eprintln!("keybridge: cannot write the result: {e}");
+                    1
+                }
+                _ => 0,
             }
-            0
         }
         Err(e) => {
             if cli.json {
