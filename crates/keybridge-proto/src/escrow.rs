@@ -841,6 +841,20 @@ pub mod insecure {
         open_within(file, passphrase, &BOUNDS)
     }
 
+    /// A fresh 2048-bit RSA key pair: (SubjectPublicKeyInfo DER, PKCS#8 DER).
+    pub fn key_pair() -> (Vec<u8>, Zeroizing<Vec<u8>>) {
+        use rsa::pkcs8::{EncodePrivateKey, EncodePublicKey};
+        let key =
+            rsa::PrivateKey::new(&mut getrandom::SysRng, 2048).expect("RSA-2048 key generation");
+        let public = key
+            .to_public_key()
+            .to_public_key_der()
+            .expect("SPKI encoding")
+            .into_vec();
+        let private = key.to_pkcs8_der().expect("PKCS#8 encoding");
+        (public, Zeroizing::new(private.as_bytes().to_vec()))
+    }
+
     /// Seal `body` as it is, unchecked, with [`KDF`]: reaches the body
     /// decoder with bodies [`super::seal`] would never write.
     pub fn seal_body(
@@ -859,25 +873,17 @@ pub mod insecure {
 mod tests {
     use std::sync::OnceLock;
 
-    use rsa::pkcs8::{EncodePrivateKey, EncodePublicKey};
-
     use super::*;
 
     const POOL: &str = "pool-a";
 
+    type KeyPair = (Vec<u8>, Zeroizing<Vec<u8>>);
+
     /// Two 2048-bit key pairs (SPKI, PKCS#8), made once: generation is the
     /// slow part.
-    fn keys() -> &'static [(Vec<u8>, Vec<u8>); 2] {
-        static KEYS: OnceLock<[(Vec<u8>, Vec<u8>); 2]> = OnceLock::new();
-        KEYS.get_or_init(|| {
-            let pair = || {
-                let key = rsa::PrivateKey::new(&mut getrandom::SysRng, 2048).unwrap();
-                let public = key.to_public_key().to_public_key_der().unwrap().into_vec();
-                let private = key.to_pkcs8_der().unwrap().as_bytes().to_vec();
-                (public, private)
-            };
-            [pair(), pair()]
-        })
+    fn keys() -> &'static [KeyPair; 2] {
+        static KEYS: OnceLock<[KeyPair; 2]> = OnceLock::new();
+        KEYS.get_or_init(|| [insecure::key_pair(), insecure::key_pair()])
     }
 
     fn generation(n: u32, key: usize) -> EscrowGeneration {
@@ -886,7 +892,7 @@ mod tests {
             generation: n,
             bits: 2048,
             kek_public: public.clone(),
-            private_pkcs8: Zeroizing::new(private.clone()),
+            private_pkcs8: private.clone(),
             oaep_hash: if n % 2 == 0 { "sha256" } else { "sha1" }.into(),
             params: serde_json::json!({ "wrap": "CKM_AES_KEY_WRAP_KWP", "generation": n }),
             created_at: format!("2025-01-0{n}T12:00:00.000Z"),
@@ -1187,7 +1193,7 @@ mod tests {
             }
         ));
         let mut c = contents();
-        c.generations[0].private_pkcs8 = Zeroizing::new(keys()[1].1.clone());
+        c.generations[0].private_pkcs8 = keys()[1].1.clone();
         let e = refused(c);
         assert!(
             matches!(&e, EscrowError::Generation { generation: 1, reason } if reason == "private_pkcs8 is not the private half of kek_public"),
