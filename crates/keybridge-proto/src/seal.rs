@@ -66,25 +66,74 @@ impl KdfParams {
     /// table: 46 MiB × 1 … 7 MiB × 5). A client checks it before deriving
     /// keys from parameters the service sent (unauthenticated), so a hostile
     /// service cannot make its signatures a cheap password oracle.
-    pub const MIN_M_KIB: u32 = 7 * 1024;
-    pub const MIN_M_KIB_TIMES_T: u64 = 35_840;
+    pub const MIN_M_KIB: u32 = KdfBounds::CLIENT.min_m_kib;
+    pub const MIN_M_KIB_TIMES_T: u64 = KdfBounds::CLIENT.min_m_kib_times_t;
 
     /// Refuse parameters below the floor, or large enough that a forged
     /// record could exhaust memory or time (4 GiB, 64 passes, 64 lanes).
     pub fn check(&self) -> std::result::Result<(), String> {
-        if self.m_kib > 4 * 1024 * 1024 || self.t > 64 || self.p > 64 || self.t == 0 || self.p == 0 {
-            return Err(format!("Argon2id parameters out of range (m={} KiB, t={}, p={}; at most 4 GiB, 64 passes, 64 lanes)", self.m_kib, self.t, self.p));
-        }
-        if self.m_kib < Self::MIN_M_KIB || u64::from(self.m_kib) * u64::from(self.t) < Self::MIN_M_KIB_TIMES_T {
+        self.check_within(&KdfBounds::CLIENT)
+    }
+
+    /// Refuse parameters outside `bounds`: below its floor (too cheap to
+    /// guess against), or above its ceiling (a forged record could exhaust
+    /// memory or time).
+    pub fn check_within(&self, bounds: &KdfBounds) -> std::result::Result<(), String> {
+        if self.m_kib > bounds.max_m_kib || self.t > bounds.max_t || self.p > bounds.max_p || self.t == 0 || self.p == 0 {
             return Err(format!(
-                "Argon2id parameters too weak (m={} KiB, t={}): keybridge needs at least {} KiB and memory x passes >= {} KiB",
+                "Argon2id parameters out of range (m={} KiB, t={}, p={}; at most {}, {} passes, {} lanes)",
                 self.m_kib,
                 self.t,
-                Self::MIN_M_KIB,
-                Self::MIN_M_KIB_TIMES_T
+                self.p,
+                kib_text(bounds.max_m_kib),
+                bounds.max_t,
+                bounds.max_p
+            ));
+        }
+        if self.m_kib < bounds.min_m_kib || u64::from(self.m_kib) * u64::from(self.t) < bounds.min_m_kib_times_t {
+            return Err(format!(
+                "Argon2id parameters too weak (m={} KiB, t={}): keybridge needs at least {} KiB and memory x passes >= {} KiB",
+                self.m_kib, self.t, bounds.min_m_kib, bounds.min_m_kib_times_t
             ));
         }
         Ok(())
+    }
+
+    /// Run Argon2id (version 0x13) on `secret` and `salt` with these
+    /// parameters: 32 bytes, zeroized on drop. The caller checks the
+    /// parameters first ([`KdfParams::check_within`]).
+    pub(crate) fn derive_key(&self, secret: &[u8], salt: &[u8]) -> std::result::Result<Zeroizing<[u8; 32]>, String> {
+        let params = argon2::Params::new(self.m_kib, self.t, self.p, Some(32))
+            .map_err(|e| format!("invalid Argon2id parameters: {e}"))?;
+        let argon = argon2::Argon2::new(argon2::Algorithm::Argon2id, argon2::Version::V0x13, params);
+        let mut out = Zeroizing::new([0u8; 32]);
+        argon.hash_password_into(secret, salt, &mut out[..]).map_err(|e| format!("Argon2id failed: {e}"))?;
+        Ok(out)
+    }
+}
+
+/// The floor and ceiling of the Argon2id parameters one format accepts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct KdfBounds {
+    pub min_m_kib: u32,
+    pub min_m_kib_times_t: u64,
+    pub max_m_kib: u32,
+    pub max_t: u32,
+    pub max_p: u32,
+}
+
+impl KdfBounds {
+    /// A client's network password ([`KdfParams::check`]).
+    pub const CLIENT: KdfBounds =
+        KdfBounds { min_m_kib: 7 * 1024, min_m_kib_times_t: 35_840, max_m_kib: 4 * 1024 * 1024, max_t: 64, max_p: 64 };
+}
+
+/// `m` KiB as an operator reads it: "4 GiB", "256 MiB", "7000 KiB".
+fn kib_text(m: u32) -> String {
+    match m {
+        m if m % (1024 * 1024) == 0 => format!("{} GiB", m / (1024 * 1024)),
+        m if m % 1024 == 0 => format!("{} MiB", m / 1024),
+        m => format!("{m} KiB"),
     }
 }
 
@@ -148,13 +197,7 @@ impl ClientKeys {
         if !SALT_LENS.contains(&salt.len()) {
             return Err(bad(format!("the KDF salt is {} bytes; keybridge needs 16 to 64", salt.len())));
         }
-        let params = argon2::Params::new(kdf.m_kib, kdf.t, kdf.p, Some(32))
-            .map_err(|e| bad(format!("invalid Argon2id parameters: {e}")))?;
-        let argon = argon2::Argon2::new(argon2::Algorithm::Argon2id, argon2::Version::V0x13, params);
-        let mut stretched = Zeroizing::new([0u8; 32]);
-        argon
-            .hash_password_into(password.expose_secret().as_bytes(), salt, &mut stretched[..])
-            .map_err(|e| bad(format!("Argon2id failed: {e}")))?;
+        let stretched = kdf.derive_key(password.expose_secret().as_bytes(), salt).map_err(bad)?;
         let expand = |info: &[u8]| {
             let mut out = Zeroizing::new([0u8; 32]);
             hkdf::Hkdf::<Sha256>::new(None, &stretched[..])
@@ -418,4 +461,31 @@ fn open_parsed(p: Parsed<'_>, client: &str, keys: &ClientKeys) -> Result<(Sealed
     );
     let bytes: [u8; DEK_LEN] = plain.as_slice().try_into().map_err(|_| bad("the DEK has the wrong length".into()))?;
     Ok((p.header, Dek::from_bytes(bytes)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The client's floor and ceiling, and what an operator reads when a
+    /// record is outside them.
+    #[test]
+    fn client_kdf_bounds() {
+        let kdf = |m_kib, t, p| KdfParams { alg: KdfAlg::Argon2id, m_kib, t, p };
+        assert_eq!(KdfParams::default().check(), Ok(()));
+        assert_eq!(kdf(KdfParams::MIN_M_KIB, 5, 1).check(), Ok(()));
+        assert_eq!(kdf(4 * 1024 * 1024, 64, 64).check(), Ok(()));
+        assert_eq!(
+            kdf(4 * 1024 * 1024 + 1, 1, 1).check().unwrap_err(),
+            "Argon2id parameters out of range (m=4194305 KiB, t=1, p=1; at most 4 GiB, 64 passes, 64 lanes)"
+        );
+        for (m, t, p) in [(19 * 1024, 65, 1), (19 * 1024, 2, 65), (19 * 1024, 0, 1), (19 * 1024, 2, 0)] {
+            assert!(kdf(m, t, p).check().unwrap_err().contains("out of range"), "{m} {t} {p}");
+        }
+        assert_eq!(
+            kdf(8192, 4, 1).check().unwrap_err(),
+            "Argon2id parameters too weak (m=8192 KiB, t=4): keybridge needs at least 7168 KiB and memory x passes >= 35840 KiB"
+        );
+        assert!(kdf(KdfParams::MIN_M_KIB - 1, 64, 1).check().unwrap_err().contains("too weak"));
+    }
 }
