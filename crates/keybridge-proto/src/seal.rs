@@ -115,10 +115,15 @@ impl KdfParams {
 /// The floor and ceiling of the Argon2id parameters one format accepts.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct KdfBounds {
+    /// Least memory, KiB.
     pub min_m_kib: u32,
+    /// Least memory × passes, KiB.
     pub min_m_kib_times_t: u64,
+    /// Most memory, KiB.
     pub max_m_kib: u32,
+    /// Most passes.
     pub max_t: u32,
+    /// Most lanes.
     pub max_p: u32,
 }
 
