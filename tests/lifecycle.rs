@@ -616,3 +616,68 @@ async fn kmip_server_killed_mid_rotation() {
     assert_restores(&site.open(), &client, &issued).await;
     site.assert_no_orphans(&kb, &pool).await;
 }
+
+/// Escrow: a pool exported under a passphrase, then moved into a token
+/// whose master key is deleted behind keybridge's back (`pkcs11-tool
+/// --delete-object`): restores fail (exit 5); importing the export under
+/// the built-in KMS brings every DEK back. A wrong passphrase changes
+/// nothing, and a pool only a token wraps cannot be exported.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn escrow_recovers_a_pool_whose_token_lost_its_key() {
+    use keybridge::flows::escrow;
+    let Some(site) = Site::new(&[Kind::Builtin, Kind::Kryoptic]) else { return };
+    let kb = site.open();
+    let (pool, client) = pool_and_client(&kb, "builtin").await;
+    let mut issued = Vec::new();
+    issue(&kb, &pool, &client, 2, &mut issued).await;
+    pool_lifecycle::rekey(&kb, &pool, None, &actor()).await.unwrap();
+    issue(&kb, &pool, &client, 1, &mut issued).await;
+    let dir = site.dir.path();
+    std::fs::write(dir.join("pass"), "correct horse battery staple\n").unwrap();
+    std::fs::write(dir.join("wrong"), "incorrect horse battery staple\n").unwrap();
+    let pass = escrow::passphrase_from_file(&dir.join("pass")).unwrap();
+    let file = dir.join("escrow.kbe");
+    let e = escrow::export(&kb, &pool, &pass, &file, &actor()).await.unwrap();
+    assert_eq!(e.generations, vec![1, 2]);
+    use std::os::unix::fs::PermissionsExt;
+    assert_eq!(std::fs::metadata(&file).unwrap().permissions().mode() & 0o777, 0o600);
+    let again = escrow::export(&kb, &pool, &pass, &file, &actor()).await.unwrap_err();
+    assert_eq!(again.exit_code(), 8, "{again}");
+    let show = pool_lifecycle::show(&kb, &pool).await.unwrap();
+    assert!(show["warnings"].to_string().contains("escrow export"), "{show}");
+
+    pool_lifecycle::migrate(&kb, &pool, "kryoptic", &actor()).await.unwrap();
+    assert_restores(&site.open(), &client, &issued).await;
+    // The token loses the pool's master key.
+    let label = kb.catalog().pool_by_name(&pool).await.unwrap().master_key.label;
+    let out = Command::new("pkcs11-tool")
+        .arg("--module")
+        .arg(std::env::var("KEYBRIDGE_TEST_KRYOPTIC_MODULE").unwrap())
+        .args(["--token-label", &std::env::var("KEYBRIDGE_TEST_TOKEN").unwrap_or_else(|_| "keybridge".into()), "--login", "--pin"])
+        .arg(std::env::var("KEYBRIDGE_TEST_PIN").unwrap())
+        .args(["--delete-object", "--type", "secrkey", "--label", &label])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "pkcs11-tool: {}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert_eq!(site.keys_labelled(Kind::Kryoptic, &label).await, 0);
+    let err = restore::recover_dek(&site.open(), &issued[0].0, &client, &actor()).await.unwrap_err();
+    assert_eq!(err.exit_code(), 5, "{err}");
+    assert!(err.to_string().contains("is not in the KMS"), "{err}");
+    // A pool only the token wraps cannot be exported any more.
+    let err = escrow::export(&kb, &pool, &pass, &dir.join("second.kbe"), &actor()).await.unwrap_err();
+    assert!(err.to_string().contains("never leaves"), "{err}");
+
+    let before = common::catalog_digest(&kb);
+    let wrong = escrow::passphrase_from_file(&dir.join("wrong")).unwrap();
+    let err = escrow::import(&kb, &file, &wrong, "builtin", &actor()).await.unwrap_err();
+    assert_eq!(err.exit_code(), 3, "{err}");
+    assert_eq!(before, common::catalog_digest(&kb), "a refused import changes nothing");
+
+    let r = escrow::import(&kb, &file, &pass, "builtin", &actor()).await.unwrap();
+    assert_eq!(r.wrapped_generations, vec![1, 2], "{r:?}");
+    assert_restores(&site.open(), &client, &issued).await;
+    assert_restores(&site.open_with(&[Kind::Builtin]), &client, &issued).await;
+    issue(&kb, &pool, &client, 1, &mut issued).await;
+    assert_restores(&site.open(), &client, &issued).await;
+    assert_eq!((audited(&kb, "pool.export", &pool), audited(&kb, "pool.import", &pool)), (1, 1));
+}

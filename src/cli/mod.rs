@@ -13,7 +13,7 @@ mod net;
 use keybridge_catalog::audit::Actor;
 use keybridge_kms::ProbeStatus;
 use crate::config::{Config, DEFAULT_CONFIG};
-use crate::flows::{backup, clients, pool_creation, pool_lifecycle, restore};
+use crate::flows::{backup, clients, escrow, pool_creation, pool_lifecycle, restore};
 use keybridge_proto::secret::read_secret_file;
 use keybridge_proto::seal;
 use crate::{Error, Keybridge, Result};
@@ -209,6 +209,26 @@ pub enum PoolCommand {
         #[arg(long)]
         to: String,
     },
+    /// Escrow: write every KEK generation of a pool to a file under a
+    /// passphrase (Argon2id, AES-256-GCM; docs/escrow-format.md).
+    Export {
+        name: String,
+        /// The passphrase, first line of this file (at least 12 characters).
+        #[arg(long)]
+        passphrase_file: PathBuf,
+        /// The escrow file to write (never over an existing one).
+        #[arg(long)]
+        out: PathBuf,
+    },
+    /// Escrow: wrap the KEK generations of an escrow file under a new
+    /// master key in a KMS, for the pool of the same name.
+    Import {
+        file: PathBuf,
+        #[arg(long)]
+        passphrase_file: PathBuf,
+        #[arg(long)]
+        kms: String,
+    },
     /// Destroy the deactivated master keys of a pool that nothing uses.
     RetireKeys { name: String },
     /// Set how often `keybridge serve` rotates a pool's master keys.
@@ -364,6 +384,22 @@ async fn run(cli: &Cli) -> Result<(Value, String)> {
                     let v = pool_lifecycle::set_schedule(&kb, name, *rotation_days).await?;
                     let text = format!("pool '{name}': rotation every {} days{}, next due {}\n", v["rotation_days"], if v["own_schedule"] == true { "" } else { " (the configuration's default)" }, v["next_due"].as_str().unwrap_or("never"));
                     Ok((v, text))
+                }
+                PoolCommand::Export { name, passphrase_file, out } => {
+                    let pass = escrow::passphrase_from_file(passphrase_file)?;
+                    let e = escrow::export(&kb, name, &pass, out, &Actor::local_user()).await?;
+                    let text = format!(
+                        "pool '{}': KEK generation(s) {:?} exported to {} ({} bytes); keep it apart from the catalog: with its passphrase it restores the pool without any KMS\n",
+                        e.pool,
+                        e.generations,
+                        e.file.display(),
+                        e.bytes
+                    );
+                    Ok((serde_json::to_value(&e).unwrap_or_default(), text))
+                }
+                PoolCommand::Import { file, passphrase_file, kms } => {
+                    let pass = escrow::passphrase_from_file(passphrase_file)?;
+                    lifecycle_out(escrow::import(&kb, file, &pass, kms, &Actor::local_user()).await?)
                 }
                 PoolCommand::RetireKeys { name } => lifecycle_out(pool_lifecycle::retire_keys(&kb, name, &Actor::local_user()).await?),
                 PoolCommand::Shred { name, yes_destroy } => lifecycle_out(pool_lifecycle::shred(&kb, name, yes_destroy, &Actor::local_user()).await?),

@@ -11,6 +11,7 @@ pub mod backup;
 pub mod catalog;
 pub mod clients;
 mod envelope;
+pub mod escrow;
 pub mod journal;
 pub mod pool_creation;
 pub mod pool_lifecycle;

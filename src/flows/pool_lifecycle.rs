@@ -123,7 +123,7 @@ pub struct ChangeReport {
 }
 
 impl ChangeReport {
-    fn new(pool: &str, operation: &'static str) -> Self {
+    pub(crate) fn new(pool: &str, operation: &'static str) -> Self {
         ChangeReport { pool: pool.to_owned(), operation, ..Default::default() }
     }
 
@@ -163,13 +163,13 @@ impl ChangeReport {
     }
 }
 
-fn key_json(mk: &MasterKeyRecord) -> serde_json::Value {
+pub(crate) fn key_json(mk: &MasterKeyRecord) -> serde_json::Value {
     serde_json::json!({ "kms": mk.kms_name, "id": mk.key.id, "label": mk.key.label })
 }
 
 /// A label for a master key made for pool `pool` by one change, unique so
 /// that a key made but not yet recorded is found again by it.
-fn new_label(pool: &str) -> String {
+pub(crate) fn new_label(pool: &str) -> String {
     format!("keybridge-mk-{pool}-{}", &uuid::Uuid::new_v4().simple().to_string()[..12])
 }
 
@@ -188,7 +188,7 @@ fn wrapping_kek<'a>(at: &'a PoolRecord, w: &'a WrappingRecord) -> PoolKek<'a> {
 
 /// The private KEK of generation `at` (PKCS#8), from the first of its
 /// wrappings whose KMS is configured and can give it back.
-async fn release(kb: &Keybridge, at: &PoolRecord, wrappings: &[WrappingRecord]) -> Result<Zeroizing<Vec<u8>>> {
+pub(crate) async fn release(kb: &Keybridge, at: &PoolRecord, wrappings: &[WrappingRecord]) -> Result<Zeroizing<Vec<u8>>> {
     let mut refused = Vec::new();
     let mut failed = None;
     for w in wrappings.iter().filter(|w| w.generation == at.generation && w.master_key.state != MasterKeyState::Destroyed) {
@@ -244,7 +244,7 @@ async fn can_move(kb: &Keybridge, pool: &PoolRecord, wrappings: &[WrappingRecord
 }
 
 /// The pool's generations, each as a record (public KEK, OAEP hash).
-async fn generations(kb: &Keybridge, pool: &PoolRecord) -> Result<Vec<PoolRecord>> {
+pub(crate) async fn generations(kb: &Keybridge, pool: &PoolRecord) -> Result<Vec<PoolRecord>> {
     let mut out = Vec::new();
     for g in kb.catalog().generations(pool.id).await? {
         out.push(kb.catalog().pool_generation(pool.id, g.generation).await?);
@@ -269,7 +269,7 @@ async fn wrap_all(kb: &Keybridge, pool: &PoolRecord, wrappings: &[WrappingRecord
 
 /// Pin what this host just made or moved: the newest generation's public
 /// KEK (if `new_generation`) and the master key that wraps it first.
-async fn repin(kb: &Keybridge, name: &str, new_generation: Option<&[u8]>) -> Result<()> {
+pub(crate) async fn repin(kb: &Keybridge, name: &str, new_generation: Option<&[u8]>) -> Result<()> {
     let now = kb.catalog().pool_by_name(name).await?;
     if let Some(public) = new_generation {
         if now.kek_public != public {
