@@ -424,7 +424,15 @@ async fn crash_at_every_step(kinds: &[Kind], operation: &str, points: &[&str]) {
             let mut issued = Vec::new();
             issue(&kb, &pool, &client, 2, &mut issued).await;
             let target = kinds.get(1).map(|k| kms_name(*k)).unwrap_or(home);
+            let (file, pass) = (site.dir.path().join(format!("{pool}.kbe")), site.dir.path().join("pass"));
+            if operation == "import" {
+                std::fs::write(&pass, "correct horse battery staple\n").unwrap();
+                let p = keybridge::flows::escrow::passphrase_from_file(&pass).unwrap();
+                keybridge::flows::escrow::export(&kb, &pool, &p, &file, &actor()).await.unwrap();
+            }
+            let (file, pass) = (file.to_str().unwrap().to_owned(), pass.to_str().unwrap().to_owned());
             let args: Vec<&str> = match operation {
+                "import" => vec!["pool", "import", &file, "--passphrase-file", &pass, "--kms", target],
                 "rotate" => vec!["pool", "rotate", &pool],
                 "migrate" => vec!["pool", "migrate", &pool, "--to", target],
                 "wrap" => vec!["pool", "wrap", &pool, "--kms", target],
@@ -469,6 +477,8 @@ mod crash {
     async fn softhsm_rotate() { super::crash_at_every_step(&[SoftHsm], "rotate", &["make_key", "key_made", "keys_made", "before_commit", "committed"]).await }
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn builtin_to_kryoptic_migrate() { super::crash_at_every_step(&[Builtin, Kryoptic], "migrate", super::MIGRATE_POINTS).await }
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn builtin_to_kmip_import() { super::crash_at_every_step(&[Builtin, Kmip], "import", super::MIGRATE_POINTS).await }
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn softhsm_to_kmip_rekey() { super::crash_at_every_step(&[SoftHsm, Kmip], "rekey", &["make_key", "key_made", "keys_made", "before_commit", "committed"]).await }
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
