@@ -115,17 +115,30 @@ async fn lifecycle_through_cli_and_service() {
         ok_json(&d.restore("alice", job, out.path()));
         assert_eq!(describe(&data), describe(&out.path().join("data")), "backup {i}");
     }
+    // Escrow through the service: export, then import under a new key.
+    let (status, e) = post("export", serde_json::json!({ "passphrase": "short" })).await;
+    assert_eq!(status, 400, "{e}");
+    let (status, e) = post("export", serde_json::json!({ "passphrase": "correct horse battery staple" })).await;
+    assert_eq!((status, e["generations"].clone()), (200, serde_json::json!([1])), "{e}");
+    assert!(!e.to_string().contains("correct horse"), "the passphrase is never answered back");
+    let (status, r) = post("import", serde_json::json!({ "file": e["file"], "passphrase": "correct horse battery stapl", "kms": "kms" })).await;
+    assert_eq!(status, 400, "a wrong passphrase: {r}");
+    let (status, r) = post("import", serde_json::json!({ "file": e["file"], "passphrase": "correct horse battery staple", "kms": "kms" })).await;
+    assert_eq!((status, r["wrapped_generations"].clone()), (200, serde_json::json!([1])), "{r}");
+    let show = ok_json(&d.cli(&["--json", "pool", "show", "p"]));
+    assert!(show["warnings"].to_string().contains("escrow export"), "{show}");
     // Shred: refused without the name, then every restore exits 5.
     let (status, r) = post("shred", serde_json::json!({ "confirm": "q" })).await;
     assert_eq!(status, 400, "{r}");
     let (status, r) = post("shred", serde_json::json!({ "confirm": "p" })).await;
-    assert_eq!((status, r["destroyed"].as_array().map(Vec::len)), (200, Some(1)), "{r}");
+    assert_eq!((status, r["destroyed"].as_array().map(Vec::len)), (200, Some(2)), "{r}");
+    assert!(r["notes"].to_string().contains("escrow export"), "{r}");
     let out = tempfile::tempdir().unwrap();
     let err = fails(&d.restore("alice", &jobs[0], out.path()), 5, "were destroyed");
     assert!(!err.contains("panicked"), "{err}");
     let audit = ok_json(&d.cli(&["--json", "audit", "list"]));
     let actions: Vec<&str> = audit["rows"].as_array().unwrap().iter().filter(|r| r["result"] == "ok").map(|r| r["action"].as_str().unwrap()).collect();
-    for a in ["pool.rotate", "key.retire", "pool.shred"] {
+    for a in ["pool.rotate", "key.retire", "pool.export", "pool.import", "pool.shred"] {
         assert!(actions.contains(&a), "{a} not audited: {actions:?}");
     }
 }

@@ -392,7 +392,7 @@ async fn run(cli: &Cli) -> Result<(Value, String)> {
                         "pool '{}': KEK generation(s) {:?} exported to {} ({} bytes); keep it apart from the catalog: with its passphrase it restores the pool without any KMS\n",
                         e.pool,
                         e.generations,
-                        e.file.display(),
+                        out.display(),
                         e.bytes
                     );
                     Ok((serde_json::to_value(&e).unwrap_or_default(), text))

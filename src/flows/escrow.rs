@@ -29,7 +29,8 @@ use keybridge_proto::escrow::{self, EscrowContents, EscrowGeneration, Passphrase
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct Exported {
     pub pool: String,
-    pub file: std::path::PathBuf,
+    /// Where it was written (the CLI); `None` when handed to the caller.
+    pub file: Option<std::path::PathBuf>,
     pub bytes: usize,
     pub generations: Vec<u32>,
     pub exported_at: String,
@@ -48,11 +49,34 @@ fn now_text() -> String {
 /// Export every KEK generation of pool `name` under `passphrase` to `out`.
 /// Audited as `pool.export`.
 pub async fn export(kb: &Keybridge, name: &str, passphrase: &Passphrase, out: &Path, actor: &Actor) -> Result<Exported> {
-    let result = export_inner(kb, name, passphrase, out).await;
+    let result = async {
+        let (mut e, file) = export_inner(kb, name, passphrase).await?;
+        write_new(out, &file)?;
+        e.file = Some(out.to_owned());
+        Ok(e)
+    }
+    .await;
     audited(kb, AuditEvent::new(actor, Action::PoolExport).pool(name), result).await
 }
 
-async fn export_inner(kb: &Keybridge, name: &str, passphrase: &Passphrase, out: &Path) -> Result<Exported> {
+/// Export pool `name` as [`export`] does, handing the file's bytes back
+/// (the service answers with them). Audited as `pool.export`.
+pub async fn export_bytes(kb: &Keybridge, name: &str, passphrase: &Passphrase, actor: &Actor) -> Result<(Exported, Vec<u8>)> {
+    let result = export_inner(kb, name, passphrase).await;
+    audited(kb, AuditEvent::new(actor, Action::PoolExport).pool(name), result).await
+}
+
+/// Write `bytes` to a new file `out` (0600, never over an existing one), synced.
+fn write_new(out: &Path, bytes: &[u8]) -> Result<()> {
+    let io = |source| Error::Io { context: "writing the escrow file", path: out.to_owned(), source };
+    let mut f = std::fs::OpenOptions::new().write(true).create_new(true).mode(0o600).open(out).map_err(|e| match e.kind() {
+        std::io::ErrorKind::AlreadyExists => Error::AlreadyExists { what: "file", name: out.display().to_string() },
+        _ => io(e),
+    })?;
+    f.write_all(bytes).and_then(|_| f.sync_all()).map_err(io)
+}
+
+async fn export_inner(kb: &Keybridge, name: &str, passphrase: &Passphrase) -> Result<(Exported, Vec<u8>)> {
     let pool = kb.catalog().pool_by_name(name).await?;
     let wrappings = kb.catalog().wrappings(pool.id).await?;
     let mut generations = Vec::new();
@@ -71,15 +95,12 @@ async fn export_inner(kb: &Keybridge, name: &str, passphrase: &Passphrase, out: 
     let exported_at = now_text();
     let contents = EscrowContents { pool: name.to_owned(), exported_at: exported_at.clone(), generations };
     let file = escrow::seal(&contents, passphrase, escrow::DEFAULT_KDF).map_err(|e| Error::Input { what: format!("escrow export of pool '{name}'"), reason: e.to_string() })?;
-    let io = |source| Error::Io { context: "writing the escrow file", path: out.to_owned(), source };
-    let mut f = std::fs::OpenOptions::new().write(true).create_new(true).mode(0o600).open(out).map_err(|e| match e.kind() {
-        std::io::ErrorKind::AlreadyExists => Error::AlreadyExists { what: "file", name: out.display().to_string() },
-        _ => io(e),
-    })?;
-    f.write_all(&file).and_then(|_| f.sync_all()).map_err(io)?;
+    // Recorded before the file exists anywhere: `pool show` may warn of an
+    // export that was never written, never miss one that was.
     kb.catalog().apply_key_change(pool.id, &KeyChange { escrow_exported: true, ..Default::default() }).await?;
-    tracing::warn!(pool = name, file = %out.display(), generations = contents.generations.len(), "escrow export written: it and its passphrase restore the pool without any KMS");
-    Ok(Exported { pool: name.to_owned(), file: out.to_owned(), bytes: file.len(), generations: contents.generations.iter().map(|g| g.generation).collect(), exported_at })
+    tracing::warn!(pool = name, generations = contents.generations.len(), "escrow export made: it and its passphrase restore the pool without any KMS");
+    let e = Exported { pool: name.to_owned(), file: None, bytes: file.len(), generations: contents.generations.iter().map(|g| g.generation).collect(), exported_at };
+    Ok((e, file))
 }
 
 /// Import the escrow `file` (opened with `passphrase`) into the pool of
@@ -87,16 +108,28 @@ async fn export_inner(kb: &Keybridge, name: &str, passphrase: &Passphrase, out: 
 /// `kms`. Audited as `pool.import`.
 pub async fn import(kb: &Keybridge, file: &Path, passphrase: &Passphrase, kms: &str, actor: &Actor) -> Result<ChangeReport> {
     let bytes = std::fs::read(file).map_err(|source| Error::Io { context: "reading the escrow file", path: file.to_owned(), source })?;
+    import_bytes(kb, &bytes, &file.display().to_string(), None, passphrase, kms, actor).await
+}
+
+/// Import an escrow file's `bytes` (named `source` in messages) as
+/// [`import`] does; with `pool`, the file must be that pool's.
+pub async fn import_bytes(kb: &Keybridge, bytes: &[u8], source: &str, pool: Option<&str>, passphrase: &Passphrase, kms: &str, actor: &Actor) -> Result<ChangeReport> {
     // The pool named in the (unauthenticated) header, for the audit row only.
-    let claimed = escrow::peek(&bytes).map(|h| h.pool).unwrap_or_default();
-    let result = import_inner(kb, &bytes, file, passphrase, kms).await;
+    let claimed = escrow::peek(bytes).map(|h| h.pool).unwrap_or_default();
+    let result = async {
+        if let Some(p) = pool.filter(|p| *p != claimed) {
+            return Err(Error::Input { what: format!("escrow file {source}"), reason: format!("it belongs to pool '{claimed}', not '{p}'") });
+        }
+        import_inner(kb, bytes, source, passphrase, kms).await
+    }
+    .await;
     let event = AuditEvent::new(actor, Action::PoolImport);
     let event = if claimed.is_empty() { event } else { event.pool(&claimed) };
     audited(kb, event, result).await
 }
 
-async fn import_inner(kb: &Keybridge, bytes: &[u8], file: &Path, passphrase: &Passphrase, kms: &str) -> Result<ChangeReport> {
-    let bad = |reason: String| Error::Input { what: format!("escrow file {}", file.display()), reason };
+async fn import_inner(kb: &Keybridge, bytes: &[u8], file: &str, passphrase: &Passphrase, kms: &str) -> Result<ChangeReport> {
+    let bad = |reason: String| Error::Input { what: format!("escrow file {file}"), reason };
     let contents = escrow::open(bytes, passphrase).map_err(|e| bad(e.to_string()))?;
     let name = contents.pool.clone();
     let pool = kb.catalog().pool_by_name(&name).await?;
@@ -108,7 +141,7 @@ async fn import_inner(kb: &Keybridge, bytes: &[u8], file: &Path, passphrase: &Pa
         if at.kek_public != g.kek_public {
             return Err(Error::Integrity {
                 what: format!("KEK generation {} of pool '{name}'", g.generation),
-                reason: format!("the escrow file {} holds another key than the catalog (an export of another pool of the same name, or the catalog was edited); nothing was imported", file.display()),
+                reason: format!("the escrow file {file} holds another key than the catalog (an export of another pool of the same name, or the catalog was edited); nothing was imported"),
             });
         }
         keybridge_kms::check_kek_pair(&g.private_pkcs8, &at.kek_public).map_err(|e| bad(format!("generation {}: {e}", g.generation)))?;

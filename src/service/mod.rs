@@ -265,6 +265,8 @@ pub fn router(service: Shared) -> Router {
         .route("/v1/pools/{name}/migrate", post(migrate_pool))
         .route("/v1/pools/{name}/retire-keys", post(retire_pool_keys))
         .route("/v1/pools/{name}/shred", post(shred_pool))
+        .route("/v1/pools/{name}/export", post(export_pool))
+        .route("/v1/pools/{name}/import", post(import_pool))
         .route("/v1/clients", post(register_client))
         .route("/v1/clients/{name}/kdf", get(client_kdf))
         .route("/v1/deks", post(issue_dek))
@@ -368,6 +370,28 @@ async fn migrate_pool(State(s): State<Shared>, Path(name): Path<String>, body: B
 
 async fn retire_pool_keys(State(s): State<Shared>, Path(name): Path<String>) -> ApiResult {
     lifecycle(s, "pool_retire_keys", move |s| async move { pool_lifecycle::retire_keys(&s.kb, &name, &operator_actor()).await }).await
+}
+
+async fn export_pool(State(s): State<Shared>, Path(name): Path<String>, body: Bytes) -> ApiResult {
+    let req: api::ExportPool = parse_body(&body)?;
+    let started = Instant::now();
+    let exported = async {
+        let pass = keybridge_proto::escrow::Passphrase::new(req.passphrase).map_err(|e| Error::Input { what: "passphrase".into(), reason: e.to_string() })?;
+        let (e, file) = crate::flows::escrow::export_bytes(&s.kb, &name, &pass, &operator_actor()).await?;
+        let mut v = serde_json::to_value(e).unwrap_or_default();
+        v["file"] = json!(base64::Engine::encode(&base64::engine::general_purpose::STANDARD, file));
+        Ok(v)
+    }
+    .await;
+    s.finish("pool_export", "-", started, exported)
+}
+
+async fn import_pool(State(s): State<Shared>, Path(name): Path<String>, body: Bytes) -> ApiResult {
+    let req: api::ImportPool = parse_body(&body)?;
+    let bytes = base64::Engine::decode(&base64::engine::general_purpose::STANDARD, req.file.as_bytes())
+        .map_err(|e| ApiError::new(ErrorKind::Input, format!("file: not standard base64 ({e})")))?;
+    let pass = keybridge_proto::escrow::Passphrase::new(req.passphrase).map_err(|e| ApiError::new(ErrorKind::Input, format!("passphrase: {e}")))?;
+    lifecycle(s, "pool_import", move |s| async move { crate::flows::escrow::import_bytes(&s.kb, &bytes, "in the request", Some(&name), &pass, &req.kms, &operator_actor()).await }).await
 }
 
 async fn shred_pool(State(s): State<Shared>, Path(name): Path<String>, body: Bytes) -> ApiResult {

@@ -24,6 +24,8 @@ pub const ROUTES: &[(&str, &str, Role)] = &[
     ("POST", "/v1/pools/{name}/migrate", Role::Operator),
     ("POST", "/v1/pools/{name}/retire-keys", Role::Operator),
     ("POST", "/v1/pools/{name}/shred", Role::Operator),
+    ("POST", "/v1/pools/{name}/export", Role::Operator),
+    ("POST", "/v1/pools/{name}/import", Role::Operator),
     ("POST", "/v1/clients", Role::Operator),
     ("GET", "/v1/jobs", Role::Operator),
     ("GET", "/v1/clients/{name}/kdf", Role::Public),
@@ -93,6 +95,24 @@ pub struct MigratePool {
 #[serde(deny_unknown_fields)]
 pub struct ShredPool {
     pub confirm: String,
+}
+
+/// `POST /v1/pools/{name}/export`: the passphrase to seal the escrow file
+/// under (at least 12 characters). Never written back or logged.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ExportPool {
+    pub passphrase: crate::secret::SecretString,
+}
+
+/// `POST /v1/pools/{name}/import`: an escrow file (standard base64), its
+/// passphrase, and the KMS to wrap its KEK generations in.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ImportPool {
+    pub file: String,
+    pub passphrase: crate::secret::SecretString,
+    pub kms: String,
 }
 
 /// `POST /v1/clients`: the public material the client derived from its
