@@ -27,7 +27,7 @@ use keybridge::config::{Config, KmsConfig};
 use keybridge::flows::{backup, clients, pool_creation, pool_lifecycle, restore};
 use keybridge::Keybridge;
 use keybridge_kmip::messages::{Attribute, CipherMode, Request};
-use serde_json::{json, Map, Value};
+use serde_json::{json, Map};
 use zeroize::Zeroizing;
 
 const PASSWORD: &str = "bench-network-password";
@@ -257,5 +257,5 @@ fn main() {
     for n in &notes {
         println!("note: {n}");
     }
-    println!("{}", Value::from(json!({ "bench": "lifecycle", "ratios": ratios })));
+    println!("{}", json!({ "bench": "lifecycle", "ratios": ratios }));
 }
