@@ -691,3 +691,36 @@ async fn escrow_recovers_a_pool_whose_token_lost_its_key() {
     assert_restores(&site.open(), &client, &issued).await;
     assert_eq!((audited(&kb, "pool.export", &pool), audited(&kb, "pool.import", &pool)), (1, 1));
 }
+
+/// A catalog writer forges unfinished journal entries naming the pool's
+/// live master key (by label, and by reference): the next command on the
+/// pool refuses to roll them back, and the key stays in the KMS.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn forged_journal_destroys_nothing() {
+    let Some(site) = Site::new(&[Kind::Kmip]) else { return };
+    let kb = site.open();
+    let (pool, client) = pool_and_client(&kb, "kmip").await;
+    let mut issued = Vec::new();
+    issue(&kb, &pool, &client, 1, &mut issued).await;
+    pool_lifecycle::rotate(&kb, &pool, &actor()).await.unwrap();
+    let live = kb.catalog().pool_by_name(&pool).await.unwrap().master_key;
+    for key_ref in [serde_json::Value::Null, serde_json::json!(live.id)] {
+        let detail = serde_json::json!({ "new_keys": [{ "kms": "kmip", "label": live.label, "key_ref": key_ref }] });
+        common::execute_raw(
+            &kb,
+            &format!(
+                "INSERT INTO journal(pool_id, operation, step, state, owner, detail, started_at, updated_at)
+                 SELECT id, 'rotate', 'keys_made', 'open', 'gone-host:1:1', '{detail}', 'x', 'x' FROM pools WHERE name = '{pool}'"
+            ),
+        )
+        .unwrap();
+        // "gone-host" cannot be checked from here: made to look local and dead.
+        let host = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap();
+        common::execute_raw(&kb, &format!("UPDATE journal SET owner = '{}:4194304:1' WHERE state = 'open'", host.trim())).unwrap();
+        let err = pool_lifecycle::rotate(&kb, &pool, &actor()).await.unwrap_err();
+        assert!(err.to_string().contains("nothing was destroyed") || err.to_string().contains("wrapping"), "{err}");
+        assert_eq!(site.keys_labelled(Kind::Kmip, &live.label).await, 1, "the live key is still in the KMS");
+        assert_restores(&site.open(), &client, &issued).await;
+        common::execute_raw(&kb, "DELETE FROM journal WHERE state = 'open'").unwrap();
+    }
+}

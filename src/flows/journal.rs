@@ -321,20 +321,32 @@ async fn roll_back(kb: &Keybridge, pool_id: i64, id: i64, plan: &Plan) -> Result
         Some(e) if e.step == "committed" => return finish(kb, pool_id, id, &parse_plan(&e)?).await,
         Some(_) => {}
     }
+    // The entry is catalog data, which whoever writes the catalog can edit:
+    // a key is destroyed only once the catalog agrees nothing uses it.
     let keys = kb.catalog().pool_master_keys(pool_id).await?;
+    let pool = kb.catalog().pool_by_id(pool_id).await.map(|p| p.name).unwrap_or_default();
     for key in &plan.new_keys {
         let backend = kb.backend(&key.kms).await?;
         let recorded = key.key_ref.as_ref().and_then(|r| keys.iter().find(|k| k.kms_name == key.kms && &k.key.id == r));
         match recorded {
             Some(mk) => {
+                // Forgotten first: the catalog refuses while a wrapping names
+                // the key. A crash between the two leaves a key the entry
+                // still names, found by its label on the next try.
+                let step = JournalStep { id, step: "rolling_back".into(), detail: detail(plan), close: None };
+                kb.catalog().forget_master_key(mk.row, &step).await?;
                 match backend.destroy_master_key(&mk.key).await {
                     Ok(()) | Err(BackendError::MasterKeyMissing { .. }) => {}
                     Err(e) => return Err(Error::backend(&key.kms)(e)),
                 }
-                let step = JournalStep { id, step: "rolling_back".into(), detail: detail(plan), close: None };
-                kb.catalog().forget_master_key(mk.row, &step).await?;
             }
             None => {
+                if !made_by_a_change_of(&key.label, &pool) || keys.iter().any(|k| k.key.label == key.label && k.state != MasterKeyState::Destroyed) {
+                    return Err(Error::Integrity {
+                        what: format!("journal entry {id} of pool '{pool}'"),
+                        reason: format!("it names master key '{}', which is not a key a change of this pool makes, or one the catalog still uses; nothing was destroyed", key.label),
+                    });
+                }
                 let n = backend.destroy_master_keys_labelled(&key.label).await.map_err(Error::backend(&key.kms))?;
                 if n > 0 {
                     tracing::warn!(kms = %key.kms, label = %key.label, destroyed = n, "destroyed a master key made by an interrupted change before it was recorded");
@@ -345,9 +357,30 @@ async fn roll_back(kb: &Keybridge, pool_id: i64, id: i64, plan: &Plan) -> Result
     close(kb, pool_id, id, plan, "rolled_back", JournalState::RolledBack).await
 }
 
+/// Whether `label` is one a change of pool `pool` gives the keys it makes
+/// (`keybridge-mk-POOL-` and 12 hex digits: `pool_lifecycle::new_label`).
+fn made_by_a_change_of(label: &str, pool: &str) -> bool {
+    label
+        .strip_prefix("keybridge-mk-")
+        .and_then(|rest| rest.strip_prefix(pool))
+        .and_then(|rest| rest.strip_prefix('-'))
+        .is_some_and(|tail| tail.len() == 12 && tail.bytes().all(|b| b.is_ascii_hexdigit()))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn only_labels_of_the_pools_own_changes_are_destroyed_by_label() {
+        assert!(made_by_a_change_of("keybridge-mk-a-0123456789ab", "a"));
+        assert!(!made_by_a_change_of("keybridge-mk-a", "a"), "the pool's first key");
+        assert!(!made_by_a_change_of("keybridge-mk-a-b-0123456789ab", "a"), "pool a-b's key");
+        assert!(!made_by_a_change_of("keybridge-mk-a-b-0123456789ab", "b"));
+        assert!(!made_by_a_change_of("keybridge-mk-a-0123456789abc", "a"));
+        assert!(!made_by_a_change_of("keybridge-mk-a-0123456789ag", "a"));
+        assert!(!made_by_a_change_of("other-0123456789ab", "a"));
+    }
 
     #[test]
     fn this_process_is_alive_and_a_made_up_one_is_not() {
