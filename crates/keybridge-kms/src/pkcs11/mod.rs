@@ -288,21 +288,30 @@ const KEK_STAYS: &str = "a KEK wrapped in a PKCS#11 token never leaves it: the m
 and wrappable only under a key the security officer marked trusted (SoftHSM2) or not at all; \
 move the pool's new DEKs to another KMS with a new KEK generation there instead";
 
-/// Unwrap a private KEK into a sensitive, non-extractable session object.
-fn unwrap_kek(session: &Session, mech: u64, mk: ObjectHandle, wrapped: &[u8]) -> Result<ObjectHandle, OpError> {
-    let template = [
+/// What a private KEK becomes when unwrapped: a sensitive session object
+/// that decrypts; `wrappable` (an import, to be wrapped under the MK) or
+/// not extractable and, consistent with either unwrap template of the MK
+/// (protect.rs), wrappable only under a trusted key.
+fn kek_template(wrappable: bool) -> Vec<Attribute> {
+    let mut t = vec![
         Attribute::Class(ObjectClass::PRIVATE_KEY),
         Attribute::KeyType(KeyType::RSA),
         Attribute::Token(false),
         Attribute::Private(true),
         Attribute::Sensitive(true),
-        Attribute::Extractable(false),
+        Attribute::Extractable(wrappable),
         Attribute::Decrypt(true),
         Attribute::Sign(false),
-        // Consistent with either unwrap template of the MK (protect.rs).
-        Attribute::WrapWithTrusted(true),
     ];
-    raw::unwrap_key(session, mech, mk, wrapped, &template).doing("unwrapping the KEK under the master key")
+    if !wrappable {
+        t.push(Attribute::WrapWithTrusted(true));
+    }
+    t
+}
+
+/// Unwrap a private KEK into a sensitive, non-extractable session object.
+fn unwrap_kek(session: &Session, mech: u64, mk: ObjectHandle, wrapped: &[u8]) -> Result<ObjectHandle, OpError> {
+    raw::unwrap_key(session, mech, mk, wrapped, &kek_template(false)).doing("unwrapping the KEK under the master key")
 }
 
 /// Codes a token returns from C_Decrypt RSA-OAEP when the ciphertext does
@@ -1013,18 +1022,8 @@ impl KeyBackend for Pkcs11Backend {
                     ])
                     .doing("making a one-time transport key")?;
                 let mut cleanup = Cleanup { session: s, handles: vec![t] };
-                let template = [
-                    Attribute::Class(ObjectClass::PRIVATE_KEY),
-                    Attribute::KeyType(KeyType::RSA),
-                    Attribute::Token(false),
-                    Attribute::Private(true),
-                    Attribute::Sensitive(true),
-                    // Extractable only so C_WrapKey can wrap it under the MK.
-                    Attribute::Extractable(true),
-                    Attribute::Decrypt(true),
-                    Attribute::Sign(false),
-                ];
-                let kek = raw::unwrap_key(s, wrap, t, &blob, &template).doing("unwrapping the KEK under the transport key")?;
+                // Extractable only so C_WrapKey can wrap it under the MK.
+                let kek = raw::unwrap_key(s, wrap, t, &blob, &kek_template(true)).doing("unwrapping the KEK under the transport key")?;
                 cleanup.handles.push(kek);
                 let wrapped = raw::wrap_key(s, wrap, mk_handle, kek).doing("wrapping the KEK under the master key")?;
                 // Verify before anything is stored: the blob unwraps under
