@@ -57,11 +57,14 @@ pub struct LifecycleConfig {
     /// How often `keybridge serve` looks for pools due for rotation.
     #[serde(default = "default_rotation_check_secs")]
     pub rotation_check_secs: u64,
+    /// At most this many pools rotated per check.
+    #[serde(default = "default_rotations_per_check")]
+    pub rotations_per_check: usize,
 }
 
 impl Default for LifecycleConfig {
     fn default() -> Self {
-        LifecycleConfig { rotation_days: default_rotation_days(), rotation_check_secs: default_rotation_check_secs() }
+        LifecycleConfig { rotation_days: default_rotation_days(), rotation_check_secs: default_rotation_check_secs(), rotations_per_check: default_rotations_per_check() }
     }
 }
 
@@ -70,6 +73,9 @@ fn default_rotation_days() -> u32 {
 }
 fn default_rotation_check_secs() -> u64 {
     3600
+}
+fn default_rotations_per_check() -> usize {
+    16
 }
 
 fn default_kek_pins() -> PathBuf {

@@ -151,6 +151,15 @@ impl Keybridge {
         }
     }
 
+    /// The pool whose master key this host pinned as key `key_ref` of KMS
+    /// `kms`, if any.
+    pub(crate) fn pinned_as_master_key(&self, kms: &str, key_ref: &str) -> Option<String> {
+        let value = format!("{kms}/{key_ref}");
+        let mut pins = self.kek_pins.lock().unwrap_or_else(|e| e.into_inner());
+        let pins = pins.insert(self.load_kek_pins());
+        pins.iter().find(|(name, v)| name.ends_with("@mk") && **v == value).map(|(name, _)| name.trim_end_matches("@mk").to_owned())
+    }
+
     /// Read the pins again from the file: another process on this host
     /// (a `pool rotate` or `pool migrate`) may have moved one.
     pub(crate) fn reload_kek_pins(&self) {
@@ -187,7 +196,7 @@ impl Keybridge {
 
 /// Replace `path` with `contents` (a temporary file beside it, synced, then
 /// renamed), so a crash leaves the old file or the new one.
-fn write_atomically(path: &std::path::Path, contents: &[u8]) -> std::io::Result<()> {
+pub(crate) fn write_atomically(path: &std::path::Path, contents: &[u8]) -> std::io::Result<()> {
     use std::io::Write;
     let tmp = path.with_extension(format!("tmp.{}", std::process::id()));
     let mut f = std::fs::File::create(&tmp)?;

@@ -724,3 +724,101 @@ async fn forged_journal_destroys_nothing() {
         common::execute_raw(&kb, "DELETE FROM journal WHERE state = 'open'").unwrap();
     }
 }
+
+/// A forged unfinished shred naming the pool's live key is never finished
+/// on its own (not by the sweep `keybridge serve` runs at start): the key
+/// stays, and the pool restores.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn forged_shred_is_not_finished_on_its_own() {
+    let Some(site) = Site::new(&[Kind::Kmip]) else { return };
+    let kb = site.open();
+    let (pool, client) = pool_and_client(&kb, "kmip").await;
+    let mut issued = Vec::new();
+    issue(&kb, &pool, &client, 1, &mut issued).await;
+    let live = kb.catalog().pool_by_name(&pool).await.unwrap();
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap();
+    let detail = serde_json::json!({ "destroy": [live.mk_row] });
+    common::execute_raw(
+        &kb,
+        &format!("INSERT INTO journal(pool_id, operation, step, state, owner, detail, started_at, updated_at) VALUES ({}, 'shred', 'planned', 'open', '{}:4194304:1', '{detail}', 'x', 'x')", live.id, host.trim()),
+    )
+    .unwrap();
+    let done = keybridge::flows::journal::resume(&kb, None).await.unwrap();
+    assert!(done.is_empty(), "{done:?}");
+    assert_eq!(site.keys_labelled(Kind::Kmip, &live.master_key.label).await, 1);
+    assert_restores(&site.open(), &client, &issued).await;
+    // Run by the operator, it is refused: this host never planned it.
+    let err = pool_lifecycle::shred(&kb, &pool, &pool, &actor()).await.unwrap_err();
+    assert!(err.to_string().contains("does not name master key"), "{err}");
+    assert_eq!(site.keys_labelled(Kind::Kmip, &live.master_key.label).await, 1);
+}
+
+/// A rekey that lands while a rotation is under way: the rotation, which
+/// would retire the key the new generation is wrapped under, is refused and
+/// rolled back; every DEK, including those of the new generation, restores.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rekey_during_rotation_loses_nothing() {
+    let Some(site) = Site::new(&[Kind::Kmip]) else { return };
+    let kb = site.open();
+    let (pool, client) = pool_and_client(&kb, "kmip").await;
+    let mut issued = Vec::new();
+    issue(&kb, &pool, &client, 1, &mut issued).await;
+    let config = site.config_path(&[Kind::Kmip]);
+    let mut child = Command::new(env!("CARGO_BIN_EXE_keybridge"))
+        .arg("--config")
+        .arg(&config)
+        .args(["pool", "rotate", &pool])
+        .env("KEYBRIDGE_TEST_FAULT", "rotate.before_commit:pause")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    {
+        use std::io::BufRead;
+        let mut lines = std::io::BufReader::new(child.stderr.take().unwrap()).lines();
+        assert!(lines.any(|l| l.is_ok_and(|l| l.contains("test fault point reached"))), "the rotation never paused");
+        std::thread::spawn(move || for _ in lines {});
+    }
+    pool_lifecycle::rekey(&kb, &pool, None, &actor()).await.unwrap();
+    issue(&kb, &pool, &client, 2, &mut issued).await;
+    let status = child.wait().unwrap();
+    assert!(!status.success(), "the rotation must not retire the key generation 2 is wrapped under");
+    assert_eq!(open_entries(&kb), 0, "refused before its commit, the rotation rolled back");
+    assert_restores(&site.open(), &client, &issued).await;
+    site.assert_no_orphans(&kb, &pool).await;
+    // A rotation now moves both generations.
+    let r = pool_lifecycle::rotate(&kb, &pool, &actor()).await.unwrap();
+    assert_eq!(r.wrapped_generations, vec![1, 2], "{r:?}");
+    assert_restores(&site.open(), &client, &issued).await;
+}
+
+/// Keys keybridge did not make, or that another pool uses, survive: a
+/// rotation leaves an adopted KMIP key Active, and shredding a pool that
+/// adopted another pool's key destroys nothing the other pool needs.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn adopted_and_shared_keys_survive() {
+    let Some(site) = Site::new(&[Kind::Kmip]) else { return };
+    let kb = site.open();
+    let (a, client) = pool_and_client(&kb, "kmip").await;
+    let mut issued_a = Vec::new();
+    issue(&kb, &a, &client, 1, &mut issued_a).await;
+    let a_key = kb.catalog().pool_by_name(&a).await.unwrap().master_key;
+    // B adopts A's key, and is rotated.
+    let b = format!("{a}-b");
+    pool_creation::create_pool(&kb, &b, "kmip", &pool_creation::PoolOptions { kek_bits: 2048, master_key: Some(&a_key.id) }, &actor()).await.unwrap();
+    let mut issued_b = Vec::new();
+    issue(&kb, &b, &client, 1, &mut issued_b).await;
+    pool_lifecycle::rotate(&kb, &b, &actor()).await.unwrap();
+    let status = kb.backend("kmip").await.unwrap().master_key_status(&a_key).await.unwrap();
+    assert_eq!(status.state.as_deref(), Some("Active"), "a key another pool uses is not revoked by this pool's rotation");
+    let r = pool_lifecycle::shred(&kb, &b, &b, &actor()).await.unwrap();
+    assert!(!r.destroyed.iter().any(|k| k["id"] == a_key.id.as_str()), "{r:?}");
+    assert_eq!(site.keys_labelled(Kind::Kmip, &a_key.label).await, 1, "pool {a}'s key survives the shred of {b}");
+    // C adopts A's key and is shredded while still wrapped under it.
+    let c = format!("{a}-c");
+    pool_creation::create_pool(&kb, &c, "kmip", &pool_creation::PoolOptions { kek_bits: 2048, master_key: Some(&a_key.id) }, &actor()).await.unwrap();
+    let r = pool_lifecycle::shred(&kb, &c, &c, &actor()).await.unwrap();
+    assert!(r.kept.iter().any(|k| k["id"] == a_key.id.as_str()) && r.destroyed.is_empty(), "{r:?}");
+    assert_eq!(site.keys_labelled(Kind::Kmip, &a_key.label).await, 1, "pool {a}'s key survives the shred of {c}");
+    assert_restores(&site.open(), &client, &issued_a).await;
+}

@@ -96,13 +96,14 @@ async fn checked_kek(kb: &Keybridge, pool: &PoolRecord, public: &PublicKek) -> R
     }
     let probe = keybridge_proto::crypto::random_array::<32>().map_err(Error::crypto("making a KEK check value"))?;
     let encrypted = public.encrypt(pool.oaep_hash, &probe[..]).map_err(Error::crypto(format!("encrypting under the KEK of pool '{}'", pool.name)))?;
-    match super::decrypt_dek(kb, pool, &encrypted).await {
+    // Through the wrapping under the pinned master key only, never another:
+    // a forged generation could pair a pinned key's wrapping with another
+    // pool's KEK and wrapping.
+    let backend = kb.backend(&pool.kms_name).await?;
+    match backend.decrypt_dek(&pool.kek(), &encrypted).await {
         Ok(plain) if plain.expose() == &probe[..] => {}
-        Ok(_) => return Err(replaced(NOT_ITS_KEK.into())),
-        Err(Error::Backend { source, .. }) if matches!(source.downcast_ref::<keybridge_kms::BackendError>(), Some(keybridge_kms::BackendError::DekDecrypt { .. })) => {
-            return Err(replaced(NOT_ITS_KEK.into()))
-        }
-        Err(e) => return Err(e),
+        Ok(_) | Err(keybridge_kms::BackendError::DekDecrypt { .. }) => return Err(replaced(NOT_ITS_KEK.into())),
+        Err(e) => return Err(Error::backend(&pool.kms_name)(e)),
     }
     kb.pin_kek(&pin, sha256);
     if pinned_mk.is_none() {

@@ -155,6 +155,82 @@ fn running() -> std::sync::MutexGuard<'static, Vec<i64>> {
     RUNNING.lock().unwrap_or_else(|e| e.into_inner())
 }
 
+/// This host's own record of the keys its changes make and retire, kept
+/// beside the pin file (`[catalog] kek_pins`, `.changes.json`), where the
+/// catalog's writers cannot reach. The journal is catalog data, which
+/// whoever writes the catalog can edit: a rollback destroys, and a finished
+/// change deactivates or destroys, only keys this record names for the
+/// entry. An entry started on another host (or whose record was lost)
+/// is left open with an error saying so.
+mod local {
+    use std::collections::BTreeMap;
+    use std::path::PathBuf;
+
+    use crate::context::Keybridge;
+    use crate::{Error, Result};
+
+    /// Entry id -> keys as `KMS/label` (made) and `KMS#key_ref` (retired).
+    type Record = BTreeMap<String, Vec<String>>;
+
+    static LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+    fn path(kb: &Keybridge) -> PathBuf {
+        kb.config().catalog.kek_pins.with_extension("changes.json")
+    }
+
+    fn load(kb: &Keybridge) -> Result<Record> {
+        let path = path(kb);
+        match std::fs::read(&path) {
+            Ok(bytes) => serde_json::from_slice(&bytes).map_err(|e| Error::Input { what: format!("record of key changes {}", path.display()), reason: format!("unreadable ({e}); it names the keys this host's unfinished changes made") }),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Record::new()),
+            Err(source) => Err(Error::Io { context: "reading the record of key changes", path, source }),
+        }
+    }
+
+    fn update(kb: &Keybridge, f: impl FnOnce(&mut Record)) -> Result<()> {
+        let _guard = LOCK.lock().unwrap_or_else(|e| e.into_inner());
+        let mut record = load(kb)?;
+        f(&mut record);
+        let path = path(kb);
+        crate::context::write_atomically(&path, serde_json::to_string_pretty(&record).unwrap_or_default().as_bytes())
+            .map_err(|source| Error::Io { context: "writing the record of key changes", path, source })
+    }
+
+    pub(super) fn made(kms: &str, label: &str) -> String {
+        format!("{kms}/{label}")
+    }
+
+    pub(super) fn retired(kms: &str, key_ref: &str) -> String {
+        format!("{kms}#{key_ref}")
+    }
+
+    /// Note `keys` for entry `id`, before they exist or change.
+    pub(super) fn note(kb: &Keybridge, id: i64, keys: impl IntoIterator<Item = String>) -> Result<()> {
+        update(kb, |r| r.entry(id.to_string()).or_default().extend(keys))
+    }
+
+    /// Whether this host noted `key` for entry `id`.
+    pub(super) fn has(kb: &Keybridge, id: i64, key: &str) -> Result<bool> {
+        Ok(load(kb)?.get(&id.to_string()).is_some_and(|keys| keys.iter().any(|k| k == key)))
+    }
+
+    /// Forget entry `id` once it is closed.
+    pub(super) fn forget(kb: &Keybridge, id: i64) {
+        if let Err(e) = update(kb, |r| {
+            r.remove(&id.to_string());
+        }) {
+            tracing::warn!(journal = id, error = %e, "could not drop a closed change from this host's record of key changes");
+        }
+    }
+}
+
+fn not_ours(id: i64, pool: &str, key: &str) -> Error {
+    Error::Integrity {
+        what: format!("journal entry {id} of pool '{pool}'"),
+        reason: format!("this host's record of key changes does not name master key {key} for it: the change was started on another host, or the catalog was edited; nothing was destroyed or deactivated (finish it on its host)"),
+    }
+}
+
 /// A change in progress: its entry and plan.
 pub(crate) struct Change<'a> {
     kb: &'a Keybridge,
@@ -169,10 +245,18 @@ impl<'a> Change<'a> {
     /// with any interrupted change of the same pool.
     pub(crate) async fn begin(kb: &'a Keybridge, pool_id: i64, operation: &str, plan: Plan) -> Result<(Change<'a>, Vec<Resumed>)> {
         let _begin = BEGIN.lock().await;
-        let resumed = resume_unfinished(kb, Some(pool_id)).await?;
+        let resumed = resume_unfinished(kb, Some(pool_id), operation == "shred").await?;
         let entry = kb.catalog().journal_begin(pool_id, operation, &owner(), &detail(&plan)).await?;
         running().push(entry.id);
-        Ok((Change { kb, pool_id, id: entry.id, operation: operation.to_owned(), plan }, resumed))
+        let change = Change { kb, pool_id, id: entry.id, operation: operation.to_owned(), plan };
+        if let Err(e) = local::note(kb, change.id, change.plan.new_keys.iter().map(|k| local::made(&k.kms, &k.label))) {
+            // Nothing made yet: the entry closes as rolled back.
+            if let Err(c) = close(kb, pool_id, change.id, &change.plan, "rolled_back", JournalState::RolledBack).await {
+                tracing::error!(journal = change.id, error = %c, "could not close a change that never started");
+            }
+            return Err(e);
+        }
+        Ok((change, resumed))
     }
 
     fn step(&self, step: &str, close: Option<JournalState>) -> JournalStep {
@@ -216,6 +300,9 @@ impl<'a> Change<'a> {
         }
         self.plan.deactivate = change.deactivate.clone();
         self.plan.destroy = change.destroyed.clone();
+        if let Err(e) = self.note_retired(&change.deactivate).await {
+            return Err(self.abandon(e).await);
+        }
         change.journal = Some(self.step("committed", None));
         if let Err(e) = self.kb.catalog().apply_key_change(self.pool_id, &change).await {
             // The rollback reads the journal first: a commit that took
@@ -229,6 +316,13 @@ impl<'a> Change<'a> {
             notes.push(format!("committed; marking the old master keys deactivated in their KMS is not finished ({e}); the next command on the pool or `keybridge serve` finishes it"));
         }
         Ok(notes)
+    }
+
+    /// Note in this host's record the keys (catalog rows `rows`) this
+    /// change will deactivate or destroy.
+    pub(crate) async fn note_retired(&self, rows: &[i64]) -> Result<()> {
+        let keys = self.kb.catalog().pool_master_keys(self.pool_id).await?;
+        local::note(self.kb, self.id, keys.iter().filter(|k| rows.contains(&k.row)).map(|k| local::retired(&k.kms_name, &k.key.id)))
     }
 
     /// Undo an uncommitted change after `error`, and return the error.
@@ -259,28 +353,46 @@ fn parse_plan(entry: &JournalEntry) -> Result<Plan> {
 /// all pools) whose process is gone.
 pub async fn resume(kb: &Keybridge, pool_id: Option<i64>) -> Result<Vec<Resumed>> {
     let _begin = BEGIN.lock().await;
-    resume_unfinished(kb, pool_id).await
+    resume_unfinished(kb, pool_id, false).await
 }
 
-async fn resume_unfinished(kb: &Keybridge, pool_id: Option<i64>) -> Result<Vec<Resumed>> {
+/// [`resume`]; an interrupted shred is finished only when the operator runs
+/// `pool shred` again (`shred`), never on its own.
+async fn resume_unfinished(kb: &Keybridge, pool_id: Option<i64>, shred: bool) -> Result<Vec<Resumed>> {
     let me = owner();
     let mut done = Vec::new();
     for entry in kb.catalog().open_journal(pool_id).await? {
+        if entry.operation == "shred" && !shred {
+            tracing::warn!(journal = entry.id, pool = %entry.pool, "an interrupted shred is finished only by running `pool shred` again");
+            continue;
+        }
         let live = if entry.owner == me { running().contains(&entry.id) } else { owner_alive(&entry.owner) };
         if live || !kb.catalog().journal_take_over(entry.id, &entry.owner, &me).await? {
             continue;
         }
-        let plan = parse_plan(&entry)?;
-        let outcome = if entry.step == "committed" || entry.operation == "shred" {
-            if entry.operation == "shred" && entry.step != "committed" {
-                super::pool_lifecycle::finish_shred(kb, entry.pool_id, entry.id, &plan).await?;
-            } else {
+        let dealt = async {
+            let plan = parse_plan(&entry)?;
+            Ok::<_, Error>(if entry.operation == "shred" {
+                super::pool_lifecycle::finish_shred(kb, entry.pool_id, entry.id, &plan, entry.step == "committed").await?;
+                "finished"
+            } else if entry.step == "committed" {
                 finish(kb, entry.pool_id, entry.id, &plan).await?;
+                "finished"
+            } else {
+                roll_back(kb, entry.pool_id, entry.id, &plan).await?;
+                "rolled back"
+            })
+        }
+        .await;
+        let outcome = match dealt {
+            Ok(o) => o,
+            // The pool's own command reports why; a sweep of every pool
+            // (serve at start) goes on with the others.
+            Err(e) if pool_id.is_some() => return Err(e),
+            Err(e) => {
+                tracing::error!(journal = entry.id, pool = %entry.pool, operation = %entry.operation, error = %e, "an interrupted key change could not be dealt with; it stays open");
+                continue;
             }
-            "finished"
-        } else {
-            roll_back(kb, entry.pool_id, entry.id, &plan).await?;
-            "rolled back"
         };
         tracing::warn!(journal = entry.id, pool = %entry.pool, operation = %entry.operation, step = %entry.step, outcome, "an interrupted key change was dealt with");
         done.push(Resumed { journal_id: entry.id, pool: entry.pool, operation: entry.operation, step: entry.step, outcome });
@@ -291,7 +403,41 @@ async fn resume_unfinished(kb: &Keybridge, pool_id: Option<i64>) -> Result<Vec<R
 /// Close entry `id` with `step`.
 pub(crate) async fn close(kb: &Keybridge, pool_id: i64, id: i64, plan: &Plan, step: &str, state: JournalState) -> Result<()> {
     let change = KeyChange { journal: Some(JournalStep { id, step: step.to_owned(), detail: detail(plan), close: Some(state) }), ..Default::default() };
-    kb.catalog().apply_key_change(pool_id, &change).await
+    kb.catalog().apply_key_change(pool_id, &change).await?;
+    local::forget(kb, id);
+    Ok(())
+}
+
+/// Finish an interrupted shred (`pool shred` run again).
+pub(crate) async fn resume_shred(kb: &Keybridge, entry: &JournalEntry) -> Result<Vec<Resumed>> {
+    let _begin = BEGIN.lock().await;
+    let me = owner();
+    let live = if entry.owner == me { running().contains(&entry.id) } else { owner_alive(&entry.owner) };
+    if live || !kb.catalog().journal_take_over(entry.id, &entry.owner, &me).await? {
+        return Err(Error::Input { what: format!("shred of pool '{}'", entry.pool), reason: format!("it is still running ({})", entry.owner) });
+    }
+    let plan = parse_plan(entry)?;
+    super::pool_lifecycle::finish_shred(kb, entry.pool_id, entry.id, &plan, entry.step == "committed").await?;
+    Ok(vec![Resumed { journal_id: entry.id, pool: entry.pool.clone(), operation: entry.operation.clone(), step: entry.step.clone(), outcome: "finished" }])
+}
+
+/// Drop closed entry `id` from this host's record.
+pub(crate) fn forget_record(kb: &Keybridge, id: i64) {
+    local::forget(kb, id);
+}
+
+/// Whether this host's record lets entry `id` retire key `mk` (deactivate
+/// or destroy it).
+pub(crate) fn may_retire(kb: &Keybridge, id: i64, pool: &str, mk: &keybridge_catalog::lifecycle::MasterKeyRecord) -> Result<()> {
+    if !local::has(kb, id, &local::retired(&mk.kms_name, &mk.key.id))? {
+        return Err(not_ours(id, pool, &mk.key.label));
+    }
+    Ok(())
+}
+
+/// Note in this host's record that entry `id` retires `keys`.
+pub(crate) fn note_retiring(kb: &Keybridge, id: i64, keys: &[keybridge_catalog::lifecycle::MasterKeyRecord]) -> Result<()> {
+    local::note(kb, id, keys.iter().map(|k| local::retired(&k.kms_name, &k.key.id)))
 }
 
 /// Mirror a committed change's deactivations in the KMSs, then close it.
@@ -299,6 +445,14 @@ async fn finish(kb: &Keybridge, pool_id: i64, id: i64, plan: &Plan) -> Result<()
     let keys = kb.catalog().pool_master_keys(pool_id).await?;
     for row in &plan.deactivate {
         let Some(mk) = keys.iter().find(|k| k.row == *row && k.state == MasterKeyState::Deactivated) else { continue };
+        // An adopted key serves others too: its state stays the catalog's.
+        if !mk.key.owned {
+            continue;
+        }
+        if !local::has(kb, id, &local::retired(&mk.kms_name, &mk.key.id))? {
+            tracing::warn!(journal = id, mk = %mk.key.label, "not deactivated in its KMS: this host's record of key changes does not name it for this change");
+            continue;
+        }
         match kb.backend(&mk.kms_name).await {
             Ok(backend) => match backend.deactivate_master_key(&mk.key).await {
                 Ok(()) | Err(BackendError::MasterKeyMissing { .. }) => {}
@@ -327,6 +481,9 @@ async fn roll_back(kb: &Keybridge, pool_id: i64, id: i64, plan: &Plan) -> Result
     let pool = kb.catalog().pool_by_id(pool_id).await.map(|p| p.name).unwrap_or_default();
     for key in &plan.new_keys {
         let backend = kb.backend(&key.kms).await?;
+        if !local::has(kb, id, &local::made(&key.kms, &key.label))? {
+            return Err(not_ours(id, &pool, &key.label));
+        }
         let recorded = key.key_ref.as_ref().and_then(|r| keys.iter().find(|k| k.kms_name == key.kms && &k.key.id == r));
         match recorded {
             Some(mk) => {

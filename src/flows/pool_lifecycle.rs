@@ -295,13 +295,29 @@ async fn rotate_inner(kb: &Keybridge, name: &str) -> Result<ChangeReport> {
     let pool = kb.catalog().pool_by_name(name).await?;
     let wrappings = kb.catalog().wrappings(pool.id).await?;
     let mut kmss: Vec<String> = Vec::new();
+    let mut skipped = Vec::new();
     for w in &wrappings {
-        if !kmss.contains(&w.master_key.kms_name) {
-            kmss.push(w.master_key.kms_name.clone());
+        let kms = &w.master_key.kms_name;
+        if kmss.contains(kms) || skipped.contains(kms) {
+            continue;
+        }
+        // A KMS that cannot re-wrap and does not hold the newest generation
+        // has nothing a rotation could move; it keeps its wrappings.
+        let releases = match kb.backend(kms).await {
+            Ok(b) => b.kek_release().is_ok(),
+            Err(_) => false,
+        };
+        if releases || *kms == pool.kms_name {
+            kmss.push(kms.clone());
+        } else {
+            skipped.push(kms.clone());
         }
     }
     let plan = Plan { new_keys: kmss.iter().map(|k| PlannedKey { kms: k.clone(), label: new_label(name), key_ref: None }).collect(), ..Default::default() };
     let mut report = ChangeReport::new(name, "rotate");
+    for kms in &skipped {
+        report.notes.push(format!("KMS '{kms}' keeps its wrappings and master key: it cannot re-wrap a KEK, and new DEKs are not issued there"));
+    }
     let (mut change, resumed) = Change::begin(kb, pool.id, "rotate", plan).await?;
     report.resumed = resumed;
     let built = async {
@@ -499,6 +515,13 @@ async fn retire_inner(kb: &Keybridge, name: &str) -> Result<ChangeReport> {
             report.notes.push(format!("{} on KMS '{}' was adopted, not made by keybridge; destroy it in the KMS when nothing else uses it", mk.key.label, mk.kms_name));
             continue;
         }
+        // Another pool's wrapping, or this host's pin of some pool's master
+        // key, outweighs what the catalog says of the key's state.
+        if kb.catalog().master_key_uses(mk.row).await? > 0 || kb.pinned_as_master_key(&mk.kms_name, &mk.key.id).is_some() {
+            report.kept.push(key_json(&mk));
+            report.notes.push(format!("{} on KMS '{}' is still used (a wrapping of another pool, or pinned on this host as a pool's master key); kept", mk.key.label, mk.kms_name));
+            continue;
+        }
         // Destroyed, then recorded: a crash between leaves a deactivated
         // row whose key is gone, and the next run records it.
         let backend = kb.backend(&mk.kms_name).await?;
@@ -526,57 +549,82 @@ async fn shred_inner(kb: &Keybridge, name: &str, confirm: &str) -> Result<Change
     if confirm != name {
         return Err(Error::Input { what: format!("shred of pool '{name}'"), reason: format!("confirm by repeating the pool's name (--yes-destroy {name}); nothing was destroyed") });
     }
-    let pool = kb.catalog().pool_by_name(name).await?;
-    let keys = kb.catalog().pool_master_keys(pool.id).await?;
-    let plan = Plan { destroy: keys.iter().filter(|k| k.state != MasterKeyState::Destroyed).map(|k| k.row).collect(), ..Default::default() };
     let mut report = ChangeReport::new(name, "shred");
-    let (change, resumed) = Change::begin(kb, pool.id, "shred", plan).await?;
-    report.resumed = resumed;
-    // From here the shred only goes forward: an interrupted one is
-    // finished, not undone.
-    let (destroyed, kept) = finish_shred(kb, pool.id, change.id, &change.plan).await?;
-    drop(change);
+    let (destroyed, kept) = match kb.catalog().pool_by_name(name).await {
+        Ok(pool) => {
+            let keys = kb.catalog().pool_master_keys(pool.id).await?;
+            let doomed: Vec<MasterKeyRecord> = keys.into_iter().filter(|k| k.state != MasterKeyState::Destroyed).collect();
+            let plan = Plan { destroy: doomed.iter().map(|k| k.row).collect(), ..Default::default() };
+            let (change, resumed) = Change::begin(kb, pool.id, "shred", plan).await?;
+            report.resumed = resumed;
+            journal::note_retiring(kb, change.id, &doomed)?;
+            if let Some(at) = kb.catalog().pool_lifecycle(pool.id).await?.escrow_exported_at {
+                report.notes.push(format!("an escrow export of this pool was made at {at}: whoever holds it and its passphrase can still restore the pool; destroy it too"));
+            }
+            // From here the shred only goes forward: an interrupted one is
+            // finished by running `pool shred` again.
+            let done = finish_shred(kb, pool.id, change.id, &change.plan, false).await?;
+            drop(change);
+            done
+        }
+        // Shredded in the catalog, but the keys' destruction was interrupted.
+        Err(Error::KeysDestroyed { .. }) => {
+            let entry = kb.catalog().open_journal(None).await?.into_iter().find(|e| e.pool == name && e.operation == "shred");
+            let Some(entry) = entry else { return Err(kb.catalog().pool_by_name(name).await.err().unwrap_or(Error::Internal("pool reappeared".into()))) };
+            report.resumed = journal::resume_shred(kb, &entry).await?;
+            return Ok(report);
+        }
+        Err(e) => return Err(e),
+    };
     report.destroyed = destroyed.iter().map(key_json).collect();
     report.kept = kept.iter().map(key_json).collect();
     for k in &kept {
-        report.notes.push(format!("{} on KMS '{}' was adopted, not made by keybridge: it was not destroyed, but nothing in the catalog is wrapped under it any more", k.key.label, k.kms_name));
-    }
-    if let Some(at) = kb.catalog().pool_lifecycle(pool.id).await?.escrow_exported_at {
-        report.notes.push(format!("an escrow export of this pool was made at {at}: whoever holds it and its passphrase can still restore the pool; destroy it too"));
+        report.notes.push(format!(
+            "{} on KMS '{}' was not destroyed: it was adopted, not made by keybridge, or another pool still uses it; nothing of this pool is wrapped under it any more",
+            k.key.label, k.kms_name
+        ));
     }
     kb.clear_caches().await;
     tracing::warn!(pool = name, destroyed = report.destroyed.len(), "pool shredded: its master keys are destroyed");
     Ok(report)
 }
 
-/// Destroy the keys a shred planned, then remove every wrapping and mark
-/// the pool shredded; returns the keys destroyed and the adopted ones left.
-pub(crate) async fn finish_shred(kb: &Keybridge, pool_id: i64, id: i64, plan: &Plan) -> Result<(Vec<MasterKeyRecord>, Vec<MasterKeyRecord>)> {
+/// Carry out shred `id` of pool `pool_id`: first every wrapping removed and
+/// the pool marked shredded (from then on nothing restores or issues),
+/// unless `committed` says that is done; then each planned key destroyed
+/// in its KMS, if keybridge made it, this host noted it for the shred, and
+/// no other pool wraps under it; the rest are kept. Returns (destroyed, kept).
+pub(crate) async fn finish_shred(kb: &Keybridge, pool_id: i64, id: i64, plan: &Plan, committed: bool) -> Result<(Vec<MasterKeyRecord>, Vec<MasterKeyRecord>)> {
+    let step = |step: &str, close| Some(keybridge_catalog::lifecycle::JournalStep { id, step: step.into(), detail: serde_json::to_value(plan).expect("a plan serialises"), close });
+    // Read before the wrappings go: a key shared with another pool is the
+    // pool's only through them.
     let keys = kb.catalog().pool_master_keys(pool_id).await?;
+    if !committed {
+        let wrappings = kb.catalog().wrappings(pool_id).await?;
+        let change = KeyChange { remove: wrappings.iter().map(|w| (w.generation, w.master_key.row)).collect(), shredded: true, journal: step("committed", None), ..Default::default() };
+        kb.catalog().apply_key_change(pool_id, &change).await?;
+    }
+    let pool = format!("id {pool_id}");
     let (mut destroyed, mut kept) = (Vec::new(), Vec::new());
-    for mk in keys.into_iter().filter(|k| plan.destroy.contains(&k.row)) {
-        if !mk.key.owned {
+    for mk in keys.into_iter().filter(|k| plan.destroy.contains(&k.row) && k.state != MasterKeyState::Destroyed) {
+        if !mk.key.owned || kb.catalog().master_key_uses(mk.row).await? > 0 {
             kept.push(mk);
             continue;
         }
+        journal::may_retire(kb, id, &pool, &mk)?;
         journal::fault("shred", "destroy")?;
         let backend = kb.backend(&mk.kms_name).await?;
         match backend.destroy_master_key(&mk.key).await {
             Ok(()) | Err(BackendError::MasterKeyMissing { .. }) => {}
             Err(e) => return Err(Error::backend(&mk.kms_name)(e)),
         }
+        // Recorded one by one: a crash leaves the rest to the rerun.
+        kb.catalog().apply_key_change(pool_id, &KeyChange { destroyed: vec![mk.row], shredded: true, ..Default::default() }).await?;
         destroyed.push(mk);
     }
-    let wrappings = kb.catalog().wrappings(pool_id).await?;
-    let change = KeyChange {
-        remove: wrappings.iter().map(|w| (w.generation, w.master_key.row)).collect(),
-        destroyed: destroyed.iter().map(|k| k.row).collect(),
-        deactivate: kept.iter().map(|k| k.row).collect(),
-        shredded: true,
-        journal: Some(keybridge_catalog::lifecycle::JournalStep { id, step: "done".into(), detail: serde_json::to_value(plan).expect("a plan serialises"), close: Some(JournalState::Done) }),
-        ..Default::default()
-    };
+    let change = KeyChange { deactivate: kept.iter().filter(|k| k.key.owned).map(|k| k.row).collect(), shredded: true, journal: step("done", Some(JournalState::Done)), ..Default::default() };
     kb.catalog().apply_key_change(pool_id, &change).await?;
+    journal::forget_record(kb, id);
     Ok((destroyed, kept))
 }
 
@@ -687,7 +735,14 @@ pub async fn key_ages(kb: &Keybridge, now: i64) -> Result<Vec<(String, i64)>> {
 /// per pool rotated or tried. Shredded pools are not listed, so never due.
 pub async fn rotate_due(kb: &Keybridge, now: i64, actor: &Actor) -> Result<Vec<(String, Result<ChangeReport>)>> {
     let mut out = Vec::new();
+    let limit = kb.config().lifecycle.rotations_per_check;
     for pool in kb.catalog().list_pools().await? {
+        // A bounded number per check: an upgrade that finds every pool due
+        // spreads their rotations out instead of running them all at once.
+        if out.len() >= limit {
+            tracing::info!(limit, "more pools are due for rotation; they are rotated at the next checks");
+            break;
+        }
         let life = kb.catalog().pool_lifecycle(pool.id).await?;
         if rotation_due(kb, &pool, &life).is_some_and(|due| due <= now) {
             let r = rotate(kb, &pool.name, actor).await;

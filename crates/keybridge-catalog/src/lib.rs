@@ -222,6 +222,9 @@ pub trait Catalog: Send + Sync + std::fmt::Debug {
     /// generations, in any state, oldest first.
     async fn pool_master_keys(&self, pool_id: i64) -> Result<Vec<MasterKeyRecord>>;
 
+    /// Wrappings of any pool under master-key row `row`.
+    async fn master_key_uses(&self, row: i64) -> Result<u64>;
+
     /// Rotation schedule, history, escrow exports and shredding of pool `id`.
     async fn pool_lifecycle(&self, pool_id: i64) -> Result<PoolLifecycle>;
 

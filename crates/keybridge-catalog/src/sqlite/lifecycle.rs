@@ -239,6 +239,23 @@ impl SqliteCatalog {
         for row in &change.destroyed {
             tx.execute(&format!("UPDATE master_keys SET state = 'destroyed', material = NULL, destroyed_at = {NOW}, deactivated_at = COALESCE(deactivated_at, {NOW}) WHERE id = ?1"), [row]).map_err(name)?;
         }
+        // A key deactivated must not be left wrapping a generation of the
+        // pool, unless the change makes a new generation for new DEKs (a
+        // token's rotation, whose old generations stay under the old key).
+        if change.new_generation.is_none() {
+            for row in &change.deactivate {
+                let still: Option<u32> = tx
+                    .query_row("SELECT generation FROM wrappings WHERE pool_id = ?1 AND master_key_id = ?2 LIMIT 1", params![pool_id, row], |r| r.get(0))
+                    .optional()
+                    .map_err(name)?;
+                if let Some(generation) = still {
+                    return Err(Error::Input {
+                        what: format!("key change of pool id {pool_id}"),
+                        reason: format!("the master key it retires still wraps KEK generation {generation} (made meanwhile by a rekey?); nothing was changed, run the command again"),
+                    });
+                }
+            }
+        }
         if change.rotated {
             tx.execute(&format!("UPDATE pools SET rotated_at = {NOW} WHERE id = ?1"), [pool_id]).map_err(name)?;
         }
@@ -246,7 +263,7 @@ impl SqliteCatalog {
             tx.execute(&format!("UPDATE pools SET escrow_exported_at = {NOW} WHERE id = ?1"), [pool_id]).map_err(name)?;
         }
         if change.shredded {
-            tx.execute(&format!("UPDATE pools SET shredded_at = {NOW} WHERE id = ?1"), [pool_id]).map_err(name)?;
+            tx.execute(&format!("UPDATE pools SET shredded_at = COALESCE(shredded_at, {NOW}) WHERE id = ?1"), [pool_id]).map_err(name)?;
         } else {
             // Every generation keeps at least one wrapping.
             let bare: Option<u32> = tx

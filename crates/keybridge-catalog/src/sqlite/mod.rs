@@ -235,6 +235,19 @@ impl Catalog for SqliteCatalog {
             let newest: u32 = tx
                 .query_row("SELECT MAX(generation) FROM kek_generations WHERE pool_id = ?1", [id], |r| r.get(0))
                 .map_err(Error::catalog("reading the newest KEK generation"))?;
+            // A pool shredded, or whose key a rotation retired, since it was read.
+            let (shredded, state): (Option<String>, Option<String>) = tx
+                .query_row("SELECT p.shredded_at, m.state FROM pools p LEFT JOIN master_keys m ON m.id = ?2 WHERE p.id = ?1", params![id, pool.mk_row], |r| Ok((r.get(0)?, r.get(1)?)))
+                .map_err(Error::catalog("reading the pool's state"))?;
+            if let Some(at) = shredded {
+                return Err(Error::KeysDestroyed { pool: pool.name.clone(), at });
+            }
+            if state.as_deref() != Some("active") {
+                return Err(Error::Input {
+                    what: format!("new KEK generation of pool '{}'", pool.name),
+                    reason: "the pool's master key was rotated meanwhile; run the command again".into(),
+                });
+            }
             // Two rekeys at once: the second is refused, not stacked.
             if newest != pool.generation {
                 return Err(Error::Input {
@@ -286,6 +299,13 @@ impl Catalog for SqliteCatalog {
 
     async fn pool_master_keys(&self, pool_id: i64) -> Result<Vec<MasterKeyRecord>> {
         self.master_keys_of(pool_id)
+    }
+
+    async fn master_key_uses(&self, row: i64) -> Result<u64> {
+        self.conn()
+            .query_row("SELECT COUNT(*) FROM wrappings WHERE master_key_id = ?1", [row], |r| r.get::<_, i64>(0))
+            .map(|n| n as u64)
+            .map_err(Error::catalog("counting a master key's wrappings"))
     }
 
     async fn pool_lifecycle(&self, pool_id: i64) -> Result<PoolLifecycle> {
