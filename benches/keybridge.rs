@@ -32,6 +32,14 @@
 //! aes-256-gcm -bytes 65536` run in slices interleaved with it; decryption
 //! (`stream::Decryptor`) against `openssl speed -decrypt` as information.
 //!
+//! Growth (`keybridge/growth.rs`; built-in KMS, run only when named in
+//! `KEYBRIDGE_BENCH_ONLY`, the 10^7-DEK catalog takes tens of minutes to
+//! build): recover p50/p99 with 10^3, 10^5 and 10^7 DEKs in the catalog
+//! (target: p50 at 10^7 / at 10^3 <= 1.3), `keybridge audit verify` rows per
+//! second, DEK issue against concurrent clients 1 ... 1024, and backup
+//! throughput against file count for the same bytes; each curve is drawn to
+//! `target/bench/growth-*.svg`.
+//!
 //! The two sides of a comparison are interleaved in slices (A B B A ...) so
 //! background load hits both alike. The token rows use short slices (about
 //! 100 ms): on a shared host the load drifts over seconds, and with 500 ms
@@ -46,12 +54,19 @@
 //! - `KEYBRIDGE_BENCH_ISSUE_CONCURRENCY` concurrent issuers in d (default 32)
 //! - `KEYBRIDGE_BENCH_ISSUERS` other issuer counts, info rows (default 256;
 //!   empty for none)
-//! - `KEYBRIDGE_BENCH_ONLY`    comma list of softhsm2,kryoptic,issue,kmip,stream
+//! - `KEYBRIDGE_BENCH_ONLY`    comma list of softhsm2,kryoptic,issue,kmip,stream,growth
+//!   (unset: all but growth)
 //! - `KEYBRIDGE_BENCH_DIR`     where the temporary catalogs go (default TMPDIR)
+//! - `KEYBRIDGE_BENCH_GROWTH_DEKS` largest growth catalog (default 1e7),
+//!   `KEYBRIDGE_BENCH_GROWTH_CLIENTS` most concurrent clients (default
+//!   1024), `KEYBRIDGE_BENCH_GROWTH_BACKUP_MIB` bytes of each backup tree
+//!   (default 256)
 //!
 //! Output: a table (metric, ops/s of each side, ratio, target, PASS/SHORT),
-//! a per-operation cost breakdown, and as the last line one JSON object with
-//! every ratio. A row whose baseline does less work than keybridge's side
+//! the growth table (each figure at each size, a ratio of two sizes, a
+//! ceiling as target), a per-operation cost breakdown, and as the last line
+//! one JSON object with every ratio (and the growth figures under
+//! `figures`). A row whose baseline does less work than keybridge's side
 //! says so in its label. Nothing here asserts a timing.
 
 use std::path::{Path, PathBuf};
@@ -75,6 +90,11 @@ use keybridge_proto::{seal, stream};
 use serde_json::{json, Map, Value};
 use tokio::runtime::Runtime;
 
+// Beside this file, not in benches/ (where Cargo would take it for a
+// benchmark of its own).
+#[path = "keybridge/growth.rs"]
+mod growth;
+
 /// Plaintext length keybridge puts under RSA-OAEP: a v2 envelope, 32-byte DEK,
 /// version byte, 32-byte binding (`src/flows/envelope.rs`).
 const ENVELOPE_LEN: usize = 65;
@@ -95,6 +115,9 @@ struct Settings {
     only: Option<Vec<String>>,
     dir: PathBuf,
     cores: usize,
+    /// Growth group: the largest catalog (DEKs), the most concurrent
+    /// clients, and the bytes of each backup tree.
+    growth: growth::Sizes,
 }
 
 impl Settings {
@@ -129,11 +152,18 @@ impl Settings {
         let only = var("KEYBRIDGE_BENCH_ONLY").map(|v| v.split(',').map(|s| s.trim().to_ascii_lowercase()).collect());
         let dir = var("KEYBRIDGE_BENCH_DIR").map(PathBuf::from).unwrap_or_else(std::env::temp_dir);
         let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2);
-        Settings { secs, slices, token_slices, issue_concurrency, issuers, only, dir, cores }
+        let growth = growth::Sizes::from_env(&var);
+        Settings { secs, slices, token_slices, issue_concurrency, issuers, only, dir, cores, growth }
     }
 
+    /// Whether the rows `what` run: those named in KEYBRIDGE_BENCH_ONLY,
+    /// or when it is unset every group but growth (which builds a catalog
+    /// of 10^7 DEKs, many minutes).
     fn wants(&self, what: &str) -> bool {
-        self.only.as_ref().is_none_or(|o| o.iter().any(|w| w == what))
+        match &self.only {
+            Some(o) => o.iter().any(|w| w == what),
+            None => what != "growth",
+        }
     }
 
     fn slice(&self) -> Duration {
@@ -243,12 +273,34 @@ impl Row {
     }
 }
 
+/// A growth row: one figure at several sizes of the work, the curve
+/// drawn to an SVG, and the ratio of the figure at two sizes (named in the
+/// metric) whose target, if any, is a ceiling: cost may grow, but only so
+/// much.
+#[derive(Debug)]
+struct GrowthRow {
+    key: String,
+    metric: String,
+    /// The figure at each size, as printed ("1e3: 2.10  1e7: 2.31").
+    points: String,
+    ratio: f64,
+    /// The ratio must be at most this.
+    at_most: Option<f64>,
+    verdict: String,
+    /// The SVG with the curve, if it was written.
+    curve: Option<PathBuf>,
+}
+
 #[derive(Debug, Default)]
 struct Report {
     rows: Vec<Row>,
+    growth: Vec<GrowthRow>,
     notes: Vec<String>,
     skipped: Vec<String>,
     ops: Map<String, Value>,
+    /// Absolute figures of the growth rows (ms, rows/s, MiB/s), flat, so
+    /// that `scripts/bench --repeat` gives each its median and range.
+    figures: Map<String, Value>,
 }
 
 impl Report {
@@ -272,6 +324,19 @@ impl Report {
             verdict,
         });
         ratio
+    }
+
+    fn growth_row(&mut self, key: &str, metric: &str, points: String, ratio: f64, at_most: Option<f64>, curve: Option<PathBuf>) {
+        let verdict = match at_most {
+            Some(t) if ratio <= t => "PASS",
+            Some(_) => "SHORT",
+            None => "info",
+        };
+        self.growth.push(GrowthRow { key: key.to_owned(), metric: metric.to_owned(), points, ratio, at_most, verdict: verdict.to_owned(), curve });
+    }
+
+    fn figure(&mut self, key: &str, value: f64, digits: i32) {
+        self.figures.insert(key.to_owned(), json!(round(value, digits)));
     }
 
     fn print(&self, s: &Settings) {
@@ -301,6 +366,32 @@ impl Report {
             println!("{:<w$} {:<31} {:>9}  {:<31} {:>9}  {:>6}  {:>7}  SKIPPED", k, "-", "-", "-", "-", "-", "-");
         }
         println!("{line}");
+        if !self.growth.is_empty() {
+            println!("growth: cost as the work grows (each ratio compares the two sizes its metric names; a target here is a ceiling)");
+            let w = self.growth.iter().map(|r| r.metric.chars().count()).max().unwrap_or(0);
+            let pw = self.growth.iter().map(|r| r.points.chars().count()).max().unwrap_or(0);
+            let line = "-".repeat(w + pw + 30);
+            println!("{line}");
+            println!("{:<w$} {:<pw$}  {:>7}  {:>7}  result", "metric", "figure at each size", "ratio", "target");
+            println!("{line}");
+            for r in &self.growth {
+                let target = r.at_most.map(|t| format!("<={t:.2}")).unwrap_or_else(|| "-".into());
+                println!("{:<w$} {:<pw$}  {:>7.3}  {:>7}  {}", r.metric, r.points, r.ratio, target, r.verdict);
+            }
+            println!("{line}");
+            let mut curves: Vec<(&PathBuf, Vec<&str>)> = Vec::new();
+            for r in &self.growth {
+                if let Some(c) = &r.curve {
+                    match curves.iter_mut().find(|(p, _)| *p == c) {
+                        Some((_, keys)) => keys.push(&r.key),
+                        None => curves.push((c, vec![&r.key])),
+                    }
+                }
+            }
+            for (path, keys) in curves {
+                println!("  curve {} ({})", path.display(), keys.join(", "));
+            }
+        }
         if !self.notes.is_empty() {
             println!("notes:");
             for n in &self.notes {
@@ -311,6 +402,10 @@ impl Report {
         let mut verdicts = Map::new();
         for r in &self.rows {
             ratios.insert(r.key.clone(), json!(round(r.ratio(), 4)));
+            verdicts.insert(r.key.clone(), json!(r.verdict));
+        }
+        for r in &self.growth {
+            ratios.insert(r.key.clone(), json!(round(r.ratio, 4)));
             verdicts.insert(r.key.clone(), json!(r.verdict));
         }
         for k in &self.skipped {
@@ -325,6 +420,7 @@ impl Report {
             "ratios": ratios,
             "verdicts": verdicts,
             "ops_per_s": self.ops,
+            "figures": self.figures,
         });
         println!("{all}");
     }
@@ -346,7 +442,7 @@ fn actor() -> keybridge_catalog::audit::Actor {
 /// config with one `[[kms]]` named "kms", catalog, a 3072-bit pool and one
 /// client with cheap KDF parameters.
 struct Rig {
-    _dir: tempfile::TempDir,
+    dir: tempfile::TempDir,
     kb: Arc<Keybridge>,
     pool: PoolRecord,
     client: ClientRecord,
@@ -373,7 +469,7 @@ fn rig(rt: &Runtime, s: &Settings, kms_toml: &str, builtin: bool) -> Rig {
         (pool, client)
     });
     let public = PublicKek::from_spki_der(&pool.kek_public).expect("public KEK");
-    Rig { _dir: dir, kb, pool, client, public }
+    Rig { dir, kb, pool, client, public }
 }
 
 /// Issue `n` DEKs with `concurrency` callers; returns their ids.
@@ -458,17 +554,25 @@ enum IssueMode {
     EncryptSeal,
 }
 
-/// `issuers` tokio tasks issuing DEKs (`mode`) for `d`.
+/// `issuers` tokio tasks issuing DEKs (`mode`) for `d`, all as the rig's client.
 fn issue_run(rt: &Runtime, rig: &Rig, issuers: usize, mode: IssueMode, d: Duration) -> (u64, Duration) {
+    issue_run_as(rt, rig, std::slice::from_ref(&rig.client), issuers, mode, d)
+}
+
+/// `issuers` tokio tasks issuing DEKs (`mode`) for `d`, task i as client
+/// `clients[i % clients.len()]`.
+fn issue_run_as(rt: &Runtime, rig: &Rig, clients: &[ClientRecord], issuers: usize, mode: IssueMode, d: Duration) -> (u64, Duration) {
     rt.block_on(async {
-        let shared = Arc::new((rig.kb.clone(), rig.pool.clone(), rig.public.clone(), rig.client.clone()));
+        let shared = Arc::new((rig.kb.clone(), rig.pool.clone(), rig.public.clone()));
         let start = Instant::now();
         let deadline = start + d;
         let tasks: Vec<_> = (0..issuers)
-            .map(|_| {
+            .map(|i| {
                 let shared = shared.clone();
+                let client = clients[i % clients.len()].clone();
                 tokio::spawn(async move {
-                    let (kb, pool, public, client) = &*shared;
+                    let (kb, pool, public) = &*shared;
+                    let client = &client;
                     let actor = actor();
                     let plain = [0x5au8; ENVELOPE_LEN];
                     let dek = Dek::from_bytes([7u8; 32]);
@@ -1398,6 +1502,9 @@ fn main() {
     }
     if s.wants("stream") {
         bench_stream(&s, &mut report);
+    }
+    if s.wants("growth") {
+        growth::bench_growth(&rt, &s, &mut report);
     }
     report.print(&s);
 }
