@@ -49,8 +49,6 @@ async fn lookup(kb: &Keybridge, pool: &str, client: &str, actor: &Actor) -> Resu
 /// needs no KMS. A public KEK that differs from the pin, or that the KMS
 /// cannot decrypt for, is an integrity error: no DEK is issued under it.
 /// A KMS that cannot be reached for the first check is a KMS error.
-const NOT_ITS_KEK: &str = "the KMS cannot decrypt what it encrypts: it does not belong to the pool's private KEK (the catalog row was replaced); no DEK is issued under it";
-
 async fn checked_kek(kb: &Keybridge, pool: &PoolRecord, public: &PublicKek) -> Result<()> {
     // Pinned per KEK generation: `pool` for the first, `pool#N` after.
     let pin = pool.pin_name();
@@ -102,7 +100,9 @@ async fn checked_kek(kb: &Keybridge, pool: &PoolRecord, public: &PublicKek) -> R
     let backend = kb.backend(&pool.kms_name).await?;
     match backend.decrypt_dek(&pool.kek(), &encrypted).await {
         Ok(plain) if plain.expose() == &probe[..] => {}
-        Ok(_) | Err(keybridge_kms::BackendError::DekDecrypt { .. }) => return Err(replaced(NOT_ITS_KEK.into())),
+        Ok(_) | Err(keybridge_kms::BackendError::DekDecrypt { .. }) => {
+            return Err(replaced("the KMS cannot decrypt what it encrypts: it does not belong to the pool's private KEK (the catalog row was replaced); no DEK is issued under it".into()))
+        }
         Err(e) => return Err(Error::backend(&pool.kms_name)(e)),
     }
     kb.pin_kek(&pin, sha256);
