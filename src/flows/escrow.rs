@@ -169,11 +169,7 @@ async fn import_inner(kb: &Keybridge, bytes: &[u8], file: &str, passphrase: &Pas
         Ok(kc)
     }
     .await;
-    let kc = match built {
-        Ok(v) => v,
-        Err(e) => return Err(change.abandon(e).await),
-    };
-    report.notes.extend(change.commit(kc).await?);
+    report.notes.extend(change.conclude(built).await?);
     let missing: Vec<u32> = pool_lifecycle::generations(kb, &pool).await?.iter().map(|g| g.generation).filter(|g| !report.wrapped_generations.contains(g)).collect();
     if !missing.is_empty() {
         report.notes.push(format!("the file holds no KEK generation {missing:?} (made after the export): those stay as they were"));

@@ -321,8 +321,17 @@ impl<'a> Change<'a> {
     /// Note in this host's record the keys (catalog rows `rows`) this
     /// change will deactivate or destroy.
     pub(crate) async fn note_retired(&self, rows: &[i64]) -> Result<()> {
-        let keys = self.kb.catalog().pool_master_keys(self.pool_id).await?;
-        local::note(self.kb, self.id, keys.iter().filter(|k| rows.contains(&k.row)).map(|k| local::retired(&k.kms_name, &k.key.id)))
+        let keys: Vec<_> = self.kb.catalog().pool_master_keys(self.pool_id).await?.into_iter().filter(|k| rows.contains(&k.row)).collect();
+        note_retiring(self.kb, self.id, &keys)
+    }
+
+    /// Commit what the change built ([`Change::commit`]), or roll it back
+    /// if building it failed ([`Change::abandon`]).
+    pub(crate) async fn conclude(self, built: Result<KeyChange>) -> Result<Vec<String>> {
+        match built {
+            Ok(change) => self.commit(change).await,
+            Err(e) => Err(self.abandon(e).await),
+        }
     }
 
     /// Undo an uncommitted change after `error`, and return the error.
@@ -349,6 +358,21 @@ fn parse_plan(entry: &JournalEntry) -> Result<Plan> {
         .map_err(|e| Error::Integrity { what: format!("journal entry {} of pool '{}'", entry.id, entry.pool), reason: format!("its detail is not a plan keybridge wrote: {e}") })
 }
 
+/// Take entry `entry` over for this process (`me`) if the process that
+/// runs it is gone: false while it is alive, or if another took it first.
+async fn claim(kb: &Keybridge, entry: &JournalEntry, me: &str) -> Result<bool> {
+    let live = if entry.owner == me { running().contains(&entry.id) } else { owner_alive(&entry.owner) };
+    Ok(!live && kb.catalog().journal_take_over(entry.id, &entry.owner, me).await?)
+}
+
+/// Destroy `mk` in its KMS; one already gone counts as destroyed.
+pub(crate) async fn destroy_in_kms(kb: &Keybridge, mk: &keybridge_kms::MasterKeyRef, kms: &str) -> Result<()> {
+    match kb.backend(kms).await?.destroy_master_key(mk).await {
+        Ok(()) | Err(BackendError::MasterKeyMissing { .. }) => Ok(()),
+        Err(e) => Err(Error::backend(kms)(e)),
+    }
+}
+
 /// Finish or roll back the interrupted changes (of pool `pool_id`, or of
 /// all pools) whose process is gone.
 pub async fn resume(kb: &Keybridge, pool_id: Option<i64>) -> Result<Vec<Resumed>> {
@@ -366,8 +390,7 @@ async fn resume_unfinished(kb: &Keybridge, pool_id: Option<i64>, shred: bool) ->
             tracing::warn!(journal = entry.id, pool = %entry.pool, "an interrupted shred is finished only by running `pool shred` again");
             continue;
         }
-        let live = if entry.owner == me { running().contains(&entry.id) } else { owner_alive(&entry.owner) };
-        if live || !kb.catalog().journal_take_over(entry.id, &entry.owner, &me).await? {
+        if !claim(kb, &entry, &me).await? {
             continue;
         }
         let dealt = async {
@@ -411,9 +434,7 @@ pub(crate) async fn close(kb: &Keybridge, pool_id: i64, id: i64, plan: &Plan, st
 /// Finish an interrupted shred (`pool shred` run again).
 pub(crate) async fn resume_shred(kb: &Keybridge, entry: &JournalEntry) -> Result<Vec<Resumed>> {
     let _begin = BEGIN.lock().await;
-    let me = owner();
-    let live = if entry.owner == me { running().contains(&entry.id) } else { owner_alive(&entry.owner) };
-    if live || !kb.catalog().journal_take_over(entry.id, &entry.owner, &me).await? {
+    if !claim(kb, entry, &owner()).await? {
         return Err(Error::Input { what: format!("shred of pool '{}'", entry.pool), reason: format!("it is still running ({})", entry.owner) });
     }
     let plan = parse_plan(entry)?;
@@ -429,10 +450,15 @@ pub(crate) fn forget_record(kb: &Keybridge, id: i64) {
 /// Whether this host's record lets entry `id` retire key `mk` (deactivate
 /// or destroy it).
 pub(crate) fn may_retire(kb: &Keybridge, id: i64, pool: &str, mk: &keybridge_catalog::lifecycle::MasterKeyRecord) -> Result<()> {
-    if !local::has(kb, id, &local::retired(&mk.kms_name, &mk.key.id))? {
+    if !noted_retiring(kb, id, mk)? {
         return Err(not_ours(id, pool, &mk.key.label));
     }
     Ok(())
+}
+
+/// Whether this host's record names `mk` as a key entry `id` retires.
+fn noted_retiring(kb: &Keybridge, id: i64, mk: &keybridge_catalog::lifecycle::MasterKeyRecord) -> Result<bool> {
+    local::has(kb, id, &local::retired(&mk.kms_name, &mk.key.id))
 }
 
 /// Note in this host's record that entry `id` retires `keys`.
@@ -449,7 +475,7 @@ async fn finish(kb: &Keybridge, pool_id: i64, id: i64, plan: &Plan) -> Result<()
         if !mk.key.owned {
             continue;
         }
-        if !local::has(kb, id, &local::retired(&mk.kms_name, &mk.key.id))? {
+        if !noted_retiring(kb, id, mk)? {
             tracing::warn!(journal = id, mk = %mk.key.label, "not deactivated in its KMS: this host's record of key changes does not name it for this change");
             continue;
         }
@@ -492,10 +518,7 @@ async fn roll_back(kb: &Keybridge, pool_id: i64, id: i64, plan: &Plan) -> Result
                 // still names, found by its label on the next try.
                 let step = JournalStep { id, step: "rolling_back".into(), detail: detail(plan), close: None };
                 kb.catalog().forget_master_key(mk.row, &step).await?;
-                match backend.destroy_master_key(&mk.key).await {
-                    Ok(()) | Err(BackendError::MasterKeyMissing { .. }) => {}
-                    Err(e) => return Err(Error::backend(&key.kms)(e)),
-                }
+                destroy_in_kms(kb, &mk.key, &key.kms).await?;
             }
             None => {
                 if !made_by_a_change_of(&key.label, &pool) || keys.iter().any(|k| k.key.label == key.label && k.state != MasterKeyState::Destroyed) {

@@ -21,7 +21,7 @@ use crate::{Error, Result};
 use keybridge_catalog::audit::{Action, Actor, AuditEvent};
 use keybridge_catalog::lifecycle::{JournalState, KeyChange, MasterKeyRecord, MasterKeyState, NewGeneration, NewWrapping, WrappingRecord};
 use keybridge_catalog::PoolRecord;
-use keybridge_kms::{BackendError, PoolKek};
+use keybridge_kms::PoolKek;
 
 /// Give pool `name` its next KEK generation, of `bits` (default: the size
 /// of its newest). Audited as `pool.rekey`; returns the pool at the new
@@ -49,22 +49,19 @@ async fn rekey_to_inner(kb: &Keybridge, name: &str, bits: Option<usize>, kms: &s
     let mut report = ChangeReport::new(name, "rekey");
     let (mut change, resumed) = Change::begin(kb, pool.id, "rekey", plan).await?;
     report.resumed = resumed;
+    let mut public = Vec::new();
     let built = async {
         let made = change.make_keys().await?;
         journal::fault("rekey", "keys_made")?;
         let mk = made.first().ok_or_else(|| Error::Internal("no master key was made".into()))?;
         report.new_master_keys.push(key_json(mk));
         let kek = backend.generate_kek(&mk.key, bits).await.map_err(Error::backend(kms))?;
-        let public = kek.public_spki.clone();
+        public = kek.public_spki.clone();
         report.new_generation = Some(pool.generation + 1);
-        Ok((KeyChange { new_generation: Some(NewGeneration { generation: pool.generation + 1, mk_row: mk.row, kek }), ..Default::default() }, public))
+        Ok(KeyChange { new_generation: Some(NewGeneration { generation: pool.generation + 1, mk_row: mk.row, kek }), ..Default::default() })
     }
     .await;
-    let (kc, public) = match built {
-        Ok(v) => v,
-        Err(e) => return Err(change.abandon(e).await),
-    };
-    report.notes.extend(change.commit(kc).await?);
+    report.notes.extend(change.conclude(built).await?);
     repin(kb, name, Some(&public)).await?;
     tracing::info!(pool = name, kms, generation = pool.generation + 1, "pool rekeyed into another KMS: new DEKs use it");
     Ok(report)
@@ -167,6 +164,14 @@ pub(crate) fn key_json(mk: &MasterKeyRecord) -> serde_json::Value {
     serde_json::json!({ "kms": mk.kms_name, "id": mk.key.id, "label": mk.key.label })
 }
 
+/// Have `change` deactivate `mk` (once), and report it.
+fn retire(change: &mut KeyChange, report: &mut ChangeReport, mk: &MasterKeyRecord) {
+    if !change.deactivate.contains(&mk.row) {
+        change.deactivate.push(mk.row);
+        report.deactivated.push(key_json(mk));
+    }
+}
+
 /// A label for a master key made for pool `pool` by one change, unique so
 /// that a key made but not yet recorded is found again by it.
 pub(crate) fn new_label(pool: &str) -> String {
@@ -186,6 +191,15 @@ fn wrapping_kek<'a>(at: &'a PoolRecord, w: &'a WrappingRecord) -> PoolKek<'a> {
     }
 }
 
+/// The backend of wrapping `w`'s KMS, if it is configured and can give a
+/// KEK back; else why not.
+async fn releasing(kb: &Keybridge, w: &WrappingRecord) -> std::result::Result<std::sync::Arc<dyn keybridge_kms::KeyBackend>, String> {
+    let kms = &w.master_key.kms_name;
+    let backend = kb.backend(kms).await.map_err(|e| format!("KMS '{kms}': {e}"))?;
+    backend.kek_release().map_err(|reason| format!("KMS '{kms}': {reason}"))?;
+    Ok(backend)
+}
+
 /// The private KEK of generation `at` (PKCS#8), from the first of its
 /// wrappings whose KMS is configured and can give it back.
 pub(crate) async fn release(kb: &Keybridge, at: &PoolRecord, wrappings: &[WrappingRecord]) -> Result<Zeroizing<Vec<u8>>> {
@@ -193,17 +207,13 @@ pub(crate) async fn release(kb: &Keybridge, at: &PoolRecord, wrappings: &[Wrappi
     let mut failed = None;
     for w in wrappings.iter().filter(|w| w.generation == at.generation && w.master_key.state != MasterKeyState::Destroyed) {
         let kms = &w.master_key.kms_name;
-        let backend = match kb.backend(kms).await {
+        let backend = match releasing(kb, w).await {
             Ok(b) => b,
-            Err(e) => {
-                refused.push(format!("KMS '{kms}': {e}"));
+            Err(why) => {
+                refused.push(why);
                 continue;
             }
         };
-        if let Err(reason) = backend.kek_release() {
-            refused.push(format!("KMS '{kms}': {reason}"));
-            continue;
-        }
         match backend.release_kek(&wrapping_kek(at, w)).await {
             Ok(pkcs8) => return Ok(pkcs8),
             Err(e) => {
@@ -228,12 +238,9 @@ async fn can_move(kb: &Keybridge, pool: &PoolRecord, wrappings: &[WrappingRecord
         let mut why = Vec::new();
         let mut releasable = false;
         for w in wrappings.iter().filter(|w| w.generation == at.generation) {
-            match kb.backend(&w.master_key.kms_name).await {
-                Ok(b) => match b.kek_release() {
-                    Ok(()) => releasable = true,
-                    Err(reason) => why.push(format!("KMS '{}': {reason}", w.master_key.kms_name)),
-                },
-                Err(e) => why.push(e.to_string()),
+            match releasing(kb, w).await {
+                Ok(_) => releasable = true,
+                Err(reason) => why.push(reason),
             }
         }
         if !releasable {
@@ -320,11 +327,11 @@ async fn rotate_inner(kb: &Keybridge, name: &str) -> Result<ChangeReport> {
     }
     let (mut change, resumed) = Change::begin(kb, pool.id, "rotate", plan).await?;
     report.resumed = resumed;
+    let mut new_public = None;
     let built = async {
         let made = change.make_keys().await?;
         journal::fault("rotate", "keys_made")?;
         let mut kc = KeyChange { rotated: true, ..Default::default() };
-        let mut new_public = None;
         for mk in &made {
             report.new_master_keys.push(key_json(mk));
             let backend = kb.backend(&mk.kms_name).await?;
@@ -338,10 +345,7 @@ async fn rotate_inner(kb: &Keybridge, name: &str) -> Result<ChangeReport> {
                         kc.add.push(NewWrapping { generation: w.generation, mk_row: mk.row, wrap_mechanism: new.wrap_mechanism, wrapped: new.wrapped, priority: w.priority });
                         kc.remove.push((w.generation, w.master_key.row));
                         report.wrapped_generations.push(w.generation);
-                        if !kc.deactivate.contains(&w.master_key.row) {
-                            kc.deactivate.push(w.master_key.row);
-                            report.deactivated.push(key_json(&w.master_key));
-                        }
+                        retire(&mut kc, &mut report, &w.master_key);
                     }
                 }
                 Err(reason) if mk.kms_name == pool.kms_name && kc.new_generation.is_none() => {
@@ -352,10 +356,7 @@ async fn rotate_inner(kb: &Keybridge, name: &str) -> Result<ChangeReport> {
                     kc.new_generation = Some(NewGeneration { generation: pool.generation + 1, mk_row: mk.row, kek });
                     report.new_generation = Some(pool.generation + 1);
                     for w in old {
-                        if !kc.deactivate.contains(&w.master_key.row) {
-                            kc.deactivate.push(w.master_key.row);
-                            report.deactivated.push(key_json(&w.master_key));
-                        }
+                        retire(&mut kc, &mut report, &w.master_key);
                     }
                     report.notes.push(format!(
                         "KMS '{}' cannot re-wrap a KEK ({reason}); new DEKs use KEK generation {} under the new master key, and generations up to {} stay wrapped under the deactivated key(s) until `pool retire-keys` may destroy them",
@@ -369,15 +370,11 @@ async fn rotate_inner(kb: &Keybridge, name: &str) -> Result<ChangeReport> {
                 }
             }
         }
-        Ok((kc, new_public))
+        report.removed_wrappings = kc.remove.len();
+        Ok(kc)
     }
     .await;
-    let (kc, new_public) = match built {
-        Ok(v) => v,
-        Err(e) => return Err(change.abandon(e).await),
-    };
-    report.removed_wrappings = kc.remove.len();
-    report.notes.extend(change.commit(kc).await?);
+    report.notes.extend(change.conclude(built).await?);
     kb.clear_caches().await;
     repin(kb, name, new_public.as_deref()).await?;
     tracing::info!(pool = name, keys = report.new_master_keys.len(), generations = ?report.wrapped_generations, new_generation = ?report.new_generation, "pool rotated");
@@ -427,21 +424,14 @@ async fn wrap_inner(kb: &Keybridge, name: &str, kms: &str, migrate: bool) -> Res
         if migrate {
             for w in wrappings.iter().filter(|w| w.master_key.kms_name != kms) {
                 kc.remove.push((w.generation, w.master_key.row));
-                if !kc.deactivate.contains(&w.master_key.row) {
-                    kc.deactivate.push(w.master_key.row);
-                    report.deactivated.push(key_json(&w.master_key));
-                }
+                retire(&mut kc, &mut report, &w.master_key);
             }
         }
+        report.removed_wrappings = kc.remove.len();
         Ok(kc)
     }
     .await;
-    let kc = match built {
-        Ok(v) => v,
-        Err(e) => return Err(change.abandon(e).await),
-    };
-    report.removed_wrappings = kc.remove.len();
-    report.notes.extend(change.commit(kc).await?);
+    report.notes.extend(change.conclude(built).await?);
     if migrate {
         kb.clear_caches().await;
         repin(kb, name, None).await?;
@@ -477,10 +467,7 @@ async fn unwrap_inner(kb: &Keybridge, name: &str, kms: &str) -> Result<ChangeRep
     let mut kc = KeyChange::default();
     for w in gone {
         kc.remove.push((w.generation, w.master_key.row));
-        if !kc.deactivate.contains(&w.master_key.row) {
-            kc.deactivate.push(w.master_key.row);
-            report.deactivated.push(key_json(&w.master_key));
-        }
+        retire(&mut kc, &mut report, &w.master_key);
     }
     report.removed_wrappings = kc.remove.len();
     report.notes.extend(change.commit(kc).await?);
@@ -524,11 +511,7 @@ async fn retire_inner(kb: &Keybridge, name: &str) -> Result<ChangeReport> {
         }
         // Destroyed, then recorded: a crash between leaves a deactivated
         // row whose key is gone, and the next run records it.
-        let backend = kb.backend(&mk.kms_name).await?;
-        match backend.destroy_master_key(&mk.key).await {
-            Ok(()) | Err(BackendError::MasterKeyMissing { .. }) => {}
-            Err(e) => return Err(Error::backend(&mk.kms_name)(e)),
-        }
+        journal::destroy_in_kms(kb, &mk.key, &mk.kms_name).await?;
         // Nothing else names the key; the catalog refuses if a wrapping
         // appeared meanwhile.
         kb.catalog().apply_key_change(pool.id, &KeyChange { destroyed: vec![mk.row], ..Default::default() }).await?;
@@ -613,11 +596,7 @@ pub(crate) async fn finish_shred(kb: &Keybridge, pool_id: i64, id: i64, plan: &P
         }
         journal::may_retire(kb, id, &pool, &mk)?;
         journal::fault("shred", "destroy")?;
-        let backend = kb.backend(&mk.kms_name).await?;
-        match backend.destroy_master_key(&mk.key).await {
-            Ok(()) | Err(BackendError::MasterKeyMissing { .. }) => {}
-            Err(e) => return Err(Error::backend(&mk.kms_name)(e)),
-        }
+        journal::destroy_in_kms(kb, &mk.key, &mk.kms_name).await?;
         // Recorded one by one: a crash leaves the rest to the rerun.
         kb.catalog().apply_key_change(pool_id, &KeyChange { destroyed: vec![mk.row], shredded: true, ..Default::default() }).await?;
         destroyed.push(mk);
