@@ -26,10 +26,11 @@
 //!
 //! [`Encryptor`] emits every full chunk as soon as it has its bytes, so its
 //! final chunk holds the remainder (0..chunk_size bytes, possibly empty).
-//! [`Decryptor`] cannot know that a full-size chunk is not the last until
-//! more bytes follow, so it holds back one sealed chunk (one chunk of
-//! lookahead) until more input or [`Decryptor::finish`]. Both keep at most
-//! one chunk in memory. A decryptor that has failed keeps returning the
+//! [`Decryptor`] releases a full-size chunk as soon as it opens as a middle
+//! chunk (a final chunk opens only with `last` set); one that does not (a
+//! full-size final chunk, allowed by the format, or damage) is held back
+//! until more input or [`Decryptor::finish`] says which it was. Both keep
+//! at most one chunk in memory. A decryptor that has failed keeps returning the
 //! same error.
 
 use ring::aead::{self, Aad, LessSafeKey, Nonce, UnboundKey, AES_256_GCM};
@@ -481,28 +482,36 @@ impl Decryptor {
     /// On failure nothing is appended and the error says what went wrong.
     fn open(&mut self, sealed: &[u8], last: bool, out: &mut Vec<u8>) -> Result<(), StreamError> {
         let index = self.next;
-        let Ok(n) = u32::try_from(index) else { return Err(StreamError::TooManyChunks) };
+        if u32::try_from(index).is_err() {
+            return Err(StreamError::TooManyChunks);
+        }
         if sealed.len() < TAG_LEN {
             return Err(StreamError::Truncated { chunks: index });
         }
+        if self.try_open(sealed, last, out) {
+            Ok(())
+        } else {
+            Err(self.explain(index, sealed, last))
+        }
+    }
+
+    /// Open `sealed` (at least a tag long) as chunk `self.next` with the
+    /// `last` flag, appending its plaintext to `out`; if it does not open,
+    /// `out` and the decryptor stay as they were.
+    fn try_open(&mut self, sealed: &[u8], last: bool, out: &mut Vec<u8>) -> bool {
+        let Ok(n) = u32::try_from(self.next) else { return false };
         let (ct, tag) = sealed.split_at(sealed.len() - TAG_LEN);
         let tag = aead::Tag::try_from(tag).expect("16-byte tag");
         let start = out.len();
         out.extend_from_slice(ct);
-        let opened = self.key.open_in_place_separate_tag(
-            nonce(&self.nonce_prefix, n, last),
-            Aad::from(&self.header[..]),
-            tag,
-            &mut out[start..],
-            0..,
-        );
+        let opened = self.key.open_in_place_separate_tag(nonce(&self.nonce_prefix, n, last), Aad::from(&self.header[..]), tag, &mut out[start..], 0..);
         if opened.is_err() {
             out.truncate(start);
-            return Err(self.explain(index, sealed, last));
+            return false;
         }
         self.next += 1;
         self.total += ct.len() as u64;
-        Ok(())
+        true
     }
 
     /// Why chunk `index` did not open with the expected `last` flag.
@@ -558,6 +567,15 @@ impl Decryptor {
                 return self.fail(e);
             }
             sealed = &sealed[full..];
+        }
+        // A whole chunk at the end of the input that opens as a middle
+        // chunk is released now rather than copied aside: it can be nothing
+        // else (a final chunk opens only with `last` set), and a stream that
+        // ends after it still fails in `finish`. Only a full-size final
+        // chunk, which the encryptor never writes, or a damaged one is held
+        // back.
+        if sealed.len() == full && self.try_open(sealed, false, out) {
+            return Ok(());
         }
         self.pending.extend_from_slice(sealed);
         Ok(())
@@ -864,9 +882,11 @@ mod tests {
         let (e, out) = decrypt_err(&key, &splice(&a, &[ch(1), ch(0), ch(2), ch(3)]));
         assert_eq!((e, out.len()), (StreamError::ChunkAuth { index: 0 }, 0));
         // Last chunk dropped.
+        // Every chunk before the cut is authentic and released; the stream
+        // still fails.
         let (e, out) = decrypt_err(&key, &splice(&a, &[ch(0), ch(1), ch(2)]));
         assert_eq!(e, StreamError::Truncated { chunks: 3 });
-        assert!(out == data[..2 * c]);
+        assert!(out == data[..3 * c]);
         // Middle chunk dropped.
         let (e, out) = decrypt_err(&key, &splice(&a, &[ch(0), ch(2), ch(3)]));
         assert_eq!(e, StreamError::ChunkAuth { index: 1 });
@@ -911,7 +931,7 @@ mod tests {
         let stream = fixed_stream(&key, CS, &data);
         let (e, out) = decrypt_err(&key, &stream[..stream.len() - TAG_LEN]);
         assert_eq!(e, StreamError::Truncated { chunks: 3 });
-        assert!(out == data[..2 * c]);
+        assert!(out == data[..3 * c]);
         assert_eq!(
             e.to_string(),
             "stream ends after 3 chunks without its final chunk: truncated"
@@ -961,6 +981,17 @@ mod tests {
         enc.finish(&mut full).unwrap();
         let (_, back) = decrypt_all(&key, &full).unwrap();
         assert_eq!(back.len(), 2 * c);
+        // Pushed one sealed chunk at a time, the final one does not open as
+        // a middle chunk, is held back, and opens as the last in `finish`.
+        let (h, used) = Header::parse(&full).unwrap().unwrap();
+        let mut dec = Decryptor::new(&key, &h).unwrap();
+        let mut out = Vec::new();
+        for piece in full[used..].chunks(FULL) {
+            dec.push(piece, &mut out).unwrap();
+        }
+        assert_eq!(out.len(), c, "the final chunk waits for finish");
+        assert_eq!(dec.finish(&mut out).unwrap(), 2 * c as u64);
+        assert!(out == back);
         full.extend_from_slice(b"appended");
         assert_eq!(decrypt_err(&key, &full).0, StreamError::TrailingData { after_chunk: 1 });
     }
