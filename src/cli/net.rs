@@ -70,6 +70,11 @@ pub struct MediaAgentArgs {
     /// token, so not with --no-auth. No quota unless given.
     #[arg(long, value_name = "BYTES")]
     pub client_quota: Option<u64>,
+    /// Write and read streams through the page cache. By default they
+    /// bypass it (O_DIRECT) where the store's filesystem allows: every
+    /// stream is fsynced, so the cache would only add a copy.
+    #[arg(long)]
+    pub buffered_io: bool,
 }
 
 #[derive(Debug, Args)]
@@ -98,6 +103,12 @@ pub struct RestoreArgs {
     /// many seconds. 0 (the default): fail at once with exit code 5.
     #[arg(long, value_name = "SECONDS", default_value_t = 0)]
     pub retry_for: u64,
+    /// Write every file through the page cache, as tar does. By default
+    /// files of 1 MiB and more bypass it (O_DIRECT) where the target's
+    /// filesystem allows: a large restore then neither evicts what the
+    /// host has cached nor leaves gigabytes of dirty pages to flush.
+    #[arg(long)]
+    pub buffered_io: bool,
 }
 
 /// A progress bar on a TTY (stderr), none otherwise or with --json.
@@ -129,6 +140,7 @@ pub(super) async fn media_agent(args: &MediaAgentArgs) -> Result<(Value, String)
         uploads_per_client: args.uploads_per_client,
         upload_idle: Duration::from_secs(args.upload_idle_secs.max(1)),
         client_quota: args.client_quota,
+        direct_io: !args.buffered_io,
         shutdown_grace: Duration::from_secs(30),
     };
     keybridge_agent::run(cfg, keybridge_net::http::shutdown_signal()).await?;
@@ -147,7 +159,7 @@ pub(super) async fn backup(args: &BackupArgs, json: bool) -> Result<(Value, Stri
 
 pub(super) async fn restore(args: &RestoreArgs, json: bool) -> Result<(Value, String)> {
     let svc = args.connect.open().await?;
-    let s = keybridge_client::restore::restore(&svc, &args.job, &args.to, progress(json, "restore"), Duration::from_secs(args.retry_for)).await?;
+    let s = keybridge_client::restore::restore(&svc, &args.job, &args.to, progress(json, "restore"), Duration::from_secs(args.retry_for), !args.buffered_io).await?;
     let mut text = format!(
         "job {} restored into {}: {} ({} bytes) in {:.2} s\n",
         s.job_id,

@@ -8,7 +8,10 @@
 //! ```
 //! An upload is written to `tmp/`, fsynced, then renamed into its job
 //! directory, and the index is written the same way; the directories are
-//! fsynced after each rename. A job therefore either has its whole stream
+//! fsynced after each rename. Streams are written and read with `O_DIRECT`
+//! where the filesystem takes it (see `keybridge_net::direct`): the fsync
+//! makes every byte go to the device anyway, so the page cache would only
+//! add a copy and memory to allocate. A job therefore either has its whole stream
 //! and index or does not exist; an upload that fails (full disk, client
 //! gone) leaves nothing behind. Job ids are UUIDs and nothing else, so no
 //! request can name a path outside the store.
@@ -16,6 +19,8 @@
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Write};
 use std::path::{Path, PathBuf};
+
+use keybridge_net::direct::{aligned_buf, AlignedBuf, DirectWriter};
 
 use serde::{Deserialize, Serialize};
 
@@ -88,6 +93,8 @@ fn fsync_dir(dir: &Path) -> Result<(), StoreError> {
 #[derive(Debug, Clone)]
 pub struct Store {
     root: PathBuf,
+    /// Streams bypass the page cache where the filesystem allows it.
+    direct_io: bool,
 }
 
 impl Store {
@@ -102,7 +109,18 @@ impl Store {
             tracing::warn!(file = %entry.path().display(), "removing an upload left by an earlier run");
             let _ = fs::remove_file(entry.path());
         }
-        Ok(Store { root: root.to_owned() })
+        Ok(Store { root: root.to_owned(), direct_io: true })
+    }
+
+    /// Write and read streams through the page cache (`false`) or past it
+    /// where the filesystem allows (`true`, the default).
+    pub fn with_direct_io(self, direct_io: bool) -> Store {
+        Store { direct_io, ..self }
+    }
+
+    /// Whether streams bypass the page cache where the filesystem allows.
+    pub fn direct_io(&self) -> bool {
+        self.direct_io
     }
 
     pub fn root(&self) -> &Path {
@@ -155,16 +173,24 @@ impl Store {
         })?);
         let tmp = self.root.join("tmp").join(format!("{job}.{nonce}.part"));
         let file = OpenOptions::new().write(true).create_new(true).open(&tmp).map_err(|e| self.classify(e, job, &tmp, "creating upload"))?;
-        let syncer = Syncer::start(&file).map_err(|e| self.classify(e, job, &tmp, "starting writeback"))?;
+        // Whole buffers are written from the caller's (write_aligned); the
+        // writer's own block only gathers an unaligned rest.
+        let writer = DirectWriter::new(file, aligned_buf(keybridge_net::direct::ALIGN), self.direct_io);
+        // Through the page cache, writeback starts while the upload runs.
+        let syncer = if writer.is_direct() {
+            None
+        } else {
+            Some(Syncer::start(writer.file()).map_err(|e| self.classify(e, job, &tmp, "starting writeback"))?)
+        };
         Ok(Upload {
             store: self.clone(),
             job: job.to_owned(),
             client: client.map(str::to_owned),
             tmp,
-            file: Some(file),
+            file: Some(writer),
             bytes: 0,
             unsynced: 0,
-            syncer: Some(syncer),
+            syncer,
             crc: 0,
         })
     }
@@ -207,7 +233,7 @@ pub struct Upload {
     job: String,
     client: Option<String>,
     tmp: PathBuf,
-    file: Option<File>,
+    file: Option<DirectWriter>,
     bytes: u64,
     unsynced: u64,
     syncer: Option<Syncer>,
@@ -260,7 +286,20 @@ impl Upload {
     /// Append received bytes.
     pub fn write(&mut self, data: &[u8]) -> Result<(), StoreError> {
         let file = self.file.as_mut().expect("upload not committed");
-        file.write_all(data).map_err(|e| self.store.classify(e, &self.job, &self.tmp, "writing upload"))?;
+        let written = file.write_all(data);
+        self.written(written, data)
+    }
+
+    /// Append `data[..len]`, written from `data` itself when the upload is
+    /// at a block boundary and `len` is whole blocks (no copy).
+    pub fn write_aligned(&mut self, data: &AlignedBuf, len: usize) -> Result<(), StoreError> {
+        let file = self.file.as_mut().expect("upload not committed");
+        let written = file.write_aligned(data, len);
+        self.written(written, &data[..len])
+    }
+
+    fn written(&mut self, result: io::Result<()>, data: &[u8]) -> Result<(), StoreError> {
+        result.map_err(|e| self.store.classify(e, &self.job, &self.tmp, "writing upload"))?;
         self.crc = crc32c::crc32c_append(self.crc, data);
         let len = data.len() as u64;
         self.bytes += len;
@@ -277,7 +316,8 @@ impl Upload {
     /// Make the stream durable and visible: fsync, rename into the job
     /// directory, write the index, fsync the directories.
     pub fn commit(mut self) -> Result<ObjectInfo, StoreError> {
-        let file = self.file.take().expect("upload committed once");
+        let writer = self.file.take().expect("upload committed once");
+        let (file, _) = writer.finish().map_err(|e| self.store.classify(e, &self.job, &self.tmp, "writing upload"))?;
         if let Some(s) = self.syncer.take() {
             s.stop().map_err(|e| self.store.classify(e, &self.job, &self.tmp, "syncing upload"))?;
         }

@@ -151,8 +151,8 @@ impl Read for PlainReader {
 
 /// Unpack into `staging` (see [`super::unpack`]), verify the whole stream,
 /// then apply directory modes and times (blocking).
-fn unpack(mut reader: PlainReader, staging: OwnedFd) -> io::Result<Unpacked> {
-    let mut u = Unpacker::at(staging);
+fn unpack(mut reader: PlainReader, staging: OwnedFd, direct_io: bool) -> io::Result<Unpacked> {
+    let mut u = Unpacker::at(staging).with_direct_io(direct_io);
     let unpacked = u.unpack(&mut reader).and_then(|()| reader.drain()).and_then(|()| u.finish());
     unpacked.map_err(|e| match reader.failure.take() {
         Some(cause) => io::Error::new(io::ErrorKind::InvalidData, cause),
@@ -164,7 +164,10 @@ fn unpack(mut reader: PlainReader, staging: OwnedFd) -> io::Result<Unpacked> {
 /// Restore job `job_id` into `to`. A DEK recovery the service answers as
 /// retriable (its KMS unreachable or failing for now) is tried again with
 /// backoff for up to `retry_for`.
-pub async fn restore(svc: &ServiceClient, job_id: &str, to: &Path, progress: Progress, retry_for: Duration) -> Result<RestoreSummary> {
+///
+/// With `direct_io`, files of [`DIRECT_MIN`](super::unpack::DIRECT_MIN) and
+/// more are written past the page cache where the filesystem allows.
+pub async fn restore(svc: &ServiceClient, job_id: &str, to: &Path, progress: Progress, retry_for: Duration, direct_io: bool) -> Result<RestoreSummary> {
     let t0 = Instant::now();
     let keybridge_proto::api::Job { job, agent_token } = svc.job(job_id).await?;
     if job.state != JobState::Complete {
@@ -191,7 +194,7 @@ pub async fn restore(svc: &ServiceClient, job_id: &str, to: &Path, progress: Pro
     let staging_fd = rustix::fs::openat(&target, staging_name.as_str(), OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC, Mode::empty())
         .map_err(io("opening staging directory", staging.clone()))?;
     let unpack_fd = staging_fd.try_clone().map_err(|source| Error::Io { context: "opening staging directory", path: staging.clone(), source })?;
-    let result = fetch_and_unpack(svc, &job, &agent_token, dek, unpack_fd, &staging, progress).await;
+    let result = fetch_and_unpack(svc, &job, &agent_token, dek, unpack_fd, &staging, progress, direct_io).await;
     let result = result.and_then(|(unpacked, plain_bytes, stream_bytes)| {
         // Every chunk authenticated and the final chunk was seen, so a
         // different length cannot happen unless the decoder is wrong.
@@ -220,7 +223,17 @@ pub async fn restore(svc: &ServiceClient, job_id: &str, to: &Path, progress: Pro
     })
 }
 
-async fn fetch_and_unpack(svc: &ServiceClient, job: &JobRecord, agent_token: &str, dek: Dek, staging_fd: OwnedFd, staging: &Path, progress: Progress) -> Result<(Unpacked, u64, u64)> {
+#[allow(clippy::too_many_arguments)]
+async fn fetch_and_unpack(
+    svc: &ServiceClient,
+    job: &JobRecord,
+    agent_token: &str,
+    dek: Dek,
+    staging_fd: OwnedFd,
+    staging: &Path,
+    progress: Progress,
+    direct_io: bool,
+) -> Result<(Unpacked, u64, u64)> {
     let (agent, job_id) = (job.media_agent.trim_end_matches('/'), job.id.as_str());
     let peer = format!("MediaAgent {agent}");
     let mut resp = super::download::get(&format!("{agent}/v1/jobs/{job_id}/stream"), agent_token, svc.tls(), &peer).await?;
@@ -248,7 +261,7 @@ async fn fetch_and_unpack(svc: &ServiceClient, job: &JobRecord, agent_token: &st
     let (tx, rx) = tokio::sync::mpsc::channel::<io::Result<Piece>>(32);
     let (spare_tx, mut spare_rx) = tokio::sync::mpsc::unbounded_channel::<Vec<u8>>();
     let reader = PlainReader { rx, spare: spare_tx, plain: Vec::new(), pos: 0, done: false, failure: None };
-    let consumer = tokio::task::spawn_blocking(move || unpack(reader, staging_fd));
+    let consumer = tokio::task::spawn_blocking(move || unpack(reader, staging_fd, direct_io));
     let opener = Opener { dek, dek_id: job.dek_id.clone(), head: Vec::new(), dec: None };
     let pump_progress = progress.clone();
     // Owns the sender: once it is done the unpacking thread sees the queue

@@ -36,8 +36,10 @@
 //! moved to another parent by a user other than root.
 
 use std::ffi::{OsStr, OsString};
-use std::io::{self, Read, Write};
+use std::io::{self, Read};
 use std::os::fd::{AsFd, OwnedFd};
+
+use keybridge_net::direct::{aligned_buf, AlignedBuf, DirectWriter};
 use std::path::{Component, Path};
 
 use rustix::fs::{AtFlags, FileType, Mode, OFlags, Timespec, Timestamps};
@@ -75,8 +77,20 @@ pub struct Unpacker {
     /// Directories to finish: components, mode, mtime.
     dirs: Vec<(Vec<OsString>, u32, i64)>,
     skipped: Vec<String>,
-    buf: Vec<u8>,
+    /// File data passes through here (lent to each file's writer).
+    buf: Option<AlignedBuf>,
+    /// Files of [`DIRECT_MIN`] and more bypass the page cache.
+    direct_io: bool,
 }
+
+/// Files this large and larger are written with `O_DIRECT` (where the
+/// filesystem allows); smaller ones, a write or two each, through the
+/// page cache.
+pub const DIRECT_MIN: u64 = 1 << 20;
+
+/// Bytes per write of a direct file: 1 GiB took 0.7 s in 1 MiB direct
+/// writes here, 1.4 s in 256 KiB ones.
+const DIRECT_BUF: usize = 1 << 20;
 
 /// Why an entry refuses the restore.
 fn refused(name: &Path, why: impl std::fmt::Display) -> io::Error {
@@ -156,7 +170,17 @@ impl Unpacker {
 
     /// An unpacker writing below the directory `root` is open on.
     pub fn at(root: OwnedFd) -> Self {
-        Unpacker { root, cwd: None, dirs: Vec::new(), skipped: Vec::new(), buf: vec![0u8; keybridge_net::FILE_IO_BUF] }
+        Unpacker { root, cwd: None, dirs: Vec::new(), skipped: Vec::new(), buf: Some(aligned_buf(keybridge_net::FILE_IO_BUF)), direct_io: false }
+    }
+
+    /// Write files of [`DIRECT_MIN`] and more past the page cache where the
+    /// filesystem allows.
+    pub fn with_direct_io(mut self, direct_io: bool) -> Self {
+        self.direct_io = direct_io;
+        if direct_io {
+            self.buf = Some(aligned_buf(DIRECT_BUF));
+        }
+        self
     }
 
     /// Unpack every entry of the archive `reader` holds; stops at tar's end
@@ -240,22 +264,14 @@ impl Unpacker {
         } else {
             let fd = rustix::fs::openat(at, last, OFlags::WRONLY | OFlags::CREATE | OFlags::EXCL | OFlags::NOFOLLOW | OFlags::CLOEXEC, Mode::from_raw_mode(0o600))
                 .map_err(exists)?;
-            let mut file = std::fs::File::from(fd);
-            let buf = &mut self.buf;
-            // Large writes: tar's own unpacking copies 8 KiB at a time.
-            loop {
-                let mut filled = 0;
-                while filled < buf.len() {
-                    match entry.read(&mut buf[filled..])? {
-                        0 => break,
-                        n => filled += n,
-                    }
-                }
-                if filled == 0 {
-                    break;
-                }
-                file.write_all(&buf[..filled])?;
-            }
+            // Large writes, read straight into the writer's buffer (tar's
+            // own unpacking copies 8 KiB at a time).
+            let direct = self.direct_io && entry.size() >= DIRECT_MIN;
+            let buf = self.buf.take().unwrap_or_else(|| aligned_buf(DIRECT_BUF));
+            let mut writer = DirectWriter::new(std::fs::File::from(fd), buf, direct);
+            while writer.fill_from(entry)? > 0 {}
+            let (file, buf) = writer.finish()?;
+            self.buf = Some(buf);
             rustix::fs::fchmod(&file, mode(bits))?;
             rustix::fs::futimens(&file, &times(mtime))?;
         }

@@ -130,7 +130,7 @@ pub async fn serve(
     let acceptor = tls.map(tokio_rustls::TlsAcceptor::from);
     let graceful = GracefulShutdown::new();
     let mut builder = auto::Builder::new(TokioExecutor::new());
-    builder.http1().timer(TokioTimer::new()).header_read_timeout(HEADER_READ_TIMEOUT);
+    builder.http1().timer(TokioTimer::new()).header_read_timeout(HEADER_READ_TIMEOUT).max_buf_size(crate::SERVER_READ_BUFFER);
     let builder = builder.http1_only();
     let cap = connection_cap();
     let slots = Arc::new(tokio::sync::Semaphore::new(cap));
@@ -165,8 +165,8 @@ pub async fn serve(
                 tokio::spawn(async move {
                     // rustls reads at most one record (16 KiB) per call; a
                     // buffer below it turns a large upload's 65 000 reads
-                    // per GiB into a few thousand.
-                    let tcp = tokio::io::BufReader::with_capacity(crate::TLS_READ_BUFFER, tcp);
+                    // per GiB into 16 000.
+                    let tcp = tokio::io::BufReader::with_capacity(crate::SERVER_READ_BUFFER, tcp);
                     let _slot = slot;
                     let stream = match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
                         Ok(Ok(s)) => s,

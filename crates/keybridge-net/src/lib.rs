@@ -10,6 +10,7 @@
 #[cfg(feature = "server")]
 pub mod http;
 pub mod cert;
+pub mod direct;
 pub mod tls;
 
 /// Bulk file data is read and written in pieces of this size: the backup
@@ -22,5 +23,11 @@ pub mod tls;
 /// both took 0.3-0.4 s; see docs/design.md, "Performance notes").
 pub const FILE_IO_BUF: usize = 256 * 1024;
 
-/// Bytes read from the socket at once under TLS.
+/// Bytes read from the socket at once under TLS (the backup client).
 pub const TLS_READ_BUFFER: usize = 256 * 1024;
+
+/// Bytes a server connection reads from its socket at once, and the most
+/// HTTP/1 buffers for a request body: small, because a MediaAgent serves
+/// many uploads at once and copies each frame into its write batch at once
+/// (64 concurrent uploads held 150 MiB with 256 KiB and hyper's 400 KiB).
+pub const SERVER_READ_BUFFER: usize = 64 * 1024;
