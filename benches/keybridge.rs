@@ -8,9 +8,13 @@
 //! - a/b: DEK recover (`restore::recover_inner`, warm KEK handle, 1 caller)
 //!   against a raw cryptoki loop of RSA-3072 OAEP `C_Decrypt` (1 thread) of
 //!   the same kind of ciphertext (64-byte plaintext, the token's OAEP hash).
-//! - c: recover with 2 concurrent callers against 1, with the raw loop on 2
-//!   threads (2 sessions) against 1 thread as evidence of whether the token
-//!   itself runs decryptions in parallel.
+//!   Target 0.95. The process's CPU is counted on each side: the token runs
+//!   in this process, so recover's CPU per operation less the raw loop's
+//!   is keybridge's own, reported as a percentage of the token operation's
+//!   (`<token>.kb_cpu_per_recover_pct`, target under 5).
+//! - c: recover with N = 2 and 8 concurrent callers against 1, and the raw
+//!   loop on N threads (N sessions) against 1 thread, measured first: the
+//!   target of each recover row is 0.95 x the token's own N-thread scaling.
 //! - info rows that explain b and c: the raw calls issued through tokio's
 //!   `spawn_blocking` (keybridge's hand-off) vs directly, recover vs raw +
 //!   hand-off + keybridge's in-line work (catalog reads, seal) replayed,
@@ -990,8 +994,19 @@ fn token_module(t: Token) -> Option<PathBuf> {
 
 fn bench_token(rt: &Runtime, s: &Settings, t: Token, report: &mut Report) {
     let k = t.key();
-    let keys = ["recover_vs_raw", "raw_spawn_blocking_vs_direct", "kek_object_vs_generated", "recover_2v1", "raw_2v1", "raw_spawn_blocking_2v1", "cpu_2v1", "recover_vs_replay"]
-        .map(|m| format!("{k}.{m}"));
+    let keys = [
+        "recover_vs_raw",
+        "raw_spawn_blocking_vs_direct",
+        "kek_object_vs_generated",
+        "recover_2v1",
+        "raw_2v1",
+        "raw_spawn_blocking_2v1",
+        "cpu_2v1",
+        "recover_vs_replay",
+        "recover_8v1",
+        "raw_8v1",
+    ]
+    .map(|m| format!("{k}.{m}"));
     let Some(module) = token_module(t) else {
         report.skipped.extend(keys);
         return;
@@ -1011,14 +1026,15 @@ fn bench_token(rt: &Runtime, s: &Settings, t: Token, report: &mut Report) {
     // Warm: the KEK handle is unwrapped and cached in the token.
     recover_run(rt, &rig, &ids, 1, Duration::from_millis(50));
 
-    let mut raw = match raw_open(&module, &token, &pin, hash, 2) {
+    let mut raw = match raw_open(&module, &token, &pin, hash, 8) {
         Ok(r) => r,
         Err(e) => panic!("[{k}] raw cryptoki baseline could not be set up: {e}"),
     };
     let s = &Settings { slices: s.token_slices, ..s.clone() };
 
-    eprintln!("[{k}] a/b: raw C_Decrypt 1 thread vs recover 1 caller");
-    let (a, b) = compare(s, &mut |b, d| if b { recover_run(rt, &rig, &ids, 1, d) } else { raw_run(&mut raw, 1, d) });
+    eprintln!("[{k}] a/b: raw C_Decrypt 1 thread vs recover 1 caller, with the process's CPU on each side");
+    let (mut raw_cpu, mut kb_cpu) = (CpuTally::default(), CpuTally::default());
+    let (a, b) = compare(s, &mut |b, d| if b { kb_cpu.measure(|| recover_run(rt, &rig, &ids, 1, d)) } else { raw_cpu.measure(|| raw_run(&mut raw, 1, d)) });
     let ratio_b = report.row(
         &keys[0],
         &format!("{k}: DEK recover vs raw OAEP-{hash} decrypt"),
@@ -1026,8 +1042,21 @@ fn bench_token(rt: &Runtime, s: &Settings, t: Token, report: &mut Report) {
         a,
         "recover_inner, 1 caller",
         b,
-        Some(0.90),
+        Some(0.95),
     );
+    // The token runs in this process, so the process's CPU per raw decrypt
+    // is the token's; per recover it is the token's plus keybridge's own
+    // (hand-off, catalog reads, audit rows and their commits, seal).
+    let (token_us, recover_us) = (raw_cpu.per_op_us().0, kb_cpu.per_op_us().0);
+    let own_pct = (recover_us - token_us) / token_us * 100.0;
+    report.figure(&format!("{k}.kb_cpu_per_recover_pct"), own_pct, 2);
+    report.notes.push(format!(
+        "{k} CPU per recover: {recover_us:.0} us of process CPU against {token_us:.0} us per raw decrypt (the token's), so keybridge's own is {:.0} us = {own_pct:.1}% of the token operation's CPU (target < 5%: {}; the catalog writer's part {:.0} us); 1 caller, process CPU in 10 ms ticks over {} ops",
+        recover_us - token_us,
+        if own_pct < 5.0 { "PASS" } else { "SHORT" },
+        kb_cpu.per_op_us().1,
+        kb_cpu.ops,
+    ));
     // What b costs that is not keybridge's own code: (1) handing each
     // PKCS#11 call from an async task to tokio's blocking pool and back;
     // (2) the key object (keybridge's unwrapped KEK vs a generated key).
@@ -1048,40 +1077,31 @@ fn bench_token(rt: &Runtime, s: &Settings, t: Token, report: &mut Report) {
         None => report.notes.push(format!("{k}: could not single out keybridge's unwrapped KEK among the session objects; key-object check skipped")),
     }
 
-    eprintln!("[{k}] c: recover 1 caller vs 2 callers");
-    let (c1, c2) = compare(s, &mut |b, d| recover_run(rt, &rig, &ids, if b { 2 } else { 1 }, d));
-    let ratio_c = report.row(&keys[3], &format!("{k}: recover 2 callers vs 1"), "recover_inner, 1 caller", c1, "recover_inner, 2 callers", c2, Some(1.70));
-    eprintln!("[{k}] c evidence: raw C_Decrypt 1 thread vs 2 threads (2 sessions)");
-    let (r1, r2) = compare(s, &mut |b, d| raw_run(&mut raw, if b { 2 } else { 1 }, d));
-    let ratio_raw = report.row(&keys[4], &format!("{k}: raw decrypt 2 threads vs 1 (token)"), "raw C_Decrypt, 1 thread", r1, "raw C_Decrypt, 2 threads", r2, None);
+    // c: N callers against 1, judged against what the token itself does
+    // with N threads (N sessions): target 0.95 x the raw scaling.
+    for (n, recover_key, raw_key) in [(2, &keys[3], &keys[4]), (8, &keys[8], &keys[9])] {
+        eprintln!("[{k}] c: raw C_Decrypt 1 thread vs {n} threads ({n} sessions)");
+        let (r1, rn) = compare(s, &mut |b, d| raw_run(&mut raw, if b { n } else { 1 }, d));
+        let ratio_raw = report.row(raw_key, &format!("{k}: raw decrypt {n} threads vs 1 (token)"), "raw C_Decrypt, 1 thread", r1, &format!("raw C_Decrypt, {n} threads"), rn, None);
+        eprintln!("[{k}] c: recover 1 caller vs {n} callers");
+        let (c1, cn) = compare(s, &mut |b, d| recover_run(rt, &rig, &ids, if b { n } else { 1 }, d));
+        report.row(
+            recover_key,
+            &format!("{k}: recover {n} callers vs 1 (target 0.95 x raw's {ratio_raw:.2})"),
+            "recover_inner, 1 caller",
+            c1,
+            &format!("recover_inner, {n} callers"),
+            cn,
+            Some(0.95 * ratio_raw),
+        );
+    }
     eprintln!("[{k}] c evidence: raw C_Decrypt via spawn_blocking, 1 caller vs 2 callers");
     let (q1, q2) = compare(s, &mut |b, d| raw_tokio_run(rt, &mut raw, if b { 2 } else { 1 }, d, None));
-    let ratio_hop = report.row(&keys[5], &format!("{k}: raw via spawn_blocking 2 vs 1 caller"), "raw, spawn_blocking, 1 caller", q1, "raw, spawn_blocking, 2 callers", q2, None);
+    report.row(&keys[5], &format!("{k}: raw via spawn_blocking 2 vs 1 caller"), "raw, spawn_blocking, 1 caller", q1, "raw, spawn_blocking, 2 callers", q2, None);
     // Control: does the machine have a second core to give right now?
     eprintln!("[{k}] c control: software OAEP encrypt 1 thread vs 2 threads");
     let (s1, s2) = compare(s, &mut |b, d| encrypt_run(&rig.public, hash, if b { 2 } else { 1 }, d));
-    let ratio_cpu = report.row(&keys[6], &format!("{k}: CPU control, sw encrypt 2 thr vs 1"), "PublicKek::encrypt, 1 thread", s1, "PublicKek::encrypt, 2 threads", s2, None);
-    if ratio_c < 1.70 {
-        // The target allows "evidence that the token serialises": judge
-        // 2-caller scaling against what the token itself does with 2
-        // threads, on a machine that does scale pure CPU work.
-        let row = report.rows.iter_mut().find(|r| r.key == keys[3]).expect("row just added");
-        row.verdict = if ratio_raw < 1.70 && ratio_cpu >= 1.70 && ratio_c >= 0.9 * ratio_raw {
-            format!("PASS (token serialises: raw 2T/1T {ratio_raw:.2})")
-        } else if ratio_cpu < 1.70 {
-            format!("SHORT (no spare core: cpu {ratio_cpu:.2})")
-        } else if ratio_hop < 1.70 && ratio_c >= 0.9 * ratio_hop {
-            format!("SHORT (hand-off bound: {ratio_hop:.2})")
-        } else {
-            format!("SHORT (token scales: {ratio_raw:.2})")
-        };
-        if ratio_raw >= 1.70 && ratio_hop < 1.70 && ratio_c >= 0.9 * ratio_hop {
-            report.notes.push(format!(
-                "{k} 2 callers SHORT ({ratio_c:.2}): the token does not serialise (raw 2 threads/1 = {ratio_raw:.2}), but the same raw C_Decrypt issued from 2 async tasks through spawn_blocking scales only {ratio_hop:.2}: the loss is the async->blocking->async hand-off on {} cores (worker and blocking threads competing for the cores, wake-up latency), not keybridge's own work",
-                s.cores
-            ));
-        }
-    }
+    report.row(&keys[6], &format!("{k}: CPU control, sw encrypt 2 thr vs 1"), "PublicKek::encrypt, 1 thread", s1, "PublicKek::encrypt, 2 threads", s2, None);
 
     // Where a recover's time goes, per operation on one thread.
     let base_us = 1e6 / a.rate();
@@ -1101,7 +1121,7 @@ fn bench_token(rt: &Runtime, s: &Settings, t: Token, report: &mut Report) {
         t1.rate() / h1.rate(),
         v.rate() / w.rate(),
     ));
-    if ratio_b < 0.90 {
+    if ratio_b < 0.95 {
         report.notes.push(format!(
             "{k} recover SHORT ({ratio_b:.3}): the gap is the async->blocking hand-off plus the in-line catalog reads and seal (the seal alone is {seal_us:.0} us hot, {:.0}% of a raw decrypt)",
             seal_us / base_us * 100.0
