@@ -40,6 +40,29 @@ use keybridge_net::http::ApiError;
 use keybridge_proto::ErrorKind;
 use store::{Store, StoreError};
 
+/// A piece of a stream being served: an aligned read buffer, handed back
+/// to the reading thread when the connection drops the piece.
+struct ReadPiece {
+    buf: Option<AlignedBuf>,
+    len: usize,
+    back: std::sync::mpsc::Sender<AlignedBuf>,
+}
+
+impl AsRef<[u8]> for ReadPiece {
+    fn as_ref(&self) -> &[u8] {
+        &self.buf.as_ref().expect("present until dropped")[..self.len]
+    }
+}
+
+impl Drop for ReadPiece {
+    fn drop(&mut self) {
+        if let Some(buf) = self.buf.take() {
+            // The reader may be gone (the stream ended): then it is freed.
+            let _ = self.back.send(buf);
+        }
+    }
+}
+
 /// After a failed write, at most this much of the rest of the upload is
 /// read and dropped before answering.
 const DRAIN_BYTES: usize = 64 << 20;
@@ -333,15 +356,18 @@ async fn get_stream(State(agent): State<Shared>, headers: HeaderMap, Path(job): 
         Err(source) => return error_response(StoreError::Io { path, doing: "reading stream size", source }),
     };
     // Read on a blocking thread, past the page cache where the store does,
-    // into one reused aligned buffer; two pieces wait for the socket.
+    // into aligned buffers that are sent as they are (no copy) and come
+    // back for reuse once the connection has written them; two pieces
+    // wait for the socket.
     let (tx, rx) = tokio::sync::mpsc::channel::<std::io::Result<axum::body::Bytes>>(2);
     let direct = agent.store.direct_io();
     tokio::task::spawn_blocking(move || {
         let mut reader = keybridge_net::direct::DirectReader::new(file, direct);
-        let mut buf = keybridge_net::direct::aligned_buf(READ_PIECE);
+        let (back, returned) = std::sync::mpsc::channel();
         loop {
+            let mut buf = returned.try_recv().unwrap_or_else(|_| aligned_buf(READ_PIECE));
             let (piece, end) = match reader.read_into(&mut buf) {
-                Ok(n) => (Ok(axum::body::Bytes::copy_from_slice(&buf[..n])), n < buf.len()),
+                Ok(n) => (Ok(axum::body::Bytes::from_owner(ReadPiece { buf: Some(buf), len: n, back: back.clone() })), n < READ_PIECE),
                 Err(e) => (Err(e), true),
             };
             if tx.blocking_send(piece).is_err() || end {
