@@ -104,12 +104,15 @@ impl DirectWriter {
         Ok(n)
     }
 
-    /// Write `data[..len]` without copying it when nothing is gathered and
-    /// `len` is whole blocks (the case of every full buffer a caller fills);
-    /// otherwise as [`write_all`](DirectWriter::write_all).
+    /// Write `data[..len]`: when nothing is gathered, its whole blocks
+    /// straight from `data` (no copy; every full buffer a caller fills) and
+    /// only a partial last block gathered; otherwise as
+    /// [`write_all`](DirectWriter::write_all).
     pub fn write_aligned(&mut self, data: &AlignedBuf, len: usize) -> io::Result<()> {
-        if self.len == 0 && len % ALIGN == 0 {
-            put(&self.file, &mut self.direct, &data[..len])
+        if self.len == 0 {
+            let whole = len / ALIGN * ALIGN;
+            put(&self.file, &mut self.direct, &data[..whole])?;
+            self.write_all(&data[whole..len])
         } else {
             self.write_all(&data[..len])
         }
@@ -276,7 +279,7 @@ mod tests {
     #[test]
     fn aligned_buffers_are_written_as_they_are_and_the_rest_is_gathered() {
         for (dir, place) in dirs() {
-            for (piece, len) in [(8192, 8192 * 5), (8192, 8192 * 5 + 100), (8192, 100), (12288, 8192 * 3 + 4096)] {
+            for (piece, len) in [(8192, 8192 * 5), (8192, 8192 * 5 + 100), (8192, 100), (12288, 8192 * 3 + 4096), (12288, 12288 + 5000)] {
                 let want = data(len);
                 let path = dir.path().join(format!("f{piece}-{len}"));
                 let mut w = DirectWriter::new(File::create(&path).unwrap(), aligned_buf(ALIGN), true);
