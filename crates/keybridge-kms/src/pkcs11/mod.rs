@@ -213,6 +213,28 @@ impl Drop for Cleanup<'_> {
     }
 }
 
+/// A template that carries key material (`CKA_VALUE`, the one-time
+/// transport key of [`KeyBackend::wrap_kek`]). cryptoki's
+/// `Attribute::Value` is a plain `Vec<u8>`, so the value is wiped when the
+/// template is dropped, on every path.
+struct SecretTemplate(Vec<Attribute>);
+
+impl SecretTemplate {
+    fn wipe(&mut self) {
+        for attribute in &mut self.0 {
+            if let Attribute::Value(value) = attribute {
+                zeroize::Zeroize::zeroize(value.as_mut_slice());
+            }
+        }
+    }
+}
+
+impl Drop for SecretTemplate {
+    fn drop(&mut self) {
+        self.wipe();
+    }
+}
+
 fn mk_template(mk: &MasterKeyRef) -> Result<Vec<Attribute>, OpError> {
     let id = hex::decode(&mk.id).map_err(|_| {
         OpError::Backend(BackendError::MasterKeyMissing { id: mk.id.clone(), label: mk.label.clone() })
@@ -1000,27 +1022,26 @@ impl KeyBackend for Pkcs11Backend {
         // padding mechanisms are both RFC 5649, as `kwp` writes.
         let transport = crate::crypto::random_array::<32>().map_err(|source| BackendError::Crypto { context: "making a transport key".into(), source })?;
         let blob = crate::crypto::kwp::wrap(&transport[..], pkcs8).map_err(|source| BackendError::Crypto { context: "wrapping the KEK for the token".into(), source })?;
-        let transport = Zeroizing::new(transport.to_vec());
         let mk = mk.clone();
         let wrapped = self
             .sessions
             .run("importing a KEK under a master key", move |s| {
                 let mk_handle = find_mk(s, &mk)?;
-                let t = s
-                    .create_object(&[
-                        Attribute::Class(ObjectClass::SECRET_KEY),
-                        Attribute::KeyType(KeyType::AES),
-                        Attribute::Token(false),
-                        Attribute::Private(true),
-                        Attribute::Sensitive(true),
-                        Attribute::Extractable(false),
-                        Attribute::Unwrap(true),
-                        Attribute::Wrap(false),
-                        Attribute::Encrypt(false),
-                        Attribute::Decrypt(false),
-                        Attribute::Value(transport.to_vec()),
-                    ])
-                    .doing("making a one-time transport key")?;
+                let template = SecretTemplate(vec![
+                    Attribute::Class(ObjectClass::SECRET_KEY),
+                    Attribute::KeyType(KeyType::AES),
+                    Attribute::Token(false),
+                    Attribute::Private(true),
+                    Attribute::Sensitive(true),
+                    Attribute::Extractable(false),
+                    Attribute::Unwrap(true),
+                    Attribute::Wrap(false),
+                    Attribute::Encrypt(false),
+                    Attribute::Decrypt(false),
+                    Attribute::Value(transport.to_vec()),
+                ]);
+                let t = s.create_object(&template.0).doing("making a one-time transport key")?;
+                drop(template);
                 let mut cleanup = Cleanup { session: s, handles: vec![t] };
                 // Extractable only so C_WrapKey can wrap it under the MK.
                 let kek = raw::unwrap_key(s, wrap, t, &blob, &kek_template(true)).doing("unwrapping the KEK under the transport key")?;
@@ -1078,5 +1099,19 @@ impl KeyBackend for Pkcs11Backend {
                 Ok(())
             })
             .await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The transport key's bytes in a template are wiped, not just freed.
+    #[test]
+    fn a_secret_template_wipes_its_value() {
+        let mut t = SecretTemplate(vec![Attribute::Token(false), Attribute::Value(vec![0xA5; 32])]);
+        t.wipe();
+        let Attribute::Value(value) = &t.0[1] else { panic!("the value attribute is kept") };
+        assert_eq!(value.as_slice(), [0u8; 32], "the bytes themselves are overwritten");
     }
 }
