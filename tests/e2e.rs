@@ -136,6 +136,12 @@ async fn lifecycle_through_cli_and_service() {
     let out = tempfile::tempdir().unwrap();
     let err = fails(&d.restore("alice", &jobs[0], out.path()), 5, "were destroyed");
     assert!(!err.contains("panicked"), "{err}");
+    // Gone for good: 410, not the retriable-looking 503 of a KMS outage.
+    let resp = d.operator().get(format!("{}/v1/pools/p", d.url())).bearer_auth(d.token()).send().await.unwrap();
+    let status = resp.status().as_u16();
+    let body: Value = resp.json().await.unwrap();
+    assert_eq!((status, body["error"]["kind"].as_str()), (410, Some("keys_destroyed")), "{body}");
+    assert!(body["error"]["retriable"].is_null(), "{body}");
     let audit = ok_json(&d.cli(&["--json", "audit", "list"]));
     let actions: Vec<&str> = audit["rows"].as_array().unwrap().iter().filter(|r| r["result"] == "ok").map(|r| r["action"].as_str().unwrap()).collect();
     for a in ["pool.rotate", "key.retire", "pool.export", "pool.import", "pool.shred"] {
