@@ -590,6 +590,51 @@ async fn kill_9_mid_rotation_of_many_pools(kind: Kind) {
     }
 }
 
+/// `pool rotate` of several pools goes on past one that fails: every
+/// pool's outcome is reported (JSON and text), and the command exits with
+/// the first failure's code.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rotate_goes_on_past_a_failing_pool() {
+    let Some(site) = Site::new(&[Kind::Builtin]) else { return };
+    let kb = site.open();
+    let mut pools = Vec::new();
+    for _ in 0..3 {
+        let (pool, client) = pool_and_client(&kb, "builtin").await;
+        let mut issued = Vec::new();
+        issue(&kb, &pool, &client, 1, &mut issued).await;
+        pools.push((pool, client, issued));
+    }
+    let config = site.config_path(&[Kind::Builtin]);
+    // A pool that does not exist, between two that do.
+    let (a, c) = (pools[0].0.as_str(), pools[2].0.as_str());
+    let out = cli(&config, None, &["pool", "rotate", a, "no-such-pool", c]);
+    assert_eq!(out.status.code(), Some(4), "the first failure's code: {}", String::from_utf8_lossy(&out.stderr));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let rotated: Vec<&str> = v["rotated"].as_array().unwrap().iter().map(|r| r["pool"].as_str().unwrap()).collect();
+    assert_eq!(rotated, [a, c], "{v}");
+    assert_eq!((v["failed"][0]["pool"].as_str(), v["failed"][0]["error"]["exit_code"].as_i64()), (Some("no-such-pool"), Some(4)), "{v}");
+    assert_eq!(v["error"]["exit_code"], 4, "{v}");
+    // Every pool, the second failing before its commit (rolled back).
+    let out = cli(&config, Some("rotate.before_commit:fail@2"), &["pool", "rotate", "--all"]);
+    assert_eq!(out.status.code(), Some(1), "{}", String::from_utf8_lossy(&out.stderr));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!((v["rotated"].as_array().unwrap().len(), v["failed"].as_array().unwrap().len()), (2, 1), "{v}");
+    assert!(v["failed"][0]["error"]["message"].as_str().unwrap().contains("test fault"), "{v}");
+    assert_eq!(open_entries(&kb), 0);
+    // The same in text.
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_keybridge"));
+    let out = cmd.arg("--config").arg(&config).args(["pool", "rotate", a, "no-such-pool", c]).env_remove("KEYBRIDGE_TEST_FAULT").output().unwrap();
+    assert_eq!(out.status.code(), Some(4));
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains(&format!("pool '{a}': rotate")) && text.contains(&format!("pool '{c}': rotate")), "{text}");
+    assert!(text.contains("pool 'no-such-pool': rotation failed") && text.contains("rotated 2 of 3 pool(s); 1 failed"), "{text}");
+    for (_, client, issued) in &pools {
+        assert_restores(&site.open(), client, issued).await;
+    }
+    let rotations: usize = pools.iter().map(|(pool, _, _)| audited(&kb, "pool.rotate", pool)).sum();
+    assert_eq!(rotations, 6, "two rotations in each of the three runs");
+}
+
 mod kill_9 {
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn kmip_rotate_all() { super::kill_9_mid_rotation_of_many_pools(super::Kind::Kmip).await }
