@@ -266,6 +266,52 @@ async fn migrate_is_refused(from: Kind, to: Kind, why: &str) {
     site.assert_no_orphans(&kb, &pool).await;
 }
 
+/// `pool migrate --to K` where K wraps the pool already keeps K's
+/// wrappings and removes the others, so it checks K's first, as a new
+/// wrapping is checked: one with a byte flipped, or holding another
+/// generation's KEK, makes the migration refuse with every wrapping kept.
+async fn migrate_checks_the_wrappings_it_keeps(from: Kind, to: Kind) {
+    let Some(site) = Site::new(&[from, to]) else { return };
+    let kb = site.open();
+    let (pool, client) = pool_and_client(&kb, kms_name(from)).await;
+    let mut issued = Vec::new();
+    issue(&kb, &pool, &client, 1, &mut issued).await;
+    pool_lifecycle::rekey(&kb, &pool, None, &actor()).await.unwrap();
+    issue(&kb, &pool, &client, 1, &mut issued).await;
+    pool_lifecycle::wrap(&kb, &pool, kms_name(to), &actor()).await.unwrap();
+    let conn = common::sqlite(&kb);
+    let (in_to, params) = (
+        "pool_id = (SELECT id FROM pools WHERE name = ?1) AND generation = ?2 AND master_key_id IN (SELECT id FROM master_keys WHERE kms_name = ?3)",
+        |g: u32| (pool.clone(), g, kms_name(to)),
+    );
+    let wrapped = |g: u32| conn.query_row(&format!("SELECT wrapped FROM wrappings WHERE {in_to}"), params(g), |r| r.get::<_, Vec<u8>>(0)).unwrap();
+    let set = |g: u32, blob: &[u8]| {
+        let (p, g, k) = params(g);
+        assert_eq!(conn.execute(&format!("UPDATE wrappings SET wrapped = ?4 WHERE {in_to}"), rusqlite::params![p, g, k, blob]).unwrap(), 1);
+    };
+    let sound = wrapped(1);
+    let mut flipped = sound.clone();
+    let middle = flipped.len() / 2;
+    flipped[middle] ^= 0x01;
+    for bad in [flipped, wrapped(2)] {
+        set(1, &bad);
+        let before = common::catalog_digest(&kb);
+        let err = pool_lifecycle::migrate(&kb, &pool, kms_name(to), &actor()).await.unwrap_err();
+        assert!(err.to_string().contains("wrapping of KEK generation 1") && err.to_string().contains("every wrapping kept"), "{err}");
+        assert_eq!(err.exit_code(), 6, "{err}");
+        assert_eq!(before, common::catalog_digest(&kb), "a refused migration keeps every wrapping");
+        assert_eq!(open_entries(&kb), 0);
+        assert_restores(&site.open_with(&[from]), &client, &issued).await;
+        set(1, &sound);
+    }
+    // Sound, they are kept and the others removed.
+    let r = pool_lifecycle::migrate(&kb, &pool, kms_name(to), &actor()).await.unwrap();
+    assert_eq!((r.new_master_keys.len(), r.removed_wrappings), (0, 2), "{r:?}");
+    assert!(r.notes.iter().any(|n| n.contains("generation(s) [1, 2] were unwrapped and checked")), "{r:?}");
+    assert_restores(&site.open_with(&[to]), &client, &issued).await;
+    site.assert_no_orphans(&kb, &pool).await;
+}
+
 /// A pool wrapped in two KMSs survives losing either; the last wrapping
 /// cannot be removed.
 async fn wrapped_twice_survives_either_kms(first: Kind, second: Kind) {
@@ -350,6 +396,10 @@ mod between_kinds {
     async fn softhsm_to_builtin_is_refused() { super::migrate_is_refused(SoftHsm, Builtin, "never leaves").await }
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn kryoptic_to_kmip_is_refused() { super::migrate_is_refused(Kryoptic, Kmip, "never leaves").await }
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn builtin_to_kryoptic_there_already_checks_it() { super::migrate_checks_the_wrappings_it_keeps(Builtin, Kryoptic).await }
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn kmip_to_builtin_there_already_checks_it() { super::migrate_checks_the_wrappings_it_keeps(Kmip, Builtin).await }
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn builtin_and_kmip_each_survive_the_other() { super::wrapped_twice_survives_either_kms(Builtin, Kmip).await }
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -274,6 +274,41 @@ async fn wrap_all(kb: &Keybridge, pool: &PoolRecord, wrappings: &[WrappingRecord
     Ok(add)
 }
 
+/// Check the wrappings of `pool` that KMS `kms` holds already, before a
+/// migration there removes every other: each generation has one, and
+/// each unwraps under its master key to the generation's KEK, checked as
+/// a new wrapping is ([`keybridge_kms::KeyBackend::verify_kek`]). Returns
+/// a note for the report.
+async fn verify_kept(kb: &Keybridge, pool: &PoolRecord, wrappings: &[WrappingRecord], kms: &str) -> Result<String> {
+    let backend = kb.backend(kms).await?;
+    let mut verified = Vec::new();
+    for at in generations(kb, pool).await? {
+        let kept: Vec<&WrappingRecord> = wrappings.iter().filter(|w| w.generation == at.generation && w.master_key.kms_name == kms).collect();
+        if kept.is_empty() {
+            return Err(Error::Input {
+                what: format!("migration of pool '{}' to KMS '{kms}'", pool.name),
+                reason: format!(
+                    "KMS '{kms}' wraps the pool already, but not its KEK generation {}; nothing was changed (`pool unwrap {} --kms {kms}`, then migrate again: that wraps every generation under a new master key there)",
+                    at.generation, pool.name
+                ),
+            });
+        }
+        for w in kept {
+            backend.verify_kek(&wrapping_kek(&at, w), &at.kek_public).await.map_err(|e| {
+                if e.is_transient() {
+                    return Error::backend(kms)(e);
+                }
+                Error::Integrity {
+                    what: format!("wrapping of KEK generation {} of pool '{}' under master key {} in KMS '{kms}'", at.generation, pool.name, w.master_key.key.label),
+                    reason: format!("{e}; the migration is refused and every wrapping kept"),
+                }
+            })?;
+        }
+        verified.push(at.generation);
+    }
+    Ok(format!("KMS '{kms}' wrapped the pool already: its wrappings of KEK generation(s) {verified:?} were unwrapped and checked against the public KEK before the others were removed"))
+}
+
 /// Pin what this host just made or moved: the newest generation's public
 /// KEK (if `new_generation`) and the master key that wraps it first.
 pub(crate) async fn repin(kb: &Keybridge, name: &str, new_generation: Option<&[u8]>) -> Result<()> {
@@ -420,6 +455,8 @@ async fn wrap_inner(kb: &Keybridge, name: &str, kms: &str, migrate: bool) -> Res
             report.new_master_keys.push(key_json(mk));
             let priority = if migrate { 0 } else { wrappings.iter().map(|w| w.priority).max().unwrap_or(0) + 1 };
             kc.add = wrap_all(kb, &pool, &wrappings, mk, priority, &mut report).await?;
+        } else if migrate {
+            report.notes.push(verify_kept(kb, &pool, &wrappings, kms).await?);
         }
         if migrate {
             for w in wrappings.iter().filter(|w| w.master_key.kms_name != kms) {

@@ -1059,6 +1059,42 @@ impl KeyBackend for Pkcs11Backend {
         Ok(WrappedKek { wrapped, wrap_mechanism: wrap_mechanism_name(wrap).expect("chosen from the known list").into() })
     }
 
+    async fn verify_kek(&self, kek: &PoolKek<'_>, public_spki: &[u8]) -> Result<(), BackendError> {
+        // The KEK never leaves the token: unwrapped again under the MK (not
+        // the cached handle) and an OAEP probe of the public KEK decrypted.
+        let wrap = wrap_mechanism_code(kek.wrap_mechanism).ok_or_else(|| {
+            BackendError::Unsupported(format!("pool '{}' was wrapped with {}, which this backend does not use", kek.pool_name, kek.wrap_mechanism))
+        })?;
+        let public = PublicKek::from_spki_der(public_spki).map_err(|source| BackendError::Crypto { context: "reading the public KEK".into(), source })?;
+        let (pool, hash, mk, wrapped) = (kek.pool_name.to_owned(), kek.oaep_hash, kek.master_key.clone(), kek.wrapped_private.to_vec());
+        self.sessions
+            .run("checking a wrapped KEK", move |s| {
+                let mk_handle = find_mk(s, &mk)?;
+                let check = match unwrap_kek(s, wrap, mk_handle, &wrapped) {
+                    Ok(h) => h,
+                    Err(OpError::Ck { err: CkError::Pkcs11(rv, _), .. }) if bad_wrapped_key(rv) => {
+                        return Err(BackendError::KekUnwrap { pool: pool.clone(), mk: mk.label.clone(), detail: format!("the token answered {}", rv::ckr_name(rv)) }.into())
+                    }
+                    Err(e) => return Err(e),
+                };
+                let cleanup = Cleanup { session: s, handles: vec![check] };
+                let not_it = |detail: String| BackendError::Other(format!("wrapped KEK of pool '{pool}' under master key {} is not the private half of the generation's public KEK ({detail})", mk.label));
+                match check_oaep(s, check, &public, hash) {
+                    Ok(()) => {}
+                    // The handle was unwrapped a moment ago: these codes mean
+                    // the probe is not this key's ciphertext (see `bad_ciphertext`).
+                    Err(OpError::Ck { err: CkError::Pkcs11(rv, _), .. }) if bad_ciphertext(rv) => {
+                        return Err(not_it(format!("the OAEP probe did not decrypt: {}", rv::ckr_name(rv))).into())
+                    }
+                    Err(OpError::Backend(BackendError::Other(_))) => return Err(not_it("the OAEP probe decrypted to something else".into()).into()),
+                    Err(e) => return Err(e),
+                }
+                drop(cleanup);
+                Ok(())
+            })
+            .await
+    }
+
     async fn master_key_status(&self, mk: &MasterKeyRef) -> Result<KeyStatus, BackendError> {
         match self.master_key_facts(mk).await {
             Ok(facts) => Ok(KeyStatus { present: true, state: None, details: serde_json::to_value(facts).unwrap_or_default() }),
