@@ -108,6 +108,19 @@ async fn lifecycle_through_cli_and_service() {
     assert!(show["rotation"]["last_rotation"].is_string() && show["rotation"]["next_due"].is_string(), "{show}");
     let cli = ok_json(&d.cli(&["--json", "pool", "schedule", "p", "--rotation-days", "30"]));
     assert_eq!((cli["rotation_days"].as_u64(), cli["own_schedule"].as_bool()), (Some(30), Some(true)), "{cli}");
+    // The same through the service, as the operator only.
+    let (status, r) = post("schedule", serde_json::json!({ "rotation_days": 7 })).await;
+    assert_eq!((status, r["rotation_days"].as_u64(), r["own_schedule"].as_bool()), (200, Some(7), Some(true)), "{r}");
+    let show = ok_json(&d.cli(&["--json", "pool", "show", "p"]));
+    assert_eq!(show["rotation"]["rotation_days"], 7, "{show}");
+    let (status, r) = post("schedule", serde_json::json!({ "default": true })).await;
+    assert_eq!((status, r["own_schedule"].as_bool()), (200, Some(false)), "{r}");
+    for wrong in [serde_json::json!({}), serde_json::json!({ "rotation_days": 7, "default": true }), serde_json::json!({ "rotation_days": -1 })] {
+        let (status, r) = post("schedule", wrong.clone()).await;
+        assert_eq!(status, 400, "{wrong}: {r}");
+    }
+    let resp = d.operator().post(format!("{}/v1/pools/p/schedule", d.url())).json(&serde_json::json!({ "rotation_days": 1 })).send().await.unwrap();
+    assert_eq!(resp.status(), 401);
     let metrics = d.operator().get(format!("{}/metrics", d.url())).send().await.unwrap().text().await.unwrap();
     assert!(metrics.contains("keybridge_pool_key_age_seconds{pool=\"p\"}"), "{metrics}");
     for (i, job) in jobs.iter().enumerate() {
@@ -144,9 +157,12 @@ async fn lifecycle_through_cli_and_service() {
     assert!(body["error"]["retriable"].is_null(), "{body}");
     let audit = ok_json(&d.cli(&["--json", "audit", "list"]));
     let actions: Vec<&str> = audit["rows"].as_array().unwrap().iter().filter(|r| r["result"] == "ok").map(|r| r["action"].as_str().unwrap()).collect();
-    for a in ["pool.rotate", "key.retire", "pool.export", "pool.import", "pool.shred"] {
+    for a in ["pool.rotate", "key.retire", "pool.schedule", "pool.export", "pool.import", "pool.shred"] {
         assert!(actions.contains(&a), "{a} not audited: {actions:?}");
     }
+    let schedules: Vec<&str> = audit["rows"].as_array().unwrap().iter().filter(|r| r["action"] == "pool.schedule" && r["result"] == "ok").map(|r| r["actor"].as_str().unwrap()).collect();
+    assert_eq!(schedules.iter().filter(|a| **a == "operator:token").count(), 2, "the service's two schedule changes, as the operator: {schedules:?}");
+    assert_eq!(schedules.iter().filter(|a| a.starts_with("local:")).count(), 1, "the CLI's: {schedules:?}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

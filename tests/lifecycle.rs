@@ -547,8 +547,8 @@ async fn scheduled_rotation_rotates_pools_that_are_due() {
     let (fresh, _) = pool_and_client(&kb, "builtin").await;
     let mut issued = Vec::new();
     issue(&kb, &due, &client, 2, &mut issued).await;
-    pool_lifecycle::set_schedule(&kb, &due, Some(7)).await.unwrap();
-    pool_lifecycle::set_schedule(&kb, &never, Some(0)).await.unwrap();
+    pool_lifecycle::set_schedule(&kb, &due, Some(7), &actor()).await.unwrap();
+    pool_lifecycle::set_schedule(&kb, &never, Some(0), &actor()).await.unwrap();
     // The first two were made (as if) 8 days ago.
     common::execute_raw(&kb, &format!("UPDATE pools SET created_at = strftime('%Y-%m-%dT%H:%M:%fZ', 'now', '-8 days') WHERE name IN ('{due}', '{never}')")).unwrap();
     let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs() as i64;

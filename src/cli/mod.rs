@@ -433,7 +433,7 @@ async fn run(cli: &Cli) -> Result<(Value, String)> {
                 PoolCommand::Unwrap { name, kms } => lifecycle_out(pool_lifecycle::unwrap(&kb, name, kms, &Actor::local_user()).await?),
                 PoolCommand::Migrate { name, to } => lifecycle_out(pool_lifecycle::migrate(&kb, name, to, &Actor::local_user()).await?),
                 PoolCommand::Schedule { name, rotation_days, .. } => {
-                    let v = pool_lifecycle::set_schedule(&kb, name, *rotation_days).await?;
+                    let v = pool_lifecycle::set_schedule(&kb, name, *rotation_days, &Actor::local_user()).await?;
                     let text = format!("pool '{name}': rotation every {} days{}, next due {}\n", v["rotation_days"], if v["own_schedule"] == true { "" } else { " (the configuration's default)" }, v["next_due"].as_str().unwrap_or("never"));
                     Ok((v, text))
                 }

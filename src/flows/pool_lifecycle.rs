@@ -727,8 +727,13 @@ pub async fn show(kb: &Keybridge, name: &str) -> Result<serde_json::Value> {
 }
 
 /// Set pool `name`'s rotation period: `Some(days)` (0: never), or `None`
-/// for the configuration's default.
-pub async fn set_schedule(kb: &Keybridge, name: &str, days: Option<u32>) -> Result<serde_json::Value> {
+/// for the configuration's default. Audited as `pool.schedule`.
+pub async fn set_schedule(kb: &Keybridge, name: &str, days: Option<u32>, actor: &Actor) -> Result<serde_json::Value> {
+    let result = set_schedule_inner(kb, name, days).await;
+    audited(kb, AuditEvent::new(actor, Action::PoolSchedule).pool(name), result).await
+}
+
+async fn set_schedule_inner(kb: &Keybridge, name: &str, days: Option<u32>) -> Result<serde_json::Value> {
     let pool = kb.catalog().pool_by_name(name).await?;
     kb.catalog().set_rotation_days(pool.id, days).await?;
     let life = kb.catalog().pool_lifecycle(pool.id).await?;

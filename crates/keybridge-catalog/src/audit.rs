@@ -112,6 +112,8 @@ pub enum Action {
     PoolShred,
     /// Deactivated master keys that nothing uses destroyed.
     KeyRetire,
+    /// A pool's rotation period set (`keybridge pool schedule`).
+    PoolSchedule,
 }
 
 impl Action {
@@ -132,6 +134,7 @@ impl Action {
             Action::PoolImport => "pool.import",
             Action::PoolShred => "pool.shred",
             Action::KeyRetire => "key.retire",
+            Action::PoolSchedule => "pool.schedule",
         }
     }
 }
