@@ -128,6 +128,24 @@ async fn lifecycle_through_cli_and_service() {
         ok_json(&d.restore("alice", job, out.path()));
         assert_eq!(describe(&data), describe(&out.path().join("data")), "backup {i}");
     }
+    // An unfinished change owned by a process on a host that is gone is
+    // never taken for dead; it is taken over only by naming its owner.
+    common::execute_raw(
+        &d.rig.open(),
+        "INSERT INTO journal(pool_id, operation, step, state, owner, detail, started_at, updated_at)
+         SELECT id, 'unwrap', 'planned', 'open', 'gone-host:7:7', '{}', 'x', 'x' FROM pools WHERE name = 'p'",
+    )
+    .unwrap();
+    let (status, r) = post("rotate", Value::Null).await;
+    assert!(status == 400 && r["error"]["message"].as_str().unwrap().contains("--take-over gone-host:7:7"), "{status} {r}");
+    let (status, r) = post("resume", Value::Null).await;
+    assert!(status == 200 && r["resumed"].as_array().unwrap().is_empty(), "{status} {r}");
+    let (status, r) = post("resume", serde_json::json!({ "take_over": "gone-host:7:8" })).await;
+    assert_eq!(status, 400, "{r}");
+    let (status, r) = post("resume", serde_json::json!({ "take_over": "gone-host:7:7" })).await;
+    assert_eq!((status, r["resumed"][0]["outcome"].as_str()), (200, Some("rolled back")), "{r}");
+    let (status, r) = post("resume", Value::Null).await;
+    assert!(status == 200 && r["notes"].to_string().contains("no unfinished change"), "{status} {r}");
     // Escrow through the service: export, then import under a new key.
     let (status, e) = post("export", serde_json::json!({ "passphrase": "short" })).await;
     assert_eq!(status, 400, "{e}");
@@ -157,7 +175,7 @@ async fn lifecycle_through_cli_and_service() {
     assert!(body["error"]["retriable"].is_null(), "{body}");
     let audit = ok_json(&d.cli(&["--json", "audit", "list"]));
     let actions: Vec<&str> = audit["rows"].as_array().unwrap().iter().filter(|r| r["result"] == "ok").map(|r| r["action"].as_str().unwrap()).collect();
-    for a in ["pool.rotate", "key.retire", "pool.schedule", "pool.export", "pool.import", "pool.shred"] {
+    for a in ["pool.rotate", "key.retire", "pool.schedule", "pool.resume", "pool.take_over", "pool.export", "pool.import", "pool.shred"] {
         assert!(actions.contains(&a), "{a} not audited: {actions:?}");
     }
     let schedules: Vec<&str> = audit["rows"].as_array().unwrap().iter().filter(|r| r["action"] == "pool.schedule" && r["result"] == "ok").map(|r| r["actor"].as_str().unwrap()).collect();

@@ -685,6 +685,71 @@ async fn rotate_goes_on_past_a_failing_pool() {
     assert_eq!(rotations, 6, "two rotations in each of the three runs");
 }
 
+/// A change owned by a process on another host (a container recreated
+/// under a new host name) is never taken for dead: the next command on the
+/// pool is refused, naming the owner. `pool resume --take-over` with that
+/// exact owner takes it over (audited as `pool.take_over`) and rolls it
+/// back, destroying the key it made in the token, even though this host's
+/// record of key changes never had it. A wrong owner, or a process of this
+/// host that still runs, is refused with nothing changed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn take_over_a_change_whose_host_is_gone() {
+    let Some(site) = Site::new(&[Kind::SoftHsm]) else { return };
+    let kb = site.open();
+    let (pool, client) = pool_and_client(&kb, "softhsm").await;
+    let mut issued = Vec::new();
+    issue(&kb, &pool, &client, 1, &mut issued).await;
+    let config = site.config_path(&[Kind::SoftHsm]);
+    // A rotation dies once its key is made and recorded, on a host whose
+    // name is gone, and whose record of key changes this host never saw.
+    let out = cli(&config, Some("rotate.keys_made:exit"), &["pool", "rotate", &pool]);
+    assert_eq!(out.status.code(), Some(86), "{}", String::from_utf8_lossy(&out.stderr));
+    let gone = "old-container:4242:12345";
+    common::execute_raw(&kb, &format!("UPDATE journal SET owner = '{gone}' WHERE state = 'open'")).unwrap();
+    std::fs::remove_file(kb.config().catalog.kek_pins.with_extension("changes.json")).unwrap();
+    let out = cli(&config, None, &["pool", "rotate", &pool]);
+    assert_eq!(out.status.code(), Some(3));
+    assert!(String::from_utf8_lossy(&out.stderr).contains(&format!("--take-over {gone}")), "{}", String::from_utf8_lossy(&out.stderr));
+    let show: serde_json::Value = serde_json::from_slice(&cli(&config, None, &["pool", "show", &pool]).stdout).unwrap();
+    assert_eq!(show["unfinished_changes"][0]["owner"], gone, "{show}");
+    // A plain resume leaves it; so does a take-over naming another owner.
+    let out = cli(&config, None, &["pool", "resume", &pool]);
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert!(out.status.success() && v["resumed"].as_array().unwrap().is_empty() && v["notes"].to_string().contains("--take-over"), "{v}");
+    let before = common::catalog_digest(&kb);
+    let out = cli(&config, None, &["pool", "resume", &pool, "--take-over", "old-container:4242:1"]);
+    assert_eq!(out.status.code(), Some(3), "{}", String::from_utf8_lossy(&out.stdout));
+    assert_eq!((open_entries(&kb), common::catalog_digest(&kb)), (1, before), "nothing was taken over");
+    // The exact owner: taken over and rolled back, its key destroyed.
+    let out = cli(&config, None, &["pool", "resume", &pool, "--take-over", gone]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!((v["resumed"][0]["operation"].as_str(), v["resumed"][0]["outcome"].as_str()), (Some("rotate"), Some("rolled back")), "{v}");
+    assert_eq!(open_entries(&kb), 0);
+    site.assert_no_orphans(&kb, &pool).await;
+    assert_eq!(audited(&kb, "pool.take_over", &pool), 1);
+    assert_restores(&site.open(), &client, &issued).await;
+    pool_lifecycle::rotate(&kb, &pool, &actor()).await.unwrap();
+
+    // A process of this host that still runs is never taken over.
+    let mut child = rotate_all_until_fault(&config, "rotate.keys_made:hang");
+    let show: serde_json::Value = serde_json::from_slice(&cli(&config, None, &["pool", "show", &pool]).stdout).unwrap();
+    let live = show["unfinished_changes"][0]["owner"].as_str().unwrap().to_owned();
+    let out = cli(&config, None, &["pool", "resume", &pool, "--take-over", &live]);
+    assert_eq!(out.status.code(), Some(3));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("still runs"), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(open_entries(&kb), 1);
+    assert!(Command::new("kill").args(["-9", &child.id().to_string()]).status().unwrap().success());
+    child.wait().unwrap();
+    // Gone now: a plain resume rolls it back.
+    let out = cli(&config, None, &["pool", "resume", &pool]);
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["resumed"][0]["outcome"], "rolled back", "{v}");
+    assert_eq!((open_entries(&kb), audited(&kb, "pool.resume", &pool)), (0, 2));
+    assert_restores(&site.open(), &client, &issued).await;
+    site.assert_no_orphans(&kb, &pool).await;
+}
+
 mod kill_9 {
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn kmip_rotate_all() { super::kill_9_mid_rotation_of_many_pools(super::Kind::Kmip).await }

@@ -235,6 +235,21 @@ pub enum PoolCommand {
     },
     /// Destroy the deactivated master keys of a pool that nothing uses.
     RetireKeys { name: String },
+    /// Finish or roll back a pool's unfinished change whose process is
+    /// gone (what the next command on the pool does first).
+    ///
+    /// A change owned by a process on another host (a container recreated
+    /// under a new host name, a machine gone) is never taken for dead: name
+    /// that owner with --take-over, exactly as `pool show` gives it, and it
+    /// is taken over here (audited as pool.take_over), then finished or
+    /// rolled back. Refused when the owner is a process of this host that
+    /// still runs.
+    Resume {
+        name: String,
+        /// The change's owner, HOST:PID:START, as `pool show` names it.
+        #[arg(long, value_name = "HOST:PID:START")]
+        take_over: Option<String>,
+    },
     /// Set how often `keybridge serve` rotates a pool's master keys.
     Schedule {
         name: String,
@@ -454,6 +469,7 @@ async fn run(cli: &Cli) -> Result<(Value, String)> {
                     lifecycle_out(escrow::import(&kb, file, &pass, kms, &Actor::local_user()).await?)
                 }
                 PoolCommand::RetireKeys { name } => lifecycle_out(pool_lifecycle::retire_keys(&kb, name, &Actor::local_user()).await?),
+                PoolCommand::Resume { name, take_over } => lifecycle_out(pool_lifecycle::resume(&kb, name, take_over.as_deref(), &Actor::local_user()).await?),
                 PoolCommand::Shred { name, yes_destroy } => lifecycle_out(pool_lifecycle::shred(&kb, name, yes_destroy, &Actor::local_user()).await?),
                 PoolCommand::Rekey { name, kek_bits, kms: Some(kms) } => lifecycle_out(pool_lifecycle::rekey_to(&kb, name, *kek_bits, kms, &Actor::local_user()).await?),
                 PoolCommand::Rekey { name, kek_bits, kms: None } => {

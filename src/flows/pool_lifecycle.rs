@@ -513,6 +513,49 @@ async fn unwrap_inner(kb: &Keybridge, name: &str, kms: &str) -> Result<ChangeRep
     Ok(report)
 }
 
+/// Finish or roll back the unfinished change of pool `name` (`pool
+/// resume`): as the next command on the pool would, if its process is
+/// gone; with `take_over`, one owned by that process (`host:pid:start`,
+/// exactly as `pool show` names it), which this host cannot see, taken
+/// over on the operator's word first (`journal::take_over`). Audited as
+/// `pool.resume`, or `pool.take_over`.
+pub async fn resume(kb: &Keybridge, name: &str, take_over: Option<&str>, actor: &Actor) -> Result<ChangeReport> {
+    let action = if take_over.is_some() { Action::PoolTakeOver } else { Action::PoolResume };
+    let result = resume_inner(kb, name, take_over).await;
+    audited(kb, AuditEvent::new(actor, action).pool(name), result).await
+}
+
+async fn resume_inner(kb: &Keybridge, name: &str, take_over: Option<&str>) -> Result<ChangeReport> {
+    let mut report = ChangeReport::new(name, "resume");
+    // By name from the journal: a pool being created has no generation, so
+    // no pool read finds it yet.
+    let open: Vec<_> = kb.catalog().open_journal(None).await?.into_iter().filter(|e| e.pool == name).collect();
+    let Some(first) = open.first() else {
+        kb.catalog().pool_by_name(name).await?;
+        report.notes.push("the pool has no unfinished change".into());
+        return Ok(report);
+    };
+    report.resumed = match take_over {
+        Some(owner) => vec![journal::take_over(kb, name, owner).await?],
+        None => journal::resume(kb, Some(first.pool_id)).await?,
+    };
+    if report.resumed.iter().any(|r| r.outcome == "taken over") {
+        report.notes.push(format!("the shred was taken over, not finished: run `pool shred {name} --yes-destroy {name}` again to finish it"));
+    }
+    for e in open.iter().filter(|e| !report.resumed.iter().any(|r| r.journal_id == e.id)) {
+        report.notes.push(if e.operation == "shred" {
+            format!("an interrupted shred (journal {}) is finished only by running `pool shred {name} --yes-destroy {name}` again", e.id)
+        } else {
+            format!(
+                "the unfinished {} (journal {}, step {}) was left to {}: it still runs, or runs on another host; if that process is gone for good, `pool resume {name} --take-over {}`",
+                e.operation, e.id, e.step, e.owner, e.owner
+            )
+        });
+    }
+    kb.clear_caches().await;
+    Ok(report)
+}
+
 /// Destroy the deactivated master keys of pool `name` that no wrapping
 /// uses any more. Adopted keys are left to their owner. Audited as
 /// `key.retire`.
@@ -719,7 +762,10 @@ pub async fn show(kb: &Keybridge, name: &str) -> Result<serde_json::Value> {
     }
     let open = catalog.open_journal(Some(p.id)).await?;
     for e in &open {
-        warnings.push(format!("an unfinished {} (journal {}, step {}, by {}) is finished or rolled back by the next command on the pool or by `keybridge serve`", e.operation, e.id, e.step, e.owner));
+        warnings.push(format!(
+            "an unfinished {} (journal {}, step {}, by {}) is finished or rolled back by the next command on the pool or by `keybridge serve`, once its process is gone; if that process ran on another host that is gone for good, `pool resume {name} --take-over {}`",
+            e.operation, e.id, e.step, e.owner, e.owner
+        ));
     }
     v["unfinished_changes"] = serde_json::to_value(&open).unwrap_or_default();
     v["warnings"] = warnings.into();

@@ -268,6 +268,7 @@ pub fn router(service: Shared) -> Router {
         .route("/v1/pools/{name}/export", post(export_pool))
         .route("/v1/pools/{name}/import", post(import_pool))
         .route("/v1/pools/{name}/schedule", post(schedule_pool))
+        .route("/v1/pools/{name}/resume", post(resume_pool))
         .route("/v1/clients", post(register_client))
         .route("/v1/clients/{name}/kdf", get(client_kdf))
         .route("/v1/deks", post(issue_dek))
@@ -410,6 +411,11 @@ async fn schedule_pool(State(s): State<Shared>, Path(name): Path<String>, body: 
     let started = Instant::now();
     let schedule = pool_lifecycle::set_schedule(&s.kb, &name, days, &operator_actor()).await;
     s.finish("pool_schedule", "-", started, schedule)
+}
+
+async fn resume_pool(State(s): State<Shared>, Path(name): Path<String>, body: Bytes) -> ApiResult {
+    let req: api::ResumePool = if body.is_empty() { api::ResumePool::default() } else { parse_body(&body)? };
+    lifecycle(s, "pool_resume", move |s| async move { pool_lifecycle::resume(&s.kb, &name, req.take_over.as_deref(), &operator_actor()).await }).await
 }
 
 async fn rekey_pool(State(s): State<Shared>, Path(name): Path<String>, body: Bytes) -> ApiResult {

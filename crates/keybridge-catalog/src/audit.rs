@@ -114,6 +114,13 @@ pub enum Action {
     KeyRetire,
     /// A pool's rotation period set (`keybridge pool schedule`).
     PoolSchedule,
+    /// A pool's interrupted change finished or rolled back on request
+    /// (`keybridge pool resume`).
+    PoolResume,
+    /// An interrupted change of a pool taken over from the process the
+    /// operator named (`keybridge pool resume --take-over`), then finished
+    /// or rolled back.
+    PoolTakeOver,
 }
 
 impl Action {
@@ -135,6 +142,8 @@ impl Action {
             Action::PoolShred => "pool.shred",
             Action::KeyRetire => "key.retire",
             Action::PoolSchedule => "pool.schedule",
+            Action::PoolResume => "pool.resume",
+            Action::PoolTakeOver => "pool.take_over",
         }
     }
 }

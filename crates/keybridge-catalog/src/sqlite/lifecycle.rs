@@ -126,8 +126,8 @@ impl SqliteCatalog {
             return Err(Error::Input {
                 what: format!("{operation} of pool '{}'", e.pool),
                 reason: format!(
-                    "another change of the pool is unfinished: journal entry {} ({}, step {}, started {} by {}); it is finished or rolled back when its process ends or the command is run again",
-                    e.id, e.operation, e.step, e.started_at, e.owner
+                    "another change of the pool is unfinished: journal entry {} ({}, step {}, started {} by {}); it is finished or rolled back when its process ends or the command is run again (a process on another host that is gone for good: `pool resume {} --take-over {}`)",
+                    e.id, e.operation, e.step, e.started_at, e.owner, e.pool, e.owner
                 ),
             });
         }
