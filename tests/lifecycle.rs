@@ -514,11 +514,66 @@ async fn crash_at_every_step(kinds: &[Kind], operation: &str, points: &[&str]) {
     }
 }
 
+/// Pool creation is journalled like the other changes: a `keybridge pool
+/// create` that crashes (exits at once) or fails at each step leaves the
+/// name unseen by pool reads until its commit; the next `pool create` of
+/// the name rolls the creation back (destroying the key it made, by label
+/// if it was not yet recorded) and creates the pool, or, after the commit,
+/// finishes it and answers with the pool asked for. Then the pool works,
+/// and no master key is left in the KMS without a catalog row.
+async fn crash_creating_a_pool(kind: Kind) {
+    let Some(site) = Site::new(&[kind]) else { return };
+    let kb = site.open();
+    let kms = kms_name(kind);
+    let config = site.config_path(&[kind]);
+    for point in CREATE_POINTS {
+        for action in ["exit", "fail"] {
+            let pool = format!("pool-{}", &uuid::Uuid::new_v4().simple().to_string()[..8]);
+            let args = ["pool", "create", pool.as_str(), "--kms", kms, "--kek-bits", "2048"];
+            let fault = format!("create.{point}:{action}");
+            let out = cli(&config, Some(&fault), &args);
+            assert!(!out.status.success(), "{fault}: the command should have stopped: {}", String::from_utf8_lossy(&out.stdout));
+            let open = || -> i64 { common::sqlite(&kb).query_row("SELECT COUNT(*) FROM journal j JOIN pools p ON p.id = j.pool_id WHERE p.name = ?1 AND j.state = 'open'", [&pool], |r| r.get(0)).unwrap() };
+            let committed = *point == "committed";
+            match action {
+                "exit" => assert_eq!(open(), 1, "{fault}"),
+                _ => assert_eq!(open(), i64::from(committed), "{fault}"),
+            }
+            assert_eq!(kb.catalog().pool_by_name(&pool).await.is_ok(), committed, "{fault}: the pool is seen once committed, not before");
+            // Another pool is created meanwhile, undisturbed.
+            let (other, _) = pool_and_client(&kb, kms).await;
+            let out = cli(&config, None, &args);
+            assert!(out.status.success(), "{fault}: rerun failed: {}", String::from_utf8_lossy(&out.stderr));
+            let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+            assert_eq!((v["name"].as_str(), v["kek_generation"].as_u64()), (Some(pool.as_str()), Some(1)), "{fault}: {v}");
+            assert_eq!(open(), 0, "{fault}: the journal is closed after the rerun");
+            let p = kb.catalog().pool_by_name(&pool).await.unwrap();
+            assert_eq!(kb.catalog().pool_master_keys(p.id).await.unwrap().len(), 1, "{fault}: one master key");
+            let client = format!("client-{}", &uuid::Uuid::new_v4().simple().to_string()[..8]);
+            clients::add_client(&kb, &client, &password("network-password-1"), test_kdf(), &actor()).await.unwrap();
+            let mut issued = Vec::new();
+            issue(&kb, &pool, &client, 1, &mut issued).await;
+            assert_restores(&site.open(), &client, &issued).await;
+            assert_eq!(audited(&kb, "pool.create", &pool), 1, "{fault}");
+            site.assert_no_orphans(&kb, &pool).await;
+            site.assert_no_orphans(&kb, &other).await;
+        }
+    }
+}
+
+const CREATE_POINTS: &[&str] = &["make_key", "key_made", "keys_made", "wrapped", "before_commit", "committed"];
+
 const ROTATE_POINTS: &[&str] = &["make_key", "key_made", "keys_made", "wrapped", "before_commit", "committed"];
 const MIGRATE_POINTS: &[&str] = &["make_key", "key_made", "keys_made", "wrapped", "before_commit", "committed"];
 
 mod crash {
     use super::Kind::*;
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn builtin_create() { super::crash_creating_a_pool(Builtin).await }
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn softhsm_create() { super::crash_creating_a_pool(SoftHsm).await }
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn kmip_create() { super::crash_creating_a_pool(Kmip).await }
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn builtin_rotate() { super::crash_at_every_step(&[Builtin], "rotate", super::ROTATE_POINTS).await }
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -1,7 +1,7 @@
 //! The journal of multi-step key changes (docs/design.md, "Key lifecycle").
 //!
-//! A change of a pool's keys (rotate, wrap, unwrap, migrate, import,
-//! shred) is journalled before it starts:
+//! A change of a pool's keys (create, rotate, rekey into another KMS, wrap,
+//! unwrap, migrate, import, shred) is journalled before it starts:
 //!
 //! 1. `planned`: the entry names the master keys it will make (KMS and a
 //!    label unique to this change), before any exists;
@@ -264,16 +264,32 @@ impl<'a> Change<'a> {
         let _begin = BEGIN.lock().await;
         let resumed = resume_unfinished(kb, Some(pool_id), operation == "shred").await?;
         let entry = kb.catalog().journal_begin(pool_id, operation, &owner(), &detail(&plan)).await?;
+        Ok((Self::started(kb, entry, plan).await?, resumed))
+    }
+
+    /// Journal the creation of pool `name` on KMS `kms` before anything is
+    /// made: the pool's catalog row is reserved with the entry, and seen by
+    /// no pool read until the commit gives it KEK generation 1. Run
+    /// [`resume_creation`] first.
+    pub(crate) async fn begin_creation(kb: &'a Keybridge, name: &str, kms: &str, kind: &str, identity: &str, plan: Plan) -> Result<Change<'a>> {
+        let _begin = BEGIN.lock().await;
+        let entry = kb.catalog().journal_begin_pool(name, kms, kind, identity, &owner(), &detail(&plan)).await?;
+        Self::started(kb, entry, plan).await
+    }
+
+    /// The change of `entry`, just opened by this process: marked running,
+    /// and the keys it plans noted in this host's record.
+    async fn started(kb: &'a Keybridge, entry: JournalEntry, plan: Plan) -> Result<Change<'a>> {
         running().push(entry.id);
-        let change = Change { kb, pool_id, id: entry.id, operation: operation.to_owned(), plan };
+        let change = Change { kb, pool_id: entry.pool_id, id: entry.id, operation: entry.operation, plan };
         if let Err(e) = local::note(kb, change.id, change.plan.new_keys.iter().map(|k| local::made(&k.kms, &k.label))) {
             // Nothing made yet: the entry closes as rolled back.
-            if let Err(c) = close(kb, pool_id, change.id, &change.plan, "rolled_back", JournalState::RolledBack).await {
+            if let Err(c) = close(kb, change.pool_id, change.id, &change.plan, "rolled_back", JournalState::RolledBack).await {
                 tracing::error!(journal = change.id, error = %c, "could not close a change that never started");
             }
             return Err(e);
         }
-        Ok((change, resumed))
+        Ok(change)
     }
 
     fn step(&self, step: &str, close: Option<JournalState>) -> JournalStep {
@@ -305,6 +321,14 @@ impl<'a> Change<'a> {
             }
         }
         Ok(made)
+    }
+
+    /// Record `mk`, a key the change adopted in KMS `kms` instead of making
+    /// one (made by someone else: never destroyed, by a rollback either),
+    /// with the `keys_made` step.
+    pub(crate) async fn record_adopted(&self, kms: &str, mk: &keybridge_kms::MasterKeyRef) -> Result<keybridge_catalog::lifecycle::MasterKeyRecord> {
+        let backend = self.kb.backend(kms).await?;
+        self.kb.catalog().record_master_key(self.pool_id, kms, backend.kind(), &backend.identity(), mk, &self.step("keys_made", None)).await
     }
 
     /// Commit `change` with the `committed` step, then mirror the
@@ -395,6 +419,17 @@ pub(crate) async fn destroy_in_kms(kb: &Keybridge, mk: &keybridge_kms::MasterKey
 pub async fn resume(kb: &Keybridge, pool_id: Option<i64>) -> Result<Vec<Resumed>> {
     let _begin = BEGIN.lock().await;
     resume_unfinished(kb, pool_id, false).await
+}
+
+/// Finish or roll back an interrupted creation of pool `name` whose
+/// process is gone, before the name is taken again.
+pub(crate) async fn resume_creation(kb: &Keybridge, name: &str) -> Result<Vec<Resumed>> {
+    let _begin = BEGIN.lock().await;
+    let mut done = Vec::new();
+    for entry in kb.catalog().open_journal(None).await?.into_iter().filter(|e| e.pool == name && e.operation == "create") {
+        done.extend(resume_unfinished(kb, Some(entry.pool_id), false).await?);
+    }
+    Ok(done)
 }
 
 /// [`resume`]; an interrupted shred is finished only when the operator runs
@@ -557,15 +592,16 @@ async fn finish(kb: &Keybridge, pool_id: i64, id: i64, plan: &Plan) -> Result<()
 async fn roll_back(kb: &Keybridge, pool_id: i64, id: i64, plan: &Plan) -> Result<()> {
     // Only what the catalog says is uncommitted is undone.
     let entry = kb.catalog().open_journal(Some(pool_id)).await?.into_iter().find(|e| e.id == id);
-    match entry {
+    let pool = match entry {
         None => return Ok(()),
         Some(e) if e.step == "committed" => return finish(kb, pool_id, id, &parse_plan(&e)?).await,
-        Some(_) => {}
-    }
+        // By the entry: a pool being created has no generation, so no pool
+        // read finds it.
+        Some(e) => e.pool,
+    };
     // The entry is catalog data, which whoever writes the catalog can edit:
     // a key is destroyed only once the catalog agrees nothing uses it.
     let keys = kb.catalog().pool_master_keys(pool_id).await?;
-    let pool = kb.catalog().pool_by_id(pool_id).await.map(|p| p.name).unwrap_or_default();
     for key in &plan.new_keys {
         let backend = kb.backend(&key.kms).await?;
         if !local::has(kb, id, &local::made(&key.kms, &key.label))? {
