@@ -108,6 +108,19 @@ async fn lifecycle_through_cli_and_service() {
     assert!(show["rotation"]["last_rotation"].is_string() && show["rotation"]["next_due"].is_string(), "{show}");
     let cli = ok_json(&d.cli(&["--json", "pool", "schedule", "p", "--rotation-days", "30"]));
     assert_eq!((cli["rotation_days"].as_u64(), cli["own_schedule"].as_bool()), (Some(30), Some(true)), "{cli}");
+    // The same through the service, as the operator only.
+    let (status, r) = post("schedule", serde_json::json!({ "rotation_days": 7 })).await;
+    assert_eq!((status, r["rotation_days"].as_u64(), r["own_schedule"].as_bool()), (200, Some(7), Some(true)), "{r}");
+    let show = ok_json(&d.cli(&["--json", "pool", "show", "p"]));
+    assert_eq!(show["rotation"]["rotation_days"], 7, "{show}");
+    let (status, r) = post("schedule", serde_json::json!({ "default": true })).await;
+    assert_eq!((status, r["own_schedule"].as_bool()), (200, Some(false)), "{r}");
+    for wrong in [serde_json::json!({}), serde_json::json!({ "rotation_days": 7, "default": true }), serde_json::json!({ "rotation_days": -1 })] {
+        let (status, r) = post("schedule", wrong.clone()).await;
+        assert_eq!(status, 400, "{wrong}: {r}");
+    }
+    let resp = d.operator().post(format!("{}/v1/pools/p/schedule", d.url())).json(&serde_json::json!({ "rotation_days": 1 })).send().await.unwrap();
+    assert_eq!(resp.status(), 401);
     let metrics = d.operator().get(format!("{}/metrics", d.url())).send().await.unwrap().text().await.unwrap();
     assert!(metrics.contains("keybridge_pool_key_age_seconds{pool=\"p\"}"), "{metrics}");
     for (i, job) in jobs.iter().enumerate() {
@@ -115,6 +128,24 @@ async fn lifecycle_through_cli_and_service() {
         ok_json(&d.restore("alice", job, out.path()));
         assert_eq!(describe(&data), describe(&out.path().join("data")), "backup {i}");
     }
+    // An unfinished change owned by a process on a host that is gone is
+    // never taken for dead; it is taken over only by naming its owner.
+    common::execute_raw(
+        &d.rig.open(),
+        "INSERT INTO journal(pool_id, operation, step, state, owner, detail, started_at, updated_at)
+         SELECT id, 'unwrap', 'planned', 'open', 'gone-host:7:7', '{}', 'x', 'x' FROM pools WHERE name = 'p'",
+    )
+    .unwrap();
+    let (status, r) = post("rotate", Value::Null).await;
+    assert!(status == 400 && r["error"]["message"].as_str().unwrap().contains("--take-over gone-host:7:7"), "{status} {r}");
+    let (status, r) = post("resume", Value::Null).await;
+    assert!(status == 200 && r["resumed"].as_array().unwrap().is_empty(), "{status} {r}");
+    let (status, r) = post("resume", serde_json::json!({ "take_over": "gone-host:7:8" })).await;
+    assert_eq!(status, 400, "{r}");
+    let (status, r) = post("resume", serde_json::json!({ "take_over": "gone-host:7:7" })).await;
+    assert_eq!((status, r["resumed"][0]["outcome"].as_str()), (200, Some("rolled back")), "{r}");
+    let (status, r) = post("resume", Value::Null).await;
+    assert!(status == 200 && r["notes"].to_string().contains("no unfinished change"), "{status} {r}");
     // Escrow through the service: export, then import under a new key.
     let (status, e) = post("export", serde_json::json!({ "passphrase": "short" })).await;
     assert_eq!(status, 400, "{e}");
@@ -136,11 +167,20 @@ async fn lifecycle_through_cli_and_service() {
     let out = tempfile::tempdir().unwrap();
     let err = fails(&d.restore("alice", &jobs[0], out.path()), 5, "were destroyed");
     assert!(!err.contains("panicked"), "{err}");
+    // Gone for good: 410, not the retriable-looking 503 of a KMS outage.
+    let resp = d.operator().get(format!("{}/v1/pools/p", d.url())).bearer_auth(d.token()).send().await.unwrap();
+    let status = resp.status().as_u16();
+    let body: Value = resp.json().await.unwrap();
+    assert_eq!((status, body["error"]["kind"].as_str()), (410, Some("keys_destroyed")), "{body}");
+    assert!(body["error"]["retriable"].is_null(), "{body}");
     let audit = ok_json(&d.cli(&["--json", "audit", "list"]));
     let actions: Vec<&str> = audit["rows"].as_array().unwrap().iter().filter(|r| r["result"] == "ok").map(|r| r["action"].as_str().unwrap()).collect();
-    for a in ["pool.rotate", "key.retire", "pool.export", "pool.import", "pool.shred"] {
+    for a in ["pool.rotate", "key.retire", "pool.schedule", "pool.resume", "pool.take_over", "pool.export", "pool.import", "pool.shred"] {
         assert!(actions.contains(&a), "{a} not audited: {actions:?}");
     }
+    let schedules: Vec<&str> = audit["rows"].as_array().unwrap().iter().filter(|r| r["action"] == "pool.schedule" && r["result"] == "ok").map(|r| r["actor"].as_str().unwrap()).collect();
+    assert_eq!(schedules.iter().filter(|a| **a == "operator:token").count(), 2, "the service's two schedule changes, as the operator: {schedules:?}");
+    assert_eq!(schedules.iter().filter(|a| a.starts_with("local:")).count(), 1, "the CLI's: {schedules:?}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -266,6 +266,52 @@ async fn migrate_is_refused(from: Kind, to: Kind, why: &str) {
     site.assert_no_orphans(&kb, &pool).await;
 }
 
+/// `pool migrate --to K` where K wraps the pool already keeps K's
+/// wrappings and removes the others, so it checks K's first, as a new
+/// wrapping is checked: one with a byte flipped, or holding another
+/// generation's KEK, makes the migration refuse with every wrapping kept.
+async fn migrate_checks_the_wrappings_it_keeps(from: Kind, to: Kind) {
+    let Some(site) = Site::new(&[from, to]) else { return };
+    let kb = site.open();
+    let (pool, client) = pool_and_client(&kb, kms_name(from)).await;
+    let mut issued = Vec::new();
+    issue(&kb, &pool, &client, 1, &mut issued).await;
+    pool_lifecycle::rekey(&kb, &pool, None, &actor()).await.unwrap();
+    issue(&kb, &pool, &client, 1, &mut issued).await;
+    pool_lifecycle::wrap(&kb, &pool, kms_name(to), &actor()).await.unwrap();
+    let conn = common::sqlite(&kb);
+    let (in_to, params) = (
+        "pool_id = (SELECT id FROM pools WHERE name = ?1) AND generation = ?2 AND master_key_id IN (SELECT id FROM master_keys WHERE kms_name = ?3)",
+        |g: u32| (pool.clone(), g, kms_name(to)),
+    );
+    let wrapped = |g: u32| conn.query_row(&format!("SELECT wrapped FROM wrappings WHERE {in_to}"), params(g), |r| r.get::<_, Vec<u8>>(0)).unwrap();
+    let set = |g: u32, blob: &[u8]| {
+        let (p, g, k) = params(g);
+        assert_eq!(conn.execute(&format!("UPDATE wrappings SET wrapped = ?4 WHERE {in_to}"), rusqlite::params![p, g, k, blob]).unwrap(), 1);
+    };
+    let sound = wrapped(1);
+    let mut flipped = sound.clone();
+    let middle = flipped.len() / 2;
+    flipped[middle] ^= 0x01;
+    for bad in [flipped, wrapped(2)] {
+        set(1, &bad);
+        let before = common::catalog_digest(&kb);
+        let err = pool_lifecycle::migrate(&kb, &pool, kms_name(to), &actor()).await.unwrap_err();
+        assert!(err.to_string().contains("wrapping of KEK generation 1") && err.to_string().contains("every wrapping kept"), "{err}");
+        assert_eq!(err.exit_code(), 6, "{err}");
+        assert_eq!(before, common::catalog_digest(&kb), "a refused migration keeps every wrapping");
+        assert_eq!(open_entries(&kb), 0);
+        assert_restores(&site.open_with(&[from]), &client, &issued).await;
+        set(1, &sound);
+    }
+    // Sound, they are kept and the others removed.
+    let r = pool_lifecycle::migrate(&kb, &pool, kms_name(to), &actor()).await.unwrap();
+    assert_eq!((r.new_master_keys.len(), r.removed_wrappings), (0, 2), "{r:?}");
+    assert!(r.notes.iter().any(|n| n.contains("generation(s) [1, 2] were unwrapped and checked")), "{r:?}");
+    assert_restores(&site.open_with(&[to]), &client, &issued).await;
+    site.assert_no_orphans(&kb, &pool).await;
+}
+
 /// A pool wrapped in two KMSs survives losing either; the last wrapping
 /// cannot be removed.
 async fn wrapped_twice_survives_either_kms(first: Kind, second: Kind) {
@@ -350,6 +396,10 @@ mod between_kinds {
     async fn softhsm_to_builtin_is_refused() { super::migrate_is_refused(SoftHsm, Builtin, "never leaves").await }
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn kryoptic_to_kmip_is_refused() { super::migrate_is_refused(Kryoptic, Kmip, "never leaves").await }
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn builtin_to_kryoptic_there_already_checks_it() { super::migrate_checks_the_wrappings_it_keeps(Builtin, Kryoptic).await }
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn kmip_to_builtin_there_already_checks_it() { super::migrate_checks_the_wrappings_it_keeps(Kmip, Builtin).await }
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn builtin_and_kmip_each_survive_the_other() { super::wrapped_twice_survives_either_kms(Builtin, Kmip).await }
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -464,11 +514,66 @@ async fn crash_at_every_step(kinds: &[Kind], operation: &str, points: &[&str]) {
     }
 }
 
+/// Pool creation is journalled like the other changes: a `keybridge pool
+/// create` that crashes (exits at once) or fails at each step leaves the
+/// name unseen by pool reads until its commit; the next `pool create` of
+/// the name rolls the creation back (destroying the key it made, by label
+/// if it was not yet recorded) and creates the pool, or, after the commit,
+/// finishes it and answers with the pool asked for. Then the pool works,
+/// and no master key is left in the KMS without a catalog row.
+async fn crash_creating_a_pool(kind: Kind) {
+    let Some(site) = Site::new(&[kind]) else { return };
+    let kb = site.open();
+    let kms = kms_name(kind);
+    let config = site.config_path(&[kind]);
+    for point in CREATE_POINTS {
+        for action in ["exit", "fail"] {
+            let pool = format!("pool-{}", &uuid::Uuid::new_v4().simple().to_string()[..8]);
+            let args = ["pool", "create", pool.as_str(), "--kms", kms, "--kek-bits", "2048"];
+            let fault = format!("create.{point}:{action}");
+            let out = cli(&config, Some(&fault), &args);
+            assert!(!out.status.success(), "{fault}: the command should have stopped: {}", String::from_utf8_lossy(&out.stdout));
+            let open = || -> i64 { common::sqlite(&kb).query_row("SELECT COUNT(*) FROM journal j JOIN pools p ON p.id = j.pool_id WHERE p.name = ?1 AND j.state = 'open'", [&pool], |r| r.get(0)).unwrap() };
+            let committed = *point == "committed";
+            match action {
+                "exit" => assert_eq!(open(), 1, "{fault}"),
+                _ => assert_eq!(open(), i64::from(committed), "{fault}"),
+            }
+            assert_eq!(kb.catalog().pool_by_name(&pool).await.is_ok(), committed, "{fault}: the pool is seen once committed, not before");
+            // Another pool is created meanwhile, undisturbed.
+            let (other, _) = pool_and_client(&kb, kms).await;
+            let out = cli(&config, None, &args);
+            assert!(out.status.success(), "{fault}: rerun failed: {}", String::from_utf8_lossy(&out.stderr));
+            let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+            assert_eq!((v["name"].as_str(), v["kek_generation"].as_u64()), (Some(pool.as_str()), Some(1)), "{fault}: {v}");
+            assert_eq!(open(), 0, "{fault}: the journal is closed after the rerun");
+            let p = kb.catalog().pool_by_name(&pool).await.unwrap();
+            assert_eq!(kb.catalog().pool_master_keys(p.id).await.unwrap().len(), 1, "{fault}: one master key");
+            let client = format!("client-{}", &uuid::Uuid::new_v4().simple().to_string()[..8]);
+            clients::add_client(&kb, &client, &password("network-password-1"), test_kdf(), &actor()).await.unwrap();
+            let mut issued = Vec::new();
+            issue(&kb, &pool, &client, 1, &mut issued).await;
+            assert_restores(&site.open(), &client, &issued).await;
+            assert_eq!(audited(&kb, "pool.create", &pool), 1, "{fault}");
+            site.assert_no_orphans(&kb, &pool).await;
+            site.assert_no_orphans(&kb, &other).await;
+        }
+    }
+}
+
+const CREATE_POINTS: &[&str] = &["make_key", "key_made", "keys_made", "wrapped", "before_commit", "committed"];
+
 const ROTATE_POINTS: &[&str] = &["make_key", "key_made", "keys_made", "wrapped", "before_commit", "committed"];
 const MIGRATE_POINTS: &[&str] = &["make_key", "key_made", "keys_made", "wrapped", "before_commit", "committed"];
 
 mod crash {
     use super::Kind::*;
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn builtin_create() { super::crash_creating_a_pool(Builtin).await }
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn softhsm_create() { super::crash_creating_a_pool(SoftHsm).await }
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn kmip_create() { super::crash_creating_a_pool(Kmip).await }
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn builtin_rotate() { super::crash_at_every_step(&[Builtin], "rotate", super::ROTATE_POINTS).await }
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -497,8 +602,8 @@ async fn scheduled_rotation_rotates_pools_that_are_due() {
     let (fresh, _) = pool_and_client(&kb, "builtin").await;
     let mut issued = Vec::new();
     issue(&kb, &due, &client, 2, &mut issued).await;
-    pool_lifecycle::set_schedule(&kb, &due, Some(7)).await.unwrap();
-    pool_lifecycle::set_schedule(&kb, &never, Some(0)).await.unwrap();
+    pool_lifecycle::set_schedule(&kb, &due, Some(7), &actor()).await.unwrap();
+    pool_lifecycle::set_schedule(&kb, &never, Some(0), &actor()).await.unwrap();
     // The first two were made (as if) 8 days ago.
     common::execute_raw(&kb, &format!("UPDATE pools SET created_at = strftime('%Y-%m-%dT%H:%M:%fZ', 'now', '-8 days') WHERE name IN ('{due}', '{never}')")).unwrap();
     let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs() as i64;
@@ -588,6 +693,116 @@ async fn kill_9_mid_rotation_of_many_pools(kind: Kind) {
         assert_restores(&site.open(), client, issued).await;
         site.assert_no_orphans(&kb, pool).await;
     }
+}
+
+/// `pool rotate` of several pools goes on past one that fails: every
+/// pool's outcome is reported (JSON and text), and the command exits with
+/// the first failure's code.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rotate_goes_on_past_a_failing_pool() {
+    let Some(site) = Site::new(&[Kind::Builtin]) else { return };
+    let kb = site.open();
+    let mut pools = Vec::new();
+    for _ in 0..3 {
+        let (pool, client) = pool_and_client(&kb, "builtin").await;
+        let mut issued = Vec::new();
+        issue(&kb, &pool, &client, 1, &mut issued).await;
+        pools.push((pool, client, issued));
+    }
+    let config = site.config_path(&[Kind::Builtin]);
+    // A pool that does not exist, between two that do.
+    let (a, c) = (pools[0].0.as_str(), pools[2].0.as_str());
+    let out = cli(&config, None, &["pool", "rotate", a, "no-such-pool", c]);
+    assert_eq!(out.status.code(), Some(4), "the first failure's code: {}", String::from_utf8_lossy(&out.stderr));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let rotated: Vec<&str> = v["rotated"].as_array().unwrap().iter().map(|r| r["pool"].as_str().unwrap()).collect();
+    assert_eq!(rotated, [a, c], "{v}");
+    assert_eq!((v["failed"][0]["pool"].as_str(), v["failed"][0]["error"]["exit_code"].as_i64()), (Some("no-such-pool"), Some(4)), "{v}");
+    assert_eq!(v["error"]["exit_code"], 4, "{v}");
+    // Every pool, the second failing before its commit (rolled back).
+    let out = cli(&config, Some("rotate.before_commit:fail@2"), &["pool", "rotate", "--all"]);
+    assert_eq!(out.status.code(), Some(1), "{}", String::from_utf8_lossy(&out.stderr));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!((v["rotated"].as_array().unwrap().len(), v["failed"].as_array().unwrap().len()), (2, 1), "{v}");
+    assert!(v["failed"][0]["error"]["message"].as_str().unwrap().contains("test fault"), "{v}");
+    assert_eq!(open_entries(&kb), 0);
+    // The same in text.
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_keybridge"));
+    let out = cmd.arg("--config").arg(&config).args(["pool", "rotate", a, "no-such-pool", c]).env_remove("KEYBRIDGE_TEST_FAULT").output().unwrap();
+    assert_eq!(out.status.code(), Some(4));
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains(&format!("pool '{a}': rotate")) && text.contains(&format!("pool '{c}': rotate")), "{text}");
+    assert!(text.contains("pool 'no-such-pool': rotation failed") && text.contains("rotated 2 of 3 pool(s); 1 failed"), "{text}");
+    for (_, client, issued) in &pools {
+        assert_restores(&site.open(), client, issued).await;
+    }
+    let rotations: usize = pools.iter().map(|(pool, _, _)| audited(&kb, "pool.rotate", pool)).sum();
+    assert_eq!(rotations, 6, "two rotations in each of the three runs");
+}
+
+/// A change owned by a process on another host (a container recreated
+/// under a new host name) is never taken for dead: the next command on the
+/// pool is refused, naming the owner. `pool resume --take-over` with that
+/// exact owner takes it over (audited as `pool.take_over`) and rolls it
+/// back, destroying the key it made in the token, even though this host's
+/// record of key changes never had it. A wrong owner, or a process of this
+/// host that still runs, is refused with nothing changed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn take_over_a_change_whose_host_is_gone() {
+    let Some(site) = Site::new(&[Kind::SoftHsm]) else { return };
+    let kb = site.open();
+    let (pool, client) = pool_and_client(&kb, "softhsm").await;
+    let mut issued = Vec::new();
+    issue(&kb, &pool, &client, 1, &mut issued).await;
+    let config = site.config_path(&[Kind::SoftHsm]);
+    // A rotation dies once its key is made and recorded, on a host whose
+    // name is gone, and whose record of key changes this host never saw.
+    let out = cli(&config, Some("rotate.keys_made:exit"), &["pool", "rotate", &pool]);
+    assert_eq!(out.status.code(), Some(86), "{}", String::from_utf8_lossy(&out.stderr));
+    let gone = "old-container:4242:12345";
+    common::execute_raw(&kb, &format!("UPDATE journal SET owner = '{gone}' WHERE state = 'open'")).unwrap();
+    std::fs::remove_file(kb.config().catalog.kek_pins.with_extension("changes.json")).unwrap();
+    let out = cli(&config, None, &["pool", "rotate", &pool]);
+    assert_eq!(out.status.code(), Some(3));
+    assert!(String::from_utf8_lossy(&out.stderr).contains(&format!("--take-over {gone}")), "{}", String::from_utf8_lossy(&out.stderr));
+    let show: serde_json::Value = serde_json::from_slice(&cli(&config, None, &["pool", "show", &pool]).stdout).unwrap();
+    assert_eq!(show["unfinished_changes"][0]["owner"], gone, "{show}");
+    // A plain resume leaves it; so does a take-over naming another owner.
+    let out = cli(&config, None, &["pool", "resume", &pool]);
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert!(out.status.success() && v["resumed"].as_array().unwrap().is_empty() && v["notes"].to_string().contains("--take-over"), "{v}");
+    let before = common::catalog_digest(&kb);
+    let out = cli(&config, None, &["pool", "resume", &pool, "--take-over", "old-container:4242:1"]);
+    assert_eq!(out.status.code(), Some(3), "{}", String::from_utf8_lossy(&out.stdout));
+    assert_eq!((open_entries(&kb), common::catalog_digest(&kb)), (1, before), "nothing was taken over");
+    // The exact owner: taken over and rolled back, its key destroyed.
+    let out = cli(&config, None, &["pool", "resume", &pool, "--take-over", gone]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!((v["resumed"][0]["operation"].as_str(), v["resumed"][0]["outcome"].as_str()), (Some("rotate"), Some("rolled back")), "{v}");
+    assert_eq!(open_entries(&kb), 0);
+    site.assert_no_orphans(&kb, &pool).await;
+    assert_eq!(audited(&kb, "pool.take_over", &pool), 1);
+    assert_restores(&site.open(), &client, &issued).await;
+    pool_lifecycle::rotate(&kb, &pool, &actor()).await.unwrap();
+
+    // A process of this host that still runs is never taken over.
+    let mut child = rotate_all_until_fault(&config, "rotate.keys_made:hang");
+    let show: serde_json::Value = serde_json::from_slice(&cli(&config, None, &["pool", "show", &pool]).stdout).unwrap();
+    let live = show["unfinished_changes"][0]["owner"].as_str().unwrap().to_owned();
+    let out = cli(&config, None, &["pool", "resume", &pool, "--take-over", &live]);
+    assert_eq!(out.status.code(), Some(3));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("still runs"), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(open_entries(&kb), 1);
+    assert!(Command::new("kill").args(["-9", &child.id().to_string()]).status().unwrap().success());
+    child.wait().unwrap();
+    // Gone now: a plain resume rolls it back.
+    let out = cli(&config, None, &["pool", "resume", &pool]);
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["resumed"][0]["outcome"], "rolled back", "{v}");
+    assert_eq!((open_entries(&kb), audited(&kb, "pool.resume", &pool)), (0, 2));
+    assert_restores(&site.open(), &client, &issued).await;
+    site.assert_no_orphans(&kb, &pool).await;
 }
 
 mod kill_9 {

@@ -183,6 +183,10 @@ pub enum PoolCommand {
     },
     /// Give pools new master keys (one in each KMS that wraps them) and
     /// re-wrap their KEKs under them; the old keys become deactivated.
+    ///
+    /// A pool that fails does not stop the others: each pool's outcome is
+    /// reported, and if any failed the command exits with the first
+    /// failure's code.
     Rotate {
         /// The pools to rotate, one after another.
         #[arg(required_unless_present = "all")]
@@ -231,6 +235,21 @@ pub enum PoolCommand {
     },
     /// Destroy the deactivated master keys of a pool that nothing uses.
     RetireKeys { name: String },
+    /// Finish or roll back a pool's unfinished change whose process is
+    /// gone (what the next command on the pool does first).
+    ///
+    /// A change owned by a process on another host (a container recreated
+    /// under a new host name, a machine gone) is never taken for dead: name
+    /// that owner with --take-over, exactly as `pool show` gives it, and it
+    /// is taken over here (audited as pool.take_over), then finished or
+    /// rolled back. Refused when the owner is a process of this host that
+    /// still runs.
+    Resume {
+        name: String,
+        /// The change's owner, HOST:PID:START, as `pool show` names it.
+        #[arg(long, value_name = "HOST:PID:START")]
+        take_over: Option<String>,
+    },
     /// Set how often `keybridge serve` rotates a pool's master keys.
     Schedule {
         name: String,
@@ -305,6 +324,63 @@ fn lifecycle_out(r: pool_lifecycle::ChangeReport) -> Result<(Value, String)> {
     Ok((serde_json::to_value(&r).unwrap_or_default(), text))
 }
 
+/// A command that failed, with what it did before or besides failing (`pool
+/// rotate` of several pools where some failed): that is printed as well.
+struct Failed {
+    error: Error,
+    done: Option<(Value, String)>,
+}
+
+impl From<Error> for Failed {
+    fn from(error: Error) -> Self {
+        Failed { error, done: None }
+    }
+}
+
+/// Run one command; returns the JSON result and a text rendering, or the
+/// error and what was done anyway.
+async fn run_partial(cli: &Cli) -> std::result::Result<(Value, String), Failed> {
+    match &cli.command {
+        Command::Pool { command: PoolCommand::Rotate { names, all } } => rotate(&open(cli).await?, names, *all).await,
+        _ => Ok(run(cli).await?),
+    }
+}
+
+/// `pool rotate`: every pool named (or all), one after another; a pool
+/// that fails does not stop the others. Each pool's outcome is reported;
+/// if any failed, the command fails with the first failure's exit code.
+async fn rotate(kb: &Keybridge, names: &[String], all: bool) -> std::result::Result<(Value, String), Failed> {
+    let names = if all { kb.catalog().list_pools().await?.into_iter().map(|p| p.name).collect() } else { names.to_vec() };
+    let (mut rotated, mut failed) = (Vec::new(), Vec::new());
+    let mut text = String::new();
+    let mut first = None;
+    for name in &names {
+        match pool_lifecycle::rotate(kb, name, &Actor::local_user()).await {
+            Ok(r) => {
+                text += &r.to_text();
+                rotated.push(r);
+            }
+            Err(e) => {
+                text += &format!("pool '{name}': rotation failed: {e}\n");
+                failed.push(json!({ "pool": name, "error": error_json(&e) }));
+                first.get_or_insert(e);
+            }
+        }
+    }
+    let value = json!({ "rotated": rotated, "failed": failed });
+    match first {
+        None => Ok((value, text)),
+        Some(error) => {
+            text += &format!("rotated {} of {} pool(s); {} failed (above)\n", rotated.len(), names.len(), failed.len());
+            Err(Failed { error, done: Some((value, text)) })
+        }
+    }
+}
+
+fn error_json(e: &Error) -> Value {
+    json!({ "kind": e.kind(), "message": e.to_string(), "exit_code": e.exit_code() })
+}
+
 /// Run one command; returns the JSON result and a text rendering.
 async fn run(cli: &Cli) -> Result<(Value, String)> {
     match &cli.command {
@@ -366,22 +442,13 @@ async fn run(cli: &Cli) -> Result<(Value, String)> {
                     }
                     Ok((v, text))
                 }
-                PoolCommand::Rotate { names, all } => {
-                    let names = if *all { kb.catalog().list_pools().await?.into_iter().map(|p| p.name).collect() } else { names.clone() };
-                    let mut reports = Vec::new();
-                    let mut text = String::new();
-                    for name in &names {
-                        let r = pool_lifecycle::rotate(&kb, name, &Actor::local_user()).await?;
-                        text += &r.to_text();
-                        reports.push(r);
-                    }
-                    Ok((json!({ "rotated": reports }), text))
-                }
+                // `run_partial` runs it, keeping what was done besides a failure.
+                PoolCommand::Rotate { names, all } => rotate(&kb, names, *all).await.map_err(|f| f.error),
                 PoolCommand::Wrap { name, kms } => lifecycle_out(pool_lifecycle::wrap(&kb, name, kms, &Actor::local_user()).await?),
                 PoolCommand::Unwrap { name, kms } => lifecycle_out(pool_lifecycle::unwrap(&kb, name, kms, &Actor::local_user()).await?),
                 PoolCommand::Migrate { name, to } => lifecycle_out(pool_lifecycle::migrate(&kb, name, to, &Actor::local_user()).await?),
                 PoolCommand::Schedule { name, rotation_days, .. } => {
-                    let v = pool_lifecycle::set_schedule(&kb, name, *rotation_days).await?;
+                    let v = pool_lifecycle::set_schedule(&kb, name, *rotation_days, &Actor::local_user()).await?;
                     let text = format!("pool '{name}': rotation every {} days{}, next due {}\n", v["rotation_days"], if v["own_schedule"] == true { "" } else { " (the configuration's default)" }, v["next_due"].as_str().unwrap_or("never"));
                     Ok((v, text))
                 }
@@ -402,6 +469,7 @@ async fn run(cli: &Cli) -> Result<(Value, String)> {
                     lifecycle_out(escrow::import(&kb, file, &pass, kms, &Actor::local_user()).await?)
                 }
                 PoolCommand::RetireKeys { name } => lifecycle_out(pool_lifecycle::retire_keys(&kb, name, &Actor::local_user()).await?),
+                PoolCommand::Resume { name, take_over } => lifecycle_out(pool_lifecycle::resume(&kb, name, take_over.as_deref(), &Actor::local_user()).await?),
                 PoolCommand::Shred { name, yes_destroy } => lifecycle_out(pool_lifecycle::shred(&kb, name, yes_destroy, &Actor::local_user()).await?),
                 PoolCommand::Rekey { name, kek_bits, kms: Some(kms) } => lifecycle_out(pool_lifecycle::rekey_to(&kb, name, *kek_bits, kms, &Actor::local_user()).await?),
                 PoolCommand::Rekey { name, kek_bits, kms: None } => {
@@ -625,24 +693,37 @@ pub fn main() -> i32 {
             return 1;
         }
     };
-    match rt.block_on(run(&cli)) {
-        Ok((value, text)) => {
-            let out = if cli.json { format!("{value}\n") } else { text };
-            // A reader that stops early (`| head`) is not an error of ours.
-            match std::io::Write::write_all(&mut std::io::stdout().lock(), out.as_bytes()) {
-                Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => {
-                    eprintln!("keybridge: cannot write the result: {e}");
-                    1
+    match rt.block_on(run_partial(&cli)) {
+        Ok((value, text)) => match print(if cli.json { format!("{value}\n") } else { text }) {
+            Ok(()) => 0,
+            Err(()) => 1,
+        },
+        Err(Failed { error: e, done }) => {
+            // One JSON object still: what was done, and the error.
+            let out = match (done, cli.json) {
+                (Some((mut value, _)), true) => {
+                    value["error"] = error_json(&e);
+                    format!("{value}\n")
                 }
-                _ => 0,
-            }
-        }
-        Err(e) => {
-            if cli.json {
-                println!("{}", json!({ "error": { "kind": e.kind(), "message": e.to_string(), "exit_code": e.exit_code() } }));
-            }
+                (None, true) => format!("{}\n", json!({ "error": error_json(&e) })),
+                (Some((_, text)), false) => text,
+                (None, false) => String::new(),
+            };
+            let _ = print(out);
             eprintln!("keybridge: error: {e}");
             e.exit_code()
         }
+    }
+}
+
+/// Write `out` on stdout. A reader that stops early (`| head`) is not an
+/// error of ours.
+fn print(out: String) -> std::result::Result<(), ()> {
+    match std::io::Write::write_all(&mut std::io::stdout().lock(), out.as_bytes()) {
+        Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => {
+            eprintln!("keybridge: cannot write the result: {e}");
+            Err(())
+        }
+        _ => Ok(()),
     }
 }

@@ -1,7 +1,7 @@
 //! The journal of multi-step key changes (docs/design.md, "Key lifecycle").
 //!
-//! A change of a pool's keys (rotate, wrap, unwrap, migrate, import,
-//! shred) is journalled before it starts:
+//! A change of a pool's keys (create, rotate, rekey into another KMS, wrap,
+//! unwrap, migrate, import, shred) is journalled before it starts:
 //!
 //! 1. `planned`: the entry names the master keys it will make (KMS and a
 //!    label unique to this change), before any exists;
@@ -16,7 +16,9 @@
 //! came between making it and recording it) and forgotten. One interrupted
 //! after is finished. Whichever process finds an entry whose process is
 //! gone does this: the next lifecycle command on the pool, or `keybridge
-//! serve` when it starts. At every instant the pool restores under its old
+//! serve` when it starts; one whose process ran on another host is taken
+//! over first, on the operator's word (`pool resume --take-over`,
+//! `take_over`). At every instant the pool restores under its old
 //! wrappings or its new ones, and every key keybridge made is named by the
 //! journal or by a catalog row.
 
@@ -60,7 +62,8 @@ pub struct Resumed {
     pub operation: String,
     /// The step it had reached.
     pub step: String,
-    /// `finished` or `rolled back`.
+    /// `finished`, `rolled back`, or `taken over` (a shred taken over by
+    /// `pool resume --take-over`, finished only by `pool shred` again).
     pub outcome: &'static str,
 }
 
@@ -84,8 +87,13 @@ fn start_time(pid: u32) -> Option<String> {
     rest.split_whitespace().nth(19).map(str::to_owned)
 }
 
+/// The host of an entry's owner (`host:pid:start`).
+fn owner_host(owner: &str) -> Option<&str> {
+    owner.rsplitn(3, ':').nth(2)
+}
+
 /// Whether the process that owns an entry still runs. An owner on another
-/// host is taken to be alive: this process cannot tell.
+/// host is taken to be alive: this process cannot tell (see `take_over`).
 fn owner_alive(owner: &str) -> bool {
     let mut parts = owner.rsplitn(3, ':');
     let (Some(start), Some(pid), Some(host)) = (parts.next(), parts.next(), parts.next()) else { return false };
@@ -206,7 +214,14 @@ mod local {
 
     /// Note `keys` for entry `id`, before they exist or change.
     pub(super) fn note(kb: &Keybridge, id: i64, keys: impl IntoIterator<Item = String>) -> Result<()> {
-        update(kb, |r| r.entry(id.to_string()).or_default().extend(keys))
+        update(kb, |r| {
+            let noted = r.entry(id.to_string()).or_default();
+            for key in keys {
+                if !noted.contains(&key) {
+                    noted.push(key);
+                }
+            }
+        })
     }
 
     /// Whether this host noted `key` for entry `id`.
@@ -227,7 +242,9 @@ mod local {
 fn not_ours(id: i64, pool: &str, key: &str) -> Error {
     Error::Integrity {
         what: format!("journal entry {id} of pool '{pool}'"),
-        reason: format!("this host's record of key changes does not name master key {key} for it: the change was started on another host, or the catalog was edited; nothing was destroyed or deactivated (finish it on its host)"),
+        reason: format!(
+            "this host's record of key changes does not name master key {key} for it: the change was started on another host, or the catalog was edited; nothing was destroyed or deactivated (finish it on its host, or, if that host is gone for good, take it over: `pool resume {pool} --take-over OWNER`, the owner as `pool show` names it)"
+        ),
     }
 }
 
@@ -247,16 +264,32 @@ impl<'a> Change<'a> {
         let _begin = BEGIN.lock().await;
         let resumed = resume_unfinished(kb, Some(pool_id), operation == "shred").await?;
         let entry = kb.catalog().journal_begin(pool_id, operation, &owner(), &detail(&plan)).await?;
+        Ok((Self::started(kb, entry, plan).await?, resumed))
+    }
+
+    /// Journal the creation of pool `name` on KMS `kms` before anything is
+    /// made: the pool's catalog row is reserved with the entry, and seen by
+    /// no pool read until the commit gives it KEK generation 1. Run
+    /// [`resume_creation`] first.
+    pub(crate) async fn begin_creation(kb: &'a Keybridge, name: &str, kms: &str, kind: &str, identity: &str, plan: Plan) -> Result<Change<'a>> {
+        let _begin = BEGIN.lock().await;
+        let entry = kb.catalog().journal_begin_pool(name, kms, kind, identity, &owner(), &detail(&plan)).await?;
+        Self::started(kb, entry, plan).await
+    }
+
+    /// The change of `entry`, just opened by this process: marked running,
+    /// and the keys it plans noted in this host's record.
+    async fn started(kb: &'a Keybridge, entry: JournalEntry, plan: Plan) -> Result<Change<'a>> {
         running().push(entry.id);
-        let change = Change { kb, pool_id, id: entry.id, operation: operation.to_owned(), plan };
+        let change = Change { kb, pool_id: entry.pool_id, id: entry.id, operation: entry.operation, plan };
         if let Err(e) = local::note(kb, change.id, change.plan.new_keys.iter().map(|k| local::made(&k.kms, &k.label))) {
             // Nothing made yet: the entry closes as rolled back.
-            if let Err(c) = close(kb, pool_id, change.id, &change.plan, "rolled_back", JournalState::RolledBack).await {
+            if let Err(c) = close(kb, change.pool_id, change.id, &change.plan, "rolled_back", JournalState::RolledBack).await {
                 tracing::error!(journal = change.id, error = %c, "could not close a change that never started");
             }
             return Err(e);
         }
-        Ok((change, resumed))
+        Ok(change)
     }
 
     fn step(&self, step: &str, close: Option<JournalState>) -> JournalStep {
@@ -288,6 +321,14 @@ impl<'a> Change<'a> {
             }
         }
         Ok(made)
+    }
+
+    /// Record `mk`, a key the change adopted in KMS `kms` instead of making
+    /// one (made by someone else: never destroyed, by a rollback either),
+    /// with the `keys_made` step.
+    pub(crate) async fn record_adopted(&self, kms: &str, mk: &keybridge_kms::MasterKeyRef) -> Result<keybridge_catalog::lifecycle::MasterKeyRecord> {
+        let backend = self.kb.backend(kms).await?;
+        self.kb.catalog().record_master_key(self.pool_id, kms, backend.kind(), &backend.identity(), mk, &self.step("keys_made", None)).await
     }
 
     /// Commit `change` with the `committed` step, then mirror the
@@ -380,6 +421,17 @@ pub async fn resume(kb: &Keybridge, pool_id: Option<i64>) -> Result<Vec<Resumed>
     resume_unfinished(kb, pool_id, false).await
 }
 
+/// Finish or roll back an interrupted creation of pool `name` whose
+/// process is gone, before the name is taken again.
+pub(crate) async fn resume_creation(kb: &Keybridge, name: &str) -> Result<Vec<Resumed>> {
+    let _begin = BEGIN.lock().await;
+    let mut done = Vec::new();
+    for entry in kb.catalog().open_journal(None).await?.into_iter().filter(|e| e.pool == name && e.operation == "create") {
+        done.extend(resume_unfinished(kb, Some(entry.pool_id), false).await?);
+    }
+    Ok(done)
+}
+
 /// [`resume`]; an interrupted shred is finished only when the operator runs
 /// `pool shred` again (`shred`), never on its own.
 async fn resume_unfinished(kb: &Keybridge, pool_id: Option<i64>, shred: bool) -> Result<Vec<Resumed>> {
@@ -393,21 +445,7 @@ async fn resume_unfinished(kb: &Keybridge, pool_id: Option<i64>, shred: bool) ->
         if !claim(kb, &entry, &me).await? {
             continue;
         }
-        let dealt = async {
-            let plan = parse_plan(&entry)?;
-            Ok::<_, Error>(if entry.operation == "shred" {
-                super::pool_lifecycle::finish_shred(kb, entry.pool_id, entry.id, &plan, entry.step == "committed").await?;
-                "finished"
-            } else if entry.step == "committed" {
-                finish(kb, entry.pool_id, entry.id, &plan).await?;
-                "finished"
-            } else {
-                roll_back(kb, entry.pool_id, entry.id, &plan).await?;
-                "rolled back"
-            })
-        }
-        .await;
-        let outcome = match dealt {
+        let outcome = match deal_with(kb, &entry).await {
             Ok(o) => o,
             // The pool's own command reports why; a sweep of every pool
             // (serve at start) goes on with the others.
@@ -421,6 +459,64 @@ async fn resume_unfinished(kb: &Keybridge, pool_id: Option<i64>, shred: bool) ->
         done.push(Resumed { journal_id: entry.id, pool: entry.pool, operation: entry.operation, step: entry.step, outcome });
     }
     Ok(done)
+}
+
+/// Finish or roll back `entry`, which this process has claimed; returns
+/// `finished` or `rolled back`.
+async fn deal_with(kb: &Keybridge, entry: &JournalEntry) -> Result<&'static str> {
+    let plan = parse_plan(entry)?;
+    Ok(if entry.operation == "shred" {
+        super::pool_lifecycle::finish_shred(kb, entry.pool_id, entry.id, &plan, entry.step == "committed").await?;
+        "finished"
+    } else if entry.step == "committed" {
+        finish(kb, entry.pool_id, entry.id, &plan).await?;
+        "finished"
+    } else {
+        roll_back(kb, entry.pool_id, entry.id, &plan).await?;
+        "rolled back"
+    })
+}
+
+/// Take the unfinished change of pool `pool` over from `owner`, a process
+/// this host cannot see (one on another host: a container recreated under
+/// a new host name, a machine gone), on the operator's word, then finish
+/// or roll it back as for a process that is gone. `owner` must be the
+/// entry's exactly (`host:pid:start`, as `pool show` names it), so a
+/// change is never taken from a process by mistake; refused when `owner`
+/// is a process of this host that still runs. The operator vouches for
+/// the entry: the keys it makes and retires are noted in this host's
+/// record of key changes (which holds them already if the record lives
+/// on storage the old host shared). The catalog's own guards still hold:
+/// a key is destroyed only once no wrapping names it, by label only if no
+/// live row carries the label, and never if keybridge did not make it. An
+/// interrupted shred is only taken over: `pool shred` again finishes it.
+pub(crate) async fn take_over(kb: &Keybridge, pool: &str, owner: &str) -> Result<Resumed> {
+    let _begin = BEGIN.lock().await;
+    let what = || format!("take-over of the unfinished change of pool '{pool}'");
+    let entry = kb.catalog().open_journal(None).await?.into_iter().find(|e| e.pool == pool);
+    let Some(entry) = entry else { return Err(Error::Input { what: what(), reason: "the pool has no unfinished change; nothing was taken over".into() }) };
+    if entry.owner != owner {
+        return Err(Error::Input {
+            what: what(),
+            reason: format!("its unfinished {} (journal {}, step {}) is owned by {}, not {owner}; nothing was taken over", entry.operation, entry.id, entry.step, entry.owner),
+        });
+    }
+    if owner_host(owner) == Some(hostname().as_str()) && owner_alive(owner) {
+        return Err(Error::Input {
+            what: what(),
+            reason: format!("{owner} is a process on this host and still runs: it finishes its change itself (stop it first if it hangs); nothing was taken over"),
+        });
+    }
+    let plan = parse_plan(&entry)?;
+    let retiring: Vec<_> = kb.catalog().pool_master_keys(entry.pool_id).await?.into_iter().filter(|k| plan.deactivate.contains(&k.row) || plan.destroy.contains(&k.row)).collect();
+    let made = plan.new_keys.iter().map(|k| local::made(&k.kms, &k.label));
+    local::note(kb, entry.id, made.chain(retiring.iter().map(|k| local::retired(&k.kms_name, &k.key.id))))?;
+    if !kb.catalog().journal_take_over(entry.id, owner, &self::owner()).await? {
+        return Err(Error::Input { what: what(), reason: "another process took the change over first".into() });
+    }
+    tracing::warn!(journal = entry.id, pool, operation = %entry.operation, step = %entry.step, from = owner, "an unfinished key change was taken over on the operator's word");
+    let outcome = if entry.operation == "shred" { "taken over" } else { deal_with(kb, &entry).await? };
+    Ok(Resumed { journal_id: entry.id, pool: entry.pool, operation: entry.operation, step: entry.step, outcome })
 }
 
 /// Close entry `id` with `step`.
@@ -496,15 +592,16 @@ async fn finish(kb: &Keybridge, pool_id: i64, id: i64, plan: &Plan) -> Result<()
 async fn roll_back(kb: &Keybridge, pool_id: i64, id: i64, plan: &Plan) -> Result<()> {
     // Only what the catalog says is uncommitted is undone.
     let entry = kb.catalog().open_journal(Some(pool_id)).await?.into_iter().find(|e| e.id == id);
-    match entry {
+    let pool = match entry {
         None => return Ok(()),
         Some(e) if e.step == "committed" => return finish(kb, pool_id, id, &parse_plan(&e)?).await,
-        Some(_) => {}
-    }
+        // By the entry: a pool being created has no generation, so no pool
+        // read finds it.
+        Some(e) => e.pool,
+    };
     // The entry is catalog data, which whoever writes the catalog can edit:
     // a key is destroyed only once the catalog agrees nothing uses it.
     let keys = kb.catalog().pool_master_keys(pool_id).await?;
-    let pool = kb.catalog().pool_by_id(pool_id).await.map(|p| p.name).unwrap_or_default();
     for key in &plan.new_keys {
         let backend = kb.backend(&key.kms).await?;
         if !local::has(kb, id, &local::made(&key.kms, &key.label))? {
@@ -512,6 +609,12 @@ async fn roll_back(kb: &Keybridge, pool_id: i64, id: i64, plan: &Plan) -> Result
         }
         let recorded = key.key_ref.as_ref().and_then(|r| keys.iter().find(|k| k.kms_name == key.kms && &k.key.id == r));
         match recorded {
+            Some(mk) if !mk.key.owned => {
+                return Err(Error::Integrity {
+                    what: format!("journal entry {id} of pool '{pool}'"),
+                    reason: format!("it names master key '{}', which keybridge did not make (adopted); nothing was destroyed", mk.key.label),
+                });
+            }
             Some(mk) => {
                 // Forgotten first: the catalog refuses while a wrapping names
                 // the key. A crash between the two leaves a key the entry
@@ -571,5 +674,8 @@ mod tests {
         assert!(!owner_alive(&format!("{}:4194304:1", hostname())), "no such pid");
         assert!(owner_alive("some-other-host:1:1"), "another host cannot be checked");
         assert!(!owner_alive("garbage"));
+        assert_eq!(owner_host(&me), Some(hostname().as_str()));
+        assert_eq!(owner_host("old-container:4242:99"), Some("old-container"));
+        assert_eq!(owner_host("garbage"), None);
     }
 }

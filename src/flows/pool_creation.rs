@@ -6,12 +6,21 @@
 //! 3. The public KEK, the wrapped private KEK, the master key reference and
 //!    the exact mechanisms are stored in one catalog transaction.
 //!
-//! A failure after step 1 destroys the master key keybridge created, so no
-//! orphan key is left in the token; if even that fails, the error names the
-//! orphan so an operator can remove it.
+//! The creation is journalled like every other key change (`journal.rs`):
+//! the entry (with the pool's row, reserved but seen by no read) is written
+//! before the master key is made, the key is recorded once made, and
+//! generation 1 is the commit. A creation that fails, or whose process dies,
+//! before the commit is rolled back, its master key destroyed (by label if
+//! the crash came before it was recorded), by itself, by the next `pool
+//! create` of the name or by `keybridge serve` at start; one after the
+//! commit is finished. No key is left in a KMS without the journal or a
+//! catalog row naming it.
 
 use super::audited;
+use super::journal::{self, Change, Plan, PlannedKey};
+use super::pool_lifecycle::new_label;
 use keybridge_catalog::audit::{Action, Actor, AuditEvent};
+use keybridge_catalog::lifecycle::{KeyChange, NewGeneration};
 use keybridge_catalog::PoolRecord;
 use crate::context::Keybridge;
 use keybridge_proto::error::check_name;
@@ -51,53 +60,61 @@ async fn create(kb: &Keybridge, name: &str, kms: &str, opts: &PoolOptions<'_>) -
             reason: "must be 2048, 3072 or 4096 bits",
         });
     }
-    if kb.catalog().pool_by_name(name).await.is_ok() {
-        return Err(Error::AlreadyExists { what: "pool", name: name.to_owned() });
-    }
     let backend = kb.backend(kms).await?;
-    let on_kms = Error::backend(kms);
-    let identity = backend.identity();
-
-    // Step 1: the master key.
-    let mk = match opts.master_key {
-        Some(reference) => backend.adopt_master_key(reference).await,
-        None => backend.create_master_key(&format!("keybridge-mk-{name}")).await,
-    }
-    .map_err(Error::backend(kms))?;
-
-    // Steps 2 and 3; on failure, remove what step 1 created.
-    let result = async {
-        let kek = backend.generate_kek(&mk, opts.kek_bits).await.map_err(on_kms)?;
-        let pool = kb.catalog().insert_pool(name, kms, backend.kind(), &identity, &mk, &kek).await?;
-        if pool.generation != 1 || pool.kek_public != kek.public_spki {
-            return Err(Error::Integrity {
-                what: format!("pool '{name}'"),
-                reason: "the catalog returned another key than the one just stored (the catalog was edited); nothing was pinned".into(),
-            });
+    // An interrupted creation of this name is rolled back, or finished,
+    // first.
+    let resumed = journal::resume_creation(kb, name).await?;
+    // A label unique to this creation: a key made but not yet recorded is
+    // found by it, and only it.
+    let plan = match opts.master_key {
+        Some(_) => Plan::default(),
+        None => Plan { new_keys: vec![PlannedKey { kms: kms.to_owned(), label: new_label(name), key_ref: None }], ..Default::default() },
+    };
+    let mut change = match Change::begin_creation(kb, name, kms, backend.kind(), &backend.identity(), plan).await {
+        Ok(change) => change,
+        // This very creation, interrupted after its commit and finished
+        // just now: the pool asked for exists.
+        Err(Error::AlreadyExists { .. }) if resumed.iter().any(|r| r.operation == "create" && r.outcome == "finished") => {
+            let pool = kb.catalog().pool_by_name(name).await?;
+            if pool.kms_name == kms && pool.kek_bits == opts.kek_bits && pool.generation == 1 {
+                tracing::warn!(pool = name, kms, "an interrupted creation of this pool was finished; it is the pool asked for");
+                return Ok(pool);
+            }
+            return Err(Error::AlreadyExists { what: "pool", name: name.to_owned() });
         }
-        Ok(pool)
+        Err(e) => return Err(e),
+    };
+    let mut public = Vec::new();
+    let built = async {
+        let mk = match opts.master_key {
+            Some(reference) => {
+                let mk = backend.adopt_master_key(reference).await.map_err(Error::backend(kms))?;
+                change.record_adopted(kms, &mk).await?
+            }
+            None => change.make_keys().await?.into_iter().next().ok_or_else(|| Error::Internal("no master key was made".into()))?,
+        };
+        journal::fault("create", "keys_made")?;
+        let kek = backend.generate_kek(&mk.key, opts.kek_bits).await.map_err(Error::backend(kms))?;
+        journal::fault("create", "wrapped")?;
+        public = kek.public_spki.clone();
+        Ok(KeyChange { new_generation: Some(NewGeneration { generation: 1, mk_row: mk.row, kek }), ..Default::default() })
     }
     .await;
-    match result {
-        Ok(pool) => {
-            tracing::info!(pool = name, kms, mk = %mk.label, wrap = %pool.wrap_mechanism, oaep = %pool.oaep_hash, "pool created");
-            // The KEK pair was made here, so its public half is known good
-            // (see `backup::checked_kek`).
-            kb.pin_kek(&pool.pin_name(), pool.kek_public_sha256());
-            let (mk_pin, mk_id) = pool.mk_pin();
-            kb.pin_kek(&mk_pin, mk_id);
-            Ok(pool)
-        }
-        Err(err) if mk.owned => match backend.destroy_master_key(&mk).await {
-            Ok(()) => Err(err),
-            Err(cleanup) => {
-                tracing::error!(mk = %mk.label, id = %mk.id, error = %cleanup, "orphan master key left in KMS");
-                Err(Error::backend(kms)(keybridge_kms::BackendError::Other(format!(
-                    "pool creation failed ({err}) and the new master key {} (id {}) could not be destroyed: {cleanup}; remove it by hand",
-                    mk.label, mk.id
-                ))))
-            }
-        },
-        Err(err) => Err(err),
+    for note in change.conclude(built).await? {
+        tracing::warn!(pool = name, "{note}");
     }
+    let pool = kb.catalog().pool_by_name(name).await?;
+    if pool.generation != 1 || pool.kek_public != public {
+        return Err(Error::Integrity {
+            what: format!("pool '{name}'"),
+            reason: "the catalog returned another key than the one just stored (the catalog was edited); nothing was pinned".into(),
+        });
+    }
+    tracing::info!(pool = name, kms, mk = %pool.master_key.label, wrap = %pool.wrap_mechanism, oaep = %pool.oaep_hash, "pool created");
+    // The KEK pair was made here, so its public half is known good (see
+    // `backup::checked_kek`).
+    kb.pin_kek(&pool.pin_name(), pool.kek_public_sha256());
+    let (mk_pin, mk_id) = pool.mk_pin();
+    kb.pin_kek(&mk_pin, mk_id);
+    Ok(pool)
 }

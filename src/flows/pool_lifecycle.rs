@@ -274,6 +274,41 @@ async fn wrap_all(kb: &Keybridge, pool: &PoolRecord, wrappings: &[WrappingRecord
     Ok(add)
 }
 
+/// Check the wrappings of `pool` that KMS `kms` holds already, before a
+/// migration there removes every other: each generation has one, and
+/// each unwraps under its master key to the generation's KEK, checked as
+/// a new wrapping is ([`keybridge_kms::KeyBackend::verify_kek`]). Returns
+/// a note for the report.
+async fn verify_kept(kb: &Keybridge, pool: &PoolRecord, wrappings: &[WrappingRecord], kms: &str) -> Result<String> {
+    let backend = kb.backend(kms).await?;
+    let mut verified = Vec::new();
+    for at in generations(kb, pool).await? {
+        let kept: Vec<&WrappingRecord> = wrappings.iter().filter(|w| w.generation == at.generation && w.master_key.kms_name == kms).collect();
+        if kept.is_empty() {
+            return Err(Error::Input {
+                what: format!("migration of pool '{}' to KMS '{kms}'", pool.name),
+                reason: format!(
+                    "KMS '{kms}' wraps the pool already, but not its KEK generation {}; nothing was changed (`pool unwrap {} --kms {kms}`, then migrate again: that wraps every generation under a new master key there)",
+                    at.generation, pool.name
+                ),
+            });
+        }
+        for w in kept {
+            backend.verify_kek(&wrapping_kek(&at, w), &at.kek_public).await.map_err(|e| {
+                if e.is_transient() {
+                    return Error::backend(kms)(e);
+                }
+                Error::Integrity {
+                    what: format!("wrapping of KEK generation {} of pool '{}' under master key {} in KMS '{kms}'", at.generation, pool.name, w.master_key.key.label),
+                    reason: format!("{e}; the migration is refused and every wrapping kept"),
+                }
+            })?;
+        }
+        verified.push(at.generation);
+    }
+    Ok(format!("KMS '{kms}' wrapped the pool already: its wrappings of KEK generation(s) {verified:?} were unwrapped and checked against the public KEK before the others were removed"))
+}
+
 /// Pin what this host just made or moved: the newest generation's public
 /// KEK (if `new_generation`) and the master key that wraps it first.
 pub(crate) async fn repin(kb: &Keybridge, name: &str, new_generation: Option<&[u8]>) -> Result<()> {
@@ -420,6 +455,8 @@ async fn wrap_inner(kb: &Keybridge, name: &str, kms: &str, migrate: bool) -> Res
             report.new_master_keys.push(key_json(mk));
             let priority = if migrate { 0 } else { wrappings.iter().map(|w| w.priority).max().unwrap_or(0) + 1 };
             kc.add = wrap_all(kb, &pool, &wrappings, mk, priority, &mut report).await?;
+        } else if migrate {
+            report.notes.push(verify_kept(kb, &pool, &wrappings, kms).await?);
         }
         if migrate {
             for w in wrappings.iter().filter(|w| w.master_key.kms_name != kms) {
@@ -473,6 +510,49 @@ async fn unwrap_inner(kb: &Keybridge, name: &str, kms: &str) -> Result<ChangeRep
     report.notes.extend(change.commit(kc).await?);
     kb.clear_caches().await;
     repin(kb, name, None).await?;
+    Ok(report)
+}
+
+/// Finish or roll back the unfinished change of pool `name` (`pool
+/// resume`): as the next command on the pool would, if its process is
+/// gone; with `take_over`, one owned by that process (`host:pid:start`,
+/// exactly as `pool show` names it), which this host cannot see, taken
+/// over on the operator's word first (`journal::take_over`). Audited as
+/// `pool.resume`, or `pool.take_over`.
+pub async fn resume(kb: &Keybridge, name: &str, take_over: Option<&str>, actor: &Actor) -> Result<ChangeReport> {
+    let action = if take_over.is_some() { Action::PoolTakeOver } else { Action::PoolResume };
+    let result = resume_inner(kb, name, take_over).await;
+    audited(kb, AuditEvent::new(actor, action).pool(name), result).await
+}
+
+async fn resume_inner(kb: &Keybridge, name: &str, take_over: Option<&str>) -> Result<ChangeReport> {
+    let mut report = ChangeReport::new(name, "resume");
+    // By name from the journal: a pool being created has no generation, so
+    // no pool read finds it yet.
+    let open: Vec<_> = kb.catalog().open_journal(None).await?.into_iter().filter(|e| e.pool == name).collect();
+    let Some(first) = open.first() else {
+        kb.catalog().pool_by_name(name).await?;
+        report.notes.push("the pool has no unfinished change".into());
+        return Ok(report);
+    };
+    report.resumed = match take_over {
+        Some(owner) => vec![journal::take_over(kb, name, owner).await?],
+        None => journal::resume(kb, Some(first.pool_id)).await?,
+    };
+    if report.resumed.iter().any(|r| r.outcome == "taken over") {
+        report.notes.push(format!("the shred was taken over, not finished: run `pool shred {name} --yes-destroy {name}` again to finish it"));
+    }
+    for e in open.iter().filter(|e| !report.resumed.iter().any(|r| r.journal_id == e.id)) {
+        report.notes.push(if e.operation == "shred" {
+            format!("an interrupted shred (journal {}) is finished only by running `pool shred {name} --yes-destroy {name}` again", e.id)
+        } else {
+            format!(
+                "the unfinished {} (journal {}, step {}) was left to {}: it still runs, or runs on another host; if that process is gone for good, `pool resume {name} --take-over {}`",
+                e.operation, e.id, e.step, e.owner, e.owner
+            )
+        });
+    }
+    kb.clear_caches().await;
     Ok(report)
 }
 
@@ -682,7 +762,10 @@ pub async fn show(kb: &Keybridge, name: &str) -> Result<serde_json::Value> {
     }
     let open = catalog.open_journal(Some(p.id)).await?;
     for e in &open {
-        warnings.push(format!("an unfinished {} (journal {}, step {}, by {}) is finished or rolled back by the next command on the pool or by `keybridge serve`", e.operation, e.id, e.step, e.owner));
+        warnings.push(format!(
+            "an unfinished {} (journal {}, step {}, by {}) is finished or rolled back by the next command on the pool or by `keybridge serve`, once its process is gone; if that process ran on another host that is gone for good, `pool resume {name} --take-over {}`",
+            e.operation, e.id, e.step, e.owner, e.owner
+        ));
     }
     v["unfinished_changes"] = serde_json::to_value(&open).unwrap_or_default();
     v["warnings"] = warnings.into();
@@ -690,8 +773,13 @@ pub async fn show(kb: &Keybridge, name: &str) -> Result<serde_json::Value> {
 }
 
 /// Set pool `name`'s rotation period: `Some(days)` (0: never), or `None`
-/// for the configuration's default.
-pub async fn set_schedule(kb: &Keybridge, name: &str, days: Option<u32>) -> Result<serde_json::Value> {
+/// for the configuration's default. Audited as `pool.schedule`.
+pub async fn set_schedule(kb: &Keybridge, name: &str, days: Option<u32>, actor: &Actor) -> Result<serde_json::Value> {
+    let result = set_schedule_inner(kb, name, days).await;
+    audited(kb, AuditEvent::new(actor, Action::PoolSchedule).pool(name), result).await
+}
+
+async fn set_schedule_inner(kb: &Keybridge, name: &str, days: Option<u32>) -> Result<serde_json::Value> {
     let pool = kb.catalog().pool_by_name(name).await?;
     kb.catalog().set_rotation_days(pool.id, days).await?;
     let life = kb.catalog().pool_lifecycle(pool.id).await?;

@@ -267,6 +267,8 @@ pub fn router(service: Shared) -> Router {
         .route("/v1/pools/{name}/shred", post(shred_pool))
         .route("/v1/pools/{name}/export", post(export_pool))
         .route("/v1/pools/{name}/import", post(import_pool))
+        .route("/v1/pools/{name}/schedule", post(schedule_pool))
+        .route("/v1/pools/{name}/resume", post(resume_pool))
         .route("/v1/clients", post(register_client))
         .route("/v1/clients/{name}/kdf", get(client_kdf))
         .route("/v1/deks", post(issue_dek))
@@ -397,6 +399,23 @@ async fn import_pool(State(s): State<Shared>, Path(name): Path<String>, body: By
 async fn shred_pool(State(s): State<Shared>, Path(name): Path<String>, body: Bytes) -> ApiResult {
     let req: api::ShredPool = parse_body(&body)?;
     lifecycle(s, "pool_shred", move |s| async move { pool_lifecycle::shred(&s.kb, &name, &req.confirm, &operator_actor()).await }).await
+}
+
+async fn schedule_pool(State(s): State<Shared>, Path(name): Path<String>, body: Bytes) -> ApiResult {
+    let req: api::SchedulePool = parse_body(&body)?;
+    let days = match (req.rotation_days, req.default) {
+        (Some(days), false) => Some(days),
+        (None, true) => None,
+        _ => return Err(ApiError::new(ErrorKind::Input, "request body: give either rotation_days (0: never) or \"default\": true")),
+    };
+    let started = Instant::now();
+    let schedule = pool_lifecycle::set_schedule(&s.kb, &name, days, &operator_actor()).await;
+    s.finish("pool_schedule", "-", started, schedule)
+}
+
+async fn resume_pool(State(s): State<Shared>, Path(name): Path<String>, body: Bytes) -> ApiResult {
+    let req: api::ResumePool = if body.is_empty() { api::ResumePool::default() } else { parse_body(&body)? };
+    lifecycle(s, "pool_resume", move |s| async move { pool_lifecycle::resume(&s.kb, &name, req.take_over.as_deref(), &operator_actor()).await }).await
 }
 
 async fn rekey_pool(State(s): State<Shared>, Path(name): Path<String>, body: Bytes) -> ApiResult {

@@ -165,6 +165,19 @@ pub(crate) fn sqlite(kb: &Keybridge) -> rusqlite::Connection {
     conn
 }
 
+/// The labels of the master keys the journal planned for pool `pool`
+/// (its creation's first), oldest first.
+pub(crate) fn planned_labels(kb: &Keybridge, pool: &str) -> Vec<String> {
+    let conn = sqlite(kb);
+    let mut st = conn.prepare("SELECT j.detail FROM journal j JOIN pools p ON p.id = j.pool_id WHERE p.name = ?1 ORDER BY j.id").unwrap();
+    let details: Vec<String> = st.query_map([pool], |r| r.get(0)).unwrap().map(Result::unwrap).collect();
+    details
+        .iter()
+        .flat_map(|d| serde_json::from_str::<serde_json::Value>(d).unwrap()["new_keys"].as_array().cloned().unwrap_or_default())
+        .map(|k| k["label"].as_str().unwrap().to_owned())
+        .collect()
+}
+
 /// Run one SQL statement on `kb`'s catalog behind keybridge's back.
 pub(crate) fn execute_raw(kb: &Keybridge, sql: &str) -> rusqlite::Result<usize> {
     sqlite(kb).execute(sql, [])

@@ -112,6 +112,15 @@ pub enum Action {
     PoolShred,
     /// Deactivated master keys that nothing uses destroyed.
     KeyRetire,
+    /// A pool's rotation period set (`keybridge pool schedule`).
+    PoolSchedule,
+    /// A pool's interrupted change finished or rolled back on request
+    /// (`keybridge pool resume`).
+    PoolResume,
+    /// An interrupted change of a pool taken over from the process the
+    /// operator named (`keybridge pool resume --take-over`), then finished
+    /// or rolled back.
+    PoolTakeOver,
 }
 
 impl Action {
@@ -132,6 +141,9 @@ impl Action {
             Action::PoolImport => "pool.import",
             Action::PoolShred => "pool.shred",
             Action::KeyRetire => "key.retire",
+            Action::PoolSchedule => "pool.schedule",
+            Action::PoolResume => "pool.resume",
+            Action::PoolTakeOver => "pool.take_over",
         }
     }
 }

@@ -183,17 +183,6 @@ pub trait Catalog: Send + Sync + std::fmt::Debug {
     /// never a password).
     fn location(&self) -> String;
 
-    /// Record a new pool (and its KMS entry on first use) in one transaction.
-    async fn insert_pool(
-        &self,
-        name: &str,
-        kms_name: &str,
-        kms_kind: &str,
-        kms_identity: &str,
-        mk: &MasterKeyRef,
-        kek: &NewKek,
-    ) -> Result<PoolRecord>;
-
     /// The pool named `name` (`NotFound` if none).
     async fn pool_by_name(&self, name: &str) -> Result<PoolRecord>;
 
@@ -236,6 +225,16 @@ pub trait Catalog: Send + Sync + std::fmt::Debug {
     /// entry) while another entry of the pool is open.
     async fn journal_begin(&self, pool_id: i64, operation: &str, owner: &str, detail: &serde_json::Value) -> Result<JournalEntry>;
 
+    /// Open the journal entry (operation `create`) of the creation of pool
+    /// `name` on KMS `kms_name` (recorded on first use), durable before the
+    /// creation starts. The pool's row is reserved in the same transaction:
+    /// it has no KEK generation, so no pool read finds it, until the
+    /// creation commits generation 1 ([`Catalog::apply_key_change`]). A row
+    /// left by a creation rolled back earlier is taken again. Refused if a
+    /// pool of that name exists (`AlreadyExists`), or is being created (an
+    /// `Input` error naming the open entry).
+    async fn journal_begin_pool(&self, name: &str, kms_name: &str, kms_kind: &str, kms_identity: &str, owner: &str, detail: &serde_json::Value) -> Result<JournalEntry>;
+
     /// Open journal entries (of pool `id` only, if given), oldest first.
     async fn open_journal(&self, pool_id: Option<i64>) -> Result<Vec<JournalEntry>>;
 
@@ -243,9 +242,10 @@ pub trait Catalog: Send + Sync + std::fmt::Debug {
     /// this caller now owns it, false if someone else took it first.
     async fn journal_take_over(&self, id: i64, from: &str, to: &str) -> Result<bool>;
 
-    /// Record master key `mk`, just made in KMS `kms_name` for pool
-    /// `pool_id` (state active), and journal step `step`, in one
-    /// transaction.
+    /// Record master key `mk`, just made (or adopted) in KMS `kms_name` for
+    /// pool `pool_id` (state active), and journal step `step`, in one
+    /// transaction. An adopted key already recorded (another pool adopted
+    /// it too) keeps its one row.
     async fn record_master_key(&self, pool_id: i64, kms_name: &str, kms_kind: &str, kms_identity: &str, mk: &MasterKeyRef, step: &lifecycle::JournalStep) -> Result<MasterKeyRecord>;
 
     /// Delete master-key row `row` (a key made by a change being rolled

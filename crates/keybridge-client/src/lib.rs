@@ -264,3 +264,20 @@ impl ServiceClient {
         Ok(dek)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The service answers a shredded pool with 410 and kind
+    /// `keys_destroyed`: the client exits 5, as the CLI on the service's
+    /// host would, and does not retry.
+    #[test]
+    fn gone_reads_back_as_keys_destroyed() {
+        let body = br#"{"error":{"kind":"keys_destroyed","message":"the master keys of pool 'p' were destroyed"}}"#;
+        let e = remote_error("service", 410, body);
+        assert!(matches!(e, Error::Remote { kind: ErrorKind::KeysDestroyed, status: 410, .. }), "{e:?}");
+        assert_eq!(e.exit_code(), 5);
+        assert!(!e.is_transient());
+    }
+}

@@ -379,6 +379,15 @@ pub trait KeyBackend: Send + Sync + fmt::Debug {
     /// `public_spki`, which decrypts RSA-OAEP over `hash` here.
     async fn wrap_kek(&self, mk: &MasterKeyRef, pkcs8: &[u8], public_spki: &[u8], hash: OaepHash) -> Result<WrappedKek, BackendError>;
 
+    /// Check an existing wrapping as [`KeyBackend::wrap_kek`] checks a new
+    /// one: `kek` unwraps, under its master key, to the private half of
+    /// `public_spki`, which decrypts RSA-OAEP over `kek.oaep_hash` here.
+    /// Asked of the KMS each time, never answered from a cache.
+    async fn verify_kek(&self, kek: &PoolKek<'_>, public_spki: &[u8]) -> Result<(), BackendError> {
+        let pkcs8 = self.release_kek(kek).await?;
+        check_kek_pair(&pkcs8, public_spki).map_err(|e| BackendError::Other(format!("wrapped KEK of pool '{}' under master key {}: {e}", kek.pool_name, kek.master_key.label)))
+    }
+
     /// Move a KEK's wrapping from its master key to `to`, another master key
     /// of this KMS (rotation), checked as [`KeyBackend::wrap_kek`] checks.
     async fn rewrap_kek(&self, kek: &PoolKek<'_>, to: &MasterKeyRef, public_spki: &[u8]) -> Result<WrappedKek, BackendError> {

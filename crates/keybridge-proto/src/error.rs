@@ -118,6 +118,10 @@ pub enum ErrorKind {
     StorageFull,
     /// A per-client limit is reached; retry later.
     Busy,
+    /// Every master key of the pool was destroyed (`pool shred`): nothing
+    /// of it can be restored or issued, ever. HTTP 410 Gone; exit code 5,
+    /// as for a KMS error.
+    KeysDestroyed,
     #[serde(other)]
     Other,
 }
@@ -145,6 +149,7 @@ impl ErrorKind {
             ErrorKind::Auth => "auth",
             ErrorKind::StorageFull => "storage_full",
             ErrorKind::Busy => "busy",
+            ErrorKind::KeysDestroyed => "keys_destroyed",
             ErrorKind::Other => "other",
         }
     }
@@ -154,7 +159,7 @@ impl ErrorKind {
         match self {
             ErrorKind::Config | ErrorKind::Input => 3,
             ErrorKind::NotFound => 4,
-            ErrorKind::Kms => 5,
+            ErrorKind::Kms | ErrorKind::KeysDestroyed => 5,
             ErrorKind::Integrity | ErrorKind::Stream => 6,
             ErrorKind::Seal => 7,
             ErrorKind::AlreadyExists | ErrorKind::InvalidName => 8,
@@ -181,6 +186,8 @@ impl ErrorKind {
             ErrorKind::Denied => 403,
             ErrorKind::Auth => 401,
             ErrorKind::Kms => 503,
+            // Permanent: a retry, or another KMS, will never bring it back.
+            ErrorKind::KeysDestroyed => 410,
             ErrorKind::Integrity => 422,
             ErrorKind::StorageFull => 507,
             ErrorKind::Busy => 429,
@@ -354,7 +361,8 @@ impl Error {
         match self {
             Error::Config { .. } => ErrorKind::Config,
             Error::Input { .. } => ErrorKind::Input,
-            Error::Backend { .. } | Error::KeysDestroyed { .. } => ErrorKind::Kms,
+            Error::Backend { .. } => ErrorKind::Kms,
+            Error::KeysDestroyed { .. } => ErrorKind::KeysDestroyed,
             Error::Catalog { .. } | Error::CatalogSchema { .. } => ErrorKind::Catalog,
             Error::NotFound { .. } => ErrorKind::NotFound,
             Error::AlreadyExists { .. } => ErrorKind::AlreadyExists,
@@ -421,6 +429,7 @@ mod tests {
         ErrorKind::Auth,
         ErrorKind::StorageFull,
         ErrorKind::Busy,
+        ErrorKind::KeysDestroyed,
         ErrorKind::Other,
     ];
 
@@ -445,6 +454,7 @@ mod tests {
             (Error::Input { what: String::new(), reason: String::new() }, 3),
             (Error::NotFound { what: "pool", name: String::new() }, 4),
             (Error::backend("kms")(fault(false)), 5),
+            (Error::KeysDestroyed { pool: String::new(), at: String::new() }, 5),
             (Error::Integrity { what: String::new(), reason: String::new() }, 6),
             (Error::Seal { client: String::new(), reason: String::new() }, 7),
             (Error::AlreadyExists { what: "pool", name: String::new() }, 8),
@@ -460,6 +470,16 @@ mod tests {
             assert_eq!(remote.exit_code(), documented, "remote {:?}", e.kind());
         }
         assert_eq!([ErrorKind::Auth.exit_code(), ErrorKind::StorageFull.exit_code()], [10, 12]);
+    }
+
+    /// A shredded pool is gone for good: 410, not the retriable-looking
+    /// 503 of a KMS that is down.
+    #[test]
+    fn a_shredded_pool_is_gone_not_unavailable() {
+        let e = Error::KeysDestroyed { pool: "p".into(), at: "2026-12-04T10:00:00.000Z".into() };
+        assert_eq!((e.kind(), e.kind().http_status(), e.exit_code()), (ErrorKind::KeysDestroyed, 410, 5));
+        assert!(!e.is_transient());
+        assert_eq!(Error::backend("kms")(fault(false)).kind().http_status(), 503);
     }
 
     /// A backend error as keybridge-kms's would be: a message, a cause, and

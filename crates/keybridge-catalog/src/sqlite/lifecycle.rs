@@ -44,6 +44,18 @@ fn journal_from_row(r: &Row<'_>) -> rusqlite::Result<JournalEntry> {
     })
 }
 
+/// Open a journal entry (step `planned`) for `operation` of pool `pool_id`
+/// in `tx`.
+fn journal_insert(tx: &Transaction<'_>, pool_id: i64, operation: &str, owner: &str, detail: &serde_json::Value) -> Result<JournalEntry> {
+    tx.execute(
+        &format!("INSERT INTO journal(pool_id, operation, step, state, owner, detail, started_at, updated_at) VALUES (?1, ?2, 'planned', 'open', ?3, ?4, {NOW}, {NOW})"),
+        params![pool_id, operation, owner, detail.to_string()],
+    )
+    .map_err(Error::catalog("writing a journal entry"))?;
+    let id = tx.last_insert_rowid();
+    tx.query_row(&format!("{JOURNAL_SELECT} WHERE j.id = ?1"), [id], journal_from_row).map_err(Error::catalog("reading a journal entry"))
+}
+
 /// Write journal step `step` in `tx`; the entry must be open.
 fn journal_step(tx: &Transaction<'_>, step: &JournalStep) -> Result<()> {
     let state = step.close.unwrap_or(JournalState::Open);
@@ -126,19 +138,64 @@ impl SqliteCatalog {
             return Err(Error::Input {
                 what: format!("{operation} of pool '{}'", e.pool),
                 reason: format!(
-                    "another change of the pool is unfinished: journal entry {} ({}, step {}, started {} by {}); it is finished or rolled back when its process ends or the command is run again",
-                    e.id, e.operation, e.step, e.started_at, e.owner
+                    "another change of the pool is unfinished: journal entry {} ({}, step {}, started {} by {}); it is finished or rolled back when its process ends or the command is run again (a process on another host that is gone for good: `pool resume {} --take-over {}`)",
+                    e.id, e.operation, e.step, e.started_at, e.owner, e.pool, e.owner
                 ),
             });
         }
-        tx.execute(
-            &format!("INSERT INTO journal(pool_id, operation, step, state, owner, detail, started_at, updated_at) VALUES (?1, ?2, 'planned', 'open', ?3, ?4, {NOW}, {NOW})"),
-            params![pool_id, operation, owner, detail.to_string()],
-        )
-        .map_err(Error::catalog("writing a journal entry"))?;
-        let id = tx.last_insert_rowid();
-        let entry = tx.query_row(&format!("{JOURNAL_SELECT} WHERE j.id = ?1"), [id], journal_from_row).map_err(Error::catalog("reading a journal entry"))?;
+        let entry = journal_insert(&tx, pool_id, operation, owner, detail)?;
         tx.commit().map_err(Error::catalog("committing a journal entry"))?;
+        Ok(entry)
+    }
+
+    pub(super) fn pool_reserve(&self, name: &str, kms_name: &str, kms_kind: &str, kms_identity: &str, owner: &str, detail: &serde_json::Value) -> Result<JournalEntry> {
+        let mut conn = self.conn();
+        let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate).map_err(Error::catalog("starting a pool's creation"))?;
+        tx.execute(
+            &format!("INSERT INTO kms(name, kind, identity, first_used) VALUES (?1, ?2, ?3, {NOW}) ON CONFLICT(name) DO NOTHING"),
+            params![kms_name, kms_kind, kms_identity],
+        )
+        .map_err(Error::catalog("recording KMS entry"))?;
+        let found: Option<(i64, bool)> = tx
+            .query_row("SELECT p.id, EXISTS (SELECT 1 FROM kek_generations g WHERE g.pool_id = p.id) FROM pools p WHERE p.name = ?1", [name], |r| Ok((r.get(0)?, r.get(1)?)))
+            .optional()
+            .map_err(Error::catalog("checking pool name"))?;
+        let pool_id = match found {
+            Some((_, true)) => return Err(Error::AlreadyExists { what: "pool", name: name.to_owned() }),
+            Some((id, false)) => {
+                let open: Option<JournalEntry> = tx
+                    .query_row(&format!("{JOURNAL_SELECT} WHERE j.pool_id = ?1 AND j.state = 'open'"), [id], journal_from_row)
+                    .optional()
+                    .map_err(Error::catalog("reading the journal"))?;
+                if let Some(e) = open {
+                    return Err(Error::Input {
+                        what: format!("creation of pool '{name}'"),
+                        reason: format!(
+                            "it is being created: journal entry {} ({}, step {}, started {} by {}); it is finished or rolled back when its process ends and `pool create` is run again (a process on another host that is gone for good: `pool resume {name} --take-over {}`)",
+                            e.id, e.operation, e.step, e.started_at, e.owner, e.owner
+                        ),
+                    });
+                }
+                // The row of a creation rolled back: taken again. Adopted
+                // keys it recorded that nothing wraps under are forgotten
+                // (they stay in their KMS, as adopted keys always do).
+                tx.execute(
+                    "DELETE FROM master_keys WHERE pool_id = ?1 AND owned = 0 AND NOT EXISTS (SELECT 1 FROM wrappings w WHERE w.master_key_id = master_keys.id)",
+                    [id],
+                )
+                .map_err(Error::catalog(format!("reserving pool '{name}'")))?;
+                tx.execute(&format!("UPDATE pools SET kms_name = ?2, created_at = {NOW}, rotation_days = NULL WHERE id = ?1"), params![id, kms_name])
+                    .map_err(Error::catalog(format!("reserving pool '{name}'")))?;
+                id
+            }
+            None => {
+                tx.execute(&format!("INSERT INTO pools(name, kms_name, created_at) VALUES (?1, ?2, {NOW})"), params![name, kms_name])
+                    .map_err(Error::catalog(format!("inserting pool '{name}'")))?;
+                tx.last_insert_rowid()
+            }
+        };
+        let entry = journal_insert(&tx, pool_id, "create", owner, detail)?;
+        tx.commit().map_err(Error::catalog(format!("committing the start of pool '{name}'")))?;
         Ok(entry)
     }
 
@@ -170,15 +227,17 @@ impl SqliteCatalog {
             params![kms_name, kms_kind, kms_identity],
         )
         .map_err(Error::catalog("recording KMS entry"))?;
+        // One row per key in a KMS: an adopted key that another pool adopted
+        // too keeps its row (a key keybridge made is new, or an error).
+        let shared = if mk.owned { "" } else { " ON CONFLICT(kms_name, key_ref) DO NOTHING" };
         tx.execute(
-            &format!("INSERT INTO master_keys(kms_name, key_ref, label, material, owned, state, created_at, pool_id) VALUES (?1, ?2, ?3, ?4, ?5, 'active', {NOW}, ?6)"),
+            &format!("INSERT INTO master_keys(kms_name, key_ref, label, material, owned, state, created_at, pool_id) VALUES (?1, ?2, ?3, ?4, ?5, 'active', {NOW}, ?6){shared}"),
             params![kms_name, mk.id, mk.label, mk.material, mk.owned, pool_id],
         )
         .map_err(Error::catalog(format!("recording master key {}", mk.label)))?;
-        let row = tx.last_insert_rowid();
         journal_step(&tx, step)?;
         let record = tx
-            .query_row(&format!("SELECT {MK_COLUMNS} FROM master_keys m WHERE m.id = ?1"), [row], |r| mk_from_row(r, 0))
+            .query_row(&format!("SELECT {MK_COLUMNS} FROM master_keys m WHERE m.kms_name = ?1 AND m.key_ref = ?2"), params![kms_name, mk.id], |r| mk_from_row(r, 0))
             .map_err(Error::catalog("reading a master key"))?;
         tx.commit().map_err(Error::catalog(format!("committing master key {}", mk.label)))?;
         Ok(record)
@@ -203,8 +262,9 @@ impl SqliteCatalog {
         let mut conn = self.conn();
         let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate).map_err(Error::catalog("starting a key change"))?;
         if let Some(g) = &change.new_generation {
+            // 0 for a pool being created, whose first generation this is.
             let newest: u32 = tx
-                .query_row("SELECT MAX(generation) FROM kek_generations WHERE pool_id = ?1", [pool_id], |r| r.get(0))
+                .query_row("SELECT COALESCE(MAX(generation), 0) FROM kek_generations WHERE pool_id = ?1", [pool_id], |r| r.get(0))
                 .map_err(Error::catalog("reading the newest KEK generation"))?;
             if g.generation != newest + 1 {
                 return Err(Error::Input {

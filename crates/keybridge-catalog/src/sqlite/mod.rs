@@ -159,60 +159,6 @@ impl Catalog for SqliteCatalog {
         self.path.display().to_string()
     }
 
-    async fn insert_pool(
-        &self,
-        name: &str,
-        kms_name: &str,
-        kms_kind: &str,
-        kms_identity: &str,
-        mk: &MasterKeyRef,
-        kek: &NewKek,
-    ) -> Result<PoolRecord> {
-        // The connection guard must not live across an await.
-        let mut conn = self.conn();
-        // IMMEDIATE: it reads, then writes; a deferred transaction would
-        // fail at once if the DEK writer committed in between.
-        let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate).map_err(Error::catalog("starting pool transaction"))?;
-        {
-            // The pool, its master key, KEK generation 1 and its wrapping.
-            tx.execute(
-                &format!("INSERT INTO kms(name, kind, identity, first_used) VALUES (?1, ?2, ?3, {NOW}) ON CONFLICT(name) DO NOTHING"),
-                params![kms_name, kms_kind, kms_identity],
-            )
-            .map_err(Error::catalog("recording KMS entry"))?;
-            let exists: bool = tx
-                .query_row("SELECT 1 FROM pools WHERE name = ?1", [name], |_| Ok(true))
-                .optional()
-                .map_err(Error::catalog("checking pool name"))?
-                .unwrap_or(false);
-            if exists {
-                return Err(Error::AlreadyExists { what: "pool", name: name.to_owned() });
-            }
-            tx.execute(&format!("INSERT INTO pools(name, kms_name, created_at) VALUES (?1, ?2, {NOW})"), params![name, kms_name])
-                .map_err(Error::catalog(format!("inserting pool '{name}'")))?;
-            let id = tx.last_insert_rowid();
-            // One row per key in a KMS: a key adopted by several pools is
-            // one master key (it may be destroyed only when no wrapping of
-            // any pool names it).
-            tx.execute(
-                &format!(
-                    "INSERT INTO master_keys(kms_name, key_ref, label, material, owned, state, created_at, pool_id) VALUES (?1, ?2, ?3, ?4, ?5, 'active', {NOW}, ?6)
-                     ON CONFLICT(kms_name, key_ref) DO NOTHING"
-                ),
-                params![kms_name, mk.id, mk.label, mk.material, mk.owned, id],
-            )
-            .map_err(Error::catalog(format!("recording the master key of pool '{name}'")))?;
-            let mk_row: i64 = tx
-                .query_row("SELECT id FROM master_keys WHERE kms_name = ?1 AND key_ref = ?2", params![kms_name, mk.id], |r| r.get(0))
-                .map_err(Error::catalog(format!("recording the master key of pool '{name}'")))?;
-            insert_generation(&tx, id, 1, mk_row, kek).map_err(Error::catalog(format!("inserting the KEK of pool '{name}'")))?;
-            // Read back inside the transaction, by the generation made here.
-            let pool = generation_in(&tx, id, 1)?;
-            tx.commit().map_err(Error::catalog(format!("committing pool '{name}'")))?;
-            Ok(pool)
-        }
-    }
-
     async fn pool_by_name(&self, name: &str) -> Result<PoolRecord> {
         self.pool_query("p.name = ?1", &name)?
             .ok_or_else(|| Error::NotFound { what: "pool", name: name.to_owned() })
@@ -318,6 +264,10 @@ impl Catalog for SqliteCatalog {
 
     async fn journal_begin(&self, pool_id: i64, operation: &str, owner: &str, detail: &serde_json::Value) -> Result<JournalEntry> {
         self.journal_open(pool_id, operation, owner, detail)
+    }
+
+    async fn journal_begin_pool(&self, name: &str, kms_name: &str, kms_kind: &str, kms_identity: &str, owner: &str, detail: &serde_json::Value) -> Result<JournalEntry> {
+        self.pool_reserve(name, kms_name, kms_kind, kms_identity, owner, detail)
     }
 
     async fn open_journal(&self, pool_id: Option<i64>) -> Result<Vec<JournalEntry>> {

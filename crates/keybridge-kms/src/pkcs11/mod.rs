@@ -213,6 +213,28 @@ impl Drop for Cleanup<'_> {
     }
 }
 
+/// A template that carries key material (`CKA_VALUE`, the one-time
+/// transport key of [`KeyBackend::wrap_kek`]). cryptoki's
+/// `Attribute::Value` is a plain `Vec<u8>`, so the value is wiped when the
+/// template is dropped, on every path.
+struct SecretTemplate(Vec<Attribute>);
+
+impl SecretTemplate {
+    fn wipe(&mut self) {
+        for attribute in &mut self.0 {
+            if let Attribute::Value(value) = attribute {
+                zeroize::Zeroize::zeroize(value.as_mut_slice());
+            }
+        }
+    }
+}
+
+impl Drop for SecretTemplate {
+    fn drop(&mut self) {
+        self.wipe();
+    }
+}
+
 fn mk_template(mk: &MasterKeyRef) -> Result<Vec<Attribute>, OpError> {
     let id = hex::decode(&mk.id).map_err(|_| {
         OpError::Backend(BackendError::MasterKeyMissing { id: mk.id.clone(), label: mk.label.clone() })
@@ -1000,27 +1022,26 @@ impl KeyBackend for Pkcs11Backend {
         // padding mechanisms are both RFC 5649, as `kwp` writes.
         let transport = crate::crypto::random_array::<32>().map_err(|source| BackendError::Crypto { context: "making a transport key".into(), source })?;
         let blob = crate::crypto::kwp::wrap(&transport[..], pkcs8).map_err(|source| BackendError::Crypto { context: "wrapping the KEK for the token".into(), source })?;
-        let transport = Zeroizing::new(transport.to_vec());
         let mk = mk.clone();
         let wrapped = self
             .sessions
             .run("importing a KEK under a master key", move |s| {
                 let mk_handle = find_mk(s, &mk)?;
-                let t = s
-                    .create_object(&[
-                        Attribute::Class(ObjectClass::SECRET_KEY),
-                        Attribute::KeyType(KeyType::AES),
-                        Attribute::Token(false),
-                        Attribute::Private(true),
-                        Attribute::Sensitive(true),
-                        Attribute::Extractable(false),
-                        Attribute::Unwrap(true),
-                        Attribute::Wrap(false),
-                        Attribute::Encrypt(false),
-                        Attribute::Decrypt(false),
-                        Attribute::Value(transport.to_vec()),
-                    ])
-                    .doing("making a one-time transport key")?;
+                let template = SecretTemplate(vec![
+                    Attribute::Class(ObjectClass::SECRET_KEY),
+                    Attribute::KeyType(KeyType::AES),
+                    Attribute::Token(false),
+                    Attribute::Private(true),
+                    Attribute::Sensitive(true),
+                    Attribute::Extractable(false),
+                    Attribute::Unwrap(true),
+                    Attribute::Wrap(false),
+                    Attribute::Encrypt(false),
+                    Attribute::Decrypt(false),
+                    Attribute::Value(transport.to_vec()),
+                ]);
+                let t = s.create_object(&template.0).doing("making a one-time transport key")?;
+                drop(template);
                 let mut cleanup = Cleanup { session: s, handles: vec![t] };
                 // Extractable only so C_WrapKey can wrap it under the MK.
                 let kek = raw::unwrap_key(s, wrap, t, &blob, &kek_template(true)).doing("unwrapping the KEK under the transport key")?;
@@ -1036,6 +1057,42 @@ impl KeyBackend for Pkcs11Backend {
             })
             .await?;
         Ok(WrappedKek { wrapped, wrap_mechanism: wrap_mechanism_name(wrap).expect("chosen from the known list").into() })
+    }
+
+    async fn verify_kek(&self, kek: &PoolKek<'_>, public_spki: &[u8]) -> Result<(), BackendError> {
+        // The KEK never leaves the token: unwrapped again under the MK (not
+        // the cached handle) and an OAEP probe of the public KEK decrypted.
+        let wrap = wrap_mechanism_code(kek.wrap_mechanism).ok_or_else(|| {
+            BackendError::Unsupported(format!("pool '{}' was wrapped with {}, which this backend does not use", kek.pool_name, kek.wrap_mechanism))
+        })?;
+        let public = PublicKek::from_spki_der(public_spki).map_err(|source| BackendError::Crypto { context: "reading the public KEK".into(), source })?;
+        let (pool, hash, mk, wrapped) = (kek.pool_name.to_owned(), kek.oaep_hash, kek.master_key.clone(), kek.wrapped_private.to_vec());
+        self.sessions
+            .run("checking a wrapped KEK", move |s| {
+                let mk_handle = find_mk(s, &mk)?;
+                let check = match unwrap_kek(s, wrap, mk_handle, &wrapped) {
+                    Ok(h) => h,
+                    Err(OpError::Ck { err: CkError::Pkcs11(rv, _), .. }) if bad_wrapped_key(rv) => {
+                        return Err(BackendError::KekUnwrap { pool: pool.clone(), mk: mk.label.clone(), detail: format!("the token answered {}", rv::ckr_name(rv)) }.into())
+                    }
+                    Err(e) => return Err(e),
+                };
+                let cleanup = Cleanup { session: s, handles: vec![check] };
+                let not_it = |detail: String| BackendError::Other(format!("wrapped KEK of pool '{pool}' under master key {} is not the private half of the generation's public KEK ({detail})", mk.label));
+                match check_oaep(s, check, &public, hash) {
+                    Ok(()) => {}
+                    // The handle was unwrapped a moment ago: these codes mean
+                    // the probe is not this key's ciphertext (see `bad_ciphertext`).
+                    Err(OpError::Ck { err: CkError::Pkcs11(rv, _), .. }) if bad_ciphertext(rv) => {
+                        return Err(not_it(format!("the OAEP probe did not decrypt: {}", rv::ckr_name(rv))).into())
+                    }
+                    Err(OpError::Backend(BackendError::Other(_))) => return Err(not_it("the OAEP probe decrypted to something else".into()).into()),
+                    Err(e) => return Err(e),
+                }
+                drop(cleanup);
+                Ok(())
+            })
+            .await
     }
 
     async fn master_key_status(&self, mk: &MasterKeyRef) -> Result<KeyStatus, BackendError> {
@@ -1078,5 +1135,19 @@ impl KeyBackend for Pkcs11Backend {
                 Ok(())
             })
             .await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The transport key's bytes in a template are wiped, not just freed.
+    #[test]
+    fn a_secret_template_wipes_its_value() {
+        let mut t = SecretTemplate(vec![Attribute::Token(false), Attribute::Value(vec![0xA5; 32])]);
+        t.wipe();
+        let Attribute::Value(value) = &t.0[1] else { panic!("the value attribute is kept") };
+        assert_eq!(value.as_slice(), [0u8; 32], "the bytes themselves are overwritten");
     }
 }

@@ -26,6 +26,8 @@ pub const ROUTES: &[(&str, &str, Role)] = &[
     ("POST", "/v1/pools/{name}/shred", Role::Operator),
     ("POST", "/v1/pools/{name}/export", Role::Operator),
     ("POST", "/v1/pools/{name}/import", Role::Operator),
+    ("POST", "/v1/pools/{name}/schedule", Role::Operator),
+    ("POST", "/v1/pools/{name}/resume", Role::Operator),
     ("POST", "/v1/clients", Role::Operator),
     ("GET", "/v1/jobs", Role::Operator),
     ("GET", "/v1/clients/{name}/kdf", Role::Public),
@@ -88,6 +90,29 @@ pub struct PoolKms {
 #[serde(deny_unknown_fields)]
 pub struct MigratePool {
     pub to: String,
+}
+
+/// `POST /v1/pools/{name}/schedule`: how often `keybridge serve` rotates
+/// the pool, as `pool schedule` sets it: `rotation_days` (0: never), or
+/// `default: true` for the configuration's `[lifecycle] rotation_days`.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SchedulePool {
+    #[serde(default)]
+    pub rotation_days: Option<u32>,
+    #[serde(default)]
+    pub default: bool,
+}
+
+/// `POST /v1/pools/{name}/resume` (the body may be empty): finish or roll
+/// back the pool's unfinished change, as `pool resume` does; with
+/// `take_over`, first take it over from that owner (`host:pid:start`,
+/// exactly as `GET /v1/pools/{name}` names it).
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ResumePool {
+    #[serde(default)]
+    pub take_over: Option<String>,
 }
 
 /// `POST /v1/pools/{name}/shred`: the pool's name again, to confirm.
