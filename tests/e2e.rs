@@ -1402,6 +1402,49 @@ async fn media_agent_limits_each_clients_uploads() {
     assert_eq!(again.status(), 201, "{}", again.text().await.unwrap());
 }
 
+/// A download the client stops reading holds no thread and is dropped once
+/// it has taken nothing for `--upload-idle-secs`, as a silent upload is;
+/// meanwhile other downloads are served whole.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn media_agent_drops_a_stalled_download() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let d = Deployment::start(Kind::Builtin).unwrap();
+    let port = free_port();
+    let store = d.dir().join("stall-store");
+    let listen = format!("127.0.0.1:{port}");
+    let args = ["media-agent", "--store", store.to_str().unwrap(), "--listen", &listen, "--cert", "service.crt", "--key", "service.key"];
+    let _agent = d.spawn(&[&args[..], &["--token-key", "media-agent.key", "--upload-idle-secs", "3"]].concat(), "stall.log");
+    d.wait_up(&format!("https://{listen}/healthz"), "stall.log");
+    let key = AgentKey::from_hex(&std::fs::read_to_string(d.dir().join("media-agent.key")).unwrap()).unwrap();
+    let job = uuid::Uuid::now_v7().to_string();
+    let url = format!("https://{listen}/v1/jobs/{job}/stream");
+    // Larger than what the socket buffers and the agent's read-ahead hold.
+    let body: Vec<u8> = (0..64usize << 20).map(|i| (i * 7 + i / 4093) as u8).collect();
+    let r = d.operator().put(&url).bearer_auth(key.mint(AgentOp::Put, &job, "alice", in_an_hour())).body(body.clone()).send().await.unwrap();
+    assert_eq!(r.status(), 201, "{}", r.text().await.unwrap());
+
+    let mut tls = tls_connect(&d, port).await;
+    let token = key.mint(AgentOp::Get, &job, "alice", in_an_hour());
+    tls.write_all(format!("GET /v1/jobs/{job}/stream HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: Bearer {token}\r\n\r\n").as_bytes()).await.unwrap();
+    tls.flush().await.unwrap();
+    let mut first = vec![0u8; 4096];
+    let n = tls.read(&mut first).await.unwrap();
+    assert!(String::from_utf8_lossy(&first[..n]).starts_with("HTTP/1.1 200"), "{}", String::from_utf8_lossy(&first[..n]));
+
+    // While that one stalls, another download is served whole.
+    let whole = d.operator().get(&url).bearer_auth(key.mint(AgentOp::Get, &job, "alice", in_an_hour())).send().await.unwrap();
+    assert_eq!(whole.status(), 200);
+    assert!(whole.bytes().await.unwrap() == body, "a concurrent download differs from the upload");
+
+    // The stalled one is cut off: reading on gets less than the stream.
+    tokio::time::sleep(Duration::from_secs(6)).await;
+    let mut rest = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(20), tls.read_to_end(&mut rest)).await.expect("the agent ends a stalled download");
+    assert!(n + rest.len() < body.len(), "the stalled download was not dropped: {} bytes arrived", n + rest.len());
+    let log = std::fs::read_to_string(d.dir().join("stall.log")).unwrap_or_default();
+    assert!(log.contains("stream download dropped: the client took nothing for the idle limit"), "{log}");
+}
+
 /// The MediaAgent holds each client to `--client-quota` bytes: its stored
 /// jobs plus its uploads in progress. An upload that declares more than is
 /// left is refused before its body is read; one that streams past the

@@ -154,8 +154,12 @@ impl Batch {
         });
         match large {
             Some(buf) => Batch { buf: Some(buf), pool: Some(pool.clone()) },
-            None => Batch { buf: Some(aligned_buf(SMALL_BATCH)), pool: None },
+            None => Batch::small(),
         }
+    }
+
+    fn small() -> Batch {
+        Batch { buf: Some(aligned_buf(SMALL_BATCH)), pool: None }
     }
 }
 
@@ -355,23 +359,40 @@ async fn get_stream(State(agent): State<Shared>, headers: HeaderMap, Path(job): 
         Ok(m) => m.len(),
         Err(source) => return error_response(StoreError::Io { path, doing: "reading stream size", source }),
     };
-    // Read on a blocking thread, past the page cache where the store does,
-    // into aligned buffers that are sent as they are (no copy) and come
-    // back for reuse once the connection has written them; two pieces
-    // wait for the socket.
+    // Read past the page cache where the store does, each piece on a
+    // blocking thread of its own (no thread waits on the client), into
+    // aligned buffers that are sent as they are (no copy) and come back for
+    // reuse once the connection has written them; two pieces wait for the
+    // socket. A client that takes nothing for the idle limit loses the
+    // stream, as an upload that sends nothing does.
     let (tx, rx) = tokio::sync::mpsc::channel::<std::io::Result<axum::body::Bytes>>(2);
-    let direct = agent.store.direct_io();
-    tokio::task::spawn_blocking(move || {
-        let mut reader = keybridge_net::direct::DirectReader::new(file, direct);
-        let (back, returned) = std::sync::mpsc::channel();
-        loop {
-            let mut buf = returned.try_recv().unwrap_or_else(|_| aligned_buf(READ_PIECE));
-            let (piece, end) = match reader.read_into(&mut buf) {
-                Ok(n) => (Ok(axum::body::Bytes::from_owner(ReadPiece { buf: Some(buf), len: n, back: back.clone() })), n < READ_PIECE),
-                Err(e) => (Err(e), true),
+    let (direct, idle) = (agent.store.direct_io(), agent.limits.upload_idle);
+    tokio::spawn(async move {
+        let (back, returned) = std::sync::mpsc::channel::<AlignedBuf>();
+        let mut reader = Some(keybridge_net::direct::DirectReader::new(file, direct));
+        while let Some(mut r) = reader.take() {
+            let buf = returned.try_recv().unwrap_or_else(|_| aligned_buf(READ_PIECE));
+            let read = tokio::task::spawn_blocking(move || {
+                let mut buf = buf;
+                let n = r.read_into(&mut buf);
+                (r, buf, n)
+            })
+            .await;
+            let (piece, end) = match read {
+                Ok((r, buf, Ok(n))) => {
+                    reader = Some(r);
+                    (Ok(axum::body::Bytes::from_owner(ReadPiece { buf: Some(buf), len: n, back: back.clone() })), n < READ_PIECE)
+                }
+                Ok((_, _, Err(e))) => (Err(e), true),
+                Err(e) => (Err(std::io::Error::other(format!("reading the stream: {e}"))), true),
             };
-            if tx.blocking_send(piece).is_err() || end {
-                return;
+            match tokio::time::timeout(idle, tx.send(piece)).await {
+                Ok(Ok(())) if !end => {}
+                Ok(_) => return,
+                Err(_) => {
+                    tracing::warn!(job = %job, secs = idle.as_secs(), "stream download dropped: the client took nothing for the idle limit");
+                    return;
+                }
             }
         }
     });
@@ -440,7 +461,9 @@ async fn put_stream(State(agent): State<Shared>, headers: HeaderMap, Path(job): 
     let mut frames = body.into_data_stream();
     let mut body_error = None;
     let mut refused = None;
-    let mut batch = Batch::take(&agent.large);
+    // The first batch is small: an upload that stalls before its first
+    // 64 KiB takes nothing from the pool of large ones.
+    let mut batch = Batch::small();
     let mut filled = 0;
     'body: loop {
         let frame = match tokio::time::timeout(agent.limits.upload_idle, frames.next()).await {

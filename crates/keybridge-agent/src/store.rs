@@ -300,6 +300,13 @@ impl Upload {
 
     fn written(&mut self, result: io::Result<()>, data: &[u8]) -> Result<(), StoreError> {
         result.map_err(|e| self.store.classify(e, &self.job, &self.tmp, "writing upload"))?;
+        // A writer that fell back to the page cache gets writeback help
+        // from here on, as one that never went direct has.
+        if self.syncer.is_none() {
+            if let Some(w) = self.file.as_ref().filter(|w| !w.is_direct()) {
+                self.syncer = Some(Syncer::start(w.file()).map_err(|e| self.store.classify(e, &self.job, &self.tmp, "starting writeback"))?);
+            }
+        }
         self.crc = crc32c::crc32c_append(self.crc, data);
         let len = data.len() as u64;
         self.bytes += len;

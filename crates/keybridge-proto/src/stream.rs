@@ -420,7 +420,10 @@ impl Encryptor {
 /// Reads a stream's chunks after its header: each
 /// [`push`](Decryptor::push) appends authenticated plaintext to `out`,
 /// [`finish`](Decryptor::finish) checks that the stream ended with its final
-/// chunk. Output is the same whatever the sizes of the pushed pieces.
+/// chunk. A stream that decrypts gives the same output whatever the sizes
+/// of the pushed pieces; one that fails may have released a chunk more or
+/// less before the error, depending on them (every chunk released is
+/// authentic and in order).
 pub struct Decryptor {
     key: LessSafeKey,
     header: Vec<u8>,
