@@ -139,6 +139,13 @@ struct BatchPool {
     made: std::sync::atomic::AtomicUsize,
 }
 
+impl BatchPool {
+    /// Every large batch is made and in use.
+    fn exhausted(&self) -> bool {
+        self.made.load(std::sync::atomic::Ordering::Relaxed) >= LARGE_BATCHES && self.free.lock().unwrap_or_else(|e| e.into_inner()).is_empty()
+    }
+}
+
 /// An upload's write batch; a large one returns to its pool when dropped.
 struct Batch {
     buf: Option<AlignedBuf>,
@@ -488,7 +495,12 @@ async fn put_stream(State(agent): State<Shared>, headers: HeaderMap, Path(job): 
             filled += n;
             data = &data[n..];
             if filled == batch.len() || (end && data.is_empty()) {
-                let next = spare_rx.try_recv().unwrap_or_else(|_| Batch::take(&agent.large));
+                // A written batch comes back for reuse; a small one only
+                // while the pool has no large one to give instead.
+                let next = match spare_rx.try_recv() {
+                    Ok(b) if b.pool.is_some() || agent.large.exhausted() => b,
+                    _ => Batch::take(&agent.large),
+                };
                 if tx.send(Some((std::mem::replace(&mut batch, next), filled))).await.is_err() {
                     // The writer failed (its error is reported below).
                     drain(&mut frames).await;
@@ -571,11 +583,13 @@ mod tests {
         assert!(held.iter().all(|b| b.len() == LARGE_BATCH && b.pool.is_some()));
         let extra = Batch::take(&pool);
         assert_eq!(extra.len(), SMALL_BATCH, "the pool is empty: a small batch, at once");
+        assert!(pool.exhausted());
         assert!(extra.pool.is_none());
         let first = held[0].as_ptr();
         drop(held);
         drop(extra);
         assert_eq!(pool.free.lock().unwrap().len(), LARGE_BATCHES, "every large batch came back; small ones are freed");
+        assert!(!pool.exhausted());
         let again = Batch::take(&pool);
         assert_eq!(again.len(), LARGE_BATCH);
         assert_eq!(pool.made.load(std::sync::atomic::Ordering::Relaxed), LARGE_BATCHES, "reused, not made again");
