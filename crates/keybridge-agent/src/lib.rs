@@ -35,7 +35,7 @@ use futures_util::StreamExt;
 use serde_json::json;
 
 use keybridge_proto::api::agent_token::{AgentKey, AgentOp, TokenError};
-use keybridge_net::direct::{aligned_buf, AlignedBuf};
+use keybridge_net::direct::{aligned_buf, AlignedBuf, DIRECT_PIECE};
 use keybridge_net::http::ApiError;
 use keybridge_proto::ErrorKind;
 use store::{Store, StoreError};
@@ -69,21 +69,17 @@ const DRAIN_BYTES: usize = 64 << 20;
 const DRAIN_TIME: Duration = Duration::from_secs(10);
 
 /// Bytes gathered from the request body before each disk write. Large
-/// batches (direct writes of 1 MiB moved 1 GiB in 0.7 s here, of 256 KiB
-/// in 1.4 s) come from a pool of [`LARGE_BATCHES`] shared by all uploads;
-/// when it is empty an upload writes small ones. Memory therefore stays
+/// batches ([`DIRECT_PIECE`]) come from a pool of [`LARGE_BATCHES`] shared
+/// by all uploads; when it is empty an upload writes small ones. Memory
+/// therefore stays
 /// bounded however many uploads run (64 concurrent uploads with 1 MiB
 /// batches for the first and shares of a budget for the rest peaked at
 /// 57-61 MiB, heap fragmentation included; with 64 KiB batches only, at
 /// 27-38 MiB), and no upload waits for another's buffers.
-const LARGE_BATCH: usize = 1 << 20;
 const SMALL_BATCH: usize = 64 << 10;
 /// Large batches in the pool: an upload holds up to three (one filling, one
 /// queued, one being written), so four uploads run at full speed at once.
 const LARGE_BATCHES: usize = 12;
-
-/// Bytes read from a stream file at once when serving it.
-const READ_PIECE: usize = 1 << 20;
 
 /// An upload that sends nothing for this long is dropped (nothing stored),
 /// so a stalled client does not hold its writer thread; unless
@@ -157,7 +153,7 @@ impl Batch {
     fn take(pool: &Arc<BatchPool>) -> Batch {
         let large = pool.free.lock().unwrap_or_else(|e| e.into_inner()).pop().or_else(|| {
             let made = pool.made.fetch_update(std::sync::atomic::Ordering::Relaxed, std::sync::atomic::Ordering::Relaxed, |n| (n < LARGE_BATCHES).then_some(n + 1));
-            made.is_ok().then(|| aligned_buf(LARGE_BATCH))
+            made.is_ok().then(|| aligned_buf(DIRECT_PIECE))
         });
         match large {
             Some(buf) => Batch { buf: Some(buf), pool: Some(pool.clone()) },
@@ -378,7 +374,7 @@ async fn get_stream(State(agent): State<Shared>, headers: HeaderMap, Path(job): 
         let (back, returned) = std::sync::mpsc::channel::<AlignedBuf>();
         let mut reader = Some(keybridge_net::direct::DirectReader::new(file, direct));
         while let Some(mut r) = reader.take() {
-            let buf = returned.try_recv().unwrap_or_else(|_| aligned_buf(READ_PIECE));
+            let buf = returned.try_recv().unwrap_or_else(|_| aligned_buf(DIRECT_PIECE));
             let read = tokio::task::spawn_blocking(move || {
                 let mut buf = buf;
                 let n = r.read_into(&mut buf);
@@ -388,7 +384,7 @@ async fn get_stream(State(agent): State<Shared>, headers: HeaderMap, Path(job): 
             let (piece, end) = match read {
                 Ok((r, buf, Ok(n))) => {
                     reader = Some(r);
-                    (Ok(axum::body::Bytes::from_owner(ReadPiece { buf: Some(buf), len: n, back: back.clone() })), n < READ_PIECE)
+                    (Ok(axum::body::Bytes::from_owner(ReadPiece { buf: Some(buf), len: n, back: back.clone() })), n < DIRECT_PIECE)
                 }
                 Ok((_, _, Err(e))) => (Err(e), true),
                 Err(e) => (Err(std::io::Error::other(format!("reading the stream: {e}"))), true),
@@ -580,7 +576,7 @@ mod tests {
     fn large_batches_are_bounded_and_reused() {
         let pool = Arc::new(BatchPool::default());
         let held: Vec<Batch> = (0..LARGE_BATCHES).map(|_| Batch::take(&pool)).collect();
-        assert!(held.iter().all(|b| b.len() == LARGE_BATCH && b.pool.is_some()));
+        assert!(held.iter().all(|b| b.len() == DIRECT_PIECE && b.pool.is_some()));
         let extra = Batch::take(&pool);
         assert_eq!(extra.len(), SMALL_BATCH, "the pool is empty: a small batch, at once");
         assert!(pool.exhausted());
@@ -591,7 +587,7 @@ mod tests {
         assert_eq!(pool.free.lock().unwrap().len(), LARGE_BATCHES, "every large batch came back; small ones are freed");
         assert!(!pool.exhausted());
         let again = Batch::take(&pool);
-        assert_eq!(again.len(), LARGE_BATCH);
+        assert_eq!(again.len(), DIRECT_PIECE);
         assert_eq!(pool.made.load(std::sync::atomic::Ordering::Relaxed), LARGE_BATCHES, "reused, not made again");
         assert!(pool.free.lock().unwrap().iter().chain([&*again]).any(|b| b.as_ptr() == first));
     }

@@ -38,9 +38,9 @@
 use std::ffi::{OsStr, OsString};
 use std::io::{self, Read};
 use std::os::fd::{AsFd, OwnedFd};
-
-use keybridge_net::direct::{aligned_buf, AlignedBuf, DirectWriter};
 use std::path::{Component, Path};
+
+use keybridge_net::direct::{aligned_buf, AlignedBuf, DirectWriter, DIRECT_PIECE};
 
 use rustix::fs::{AtFlags, FileType, Mode, OFlags, Timespec, Timestamps};
 use rustix::io::Errno;
@@ -87,10 +87,6 @@ pub struct Unpacker {
 /// filesystem allows); smaller ones, a write or two each, through the
 /// page cache.
 pub const DIRECT_MIN: u64 = 1 << 20;
-
-/// Bytes per write of a direct file: 1 GiB took 0.7 s in 1 MiB direct
-/// writes here, 1.4 s in 256 KiB ones.
-const DIRECT_BUF: usize = 1 << 20;
 
 /// Why an entry refuses the restore.
 fn refused(name: &Path, why: impl std::fmt::Display) -> io::Error {
@@ -178,7 +174,7 @@ impl Unpacker {
     pub fn with_direct_io(mut self, direct_io: bool) -> Self {
         self.direct_io = direct_io;
         if direct_io {
-            self.buf = Some(aligned_buf(DIRECT_BUF));
+            self.buf = Some(aligned_buf(DIRECT_PIECE));
         }
         self
     }
@@ -267,7 +263,7 @@ impl Unpacker {
             // Large writes, read straight into the writer's buffer (tar's
             // own unpacking copies 8 KiB at a time).
             let direct = self.direct_io && entry.size() >= DIRECT_MIN;
-            let buf = self.buf.take().unwrap_or_else(|| aligned_buf(DIRECT_BUF));
+            let buf = self.buf.take().unwrap_or_else(|| aligned_buf(DIRECT_PIECE));
             let mut writer = DirectWriter::new(std::fs::File::from(fd), buf, direct);
             while writer.fill_from(entry)? > 0 {}
             let (file, buf) = writer.finish()?;

@@ -25,6 +25,11 @@ use rustix::fs::OFlags;
 /// `O_DIRECT`: a multiple of every logical block size in use (512, 4096).
 pub const ALIGN: usize = 4096;
 
+/// Bytes per direct transfer for bulk data (the MediaAgent's large write
+/// batches and stream reads, the restore's large files): 1 GiB moved in
+/// 0.6-0.9 s in 1 MiB `O_DIRECT` writes here, 1.4 s in 256 KiB ones.
+pub const DIRECT_PIECE: usize = 1 << 20;
+
 /// A zeroed buffer whose address is [`ALIGN`]-aligned.
 pub type AlignedBuf = ABox<[u8], ConstAlign<ALIGN>>;
 
@@ -39,6 +44,15 @@ fn set_direct(file: &File, on: bool) -> io::Result<()> {
     let flags = rustix::fs::fcntl_getfl(file)?;
     let flags = if on { flags | OFlags::DIRECT } else { flags - OFlags::DIRECT };
     rustix::fs::fcntl_setfl(file, flags)?;
+    Ok(())
+}
+
+/// Go on through the page cache (a no-op if already there).
+fn stop_direct(file: &File, direct: &mut bool) -> io::Result<()> {
+    if *direct {
+        set_direct(file, false)?;
+        *direct = false;
+    }
     Ok(())
 }
 
@@ -133,10 +147,7 @@ impl DirectWriter {
         let whole = self.len / ALIGN * ALIGN;
         put(&self.file, &mut self.direct, &self.buf[..whole])?;
         if self.len > whole {
-            if self.direct {
-                set_direct(&self.file, false)?;
-                self.direct = false;
-            }
+            stop_direct(&self.file, &mut self.direct)?;
             put(&self.file, &mut self.direct, &self.buf[whole..self.len])?;
         }
         Ok((self.file, self.buf))
@@ -153,10 +164,7 @@ fn put(mut file: &File, direct: &mut bool, data: &[u8]) -> io::Result<()> {
             Ok(0) => return Err(io::Error::new(io::ErrorKind::WriteZero, "the file took no more bytes")),
             Ok(n) => at += n,
             Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-            Err(e) if *direct && refused(&e) => {
-                set_direct(file, false)?;
-                *direct = false;
-            }
+            Err(e) if *direct && refused(&e) => stop_direct(file, direct)?,
             Err(e) => return Err(e),
         }
     }
@@ -193,10 +201,7 @@ impl DirectReader {
                 Ok(0) => break,
                 Ok(n) => filled += n,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                Err(e) if self.direct && refused(&e) => {
-                    set_direct(&self.file, false)?;
-                    self.direct = false;
-                }
+                Err(e) if self.direct && refused(&e) => stop_direct(&self.file, &mut self.direct)?,
                 Err(e) => return Err(e),
             }
         }

@@ -13,9 +13,9 @@ pub mod cert;
 pub mod direct;
 pub mod tls;
 
-/// Bulk file data is read and written in pieces of this size: the backup
-/// client's file reads, the restore's file writes and the MediaAgent's
-/// stream writes. Large enough that system calls are few (tar's own copy
+/// Bulk file data through the page cache is read and written in pieces of
+/// this size: the backup client's file reads and the restore's buffered
+/// file writes (direct transfers use [`direct::DIRECT_PIECE`]). Large enough that system calls are few (tar's own copy
 /// loops move 8 KiB per call); small enough to stay under a cliff measured
 /// on Linux 6.18/ext4 in some memory states, where 1 MiB and 2 MiB write()
 /// calls cost 3-5 times the kernel CPU of 256 KiB calls for the same data
