@@ -336,6 +336,23 @@ fn unwrap_kek(session: &Session, mech: u64, mk: ObjectHandle, wrapped: &[u8]) ->
     raw::unwrap_key(session, mech, mk, wrapped, &kek_template(false)).doing("unwrapping the KEK under the master key")
 }
 
+/// The mechanism pool KEK `kek` was wrapped with, if this backend uses it.
+fn pool_wrap_mechanism(kek: &PoolKek<'_>) -> Result<u64, BackendError> {
+    wrap_mechanism_code(kek.wrap_mechanism)
+        .ok_or_else(|| BackendError::Unsupported(format!("pool '{}' was wrapped with {}, which this backend does not use", kek.pool_name, kek.wrap_mechanism)))
+}
+
+/// [`unwrap_kek`] of pool `pool`'s stored wrapped KEK: a blob the token
+/// refuses under master key `mk` is [`BackendError::KekUnwrap`].
+fn unwrap_stored_kek(session: &Session, mech: u64, mk_handle: ObjectHandle, wrapped: &[u8], pool: &str, mk: &MasterKeyRef) -> Result<ObjectHandle, OpError> {
+    unwrap_kek(session, mech, mk_handle, wrapped).map_err(|e| match e {
+        OpError::Ck { err: CkError::Pkcs11(rv, _), .. } if bad_wrapped_key(rv) => {
+            BackendError::KekUnwrap { pool: pool.to_owned(), mk: mk.label.clone(), detail: format!("the token answered {}", rv::ckr_name(rv)) }.into()
+        }
+        e => e,
+    })
+}
+
 /// Codes a token returns from C_Decrypt RSA-OAEP when the ciphertext does
 /// not decrypt under the key. The standard code is CKR_ENCRYPTED_DATA_INVALID;
 /// SoftHSM2 2.6 answers CKR_GENERAL_ERROR and Kryoptic CKR_DEVICE_ERROR for
@@ -930,9 +947,7 @@ impl KeyBackend for Pkcs11Backend {
     }
 
     async fn decrypt_dek(&self, kek: &PoolKek<'_>, encrypted: &[u8]) -> Result<DekPlaintext, BackendError> {
-        let wrap = wrap_mechanism_code(kek.wrap_mechanism).ok_or_else(|| {
-            BackendError::Unsupported(format!("pool '{}' was wrapped with {}, which this backend does not use", kek.pool_name, kek.wrap_mechanism))
-        })?;
+        let wrap = pool_wrap_mechanism(kek)?;
         let cache = self.kek_cache.clone();
         let sessions = self.sessions.clone();
         let (pool_id, pool, hash) = ((kek.pool_id, kek.generation), kek.pool_name.to_owned(), kek.oaep_hash);
@@ -963,13 +978,7 @@ impl KeyBackend for Pkcs11Backend {
                     }
                 }
                 let mk_handle = find_mk(s, &mk)?;
-                let h = match unwrap_kek(s, wrap, mk_handle, &wrapped) {
-                    Ok(h) => h,
-                    Err(OpError::Ck { err: CkError::Pkcs11(rv, _), .. }) if bad_wrapped_key(rv) => {
-                        return Err(BackendError::KekUnwrap { pool: pool.clone(), mk: mk.label.clone(), detail: format!("the token answered {}", rv::ckr_name(rv)) }.into())
-                    }
-                    Err(e) => return Err(e),
-                };
+                let h = unwrap_stored_kek(s, wrap, mk_handle, &wrapped, &pool, &mk)?;
                 // Held until this call ends; cached for others (TTL) or, with
                 // no TTL, destroyed by a later call.
                 let kek = cache.insert(pool_id, epoch, h);
@@ -1062,21 +1071,13 @@ impl KeyBackend for Pkcs11Backend {
     async fn verify_kek(&self, kek: &PoolKek<'_>, public_spki: &[u8]) -> Result<(), BackendError> {
         // The KEK never leaves the token: unwrapped again under the MK (not
         // the cached handle) and an OAEP probe of the public KEK decrypted.
-        let wrap = wrap_mechanism_code(kek.wrap_mechanism).ok_or_else(|| {
-            BackendError::Unsupported(format!("pool '{}' was wrapped with {}, which this backend does not use", kek.pool_name, kek.wrap_mechanism))
-        })?;
+        let wrap = pool_wrap_mechanism(kek)?;
         let public = PublicKek::from_spki_der(public_spki).map_err(|source| BackendError::Crypto { context: "reading the public KEK".into(), source })?;
         let (pool, hash, mk, wrapped) = (kek.pool_name.to_owned(), kek.oaep_hash, kek.master_key.clone(), kek.wrapped_private.to_vec());
         self.sessions
             .run("checking a wrapped KEK", move |s| {
                 let mk_handle = find_mk(s, &mk)?;
-                let check = match unwrap_kek(s, wrap, mk_handle, &wrapped) {
-                    Ok(h) => h,
-                    Err(OpError::Ck { err: CkError::Pkcs11(rv, _), .. }) if bad_wrapped_key(rv) => {
-                        return Err(BackendError::KekUnwrap { pool: pool.clone(), mk: mk.label.clone(), detail: format!("the token answered {}", rv::ckr_name(rv)) }.into())
-                    }
-                    Err(e) => return Err(e),
-                };
+                let check = unwrap_stored_kek(s, wrap, mk_handle, &wrapped, &pool, &mk)?;
                 let cleanup = Cleanup { session: s, handles: vec![check] };
                 let not_it = |detail: String| BackendError::Other(format!("wrapped KEK of pool '{pool}' under master key {} is not the private half of the generation's public KEK ({detail})", mk.label));
                 match check_oaep(s, check, &public, hash) {
