@@ -61,7 +61,8 @@ pub struct MediaAgentArgs {
     #[arg(long, default_value_t = keybridge_agent::UPLOADS_PER_CLIENT)]
     pub uploads_per_client: usize,
     /// An upload that sends nothing for this many seconds is dropped, with
-    /// nothing stored.
+    /// nothing stored; a download, or any answer, that the client takes
+    /// nothing of for as long is cut off.
     #[arg(long, default_value_t = keybridge_agent::UPLOAD_IDLE_SECS)]
     pub upload_idle_secs: u64,
     /// Bytes one client may store at this agent (its stored jobs plus its

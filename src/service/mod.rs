@@ -557,7 +557,7 @@ pub async fn run(kb: Keybridge, shutdown: impl std::future::Future<Output = ()>)
     };
     tracing::info!(listen = %cfg.listen, "keybridge service listening");
     eprintln!("keybridge: service listening on https://{}", listener.local_addr().map(|a| a.to_string()).unwrap_or(cfg.listen.clone()));
-    let left = keybridge_net::http::serve(listener, Some(tls), router(service), shutdown, Duration::from_secs(cfg.shutdown_grace_secs)).await;
+    let left = keybridge_net::http::serve(listener, Some(tls), router(service), shutdown, Duration::from_secs(cfg.shutdown_grace_secs), keybridge_net::http::WRITE_STALL_TIMEOUT).await;
     health.abort();
     rotation.abort();
     if left > 0 {

@@ -82,7 +82,8 @@ const SMALL_BATCH: usize = 64 << 10;
 const LARGE_BATCHES: usize = 12;
 
 /// An upload that sends nothing for this long is dropped (nothing stored),
-/// so a stalled client does not hold its writer thread; unless
+/// so a stalled client does not hold its writer thread; a download or
+/// answer the client takes nothing of for as long is cut off; unless
 /// `--upload-idle-secs`.
 pub const UPLOAD_IDLE_SECS: u64 = 60;
 /// Uploads one client may run at once, unless `--uploads-per-client`.
@@ -562,7 +563,8 @@ pub async fn run(cfg: AgentConfig, shutdown: impl std::future::Future<Output = (
     }
     let limits = Limits { uploads_per_client: cfg.uploads_per_client, upload_idle: cfg.upload_idle, client_quota: cfg.client_quota };
     let router = router(store, cfg.token_key, limits).map_err(|e| keybridge_proto::Error::Input { what: format!("media agent store {}", cfg.store.display()), reason: e.to_string() })?;
-    keybridge_net::http::serve(listener, tls, router, shutdown, cfg.shutdown_grace).await;
+    // A download's peer is held to the same idle limit as an upload's.
+    keybridge_net::http::serve(listener, tls, router, shutdown, cfg.shutdown_grace, cfg.upload_idle).await;
     Ok(())
 }
 

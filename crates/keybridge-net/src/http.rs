@@ -89,6 +89,12 @@ const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 /// the connection waits for them (also while an open connection is idle
 /// between requests), so a silent or byte-a-second client is dropped.
 pub const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
+/// Time a peer may take no bytes of a response while one is being written
+/// (the service's; the MediaAgent uses its idle limit). A client that sends
+/// requests and never reads the answers is dropped once the socket buffers
+/// are full and this passes, so it cannot hold a connection slot for ever.
+/// A slow reader that takes anything within it keeps its connection.
+pub const WRITE_STALL_TIMEOUT: Duration = Duration::from_secs(30);
 /// Connections open at once; a connection beyond it is closed at once, so
 /// idle sockets cannot take every file descriptor. Slow clients are shed by
 /// the timeouts above long before this many pile up. Lower where the
@@ -118,14 +124,17 @@ fn connection_cap() -> usize {
 }
 
 /// Serve `router` on `listener` until `shutdown` resolves, then wait up to
-/// `grace` for in-flight requests. Returns how many connections were still
-/// open when the grace period ran out (0 on a clean drain).
+/// `grace` for in-flight requests. A connection whose peer takes no bytes
+/// of a pending write for `write_stall` is closed. Returns how many
+/// connections were still open when the grace period ran out (0 on a clean
+/// drain).
 pub async fn serve(
     listener: TcpListener,
     tls: Option<Arc<rustls::ServerConfig>>,
     router: axum::Router,
     shutdown: impl Future<Output = ()>,
     grace: Duration,
+    write_stall: Duration,
 ) -> usize {
     let acceptor = tls.map(tokio_rustls::TlsAcceptor::from);
     let graceful = GracefulShutdown::new();
@@ -153,6 +162,10 @@ pub async fn serve(
             continue;
         };
         let _ = tcp.set_nodelay(true);
+        // The clock runs only while a write waits for the peer to take bytes.
+        let mut tcp = tokio_io_timeout::TimeoutStream::new(tcp);
+        tcp.set_write_timeout(Some(write_stall));
+        let tcp = Box::pin(tcp);
         let service = hyper_util::service::TowerToHyperService::new(router.clone());
         match &acceptor {
             Some(acceptor) => {
@@ -216,4 +229,61 @@ pub async fn shutdown_signal() {
     }
     #[cfg(not(unix))]
     let _ = ctrl_c.await;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    /// Far more than the socket buffers of both ends hold.
+    const BODY: usize = 16 << 20;
+
+    /// A GET of a 16 MiB answer, with `recv_buffer` as the socket's receive
+    /// buffer where given.
+    async fn ask(addr: std::net::SocketAddr, recv_buffer: Option<u32>) -> tokio::net::TcpStream {
+        let socket = tokio::net::TcpSocket::new_v4().unwrap();
+        if let Some(size) = recv_buffer {
+            socket.set_recv_buffer_size(size).unwrap();
+        }
+        let mut s = socket.connect(addr).await.unwrap();
+        s.write_all(b"GET /big HTTP/1.1\r\nHost: test\r\n\r\n").await.unwrap();
+        s
+    }
+
+    /// A peer that takes nothing of an answer loses its connection once
+    /// the write has waited `write_stall`; one that keeps reading (64 KiB
+    /// every 20 ms) gets the whole answer. Without the write deadline the
+    /// first one would be served whole whenever it chose to read.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_peer_that_takes_nothing_is_dropped_and_a_reading_one_is_not() {
+        let router = axum::Router::new().route("/big", axum::routing::get(|| async { vec![7u8; BODY] }));
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let server = tokio::spawn(serve(listener, None, router, async { let _ = stopped.await; }, Duration::from_secs(2), Duration::from_secs(1)));
+
+        let mut stalled = ask(addr, Some(16 << 10)).await;
+        let mut reader = ask(addr, None).await;
+        let mut got = 0usize;
+        let mut buf = vec![0u8; 64 << 10];
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+        // Headers and body, then the connection stays open (keep-alive).
+        while got <= BODY {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+            match tokio::time::timeout_at(deadline, reader.read(&mut buf)).await.expect("the reader timed out") {
+                Ok(0) => panic!("the reading peer's connection was closed after {got} bytes"),
+                Ok(n) => got += n,
+                Err(e) => panic!("the reading peer's connection broke after {got} bytes: {e}"),
+            }
+        }
+
+        let mut rest = Vec::new();
+        let read = tokio::time::timeout(Duration::from_secs(20), stalled.read_to_end(&mut rest)).await.expect("the stalled connection was not closed");
+        assert!(rest.len() < BODY, "the stalled peer was served all {} bytes ({read:?})", rest.len());
+
+        drop((reader, stalled));
+        stop.send(()).unwrap();
+        assert_eq!(server.await.unwrap(), 0, "connections left open at shutdown");
+    }
 }
