@@ -188,7 +188,7 @@ pub async fn serve(
                     };
                     let conn = builder.serve_connection_with_upgrades(TokioIo::new(stream), service).into_owned();
                     if let Err(e) = watcher.watch(conn).await {
-                        tracing::debug!(%peer, error = %e, "connection ended with an error");
+                        connection_error(peer, &*e, write_stall);
                     }
                 });
             }
@@ -198,7 +198,7 @@ pub async fn serve(
                 tokio::spawn(async move {
                     let _slot = slot;
                     if let Err(e) = conn.await {
-                        tracing::debug!(%peer, error = %e, "connection ended with an error");
+                        connection_error(peer, &*e, write_stall);
                     }
                 });
             }
@@ -210,6 +210,19 @@ pub async fn serve(
     match tokio::time::timeout(grace, graceful.shutdown()).await {
         Ok(()) => 0,
         Err(_) => open,
+    }
+}
+
+/// Log how a connection ended with an error: a peer dropped by the write
+/// deadline as a warning (an operator should see who does that), the rest
+/// (resets, malformed requests) at debug.
+fn connection_error(peer: std::net::SocketAddr, e: &(dyn std::error::Error + 'static), write_stall: Duration) {
+    let timed_out = std::iter::successors(Some(e), |e| e.source())
+        .any(|e| e.downcast_ref::<std::io::Error>().is_some_and(|io| io.kind() == std::io::ErrorKind::TimedOut));
+    if timed_out {
+        tracing::warn!(%peer, secs = write_stall.as_secs(), "connection closed: the peer took nothing of an answer for the write limit");
+    } else {
+        tracing::debug!(%peer, error = %e, "connection ended with an error");
     }
 }
 
