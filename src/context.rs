@@ -35,6 +35,9 @@ pub struct Keybridge {
     /// Pool name -> the public KEK this process found pinned or checked:
     /// later issues compare bytes, with no hashing and no parsing.
     kek_checked: std::sync::Mutex<HashMap<String, CheckedKek>>,
+    /// Each client's seal key agreement, kept for its next seals within
+    /// bounds (see `SealerCache`).
+    sealers: keybridge_proto::seal::SealerCache,
 }
 
 /// A public KEK this process found pinned or checked: the DER the catalog
@@ -58,11 +61,17 @@ impl CheckedKek {
 }
 
 impl Keybridge {
+    /// A sealer for `client`, reusing this process's agreement with it
+    /// within the cache's bounds.
+    pub fn sealer(&self, client: keybridge_proto::seal::Recipient<'_>) -> keybridge_proto::Result<Arc<keybridge_proto::seal::Sealer>> {
+        self.sealers.sealer(client)
+    }
+
     /// Open the catalog named by the configuration. Backends are opened
     /// lazily, so a dead HSM does not stop commands that do not need it.
     pub fn open(config: Config) -> Result<Self> {
         let catalog = Arc::new(SqliteCatalog::open(&config.catalog.path)?);
-        Ok(Keybridge { config, catalog, backends: Default::default(), refused: Default::default(), kek_pins: Default::default(), kek_checked: Default::default() })
+        Ok(Keybridge { config, catalog, backends: Default::default(), refused: Default::default(), kek_pins: Default::default(), kek_checked: Default::default(), sealers: Default::default() })
     }
 
     pub fn config(&self) -> &Config {

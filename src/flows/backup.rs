@@ -19,7 +19,6 @@ use keybridge_proto::api::{JobCompletion, JobRecord};
 use crate::context::Keybridge;
 use keybridge_kms::crypto::PublicKek;
 use keybridge_proto::secret::Dek;
-use keybridge_proto::seal;
 use crate::{Error, Result};
 
 /// Issue a new DEK for `client` in `pool`, as `actor`. Every outcome is
@@ -205,7 +204,7 @@ async fn store(kb: &Keybridge, pool: &PoolRecord, public: &PublicKek, client: &C
 /// second, failed `dek.issue` row for the same DEK: it was never delivered.
 pub async fn issue_with(kb: &Keybridge, pool: &PoolRecord, public: &PublicKek, client: &ClientRecord, actor: &Actor) -> Result<DekGrant> {
     let stored = store_new_dek(kb, pool, public, client, actor).await?;
-    let sealed_dek = match seal::seal(&stored.dek, client.recipient(), &pool.name, &stored.dek_id) {
+    let sealed_dek = match kb.sealer(client.recipient()).and_then(|s| s.seal(&stored.dek, &pool.name, &stored.dek_id)) {
         Ok(s) => s,
         Err(e) => {
             let event = AuditEvent::new(actor, Action::DekIssue).pool(&pool.name).client(&client.name).dek(&stored.dek_id);

@@ -19,7 +19,6 @@ use super::{audit_failure, envelope, DekGrant};
 use keybridge_catalog::audit::{Action, Actor, AuditEvent};
 use crate::context::Keybridge;
 use keybridge_proto::secret::Dek;
-use keybridge_proto::seal;
 use crate::{Error, Result};
 
 /// Recover DEK `dek_id` for `client`, as `actor`. A client can recover only
@@ -72,13 +71,13 @@ async fn recover(kb: &Keybridge, dek_id: &str, client: &str, actor: &Actor, pool
     }
     // While the KMS decrypts: the started row is committed by the catalog
     // writer, and the seal's key agreement (which depends only on the
-    // client) runs on this thread. join! polls in order: the decryption
+    // client, and is usually kept from its last seal) runs on this thread. join! polls in order: the decryption
     // hands the KMS call to another thread, the audit row is queued, then
     // the seal work runs.
     let (plain, started, sealer) = tokio::join!(
         super::decrypt_dek(kb, &pool, &row.encrypted_dek),
         catalog.audit(recover_event(actor, Some(&pool.name), client, dek_id).started()),
-        async { seal::Sealer::new(requester.recipient()) }
+        async { kb.sealer(requester.recipient()) }
     );
     started?;
     let plain = plain?;

@@ -277,14 +277,17 @@ pub struct SealedHeader {
     pub dek_id: String,
 }
 
-/// The per-seal key agreement for one client, done ahead of the DEK: an
+/// The key agreement for sealing to one client, done ahead of the DEK: an
 /// ephemeral X25519 key and the AES-256-GCM key it agrees with the client's
-/// public key. It depends only on the client, so restore computes it while
-/// the KMS decrypts the DEK. Use once; the key is zeroized on drop.
+/// public key. It depends only on the client, so it can be computed while
+/// the KMS decrypts, or kept for the client's next seals (see
+/// [`SealerCache`]); every seal draws its own random nonce. The key is
+/// zeroized on drop.
 pub struct Sealer {
     client: String,
     salt: Vec<u8>,
     kdf: KdfParams,
+    seal_public: [u8; 32],
     ephemeral_public: [u8; 32],
     key: Zeroizing<[u8; 32]>,
 }
@@ -316,13 +319,20 @@ impl Sealer {
             client: client.name.to_owned(),
             salt: client.salt.to_owned(),
             kdf: client.kdf,
+            seal_public: *client.seal_public,
             ephemeral_public,
             key: seal_key(shared.as_bytes(), &ephemeral_public, client.seal_public),
         })
     }
 
+    /// Whether this agreement was made with exactly `client`'s registration
+    /// (name, salt, KDF parameters and public key).
+    pub fn serves(&self, client: Recipient<'_>) -> bool {
+        self.client == client.name && self.salt == client.salt && self.kdf == client.kdf && self.seal_public == *client.seal_public
+    }
+
     /// Seal `dek` (with its pool and id) into the `kbseal1.` string.
-    pub fn seal(self, dek: &Dek, pool: &str, dek_id: &str) -> Result<String> {
+    pub fn seal(&self, dek: &Dek, pool: &str, dek_id: &str) -> Result<String> {
         let nonce = crate::crypto::random_array::<12>().map_err(Error::crypto("generating seal nonce"))?;
         let mut out = Vec::with_capacity(200);
         out.extend_from_slice(MAGIC);
@@ -344,9 +354,73 @@ impl Sealer {
     }
 }
 
-/// Seal `dek` for `client` (service side).
+/// Seal `dek` for `client` (service side), with a fresh key agreement.
 pub fn seal(dek: &Dek, client: Recipient<'_>, pool: &str, dek_id: &str) -> Result<String> {
     Sealer::new(client)?.seal(dek, pool, dek_id)
+}
+
+/// Each client's latest [`Sealer`], kept for its next seals: the key
+/// agreement (an X25519 scalar multiplication and HKDF, about 75 us) is
+/// most of a seal's CPU, and a restore recovers many DEKs for one client.
+/// An agreement is used for at most `uses` seals and `lifetime`, and only
+/// while the client's registration is the one it was made with; then a
+/// fresh ephemeral key replaces it. Each seal has its own random 96-bit
+/// nonce, so AES-GCM's limit for random nonces (2^32 messages per key) is
+/// far away. What reuse gives up: a copy of this process's memory opens
+/// the seals of the last `lifetime` to that client (their DEKs passed
+/// through the same memory).
+pub struct SealerCache {
+    kept: std::sync::Mutex<std::collections::HashMap<String, Kept>>,
+    lifetime: std::time::Duration,
+    uses: u32,
+    clients: usize,
+}
+
+struct Kept {
+    sealer: std::sync::Arc<Sealer>,
+    made: std::time::Instant,
+    uses: u32,
+}
+
+impl Default for SealerCache {
+    /// At most 60 s and 1,024 seals per agreement, 4,096 clients kept.
+    fn default() -> Self {
+        SealerCache::new(std::time::Duration::from_secs(60), 1024, 4096)
+    }
+}
+
+impl std::fmt::Debug for SealerCache {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SealerCache").field("lifetime", &self.lifetime).field("uses", &self.uses).finish_non_exhaustive()
+    }
+}
+
+impl SealerCache {
+    pub fn new(lifetime: std::time::Duration, uses: u32, clients: usize) -> Self {
+        SealerCache { kept: Default::default(), lifetime, uses, clients }
+    }
+
+    /// A sealer for `client`: the kept one while it is within its limits,
+    /// else a fresh agreement, kept in its place.
+    pub fn sealer(&self, client: Recipient<'_>) -> Result<std::sync::Arc<Sealer>> {
+        let lock = || self.kept.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(k) = lock().get_mut(client.name) {
+            if k.uses < self.uses && k.made.elapsed() < self.lifetime && k.sealer.serves(client) {
+                k.uses += 1;
+                return Ok(k.sealer.clone());
+            }
+        }
+        let sealer = std::sync::Arc::new(Sealer::new(client)?);
+        let mut kept = lock();
+        if kept.len() >= self.clients && !kept.contains_key(client.name) {
+            kept.retain(|_, k| k.made.elapsed() < self.lifetime);
+            if kept.len() >= self.clients {
+                kept.clear();
+            }
+        }
+        kept.insert(client.name.to_owned(), Kept { sealer: sealer.clone(), made: std::time::Instant::now(), uses: 1 });
+        Ok(sealer)
+    }
 }
 
 struct Parsed<'a> {
@@ -471,6 +545,37 @@ fn open_parsed(p: Parsed<'_>, client: &str, keys: &ClientKeys) -> Result<(Sealed
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A kept agreement serves the same registration within its limits and
+    /// its seals open with the password; a changed registration, the use
+    /// limit and the lifetime each give a fresh one.
+    #[test]
+    fn kept_sealers_are_reused_within_their_limits_only() {
+        let kdf = KdfParams { alg: KdfAlg::Argon2id, m_kib: KdfParams::MIN_M_KIB, t: 5, p: 1 };
+        let password = SecretString::from("correct horse".to_owned());
+        let reg = register("alice", &password, kdf).unwrap();
+        let other = register("alice", &SecretString::from("another one".to_owned()), kdf).unwrap();
+        let alice = Recipient { name: "alice", salt: &reg.salt, kdf, seal_public: &reg.seal_public };
+        let cache = SealerCache::new(std::time::Duration::from_secs(3600), 3, 16);
+        let first = cache.sealer(alice).unwrap();
+        let again = cache.sealer(alice).unwrap();
+        assert!(std::sync::Arc::ptr_eq(&first, &again), "the same registration within the limits gets the kept agreement");
+        for (i, s) in [&first, &again].into_iter().enumerate() {
+            let dek = Dek::generate().unwrap();
+            let sealed = s.seal(&dek, "pool", &format!("dek-{i}")).unwrap();
+            let (header, opened) = open(&sealed, "alice", &password).unwrap();
+            assert_eq!((header.dek_id.as_str(), opened.expose()), (format!("dek-{i}").as_str(), dek.expose()));
+        }
+        let third = cache.sealer(alice).unwrap();
+        assert!(std::sync::Arc::ptr_eq(&first, &third));
+        let fourth = cache.sealer(alice).unwrap();
+        assert!(!std::sync::Arc::ptr_eq(&first, &fourth), "used past its limit of 3 seals");
+        let changed = Recipient { salt: &other.salt, seal_public: &other.seal_public, ..alice };
+        let fresh = cache.sealer(changed).unwrap();
+        assert!(!std::sync::Arc::ptr_eq(&fourth, &fresh) && fresh.serves(changed) && !fresh.serves(alice), "a changed registration gets its own agreement");
+        let expired = SealerCache::new(std::time::Duration::ZERO, 1024, 16);
+        assert!(!std::sync::Arc::ptr_eq(&expired.sealer(alice).unwrap(), &expired.sealer(alice).unwrap()), "past its lifetime");
+    }
 
     /// The client's floor and ceiling, and what an operator reads when a
     /// record is outside them.
