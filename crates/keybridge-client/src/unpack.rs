@@ -34,13 +34,24 @@
 //! directories are left to the caller ([`Unpacked::top_dirs`], see
 //! [`apply_dir`]), since a directory without write permission cannot be
 //! moved to another parent by a user other than root.
+//!
+//! A file larger than one [`DIRECT_PIECE`] written with `O_DIRECT` is
+//! written by a thread of its own, so that reading the archive and writing
+//! the disk overlap: while one piece is written (a direct write returns
+//! only when the device has it), the next is read from the archive, with at
+//! most [`WRITE_AHEAD`] pieces in flight. The file's mode and times are set
+//! once that thread has written the last byte. A file that cannot be
+//! written, or whose data cannot be read, is removed, and the error names
+//! it.
 
 use std::ffi::{OsStr, OsString};
 use std::io::{self, Read};
+use std::fs::File;
 use std::os::fd::{AsFd, OwnedFd};
 use std::path::{Component, Path};
+use std::sync::mpsc;
 
-use keybridge_net::direct::{aligned_buf, AlignedBuf, DirectWriter, DIRECT_PIECE};
+use keybridge_net::direct::{aligned_buf, AlignedBuf, DirectWriter, ALIGN, DIRECT_PIECE};
 
 use rustix::fs::{AtFlags, FileType, Mode, OFlags, Timespec, Timestamps};
 use rustix::io::Errno;
@@ -77,8 +88,12 @@ pub struct Unpacker {
     /// Directories to finish: components, mode, mtime.
     dirs: Vec<(Vec<OsString>, u32, i64)>,
     skipped: Vec<String>,
-    /// File data passes through here (lent to each file's writer).
-    buf: Option<AlignedBuf>,
+    /// File data is read into these pieces and written from them: each
+    /// [`DIRECT_PIECE`] long with direct I/O, [`keybridge_net::FILE_IO_BUF`]
+    /// without; made when first needed, at most [`WRITE_AHEAD`], reused.
+    pieces: Vec<AlignedBuf>,
+    /// Gathers the last partial block of a file.
+    tail: Option<AlignedBuf>,
     /// Files of [`DIRECT_MIN`] and more bypass the page cache.
     direct_io: bool,
 }
@@ -87,6 +102,34 @@ pub struct Unpacker {
 /// filesystem allows); smaller ones, a write or two each, through the
 /// page cache.
 pub const DIRECT_MIN: u64 = 1 << 20;
+
+/// Pieces of a file in flight while a thread writes it (see the module
+/// documentation): one being read from the archive, the others queued or
+/// being written.
+pub const WRITE_AHEAD: usize = 3;
+
+/// Why a file's data stopped before its end.
+enum Stop {
+    /// Reading the archive failed.
+    Read(io::Error),
+    /// Writing the file failed.
+    Write(io::Error),
+}
+
+/// Read from `reader` until `buf` is full or the reader's end; returns the
+/// bytes read.
+fn fill(reader: &mut impl Read, buf: &mut [u8]) -> io::Result<usize> {
+    let mut len = 0;
+    while len < buf.len() {
+        match reader.read(&mut buf[len..]) {
+            Ok(0) => break,
+            Ok(n) => len += n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(len)
+}
 
 /// Why an entry refuses the restore.
 fn refused(name: &Path, why: impl std::fmt::Display) -> io::Error {
@@ -166,17 +209,100 @@ impl Unpacker {
 
     /// An unpacker writing below the directory `root` is open on.
     pub fn at(root: OwnedFd) -> Self {
-        Unpacker { root, cwd: None, dirs: Vec::new(), skipped: Vec::new(), buf: Some(aligned_buf(keybridge_net::FILE_IO_BUF)), direct_io: false }
+        Unpacker { root, cwd: None, dirs: Vec::new(), skipped: Vec::new(), pieces: Vec::new(), tail: None, direct_io: false }
     }
 
     /// Write files of [`DIRECT_MIN`] and more past the page cache where the
-    /// filesystem allows.
+    /// filesystem allows, those larger than a [`DIRECT_PIECE`] on a thread
+    /// of their own (see the module documentation).
     pub fn with_direct_io(mut self, direct_io: bool) -> Self {
         self.direct_io = direct_io;
-        if direct_io {
-            self.buf = Some(aligned_buf(DIRECT_PIECE));
-        }
+        self.pieces.clear();
         self
+    }
+
+    fn piece_len(&self) -> usize {
+        if self.direct_io {
+            DIRECT_PIECE
+        } else {
+            keybridge_net::FILE_IO_BUF
+        }
+    }
+
+    /// Write the data of `entry` to `file`, the whole of it read and
+    /// written here.
+    fn write_here(&mut self, entry: &mut impl Read, file: File, direct: bool) -> Result<File, Stop> {
+        let mut piece = self.pieces.pop().unwrap_or_else(|| aligned_buf(self.piece_len()));
+        let mut writer = DirectWriter::new(file, self.tail.take().unwrap_or_else(|| aligned_buf(ALIGN)), direct);
+        let copied = loop {
+            let len = match fill(entry, &mut piece) {
+                Ok(len) => len,
+                Err(e) => break Err(Stop::Read(e)),
+            };
+            if let Err(e) = writer.write_aligned(&piece, len) {
+                break Err(Stop::Write(e));
+            }
+            if len < piece.len() {
+                break Ok(());
+            }
+        };
+        self.pieces.push(piece);
+        copied?;
+        let (file, tail) = writer.finish().map_err(Stop::Write)?;
+        self.tail = Some(tail);
+        Ok(file)
+    }
+
+    /// Write the data of `entry` to `file` on a thread of its own while the
+    /// next pieces are read here (see the module documentation); returns
+    /// once the last byte is written.
+    fn write_beside(&mut self, entry: &mut impl Read, file: File, direct: bool) -> Result<File, Stop> {
+        let mut free: Vec<AlignedBuf> = (0..WRITE_AHEAD).map(|_| self.pieces.pop().unwrap_or_else(|| aligned_buf(DIRECT_PIECE))).collect();
+        let (full_tx, full_rx) = mpsc::sync_channel::<(AlignedBuf, usize)>(WRITE_AHEAD);
+        let (spent_tx, spent_rx) = mpsc::sync_channel::<AlignedBuf>(WRITE_AHEAD);
+        let tail = self.tail.take().unwrap_or_else(|| aligned_buf(ALIGN));
+        let (read, written) = std::thread::scope(|s| {
+            let writing = s.spawn(move || {
+                // Every piece but the last is whole and written as it is;
+                // the last one's partial block is gathered in `tail`.
+                let mut writer = DirectWriter::new(file, tail, direct);
+                for (piece, len) in full_rx {
+                    writer.write_aligned(&piece, len)?;
+                    let _ = spent_tx.send(piece);
+                }
+                writer.finish()
+            });
+            let read = loop {
+                // None: the writer stopped, and its error is the one.
+                let Some(mut piece) = free.pop().or_else(|| spent_rx.recv().ok()) else { break Ok(()) };
+                let len = match fill(entry, &mut piece) {
+                    Ok(len) => len,
+                    Err(e) => {
+                        free.push(piece);
+                        break Err(e);
+                    }
+                };
+                if len == 0 {
+                    free.push(piece);
+                    break Ok(());
+                }
+                if let Err(mpsc::SendError((piece, _))) = full_tx.send((piece, len)) {
+                    free.push(piece);
+                    break Ok(());
+                }
+                if len < DIRECT_PIECE {
+                    break Ok(());
+                }
+            };
+            // The writer writes what it was given and stops.
+            drop(full_tx);
+            (read, writing.join().unwrap_or_else(|panic| std::panic::resume_unwind(panic)))
+        });
+        self.pieces.extend(free.into_iter().chain(spent_rx.try_iter()));
+        read.map_err(Stop::Read)?;
+        let (file, tail) = written.map_err(Stop::Write)?;
+        self.tail = Some(tail);
+        Ok(file)
     }
 
     /// Unpack every entry of the archive `reader` holds; stops at tar's end
@@ -260,14 +386,26 @@ impl Unpacker {
         } else {
             let fd = rustix::fs::openat(at, last, OFlags::WRONLY | OFlags::CREATE | OFlags::EXCL | OFlags::NOFOLLOW | OFlags::CLOEXEC, Mode::from_raw_mode(0o600))
                 .map_err(exists)?;
-            // Large writes, read straight into the writer's buffer (tar's
-            // own unpacking copies 8 KiB at a time).
+            // Large writes, read straight into an aligned piece (tar's own
+            // unpacking copies 8 KiB at a time).
             let direct = self.direct_io && entry.size() >= DIRECT_MIN;
-            let buf = self.buf.take().unwrap_or_else(|| aligned_buf(DIRECT_PIECE));
-            let mut writer = DirectWriter::new(std::fs::File::from(fd), buf, direct);
-            while writer.fill_from(entry)? > 0 {}
-            let (file, buf) = writer.finish()?;
-            self.buf = Some(buf);
+            let file = File::from(fd);
+            let written = if direct && entry.size() > DIRECT_PIECE as u64 { self.write_beside(entry, file, direct) } else { self.write_here(entry, file, direct) };
+            let file = match written {
+                Ok(file) => file,
+                Err(stop) => {
+                    // Ours (created above with O_EXCL), and incomplete.
+                    let at = &self.cwd.as_ref().expect("entered above").1;
+                    let _ = rustix::fs::unlinkat(at, last, AtFlags::empty());
+                    return Err(match stop {
+                        // The stream's own error (a failed authentication,
+                        // a broken download), as it is.
+                        Stop::Read(e) => e,
+                        Stop::Write(e) => io::Error::new(e.kind(), format!("writing {name:?}: {e}")),
+                    });
+                }
+            };
+            // Only now: every byte is written.
             rustix::fs::fchmod(&file, mode(bits))?;
             rustix::fs::futimens(&file, &times(mtime))?;
         }
@@ -341,6 +479,143 @@ mod tests {
         }
         assert_eq!(plain_parts(Path::new("./a//b/./c")).unwrap(), ["a", "b", "c"]);
         assert_eq!(plain_parts(Path::new("...")).unwrap(), ["..."]);
+    }
+
+    fn data(len: usize, seed: u8) -> Vec<u8> {
+        (0..len).map(|i| (i * 131 + i / 4096) as u8 ^ seed).collect()
+    }
+
+    /// A directory beside the test binary (target/, on the build's disk,
+    /// whose filesystem takes O_DIRECT), and one on tmpfs if there is one.
+    fn dirs() -> Vec<(tempfile::TempDir, &'static str)> {
+        let exe = std::env::current_exe().unwrap();
+        let mut v = vec![(tempfile::tempdir_in(exe.parent().unwrap()).unwrap(), "target")];
+        if Path::new("/dev/shm").is_dir() {
+            v.push((tempfile::tempdir_in("/dev/shm").unwrap(), "/dev/shm"));
+        }
+        v
+    }
+
+    const MTIME: u64 = 1_000_000_000;
+
+    /// A tar archive of regular files, mode 0640, the i-th with mtime
+    /// `MTIME + i`.
+    fn archive(files: &[(&str, &[u8])]) -> Vec<u8> {
+        let mut b = tar::Builder::new(Vec::new());
+        for (i, (name, data)) in files.iter().enumerate() {
+            let mut h = tar::Header::new_gnu();
+            h.set_size(data.len() as u64);
+            h.set_mode(0o640);
+            h.set_mtime(MTIME + i as u64);
+            h.set_entry_type(tar::EntryType::Regular);
+            b.append_data(&mut h, name, *data).unwrap();
+        }
+        b.into_inner().unwrap()
+    }
+
+    /// Hands over at most `most` bytes a read, as the download's batches do.
+    struct Trickle<'a> {
+        data: &'a [u8],
+        most: usize,
+    }
+
+    impl Read for Trickle<'_> {
+        fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+            let n = buf.len().min(self.most).min(self.data.len());
+            buf[..n].copy_from_slice(&self.data[..n]);
+            self.data = &self.data[n..];
+            Ok(n)
+        }
+    }
+
+    #[test]
+    fn files_large_and_small_come_out_whole_with_their_modes_and_times() {
+        use std::os::unix::fs::{MetadataExt, PermissionsExt};
+        let piece = DIRECT_PIECE;
+        let files = [
+            // Pieces through the writing thread, the last partial with a
+            // partial block.
+            ("big", data(5 * piece + 3 * ALIGN + 123, 1)),
+            ("d/exact", data(3 * piece, 2)),
+            ("d/one-piece", data(piece, 3)),
+            ("d/one-byte-over", data(piece + 1, 4)),
+            ("small", data(5000, 5)),
+            ("empty", Vec::new()),
+        ];
+        let tar = archive(&files.iter().map(|(n, d)| (*n, &d[..])).collect::<Vec<_>>());
+        for (dir, place) in dirs() {
+            for direct_io in [true, false] {
+                for most in [keybridge_net::FILE_IO_BUF, 100_003] {
+                    let root = dir.path().join(format!("{direct_io}-{most}"));
+                    std::fs::create_dir(&root).unwrap();
+                    let mut u = Unpacker::new(&root).unwrap().with_direct_io(direct_io);
+                    u.unpack(Trickle { data: &tar, most }).unwrap();
+                    assert!(u.pieces.len() <= WRITE_AHEAD, "at most {WRITE_AHEAD} pieces kept, not {}", u.pieces.len());
+                    u.finish().unwrap();
+                    for (i, (name, want)) in files.iter().enumerate() {
+                        let path = root.join(name);
+                        let what = format!("{place}, direct {direct_io}, reads of {most}: {name}");
+                        assert!(std::fs::read(&path).unwrap() == *want, "{what}: the bytes differ");
+                        let meta = std::fs::metadata(&path).unwrap();
+                        assert_eq!(meta.permissions().mode() & 0o7777, 0o640, "{what}");
+                        // Set after the last write, which would have moved it.
+                        assert_eq!(meta.mtime() as u64, MTIME + i as u64, "{what}: mtime");
+                    }
+                }
+            }
+        }
+    }
+
+    /// Set in the child process `a_file_that_cannot_be_written_...` runs.
+    const CHILD_DIR: &str = "KEYBRIDGE_TEST_UNPACK_FSIZE_DIR";
+
+    #[test]
+    #[ignore = "run by a_file_that_cannot_be_written_is_an_error_naming_it_and_is_removed in a child process"]
+    fn unpack_with_a_file_size_limit() {
+        let Some(dir) = std::env::var_os(CHILD_DIR) else { return };
+        // Five whole pieces, then a write the kernel shortens to the
+        // limit, then EFBIG (SIGXFSZ is ignored by the parent's shell).
+        let limit = 5 * DIRECT_PIECE as u64 + 512 * 1024;
+        let unlimited = rustix::process::getrlimit(rustix::process::Resource::Fsize);
+        rustix::process::setrlimit(rustix::process::Resource::Fsize, rustix::process::Rlimit { current: Some(limit), ..unlimited }).unwrap();
+        let big = data(8 * DIRECT_PIECE + 100, 6);
+        let tar = archive(&[("d/big", &big), ("d/after", b"not reached")]);
+        for direct_io in [true, false] {
+            let root = Path::new(&dir).join(format!("{direct_io}"));
+            std::fs::create_dir(&root).unwrap();
+            let mut u = Unpacker::new(&root).unwrap().with_direct_io(direct_io);
+            let e = u.unpack(Trickle { data: &tar, most: keybridge_net::FILE_IO_BUF }).unwrap_err();
+            assert_eq!(e.kind(), io::ErrorKind::FileTooLarge, "direct {direct_io}: {e}");
+            assert!(e.to_string().starts_with("writing \"d/big\": File too large"), "direct {direct_io}: {e}");
+            assert!(!root.join("d/big").exists(), "direct {direct_io}: the partial file is removed");
+            assert!(!root.join("d/after").exists(), "direct {direct_io}: the unpacking stopped");
+        }
+        println!("the child's checks passed");
+    }
+
+    #[test]
+    fn a_file_that_cannot_be_written_is_an_error_naming_it_and_is_removed() {
+        let (dir, _) = dirs().remove(0);
+        let mut child = std::process::Command::new("sh")
+            .args(["-c", r#"trap '' XFSZ; exec "$0" "$@""#])
+            .arg(std::env::current_exe().unwrap())
+            .args(["--exact", "unpack::tests::unpack_with_a_file_size_limit", "--ignored", "--nocapture", "--test-threads=1"])
+            .env(CHILD_DIR, dir.path())
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        // A writer that never returns would hang the unpacker.
+        let t0 = std::time::Instant::now();
+        while child.try_wait().unwrap().is_none() {
+            if t0.elapsed() > std::time::Duration::from_secs(120) {
+                child.kill().unwrap();
+                panic!("the unpacking did not stop within 120 s");
+            }
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+        let out = child.wait_with_output().unwrap();
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        assert!(out.status.success() && stdout.contains("the child's checks passed"), "{}\n{stdout}", out.status);
     }
 
     #[test]
