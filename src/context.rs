@@ -67,6 +67,11 @@ impl Keybridge {
         self.sealers.sealer(client)
     }
 
+    /// Forget the seal key agreements past their limits.
+    pub fn purge_sealers(&self) {
+        self.sealers.purge();
+    }
+
     /// Open the catalog named by the configuration. Backends are opened
     /// lazily, so a dead HSM does not stop commands that do not need it.
     pub fn open(config: Config) -> Result<Self> {

@@ -524,6 +524,9 @@ pub async fn run(kb: Keybridge, shutdown: impl std::future::Future<Output = ()>)
                     certs_checked = Instant::now();
                 }
                 service.check_health().await;
+                // Seal keys past their minute leave memory even when
+                // their clients seal nothing more.
+                service.kb.purge_sealers();
                 tokio::time::sleep(every).await;
             }
         })

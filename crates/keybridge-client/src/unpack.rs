@@ -262,7 +262,7 @@ impl Unpacker {
         let (spent_tx, spent_rx) = mpsc::sync_channel::<AlignedBuf>(WRITE_AHEAD);
         let tail = self.tail.take().unwrap_or_else(|| aligned_buf(ALIGN));
         let (read, written) = std::thread::scope(|s| {
-            let writing = s.spawn(move || {
+            let writing = std::thread::Builder::new().spawn_scoped(s, move || {
                 // Every piece but the last is whole and written as it is;
                 // the last one's partial block is gathered in `tail`.
                 let mut writer = DirectWriter::new(file, tail, direct);
@@ -272,6 +272,12 @@ impl Unpacker {
                 }
                 writer.finish()
             });
+            // No thread to be had (a process or thread limit): the file
+            // is an error naming it, as a failed write is.
+            let writing = match writing {
+                Ok(handle) => handle,
+                Err(e) => return (Ok(()), Err(e)),
+            };
             let read = loop {
                 // None: the writer stopped, and its error is the one.
                 let Some(mut piece) = free.pop().or_else(|| spent_rx.recv().ok()) else { break Ok(()) };

@@ -164,7 +164,9 @@ pub async fn serve(
         let _ = tcp.set_nodelay(true);
         // The clock runs only while a write waits for the peer to take bytes.
         let mut tcp = tokio_io_timeout::TimeoutStream::new(tcp);
-        tcp.set_write_timeout(Some(write_stall));
+        // Capped: the deadline is added to the clock, and a limit meant
+        // as "never" would overflow it.
+        tcp.set_write_timeout(Some(write_stall.min(Duration::from_secs(365 * 86_400))));
         let tcp = Box::pin(tcp);
         let service = hyper_util::service::TowerToHyperService::new(router.clone());
         match &acceptor {

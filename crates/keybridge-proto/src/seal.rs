@@ -400,6 +400,26 @@ impl SealerCache {
         SealerCache { kept: Default::default(), lifetime, uses, clients }
     }
 
+    /// Forget every agreement past its limits, so that its key leaves
+    /// memory even when its client seals nothing more (the service calls
+    /// this on its health interval).
+    pub fn purge(&self) {
+        self.drop_spent(&mut self.kept.lock().unwrap_or_else(|e| e.into_inner()));
+    }
+
+    /// How many agreements are kept.
+    pub fn len(&self) -> usize {
+        self.kept.lock().unwrap_or_else(|e| e.into_inner()).len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    fn drop_spent(&self, kept: &mut std::collections::HashMap<String, Kept>) {
+        kept.retain(|_, k| k.uses < self.uses && k.made.elapsed() < self.lifetime);
+    }
+
     /// A sealer for `client`: the kept one while it is within its limits,
     /// else a fresh agreement, kept in its place.
     pub fn sealer(&self, client: Recipient<'_>) -> Result<std::sync::Arc<Sealer>> {
@@ -412,11 +432,9 @@ impl SealerCache {
         }
         let sealer = std::sync::Arc::new(Sealer::new(client)?);
         let mut kept = lock();
+        self.drop_spent(&mut kept);
         if kept.len() >= self.clients && !kept.contains_key(client.name) {
-            kept.retain(|_, k| k.made.elapsed() < self.lifetime);
-            if kept.len() >= self.clients {
-                kept.clear();
-            }
+            kept.clear();
         }
         kept.insert(client.name.to_owned(), Kept { sealer: sealer.clone(), made: std::time::Instant::now(), uses: 1 });
         Ok(sealer)
@@ -573,8 +591,20 @@ mod tests {
         let changed = Recipient { salt: &other.salt, seal_public: &other.seal_public, ..alice };
         let fresh = cache.sealer(changed).unwrap();
         assert!(!std::sync::Arc::ptr_eq(&fourth, &fresh) && fresh.serves(changed) && !fresh.serves(alice), "a changed registration gets its own agreement");
+        // An agreement used up leaves memory at the next purge, a fresh
+        // one stays.
+        assert_eq!(cache.len(), 1);
+        cache.purge();
+        assert_eq!(cache.len(), 1, "a fresh agreement is kept");
+        for _ in 0..2 {
+            cache.sealer(changed).unwrap();
+        }
+        cache.purge();
+        assert!(cache.is_empty(), "an agreement past its seals is forgotten");
         let expired = SealerCache::new(std::time::Duration::ZERO, 1024, 16);
         assert!(!std::sync::Arc::ptr_eq(&expired.sealer(alice).unwrap(), &expired.sealer(alice).unwrap()), "past its lifetime");
+        expired.purge();
+        assert!(expired.is_empty(), "an agreement past its lifetime is forgotten");
     }
 
     /// The client's floor and ceiling, and what an operator reads when a
