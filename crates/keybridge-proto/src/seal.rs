@@ -408,12 +408,9 @@ impl SealerCache {
     }
 
     /// How many agreements are kept.
-    pub fn len(&self) -> usize {
+    #[cfg(test)]
+    fn len(&self) -> usize {
         self.kept.lock().unwrap_or_else(|e| e.into_inner()).len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
     }
 
     fn drop_spent(&self, kept: &mut std::collections::HashMap<String, Kept>) {
@@ -600,11 +597,11 @@ mod tests {
             cache.sealer(changed).unwrap();
         }
         cache.purge();
-        assert!(cache.is_empty(), "an agreement past its seals is forgotten");
+        assert_eq!(cache.len(), 0, "an agreement past its seals is forgotten");
         let expired = SealerCache::new(std::time::Duration::ZERO, 1024, 16);
         assert!(!std::sync::Arc::ptr_eq(&expired.sealer(alice).unwrap(), &expired.sealer(alice).unwrap()), "past its lifetime");
         expired.purge();
-        assert!(expired.is_empty(), "an agreement past its lifetime is forgotten");
+        assert_eq!(expired.len(), 0, "an agreement past its lifetime is forgotten");
     }
 
     /// The client's floor and ceiling, and what an operator reads when a
