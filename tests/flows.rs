@@ -395,17 +395,7 @@ async fn forged_generation_is_refused(kind: Kind) {
     assert!(err.to_string().contains("wrapped under master key"), "{err}");
 }
 
-macro_rules! on_every_backend {
-    ($($test:ident),* $(,)?) => {
-        mod builtin { $( #[tokio::test(flavor = "multi_thread", worker_threads = 2)] async fn $test() { super::$test(super::Kind::Builtin).await } )* }
-        mod softhsm { $( #[tokio::test(flavor = "multi_thread", worker_threads = 2)] async fn $test() { super::$test(super::Kind::SoftHsm).await } )* }
-        mod kryoptic { $( #[tokio::test(flavor = "multi_thread", worker_threads = 2)] async fn $test() { super::$test(super::Kind::Kryoptic).await } )* }
-        mod kmip { $( #[tokio::test(flavor = "multi_thread", worker_threads = 2)] async fn $test() { super::$test(super::Kind::Kmip).await } )* }
-        mod p11kit_proxy { $( #[tokio::test(flavor = "multi_thread", worker_threads = 2)] async fn $test() { super::$test(super::Kind::P11KitProxy).await } )* }
-    };
-}
-
-on_every_backend!(full_chain, catalog_holds_no_secret, tampering, moved_rows, replaced_client_keys, replaced_kek_public, wrong_password, missing_master_key, no_orphan_master_key, rekey_twice);
+common::on_backends!([builtin: Builtin, softhsm: SoftHsm, kryoptic: Kryoptic, kmip: Kmip, p11kit_proxy: P11KitProxy]; (full_chain, catalog_holds_no_secret, tampering, moved_rows, replaced_client_keys, replaced_kek_public, wrong_password, missing_master_key, no_orphan_master_key, rekey_twice));
 
 /// From the token itself: the MK is sensitive, never extractable; the
 /// unwrapped KEK is a sensitive, non-extractable session object.

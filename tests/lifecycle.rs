@@ -367,16 +367,7 @@ async fn shred_destroys_every_key(kind: Kind) {
     assert_eq!(audited(&kb, "pool.shred", &pool), 1);
 }
 
-macro_rules! on_every_backend {
-    ($($test:ident),* $(,)?) => {
-        mod builtin { $( #[tokio::test(flavor = "multi_thread", worker_threads = 2)] async fn $test() { super::$test(super::Kind::Builtin).await } )* }
-        mod softhsm { $( #[tokio::test(flavor = "multi_thread", worker_threads = 2)] async fn $test() { super::$test(super::Kind::SoftHsm).await } )* }
-        mod kryoptic { $( #[tokio::test(flavor = "multi_thread", worker_threads = 2)] async fn $test() { super::$test(super::Kind::Kryoptic).await } )* }
-        mod kmip { $( #[tokio::test(flavor = "multi_thread", worker_threads = 2)] async fn $test() { super::$test(super::Kind::Kmip).await } )* }
-    };
-}
-
-on_every_backend!(rotate_restores_old_and_new, shred_destroys_every_key);
+common::on_backends!([builtin: Builtin, softhsm: SoftHsm, kryoptic: Kryoptic, kmip: Kmip]; (rotate_restores_old_and_new, shred_destroys_every_key));
 
 mod between_kinds {
     use super::Kind::*;

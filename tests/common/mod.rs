@@ -11,6 +11,24 @@ use std::process::{Child, Command, Output};
 use keybridge::config::Config;
 use keybridge::Keybridge;
 
+/// One `#[tokio::test]` per listed backend and test:
+/// `on_backends!([builtin: Builtin, kmip: Kmip]; (full_chain, tampering));`
+/// in a test file makes `builtin::full_chain`, `kmip::full_chain`, ...,
+/// each calling that file's `async fn full_chain(kind: Kind)` with its
+/// backend.
+macro_rules! on_backends {
+    ([$($module:ident: $kind:ident),* $(,)?]; $tests:tt) => {
+        $( $crate::common::on_backends!(@module $module $kind $tests); )*
+    };
+    (@module $module:ident $kind:ident ($($test:ident),* $(,)?)) => {
+        mod $module {
+            $( #[tokio::test(flavor = "multi_thread", worker_threads = 2)] async fn $test() { super::$test(super::Kind::$kind).await } )*
+        }
+    };
+}
+#[allow(unused_imports)]
+pub(crate) use on_backends;
+
 /// Which KMS a test runs on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Kind {
