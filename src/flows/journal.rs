@@ -87,16 +87,22 @@ fn start_time(pid: u32) -> Option<String> {
     rest.split_whitespace().nth(19).map(str::to_owned)
 }
 
-/// The host of an entry's owner (`host:pid:start`).
+/// An entry's owner, `host:pid:start` (the host may hold ':').
+fn owner_parts(owner: &str) -> Option<(&str, &str, &str)> {
+    let mut parts = owner.rsplitn(3, ':');
+    let (start, pid, host) = (parts.next()?, parts.next()?, parts.next()?);
+    Some((host, pid, start))
+}
+
+/// The host of an entry's owner.
 fn owner_host(owner: &str) -> Option<&str> {
-    owner.rsplitn(3, ':').nth(2)
+    owner_parts(owner).map(|(host, _, _)| host)
 }
 
 /// Whether the process that owns an entry still runs. An owner on another
 /// host is taken to be alive: this process cannot tell (see `take_over`).
 fn owner_alive(owner: &str) -> bool {
-    let mut parts = owner.rsplitn(3, ':');
-    let (Some(start), Some(pid), Some(host)) = (parts.next(), parts.next(), parts.next()) else { return false };
+    let Some((host, pid, start)) = owner_parts(owner) else { return false };
     if host != hostname() {
         return true;
     }
@@ -674,6 +680,8 @@ mod tests {
         assert!(!owner_alive(&format!("{}:4194304:1", hostname())), "no such pid");
         assert!(owner_alive("some-other-host:1:1"), "another host cannot be checked");
         assert!(!owner_alive("garbage"));
+        assert_eq!(owner_host("host:with:colons:12:34"), Some("host:with:colons"));
+        assert_eq!(owner_host("12:34"), None, "no host part");
         assert_eq!(owner_host(&me), Some(hostname().as_str()));
         assert_eq!(owner_host("old-container:4242:99"), Some("old-container"));
         assert_eq!(owner_host("garbage"), None);
