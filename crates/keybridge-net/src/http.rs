@@ -219,13 +219,21 @@ pub async fn serve(
 /// deadline as a warning (an operator should see who does that), the rest
 /// (resets, malformed requests) at debug.
 fn connection_error(peer: std::net::SocketAddr, e: &(dyn std::error::Error + 'static), write_stall: Duration) {
-    let timed_out = std::iter::successors(Some(e), |e| e.source())
-        .any(|e| e.downcast_ref::<std::io::Error>().is_some_and(|io| io.kind() == std::io::ErrorKind::TimedOut));
-    if timed_out {
+    if write_deadline_hit(e) {
         tracing::warn!(%peer, secs = write_stall.as_secs(), "connection closed: the peer took nothing of an answer for the write limit");
     } else {
         tracing::debug!(%peer, error = %e, "connection ended with an error");
     }
+}
+
+/// Whether a connection's error is the write deadline's: a `TimedOut` made
+/// by the deadline carries no OS error number, while the kernel's own
+/// ETIMEDOUT (a peer gone without a word, keepalive or retransmissions
+/// given up) does, and is not the peer refusing to read.
+fn write_deadline_hit(e: &(dyn std::error::Error + 'static)) -> bool {
+    std::iter::successors(Some(e), |e| e.source())
+        .filter_map(|e| e.downcast_ref::<std::io::Error>())
+        .any(|io| io.kind() == std::io::ErrorKind::TimedOut && io.raw_os_error().is_none())
 }
 
 /// Resolves on SIGTERM or SIGINT (Ctrl-C).
@@ -270,6 +278,43 @@ mod tests {
     /// the write has waited `write_stall`; one that keeps reading (64 KiB
     /// every 20 ms) gets the whole answer. Without the write deadline the
     /// first one would be served whole whenever it chose to read.
+    #[tokio::test]
+    async fn only_the_write_deadline_counts_as_a_peer_that_takes_nothing() {
+        // The deadline's own error, as a connection gets it: a stream that
+        // takes nothing (its reader never reads) past the limit.
+        let (near, _far) = tokio::io::duplex(64);
+        let mut stream = tokio_io_timeout::TimeoutStream::new(near);
+        stream.set_write_timeout(Some(Duration::from_millis(50)));
+        let mut stream = Box::pin(stream);
+        let mut err = None;
+        for _ in 0..64 {
+            if let Err(e) = stream.write_all(&[0u8; 64]).await {
+                err = Some(e);
+                break;
+            }
+        }
+        let err = err.expect("the write deadline ended the writes");
+        // As hyper hands it over: the I/O error is the source of its own.
+        #[derive(Debug)]
+        struct Wrapped(std::io::Error);
+        impl std::fmt::Display for Wrapped {
+            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("connection error")
+            }
+        }
+        impl std::error::Error for Wrapped {
+            fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+                Some(&self.0)
+            }
+        }
+        assert!(write_deadline_hit(&Wrapped(err)));
+        // The kernel's ETIMEDOUT (a vanished peer) is something else.
+        let kernel = std::io::Error::from_raw_os_error(rustix::io::Errno::TIMEDOUT.raw_os_error());
+        assert_eq!(kernel.kind(), std::io::ErrorKind::TimedOut);
+        assert!(!write_deadline_hit(&Wrapped(kernel)));
+        assert!(!write_deadline_hit(&Wrapped(std::io::Error::from(std::io::ErrorKind::ConnectionReset))));
+    }
+
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_peer_that_takes_nothing_is_dropped_and_a_reading_one_is_not() {
         let router = axum::Router::new().route("/big", axum::routing::get(|| async { vec![7u8; BODY] }));
