@@ -16,6 +16,7 @@ use keybridge::Keybridge;
 /// in a test file makes `builtin::full_chain`, `kmip::full_chain`, ...,
 /// each calling that file's `async fn full_chain(kind: Kind)` with its
 /// backend.
+#[allow(unused_macros)]
 macro_rules! on_backends {
     ([$($module:ident: $kind:ident),* $(,)?]; $tests:tt) => {
         $( $crate::common::on_backends!(@module $module $kind $tests); )*
