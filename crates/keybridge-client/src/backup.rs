@@ -5,8 +5,8 @@
 //! then marks the job complete.
 //!
 //! Archiving and encryption run on one blocking thread; the upload runs on
-//! the runtime; a bounded channel between them keeps memory flat whatever
-//! the size of the backup.
+//! the runtime, on a connection of its own (`download::put`); a bounded
+//! channel between them keeps memory flat whatever the size of the backup.
 
 use std::io::{self, Write};
 use std::path::{Path, PathBuf};
@@ -15,7 +15,7 @@ use std::time::Instant;
 use bytes::Bytes;
 use serde::Serialize;
 
-use super::{answer, unreachable, ServiceClient};
+use super::ServiceClient;
 use keybridge_proto::api::JobCompletion;
 use keybridge_proto::stream::Encryptor;
 use keybridge_proto::{Error, Result};
@@ -196,13 +196,17 @@ pub async fn backup(svc: &ServiceClient, pool: &str, paths: &[PathBuf], progress
         }
         result
     });
-    let body = reqwest::Body::wrap_stream(futures_util::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|item| (item, rx)) }));
+    let body = futures_util::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|item| (item, rx)) });
     let agent = started.media_agent.trim_end_matches('/').to_owned();
     let url = format!("{agent}/v1/jobs/{}/stream", started.job_id);
     let peer = format!("MediaAgent {agent}");
     let upload = async {
-        let resp = svc.http().put(&url).bearer_auth(&started.agent_token).body(body).send().await.map_err(|e| unreachable(&peer, e))?;
-        answer::<serde_json::Value>(&peer, resp).await
+        let (status, answer) = super::download::put(&url, &started.agent_token, svc.tls(), &peer, body).await?;
+        if !(200..300).contains(&status) {
+            return Err(super::remote_error(&peer, status, &answer));
+        }
+        serde_json::from_slice::<serde_json::Value>(&answer)
+            .map_err(|e| Error::Remote { peer: peer.clone(), status, kind: keybridge_proto::ErrorKind::Other, message: format!("unexpected answer: {e}"), retriable: false })
     };
     let (uploaded, produced) = tokio::join!(upload, producer);
     let produced = produced.map_err(|e| Error::Internal(format!("archiving task failed: {e}")))?;
