@@ -202,11 +202,7 @@ pub async fn backup(svc: &ServiceClient, pool: &str, paths: &[PathBuf], progress
     let peer = format!("MediaAgent {agent}");
     let upload = async {
         let (status, answer) = super::download::put(&url, &started.agent_token, svc.tls(), &peer, body).await?;
-        if !(200..300).contains(&status) {
-            return Err(super::remote_error(&peer, status, &answer));
-        }
-        serde_json::from_slice::<serde_json::Value>(&answer)
-            .map_err(|e| Error::Remote { peer: peer.clone(), status, kind: keybridge_proto::ErrorKind::Other, message: format!("unexpected answer: {e}"), retriable: false })
+        super::parse_answer::<serde_json::Value>(&peer, status, &answer)
     };
     let (uploaded, produced) = tokio::join!(upload, producer);
     let produced = produced.map_err(|e| Error::Internal(format!("archiving task failed: {e}")))?;

@@ -145,13 +145,18 @@ pub(crate) fn unreachable(peer: &str, e: reqwest::Error) -> Error {
 /// Read a JSON answer; an error status becomes [`Error::Remote`] with the
 /// peer's own message.
 pub(crate) async fn answer<R: DeserializeOwned>(peer: &str, resp: reqwest::Response) -> Result<R> {
-    let status = resp.status();
+    let status = resp.status().as_u16();
     let bytes = resp.bytes().await.map_err(|e| unreachable(peer, e))?;
-    if !status.is_success() {
-        return Err(remote_error(peer, status.as_u16(), &bytes));
+    parse_answer(peer, status, &bytes)
+}
+
+/// A JSON answer already read: an error status becomes [`Error::Remote`]
+/// with the peer's own message.
+pub(crate) fn parse_answer<R: DeserializeOwned>(peer: &str, status: u16, bytes: &[u8]) -> Result<R> {
+    if !(200..300).contains(&status) {
+        return Err(remote_error(peer, status, bytes));
     }
-    serde_json::from_slice(&bytes)
-        .map_err(|e| Error::Remote { peer: peer.to_owned(), status: status.as_u16(), kind: ErrorKind::Other, message: format!("unexpected answer: {e}"), retriable: false })
+    serde_json::from_slice(bytes).map_err(|e| Error::Remote { peer: peer.to_owned(), status, kind: ErrorKind::Other, message: format!("unexpected answer: {e}"), retriable: false })
 }
 
 /// A client's session with the service.
