@@ -274,10 +274,9 @@ mod tests {
         s
     }
 
-    /// A peer that takes nothing of an answer loses its connection once
-    /// the write has waited `write_stall`; one that keeps reading (64 KiB
-    /// every 20 ms) gets the whole answer. Without the write deadline the
-    /// first one would be served whole whenever it chose to read.
+    /// The write deadline's own error is told apart from the kernel's
+    /// ETIMEDOUT (a vanished peer) and from other connection errors, so
+    /// only a peer that took nothing is logged as one.
     #[tokio::test]
     async fn only_the_write_deadline_counts_as_a_peer_that_takes_nothing() {
         // The deadline's own error, as a connection gets it: a stream that
@@ -315,6 +314,10 @@ mod tests {
         assert!(!write_deadline_hit(&Wrapped(std::io::Error::from(std::io::ErrorKind::ConnectionReset))));
     }
 
+    /// A peer that takes nothing of an answer loses its connection once
+    /// the write has waited `write_stall`; one that keeps reading (64 KiB
+    /// every 20 ms) gets the whole answer. Without the write deadline the
+    /// first one would be served whole whenever it chose to read.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_peer_that_takes_nothing_is_dropped_and_a_reading_one_is_not() {
         let router = axum::Router::new().route("/big", axum::routing::get(|| async { vec![7u8; BODY] }));

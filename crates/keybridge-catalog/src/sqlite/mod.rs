@@ -128,7 +128,7 @@ impl SqliteCatalog {
 
     /// The pool matching `clause` (on `p`) at its newest KEK generation.
     fn pool_query(&self, clause: &str, param: &dyn rusqlite::ToSql) -> Result<Option<PoolRecord>> {
-        self.query_one(&format!("{POOL_SELECT} WHERE {clause} AND {NEWEST}"), param, pool_from_row).map_err(pool_read_error("reading pool"))
+        self.query_one(&newest_sql(clause), param, pool_from_row).map_err(pool_read_error("reading pool"))
     }
 
     fn client_query(&self, clause: &str, param: &dyn rusqlite::ToSql) -> Result<Option<ClientRecord>> {
@@ -479,11 +479,17 @@ const POOL_SELECT: &str = "SELECT p.id, p.name, m.kms_name, m.key_ref, m.label, 
                                ORDER BY w2.priority, w2.created_at, w2.master_key_id LIMIT 1)
     LEFT JOIN master_keys m ON m.id = w.master_key_id";
 
-/// Pool `id` at KEK generation `generation`, on `conn` (or a transaction).
+/// The pool matching `clause` (on `p`) at its newest KEK generation.
+fn newest_sql(clause: &str) -> String {
+    format!("{POOL_SELECT} WHERE {clause} AND {NEWEST}")
+}
+
+/// A pool at one KEK generation (parameters: pool id, generation).
 fn generation_sql() -> String {
     format!("{POOL_SELECT} WHERE p.id = ?1 AND g.generation = ?2")
 }
 
+/// Pool `id` at KEK generation `generation`, on `conn` (or a transaction).
 fn generation_in(conn: &Connection, id: i64, generation: u32) -> Result<PoolRecord> {
     conn.prepare_cached(&generation_sql())
         .and_then(|mut st| st.query_row(params![id, generation], pool_from_row).optional())
@@ -663,7 +669,7 @@ mod tests {
             }
         }
         let conn = c.conn();
-        for sql in [generation_sql(), format!("{POOL_SELECT} WHERE p.name = ?1 AND {NEWEST}")] {
+        for sql in [generation_sql(), newest_sql("p.name = ?1")] {
             let st = conn.prepare_cached(&sql).unwrap();
             // The statement the reads used (it ran), never prepared again.
             assert!(st.get_status(rusqlite::StatementStatus::VmStep) > 0, "not the statement the reads used: {sql}");
