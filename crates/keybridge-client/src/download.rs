@@ -37,6 +37,12 @@ impl std::fmt::Debug for Download {
 }
 
 impl Download {
+    /// A response's status, headers and body, from `peer`.
+    fn of(response: hyper::Response<hyper::body::Incoming>, peer: &str) -> Self {
+        let (parts, body) = response.into_parts();
+        Download { status: parts.status.as_u16(), headers: parts.headers, body, peer: peer.to_owned() }
+    }
+
     /// The next piece of the body; `None` at its end.
     pub(crate) async fn next(&mut self) -> Option<Result<Bytes>> {
         loop {
@@ -50,18 +56,36 @@ impl Download {
         }
     }
 
-    /// The first 64 KiB of the body, for error answers.
+    /// The first [`ANSWER_LIMIT`] bytes of the body (a little more), for
+    /// error answers.
     pub(crate) async fn head(mut self) -> Vec<u8> {
         let mut out = Vec::new();
         while let Some(Ok(b)) = self.next().await {
             out.extend_from_slice(&b);
-            if out.len() > 64 * 1024 {
+            if out.len() > ANSWER_LIMIT {
                 break;
             }
         }
         out
     }
+
+    /// The whole body of a short answer; one longer than [`ANSWER_LIMIT`]
+    /// is an error, read no further.
+    async fn whole(mut self) -> Result<Vec<u8>> {
+        let mut out = Vec::new();
+        while let Some(piece) = self.next().await {
+            out.extend_from_slice(&piece?);
+            if out.len() > ANSWER_LIMIT {
+                return Err(Error::Unreachable { peer: self.peer, reason: format!("the answer is longer than {} KiB", ANSWER_LIMIT >> 10) });
+            }
+        }
+        Ok(out)
+    }
 }
+
+/// The most of an answer read into memory: an error's message, or the
+/// MediaAgent's short JSON answer to an upload.
+const ANSWER_LIMIT: usize = 64 * 1024;
 
 /// TLS records rustls may hold for the socket on an upload: a piece the
 /// backup hands over (512 KiB) and its records' overhead fit, so it is
@@ -126,15 +150,13 @@ pub(crate) async fn get(url: &str, bearer: &str, tls: &Arc<rustls::ClientConfig>
         .header(hyper::header::AUTHORIZATION, format!("Bearer {bearer}"))
         .body(http_body_util::Empty::<Bytes>::new())
         .map_err(|e| Error::Internal(format!("building request: {e}")))?;
-    let response = send(TokioIo::new(io), request, peer).await?;
-    let (parts, body) = response.into_parts();
-    Ok(Download { status: parts.status.as_u16(), headers: parts.headers, body, peer: peer.to_owned() })
+    Ok(Download::of(send(TokioIo::new(io), request, peer).await?, peer))
 }
 
 /// PUT `body` to `url` (chunked; an `Err` item aborts the request), with
 /// `bearer` as the `Authorization` token. Returns the answer's status and
-/// body.
-pub(crate) async fn put<S>(url: &str, bearer: &str, tls: &Arc<rustls::ClientConfig>, peer: &str, body: S) -> Result<(u16, Bytes)>
+/// body (at most [`ANSWER_LIMIT`]).
+pub(crate) async fn put<S>(url: &str, bearer: &str, tls: &Arc<rustls::ClientConfig>, peer: &str, body: S) -> Result<(u16, Vec<u8>)>
 where
     S: futures_util::Stream<Item = std::io::Result<Bytes>> + Send + 'static,
 {
@@ -145,10 +167,8 @@ where
         .header(hyper::header::AUTHORIZATION, format!("Bearer {bearer}"))
         .body(http_body_util::StreamBody::new(body.map_ok(hyper::body::Frame::data)))
         .map_err(|e| Error::Internal(format!("building request: {e}")))?;
-    let response = send(TokioIo::new(io), request, peer).await?;
-    let status = response.status().as_u16();
-    let answer = response.into_body().collect().await.map_err(|e| failed(peer, &e))?.to_bytes();
-    Ok((status, answer))
+    let answer = Download::of(send(TokioIo::new(io), request, peer).await?, peer);
+    Ok((answer.status, answer.whole().await?))
 }
 
 /// A broken exchange, named by its root cause (hyper's own message wraps
@@ -198,15 +218,15 @@ mod tests {
     }
 
     /// Serve one connection: every request's body is read whole and
-    /// answered 201 with its length.
-    fn serve_one(listener: tokio::net::TcpListener, acceptor: tokio_rustls::TlsAcceptor) -> tokio::task::JoinHandle<()> {
+    /// answered 201 with its length, in JSON followed by `pad` spaces.
+    fn serve_one(listener: tokio::net::TcpListener, acceptor: tokio_rustls::TlsAcceptor, pad: usize) -> tokio::task::JoinHandle<()> {
         tokio::spawn(async move {
             let (tcp, _) = listener.accept().await.unwrap();
             let tls = acceptor.accept(tcp).await.unwrap();
-            let service = hyper::service::service_fn(|req: hyper::Request<hyper::body::Incoming>| async move {
+            let service = hyper::service::service_fn(move |req: hyper::Request<hyper::body::Incoming>| async move {
                 let len = req.into_body().collect().await.map(|b| b.to_bytes().len());
                 let answer = match len {
-                    Ok(n) => hyper::Response::builder().status(201).body(http_body_util::Full::new(Bytes::from(format!("{{\"bytes\":{n}}}")))),
+                    Ok(n) => hyper::Response::builder().status(201).body(http_body_util::Full::new(Bytes::from(format!("{{\"bytes\":{n}}}{}", " ".repeat(pad))))),
                     Err(_) => hyper::Response::builder().status(400).body(http_body_util::Full::new(Bytes::new())),
                 };
                 Ok::<_, std::convert::Infallible>(answer.unwrap())
@@ -257,7 +277,7 @@ mod tests {
     async fn put_carries_the_body_and_names_a_failed_ones_cause() {
         let (listener, acceptor, tls, _dir) = tls_pair().await;
         let url = format!("https://127.0.0.1:{}/v1/jobs/j/stream", listener.local_addr().unwrap().port());
-        let server = serve_one(listener, acceptor);
+        let server = serve_one(listener, acceptor, 0);
         let pieces: Vec<std::io::Result<Bytes>> = (0..6).map(|i| Ok(Bytes::from(vec![i as u8; 512 << 10]))).collect();
         let (status, answer) = put(&url, "token", &tls, "MediaAgent test", futures_util::stream::iter(pieces)).await.unwrap();
         assert_eq!((status, answer.as_ref()), (201, format!("{{\"bytes\":{}}}", 6 * (512 << 10)).as_bytes()));
@@ -265,10 +285,30 @@ mod tests {
 
         let (listener, acceptor, tls, _dir) = tls_pair().await;
         let url = format!("https://127.0.0.1:{}/v1/jobs/j/stream", listener.local_addr().unwrap().port());
-        let _server = serve_one(listener, acceptor);
+        let _server = serve_one(listener, acceptor, 0);
         let pieces = vec![Ok(Bytes::from(vec![1u8; 512 << 10])), Err(std::io::Error::other("archiving /data/x: Permission denied (os error 13)"))];
         let e = put(&url, "token", &tls, "MediaAgent test", futures_util::stream::iter(pieces)).await.unwrap_err();
         let text = e.to_string();
         assert!(matches!(e, Error::Unreachable { .. }) && text.contains("MediaAgent test") && text.contains("archiving /data/x: Permission denied"), "{text}");
+    }
+
+    /// A MediaAgent that answers an upload at length (valid JSON padded
+    /// with 1 MiB of spaces) gets an error once 64 KiB are read, not its
+    /// whole answer held in memory.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn an_overlong_upload_answer_is_refused() {
+        let (listener, acceptor, tls, _dir) = tls_pair().await;
+        let url = format!("https://127.0.0.1:{}/v1/jobs/j/stream", listener.local_addr().unwrap().port());
+        let _server = serve_one(listener, acceptor, 1 << 20);
+        let pieces = vec![Ok::<_, std::io::Error>(Bytes::from_static(b"data"))];
+        let e = put(&url, "token", &tls, "MediaAgent test", futures_util::stream::iter(pieces)).await.unwrap_err();
+        assert!(e.to_string().contains("MediaAgent test") && e.to_string().contains("longer than 64 KiB"), "{e}");
+        // A short answer still comes whole.
+        let (listener, acceptor, tls, _dir) = tls_pair().await;
+        let url = format!("https://127.0.0.1:{}/v1/jobs/j/stream", listener.local_addr().unwrap().port());
+        let _server = serve_one(listener, acceptor, 1000);
+        let pieces = vec![Ok::<_, std::io::Error>(Bytes::from_static(b"data"))];
+        let (status, answer) = put(&url, "token", &tls, "MediaAgent test", futures_util::stream::iter(pieces)).await.unwrap();
+        assert_eq!((status, answer.len()), (201, "{\"bytes\":4}".len() + 1000));
     }
 }
