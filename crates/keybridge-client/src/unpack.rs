@@ -108,6 +108,26 @@ pub const DIRECT_MIN: u64 = 1 << 20;
 /// being written.
 pub const WRITE_AHEAD: usize = 3;
 
+/// A file that could not be written, by its name in the archive; the
+/// system's error (with its errno) stays reachable as the source.
+#[derive(Debug)]
+struct WriteFailed {
+    name: std::path::PathBuf,
+    source: io::Error,
+}
+
+impl std::fmt::Display for WriteFailed {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "writing {:?}: {}", self.name, self.source)
+    }
+}
+
+impl std::error::Error for WriteFailed {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        Some(&self.source)
+    }
+}
+
 /// Why a file's data stopped before its end.
 enum Stop {
     /// Reading the archive failed.
@@ -407,7 +427,7 @@ impl Unpacker {
                         // The stream's own error (a failed authentication,
                         // a broken download), as it is.
                         Stop::Read(e) => e,
-                        Stop::Write(e) => io::Error::new(e.kind(), format!("writing {name:?}: {e}")),
+                        Stop::Write(source) => io::Error::new(source.kind(), WriteFailed { name: name.clone(), source }),
                     });
                 }
             };
@@ -593,6 +613,8 @@ mod tests {
             let e = u.unpack(Trickle { data: &tar, most: keybridge_net::FILE_IO_BUF }).unwrap_err();
             assert_eq!(e.kind(), io::ErrorKind::FileTooLarge, "direct {direct_io}: {e}");
             assert!(e.to_string().starts_with("writing \"d/big\": File too large"), "direct {direct_io}: {e}");
+            let errno = std::error::Error::source(&e).and_then(|s| s.downcast_ref::<io::Error>()).and_then(io::Error::raw_os_error);
+            assert_eq!(errno, Some(rustix::io::Errno::FBIG.raw_os_error()), "direct {direct_io}: the system's error is kept as the source");
             assert!(!root.join("d/big").exists(), "direct {direct_io}: the partial file is removed");
             assert!(!root.join("d/after").exists(), "direct {direct_io}: the unpacking stopped");
         }
