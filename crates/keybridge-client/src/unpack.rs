@@ -427,7 +427,7 @@ impl Unpacker {
                         // The stream's own error (a failed authentication,
                         // a broken download), as it is.
                         Stop::Read(e) => e,
-                        Stop::Write(source) => io::Error::new(source.kind(), WriteFailed { name: name.clone(), source }),
+                        Stop::Write(source) => io::Error::new(source.kind(), WriteFailed { name, source }),
                     });
                 }
             };
