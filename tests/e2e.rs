@@ -45,6 +45,25 @@ async fn backup_restore_identical(kind: Kind) {
     fails(&d.restore("alice", job, out.path()), 3, "exists already");
 }
 
+/// A file whose size changes while it is read (here a /proc file: it
+/// declares 0 bytes and reads as more) is archived at its declared size and
+/// reported; the rest of the archive restores. Before, its extra bytes
+/// landed where the next header belongs and nothing after it restored.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_file_that_changes_while_read_is_reported_and_the_rest_restores() {
+    let Some(d) = Deployment::start(Kind::Builtin) else { return };
+    d.register("alice", "alice-network-pw").await;
+    let src = tempfile::tempdir().unwrap();
+    let data = sample_tree(src.path());
+    let b = ok_json(&d.backup("alice", &[Path::new("/proc/self/status"), &data]));
+    assert_eq!(b["changed"], serde_json::json!(["status"]));
+    let out = tempfile::tempdir().unwrap();
+    let r = ok_json(&d.restore("alice", b["job_id"].as_str().unwrap(), out.path()));
+    assert_eq!(r["entries"], serde_json::json!(["data", "status"]));
+    assert_eq!(std::fs::metadata(out.path().join("status")).unwrap().len(), 0);
+    assert_eq!(describe(&data), describe(&out.path().join("data")));
+}
+
 /// `pool rekey` from the CLI and the service: backups made under each KEK
 /// generation restore, and `pool show` lists the generations.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -151,10 +151,16 @@ pub(super) async fn media_agent(args: &MediaAgentArgs) -> Result<(Value, String)
 pub(super) async fn backup(args: &BackupArgs, json: bool) -> Result<(Value, String)> {
     let svc = args.connect.open().await?;
     let s = keybridge_client::backup::backup(&svc, &args.pool, &args.paths, progress(json, "backup")).await?;
-    let text = format!(
+    let mut text = format!(
         "job {} complete: {} entries, {} bytes encrypted into {} bytes with DEK {} (pool '{}'), stored by {} in {:.2} s\n",
         s.job_id, s.files, s.plain_bytes, s.stream_bytes, s.dek_id, s.pool, s.media_agent, s.seconds
     );
+    if !s.changed.is_empty() {
+        text += &format!(
+            "{} files changed size while they were read (see the warnings above); each is archived at the size it had when the backup reached it\n",
+            s.changed.len()
+        );
+    }
     Ok((serde_json::to_value(&s).unwrap_or_default(), text))
 }
 

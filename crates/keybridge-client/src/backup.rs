@@ -38,6 +38,11 @@ pub struct BackupSummary {
     pub stream_bytes: u64,
     pub stream_checksum: String,
     pub seconds: f64,
+    /// Archive names of regular files whose size changed while they were
+    /// read (a log being appended to, say). Each is archived at the size it
+    /// had when the backup reached it: a file that grew is cut there, one
+    /// that shrank is padded with zeros, so the archive stays whole.
+    pub changed: Vec<String>,
 }
 
 /// Progress reporting hook (a progress bar on a TTY, nothing otherwise).
@@ -130,24 +135,39 @@ impl Write for EncryptingWriter {
 /// Archive and encrypt `paths` into `writer` (blocking). Each input is
 /// stored under its own name; directories are walked without following
 /// symlinks; headers carry mode, owner, mtime (tar's "complete" mode).
-fn archive(paths: &[PathBuf], writer: EncryptingWriter) -> io::Result<(u64, u64)> {
+/// Returns the plaintext and stream bytes, and the names of the files
+/// whose size changed while they were read.
+fn archive(paths: &[PathBuf], writer: EncryptingWriter) -> io::Result<(u64, u64, Vec<String>)> {
     let mut tar = tar::Builder::new(writer);
     tar.follow_symlinks(false);
+    let mut changed = Vec::new();
     for p in paths {
         let name = archive_name(p).map_err(|e| io::Error::other(e.to_string()))?;
-        append_tree(&mut tar, p, Path::new(&name)).map_err(|e| io::Error::new(e.kind(), format!("archiving {}: {e}", p.display())))?;
+        append_tree(&mut tar, p, Path::new(&name), &mut changed).map_err(|e| io::Error::new(e.kind(), format!("archiving {}: {e}", p.display())))?;
     }
-    tar.into_inner()?.finish()
+    let (plain, stream) = tar.into_inner()?.finish()?;
+    Ok((plain, stream, changed))
 }
 
-fn append_tree(tar: &mut tar::Builder<EncryptingWriter>, path: &Path, name: &Path) -> io::Result<()> {
+fn append_tree<W: Write>(tar: &mut tar::Builder<W>, path: &Path, name: &Path, changed: &mut Vec<String>) -> io::Result<()> {
     let meta = std::fs::symlink_metadata(path)?;
     let mut header = tar::Header::new_gnu();
     header.set_metadata_in_mode(&meta, tar::HeaderMode::Complete);
     let ft = meta.file_type();
     if ft.is_file() {
-        let file = std::fs::File::open(path)?;
-        tar.append_data(&mut header, name, io::BufReader::with_capacity(keybridge_net::FILE_IO_BUF, file))
+        let mut data = FileData { file: std::fs::File::open(path)?, left: meta.len(), shrank: false };
+        tar.append_data(&mut header, name, io::BufReader::with_capacity(keybridge_net::FILE_IO_BUF, &mut data))?;
+        if data.changed()? {
+            tracing::warn!(
+                file = %path.display(),
+                "{} changed size while it was read: archived at the {} bytes it had when the backup reached it{}",
+                name.display(),
+                meta.len(),
+                if data.shrank { " (padded with zeros)" } else { "" }
+            );
+            changed.push(name.display().to_string());
+        }
+        Ok(())
     } else if ft.is_symlink() {
         let target = std::fs::read_link(path)?;
         tar.append_link(&mut header, name, target)
@@ -156,12 +176,54 @@ fn append_tree(tar: &mut tar::Builder<EncryptingWriter>, path: &Path, name: &Pat
         let mut entries = std::fs::read_dir(path)?.collect::<io::Result<Vec<_>>>()?;
         entries.sort_by_key(|e| e.file_name());
         for e in entries {
-            append_tree(tar, &e.path(), &name.join(e.file_name()))?;
+            append_tree(tar, &e.path(), &name.join(e.file_name()), changed)?;
         }
         Ok(())
     } else {
         // Devices, FIFOs and sockets: their header only, as tar does.
         tar.append_data(&mut header, name, io::empty())
+    }
+}
+
+/// A regular file's data as its tar header declares it: exactly `left`
+/// bytes, whatever the file does meanwhile. tar copies a reader to its end,
+/// and a header's size is read from the file before its data: a file that
+/// grew in between would put its extra bytes where the next header belongs,
+/// and one that shrank would pull the next header short, leaving an archive
+/// that cannot be restored past that file. Here a file that grew is cut at
+/// the declared size and one that shrank is padded with zeros (as GNU tar
+/// does); [`FileData::changed`] tells either.
+struct FileData<R> {
+    file: R,
+    left: u64,
+    shrank: bool,
+}
+
+impl<R: io::Read> io::Read for FileData<R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let want = usize::try_from(self.left).unwrap_or(usize::MAX).min(buf.len());
+        if want == 0 {
+            return Ok(0);
+        }
+        let n = if self.shrank { 0 } else { self.file.read(&mut buf[..want])? };
+        let n = if n == 0 {
+            // The file ended before its declared size.
+            self.shrank = true;
+            buf[..want].fill(0);
+            want
+        } else {
+            n
+        };
+        self.left -= n as u64;
+        Ok(n)
+    }
+}
+
+impl<R: io::Read> FileData<R> {
+    /// Whether the file's length differed from its declared size: it ended
+    /// early, or it still has bytes once the declared size was read.
+    fn changed(&mut self) -> io::Result<bool> {
+        Ok(self.shrank || self.file.read(&mut [0u8; 1])? > 0)
     }
 }
 
@@ -209,7 +271,7 @@ pub async fn backup(svc: &ServiceClient, pool: &str, paths: &[PathBuf], progress
     // The upload's error is the cause when both failed (a dead agent makes
     // the archiver's sends fail too).
     let stored = uploaded?;
-    let (plain_bytes, stream_bytes) = produced.map_err(|e| Error::Input { what: "backup input".into(), reason: e.to_string() })?;
+    let (plain_bytes, stream_bytes, changed) = produced.map_err(|e| Error::Input { what: "backup input".into(), reason: e.to_string() })?;
     // TLS carried the bytes intact and every chunk is authenticated, so the
     // count is the check here; the agent's checksum is recorded with the
     // job so a later restore can tell the agent's copy changed.
@@ -237,6 +299,79 @@ pub async fn backup(svc: &ServiceClient, pool: &str, paths: &[PathBuf], progress
         stream_bytes,
         stream_checksum: sha,
         seconds: t0.elapsed().as_secs_f64(),
+        changed,
     })
 }
 
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Read;
+
+    /// An archive of one file whose data reader gives `actual` bytes while
+    /// its header declares `declared`, then of a second file: (the entries
+    /// as read back, whether the change was seen).
+    fn archive_with(declared: usize, actual: usize) -> (Vec<(String, Vec<u8>)>, bool) {
+        let content: Vec<u8> = (0..actual).map(|i| (i % 251) as u8 + 1).collect();
+        let mut tar = tar::Builder::new(Vec::new());
+        let mut header = tar::Header::new_gnu();
+        header.set_size(declared as u64);
+        header.set_mode(0o644);
+        let mut data = FileData { file: &content[..], left: declared as u64, shrank: false };
+        tar.append_data(&mut header, "live.log", io::BufReader::with_capacity(4096, &mut data)).unwrap();
+        let changed = data.changed().unwrap();
+        let mut next = tar::Header::new_gnu();
+        next.set_size(5);
+        next.set_mode(0o644);
+        tar.append_data(&mut next, "after.txt", &b"after"[..]).unwrap();
+        let bytes = tar.into_inner().unwrap();
+        let mut read = tar::Archive::new(&bytes[..]);
+        let entries = read
+            .entries()
+            .unwrap()
+            .map(|e| {
+                let mut e = e.unwrap();
+                let mut body = Vec::new();
+                e.read_to_end(&mut body).unwrap();
+                (e.path().unwrap().display().to_string(), body)
+            })
+            .collect();
+        (entries, changed)
+    }
+
+    #[test]
+    fn a_file_that_changes_size_while_read_keeps_the_archive_whole() {
+        let expected = |declared: usize, actual: usize| -> Vec<u8> {
+            let mut v: Vec<u8> = (0..actual.min(declared)).map(|i| (i % 251) as u8 + 1).collect();
+            v.resize(declared, 0);
+            v
+        };
+        for (declared, actual, changed) in [(100_000, 100_000, false), (100_000, 150_000, true), (100_000, 37_000, true), (70_000, 0, true), (0, 10, true)] {
+            let (entries, seen) = archive_with(declared, actual);
+            let what = format!("declared {declared}, file gave {actual}");
+            assert_eq!(seen, changed, "{what}");
+            assert_eq!(entries.len(), 2, "{what}: {:?}", entries.iter().map(|e| &e.0).collect::<Vec<_>>());
+            assert_eq!(entries[0].0, "live.log", "{what}");
+            assert!(entries[0].1 == expected(declared, actual), "{what}: the first entry holds other bytes");
+            assert_eq!(entries[1], ("after.txt".to_owned(), b"after".to_vec()), "{what}: the next entry is damaged");
+        }
+    }
+
+    #[test]
+    fn a_proc_file_is_archived_at_its_declared_size_and_reported() {
+        // /proc files declare 0 bytes and read as more: the real case of a
+        // file that "grew" between its header and its data.
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("z.txt"), b"tail").unwrap();
+        let mut tar = tar::Builder::new(Vec::new());
+        let mut changed = Vec::new();
+        append_tree(&mut tar, Path::new("/proc/self/status"), Path::new("status"), &mut changed).unwrap();
+        append_tree(&mut tar, &dir.path().join("z.txt"), Path::new("z.txt"), &mut changed).unwrap();
+        assert_eq!(changed, ["status"]);
+        let bytes = tar.into_inner().unwrap();
+        let mut read = tar::Archive::new(&bytes[..]);
+        let names: Vec<(String, u64)> = read.entries().unwrap().map(|e| e.unwrap()).map(|e| (e.path().unwrap().display().to_string(), e.size())).collect();
+        assert_eq!(names, [("status".to_owned(), 0), ("z.txt".to_owned(), 4)]);
+    }
+}

@@ -151,6 +151,27 @@ fn fill(reader: &mut impl Read, buf: &mut [u8]) -> io::Result<usize> {
     Ok(len)
 }
 
+/// An error of the tar parser (kind `Other`): a damaged archive. Its
+/// message may quote the archive's own bytes (a name, a numeric field), so
+/// they are escaped and cut short before they reach a terminal or a log.
+/// Errors of other kinds (the stream's reader, the file system) pass as
+/// they are.
+fn damaged(e: io::Error) -> io::Error {
+    if e.kind() != io::ErrorKind::Other {
+        return e;
+    }
+    let text = e.to_string();
+    let mut chars = text.escape_debug();
+    let mut quoted: String = chars.by_ref().take(DAMAGE_QUOTED).collect();
+    if chars.next().is_some() {
+        quoted.push_str("...");
+    }
+    io::Error::new(io::ErrorKind::InvalidData, format!("the archive is damaged: {quoted}; nothing restored"))
+}
+
+/// Characters of a tar parser's message quoted in an error.
+const DAMAGE_QUOTED: usize = 240;
+
 /// Why an entry refuses the restore.
 fn refused(name: &Path, why: impl std::fmt::Display) -> io::Error {
     io::Error::new(io::ErrorKind::InvalidData, format!("archive entry {name:?} {why}: refused, nothing restored"))
@@ -335,23 +356,23 @@ impl Unpacker {
     /// marker. The first refused entry is the error.
     pub fn unpack<R: Read>(&mut self, reader: R) -> io::Result<()> {
         let mut archive = tar::Archive::new(reader);
-        for entry in archive.entries()? {
-            self.entry(&mut entry?)?;
+        for entry in archive.entries().map_err(damaged)? {
+            self.entry(&mut entry.map_err(damaged)?)?;
         }
         Ok(())
     }
 
     fn entry<R: Read>(&mut self, entry: &mut tar::Entry<'_, R>) -> io::Result<()> {
-        let name = entry.path()?.into_owned();
+        let name = entry.path().map_err(damaged)?.into_owned();
         let parts = plain_parts(&name)?;
         let (dirs, last) = parts.split_at(parts.len() - 1);
         let last = last[0];
         let header = entry.header();
         let kind = header.entry_type();
-        let bits = header.mode()?;
+        let bits = header.mode().map_err(damaged)?;
         // Backup stores a time before 1970 as its two's complement (tar's
         // builder takes a u64); this undoes it.
-        let mtime = header.mtime()? as i64;
+        let mtime = header.mtime().map_err(damaged)? as i64;
         if kind.is_gnu_sparse() {
             return Err(refused(&name, "is a sparse file, which keybridge's backup never writes"));
         }
@@ -368,7 +389,7 @@ impl Unpacker {
             return Ok(());
         }
         let link = if kind.is_symlink() || kind.is_hard_link() {
-            Some(entry.link_name()?.ok_or_else(|| refused(&name, "is a link without a target"))?.into_owned())
+            Some(entry.link_name().map_err(damaged)?.ok_or_else(|| refused(&name, "is a link without a target"))?.into_owned())
         } else {
             None
         };
@@ -644,6 +665,29 @@ mod tests {
         let out = child.wait_with_output().unwrap();
         let stdout = String::from_utf8_lossy(&out.stdout);
         assert!(out.status.success() && stdout.contains("the child's checks passed"), "{}\n{stdout}", out.status);
+    }
+
+    #[test]
+    fn a_damaged_archive_is_an_integrity_error_quoting_no_raw_bytes() {
+        // What an older backup made of a file that grew while it was read:
+        // its extra bytes (here with a terminal escape) where the next
+        // header belongs.
+        let mut b = tar::Builder::new(Vec::new());
+        let mut h = tar::Header::new_gnu();
+        h.set_size(10);
+        h.set_mode(0o644);
+        let mut grown = vec![b'x'; 10];
+        grown.extend(std::iter::repeat_n(&b"\x1b[2J\x07\x00\x9b"[..], 200).flatten());
+        b.append_data(&mut h, "grew.log", &grown[..]).unwrap();
+        let tar = b.into_inner().unwrap();
+        let (dir, _) = dirs().remove(0);
+        let mut u = Unpacker::new(dir.path()).unwrap();
+        let e = u.unpack(&tar[..]).unwrap_err();
+        let text = e.to_string();
+        assert_eq!(e.kind(), io::ErrorKind::InvalidData, "{text}");
+        assert!(text.starts_with("the archive is damaged: "), "{text}");
+        assert!(!text.chars().any(|c| c.is_control()), "raw control characters in {text:?}");
+        assert!(text.chars().count() < DAMAGE_QUOTED + 80, "{} characters", text.chars().count());
     }
 
     #[test]
