@@ -8,6 +8,7 @@
 mod backup;
 mod jobs;
 mod lifecycle;
+mod prefetch;
 mod schema;
 mod writer;
 
@@ -378,6 +379,7 @@ impl Catalog for SqliteCatalog {
 
     async fn verify_audit(&self) -> Result<AuditReport> {
         self.flush().await?;
+        let _ahead = prefetch::Prefetch::start(&self.path);
         walk_audit(&self.conn())
     }
 
