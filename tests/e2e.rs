@@ -45,22 +45,41 @@ async fn backup_restore_identical(kind: Kind) {
     fails(&d.restore("alice", job, out.path()), 3, "exists already");
 }
 
-/// A file whose size changes while it is read (here a /proc file: it
-/// declares 0 bytes and reads as more) is archived at its declared size and
-/// reported; the rest of the archive restores. Before, its extra bytes
-/// landed where the next header belongs and nothing after it restored.
+/// A file written to while it is backed up (a log being appended to) is
+/// archived at its size when opened and reported; a /proc file (it
+/// declares 0 bytes and reads as more) is archived empty; the rest of the
+/// archive restores. Before, the extra bytes of either landed where the
+/// next header belongs and nothing after it restored.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_file_that_changes_while_read_is_reported_and_the_rest_restores() {
     let Some(d) = Deployment::start(Kind::Builtin) else { return };
     d.register("alice", "alice-network-pw").await;
     let src = tempfile::tempdir().unwrap();
     let data = sample_tree(src.path());
-    let b = ok_json(&d.backup("alice", &[Path::new("/proc/self/status"), &data]));
-    assert_eq!(b["changed"], serde_json::json!(["status"]));
+    let log = src.path().join("grow.log");
+    std::fs::write(&log, vec![b'a'; 32 << 20]).unwrap();
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let appender = {
+        let (log, stop) = (log.clone(), stop.clone());
+        std::thread::spawn(move || {
+            let mut f = std::fs::OpenOptions::new().append(true).open(&log).unwrap();
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                f.write_all(&[b'b'; 4096]).unwrap();
+                std::thread::sleep(Duration::from_micros(200));
+            }
+        })
+    };
+    let b = ok_json(&d.backup("alice", &[Path::new("/proc/self/status"), &log, &data]));
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    appender.join().unwrap();
+    assert_eq!(b["changed"], serde_json::json!(["grow.log"]));
     let out = tempfile::tempdir().unwrap();
     let r = ok_json(&d.restore("alice", b["job_id"].as_str().unwrap(), out.path()));
-    assert_eq!(r["entries"], serde_json::json!(["data", "status"]));
+    assert_eq!(r["entries"], serde_json::json!(["data", "grow.log", "status"]));
     assert_eq!(std::fs::metadata(out.path().join("status")).unwrap().len(), 0);
+    let restored = std::fs::read(out.path().join("grow.log")).unwrap();
+    let now = std::fs::read(&log).unwrap();
+    assert!(restored.len() >= 32 << 20 && restored.len() < now.len() && now.starts_with(&restored), "grow.log restored as {} of {} bytes, not a prefix", restored.len(), now.len());
     assert_eq!(describe(&data), describe(&out.path().join("data")));
 }
 

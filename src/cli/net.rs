@@ -157,7 +157,7 @@ pub(super) async fn backup(args: &BackupArgs, json: bool) -> Result<(Value, Stri
     );
     if !s.changed.is_empty() {
         text += &format!(
-            "{} files changed size while they were read (see the warnings above); each is archived at the size it had when the backup reached it\n",
+            "{} entries changed while the backup ran (see the warnings above): files written to are archived at their size when opened, removed ones are not archived\n",
             s.changed.len()
         );
     }

@@ -38,10 +38,12 @@ pub struct BackupSummary {
     pub stream_bytes: u64,
     pub stream_checksum: String,
     pub seconds: f64,
-    /// Archive names of regular files whose size changed while they were
-    /// read (a log being appended to, say). Each is archived at the size it
-    /// had when the backup reached it: a file that grew is cut there, one
-    /// that shrank is padded with zeros, so the archive stays whole.
+    /// Archive names of the entries that changed while the backup ran. A
+    /// regular file written to while it was read (a log being appended to,
+    /// say) is archived at the size it had when opened: cut there if it
+    /// grew, its end padded with zeros if it shrank, so the archive stays
+    /// whole. An entry removed or replaced by another kind of file after
+    /// its directory was listed is not archived.
     pub changed: Vec<String>,
 }
 
@@ -150,30 +152,29 @@ fn archive(paths: &[PathBuf], writer: EncryptingWriter) -> io::Result<(u64, u64,
 }
 
 fn append_tree<W: Write>(tar: &mut tar::Builder<W>, path: &Path, name: &Path, changed: &mut Vec<String>) -> io::Result<()> {
-    let meta = std::fs::symlink_metadata(path)?;
-    let mut header = tar::Header::new_gnu();
-    header.set_metadata_in_mode(&meta, tar::HeaderMode::Complete);
+    let meta = match std::fs::symlink_metadata(path) {
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return gone(path, name, changed),
+        meta => meta?,
+    };
     let ft = meta.file_type();
     if ft.is_file() {
-        let mut data = FileData { file: std::fs::File::open(path)?, left: meta.len(), shrank: false };
-        tar.append_data(&mut header, name, io::BufReader::with_capacity(keybridge_net::FILE_IO_BUF, &mut data))?;
-        if data.changed()? {
-            tracing::warn!(
-                file = %path.display(),
-                "{} changed size while it was read: archived at the {} bytes it had when the backup reached it{}",
-                name.display(),
-                meta.len(),
-                if data.shrank { " (padded with zeros)" } else { "" }
-            );
-            changed.push(name.display().to_string());
-        }
-        Ok(())
-    } else if ft.is_symlink() {
-        let target = std::fs::read_link(path)?;
+        return append_file(tar, path, name, changed);
+    }
+    let mut header = tar::Header::new_gnu();
+    header.set_metadata_in_mode(&meta, tar::HeaderMode::Complete);
+    if ft.is_symlink() {
+        let target = match std::fs::read_link(path) {
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return gone(path, name, changed),
+            target => target?,
+        };
         tar.append_link(&mut header, name, target)
     } else if ft.is_dir() {
+        let listing = match std::fs::read_dir(path) {
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return gone(path, name, changed),
+            listing => listing?,
+        };
         tar.append_data(&mut header, name, io::empty())?;
-        let mut entries = std::fs::read_dir(path)?.collect::<io::Result<Vec<_>>>()?;
+        let mut entries = listing.collect::<io::Result<Vec<_>>>()?;
         entries.sort_by_key(|e| e.file_name());
         for e in entries {
             append_tree(tar, &e.path(), &name.join(e.file_name()), changed)?;
@@ -185,6 +186,57 @@ fn append_tree<W: Write>(tar: &mut tar::Builder<W>, path: &Path, name: &Path, ch
     }
 }
 
+/// A regular file. It is opened without following a symlink and without
+/// blocking (a name replaced since the listing by a symlink, a FIFO or a
+/// device must neither be followed nor hang the backup), and its header
+/// comes from the open file's own status, so header and data describe one
+/// file. One that changed while it was read is archived at its size when
+/// opened (see [`FileData`]) and reported.
+fn append_file<W: Write>(tar: &mut tar::Builder<W>, path: &Path, name: &Path, changed: &mut Vec<String>) -> io::Result<()> {
+    use rustix::fs::{Mode, OFlags};
+    let file = match rustix::fs::open(path, OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::NONBLOCK | OFlags::CLOEXEC, Mode::empty()) {
+        Ok(fd) => std::fs::File::from(fd),
+        Err(e) if e == rustix::io::Errno::NOENT || e == rustix::io::Errno::LOOP => return gone(path, name, changed),
+        Err(e) => return Err(e.into()),
+    };
+    let before = file.metadata()?;
+    if !before.is_file() {
+        return gone(path, name, changed);
+    }
+    let mut header = tar::Header::new_gnu();
+    header.set_metadata_in_mode(&before, tar::HeaderMode::Complete);
+    let mut data = FileData { file: &file, left: before.len(), shrank: false };
+    tar.append_data(&mut header, name, io::BufReader::with_capacity(keybridge_net::FILE_IO_BUF, &mut data))?;
+    let after = file.metadata()?;
+    if data.shrank || modified(&before, &after) {
+        tracing::warn!(
+            file = %path.display(),
+            "{} changed while it was read: archived at the {} bytes it had when opened{}",
+            name.display(),
+            before.len(),
+            if data.shrank { " (its end padded with zeros)" } else { "" }
+        );
+        changed.push(name.display().to_string());
+    }
+    Ok(())
+}
+
+/// Whether a file was written to (or its status changed) between two
+/// looks: its size, modification or change time differ.
+fn modified(before: &std::fs::Metadata, after: &std::fs::Metadata) -> bool {
+    use std::os::unix::fs::MetadataExt;
+    (before.len(), before.mtime(), before.mtime_nsec(), before.ctime(), before.ctime_nsec())
+        != (after.len(), after.mtime(), after.mtime_nsec(), after.ctime(), after.ctime_nsec())
+}
+
+/// An entry removed, or replaced by another kind of file, between the
+/// listing and its read: not archived, reported with the changed files.
+fn gone(path: &Path, name: &Path, changed: &mut Vec<String>) -> io::Result<()> {
+    tracing::warn!(file = %path.display(), "{} was removed or replaced while the backup ran: not archived", name.display());
+    changed.push(name.display().to_string());
+    Ok(())
+}
+
 /// A regular file's data as its tar header declares it: exactly `left`
 /// bytes, whatever the file does meanwhile. tar copies a reader to its end,
 /// and a header's size is read from the file before its data: a file that
@@ -192,7 +244,8 @@ fn append_tree<W: Write>(tar: &mut tar::Builder<W>, path: &Path, name: &Path, ch
 /// and one that shrank would pull the next header short, leaving an archive
 /// that cannot be restored past that file. Here a file that grew is cut at
 /// the declared size and one that shrank is padded with zeros (as GNU tar
-/// does); [`FileData::changed`] tells either.
+/// does); `shrank` tells the second, the file's status after the read the
+/// first.
 struct FileData<R> {
     file: R,
     left: u64,
@@ -216,14 +269,6 @@ impl<R: io::Read> io::Read for FileData<R> {
         };
         self.left -= n as u64;
         Ok(n)
-    }
-}
-
-impl<R: io::Read> FileData<R> {
-    /// Whether the file's length differed from its declared size: it ended
-    /// early, or it still has bytes once the declared size was read.
-    fn changed(&mut self) -> io::Result<bool> {
-        Ok(self.shrank || self.file.read(&mut [0u8; 1])? > 0)
     }
 }
 
@@ -303,24 +348,37 @@ pub async fn backup(svc: &ServiceClient, pool: &str, paths: &[PathBuf], progress
     })
 }
 
-
 #[cfg(test)]
 mod tests {
     use super::*;
     use std::io::Read;
 
-    /// An archive of one file whose data reader gives `actual` bytes while
-    /// its header declares `declared`, then of a second file: (the entries
-    /// as read back, whether the change was seen).
-    fn archive_with(declared: usize, actual: usize) -> (Vec<(String, Vec<u8>)>, bool) {
+    /// Gives at most `most` bytes a read.
+    struct Trickle<'a> {
+        data: &'a [u8],
+        most: usize,
+    }
+
+    impl Read for Trickle<'_> {
+        fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+            let n = buf.len().min(self.most).min(self.data.len());
+            buf[..n].copy_from_slice(&self.data[..n]);
+            self.data = &self.data[n..];
+            Ok(n)
+        }
+    }
+
+    /// An archive of one file whose data reader gives `actual` bytes (at
+    /// most `most` a read) while its header declares `declared`, then of a
+    /// second file: (the entries as read back, whether it ran short).
+    fn archive_with(declared: usize, actual: usize, most: usize) -> (Vec<(String, Vec<u8>)>, bool) {
         let content: Vec<u8> = (0..actual).map(|i| (i % 251) as u8 + 1).collect();
         let mut tar = tar::Builder::new(Vec::new());
         let mut header = tar::Header::new_gnu();
         header.set_size(declared as u64);
         header.set_mode(0o644);
-        let mut data = FileData { file: &content[..], left: declared as u64, shrank: false };
+        let mut data = FileData { file: Trickle { data: &content, most }, left: declared as u64, shrank: false };
         tar.append_data(&mut header, "live.log", io::BufReader::with_capacity(4096, &mut data)).unwrap();
-        let changed = data.changed().unwrap();
         let mut next = tar::Header::new_gnu();
         next.set_size(5);
         next.set_mode(0o644);
@@ -337,7 +395,7 @@ mod tests {
                 (e.path().unwrap().display().to_string(), body)
             })
             .collect();
-        (entries, changed)
+        (entries, data.shrank)
     }
 
     #[test]
@@ -347,31 +405,80 @@ mod tests {
             v.resize(declared, 0);
             v
         };
-        for (declared, actual, changed) in [(100_000, 100_000, false), (100_000, 150_000, true), (100_000, 37_000, true), (70_000, 0, true), (0, 10, true)] {
-            let (entries, seen) = archive_with(declared, actual);
-            let what = format!("declared {declared}, file gave {actual}");
-            assert_eq!(seen, changed, "{what}");
-            assert_eq!(entries.len(), 2, "{what}: {:?}", entries.iter().map(|e| &e.0).collect::<Vec<_>>());
-            assert_eq!(entries[0].0, "live.log", "{what}");
-            assert!(entries[0].1 == expected(declared, actual), "{what}: the first entry holds other bytes");
-            assert_eq!(entries[1], ("after.txt".to_owned(), b"after".to_vec()), "{what}: the next entry is damaged");
+        for most in [usize::MAX, 1000] {
+            for (declared, actual) in [(100_000, 100_000), (100_000, 150_000), (100_000, 37_000), (70_000, 0), (0, 10)] {
+                let (entries, shrank) = archive_with(declared, actual, most);
+                let what = format!("declared {declared}, file gave {actual}, at most {most} a read");
+                assert_eq!(shrank, actual < declared, "{what}");
+                assert_eq!(entries.len(), 2, "{what}: {:?}", entries.iter().map(|e| &e.0).collect::<Vec<_>>());
+                assert_eq!(entries[0].0, "live.log", "{what}");
+                assert!(entries[0].1 == expected(declared, actual), "{what}: the first entry holds other bytes");
+                assert_eq!(entries[1], ("after.txt".to_owned(), b"after".to_vec()), "{what}: the next entry is damaged");
+            }
         }
     }
 
-    #[test]
-    fn a_proc_file_is_archived_at_its_declared_size_and_reported() {
-        // /proc files declare 0 bytes and read as more: the real case of a
-        // file that "grew" between its header and its data.
-        let dir = tempfile::tempdir().unwrap();
-        std::fs::write(dir.path().join("z.txt"), b"tail").unwrap();
+    /// Archive `paths` (under their own names) into a tar in memory: the
+    /// entries' names and sizes, and the changed list.
+    fn archive_paths(paths: &[&Path]) -> (Vec<(String, u64)>, Vec<String>) {
         let mut tar = tar::Builder::new(Vec::new());
         let mut changed = Vec::new();
-        append_tree(&mut tar, Path::new("/proc/self/status"), Path::new("status"), &mut changed).unwrap();
-        append_tree(&mut tar, &dir.path().join("z.txt"), Path::new("z.txt"), &mut changed).unwrap();
-        assert_eq!(changed, ["status"]);
+        for p in paths {
+            append_tree(&mut tar, p, Path::new(p.file_name().unwrap()), &mut changed).unwrap();
+        }
         let bytes = tar.into_inner().unwrap();
         let mut read = tar::Archive::new(&bytes[..]);
-        let names: Vec<(String, u64)> = read.entries().unwrap().map(|e| e.unwrap()).map(|e| (e.path().unwrap().display().to_string(), e.size())).collect();
+        let names = read.entries().unwrap().map(|e| e.unwrap()).map(|e| (e.path().unwrap().display().to_string(), e.size())).collect();
+        (names, changed)
+    }
+
+    #[test]
+    fn a_proc_file_is_archived_at_its_declared_size() {
+        // /proc files declare 0 bytes and read as more: without the cut
+        // their bytes would land where the next header belongs.
+        let dir = tempfile::tempdir().unwrap();
+        let tail = dir.path().join("z.txt");
+        std::fs::write(&tail, b"tail").unwrap();
+        let (names, changed) = archive_paths(&[Path::new("/proc/self/status"), &tail]);
         assert_eq!(names, [("status".to_owned(), 0), ("z.txt".to_owned(), 4)]);
+        // Its status does not change as it is read: not reported (as GNU tar).
+        assert!(changed.is_empty(), "{changed:?}");
+    }
+
+    #[test]
+    fn entries_removed_or_replaced_after_the_listing_are_reported_not_followed() {
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path();
+        std::fs::write(d.join("real"), b"data").unwrap();
+        std::os::unix::fs::symlink(d.join("real"), d.join("link")).unwrap();
+        rustix::fs::mknodat(rustix::fs::CWD, d.join("fifo"), rustix::fs::FileType::Fifo, rustix::fs::Mode::from_raw_mode(0o600), 0).unwrap();
+        let mut tar = tar::Builder::new(Vec::new());
+        let mut changed = Vec::new();
+        // Listed as regular files, found otherwise when opened: a symlink
+        // is not followed, a FIFO does not block.
+        for n in ["link", "fifo", "missing"] {
+            append_file(&mut tar, &d.join(n), Path::new(n), &mut changed).unwrap();
+        }
+        // Removed after its directory was listed.
+        append_tree(&mut tar, &d.join("gone"), Path::new("gone"), &mut changed).unwrap();
+        append_file(&mut tar, &d.join("real"), Path::new("real"), &mut changed).unwrap();
+        assert_eq!(changed, ["link", "fifo", "missing", "gone"]);
+        let bytes = tar.into_inner().unwrap();
+        let names: Vec<String> = tar::Archive::new(&bytes[..]).entries().unwrap().map(|e| e.unwrap().path().unwrap().display().to_string()).collect();
+        assert_eq!(names, ["real"]);
+    }
+
+    #[test]
+    fn a_write_between_two_looks_is_seen() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("f");
+        std::fs::write(&path, b"1234").unwrap();
+        let a = std::fs::metadata(&path).unwrap();
+        assert!(!modified(&a, &std::fs::metadata(&path).unwrap()));
+        // Same size, new bytes: the times tell it, once the file system's
+        // clock (a kernel tick, a few ms) has moved.
+        std::thread::sleep(std::time::Duration::from_millis(50));
+        std::fs::OpenOptions::new().write(true).open(&path).unwrap().write_all(b"5678").unwrap();
+        assert!(modified(&a, &std::fs::metadata(&path).unwrap()));
     }
 }

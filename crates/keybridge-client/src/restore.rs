@@ -306,9 +306,11 @@ async fn decrypt_download(
     let mut stream_bytes = 0u64;
     let mut batch = Vec::with_capacity(keybridge_net::FILE_IO_BUF);
     while let Some(item) = resp.next().await {
+        // Never kind `Other`: through tar, that kind means a damaged archive
+        // (`unpack::damaged`), and this is the download failing.
         let data = item.map_err(|e| match e {
             Error::Unreachable { reason, .. } => io::Error::new(io::ErrorKind::ConnectionAborted, reason),
-            other => io::Error::other(other.to_string()),
+            other => io::Error::new(io::ErrorKind::ConnectionAborted, other.to_string()),
         })?;
         stream_bytes += data.len() as u64;
         if let Some(p) = progress {

@@ -161,15 +161,16 @@ fn damaged(e: io::Error) -> io::Error {
         return e;
     }
     let text = e.to_string();
-    let mut chars = text.escape_debug();
-    let mut quoted: String = chars.by_ref().take(DAMAGE_QUOTED).collect();
+    let mut chars = text.chars();
+    let mut quoted: String = chars.by_ref().take(DAMAGE_QUOTED).flat_map(char::escape_debug).collect();
     if chars.next().is_some() {
         quoted.push_str("...");
     }
     io::Error::new(io::ErrorKind::InvalidData, format!("the archive is damaged: {quoted}; nothing restored"))
 }
 
-/// Characters of a tar parser's message quoted in an error.
+/// Characters of a tar parser's message quoted in an error (before
+/// escaping, so no escape is cut in half).
 const DAMAGE_QUOTED: usize = 240;
 
 /// Why an entry refuses the restore.
@@ -687,7 +688,12 @@ mod tests {
         assert_eq!(e.kind(), io::ErrorKind::InvalidData, "{text}");
         assert!(text.starts_with("the archive is damaged: "), "{text}");
         assert!(!text.chars().any(|c| c.is_control()), "raw control characters in {text:?}");
-        assert!(text.chars().count() < DAMAGE_QUOTED + 80, "{} characters", text.chars().count());
+        assert!(text.contains("\\u{1b}"), "{text}");
+        // A long message is cut before it is escaped.
+        let long = damaged(io::Error::other("\u{1b}".repeat(1000))).to_string();
+        assert!(long.ends_with("...; nothing restored") && long.matches("\\u{1b}").count() == DAMAGE_QUOTED, "{long}");
+        // Other kinds pass unchanged.
+        assert_eq!(damaged(io::Error::new(io::ErrorKind::ConnectionAborted, "x")).kind(), io::ErrorKind::ConnectionAborted);
     }
 
     #[test]

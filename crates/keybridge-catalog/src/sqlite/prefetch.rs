@@ -10,14 +10,25 @@
 //! into about 1,900 large reads (the kernel's readahead); the walk then
 //! finds its pages in the page cache: 11 s (docs/design.md, growth rows).
 //!
-//! It runs only when the file fits in half the memory the kernel reports
-//! available: a larger file would push its own first pages out before the
-//! walk reached them, and cost the reads twice.
+//! It runs only when the file fits in half the memory available to this
+//! process (the kernel's `MemAvailable`, or what the process's cgroup
+//! still allows if that is less): a larger file would push its own first
+//! pages out before the walk reached them, and cost the reads twice.
+//!
+//! The descriptor it reads through is never closed. Closing any
+//! descriptor of a file drops every POSIX lock the process holds on it,
+//! and SQLite's connections keep theirs on the catalog file for as long as
+//! they are open: another process would then take this one for gone (and,
+//! closing last, checkpoint and delete the WAL under a running walk, or
+//! `catalog restore --force` would replace the file). So one descriptor per
+//! catalog file (device and inode) is opened once per process and kept.
 
-use std::io::Read;
+use std::collections::HashMap;
+use std::fs::File;
+use std::os::unix::fs::{FileExt, MetadataExt};
 use std::path::Path;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::thread::JoinHandle;
 
 /// Bytes per read: the kernel's readahead makes the device requests large
@@ -27,35 +38,44 @@ const READ: usize = 256 << 10;
 /// A thread reading a file from start to end until dropped.
 pub(super) struct Prefetch {
     stop: Arc<AtomicBool>,
+    /// Bytes read so far (the tests watch it).
+    #[cfg_attr(not(test), allow(dead_code))]
+    read: Arc<AtomicU64>,
     thread: Option<JoinHandle<()>>,
 }
 
 impl Prefetch {
     /// Start reading `path`, or `None` when it is larger than half the
-    /// available memory (or the memory cannot be told, or it cannot be
+    /// memory available (or that cannot be told, or the file cannot be
     /// opened: the walk then reads as it always did).
     pub(super) fn start(path: &Path) -> Option<Prefetch> {
-        let file = std::fs::File::open(path).ok()?;
+        Self::start_within(path, available_memory()?)
+    }
+
+    fn start_within(path: &Path, available: u64) -> Option<Prefetch> {
+        let file = kept_open(path)?;
         let len = file.metadata().ok()?.len();
-        if len > available_memory()? / 2 {
+        if len > available / 2 {
             return None;
         }
         let stop = Arc::new(AtomicBool::new(false));
-        let stopped = stop.clone();
+        let read = Arc::new(AtomicU64::new(0));
+        let (stopped, done) = (stop.clone(), read.clone());
         let thread = std::thread::Builder::new()
             .name("keybridge-audit-prefetch".into())
             .spawn(move || {
-                let mut file = file;
                 let mut buf = vec![0u8; READ];
-                while !stopped.load(Ordering::Relaxed) {
-                    match file.read(&mut buf) {
+                let mut at = 0;
+                while at < len && !stopped.load(Ordering::Relaxed) {
+                    match file.read_at(&mut buf, at) {
                         Ok(0) | Err(_) => break,
-                        Ok(_) => {}
+                        Ok(n) => at += n as u64,
                     }
+                    done.store(at, Ordering::Relaxed);
                 }
             })
             .ok()?;
-        Some(Prefetch { stop, thread: Some(thread) })
+        Some(Prefetch { stop, read, thread: Some(thread) })
     }
 }
 
@@ -68,12 +88,53 @@ impl Drop for Prefetch {
     }
 }
 
-/// `MemAvailable` from `/proc/meminfo`, in bytes.
+/// This process's descriptor of the file at `path`, opened on first use
+/// and never closed (see the module notes): a descriptor opened here is
+/// kept, or forgotten on the paths that cannot keep it, never dropped.
+fn kept_open(path: &Path) -> Option<Arc<File>> {
+    /// By device and inode.
+    type Kept = HashMap<(u64, u64), Arc<File>>;
+    static KEPT: OnceLock<Mutex<Kept>> = OnceLock::new();
+    let mut kept = KEPT.get_or_init(Default::default).lock().unwrap_or_else(|e| e.into_inner());
+    let named = std::fs::metadata(path).ok()?;
+    if let Some(file) = kept.get(&(named.dev(), named.ino())) {
+        return Some(file.clone());
+    }
+    let file = File::open(path).ok()?;
+    let Ok(opened) = file.metadata() else {
+        std::mem::forget(file);
+        return None;
+    };
+    // The name may have been given another file since its stat.
+    match kept.entry((opened.dev(), opened.ino())) {
+        std::collections::hash_map::Entry::Occupied(e) => {
+            std::mem::forget(file);
+            Some(e.get().clone())
+        }
+        std::collections::hash_map::Entry::Vacant(e) => Some(e.insert(Arc::new(file)).clone()),
+    }
+}
+
+/// Bytes of memory this process may still fill: `MemAvailable`, or less
+/// if its cgroup (v2) has a `memory.max` closer to `memory.current`.
 fn available_memory() -> Option<u64> {
     let info = std::fs::read_to_string("/proc/meminfo").ok()?;
     let line = info.lines().find(|l| l.starts_with("MemAvailable:"))?;
     let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
-    kib.checked_mul(1024)
+    let system = kib.checked_mul(1024)?;
+    Some(cgroup_room().map_or(system, |room| room.min(system)))
+}
+
+/// `memory.max - memory.current` of this process's cgroup v2, if it has
+/// a limit.
+fn cgroup_room() -> Option<u64> {
+    let cgroups = std::fs::read_to_string("/proc/self/cgroup").ok()?;
+    let rel = cgroups.lines().find_map(|l| l.strip_prefix("0::"))?;
+    let dir = Path::new("/sys/fs/cgroup").join(rel.trim_start_matches('/'));
+    let read = |name: &str| std::fs::read_to_string(dir.join(name)).ok();
+    let max: u64 = read("memory.max")?.trim().parse().ok()?; // "max": no limit
+    let current: u64 = read("memory.current")?.trim().parse().ok()?;
+    Some(max.saturating_sub(current))
 }
 
 #[cfg(test)]
@@ -84,13 +145,74 @@ mod tests {
     fn reads_a_file_that_fits_and_leaves_one_that_does_not() {
         let dir = tempfile::tempdir().unwrap();
         let small = dir.path().join("small");
-        std::fs::write(&small, vec![7u8; 3 * READ + 5]).unwrap();
-        let p = Prefetch::start(&small).expect("a small file is read ahead");
-        drop(p);
-        // Sparse, so nothing is written: just over half the memory.
-        let available = available_memory().expect("MemAvailable in /proc/meminfo");
+        let len = 3 * READ as u64 + 5;
+        std::fs::write(&small, vec![7u8; len as usize]).unwrap();
+        let p = Prefetch::start_within(&small, 2 * len).expect("a file of half the memory is read ahead");
+        while p.thread.as_ref().is_some_and(|t| !t.is_finished()) {
+            std::thread::yield_now();
+        }
+        assert_eq!(p.read.load(Ordering::Relaxed), len, "the whole file is read");
+        assert!(Prefetch::start_within(&small, 2 * len - 1).is_none(), "a file over half the memory is not read ahead");
+        assert!(available_memory().is_some_and(|m| m > 0));
+    }
+
+    const CHILD_FILE: &str = "KEYBRIDGE_TEST_PREFETCH_LOCK_FILE";
+
+    /// Run by the test below in a child process: can another process take
+    /// a write lock on the file? (POSIX locks of one process never
+    /// conflict with each other, so the check needs a second process.)
+    #[test]
+    #[ignore = "run by a_verify_leaves_the_catalog_locked_as_in_use in a child process"]
+    fn child_takes_a_write_lock() {
+        let Some(path) = std::env::var_os(CHILD_FILE) else { return };
+        // A write lock needs a descriptor open for writing.
+        let file = std::fs::OpenOptions::new().read(true).write(true).open(path).unwrap();
+        let taken = match rustix::fs::fcntl_lock(&file, rustix::fs::FlockOperation::NonBlockingLockExclusive) {
+            Ok(()) => true,
+            Err(e) if e == rustix::io::Errno::AGAIN || e == rustix::io::Errno::ACCESS => false,
+            Err(e) => panic!("locking: {e}"),
+        };
+        println!("write lock taken: {taken}");
+    }
+
+    /// The catalog's connections keep POSIX locks on its file; the
+    /// prefetch must not close a descriptor of it (which would drop them
+    /// all, and another process would take the catalog for unused).
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_verify_leaves_the_catalog_locked_as_in_use() {
+        use crate::Catalog;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("kb.db");
+        let catalog = super::super::SqliteCatalog::open_or_create(&path).unwrap();
+        let locked_elsewhere = || {
+            let out = std::process::Command::new(std::env::current_exe().unwrap())
+                .args(["--exact", "sqlite::prefetch::tests::child_takes_a_write_lock", "--ignored", "--nocapture", "--test-threads=1"])
+                .env(CHILD_FILE, &path)
+                .output()
+                .unwrap();
+            let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+            assert!(out.status.success() && stdout.contains("write lock taken"), "{}\n{stdout}", out.status);
+            !stdout.contains("write lock taken: true")
+        };
+        // Without this the checks below would mean nothing.
+        assert!(locked_elsewhere(), "an open catalog is not seen as in use by another process");
+        for _ in 0..2 {
+            // The second run finds the descriptor already kept.
+            assert!(catalog.verify_audit().await.unwrap().ok());
+            assert!(locked_elsewhere(), "a verify dropped this process's locks on the catalog file");
+        }
+    }
+
+    #[test]
+    fn dropping_it_stops_the_reading() {
+        let dir = tempfile::tempdir().unwrap();
         let huge = dir.path().join("huge");
-        std::fs::File::create(&huge).unwrap().set_len(available / 2 + (64 << 20)).unwrap();
-        assert!(Prefetch::start(&huge).is_none(), "a file larger than half the available memory is not read ahead");
+        // Sparse: a terabyte of holes reads as zeros without a disk.
+        let len = 1u64 << 40;
+        std::fs::File::create(&huge).unwrap().set_len(len).unwrap();
+        let p = Prefetch::start_within(&huge, u64::MAX).expect("started");
+        let read = p.read.clone();
+        drop(p);
+        assert!(read.load(Ordering::Relaxed) < len, "stopped before the end");
     }
 }
