@@ -7,8 +7,8 @@
 //! 10^7-row catalog (7.6 GB, 1.7 GB of audit pages) made 418,000 device
 //! reads of 4 KiB, 31 s here and 277 s once on a slower day of the same
 //! disk. A thread reading the file in order at the same time turns them
-//! into about 1,900 large reads (the kernel's readahead); the walk then
-//! finds its pages in the page cache: 11 s (docs/design.md, growth rows).
+//! into about 2,000 large reads (the kernel's readahead); the walk then
+//! finds its pages in the page cache: 10.5 s (docs/design.md, growth rows).
 //!
 //! It runs only when the file fits in half the memory available to this
 //! process (the kernel's `MemAvailable`, or what the process's cgroup
