@@ -156,10 +156,10 @@ pub(super) async fn backup(args: &BackupArgs, json: bool) -> Result<(Value, Stri
         s.job_id, s.files, s.plain_bytes, s.stream_bytes, s.dek_id, s.pool, s.media_agent, s.seconds
     );
     if !s.changed.is_empty() {
-        text += &format!(
-            "{} entries changed while the backup ran (see the warnings above): files written to are archived at their size when opened, removed ones are not archived\n",
-            s.changed.len()
-        );
+        text += &format!("{} entries changed while they were read (see the warnings above): each is archived as it was when opened\n", s.changed.len());
+    }
+    if !s.removed.is_empty() {
+        text += &format!("{} entries were removed or replaced while the backup ran (see the warnings above): not archived\n", s.removed.len());
     }
     Ok((serde_json::to_value(&s).unwrap_or_default(), text))
 }

@@ -38,13 +38,17 @@ pub struct BackupSummary {
     pub stream_bytes: u64,
     pub stream_checksum: String,
     pub seconds: f64,
-    /// Archive names of the entries that changed while the backup ran. A
-    /// regular file written to while it was read (a log being appended to,
-    /// say) is archived at the size it had when opened: cut there if it
-    /// grew, its end padded with zeros if it shrank, so the archive stays
-    /// whole. An entry removed or replaced by another kind of file after
-    /// its directory was listed is not archived.
+    /// Archive names of entries that changed while they were read, each
+    /// archived as it was when opened. A regular file written to meanwhile
+    /// (a log being appended to, say) is archived at its size when opened:
+    /// cut there if it grew, its end padded with zeros if it shrank, so the
+    /// archive stays whole. A directory whose listing broke off (it was
+    /// removed) holds the entries listed before.
     pub changed: Vec<String>,
+    /// Archive names of entries removed, or replaced by another kind of
+    /// file, between their directory's listing and their read: not
+    /// archived. (A named input that is gone fails the backup.)
+    pub removed: Vec<String>,
 }
 
 /// Progress reporting hook (a progress bar on a TTY, nothing otherwise).
@@ -66,11 +70,22 @@ fn survey(paths: &[PathBuf]) -> Result<(u64, u64)> {
             if meta.is_file() {
                 bytes += meta.len();
             } else if meta.is_dir() {
-                let rd = std::fs::read_dir(&path).map_err(|source| Error::Io { context: "listing backup input", path: path.clone(), source })?;
+                // Entries below the inputs may go while we look (a live
+                // tree): the archiving reports them.
+                let rd = match std::fs::read_dir(&path) {
+                    Err(e) if vanished(&e) && &path != p => continue,
+                    rd => rd.map_err(|source| Error::Io { context: "listing backup input", path: path.clone(), source })?,
+                };
                 for entry in rd {
-                    let entry = entry.map_err(|source| Error::Io { context: "listing backup input", path: path.clone(), source })?;
-                    let m = entry.metadata().map_err(|source| Error::Io { context: "reading backup input", path: entry.path(), source })?;
-                    stack.push((entry.path(), m));
+                    let entry = match entry {
+                        Err(e) if vanished(&e) => break,
+                        entry => entry.map_err(|source| Error::Io { context: "listing backup input", path: path.clone(), source })?,
+                    };
+                    match entry.metadata() {
+                        Ok(m) => stack.push((entry.path(), m)),
+                        Err(e) if vanished(&e) => {}
+                        Err(source) => return Err(Error::Io { context: "reading backup input", path: entry.path(), source }),
+                    }
                 }
             }
         }
@@ -134,79 +149,133 @@ impl Write for EncryptingWriter {
     }
 }
 
+/// What archiving saw, for the summary.
+#[derive(Debug, Default)]
+struct Walk {
+    /// Entries archived.
+    entries: u64,
+    changed: Vec<String>,
+    removed: Vec<String>,
+}
+
+impl Walk {
+    fn changed(&mut self, name: &Path) {
+        self.changed.push(name.display().to_string());
+    }
+
+    /// An entry removed or replaced since its directory was listed: not
+    /// archived, reported.
+    fn removed(&mut self, path: &Path, name: &Path) -> io::Result<()> {
+        tracing::warn!(file = %path.display(), "{} was removed or replaced while the backup ran: not archived", name.display());
+        self.removed.push(name.display().to_string());
+        Ok(())
+    }
+}
+
+/// Does this error mean the entry went away (or became another kind of
+/// file) since it was listed?
+fn vanished(e: &io::Error) -> bool {
+    use rustix::io::Errno;
+    e.kind() == io::ErrorKind::NotFound || e.raw_os_error().is_some_and(|n| [Errno::NOTDIR, Errno::LOOP, Errno::NXIO].iter().any(|x| x.raw_os_error() == n))
+}
+
 /// Archive and encrypt `paths` into `writer` (blocking). Each input is
 /// stored under its own name; directories are walked without following
 /// symlinks; headers carry mode, owner, mtime (tar's "complete" mode).
-/// Returns the plaintext and stream bytes, and the names of the files
-/// whose size changed while they were read.
-fn archive(paths: &[PathBuf], writer: EncryptingWriter) -> io::Result<(u64, u64, Vec<String>)> {
+/// Returns the plaintext and stream bytes, and what the walk saw.
+fn archive(paths: &[PathBuf], writer: EncryptingWriter) -> io::Result<(u64, u64, Walk)> {
     let mut tar = tar::Builder::new(writer);
     tar.follow_symlinks(false);
-    let mut changed = Vec::new();
+    let mut walk = Walk::default();
     for p in paths {
         let name = archive_name(p).map_err(|e| io::Error::other(e.to_string()))?;
-        append_tree(&mut tar, p, Path::new(&name), &mut changed).map_err(|e| io::Error::new(e.kind(), format!("archiving {}: {e}", p.display())))?;
+        append_tree(&mut tar, p, Path::new(&name), &mut walk, true).map_err(|e| io::Error::new(e.kind(), format!("archiving {}: {e}", p.display())))?;
     }
     let (plain, stream) = tar.into_inner()?.finish()?;
-    Ok((plain, stream, changed))
+    Ok((plain, stream, walk))
 }
 
-fn append_tree<W: Write>(tar: &mut tar::Builder<W>, path: &Path, name: &Path, changed: &mut Vec<String>) -> io::Result<()> {
+/// Archive `path` as `name`, and below it if it is a directory. Entries
+/// that go away meanwhile are reported, except a named input (`top`).
+fn append_tree<W: Write>(tar: &mut tar::Builder<W>, path: &Path, name: &Path, walk: &mut Walk, top: bool) -> io::Result<()> {
     let meta = match std::fs::symlink_metadata(path) {
-        Err(e) if e.kind() == io::ErrorKind::NotFound => return gone(path, name, changed),
+        Err(e) if !top && vanished(&e) => return walk.removed(path, name),
         meta => meta?,
     };
     let ft = meta.file_type();
     if ft.is_file() {
-        return append_file(tar, path, name, changed);
+        return append_file(tar, path, name, walk, top);
     }
     let mut header = tar::Header::new_gnu();
     header.set_metadata_in_mode(&meta, tar::HeaderMode::Complete);
     if ft.is_symlink() {
         let target = match std::fs::read_link(path) {
-            Err(e) if e.kind() == io::ErrorKind::NotFound => return gone(path, name, changed),
+            // EINVAL: no longer a symlink.
+            Err(e) if !top && (vanished(&e) || e.raw_os_error() == Some(rustix::io::Errno::INVAL.raw_os_error())) => return walk.removed(path, name),
             target => target?,
         };
-        tar.append_link(&mut header, name, target)
+        tar.append_link(&mut header, name, target)?;
     } else if ft.is_dir() {
         let listing = match std::fs::read_dir(path) {
-            Err(e) if e.kind() == io::ErrorKind::NotFound => return gone(path, name, changed),
+            Err(e) if !top && vanished(&e) => return walk.removed(path, name),
             listing => listing?,
         };
+        let mut entries = Vec::new();
+        for entry in listing {
+            match entry {
+                Ok(e) => entries.push(e),
+                // Removed while it was listed: what was listed is archived.
+                Err(e) if vanished(&e) => {
+                    walk.changed(name);
+                    break;
+                }
+                Err(e) => return Err(e),
+            }
+        }
         tar.append_data(&mut header, name, io::empty())?;
-        let mut entries = listing.collect::<io::Result<Vec<_>>>()?;
+        walk.entries += 1;
         entries.sort_by_key(|e| e.file_name());
         for e in entries {
-            append_tree(tar, &e.path(), &name.join(e.file_name()), changed)?;
+            append_tree(tar, &e.path(), &name.join(e.file_name()), walk, false)?;
         }
-        Ok(())
+        return Ok(());
     } else {
         // Devices, FIFOs and sockets: their header only, as tar does.
-        tar.append_data(&mut header, name, io::empty())
+        tar.append_data(&mut header, name, io::empty())?;
     }
+    walk.entries += 1;
+    Ok(())
 }
 
-/// A regular file. It is opened without following a symlink and without
-/// blocking (a name replaced since the listing by a symlink, a FIFO or a
-/// device must neither be followed nor hang the backup), and its header
-/// comes from the open file's own status, so header and data describe one
-/// file. One that changed while it was read is archived at its size when
-/// opened (see [`FileData`]) and reported.
-fn append_file<W: Write>(tar: &mut tar::Builder<W>, path: &Path, name: &Path, changed: &mut Vec<String>) -> io::Result<()> {
+/// A regular file. It is opened without following a symlink in its last
+/// component and without blocking (a name replaced since the listing by a
+/// symlink, a FIFO or a device must neither be followed nor hang the
+/// backup), and its header comes from the open file's own status, so
+/// header and data describe one file. One that changed while it was read
+/// is archived at its size when opened (see [`FileData`]) and reported.
+fn append_file<W: Write>(tar: &mut tar::Builder<W>, path: &Path, name: &Path, walk: &mut Walk, top: bool) -> io::Result<()> {
     use rustix::fs::{Mode, OFlags};
-    let file = match rustix::fs::open(path, OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::NONBLOCK | OFlags::CLOEXEC, Mode::empty()) {
+    let flags = OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::NONBLOCK | OFlags::NOCTTY | OFlags::CLOEXEC;
+    let file = match rustix::fs::open(path, flags, Mode::empty()) {
         Ok(fd) => std::fs::File::from(fd),
-        Err(e) if e == rustix::io::Errno::NOENT || e == rustix::io::Errno::LOOP => return gone(path, name, changed),
+        Err(e) if !top && vanished(&e.into()) => return walk.removed(path, name),
         Err(e) => return Err(e.into()),
     };
     let before = file.metadata()?;
     if !before.is_file() {
-        return gone(path, name, changed);
+        if top {
+            return Err(io::Error::other("it was replaced by something other than a regular file"));
+        }
+        return walk.removed(path, name);
     }
+    // Blocking reads again: O_NONBLOCK was for the open, and a FUSE file
+    // system may honour it on reads.
+    rustix::fs::fcntl_setfl(&file, OFlags::empty())?;
     let mut header = tar::Header::new_gnu();
     header.set_metadata_in_mode(&before, tar::HeaderMode::Complete);
     let mut data = FileData { file: &file, left: before.len(), shrank: false };
     tar.append_data(&mut header, name, io::BufReader::with_capacity(keybridge_net::FILE_IO_BUF, &mut data))?;
+    walk.entries += 1;
     let after = file.metadata()?;
     if data.shrank || modified(&before, &after) {
         tracing::warn!(
@@ -216,7 +285,7 @@ fn append_file<W: Write>(tar: &mut tar::Builder<W>, path: &Path, name: &Path, ch
             before.len(),
             if data.shrank { " (its end padded with zeros)" } else { "" }
         );
-        changed.push(name.display().to_string());
+        walk.changed(name);
     }
     Ok(())
 }
@@ -227,14 +296,6 @@ fn modified(before: &std::fs::Metadata, after: &std::fs::Metadata) -> bool {
     use std::os::unix::fs::MetadataExt;
     (before.len(), before.mtime(), before.mtime_nsec(), before.ctime(), before.ctime_nsec())
         != (after.len(), after.mtime(), after.mtime_nsec(), after.ctime(), after.ctime_nsec())
-}
-
-/// An entry removed, or replaced by another kind of file, between the
-/// listing and its read: not archived, reported with the changed files.
-fn gone(path: &Path, name: &Path, changed: &mut Vec<String>) -> io::Result<()> {
-    tracing::warn!(file = %path.display(), "{} was removed or replaced while the backup ran: not archived", name.display());
-    changed.push(name.display().to_string());
-    Ok(())
 }
 
 /// A regular file's data as its tar header declares it: exactly `left`
@@ -278,7 +339,7 @@ pub async fn backup(svc: &ServiceClient, pool: &str, paths: &[PathBuf], progress
     if paths.is_empty() {
         return Err(Error::Input { what: "backup".into(), reason: "name at least one file or directory".into() });
     }
-    let (entries, bytes) = survey(paths)?;
+    let (_, bytes) = survey(paths)?;
     if let Some(p) = &progress {
         p.set_length(bytes);
     }
@@ -316,7 +377,7 @@ pub async fn backup(svc: &ServiceClient, pool: &str, paths: &[PathBuf], progress
     // The upload's error is the cause when both failed (a dead agent makes
     // the archiver's sends fail too).
     let stored = uploaded?;
-    let (plain_bytes, stream_bytes, changed) = produced.map_err(|e| Error::Input { what: "backup input".into(), reason: e.to_string() })?;
+    let (plain_bytes, stream_bytes, walk) = produced.map_err(|e| Error::Input { what: "backup input".into(), reason: e.to_string() })?;
     // TLS carried the bytes intact and every chunk is authenticated, so the
     // count is the check here; the agent's checksum is recorded with the
     // job so a later restore can tell the agent's copy changed.
@@ -331,7 +392,7 @@ pub async fn backup(svc: &ServiceClient, pool: &str, paths: &[PathBuf], progress
         p.finish_and_clear();
     }
     // Only now is the job complete.
-    let done = JobCompletion { stream_bytes, stream_checksum: sha.clone(), plain_bytes, files: entries };
+    let done = JobCompletion { stream_bytes, stream_checksum: sha.clone(), plain_bytes, files: walk.entries };
     svc.complete_job(&started.job_id, &done).await?;
     Ok(BackupSummary {
         job_id: started.job_id,
@@ -339,34 +400,21 @@ pub async fn backup(svc: &ServiceClient, pool: &str, paths: &[PathBuf], progress
         client: svc.name().to_owned(),
         dek_id: started.grant.dek_id,
         media_agent: agent,
-        files: entries,
+        files: walk.entries,
         plain_bytes,
         stream_bytes,
         stream_checksum: sha,
         seconds: t0.elapsed().as_secs_f64(),
-        changed,
+        changed: walk.changed,
+        removed: walk.removed,
     })
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::unpack::tests::Trickle;
     use std::io::Read;
-
-    /// Gives at most `most` bytes a read.
-    struct Trickle<'a> {
-        data: &'a [u8],
-        most: usize,
-    }
-
-    impl Read for Trickle<'_> {
-        fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-            let n = buf.len().min(self.most).min(self.data.len());
-            buf[..n].copy_from_slice(&self.data[..n]);
-            self.data = &self.data[n..];
-            Ok(n)
-        }
-    }
 
     /// An archive of one file whose data reader gives `actual` bytes (at
     /// most `most` a read) while its header declares `declared`, then of a
@@ -418,18 +466,18 @@ mod tests {
         }
     }
 
-    /// Archive `paths` (under their own names) into a tar in memory: the
-    /// entries' names and sizes, and the changed list.
-    fn archive_paths(paths: &[&Path]) -> (Vec<(String, u64)>, Vec<String>) {
+    /// Archive `paths` (named inputs, under their own names) into a tar in
+    /// memory: the entries' names and sizes, and what the walk saw.
+    fn archive_paths(paths: &[&Path]) -> (Vec<(String, u64)>, Walk) {
         let mut tar = tar::Builder::new(Vec::new());
-        let mut changed = Vec::new();
+        let mut walk = Walk::default();
         for p in paths {
-            append_tree(&mut tar, p, Path::new(p.file_name().unwrap()), &mut changed).unwrap();
+            append_tree(&mut tar, p, Path::new(p.file_name().unwrap()), &mut walk, true).unwrap();
         }
         let bytes = tar.into_inner().unwrap();
         let mut read = tar::Archive::new(&bytes[..]);
         let names = read.entries().unwrap().map(|e| e.unwrap()).map(|e| (e.path().unwrap().display().to_string(), e.size())).collect();
-        (names, changed)
+        (names, walk)
     }
 
     #[test]
@@ -439,10 +487,11 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let tail = dir.path().join("z.txt");
         std::fs::write(&tail, b"tail").unwrap();
-        let (names, changed) = archive_paths(&[Path::new("/proc/self/status"), &tail]);
+        let (names, walk) = archive_paths(&[Path::new("/proc/self/status"), &tail]);
         assert_eq!(names, [("status".to_owned(), 0), ("z.txt".to_owned(), 4)]);
         // Its status does not change as it is read: not reported (as GNU tar).
-        assert!(changed.is_empty(), "{changed:?}");
+        assert!(walk.changed.is_empty() && walk.removed.is_empty(), "{walk:?}");
+        assert_eq!(walk.entries, 2);
     }
 
     #[test]
@@ -453,19 +502,27 @@ mod tests {
         std::os::unix::fs::symlink(d.join("real"), d.join("link")).unwrap();
         rustix::fs::mknodat(rustix::fs::CWD, d.join("fifo"), rustix::fs::FileType::Fifo, rustix::fs::Mode::from_raw_mode(0o600), 0).unwrap();
         let mut tar = tar::Builder::new(Vec::new());
-        let mut changed = Vec::new();
+        let mut walk = Walk::default();
         // Listed as regular files, found otherwise when opened: a symlink
         // is not followed, a FIFO does not block.
         for n in ["link", "fifo", "missing"] {
-            append_file(&mut tar, &d.join(n), Path::new(n), &mut changed).unwrap();
+            append_file(&mut tar, &d.join(n), Path::new(n), &mut walk, false).unwrap();
         }
         // Removed after its directory was listed.
-        append_tree(&mut tar, &d.join("gone"), Path::new("gone"), &mut changed).unwrap();
-        append_file(&mut tar, &d.join("real"), Path::new("real"), &mut changed).unwrap();
-        assert_eq!(changed, ["link", "fifo", "missing", "gone"]);
+        append_tree(&mut tar, &d.join("gone"), Path::new("gone"), &mut walk, false).unwrap();
+        append_file(&mut tar, &d.join("real"), Path::new("real"), &mut walk, false).unwrap();
+        assert_eq!(walk.removed, ["link", "fifo", "missing", "gone"]);
+        assert!(walk.changed.is_empty());
+        assert_eq!(walk.entries, 1);
         let bytes = tar.into_inner().unwrap();
         let names: Vec<String> = tar::Archive::new(&bytes[..]).entries().unwrap().map(|e| e.unwrap().path().unwrap().display().to_string()).collect();
         assert_eq!(names, ["real"]);
+        // A named input that is gone fails the backup.
+        let mut tar = tar::Builder::new(Vec::new());
+        let e = append_tree(&mut tar, &d.join("gone"), Path::new("gone"), &mut walk, true).unwrap_err();
+        assert_eq!(e.kind(), io::ErrorKind::NotFound);
+        let e = append_file(&mut tar, &d.join("fifo"), Path::new("fifo"), &mut walk, true).unwrap_err();
+        assert!(e.to_string().contains("replaced"), "{e}");
     }
 
     #[test]

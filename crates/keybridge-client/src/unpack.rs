@@ -504,7 +504,7 @@ impl Unpacker {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
     #[test]
@@ -561,10 +561,11 @@ mod tests {
         b.into_inner().unwrap()
     }
 
-    /// Hands over at most `most` bytes a read, as the download's batches do.
-    struct Trickle<'a> {
-        data: &'a [u8],
-        most: usize,
+    /// Hands over at most `most` bytes a read, as the download's batches do
+    /// (and as a file may).
+    pub(crate) struct Trickle<'a> {
+        pub(crate) data: &'a [u8],
+        pub(crate) most: usize,
     }
 
     impl Read for Trickle<'_> {

@@ -116,25 +116,37 @@ fn kept_open(path: &Path) -> Option<Arc<File>> {
 }
 
 /// Bytes of memory this process may still fill: `MemAvailable`, or less
-/// if its cgroup (v2) has a `memory.max` closer to `memory.current`.
+/// if a cgroup (v2) it is in has a `memory.max` closer to its
+/// `memory.current`.
 fn available_memory() -> Option<u64> {
     let info = std::fs::read_to_string("/proc/meminfo").ok()?;
     let line = info.lines().find(|l| l.starts_with("MemAvailable:"))?;
     let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
     let system = kib.checked_mul(1024)?;
-    Some(cgroup_room().map_or(system, |room| room.min(system)))
+    let cgroups = std::fs::read_to_string("/proc/self/cgroup").ok();
+    let room = cgroups.as_deref().and_then(|c| c.lines().find_map(|l| l.strip_prefix("0::"))).and_then(|rel| cgroup_room(Path::new("/sys/fs/cgroup"), rel));
+    Some(room.map_or(system, |room| room.min(system)))
 }
 
-/// `memory.max - memory.current` of this process's cgroup v2, if it has
-/// a limit.
-fn cgroup_room() -> Option<u64> {
-    let cgroups = std::fs::read_to_string("/proc/self/cgroup").ok()?;
-    let rel = cgroups.lines().find_map(|l| l.strip_prefix("0::"))?;
-    let dir = Path::new("/sys/fs/cgroup").join(rel.trim_start_matches('/'));
-    let read = |name: &str| std::fs::read_to_string(dir.join(name)).ok();
-    let max: u64 = read("memory.max")?.trim().parse().ok()?; // "max": no limit
-    let current: u64 = read("memory.current")?.trim().parse().ok()?;
-    Some(max.saturating_sub(current))
+/// The least `memory.max - memory.current` of the cgroup `rel` under `root`
+/// and of its ancestors, among those with a limit (`None`: no limit). The
+/// current use counts page cache the kernel could reclaim, so this errs
+/// towards not reading ahead.
+fn cgroup_room(root: &Path, rel: &str) -> Option<u64> {
+    let mut dir = root.join(rel.trim_start_matches('/'));
+    let mut room: Option<u64> = None;
+    while dir.starts_with(root) {
+        let number = |name: &str| std::fs::read_to_string(dir.join(name)).ok()?.trim().parse::<u64>().ok();
+        // "max" (no limit) does not parse.
+        if let (Some(max), Some(current)) = (number("memory.max"), number("memory.current")) {
+            let here = max.saturating_sub(current);
+            room = Some(room.map_or(here, |r| r.min(here)));
+        }
+        if !dir.pop() {
+            break;
+        }
+    }
+    room
 }
 
 #[cfg(test)]
@@ -153,7 +165,25 @@ mod tests {
         }
         assert_eq!(p.read.load(Ordering::Relaxed), len, "the whole file is read");
         assert!(Prefetch::start_within(&small, 2 * len - 1).is_none(), "a file over half the memory is not read ahead");
-        assert!(available_memory().is_some_and(|m| m > 0));
+        assert!(available_memory().is_some());
+    }
+
+    #[test]
+    fn the_tightest_cgroup_limit_on_the_way_up_counts() {
+        let root = tempfile::tempdir().unwrap();
+        let put = |dir: &str, max: &str, current: &str| {
+            let d = root.path().join(dir);
+            std::fs::create_dir_all(&d).unwrap();
+            std::fs::write(d.join("memory.max"), format!("{max}\n")).unwrap();
+            std::fs::write(d.join("memory.current"), format!("{current}\n")).unwrap();
+        };
+        put("a", "1000", "400");
+        put("a/b", "max", "100");
+        put("a/b/c", "2000", "1900");
+        put("free", "max", "5");
+        assert_eq!(cgroup_room(root.path(), "/a/b"), Some(600));
+        assert_eq!(cgroup_room(root.path(), "/a/b/c"), Some(100));
+        assert_eq!(cgroup_room(root.path(), "/free"), None);
     }
 
     const CHILD_FILE: &str = "KEYBRIDGE_TEST_PREFETCH_LOCK_FILE";
@@ -194,8 +224,9 @@ mod tests {
             assert!(out.status.success() && stdout.contains("write lock taken"), "{}\n{stdout}", out.status);
             !stdout.contains("write lock taken: true")
         };
-        // Without this the checks below would mean nothing.
+        // Without these the checks below would mean nothing.
         assert!(locked_elsewhere(), "an open catalog is not seen as in use by another process");
+        assert!(Prefetch::start(&path).is_some(), "the catalog is read ahead here");
         for _ in 0..2 {
             // The second run finds the descriptor already kept.
             assert!(catalog.verify_audit().await.unwrap().ok());
