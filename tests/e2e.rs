@@ -59,6 +59,14 @@ async fn a_file_that_changes_while_read_is_reported_and_the_rest_restores() {
     let log = src.path().join("grow.log");
     std::fs::write(&log, vec![b'a'; 32 << 20]).unwrap();
     let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    // Stops the appender if an assertion below fails, too.
+    struct Stop(std::sync::Arc<std::sync::atomic::AtomicBool>);
+    impl Drop for Stop {
+        fn drop(&mut self) {
+            self.0.store(true, std::sync::atomic::Ordering::Relaxed);
+        }
+    }
+    let _stop = Stop(stop.clone());
     let appender = {
         let (log, stop) = (log.clone(), stop.clone());
         std::thread::spawn(move || {

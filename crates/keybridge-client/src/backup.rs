@@ -54,10 +54,11 @@ pub struct BackupSummary {
 /// Progress reporting hook (a progress bar on a TTY, nothing otherwise).
 pub type Progress = Option<indicatif::ProgressBar>;
 
-/// Check the inputs and count what will be archived: (entries, bytes).
-fn survey(paths: &[PathBuf]) -> Result<(u64, u64)> {
+/// Check the inputs and count the bytes of their regular files (for the
+/// progress bar).
+fn survey(paths: &[PathBuf]) -> Result<u64> {
     let mut names = std::collections::HashSet::new();
-    let (mut entries, mut bytes) = (0u64, 0u64);
+    let mut bytes = 0u64;
     for p in paths {
         let meta = std::fs::symlink_metadata(p).map_err(|source| Error::Io { context: "reading backup input", path: p.clone(), source })?;
         let name = archive_name(p)?;
@@ -66,7 +67,6 @@ fn survey(paths: &[PathBuf]) -> Result<(u64, u64)> {
         }
         let mut stack = vec![(p.clone(), meta)];
         while let Some((path, meta)) = stack.pop() {
-            entries += 1;
             if meta.is_file() {
                 bytes += meta.len();
             } else if meta.is_dir() {
@@ -90,7 +90,7 @@ fn survey(paths: &[PathBuf]) -> Result<(u64, u64)> {
             }
         }
     }
-    Ok((entries, bytes))
+    Ok(bytes)
 }
 
 /// The top-level name an input gets in the archive: its last component.
@@ -339,7 +339,7 @@ pub async fn backup(svc: &ServiceClient, pool: &str, paths: &[PathBuf], progress
     if paths.is_empty() {
         return Err(Error::Input { what: "backup".into(), reason: "name at least one file or directory".into() });
     }
-    let (_, bytes) = survey(paths)?;
+    let bytes = survey(paths)?;
     if let Some(p) = &progress {
         p.set_length(bytes);
     }
