@@ -274,7 +274,11 @@ fn append_file<W: Write>(tar: &mut tar::Builder<W>, path: &Path, name: &Path, wa
     let mut header = tar::Header::new_gnu();
     header.set_metadata_in_mode(&before, tar::HeaderMode::Complete);
     let mut data = FileData { file: &file, left: before.len(), shrank: false };
-    tar.append_data(&mut header, name, io::BufReader::with_capacity(keybridge_net::FILE_IO_BUF, &mut data))?;
+    // No larger than the file: `FileData` has no `read_buf`, so the buffer
+    // is zeroed before its first read, and 256 KiB zeroed for each small
+    // file doubled the client's CPU on 100,000 files (0.3 -> 0.6 s).
+    let buffer = usize::try_from(before.len()).unwrap_or(usize::MAX).min(keybridge_net::FILE_IO_BUF);
+    tar.append_data(&mut header, name, io::BufReader::with_capacity(buffer, &mut data))?;
     walk.entries += 1;
     let after = file.metadata()?;
     if data.shrank || modified(&before, &after) {
