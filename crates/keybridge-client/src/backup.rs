@@ -9,10 +9,13 @@
 //! channel between them keeps memory flat whatever the size of the backup.
 
 use std::io::{self, Write};
+use std::os::fd::{AsFd, BorrowedFd};
+use std::os::unix::ffi::{OsStrExt, OsStringExt};
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use bytes::Bytes;
+use rustix::fs::{AtFlags, FileType, Mode, OFlags};
 use serde::Serialize;
 
 use super::ServiceClient;
@@ -150,12 +153,25 @@ impl Write for EncryptingWriter {
 }
 
 /// What archiving saw, for the summary.
-#[derive(Debug, Default)]
+#[derive(Default)]
 struct Walk {
     /// Entries archived.
     entries: u64,
     changed: Vec<String>,
     removed: Vec<String>,
+    /// Called with each directory's path once it is listed: a test changes
+    /// the tree there.
+    #[cfg(test)]
+    listed: Option<ListedHook>,
+}
+
+#[cfg(test)]
+type ListedHook = Box<dyn FnMut(&Path) + Send>;
+
+impl std::fmt::Debug for Walk {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Walk").field("entries", &self.entries).field("changed", &self.changed).field("removed", &self.removed).finish_non_exhaustive()
+    }
 }
 
 impl Walk {
@@ -184,89 +200,163 @@ fn vanished(e: &io::Error) -> bool {
 /// symlinks; headers carry mode, owner, mtime (tar's "complete" mode).
 /// Returns the plaintext and stream bytes, and what the walk saw.
 fn archive(paths: &[PathBuf], writer: EncryptingWriter) -> io::Result<(u64, u64, Walk)> {
+    raise_open_file_limit();
     let mut tar = tar::Builder::new(writer);
     tar.follow_symlinks(false);
     let mut walk = Walk::default();
     for p in paths {
         let name = archive_name(p).map_err(|e| io::Error::other(e.to_string()))?;
-        append_tree(&mut tar, p, Path::new(&name), &mut walk, true).map_err(|e| io::Error::new(e.kind(), format!("archiving {}: {e}", p.display())))?;
+        append_tree(&mut tar, At::input(p), Path::new(&name), &mut walk, true).map_err(|e| io::Error::new(e.kind(), format!("archiving {}: {e}", p.display())))?;
     }
     let (plain, stream) = tar.into_inner()?.finish()?;
     Ok((plain, stream, walk))
 }
 
-/// Archive `path` as `name`, and below it if it is a directory. Entries
-/// that go away meanwhile are reported, except a named input (`top`).
-fn append_tree<W: Write>(tar: &mut tar::Builder<W>, path: &Path, name: &Path, walk: &mut Walk, top: bool) -> io::Result<()> {
-    let meta = match std::fs::symlink_metadata(path) {
-        Err(e) if !top && vanished(&e) => return walk.removed(path, name),
-        meta => meta?,
+/// The walk holds one open directory per level below an input; a deep tree
+/// would run out of descriptors at the usual soft limit of 1,024 long
+/// before the hard one (as a path, it could be 2,048 levels deep).
+fn raise_open_file_limit() {
+    use rustix::process::{getrlimit, setrlimit, Resource};
+    let limit = getrlimit(Resource::Nofile);
+    if limit.current < limit.maximum {
+        let _ = setrlimit(Resource::Nofile, rustix::process::Rlimit { current: limit.maximum, maximum: limit.maximum });
+    }
+}
+
+/// Where an entry is. Below a named input, every entry is reached from its
+/// open parent directory by its one name (`openat`), never by its path: a
+/// directory replaced by a symlink after it was opened cannot lead the
+/// walk outside the tree. A named input is resolved by its path as given.
+#[derive(Clone, Copy)]
+struct At<'a> {
+    dir: BorrowedFd<'a>,
+    /// Its name in `dir` (a named input: its whole path).
+    rel: &'a Path,
+    /// Its path, for messages only.
+    path: &'a Path,
+    /// Its type as the listing gave it (`Unknown`: ask the file system).
+    /// Only a hint: each open checks what it finds.
+    listed: FileType,
+}
+
+impl<'a> At<'a> {
+    fn input(path: &'a Path) -> Self {
+        At { dir: rustix::fs::CWD, rel: path, path, listed: FileType::Unknown }
+    }
+
+    fn open(&self, flags: OFlags) -> rustix::io::Result<std::fs::File> {
+        rustix::fs::openat(self.dir, self.rel, flags | OFlags::NOFOLLOW | OFlags::CLOEXEC, Mode::empty()).map(std::fs::File::from)
+    }
+}
+
+/// Archive the entry at `at` as `name`, and below it if it is a directory.
+/// Entries that go away meanwhile are reported, except a named input
+/// (`top`).
+fn append_tree<W: Write>(tar: &mut tar::Builder<W>, at: At<'_>, name: &Path, walk: &mut Walk, top: bool) -> io::Result<()> {
+    let kind = match at.listed {
+        FileType::Unknown => match rustix::fs::statat(at.dir, at.rel, AtFlags::SYMLINK_NOFOLLOW) {
+            Ok(st) => FileType::from_raw_mode(st.st_mode),
+            Err(e) if !top && vanished(&e.into()) => return walk.removed(at.path, name),
+            Err(e) => return Err(e.into()),
+        },
+        kind => kind,
     };
-    let ft = meta.file_type();
-    if ft.is_file() {
-        return append_file(tar, path, name, walk, top);
+    match kind {
+        FileType::RegularFile => append_file(tar, at, name, walk, top),
+        FileType::Directory => append_dir(tar, at, name, walk, top),
+        // Symlinks, devices, FIFOs and sockets: opened as themselves
+        // (`O_PATH`: nothing is read, a device is not opened) so header and
+        // link target come from the one entry.
+        _ => {
+            let entry = match at.open(OFlags::PATH) {
+                Ok(file) => file,
+                Err(e) if !top && vanished(&e.into()) => return walk.removed(at.path, name),
+                Err(e) => return Err(e.into()),
+            };
+            let meta = entry.metadata()?;
+            let mut header = tar::Header::new_gnu();
+            header.set_metadata_in_mode(&meta, tar::HeaderMode::Complete);
+            let ft = meta.file_type();
+            if ft.is_symlink() {
+                // An empty name: the link `entry` is itself.
+                let target = rustix::fs::readlinkat(&entry, c"", Vec::new())?;
+                tar.append_link(&mut header, name, std::ffi::OsStr::from_bytes(target.as_bytes()))?;
+            } else if ft.is_file() || ft.is_dir() {
+                return replaced(at, name, walk, top);
+            } else {
+                // Devices, FIFOs and sockets: their header only, as tar does.
+                tar.append_data(&mut header, name, io::empty())?;
+            }
+            walk.entries += 1;
+            Ok(())
+        }
+    }
+}
+
+/// The entry at `at` turned out to be of another type than it was when
+/// listed: reported as removed, or an error for a named input.
+fn replaced(at: At<'_>, name: &Path, walk: &mut Walk, top: bool) -> io::Result<()> {
+    if top {
+        return Err(io::Error::other("it was replaced by another kind of file while the backup started"));
+    }
+    walk.removed(at.path, name)
+}
+
+/// A directory: its header, then its entries in name order, each reached
+/// through this directory's descriptor.
+fn append_dir<W: Write>(tar: &mut tar::Builder<W>, at: At<'_>, name: &Path, walk: &mut Walk, top: bool) -> io::Result<()> {
+    let dir = match at.open(OFlags::RDONLY | OFlags::DIRECTORY) {
+        Ok(dir) => dir,
+        Err(e) if !top && vanished(&e.into()) => return walk.removed(at.path, name),
+        Err(e) => return Err(e.into()),
+    };
+    let meta = dir.metadata()?;
+    let mut entries = Vec::new();
+    for entry in rustix::fs::Dir::read_from(&dir)? {
+        match entry {
+            Ok(e) if matches!(e.file_name().to_bytes(), b"." | b"..") => {}
+            Ok(e) => entries.push((std::ffi::OsString::from_vec(e.file_name().to_bytes().to_vec()), e.file_type())),
+            // Removed while it was listed: what was listed is archived.
+            Err(e) if vanished(&e.into()) => {
+                tracing::warn!(file = %at.path.display(), "{} was removed while it was listed: the entries listed before are archived", name.display());
+                walk.changed(name);
+                break;
+            }
+            Err(e) => return Err(e.into()),
+        }
+    }
+    #[cfg(test)]
+    if let Some(hook) = walk.listed.as_mut() {
+        hook(at.path);
     }
     let mut header = tar::Header::new_gnu();
     header.set_metadata_in_mode(&meta, tar::HeaderMode::Complete);
-    if ft.is_symlink() {
-        let target = match std::fs::read_link(path) {
-            // EINVAL: no longer a symlink.
-            Err(e) if !top && (vanished(&e) || e.raw_os_error() == Some(rustix::io::Errno::INVAL.raw_os_error())) => return walk.removed(path, name),
-            target => target?,
-        };
-        tar.append_link(&mut header, name, target)?;
-    } else if ft.is_dir() {
-        let listing = match std::fs::read_dir(path) {
-            Err(e) if !top && vanished(&e) => return walk.removed(path, name),
-            listing => listing?,
-        };
-        let mut entries = Vec::new();
-        for entry in listing {
-            match entry {
-                Ok(e) => entries.push(e),
-                // Removed while it was listed: what was listed is archived.
-                Err(e) if vanished(&e) => {
-                    walk.changed(name);
-                    break;
-                }
-                Err(e) => return Err(e),
-            }
-        }
-        tar.append_data(&mut header, name, io::empty())?;
-        walk.entries += 1;
-        entries.sort_by_key(|e| e.file_name());
-        for e in entries {
-            append_tree(tar, &e.path(), &name.join(e.file_name()), walk, false)?;
-        }
-        return Ok(());
-    } else {
-        // Devices, FIFOs and sockets: their header only, as tar does.
-        tar.append_data(&mut header, name, io::empty())?;
-    }
+    tar.append_data(&mut header, name, io::empty())?;
     walk.entries += 1;
+    entries.sort_unstable_by(|a, b| a.0.cmp(&b.0));
+    for (file_name, listed) in entries {
+        let path = at.path.join(&file_name);
+        let child = At { dir: dir.as_fd(), rel: Path::new(&file_name), path: &path, listed };
+        append_tree(tar, child, &name.join(&file_name), walk, false)?;
+    }
     Ok(())
 }
 
-/// A regular file. It is opened without following a symlink in its last
-/// component and without blocking (a name replaced since the listing by a
-/// symlink, a FIFO or a device must neither be followed nor hang the
-/// backup), and its header comes from the open file's own status, so
-/// header and data describe one file. One that changed while it was read
-/// is archived at its size when opened (see [`FileData`]) and reported.
-fn append_file<W: Write>(tar: &mut tar::Builder<W>, path: &Path, name: &Path, walk: &mut Walk, top: bool) -> io::Result<()> {
-    use rustix::fs::{Mode, OFlags};
-    let flags = OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::NONBLOCK | OFlags::NOCTTY | OFlags::CLOEXEC;
-    let file = match rustix::fs::open(path, flags, Mode::empty()) {
-        Ok(fd) => std::fs::File::from(fd),
-        Err(e) if !top && vanished(&e.into()) => return walk.removed(path, name),
+/// A regular file. It is opened without following a symlink and without
+/// blocking (a name replaced since the listing by a symlink, a FIFO or a
+/// device must neither be followed nor hang the backup), and its header
+/// comes from the open file's own status, so header and data describe one
+/// file. One that changed while it was read is archived at its size when
+/// opened (see [`FileData`]) and reported.
+fn append_file<W: Write>(tar: &mut tar::Builder<W>, at: At<'_>, name: &Path, walk: &mut Walk, top: bool) -> io::Result<()> {
+    let file = match at.open(OFlags::RDONLY | OFlags::NONBLOCK | OFlags::NOCTTY) {
+        Ok(file) => file,
+        Err(e) if !top && vanished(&e.into()) => return walk.removed(at.path, name),
         Err(e) => return Err(e.into()),
     };
     let before = file.metadata()?;
     if !before.is_file() {
-        if top {
-            return Err(io::Error::other("it was replaced by something other than a regular file"));
-        }
-        return walk.removed(path, name);
+        return replaced(at, name, walk, top);
     }
     // Blocking reads again: O_NONBLOCK was for the open, and a FUSE file
     // system may honour it on reads.
@@ -283,7 +373,7 @@ fn append_file<W: Write>(tar: &mut tar::Builder<W>, path: &Path, name: &Path, wa
     let after = file.metadata()?;
     if data.shrank || modified(&before, &after) {
         tracing::warn!(
-            file = %path.display(),
+            file = %at.path.display(),
             "{} changed while it was read: archived at the {} bytes it had when opened{}",
             name.display(),
             before.len(),
@@ -476,7 +566,7 @@ mod tests {
         let mut tar = tar::Builder::new(Vec::new());
         let mut walk = Walk::default();
         for p in paths {
-            append_tree(&mut tar, p, Path::new(p.file_name().unwrap()), &mut walk, true).unwrap();
+            append_tree(&mut tar, At::input(p), Path::new(p.file_name().unwrap()), &mut walk, true).unwrap();
         }
         let bytes = tar.into_inner().unwrap();
         let mut read = tar::Archive::new(&bytes[..]);
@@ -510,11 +600,11 @@ mod tests {
         // Listed as regular files, found otherwise when opened: a symlink
         // is not followed, a FIFO does not block.
         for n in ["link", "fifo", "missing"] {
-            append_file(&mut tar, &d.join(n), Path::new(n), &mut walk, false).unwrap();
+            append_file(&mut tar, At::input(&d.join(n)), Path::new(n), &mut walk, false).unwrap();
         }
         // Removed after its directory was listed.
-        append_tree(&mut tar, &d.join("gone"), Path::new("gone"), &mut walk, false).unwrap();
-        append_file(&mut tar, &d.join("real"), Path::new("real"), &mut walk, false).unwrap();
+        append_tree(&mut tar, At::input(&d.join("gone")), Path::new("gone"), &mut walk, false).unwrap();
+        append_file(&mut tar, At::input(&d.join("real")), Path::new("real"), &mut walk, false).unwrap();
         assert_eq!(walk.removed, ["link", "fifo", "missing", "gone"]);
         assert!(walk.changed.is_empty());
         assert_eq!(walk.entries, 1);
@@ -523,10 +613,50 @@ mod tests {
         assert_eq!(names, ["real"]);
         // A named input that is gone fails the backup.
         let mut tar = tar::Builder::new(Vec::new());
-        let e = append_tree(&mut tar, &d.join("gone"), Path::new("gone"), &mut walk, true).unwrap_err();
+        let e = append_tree(&mut tar, At::input(&d.join("gone")), Path::new("gone"), &mut walk, true).unwrap_err();
         assert_eq!(e.kind(), io::ErrorKind::NotFound);
-        let e = append_file(&mut tar, &d.join("fifo"), Path::new("fifo"), &mut walk, true).unwrap_err();
+        let e = append_file(&mut tar, At::input(&d.join("fifo")), Path::new("fifo"), &mut walk, true).unwrap_err();
         assert!(e.to_string().contains("replaced"), "{e}");
+    }
+
+    #[test]
+    fn a_directory_replaced_by_a_symlink_after_its_listing_is_not_followed() {
+        // tree/sub/file.txt, and outside/file.txt beside the tree. Once
+        // tree/sub is listed, it moves away and a symlink to outside takes
+        // its name: its entries are still read from the directory listed.
+        let dir = tempfile::tempdir().unwrap();
+        let (tree, outside) = (dir.path().join("tree"), dir.path().join("outside"));
+        std::fs::create_dir_all(tree.join("sub")).unwrap();
+        std::fs::create_dir(&outside).unwrap();
+        std::fs::write(tree.join("sub/file.txt"), b"inside").unwrap();
+        std::fs::write(outside.join("file.txt"), b"outside, not to be archived").unwrap();
+        // A symlink and a FIFO beside it: the link's own target, the FIFO's
+        // header only (opened as itself, so it does not block).
+        std::os::unix::fs::symlink("sub/file.txt", tree.join("ln")).unwrap();
+        rustix::fs::mknodat(rustix::fs::CWD, tree.join("p"), rustix::fs::FileType::Fifo, rustix::fs::Mode::from_raw_mode(0o600), 0).unwrap();
+        let mut tar = tar::Builder::new(Vec::new());
+        let sub = tree.join("sub");
+        let (moved, target) = (tree.join("sub.moved"), outside.clone());
+        let mut walk = Walk { listed: Some(Box::new(move |listed: &Path| {
+            if listed == sub {
+                std::fs::rename(&sub, &moved).unwrap();
+                std::os::unix::fs::symlink(&target, &sub).unwrap();
+            }
+        })), ..Walk::default() };
+        append_tree(&mut tar, At::input(&tree), Path::new("tree"), &mut walk, true).unwrap();
+        let bytes = tar.into_inner().unwrap();
+        let mut entries = Vec::new();
+        for e in tar::Archive::new(&bytes[..]).entries().unwrap() {
+            let mut e = e.unwrap();
+            let mut body = Vec::new();
+            e.read_to_end(&mut body).unwrap();
+            let link = e.link_name().unwrap().map(|l| l.display().to_string()).unwrap_or_default();
+            entries.push((e.path().unwrap().display().to_string(), String::from_utf8(body).unwrap(), link));
+        }
+        assert!(std::fs::symlink_metadata(tree.join("sub")).unwrap().is_symlink(), "the swap did not happen");
+        let e = |name: &str, body: &str, link: &str| (name.to_owned(), body.to_owned(), link.to_owned());
+        assert_eq!(entries, [e("tree", "", ""), e("tree/ln", "", "sub/file.txt"), e("tree/p", "", ""), e("tree/sub", "", ""), e("tree/sub/file.txt", "inside", "")]);
+        assert!(walk.changed.is_empty() && walk.removed.is_empty(), "{walk:?}");
     }
 
     #[test]
