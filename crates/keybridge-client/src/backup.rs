@@ -57,9 +57,10 @@ pub struct BackupSummary {
 /// Progress reporting hook (a progress bar on a TTY, nothing otherwise).
 pub type Progress = Option<indicatif::ProgressBar>;
 
-/// Check the inputs and count the bytes of their regular files (for the
-/// progress bar).
-fn survey(paths: &[PathBuf]) -> Result<u64> {
+/// Check the inputs and, for a progress bar (`count`), count the bytes of
+/// their regular files: a walk of the whole tree, which a backup without
+/// one does not pay.
+fn survey(paths: &[PathBuf], count: bool) -> Result<u64> {
     let mut names = std::collections::HashSet::new();
     let mut bytes = 0u64;
     for p in paths {
@@ -68,7 +69,7 @@ fn survey(paths: &[PathBuf]) -> Result<u64> {
         if !names.insert(name.clone()) {
             return Err(Error::Input { what: format!("backup input {}", p.display()), reason: format!("two inputs are both named '{name}' in the archive") });
         }
-        let mut stack = vec![(p.clone(), meta)];
+        let mut stack = if count { vec![(p.clone(), meta)] } else { Vec::new() };
         while let Some((path, meta)) = stack.pop() {
             if meta.is_file() {
                 bytes += meta.len();
@@ -433,7 +434,7 @@ pub async fn backup(svc: &ServiceClient, pool: &str, paths: &[PathBuf], progress
     if paths.is_empty() {
         return Err(Error::Input { what: "backup".into(), reason: "name at least one file or directory".into() });
     }
-    let bytes = survey(paths)?;
+    let bytes = survey(paths, progress.is_some())?;
     if let Some(p) = &progress {
         p.set_length(bytes);
     }
