@@ -188,4 +188,11 @@ pub(crate) const MIGRATIONS: &[&str] = &[
     );
     CREATE UNIQUE INDEX journal_open_by_pool ON journal(pool_id) WHERE state = 'open';
     "#,
+    // 7: deks_by_pool_client served no query (a DEK is read by its id, and
+    // counted through deks_by_pool_generation), and each DEK issued wrote
+    // to it where its client's entries end: a group commit of DEKs for n
+    // clients rewrote n of its pages.
+    r#"
+    DROP INDEX deks_by_pool_client;
+    "#,
 ];
