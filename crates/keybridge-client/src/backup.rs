@@ -45,8 +45,7 @@ pub struct BackupSummary {
     /// archived as it was when opened. A regular file written to meanwhile
     /// (a log being appended to, say) is archived at its size when opened:
     /// cut there if it grew, its end padded with zeros if it shrank, so the
-    /// archive stays whole. A directory whose listing broke off (it was
-    /// removed) holds the entries listed before.
+    /// archive stays whole.
     pub changed: Vec<String>,
     /// Archive names of entries removed, or replaced by another kind of
     /// file, between their directory's listing and their read: not
@@ -59,7 +58,9 @@ pub type Progress = Option<indicatif::ProgressBar>;
 
 /// Check the inputs and, for a progress bar (`count`), count the bytes of
 /// their regular files: a walk of the whole tree, which a backup without
-/// one does not pay.
+/// one does not pay. The walk goes as the archiving does, by directory
+/// descriptor and never through a symlink; entries that go away meanwhile
+/// (a live tree) are left to the archiving to report.
 fn survey(paths: &[PathBuf], count: bool) -> Result<u64> {
     let mut names = std::collections::HashSet::new();
     let mut bytes = 0u64;
@@ -69,28 +70,41 @@ fn survey(paths: &[PathBuf], count: bool) -> Result<u64> {
         if !names.insert(name.clone()) {
             return Err(Error::Input { what: format!("backup input {}", p.display()), reason: format!("two inputs are both named '{name}' in the archive") });
         }
-        let mut stack = if count { vec![(p.clone(), meta)] } else { Vec::new() };
-        while let Some((path, meta)) = stack.pop() {
-            if meta.is_file() {
-                bytes += meta.len();
-            } else if meta.is_dir() {
-                // Entries below the inputs may go while we look (a live
-                // tree): the archiving reports them.
-                let rd = match std::fs::read_dir(&path) {
-                    Err(e) if vanished(&e) && &path != p => continue,
-                    rd => rd.map_err(|source| Error::Io { context: "listing backup input", path: path.clone(), source })?,
-                };
-                for entry in rd {
-                    let entry = match entry {
-                        Err(e) if vanished(&e) => break,
-                        entry => entry.map_err(|source| Error::Io { context: "listing backup input", path: path.clone(), source })?,
-                    };
-                    match entry.metadata() {
-                        Ok(m) => stack.push((entry.path(), m)),
-                        Err(e) if vanished(&e) => {}
-                        Err(source) => return Err(Error::Io { context: "reading backup input", path: entry.path(), source }),
+        if !count {
+            continue;
+        }
+        if meta.is_file() {
+            bytes += meta.len();
+        }
+        if !meta.is_dir() {
+            continue;
+        }
+        let failed = |source: io::Error| Error::Io { context: "listing backup input", path: p.clone(), source };
+        let top = At::input(p).open(OFlags::RDONLY | OFlags::DIRECTORY).map_err(|e| failed(e.into()))?;
+        let mut stack = vec![(list(&top).map_err(failed)?.into_iter(), top)];
+        while let Some((entries, _)) = stack.last_mut() {
+            let Some((file_name, listed)) = entries.next() else {
+                stack.pop();
+                continue;
+            };
+            let deeper = stack.len() < MAX_DEPTH;
+            let (_, dir) = stack.last().expect("the level just read");
+            let at = At { dir: dir.as_fd(), rel: Path::new(&file_name), path: p, listed };
+            let kind = match listed {
+                FileType::Unknown | FileType::RegularFile => match rustix::fs::statat(at.dir, at.rel, AtFlags::SYMLINK_NOFOLLOW) {
+                    Ok(st) if FileType::from_raw_mode(st.st_mode) == FileType::RegularFile => {
+                        bytes += st.st_size as u64;
+                        continue;
                     }
-                }
+                    Ok(st) => FileType::from_raw_mode(st.st_mode),
+                    Err(_) => continue,
+                },
+                kind => kind,
+            };
+            if kind == FileType::Directory && deeper {
+                let Ok(sub) = at.open(OFlags::RDONLY | OFlags::DIRECTORY) else { continue };
+                let Ok(entries) = list(&sub) else { continue };
+                stack.push((entries.into_iter(), sub));
             }
         }
     }
@@ -207,20 +221,28 @@ fn archive(paths: &[PathBuf], writer: EncryptingWriter) -> io::Result<(u64, u64,
     let mut walk = Walk::default();
     for p in paths {
         let name = archive_name(p).map_err(|e| io::Error::other(e.to_string()))?;
-        append_tree(&mut tar, At::input(p), Path::new(&name), &mut walk, true).map_err(|e| io::Error::new(e.kind(), format!("archiving {}: {e}", p.display())))?;
+        append_input(&mut tar, p, Path::new(&name), &mut walk).map_err(|e| io::Error::new(e.kind(), format!("archiving {}: {e}", p.display())))?;
     }
     let (plain, stream) = tar.into_inner()?.finish()?;
     Ok((plain, stream, walk))
 }
 
-/// The walk holds one open directory per level below an input; a deep tree
-/// would run out of descriptors at the usual soft limit of 1,024 long
-/// before the hard one (as a path, it could be 2,048 levels deep).
+/// How many directories deep below a named input the walk goes; deeper is
+/// an error naming the directory. The walk holds one open directory per
+/// level. (Walking by path stopped at about 2,048 levels: a path is at most
+/// 4,096 bytes.)
+const MAX_DEPTH: usize = 4096;
+
+/// The walk holds up to [`MAX_DEPTH`] open directories, more than the usual
+/// soft limit of 1,024 descriptors: raise it as far as that needs, within
+/// the hard limit.
 fn raise_open_file_limit() {
-    use rustix::process::{getrlimit, setrlimit, Resource};
+    use rustix::process::{getrlimit, setrlimit, Resource, Rlimit};
     let limit = getrlimit(Resource::Nofile);
-    if limit.current < limit.maximum {
-        let _ = setrlimit(Resource::Nofile, rustix::process::Rlimit { current: limit.maximum, maximum: limit.maximum });
+    let want = (MAX_DEPTH + 256) as u64;
+    let raised = limit.maximum.map_or(want, |most| most.min(want));
+    if limit.current.is_some_and(|now| now < raised) {
+        let _ = setrlimit(Resource::Nofile, Rlimit { current: Some(raised), maximum: limit.maximum });
     }
 }
 
@@ -250,20 +272,76 @@ impl<'a> At<'a> {
     }
 }
 
-/// Archive the entry at `at` as `name`, and below it if it is a directory.
-/// Entries that go away meanwhile are reported, except a named input
-/// (`top`).
-fn append_tree<W: Write>(tar: &mut tar::Builder<W>, at: At<'_>, name: &Path, walk: &mut Walk, top: bool) -> io::Result<()> {
+/// The entries of the directory `dir` is open on (not `.` and `..`), in
+/// name order, with their types as listed.
+fn list(dir: &std::fs::File) -> io::Result<Vec<(std::ffi::OsString, FileType)>> {
+    let mut entries = Vec::new();
+    // A directory removed while it is listed just ends its listing.
+    for entry in rustix::fs::Dir::new(dir.try_clone()?)? {
+        let e = entry?;
+        if !matches!(e.file_name().to_bytes(), b"." | b"..") {
+            entries.push((std::ffi::OsString::from_vec(e.file_name().to_bytes().to_vec()), e.file_type()));
+        }
+    }
+    entries.sort_unstable_by(|a, b| a.0.cmp(&b.0));
+    Ok(entries)
+}
+
+/// A directory being walked: what is left of its listing, and the
+/// directory itself, through which its entries are opened.
+type Level = (std::vec::IntoIter<(std::ffi::OsString, FileType)>, std::fs::File);
+
+/// Archive the named input `input` as `name`, and everything below it, in
+/// name order. The walk keeps its own stack (a tree deep enough to
+/// overflow the thread's stack is an error, see [`MAX_DEPTH`]). Entries
+/// below the input that go away meanwhile are reported; an error names the
+/// entry it came from.
+fn append_input<W: Write>(tar: &mut tar::Builder<W>, input: &Path, name: &Path, walk: &mut Walk) -> io::Result<()> {
+    let Some(level) = append_entry(tar, At::input(input), name, walk, true)? else { return Ok(()) };
+    let (mut path, mut name) = (input.to_path_buf(), name.to_path_buf());
+    let mut stack = vec![level];
+    while let Some((entries, dir)) = stack.last_mut() {
+        let Some((file_name, listed)) = entries.next() else {
+            stack.pop();
+            path.pop();
+            name.pop();
+            continue;
+        };
+        path.push(&file_name);
+        name.push(&file_name);
+        let at = At { dir: dir.as_fd(), rel: Path::new(&file_name), path: &path, listed };
+        match append_entry(tar, at, &name, walk, false) {
+            Ok(Some(_)) if stack.len() >= MAX_DEPTH => {
+                return Err(io::Error::other(format!("{}: more than {MAX_DEPTH} directories deep", path.display())));
+            }
+            // Its entries next; `path` and `name` stay on it until then.
+            Ok(Some(level)) => {
+                stack.push(level);
+                continue;
+            }
+            Ok(None) => {}
+            Err(e) => return Err(io::Error::new(e.kind(), format!("{}: {e}", path.display()))),
+        }
+        path.pop();
+        name.pop();
+    }
+    Ok(())
+}
+
+/// Archive the entry at `at` as `name`. A directory's header is written
+/// and its listing returned, for the caller to walk. Entries that go away
+/// meanwhile are reported, except a named input (`top`).
+fn append_entry<W: Write>(tar: &mut tar::Builder<W>, at: At<'_>, name: &Path, walk: &mut Walk, top: bool) -> io::Result<Option<Level>> {
     let kind = match at.listed {
         FileType::Unknown => match rustix::fs::statat(at.dir, at.rel, AtFlags::SYMLINK_NOFOLLOW) {
             Ok(st) => FileType::from_raw_mode(st.st_mode),
-            Err(e) if !top && vanished(&e.into()) => return walk.removed(at.path, name),
+            Err(e) if !top && vanished(&e.into()) => return walk.removed(at.path, name).map(|()| None),
             Err(e) => return Err(e.into()),
         },
         kind => kind,
     };
     match kind {
-        FileType::RegularFile => append_file(tar, at, name, walk, top),
+        FileType::RegularFile => append_file(tar, at, name, walk, top).map(|()| None),
         FileType::Directory => append_dir(tar, at, name, walk, top),
         // Symlinks, devices, FIFOs and sockets: opened as themselves
         // (`O_PATH`: nothing is read, a device is not opened) so header and
@@ -271,7 +349,7 @@ fn append_tree<W: Write>(tar: &mut tar::Builder<W>, at: At<'_>, name: &Path, wal
         _ => {
             let entry = match at.open(OFlags::PATH) {
                 Ok(file) => file,
-                Err(e) if !top && vanished(&e.into()) => return walk.removed(at.path, name),
+                Err(e) if !top && vanished(&e.into()) => return walk.removed(at.path, name).map(|()| None),
                 Err(e) => return Err(e.into()),
             };
             let meta = entry.metadata()?;
@@ -283,13 +361,13 @@ fn append_tree<W: Write>(tar: &mut tar::Builder<W>, at: At<'_>, name: &Path, wal
                 let target = rustix::fs::readlinkat(&entry, c"", Vec::new())?;
                 tar.append_link(&mut header, name, std::ffi::OsStr::from_bytes(target.as_bytes()))?;
             } else if ft.is_file() || ft.is_dir() {
-                return replaced(at, name, walk, top);
+                return replaced(at, name, walk, top).map(|()| None);
             } else {
                 // Devices, FIFOs and sockets: their header only, as tar does.
                 tar.append_data(&mut header, name, io::empty())?;
             }
             walk.entries += 1;
-            Ok(())
+            Ok(None)
         }
     }
 }
@@ -303,29 +381,15 @@ fn replaced(at: At<'_>, name: &Path, walk: &mut Walk, top: bool) -> io::Result<(
     walk.removed(at.path, name)
 }
 
-/// A directory: its header, then its entries in name order, each reached
-/// through this directory's descriptor.
-fn append_dir<W: Write>(tar: &mut tar::Builder<W>, at: At<'_>, name: &Path, walk: &mut Walk, top: bool) -> io::Result<()> {
+/// A directory: its header, and its listing for the walk.
+fn append_dir<W: Write>(tar: &mut tar::Builder<W>, at: At<'_>, name: &Path, walk: &mut Walk, top: bool) -> io::Result<Option<Level>> {
     let dir = match at.open(OFlags::RDONLY | OFlags::DIRECTORY) {
         Ok(dir) => dir,
-        Err(e) if !top && vanished(&e.into()) => return walk.removed(at.path, name),
+        Err(e) if !top && vanished(&e.into()) => return walk.removed(at.path, name).map(|()| None),
         Err(e) => return Err(e.into()),
     };
     let meta = dir.metadata()?;
-    let mut entries = Vec::new();
-    for entry in rustix::fs::Dir::read_from(&dir)? {
-        match entry {
-            Ok(e) if matches!(e.file_name().to_bytes(), b"." | b"..") => {}
-            Ok(e) => entries.push((std::ffi::OsString::from_vec(e.file_name().to_bytes().to_vec()), e.file_type())),
-            // Removed while it was listed: what was listed is archived.
-            Err(e) if vanished(&e.into()) => {
-                tracing::warn!(file = %at.path.display(), "{} was removed while it was listed: the entries listed before are archived", name.display());
-                walk.changed(name);
-                break;
-            }
-            Err(e) => return Err(e.into()),
-        }
-    }
+    let entries = list(&dir)?;
     #[cfg(test)]
     if let Some(hook) = walk.listed.as_mut() {
         hook(at.path);
@@ -334,13 +398,7 @@ fn append_dir<W: Write>(tar: &mut tar::Builder<W>, at: At<'_>, name: &Path, walk
     header.set_metadata_in_mode(&meta, tar::HeaderMode::Complete);
     tar.append_data(&mut header, name, io::empty())?;
     walk.entries += 1;
-    entries.sort_unstable_by(|a, b| a.0.cmp(&b.0));
-    for (file_name, listed) in entries {
-        let path = at.path.join(&file_name);
-        let child = At { dir: dir.as_fd(), rel: Path::new(&file_name), path: &path, listed };
-        append_tree(tar, child, &name.join(&file_name), walk, false)?;
-    }
-    Ok(())
+    Ok(Some((entries.into_iter(), dir)))
 }
 
 /// A regular file. It is opened without following a symlink and without
@@ -567,7 +625,7 @@ mod tests {
         let mut tar = tar::Builder::new(Vec::new());
         let mut walk = Walk::default();
         for p in paths {
-            append_tree(&mut tar, At::input(p), Path::new(p.file_name().unwrap()), &mut walk, true).unwrap();
+            append_input(&mut tar, p, Path::new(p.file_name().unwrap()), &mut walk).unwrap();
         }
         let bytes = tar.into_inner().unwrap();
         let mut read = tar::Archive::new(&bytes[..]);
@@ -604,7 +662,7 @@ mod tests {
             append_file(&mut tar, At::input(&d.join(n)), Path::new(n), &mut walk, false).unwrap();
         }
         // Removed after its directory was listed.
-        append_tree(&mut tar, At::input(&d.join("gone")), Path::new("gone"), &mut walk, false).unwrap();
+        assert!(append_entry(&mut tar, At::input(&d.join("gone")), Path::new("gone"), &mut walk, false).unwrap().is_none());
         append_file(&mut tar, At::input(&d.join("real")), Path::new("real"), &mut walk, false).unwrap();
         assert_eq!(walk.removed, ["link", "fifo", "missing", "gone"]);
         assert!(walk.changed.is_empty());
@@ -614,7 +672,7 @@ mod tests {
         assert_eq!(names, ["real"]);
         // A named input that is gone fails the backup.
         let mut tar = tar::Builder::new(Vec::new());
-        let e = append_tree(&mut tar, At::input(&d.join("gone")), Path::new("gone"), &mut walk, true).unwrap_err();
+        let e = append_input(&mut tar, &d.join("gone"), Path::new("gone"), &mut walk).unwrap_err();
         assert_eq!(e.kind(), io::ErrorKind::NotFound);
         let e = append_file(&mut tar, At::input(&d.join("fifo")), Path::new("fifo"), &mut walk, true).unwrap_err();
         assert!(e.to_string().contains("replaced"), "{e}");
@@ -644,7 +702,7 @@ mod tests {
                 std::os::unix::fs::symlink(&target, &sub).unwrap();
             }
         })), ..Walk::default() };
-        append_tree(&mut tar, At::input(&tree), Path::new("tree"), &mut walk, true).unwrap();
+        append_input(&mut tar, &tree, Path::new("tree"), &mut walk).unwrap();
         let bytes = tar.into_inner().unwrap();
         let mut entries = Vec::new();
         for e in tar::Archive::new(&bytes[..]).entries().unwrap() {
@@ -658,6 +716,64 @@ mod tests {
         let e = |name: &str, body: &str, link: &str| (name.to_owned(), body.to_owned(), link.to_owned());
         assert_eq!(entries, [e("tree", "", ""), e("tree/ln", "", "sub/file.txt"), e("tree/p", "", ""), e("tree/sub", "", ""), e("tree/sub/file.txt", "inside", "")]);
         assert!(walk.changed.is_empty() && walk.removed.is_empty(), "{walk:?}");
+    }
+
+    #[test]
+    fn a_directory_replaced_by_a_symlink_before_its_open_is_reported_not_followed() {
+        // Once tree is listed, tree/sub becomes a symlink to outside: it is
+        // not archived, and nothing of outside is.
+        let dir = tempfile::tempdir().unwrap();
+        let (tree, outside) = (dir.path().join("tree"), dir.path().join("outside"));
+        std::fs::create_dir_all(tree.join("sub")).unwrap();
+        std::fs::create_dir(&outside).unwrap();
+        std::fs::write(outside.join("file.txt"), b"outside").unwrap();
+        let (listed_tree, sub, target) = (tree.clone(), tree.join("sub"), outside.clone());
+        let mut walk = Walk { listed: Some(Box::new(move |listed: &Path| {
+            if listed == listed_tree {
+                std::fs::remove_dir(&sub).unwrap();
+                std::os::unix::fs::symlink(&target, &sub).unwrap();
+            }
+        })), ..Walk::default() };
+        let mut tar = tar::Builder::new(Vec::new());
+        append_input(&mut tar, &tree, Path::new("tree"), &mut walk).unwrap();
+        let bytes = tar.into_inner().unwrap();
+        let names: Vec<String> = tar::Archive::new(&bytes[..]).entries().unwrap().map(|e| e.unwrap().path().unwrap().display().to_string()).collect();
+        assert_eq!(names, ["tree"]);
+        assert_eq!(walk.removed, ["tree/sub"]);
+    }
+
+    #[test]
+    fn a_tree_deeper_than_the_walk_goes_is_an_error_not_a_crash() {
+        // MAX_DEPTH directories below the input: one level too many. Made
+        // and walked through descriptors (its path is longer than PATH_MAX).
+        raise_open_file_limit();
+        let dir = tempfile::tempdir().unwrap();
+        let top = dir.path().join("deep");
+        std::fs::create_dir(&top).unwrap();
+        let mut fd = rustix::fs::open(&top, OFlags::RDONLY | OFlags::DIRECTORY, Mode::empty()).unwrap();
+        for _ in 0..MAX_DEPTH {
+            rustix::fs::mkdirat(&fd, "d", Mode::from_raw_mode(0o700)).unwrap();
+            fd = rustix::fs::openat(&fd, "d", OFlags::RDONLY | OFlags::DIRECTORY, Mode::empty()).unwrap();
+        }
+        let mut tar = tar::Builder::new(io::sink());
+        let e = append_input(&mut tar, &top, Path::new("deep"), &mut Walk::default()).unwrap_err();
+        assert!(e.to_string().ends_with(&format!("more than {MAX_DEPTH} directories deep")), "{e}");
+    }
+
+    #[test]
+    fn the_survey_counts_regular_files_below_the_inputs_only() {
+        let dir = tempfile::tempdir().unwrap();
+        let (tree, outside) = (dir.path().join("tree"), dir.path().join("outside"));
+        std::fs::create_dir_all(tree.join("a/b")).unwrap();
+        std::fs::create_dir(&outside).unwrap();
+        std::fs::write(tree.join("a/b/f"), vec![1u8; 100]).unwrap();
+        std::fs::write(tree.join("g"), vec![1u8; 20]).unwrap();
+        std::fs::write(outside.join("big"), vec![1u8; 5000]).unwrap();
+        std::os::unix::fs::symlink(&outside, tree.join("a/out")).unwrap();
+        let single = dir.path().join("single");
+        std::fs::write(&single, vec![1u8; 3]).unwrap();
+        assert_eq!(survey(&[tree.clone(), single.clone()], true).unwrap(), 123);
+        assert_eq!(survey(&[tree, single], false).unwrap(), 0);
     }
 
     #[test]
