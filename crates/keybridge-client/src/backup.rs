@@ -684,15 +684,21 @@ mod tests {
         assert!(e.to_string().contains("replaced"), "{e}");
     }
 
+    /// A directory holding tree/sub, and outside beside tree.
+    fn tree_beside_outside() -> (tempfile::TempDir, PathBuf, PathBuf) {
+        let dir = tempfile::tempdir().unwrap();
+        let (tree, outside) = (dir.path().join("tree"), dir.path().join("outside"));
+        std::fs::create_dir_all(tree.join("sub")).unwrap();
+        std::fs::create_dir(&outside).unwrap();
+        (dir, tree, outside)
+    }
+
     #[test]
     fn a_directory_replaced_by_a_symlink_after_its_listing_is_not_followed() {
         // tree/sub/file.txt, and outside/file.txt beside the tree. Once
         // tree/sub is listed, it moves away and a symlink to outside takes
         // its name: its entries are still read from the directory listed.
-        let dir = tempfile::tempdir().unwrap();
-        let (tree, outside) = (dir.path().join("tree"), dir.path().join("outside"));
-        std::fs::create_dir_all(tree.join("sub")).unwrap();
-        std::fs::create_dir(&outside).unwrap();
+        let (_dir, tree, outside) = tree_beside_outside();
         std::fs::write(tree.join("sub/file.txt"), b"inside").unwrap();
         std::fs::write(outside.join("file.txt"), b"outside, not to be archived").unwrap();
         // A symlink and a FIFO beside it: the link's own target, the FIFO's
@@ -728,10 +734,7 @@ mod tests {
     fn a_directory_replaced_by_a_symlink_before_its_open_is_reported_not_followed() {
         // Once tree is listed, tree/sub becomes a symlink to outside: it is
         // not archived, and nothing of outside is.
-        let dir = tempfile::tempdir().unwrap();
-        let (tree, outside) = (dir.path().join("tree"), dir.path().join("outside"));
-        std::fs::create_dir_all(tree.join("sub")).unwrap();
-        std::fs::create_dir(&outside).unwrap();
+        let (_dir, tree, outside) = tree_beside_outside();
         std::fs::write(outside.join("file.txt"), b"outside").unwrap();
         let (listed_tree, sub, target) = (tree.clone(), tree.join("sub"), outside.clone());
         let mut walk = Walk { listed: Some(Box::new(move |listed: &Path| {
