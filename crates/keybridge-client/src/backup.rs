@@ -199,10 +199,23 @@ impl Walk {
 
     /// An entry removed or replaced since its directory was listed: not
     /// archived, reported.
-    fn removed(&mut self, path: &Path, name: &Path) -> io::Result<()> {
+    fn removed(&mut self, path: &Path, name: &Path) {
         tracing::warn!(file = %path.display(), "{} was removed or replaced while the backup ran: not archived", name.display());
         self.removed.push(name.display().to_string());
-        Ok(())
+    }
+}
+
+/// What reaching the entry at `at` (its `stat` or an open) gave: `None` if
+/// it went away, or became another kind of file, since its directory was
+/// listed, which is reported; for a named input (`top`) that is an error.
+fn reached<T>(result: rustix::io::Result<T>, at: At<'_>, name: &Path, walk: &mut Walk, top: bool) -> io::Result<Option<T>> {
+    match result.map_err(io::Error::from) {
+        Ok(v) => Ok(Some(v)),
+        Err(e) if !top && vanished(&e) => {
+            walk.removed(at.path, name);
+            Ok(None)
+        }
+        Err(e) => Err(e),
     }
 }
 
@@ -338,10 +351,9 @@ fn append_input<W: Write>(tar: &mut tar::Builder<W>, input: &Path, name: &Path, 
 /// meanwhile are reported, except a named input (`top`).
 fn append_entry<W: Write>(tar: &mut tar::Builder<W>, at: At<'_>, name: &Path, walk: &mut Walk, top: bool) -> io::Result<Option<Level>> {
     let kind = match at.listed {
-        FileType::Unknown => match rustix::fs::statat(at.dir, at.rel, AtFlags::SYMLINK_NOFOLLOW) {
-            Ok(st) => FileType::from_raw_mode(st.st_mode),
-            Err(e) if !top && vanished(&e.into()) => return walk.removed(at.path, name).map(|()| None),
-            Err(e) => return Err(e.into()),
+        FileType::Unknown => match reached(rustix::fs::statat(at.dir, at.rel, AtFlags::SYMLINK_NOFOLLOW), at, name, walk, top)? {
+            Some(st) => FileType::from_raw_mode(st.st_mode),
+            None => return Ok(None),
         },
         kind => kind,
     };
@@ -352,11 +364,7 @@ fn append_entry<W: Write>(tar: &mut tar::Builder<W>, at: At<'_>, name: &Path, wa
         // (`O_PATH`: nothing is read, a device is not opened) so header and
         // link target come from the one entry.
         _ => {
-            let entry = match at.open(OFlags::PATH) {
-                Ok(file) => file,
-                Err(e) if !top && vanished(&e.into()) => return walk.removed(at.path, name).map(|()| None),
-                Err(e) => return Err(e.into()),
-            };
+            let Some(entry) = reached(at.open(OFlags::PATH), at, name, walk, top)? else { return Ok(None) };
             let meta = entry.metadata()?;
             let mut header = tar::Header::new_gnu();
             header.set_metadata_in_mode(&meta, tar::HeaderMode::Complete);
@@ -383,16 +391,13 @@ fn replaced(at: At<'_>, name: &Path, walk: &mut Walk, top: bool) -> io::Result<(
     if top {
         return Err(io::Error::other("it was replaced by another kind of file while the backup started"));
     }
-    walk.removed(at.path, name)
+    walk.removed(at.path, name);
+    Ok(())
 }
 
 /// A directory: its header, and its listing for the walk.
 fn append_dir<W: Write>(tar: &mut tar::Builder<W>, at: At<'_>, name: &Path, walk: &mut Walk, top: bool) -> io::Result<Option<Level>> {
-    let dir = match at.open(OFlags::RDONLY | OFlags::DIRECTORY) {
-        Ok(dir) => dir,
-        Err(e) if !top && vanished(&e.into()) => return walk.removed(at.path, name).map(|()| None),
-        Err(e) => return Err(e.into()),
-    };
+    let Some(dir) = reached(at.open(OFlags::RDONLY | OFlags::DIRECTORY), at, name, walk, top)? else { return Ok(None) };
     let meta = dir.metadata()?;
     let level = list(dir)?;
     #[cfg(test)]
@@ -413,11 +418,7 @@ fn append_dir<W: Write>(tar: &mut tar::Builder<W>, at: At<'_>, name: &Path, walk
 /// file. One that changed while it was read is archived at its size when
 /// opened (see [`FileData`]) and reported.
 fn append_file<W: Write>(tar: &mut tar::Builder<W>, at: At<'_>, name: &Path, walk: &mut Walk, top: bool) -> io::Result<()> {
-    let file = match at.open(OFlags::RDONLY | OFlags::NONBLOCK | OFlags::NOCTTY) {
-        Ok(file) => file,
-        Err(e) if !top && vanished(&e.into()) => return walk.removed(at.path, name),
-        Err(e) => return Err(e.into()),
-    };
+    let Some(file) = reached(at.open(OFlags::RDONLY | OFlags::NONBLOCK | OFlags::NOCTTY), at, name, walk, top)? else { return Ok(()) };
     let before = file.metadata()?;
     if !before.is_file() {
         return replaced(at, name, walk, top);
