@@ -69,8 +69,9 @@ const LOADED_BATCH: usize = 8;
 /// served at 32 concurrent, three runs each, same session: 0.52-0.62
 /// gathering without this limit, 0.72-0.75 at 16 (8: 0.61-0.66, 12:
 /// 0.68-0.70, 24: 0.69-0.71); 16 concurrent 0.42-0.47 -> 0.53-0.56; 64,
-/// 128 and 1,024 concurrent within the noise (0.66-0.77 either way), as
-/// is the CPU per DEK.
+/// 128 and 1,024 concurrent within the noise (0.66-0.77 either way); 256
+/// perhaps a few percent lower (more commits, and no idle to win back:
+/// the old window never held all 256). See design.md, "Performance notes".
 const GROUP: usize = 16;
 /// Within the window the writer sleeps in steps this long and takes what
 /// arrived; a step that brought nothing ends the gathering (the callers
