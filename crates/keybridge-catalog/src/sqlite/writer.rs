@@ -42,10 +42,11 @@ use keybridge_proto::{Error, Result};
 
 /// Largest number of jobs in one commit.
 const MAX_BATCH: usize = 512;
-/// Under load, how long the writer keeps gathering rows after the first one
-/// before it commits. Each commit costs the writer thread CPU (WAL frames,
-/// checksums, the fsync's system call), which competes with DEK issuing
-/// for the cores; gathering for a moment cuts the number of commits several
+/// Under load, how long at most the writer keeps gathering rows after the
+/// first one before it commits (it stops sooner at [`GROUP`] jobs, or at a
+/// [`GATHER_GAP`] step that brought nothing). Each commit costs the writer
+/// thread CPU (WAL frames, checksums, the fsync's system call), which
+/// competes with DEK issuing for the cores; gathering for a moment cuts the number of commits several
 /// fold. The window opens only when the previous commit held at least
 /// [`LOADED_BATCH`] rows: a few callers waiting on each commit in turn (two
 /// restores, say, each releasing a key only once its audit row is durable)
@@ -63,16 +64,16 @@ const LOADED_BATCH: usize = 8;
 /// are still taken, up to [`MAX_BATCH`]). Past it a commit's fixed cost
 /// (the fsync, locks, WAL header) is mostly shared, and waiting for more
 /// only makes more issuers wait together: with 32 concurrent issuers on
-/// two cores, all 32 gathered into one batch and both cores idled during
-/// its commit (24 % of the time). Closed at 16, half the issuers compute
-/// the next rows while the other half's commit runs. Bench, DEK issue as
-/// served at 32 concurrent, three runs each, same session: 0.52-0.62
-/// gathering without this limit, 0.72-0.75 at 16 (8: 0.61-0.66, 12:
-/// 0.68-0.70, 24: 0.69-0.71); 16 concurrent 0.42-0.47 -> 0.53-0.56; 64,
-/// 128 and 1,024 concurrent within the noise (0.66-0.77 either way); 256
-/// perhaps a few percent lower (more commits, and no idle to win back:
-/// the old window never held all 256). See design.md, "Performance notes".
+/// two cores all 32 gathered into one batch, and both cores idled during
+/// its commit. Closed at 16, half the issuers compute their next rows
+/// while the other half's commit runs. Every job counts, whoever waits for
+/// it (a signed request's nonce, a recover's detached outcome row). The
+/// values tried and their figures, including the few percent it may cost
+/// at 256 issuers: design.md, "Performance notes", session 16.
 const GROUP: usize = 16;
+// The window must be able to open (a batch of GROUP is loaded) and GROUP
+// must be a real limit.
+const _: () = assert!(LOADED_BATCH <= GROUP && GROUP <= MAX_BATCH);
 /// Within the window the writer sleeps in steps this long and takes what
 /// arrived; a step that brought nothing ends the gathering (the callers
 /// answered by the previous commit are back). It sleeps rather than waits
