@@ -46,8 +46,8 @@ const MAX_BATCH: usize = 512;
 /// first one before it commits (it stops sooner at [`GROUP`] jobs, or at a
 /// [`GATHER_GAP`] step that brought nothing). Each commit costs the writer
 /// thread CPU (WAL frames, checksums, the fsync's system call), which
-/// competes with DEK issuing for the cores; gathering for a moment cuts the number of commits several
-/// fold. The window opens only when the previous commit held at least
+/// competes with DEK issuing for the cores; gathering for a moment cuts
+/// the number of commits several fold. The window opens only when the previous commit held at least
 /// [`LOADED_BATCH`] rows: a few callers waiting on each commit in turn (two
 /// restores, say, each releasing a key only once its audit row is durable)
 /// must not pay the window as latency.
