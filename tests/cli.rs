@@ -212,3 +212,65 @@ fn ttlv_decode_for_interop_debugging() {
     let out = keybridge(d, &["ttlv", "decode"], Some(&hex[..hex.len() - 16]));
     fails(&out, 3, "TTLV decode error at byte");
 }
+
+/// SoftHSM2 rewrites its token file at every login, and another process
+/// reading the token meanwhile is told CKR_GENERAL_ERROR, or sees no token,
+/// for a moment. An operator's `keybridge` run beside a service, or a
+/// tool, logging in on the same token must not fail for it. Two threads
+/// here log in over and over through `pkcs11-tool` (each run a process of
+/// its own) on a token directory of this test's own, while `keybridge kms
+/// probe` opens the token 30 times.
+#[test]
+fn softhsm_open_beside_logins_elsewhere() {
+    use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+    use std::sync::Arc;
+    let Some(module) = Kind::SoftHsm.module() else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let conf = common::p11kit::fresh_softhsm_token(d);
+    let kms = kms_toml(Kind::SoftHsm, d).unwrap();
+    std::fs::write(d.join("keybridge.toml"), format!("[catalog]\npath = \"keybridge.db\"\n\n{kms}")).unwrap();
+    ok(keybridge(d, &["init", "--json"], None));
+    let stop = Arc::new(AtomicBool::new(false));
+    let logins = Arc::new(AtomicUsize::new(0));
+    let loggers: Vec<_> = (0..2)
+        .map(|_| {
+            let (stop, logins, conf, module) = (stop.clone(), logins.clone(), conf.clone(), module.clone());
+            std::thread::spawn(move || {
+                let var = |v: &str| std::env::var(v).unwrap();
+                while !stop.load(Ordering::Relaxed) {
+                    let out = Command::new("pkcs11-tool")
+                        .arg("--module")
+                        .arg(&module)
+                        .args(["--token-label", &var("KEYBRIDGE_TEST_TOKEN"), "--login", "--pin", &var("KEYBRIDGE_TEST_PIN"), "-O"])
+                        .env("SOFTHSM2_CONF", &conf)
+                        .output()
+                        .expect("run pkcs11-tool");
+                    if out.status.success() {
+                        logins.fetch_add(1, Ordering::Relaxed);
+                    }
+                }
+            })
+        })
+        .collect();
+    let mut failures = Vec::new();
+    for _ in 0..30 {
+        let out = Command::new(env!("CARGO_BIN_EXE_keybridge"))
+            .current_dir(d)
+            .args(["kms", "probe", "kms", "--json"])
+            .env_remove("KEYBRIDGE_CONFIG")
+            .env("SOFTHSM2_CONF", &conf)
+            .output()
+            .expect("run keybridge");
+        if out.status.code() != Some(0) {
+            failures.push(stderr(&out));
+        }
+    }
+    stop.store(true, Ordering::Relaxed);
+    for l in loggers {
+        l.join().unwrap();
+    }
+    // The logins really ran beside the probes.
+    assert!(logins.load(Ordering::Relaxed) >= 10, "only {} logins elsewhere", logins.load(Ordering::Relaxed));
+    assert!(failures.is_empty(), "{} of 30 probes failed: {:?}", failures.len(), failures);
+}

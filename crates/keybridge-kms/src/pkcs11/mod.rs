@@ -36,7 +36,7 @@ use serde::Serialize;
 use zeroize::Zeroizing;
 
 pub use self::protect::{Protection, ProtectionReport};
-use self::session::{ck_to_backend, Doing, OpError, TokenSessions};
+use self::session::{ck_to_backend, tokens_of, Doing, OpError, TokenSessions};
 use self::uri::Pkcs11Uri;
 use super::cache::{CacheStats, KekId, TtlCache};
 use super::{BackendError, DekPlaintext, KeyBackend, KeyStatus, MasterKeyRef, NewKek, PoolKek, ProbeReport, ProbeStatus, WrappedKek};
@@ -453,11 +453,6 @@ fn public_of(session: &Session, public: ObjectHandle) -> Result<PublicKek, OpErr
     PublicKek::from_components(&n, &e).map_err(|source| OpError::Backend(BackendError::Crypto { context: "reading the public KEK".into(), source }))
 }
 
-/// The slots of `ctx` that hold a token, with the token's information.
-fn tokens_of(ctx: &cryptoki::context::Pkcs11) -> Result<Vec<(cryptoki::slot::Slot, TokenInfo)>, CkError> {
-    ctx.get_slots_with_token()?.into_iter().map(|slot| Ok((slot, ctx.get_token_info(slot)?))).collect()
-}
-
 fn rsa_pair_templates(bits: usize) -> (Vec<Attribute>, Vec<Attribute>) {
     let public = vec![
         Attribute::Token(false),
@@ -509,7 +504,7 @@ impl Pkcs11Backend {
         let module_name = config.module.display().to_string();
         // A module that went away since it was loaded (another backend of
         // it saw that, or nobody used it since) is initialised again here.
-        let (mut ctx, generation) = module.ctx().or_else(|_| {
+        let (mut ctx, mut generation) = module.ctx().or_else(|_| {
             module.reinitialize(module.generation(), "opening a backend on a module that was down")?;
             module.ctx()
         })?;
@@ -522,55 +517,89 @@ impl Pkcs11Backend {
             let _calls = module.calls();
             tokens_of(ctx)
         };
-        let mut tokens = match list(&ctx) {
-            Err(CkError::Pkcs11(rv, _)) if session::module_gone_rv(rv) => {
-                module.reinitialize(generation, &format!("listing slots: {}", rv::ckr_name(rv)))?;
-                ctx = module.ctx()?.0;
-                list(&ctx)
-            }
-            // A module initialised again while its far end (a p11-kit
-            // server, a network HSM) was still gone lists no token at all
-            // until it is initialised once more. (Other tokens present: the
-            // label is wrong, and the module is left alone.)
-            Ok(t) if generation > 0 && t.is_empty() => {
-                module.reinitialize(generation, "the token was missing after the module was initialised again")?;
-                ctx = module.ctx()?.0;
-                list(&ctx)
-            }
-            other => other,
-        }
-        .map_err(|e| ck_to_backend(e, "listing tokens"))?;
-        let present: Vec<String> = tokens.iter().map(|(_, info)| format!("'{}'", info.label().trim_end())).collect();
-        let chosen = tokens.iter().position(|(_, info)| matches(info)).map(|i| tokens.swap_remove(i));
         let wanted = match (&want_label, &want_serial) {
             (Some(l), Some(s)) => format!("label '{l}' and serial '{s}'"),
             (Some(l), None) => format!("label '{l}'"),
             (None, Some(s)) => format!("serial '{s}'"),
             (None, None) => unreachable!(),
         };
-        let (slot, info) = chosen.ok_or_else(|| BackendError::TokenNotFound {
-            wanted,
-            module: module_name.clone(),
-            present: if present.is_empty() { "none".into() } else { present.join(", ") },
-        })?;
-        let label = info.label().trim_end().to_owned();
-        let token_max = match info.max_rw_session_count() {
-            Limit::Max(n) if n > 0 => n.min(MAX_DEFAULT_SESSIONS),
-            _ => MAX_DEFAULT_SESSIONS,
-        };
-        let max_sessions = config.max_sessions.map(|m| m as u64).unwrap_or(token_max).max(1) as usize;
         let pin = read_pin(config)?;
         if pin.expose_secret().is_empty() {
             return Err(BackendError::Pin { kms: config.name.clone(), reason: "PIN is empty".into() });
         }
-        let sessions = Arc::new(TokenSessions::new(module.clone(), slot, &info, (want_label, want_serial), pin, max_sessions, config.timeout()));
-        // Log in now: a wrong PIN is reported at open, not at first use.
-        let first = sessions.open_session().map_err(|e| match e {
-            OpError::Backend(b) => b,
-            OpError::Ck { err, doing } => ck_to_backend(err, &doing),
-        })?;
-        // Keep it: closing the application's last session would log it out.
-        sessions.put_back(first);
+        // SoftHSM2 reads a token once, at C_Initialize, and a token whose
+        // file another process was rewriting then (a login there) stays
+        // unreadable until the module is initialised again: left out of
+        // the list, beside the spare slot (an uninitialised token), or
+        // with its user PIN "not set". Either is met by initialising the
+        // module again, up to three times, at most once a second. A wrong
+        // label on such a module is reported about two seconds later.
+        // Four attempts: with two processes logging in without pause,
+        // about one open in ten met it, and three attempts failed one
+        // probe in 330 (tests/cli.rs::softhsm_open_beside_logins_elsewhere).
+        const OPEN_ATTEMPTS: u32 = 4;
+        let mut attempt = 1;
+        let (slot, info, sessions) = 'open: loop {
+            // What this attempt met that initialising the module again may
+            // cure.
+            let stale: BackendError = 'attempt: {
+                let mut tokens = match list(&ctx) {
+                    Err(CkError::Pkcs11(rv, _)) if session::module_gone_rv(rv) => {
+                        module.reinitialize(generation, &format!("listing slots: {}", rv::ckr_name(rv)))?;
+                        (ctx, generation) = module.ctx()?;
+                        list(&ctx)
+                    }
+                    // A module initialised again while its far end (a p11-kit
+                    // server, a network HSM) was still gone lists no token at
+                    // all until it is initialised once more.
+                    Ok(t) if generation > 0 && t.is_empty() => {
+                        module.reinitialize(generation, "the token was missing after the module was initialised again")?;
+                        (ctx, generation) = module.ctx()?;
+                        list(&ctx)
+                    }
+                    other => other,
+                }
+                .map_err(|e| ck_to_backend(e, "listing tokens"))?;
+                let present: Vec<String> = tokens.iter().map(|(_, info)| format!("'{}'", info.label().trim_end())).collect();
+                let Some((slot, info)) = tokens.iter().position(|(_, info)| matches(info)).map(|i| tokens.swap_remove(i)) else {
+                    let missing = BackendError::TokenNotFound {
+                        wanted: wanted.clone(),
+                        module: module_name.clone(),
+                        present: if present.is_empty() { "none".into() } else { present.join(", ") },
+                    };
+                    // Other tokens only, all initialised: the label is
+                    // wrong, and the module is left alone.
+                    if tokens.iter().any(|(_, info)| !info.token_initialized()) {
+                        break 'attempt missing;
+                    }
+                    return Err(missing);
+                };
+                let token_max = match info.max_rw_session_count() {
+                    Limit::Max(n) if n > 0 => n.min(MAX_DEFAULT_SESSIONS),
+                    _ => MAX_DEFAULT_SESSIONS,
+                };
+                let max_sessions = config.max_sessions.map(|m| m as u64).unwrap_or(token_max).max(1) as usize;
+                let sessions = Arc::new(TokenSessions::new(module.clone(), slot, &info, (want_label.clone(), want_serial.clone()), pin.clone(), max_sessions, config.timeout()));
+                // Log in now: a wrong PIN is reported at open, not at first use.
+                match sessions.open_session() {
+                    Ok(first) => {
+                        // Keep it: closing the application's last session would log it out.
+                        sessions.put_back(first);
+                        break 'open (slot, info, sessions);
+                    }
+                    Err(OpError::Backend(down @ BackendError::ModuleDown { .. })) => break 'attempt down,
+                    Err(OpError::Backend(b)) => return Err(b),
+                    Err(OpError::Ck { err, doing }) => return Err(ck_to_backend(err, &doing)),
+                }
+            };
+            if attempt >= OPEN_ATTEMPTS {
+                return Err(stale);
+            }
+            attempt += 1;
+            module.reinitialize_when_allowed(generation, &stale.to_string())?;
+            (ctx, generation) = module.ctx()?;
+        };
+        let label = info.label().trim_end().to_owned();
         // Under the call gate, released before `sessions` can drop (its
         // sessions' drop takes the gate itself).
         let (mechanisms, lib) = {
@@ -593,7 +622,7 @@ impl Pkcs11Backend {
             max_rw_sessions: format!("{:?}", info.max_rw_session_count()),
             mechanisms,
         };
-        tracing::debug!(token = %token.label, serial = %token.serial, max_sessions, "PKCS#11 token opened");
+        tracing::debug!(token = %token.label, serial = %token.serial, max_sessions = sessions.max_sessions, "PKCS#11 token opened");
         Ok(Pkcs11Backend {
             name: config.name.clone(),
             sessions,
@@ -716,7 +745,7 @@ impl KeyBackend for Pkcs11Backend {
         // Health: a session round trip; also refreshes the login if lost.
         let sessions = self.sessions.clone();
         self.sessions
-            .run("checking the token", move |_s| sessions.with_token(|ctx, slot| ctx.get_token_info(slot).map(|_| ()).doing("reading token information")))
+            .run("checking the token", move |_s| sessions.with_token(|ctx, slot| session::again_on_general_error(|| ctx.get_token_info(slot)).map(|_| ()).doing("reading token information")))
             .await?;
         let oaep = self.oaep_hash().await?;
         let protection = match self.wrap {

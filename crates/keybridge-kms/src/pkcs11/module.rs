@@ -137,6 +137,15 @@ impl Module {
             }
         }
     }
+
+    /// [`Module::reinitialize`], first waiting out [`REINIT_INTERVAL`]
+    /// since the last attempt instead of failing (for a caller's own
+    /// bounded attempts, such as opening a backend).
+    pub(super) fn reinitialize_when_allowed(&self, seen: u64, why: &str) -> Result<(), BackendError> {
+        let wait = self.state.read().unwrap_or_else(|e| e.into_inner()).last.as_ref().map(|(at, _)| REINIT_INTERVAL.saturating_sub(at.elapsed()));
+        std::thread::sleep(wait.unwrap_or_default());
+        self.reinitialize(seen, why)
+    }
 }
 
 static MODULES: LazyLock<Mutex<HashMap<PathBuf, Arc<Module>>>> = LazyLock::new(Default::default);

@@ -123,6 +123,32 @@ pub(super) fn module_gone_rv(rv: RvError) -> bool {
     matches!(rv, RvError::DeviceError | RvError::DeviceRemoved | RvError::TokenNotPresent | RvError::CryptokiNotInitialized)
 }
 
+/// Run `f`, a call that only reads the token's state (C_GetTokenInfo,
+/// C_Login), again after a short pause while it answers CKR_GENERAL_ERROR,
+/// up to five attempts over about 150 ms. SoftHSM2 rewrites its token file
+/// at every C_Login, and another process that reads the token meanwhile is
+/// answered CKR_GENERAL_ERROR for a moment: 2 to 6 of 30 `keybridge kms
+/// probe` runs failed beside a tool logging in
+/// (tests/cli.rs::softhsm_open_beside_logins_elsewhere). A C_Login so
+/// answered judged no PIN.
+pub(super) fn again_on_general_error<T>(mut f: impl FnMut() -> Result<T, CkError>) -> Result<T, CkError> {
+    let mut pause = Duration::from_millis(10);
+    loop {
+        match f() {
+            Err(CkError::Pkcs11(RvError::GeneralError, _)) if pause <= Duration::from_millis(80) => {
+                std::thread::sleep(pause);
+                pause *= 2;
+            }
+            r => return r,
+        }
+    }
+}
+
+/// The slots of `ctx` that hold a token, with the token's information.
+pub(super) fn tokens_of(ctx: &Pkcs11) -> Result<Vec<(Slot, TokenInfo)>, CkError> {
+    again_on_general_error(|| ctx.get_slots_with_token()?.into_iter().map(|slot| Ok((slot, ctx.get_token_info(slot)?))).collect())
+}
+
 /// Does this failure to open a session mean the module itself is gone?
 fn module_gone(e: &OpError) -> bool {
     matches!(e, OpError::Backend(BackendError::ModuleDown { .. })) || e.rv().is_some_and(module_gone_rv)
@@ -312,29 +338,28 @@ impl TokenSessions {
             return Ok(slot.0);
         }
         let (label, serial) = &self.wanted;
-        let slots = ctx.get_slots_with_token().doing("listing slots")?;
-        let any = !slots.is_empty();
-        for s in slots {
-            let info = ctx.get_token_info(s).doing("reading token information")?;
+        let tokens = tokens_of(ctx).doing("listing tokens")?;
+        let any = !tokens.is_empty();
+        for (s, info) in tokens {
             if label.as_deref().is_none_or(|l| l == info.label().trim_end()) && serial.as_deref().is_none_or(|n| n == info.serial_number().trim_end()) {
                 tracing::warn!(token = %self.token_label, slot = s.id(), "token found again after the module was initialised again");
                 *slot = (s, generation);
                 return Ok(s);
             }
         }
-        if any {
-            return Err(OpError::Backend(BackendError::TokenNotFound {
-                wanted: format!("label {label:?} and serial {serial:?}"),
-                module: self.module.path.display().to_string(),
-                present: "others, after the module was initialised again".into(),
-            }));
-        }
-        // The module is back but shows no token at all: its far end is
-        // still gone.
+        // The module is back but does not show the token: its far end is
+        // still gone (no token at all), or it could not read the token
+        // (SoftHSM2, while another process rewrote the token's file, lists
+        // only its spare slot). Either way it is initialised again on a
+        // later call, at most once a second.
         Err(OpError::Backend(BackendError::ModuleDown {
             module: self.module.path.display().to_string(),
             since_secs: 0,
-            reason: format!("token '{}' not present after the module was initialised again", self.token_label),
+            reason: format!(
+                "token '{}' not present after the module was initialised again ({})",
+                self.token_label,
+                if any { "other tokens are" } else { "no token is" }
+            ),
         }))
     }
 
@@ -361,9 +386,21 @@ impl TokenSessions {
         self.epoch.fetch_add(1, Ordering::SeqCst);
     }
 
-    fn login(&self, session: &Session) -> Result<(), OpError> {
-        match session.login(UserType::User, Some(&self.pin)) {
+    fn login(&self, session: &Session, ctx: &Pkcs11, slot: Slot) -> Result<(), OpError> {
+        match again_on_general_error(|| session.login(UserType::User, Some(&self.pin))) {
             Ok(()) | Err(CkError::Pkcs11(RvError::UserAlreadyLoggedIn, _)) => Ok(()),
+            // SoftHSM2 reads a token's PINs once, at C_Initialize; if another
+            // process was rewriting the token's file then, it answers this
+            // until it is initialised again, while the token's flags, read
+            // afresh, say the PIN is set. The module is then as good as
+            // gone: the caller initialises it again.
+            Err(CkError::Pkcs11(RvError::UserPinNotInitialized, _)) if again_on_general_error(|| ctx.get_token_info(slot)).is_ok_and(|i| i.user_pin_initialized()) => {
+                Err(OpError::Backend(BackendError::ModuleDown {
+                    module: self.module.path.display().to_string(),
+                    since_secs: 0,
+                    reason: format!("token '{}' says its user PIN is set, C_Login that it is not (SoftHSM2 read the token while another process rewrote it)", self.token_label),
+                }))
+            }
             Err(CkError::Pkcs11(rv, _)) => Err(OpError::Backend(BackendError::Login {
                 token: self.token_label.clone(),
                 reason: format!("{}{}", ckr_name(rv), hint(rv)),
@@ -384,7 +421,7 @@ impl TokenSessions {
             let slot = self.slot_in(&ctx, generation)?;
             let session = ctx.open_rw_session(slot).doing("opening a session")?;
             let held = Held { session: Some(session), generation, module: self.module.clone() };
-            let login = self.login(&held);
+            let login = self.login(&held, &ctx, slot);
             (held, login)
         };
         login?;
@@ -480,7 +517,7 @@ impl TokenSessions {
                     self.session_lost();
                     let relogin = {
                         let _calls = self.module.calls();
-                        self.login(session)
+                        self.with_token(|ctx, slot| self.login(session, ctx, slot))
                     };
                     if let Err(e) = relogin {
                         return Err(e.into_backend());
