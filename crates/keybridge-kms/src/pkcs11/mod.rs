@@ -596,7 +596,7 @@ impl Pkcs11Backend {
                 return Err(stale);
             }
             attempt += 1;
-            module.reinitialize_when_allowed(generation, &stale.to_string())?;
+            module.reinitialize_when_allowed(generation, &format!("opening a backend: {stale} (as SoftHSM2 does while another process logs in on the token)"))?;
             (ctx, generation) = module.ctx()?;
         };
         let label = info.label().trim_end().to_owned();
