@@ -6,7 +6,7 @@
 
 use rusqlite::{params, Row};
 
-use super::{SqliteCatalog, NOW};
+use super::{query_one, SqliteCatalog, NOW};
 use keybridge_proto::api::{JobCompletion, JobRecord, JobState};
 use keybridge_proto::{Error, Result};
 
@@ -65,7 +65,7 @@ impl SqliteCatalog {
     }
 
     pub(super) fn job_row(&self, id: &str) -> Result<JobRecord> {
-        self.query_one(&format!("{SELECT} WHERE j.id = ?1"), &id, job_from_row)
+        query_one(&self.conn(), &format!("{SELECT} WHERE j.id = ?1"), &id, job_from_row)
             .map_err(Error::catalog(format!("reading job {id}")))?
             .ok_or_else(|| Error::NotFound { what: "job", name: id.to_owned() })
     }

@@ -12,6 +12,7 @@ mod prefetch;
 mod schema;
 mod writer;
 
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
@@ -34,6 +35,43 @@ pub struct SqliteCatalog {
     path: PathBuf,
     conn: Mutex<Connection>,
     writer: writer::DekWriter,
+    /// Taken only while `conn` is held.
+    by_name: Mutex<ByName>,
+}
+
+/// Pools and clients as read by name, kept while the catalog's version
+/// (`catalog_version.v`, changed by triggers on every write to a table
+/// they are read from) stands: a DEK issue reads the version instead of
+/// the pool, its KEK generation, wrapping and master key, and the client.
+#[derive(Debug, Default)]
+struct ByName {
+    version: i64,
+    pools: HashMap<String, PoolRecord>,
+    clients: HashMap<String, ClientRecord>,
+    /// By pool id and KEK generation (the restore path's read).
+    generations: HashMap<(i64, u32), PoolRecord>,
+}
+
+/// At most this many records of each kind are kept.
+const BY_NAME_MAX: usize = 2048;
+
+impl ByName {
+    /// What is kept for `version`: everything, or nothing if the version
+    /// moved on.
+    fn at(&mut self, version: i64) -> &mut ByName {
+        if self.version != version {
+            *self = ByName { version, ..ByName::default() };
+        }
+        self
+    }
+}
+
+/// Keep `value` as `key` in `map`, emptied first when full.
+fn keep<K: std::hash::Hash + Eq, T: Clone>(map: &mut HashMap<K, T>, key: K, value: &T) {
+    if map.len() >= BY_NAME_MAX {
+        map.clear();
+    }
+    map.insert(key, value.clone());
 }
 
 type ClientRow = (i64, String, String, Vec<u8>, Vec<u8>, String, Option<Vec<u8>>);
@@ -107,6 +145,7 @@ impl SqliteCatalog {
             path: path.to_owned(),
             conn: Mutex::new(conn),
             writer,
+            by_name: Mutex::default(),
         })
     }
 
@@ -120,45 +159,90 @@ impl SqliteCatalog {
         self.conn.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// One row or none, through the connection's statement cache: the
-    /// restore path reads three rows per DEK, and parsing their SQL each
-    /// time cost more than running it.
-    fn query_one<T>(&self, sql: &str, param: &dyn rusqlite::ToSql, row: impl FnOnce(&Row<'_>) -> rusqlite::Result<T>) -> rusqlite::Result<Option<T>> {
-        self.conn().prepare_cached(sql)?.query_row([param], row).optional()
-    }
-
     /// The pool matching `clause` (on `p`) at its newest KEK generation.
     fn pool_query(&self, clause: &str, param: &dyn rusqlite::ToSql) -> Result<Option<PoolRecord>> {
-        self.query_one(&newest_sql(clause), param, pool_from_row).map_err(pool_read_error("reading pool"))
+        pool_in(&self.conn(), clause, param)
     }
 
     fn client_query(&self, clause: &str, param: &dyn rusqlite::ToSql) -> Result<Option<ClientRecord>> {
-        self.query_one(
-            &format!("SELECT id, name, kdf, salt, seal_public, created_at, auth_public FROM clients WHERE {clause}"),
-            param,
-            |r| {
-                let kdf: String = r.get(2)?;
-                let public: Vec<u8> = r.get(4)?;
-                let auth: Option<Vec<u8>> = r.get(6)?;
-                Ok((r.get(0)?, r.get(1)?, kdf, r.get(3)?, public, r.get(5)?, auth))
-            },
-        )
-        .map_err(Error::catalog("reading client"))?
-        .map(|(id, name, kdf, salt, public, created_at, auth): ClientRow| {
-            let corrupt = |reason: &str| Error::Integrity {
-                what: format!("client '{name}' in the catalog"),
-                reason: reason.to_owned(),
-            };
-            let kdf = serde_json::from_str(&kdf).map_err(|_| corrupt("KDF parameters are not valid JSON"))?;
-            let seal_public: [u8; 32] =
-                public.as_slice().try_into().map_err(|_| corrupt("seal public key is not 32 bytes"))?;
-            let auth_public = auth
-                .map(|a| <[u8; 32]>::try_from(a.as_slice()).map_err(|_| corrupt("auth public key is not 32 bytes")))
-                .transpose()?;
-            Ok(ClientRecord { id, name, kdf, salt, seal_public, auth_public, created_at })
-        })
-        .transpose()
+        client_in(&self.conn(), clause, param)
     }
+
+    /// `key`'s record as `read` finds it, or as kept from an earlier read
+    /// (in `kept`'s map of [`ByName`]) while the catalog's version stands.
+    /// Costs one read of the version when kept.
+    fn kept<Q, K, T>(&self, key: &Q, kept: impl Fn(&mut ByName) -> &mut HashMap<K, T>, read: impl FnOnce(&Connection) -> Result<Option<T>>) -> Result<Option<T>>
+    where
+        Q: std::hash::Hash + Eq + ToOwned<Owned = K> + ?Sized,
+        K: std::hash::Hash + Eq + std::borrow::Borrow<Q>,
+        T: Clone,
+    {
+        let mut conn = self.conn();
+        let by_name = || self.by_name.lock().unwrap_or_else(|e| e.into_inner());
+        let version = catalog_version(&conn)?;
+        if let Some(found) = kept(by_name().at(version)).get(key) {
+            return Ok(Some(found.clone()));
+        }
+        // The version and the record from one snapshot. Read only: the
+        // transaction ends without a commit.
+        let tx = conn.transaction().map_err(Error::catalog("starting a read"))?;
+        let version = catalog_version(&tx)?;
+        let found = read(&tx)?;
+        drop(tx);
+        if let Some(found) = &found {
+            keep(kept(by_name().at(version)), key.to_owned(), found);
+        }
+        Ok(found)
+    }
+}
+
+/// One row or none, through the connection's statement cache: the restore
+/// path reads three rows per DEK, and parsing their SQL each time cost more
+/// than running it.
+fn query_one<T>(conn: &Connection, sql: &str, param: &dyn rusqlite::ToSql, row: impl FnOnce(&Row<'_>) -> rusqlite::Result<T>) -> rusqlite::Result<Option<T>> {
+    conn.prepare_cached(sql)?.query_row([param], row).optional()
+}
+
+/// The catalog's version (migration 8): changed by every write to the
+/// tables pools and clients are read from.
+fn catalog_version(conn: &Connection) -> Result<i64> {
+    conn.prepare_cached("SELECT v FROM catalog_version WHERE id = 1")
+        .and_then(|mut st| st.query_row([], |r| r.get(0)))
+        .map_err(Error::catalog("reading the catalog's version"))
+}
+
+/// The pool matching `clause` (on `p`) at its newest KEK generation.
+fn pool_in(conn: &Connection, clause: &str, param: &dyn rusqlite::ToSql) -> Result<Option<PoolRecord>> {
+    query_one(conn, &newest_sql(clause), param, pool_from_row).map_err(pool_read_error("reading pool"))
+}
+
+fn client_in(conn: &Connection, clause: &str, param: &dyn rusqlite::ToSql) -> Result<Option<ClientRecord>> {
+    query_one(
+        conn,
+        &format!("SELECT id, name, kdf, salt, seal_public, created_at, auth_public FROM clients WHERE {clause}"),
+        param,
+        |r| {
+            let kdf: String = r.get(2)?;
+            let public: Vec<u8> = r.get(4)?;
+            let auth: Option<Vec<u8>> = r.get(6)?;
+            Ok((r.get(0)?, r.get(1)?, kdf, r.get(3)?, public, r.get(5)?, auth))
+        },
+    )
+    .map_err(Error::catalog("reading client"))?
+    .map(|(id, name, kdf, salt, public, created_at, auth): ClientRow| {
+        let corrupt = |reason: &str| Error::Integrity {
+            what: format!("client '{name}' in the catalog"),
+            reason: reason.to_owned(),
+        };
+        let kdf = serde_json::from_str(&kdf).map_err(|_| corrupt("KDF parameters are not valid JSON"))?;
+        let seal_public: [u8; 32] =
+            public.as_slice().try_into().map_err(|_| corrupt("seal public key is not 32 bytes"))?;
+        let auth_public = auth
+            .map(|a| <[u8; 32]>::try_from(a.as_slice()).map_err(|_| corrupt("auth public key is not 32 bytes")))
+            .transpose()?;
+        Ok(ClientRecord { id, name, kdf, salt, seal_public, auth_public, created_at })
+    })
+    .transpose()
 }
 
 #[async_trait]
@@ -168,7 +252,7 @@ impl Catalog for SqliteCatalog {
     }
 
     async fn pool_by_name(&self, name: &str) -> Result<PoolRecord> {
-        self.pool_query("p.name = ?1", &name)?
+        self.kept(name, |b| &mut b.pools, |c| pool_in(c, "p.name = ?1", &name))?
             .ok_or_else(|| Error::NotFound { what: "pool", name: name.to_owned() })
     }
 
@@ -178,7 +262,8 @@ impl Catalog for SqliteCatalog {
     }
 
     async fn pool_generation(&self, id: i64, generation: u32) -> Result<PoolRecord> {
-        generation_in(&self.conn(), id, generation)
+        self.kept(&(id, generation), |b| &mut b.generations, |c| generation_query(c, id, generation))?
+            .ok_or_else(|| generation_missing(id, generation))
     }
 
     async fn add_generation(&self, pool: &PoolRecord, kek: &NewKek) -> Result<PoolRecord> {
@@ -323,7 +408,7 @@ impl Catalog for SqliteCatalog {
     }
 
     async fn client_by_name(&self, name: &str) -> Result<ClientRecord> {
-        self.client_query("name = ?1", &name)?
+        self.kept(name, |b| &mut b.clients, |c| client_in(c, "name = ?1", &name))?
             .ok_or_else(|| Error::NotFound { what: "client", name: name.to_owned() })
     }
 
@@ -393,7 +478,8 @@ impl Catalog for SqliteCatalog {
     }
 
     async fn dek(&self, id: &str) -> Result<DekRecord> {
-        self.query_one(
+        query_one(
+            &self.conn(),
             "SELECT id, pool_id, client_id, encrypted_dek, created_at, generation FROM deks WHERE id = ?1",
             &id,
             |r| {
@@ -493,10 +579,17 @@ fn generation_sql() -> String {
 
 /// Pool `id` at KEK generation `generation`, on `conn` (or a transaction).
 fn generation_in(conn: &Connection, id: i64, generation: u32) -> Result<PoolRecord> {
+    generation_query(conn, id, generation)?.ok_or_else(|| generation_missing(id, generation))
+}
+
+fn generation_query(conn: &Connection, id: i64, generation: u32) -> Result<Option<PoolRecord>> {
     conn.prepare_cached(&generation_sql())
         .and_then(|mut st| st.query_row(params![id, generation], pool_from_row).optional())
-        .map_err(pool_read_error("reading a KEK generation"))?
-        .ok_or_else(|| Error::NotFound { what: "KEK generation", name: format!("{generation} of pool id {id}") })
+        .map_err(pool_read_error("reading a KEK generation"))
+}
+
+fn generation_missing(id: i64, generation: u32) -> Error {
+    Error::NotFound { what: "KEK generation", name: format!("{generation} of pool id {id}") }
 }
 
 /// [`POOL_SELECT`] at the pool's newest generation.
@@ -655,6 +748,61 @@ mod tests {
         assert_eq!((shared.mk_row, shared.kek_wrapped.as_slice()), (p.mk_row, &[0xca, 0xfe][..]));
         let rows: i64 = c.conn().query_row("SELECT COUNT(*) FROM master_keys", [], |r| r.get(0)).unwrap();
         assert_eq!(rows, 1);
+    }
+
+    /// Pools and clients read by name are kept only while nothing they are
+    /// read from has changed, whoever changed it: each write below, made
+    /// through a connection of its own (another process, say an operator's
+    /// CLI), must show in the next read, though the record was just read
+    /// and kept.
+    #[tokio::test]
+    async fn kept_pools_and_clients_follow_every_write() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = schema_4_catalog(dir.path());
+        let c = SqliteCatalog::open(&path).unwrap();
+        let other = Connection::open(&path).unwrap();
+        // The fixture's client, made readable.
+        other.execute_batch("UPDATE clients SET seal_public = zeroblob(32), kdf = '{\"alg\":\"argon2id\",\"m_kib\":8,\"t\":1,\"p\":1}'").unwrap();
+        type Check = fn(&Result<PoolRecord>, &Result<PoolRecord>, &Result<ClientRecord>) -> bool;
+        let writes: [(&str, Check); 10] = [
+            ("UPDATE pools SET created_at = 'then' WHERE id = 7", |old, _, _| old.as_ref().is_ok_and(|p| p.created_at == "then")),
+            ("UPDATE kek_generations SET kek_public = X'3084' WHERE pool_id = 7", |old, _, _| old.as_ref().is_ok_and(|p| p.kek_public == [0x30, 0x84])),
+            ("UPDATE wrappings SET wrapped = X'f00d' WHERE pool_id = 7", |old, _, _| old.as_ref().is_ok_and(|p| p.kek_wrapped == [0xf0, 0x0d])),
+            ("UPDATE master_keys SET label = 'relabelled'", |old, shared, _| [old, shared].iter().all(|p| p.as_ref().is_ok_and(|p| p.master_key.label == "relabelled"))),
+            ("UPDATE clients SET salt = X'0102'", |_, _, client| client.as_ref().is_ok_and(|c| c.salt == [1, 2])),
+            (
+                "INSERT INTO kek_generations(pool_id, generation, bits, kek_public, oaep_hash, params, created_at) VALUES (9, 2, 2048, X'3085', 'sha1', '{}', 'now')",
+                |_, shared, _| shared.as_ref().is_err_and(|e| e.to_string().contains("generation 2 of pool 'shared' has no wrapping")),
+            ),
+            (
+                "INSERT INTO wrappings(pool_id, generation, master_key_id, wrap_mechanism, wrapped, priority, created_at) SELECT 9, 2, master_key_id, wrap_mechanism, X'0bad', 0, 'now' FROM wrappings WHERE pool_id = 9",
+                |_, shared, _| shared.as_ref().is_ok_and(|p| p.generation == 2 && p.kek_wrapped == [0x0b, 0xad]),
+            ),
+            ("DELETE FROM wrappings WHERE pool_id = 9 AND generation = 2", |_, shared, _| shared.is_err()),
+            ("DELETE FROM kek_generations WHERE pool_id = 9 AND generation = 2", |_, shared, _| shared.as_ref().is_ok_and(|p| p.generation == 1)),
+            ("DELETE FROM clients", |_, _, client| matches!(client, Err(Error::NotFound { .. }))),
+        ];
+        for (sql, shows) in writes {
+            let read = || async { (c.pool_by_name("old").await, c.pool_by_name("shared").await, c.client_by_name("c").await) };
+            let (old, shared, client) = read().await;
+            assert!(!shows(&old, &shared, &client), "already shows before it ran: {sql}");
+            other.execute_batch(&format!("PRAGMA foreign_keys = OFF; {sql}")).unwrap();
+            let (old, shared, client) = read().await;
+            assert!(shows(&old, &shared, &client), "not seen after: {sql}\n{old:?}\n{shared:?}\n{client:?}");
+            // Pool 7 stays at generation 1: read by id and generation (the
+            // restore path's read, kept too), it is the same record.
+            assert_eq!(format!("{:?}", c.pool_generation(7, 1).await), format!("{old:?}"), "after {sql}");
+        }
+        // Every table a pool or a client is read from moves the version on
+        // every kind of write (the writes above try most of them).
+        for table in ["pools", "kek_generations", "wrappings", "master_keys", "clients"] {
+            for event in ["INSERT", "UPDATE", "DELETE"] {
+                let sql: String = other
+                    .query_row("SELECT sql FROM sqlite_master WHERE type = 'trigger' AND tbl_name = ?1 AND sql LIKE ?2", params![table, format!("%AFTER {event} ON {table} %")], |r| r.get(0))
+                    .unwrap_or_else(|e| panic!("no {event} trigger on {table}: {e}"));
+                assert!(sql.contains("UPDATE catalog_version SET v = random()"), "{sql}");
+            }
+        }
     }
 
     /// The pool reads of the restore and issue paths run their cached

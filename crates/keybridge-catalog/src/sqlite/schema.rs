@@ -195,4 +195,31 @@ pub(crate) const MIGRATIONS: &[&str] = &[
     r#"
     DROP INDEX deks_by_pool_client;
     "#,
+    // 8: a version of every row a pool or a client is read from, changed
+    // by each write to them (a random value, so that no other history of
+    // the file, such as a restored copy, can show the same one). A process
+    // keeps the pools and clients it read by name while the version stands
+    // (docs/design.md, "Pools and clients read by name are kept").
+    r#"
+    CREATE TABLE catalog_version (
+        id  INTEGER PRIMARY KEY CHECK (id = 1),
+        v   INTEGER NOT NULL
+    );
+    INSERT INTO catalog_version(id, v) VALUES (1, random());
+    CREATE TRIGGER pools_insert_version AFTER INSERT ON pools BEGIN UPDATE catalog_version SET v = random(); END;
+    CREATE TRIGGER pools_update_version AFTER UPDATE ON pools BEGIN UPDATE catalog_version SET v = random(); END;
+    CREATE TRIGGER pools_delete_version AFTER DELETE ON pools BEGIN UPDATE catalog_version SET v = random(); END;
+    CREATE TRIGGER kek_generations_insert_version AFTER INSERT ON kek_generations BEGIN UPDATE catalog_version SET v = random(); END;
+    CREATE TRIGGER kek_generations_update_version AFTER UPDATE ON kek_generations BEGIN UPDATE catalog_version SET v = random(); END;
+    CREATE TRIGGER kek_generations_delete_version AFTER DELETE ON kek_generations BEGIN UPDATE catalog_version SET v = random(); END;
+    CREATE TRIGGER wrappings_insert_version AFTER INSERT ON wrappings BEGIN UPDATE catalog_version SET v = random(); END;
+    CREATE TRIGGER wrappings_update_version AFTER UPDATE ON wrappings BEGIN UPDATE catalog_version SET v = random(); END;
+    CREATE TRIGGER wrappings_delete_version AFTER DELETE ON wrappings BEGIN UPDATE catalog_version SET v = random(); END;
+    CREATE TRIGGER master_keys_insert_version AFTER INSERT ON master_keys BEGIN UPDATE catalog_version SET v = random(); END;
+    CREATE TRIGGER master_keys_update_version AFTER UPDATE ON master_keys BEGIN UPDATE catalog_version SET v = random(); END;
+    CREATE TRIGGER master_keys_delete_version AFTER DELETE ON master_keys BEGIN UPDATE catalog_version SET v = random(); END;
+    CREATE TRIGGER clients_insert_version AFTER INSERT ON clients BEGIN UPDATE catalog_version SET v = random(); END;
+    CREATE TRIGGER clients_update_version AFTER UPDATE ON clients BEGIN UPDATE catalog_version SET v = random(); END;
+    CREATE TRIGGER clients_delete_version AFTER DELETE ON clients BEGIN UPDATE catalog_version SET v = random(); END;
+    "#,
 ];
