@@ -219,12 +219,18 @@ fn ttlv_decode_for_interop_debugging() {
 /// tool, logging in on the same token must not fail for it. Two threads
 /// here log in over and over through `pkcs11-tool` (each run a process of
 /// its own) on a token directory of this test's own, while `keybridge kms
-/// probe` opens the token 30 times.
+/// probe` opens the token 40 times (before the fix 2 to 6 in 30 failed).
 #[test]
 fn softhsm_open_beside_logins_elsewhere() {
     use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
     use std::sync::Arc;
     let Some(module) = Kind::SoftHsm.module() else { return };
+    if Command::new("pkcs11-tool").arg("--version").output().is_err() {
+        let msg = "pkcs11-tool (Debian's opensc) is not installed; run scripts/install-deps";
+        assert_ne!(std::env::var("CI").as_deref(), Ok("true"), "CI=true: {msg}");
+        eprintln!("\n!!!!!!!! SKIPPED: {msg} !!!!!!!!\n");
+        return;
+    }
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
     let conf = common::p11kit::fresh_softhsm_token(d);
@@ -254,7 +260,7 @@ fn softhsm_open_beside_logins_elsewhere() {
         })
         .collect();
     let mut failures = Vec::new();
-    for _ in 0..30 {
+    for _ in 0..40 {
         let out = Command::new(env!("CARGO_BIN_EXE_keybridge"))
             .current_dir(d)
             .args(["kms", "probe", "kms", "--json"])
@@ -272,5 +278,5 @@ fn softhsm_open_beside_logins_elsewhere() {
     }
     // The logins really ran beside the probes.
     assert!(logins.load(Ordering::Relaxed) >= 10, "only {} logins elsewhere", logins.load(Ordering::Relaxed));
-    assert!(failures.is_empty(), "{} of 30 probes failed: {:?}", failures.len(), failures);
+    assert!(failures.is_empty(), "{} of 40 probes failed: {:?}", failures.len(), failures);
 }

@@ -527,13 +527,15 @@ impl Pkcs11Backend {
         if pin.expose_secret().is_empty() {
             return Err(BackendError::Pin { kms: config.name.clone(), reason: "PIN is empty".into() });
         }
-        // SoftHSM2 reads a token once, at C_Initialize, and a token whose
-        // file another process was rewriting then (a login there) stays
-        // unreadable until the module is initialised again: left out of
-        // the list, beside the spare slot (an uninitialised token), or
-        // with its user PIN "not set". Either is met by initialising the
+        // Initialising the module again cures what opening may meet: a
+        // module whose far end was gone (a p11-kit server, a network HSM),
+        // and SoftHSM2, which reads a token once, at C_Initialize: a token
+        // whose file another process was rewriting then (a login there)
+        // stays unreadable until the module is initialised again, left out
+        // of the list beside the spare slot (an uninitialised token), or
+        // with its user PIN "not set". Each is met by initialising the
         // module again, up to three times, at most once a second. A wrong
-        // label on such a module is reported about two seconds later.
+        // label on SoftHSM2 is reported about two seconds later.
         // Four attempts: with two processes logging in without pause,
         // about one open in ten met it, and three attempts failed one
         // probe in 330 (tests/cli.rs::softhsm_open_beside_logins_elsewhere).
@@ -543,20 +545,13 @@ impl Pkcs11Backend {
             // What this attempt met that initialising the module again may
             // cure.
             let stale: BackendError = 'attempt: {
+                let down = |reason: String| BackendError::ModuleDown { module: module_name.clone(), since_secs: 0, reason };
                 let mut tokens = match list(&ctx) {
-                    Err(CkError::Pkcs11(rv, _)) if session::module_gone_rv(rv) => {
-                        module.reinitialize(generation, &format!("listing slots: {}", rv::ckr_name(rv)))?;
-                        (ctx, generation) = module.ctx()?;
-                        list(&ctx)
-                    }
+                    Err(CkError::Pkcs11(rv, _)) if session::module_gone_rv(rv) => break 'attempt down(format!("listing slots: {}", rv::ckr_name(rv))),
                     // A module initialised again while its far end (a p11-kit
                     // server, a network HSM) was still gone lists no token at
                     // all until it is initialised once more.
-                    Ok(t) if generation > 0 && t.is_empty() => {
-                        module.reinitialize(generation, "the token was missing after the module was initialised again")?;
-                        (ctx, generation) = module.ctx()?;
-                        list(&ctx)
-                    }
+                    Ok(t) if generation > 0 && t.is_empty() => break 'attempt down("the token was missing after the module was initialised again".into()),
                     other => other,
                 }
                 .map_err(|e| ck_to_backend(e, "listing tokens"))?;
@@ -567,9 +562,10 @@ impl Pkcs11Backend {
                         module: module_name.clone(),
                         present: if present.is_empty() { "none".into() } else { present.join(", ") },
                     };
-                    // Other tokens only, all initialised: the label is
+                    // SoftHSM2's spare slot among the tokens: perhaps it
+                    // could not read this one. Otherwise the label is
                     // wrong, and the module is left alone.
-                    if tokens.iter().any(|(_, info)| !info.token_initialized()) {
+                    if tokens.iter().any(|(_, info)| !info.token_initialized() && session::is_softhsm(info)) {
                         break 'attempt missing;
                     }
                     return Err(missing);
@@ -596,7 +592,7 @@ impl Pkcs11Backend {
                 return Err(stale);
             }
             attempt += 1;
-            module.reinitialize_when_allowed(generation, &format!("opening a backend: {stale} (as SoftHSM2 does while another process logs in on the token)"))?;
+            module.reinitialize_when_allowed(generation, &format!("opening a backend: {stale}"))?;
             (ctx, generation) = module.ctx()?;
         };
         let label = info.label().trim_end().to_owned();

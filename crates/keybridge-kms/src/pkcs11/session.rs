@@ -123,14 +123,15 @@ pub(super) fn module_gone_rv(rv: RvError) -> bool {
     matches!(rv, RvError::DeviceError | RvError::DeviceRemoved | RvError::TokenNotPresent | RvError::CryptokiNotInitialized)
 }
 
-/// Run `f`, a call that only reads the token's state (C_GetTokenInfo,
-/// C_Login), again after a short pause while it answers CKR_GENERAL_ERROR,
-/// up to five attempts over about 150 ms. SoftHSM2 rewrites its token file
-/// at every C_Login, and another process that reads the token meanwhile is
-/// answered CKR_GENERAL_ERROR for a moment: 2 to 6 of 30 `keybridge kms
-/// probe` runs failed beside a tool logging in
-/// (tests/cli.rs::softhsm_open_beside_logins_elsewhere). A C_Login so
-/// answered judged no PIN.
+/// Run `f`, a call that only reads the token's state (C_GetTokenInfo; on
+/// SoftHSM2 also C_Login), again after a short pause while it answers
+/// CKR_GENERAL_ERROR, up to five attempts over about 150 ms. SoftHSM2
+/// rewrites its token file at every C_Login, and another process that
+/// reads the token meanwhile is answered CKR_GENERAL_ERROR for a moment:
+/// 2 to 6 of 30 `keybridge kms probe` runs failed beside a tool logging in
+/// (tests/cli.rs::softhsm_open_beside_logins_elsewhere). SoftHSM2 answers
+/// so before it looks at the PIN; another token might have counted the
+/// try, so C_Login is retried on SoftHSM2 only.
 pub(super) fn again_on_general_error<T>(mut f: impl FnMut() -> Result<T, CkError>) -> Result<T, CkError> {
     let mut pause = Duration::from_millis(10);
     loop {
@@ -147,6 +148,12 @@ pub(super) fn again_on_general_error<T>(mut f: impl FnMut() -> Result<T, CkError
 /// The slots of `ctx` that hold a token, with the token's information.
 pub(super) fn tokens_of(ctx: &Pkcs11) -> Result<Vec<(Slot, TokenInfo)>, CkError> {
     again_on_general_error(|| ctx.get_slots_with_token()?.into_iter().map(|slot| Ok((slot, ctx.get_token_info(slot)?))).collect())
+}
+
+/// Whether `info` is a SoftHSM2 token (its quirks: [`TokenSessions`]'s
+/// `softhsm`, and opening a backend in `super::Pkcs11Backend`).
+pub(super) fn is_softhsm(info: &TokenInfo) -> bool {
+    info.manufacturer_id().starts_with("SoftHSM")
 }
 
 /// Does this failure to open a session mean the module itself is gone?
@@ -171,10 +178,13 @@ pub(super) struct TokenSessions {
     pub timeout: Duration,
     /// The token's object-store lock ([`super::module::token_objects`]).
     objects: Arc<RwLock<()>>,
-    /// Whether call sequences that only read hold `objects` shared
-    /// (SoftHSM2 only, whose object store needs it): elsewhere one hung
-    /// call would make every call wait behind a pool creation.
-    reads_take_objects: bool,
+    /// The token is SoftHSM2's ([`is_softhsm`]). Then call sequences that
+    /// only read hold `objects` shared (its object store needs it;
+    /// elsewhere one hung call would make every call wait behind a pool
+    /// creation), and C_Login is tried again on CKR_GENERAL_ERROR (see
+    /// [`again_on_general_error`]; elsewhere a token may have counted the
+    /// PIN try before failing).
+    softhsm: bool,
     /// Bumped whenever a session is discarded or the login was lost. Session
     /// objects die with the session that made them, so a cached object
     /// handle from an older epoch may be gone (or, on tokens that reuse
@@ -302,7 +312,7 @@ impl TokenSessions {
     ) -> Self {
         let token_label = info.label().trim_end().to_owned();
         let objects = super::module::token_objects(&format!("{}\u{0}{}\u{0}{}", info.manufacturer_id().trim_end(), info.model().trim_end(), info.serial_number().trim_end()));
-        let reads_take_objects = info.manufacturer_id().starts_with("SoftHSM");
+        let softhsm = is_softhsm(info);
         let (tx, rx) = mpsc::channel();
         let generation = module.generation();
         TokenSessions {
@@ -314,7 +324,7 @@ impl TokenSessions {
             max_sessions,
             timeout,
             objects,
-            reads_take_objects,
+            softhsm,
             epoch: AtomicU64::new(0),
             spare: Mutex::new(Vec::new()),
             queue: Mutex::new(tx),
@@ -339,7 +349,7 @@ impl TokenSessions {
         }
         let (label, serial) = &self.wanted;
         let tokens = tokens_of(ctx).doing("listing tokens")?;
-        let any = !tokens.is_empty();
+        let initialised = tokens.iter().any(|(_, info)| info.token_initialized());
         for (s, info) in tokens {
             if label.as_deref().is_none_or(|l| l == info.label().trim_end()) && serial.as_deref().is_none_or(|n| n == info.serial_number().trim_end()) {
                 tracing::warn!(token = %self.token_label, slot = s.id(), "token found again after the module was initialised again");
@@ -347,19 +357,25 @@ impl TokenSessions {
                 return Ok(s);
             }
         }
-        // The module is back but does not show the token: its far end is
+        if initialised {
+            // Other tokens are there: this one was removed or relabelled.
+            // The module is left alone (initialising it again would end
+            // the sessions of every other token on it).
+            return Err(OpError::Backend(BackendError::TokenNotFound {
+                wanted: format!("label {label:?} and serial {serial:?}"),
+                module: self.module.path.display().to_string(),
+                present: "others, after the module was initialised again".into(),
+            }));
+        }
+        // The module is back but shows no usable token: its far end is
         // still gone (no token at all), or it could not read the token
         // (SoftHSM2, while another process rewrote the token's file, lists
-        // only its spare slot). Either way it is initialised again on a
-        // later call, at most once a second.
+        // only its spare slot, an uninitialised token). It is initialised
+        // again on a later call, at most once a second.
         Err(OpError::Backend(BackendError::ModuleDown {
             module: self.module.path.display().to_string(),
             since_secs: 0,
-            reason: format!(
-                "token '{}' not present after the module was initialised again ({})",
-                self.token_label,
-                if any { "other tokens are" } else { "no token is" }
-            ),
+            reason: format!("token '{}' not present after the module was initialised again", self.token_label),
         }))
     }
 
@@ -387,14 +403,15 @@ impl TokenSessions {
     }
 
     fn login(&self, session: &Session, ctx: &Pkcs11, slot: Slot) -> Result<(), OpError> {
-        match again_on_general_error(|| session.login(UserType::User, Some(&self.pin))) {
+        let login = || session.login(UserType::User, Some(&self.pin));
+        match if self.softhsm { again_on_general_error(login) } else { login() } {
             Ok(()) | Err(CkError::Pkcs11(RvError::UserAlreadyLoggedIn, _)) => Ok(()),
             // SoftHSM2 reads a token's PINs once, at C_Initialize; if another
             // process was rewriting the token's file then, it answers this
             // until it is initialised again, while the token's flags, read
             // afresh, say the PIN is set. The module is then as good as
             // gone: the caller initialises it again.
-            Err(CkError::Pkcs11(RvError::UserPinNotInitialized, _)) if again_on_general_error(|| ctx.get_token_info(slot)).is_ok_and(|i| i.user_pin_initialized()) => {
+            Err(CkError::Pkcs11(RvError::UserPinNotInitialized, _)) if self.softhsm && again_on_general_error(|| ctx.get_token_info(slot)).is_ok_and(|i| i.user_pin_initialized()) => {
                 Err(OpError::Backend(BackendError::ModuleDown {
                     module: self.module.path.display().to_string(),
                     since_secs: 0,
@@ -477,7 +494,7 @@ impl TokenSessions {
             // this session, and its handles mean nothing any more.
             let result = {
                 let _calls = self.module.calls();
-                let _shared = (!writes && self.reads_take_objects).then(|| self.objects.read().unwrap_or_else(|e| e.into_inner()));
+                let _shared = (!writes && self.softhsm).then(|| self.objects.read().unwrap_or_else(|e| e.into_inner()));
                 let _exclusive = writes.then(|| self.objects.write().unwrap_or_else(|e| e.into_inner()));
                 (session.generation == self.module.generation()).then(|| f(session))
             };
@@ -515,12 +532,17 @@ impl TokenSessions {
                 }
                 Disposition::Relogin => {
                     self.session_lost();
+                    // Under the gate, and only on a session of the current
+                    // generation: after a re-initialisation its handle may
+                    // be another session's (of another token, even).
                     let relogin = {
                         let _calls = self.module.calls();
-                        self.with_token(|ctx, slot| self.login(session, ctx, slot))
+                        (session.generation == self.module.generation()).then(|| self.with_token(|ctx, slot| self.login(session, ctx, slot)))
                     };
-                    if let Err(e) = relogin {
-                        return Err(e.into_backend());
+                    match relogin {
+                        Some(Ok(())) => {}
+                        Some(Err(e)) => return Err(e.into_backend()),
+                        None => *slot = None,
                     }
                 }
             }
