@@ -36,15 +36,16 @@ pub struct SqliteCatalog {
     conn: Mutex<Connection>,
     writer: writer::DekWriter,
     /// Taken only while `conn` is held.
-    by_name: Mutex<ByName>,
+    kept: Mutex<Kept>,
 }
 
-/// Pools and clients as read by name, kept while the catalog's version
-/// (`catalog_version.v`, changed by triggers on every write to a table
-/// they are read from) stands: a DEK issue reads the version instead of
-/// the pool, its KEK generation, wrapping and master key, and the client.
+/// Pools, KEK generations and clients as read, kept while the catalog's
+/// version (`catalog_version.v`, changed by triggers on every write to a
+/// table they are read from) stands: a DEK issue or recover reads the
+/// version instead of the pool, its KEK generation, wrapping and master
+/// key, and the client.
 #[derive(Debug, Default)]
-struct ByName {
+struct Kept {
     version: i64,
     pools: HashMap<String, PoolRecord>,
     clients: HashMap<String, ClientRecord>,
@@ -53,14 +54,14 @@ struct ByName {
 }
 
 /// At most this many records of each kind are kept.
-const BY_NAME_MAX: usize = 2048;
+const KEPT_MAX: usize = 2048;
 
-impl ByName {
+impl Kept {
     /// What is kept for `version`: everything, or nothing if the version
     /// moved on.
-    fn at(&mut self, version: i64) -> &mut ByName {
+    fn at(&mut self, version: i64) -> &mut Kept {
         if self.version != version {
-            *self = ByName { version, ..ByName::default() };
+            *self = Kept { version, ..Kept::default() };
         }
         self
     }
@@ -68,7 +69,7 @@ impl ByName {
 
 /// Keep `value` as `key` in `map`, emptied first when full.
 fn keep<K: std::hash::Hash + Eq, T: Clone>(map: &mut HashMap<K, T>, key: K, value: &T) {
-    if map.len() >= BY_NAME_MAX {
+    if map.len() >= KEPT_MAX {
         map.clear();
     }
     map.insert(key, value.clone());
@@ -145,7 +146,7 @@ impl SqliteCatalog {
             path: path.to_owned(),
             conn: Mutex::new(conn),
             writer,
-            by_name: Mutex::default(),
+            kept: Mutex::default(),
         })
     }
 
@@ -169,18 +170,18 @@ impl SqliteCatalog {
     }
 
     /// `key`'s record as `read` finds it, or as kept from an earlier read
-    /// (in `kept`'s map of [`ByName`]) while the catalog's version stands.
+    /// (in `map`'s map of [`Kept`]) while the catalog's version stands.
     /// Costs one read of the version when kept.
-    fn kept<Q, K, T>(&self, key: &Q, kept: impl Fn(&mut ByName) -> &mut HashMap<K, T>, read: impl FnOnce(&Connection) -> Result<Option<T>>) -> Result<Option<T>>
+    fn kept_or_read<Q, K, T>(&self, key: &Q, map: impl Fn(&mut Kept) -> &mut HashMap<K, T>, read: impl FnOnce(&Connection) -> Result<Option<T>>) -> Result<Option<T>>
     where
         Q: std::hash::Hash + Eq + ToOwned<Owned = K> + ?Sized,
         K: std::hash::Hash + Eq + std::borrow::Borrow<Q>,
         T: Clone,
     {
         let mut conn = self.conn();
-        let by_name = || self.by_name.lock().unwrap_or_else(|e| e.into_inner());
+        let kept = || self.kept.lock().unwrap_or_else(|e| e.into_inner());
         let version = catalog_version(&conn)?;
-        if let Some(found) = kept(by_name().at(version)).get(key) {
+        if let Some(found) = map(kept().at(version)).get(key) {
             return Ok(Some(found.clone()));
         }
         // The version and the record from one snapshot. Read only: the
@@ -190,7 +191,7 @@ impl SqliteCatalog {
         let found = read(&tx)?;
         drop(tx);
         if let Some(found) = &found {
-            keep(kept(by_name().at(version)), key.to_owned(), found);
+            keep(map(kept().at(version)), key.to_owned(), found);
         }
         Ok(found)
     }
@@ -252,7 +253,7 @@ impl Catalog for SqliteCatalog {
     }
 
     async fn pool_by_name(&self, name: &str) -> Result<PoolRecord> {
-        self.kept(name, |b| &mut b.pools, |c| pool_in(c, "p.name = ?1", &name))?
+        self.kept_or_read(name, |k| &mut k.pools, |c| pool_in(c, "p.name = ?1", &name))?
             .ok_or_else(|| Error::NotFound { what: "pool", name: name.to_owned() })
     }
 
@@ -262,7 +263,7 @@ impl Catalog for SqliteCatalog {
     }
 
     async fn pool_generation(&self, id: i64, generation: u32) -> Result<PoolRecord> {
-        self.kept(&(id, generation), |b| &mut b.generations, |c| generation_query(c, id, generation))?
+        self.kept_or_read(&(id, generation), |k| &mut k.generations, |c| generation_query(c, id, generation))?
             .ok_or_else(|| generation_missing(id, generation))
     }
 
@@ -408,7 +409,7 @@ impl Catalog for SqliteCatalog {
     }
 
     async fn client_by_name(&self, name: &str) -> Result<ClientRecord> {
-        self.kept(name, |b| &mut b.clients, |c| client_in(c, "name = ?1", &name))?
+        self.kept_or_read(name, |k| &mut k.clients, |c| client_in(c, "name = ?1", &name))?
             .ok_or_else(|| Error::NotFound { what: "client", name: name.to_owned() })
     }
 
