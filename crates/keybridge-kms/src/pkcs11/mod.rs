@@ -532,10 +532,11 @@ impl Pkcs11Backend {
         // and SoftHSM2, which reads a token once, at C_Initialize: a token
         // whose file another process was rewriting then (a login there)
         // stays unreadable until the module is initialised again, left out
-        // of the list beside the spare slot (an uninitialised token), or
-        // with its user PIN "not set". Each is met by initialising the
-        // module again, up to three times, at most once a second. A wrong
-        // label on SoftHSM2 is reported about two seconds later.
+        // of the list, which then shows only the spare slot (an
+        // uninitialised token), or with its user PIN "not set". Each is
+        // met by initialising the module again, up to three times, at most
+        // once a second. A wrong label on a SoftHSM2 that lists nothing but
+        // its spare slot is reported about two seconds later.
         // Four attempts: with two processes logging in without pause,
         // about one open in ten met it, and three attempts failed one
         // probe in 330 (tests/cli.rs::softhsm_open_beside_logins_elsewhere).
@@ -562,10 +563,11 @@ impl Pkcs11Backend {
                         module: module_name.clone(),
                         present: if present.is_empty() { "none".into() } else { present.join(", ") },
                     };
-                    // SoftHSM2's spare slot among the tokens: perhaps it
-                    // could not read this one. Otherwise the label is
-                    // wrong, and the module is left alone.
-                    if tokens.iter().any(|(_, info)| !info.token_initialized() && session::is_softhsm(info)) {
+                    // Only SoftHSM2's spare slot listed: perhaps it could
+                    // not read this token. Otherwise the label is wrong,
+                    // and the module is left alone (initialising it again
+                    // would end the sessions of the tokens listed).
+                    if !tokens.is_empty() && tokens.iter().all(|(_, info)| !info.token_initialized() && session::is_softhsm(info)) {
                         break 'attempt missing;
                     }
                     return Err(missing);
@@ -575,7 +577,7 @@ impl Pkcs11Backend {
                     _ => MAX_DEFAULT_SESSIONS,
                 };
                 let max_sessions = config.max_sessions.map(|m| m as u64).unwrap_or(token_max).max(1) as usize;
-                let sessions = Arc::new(TokenSessions::new(module.clone(), slot, &info, (want_label.clone(), want_serial.clone()), pin.clone(), max_sessions, config.timeout()));
+                let sessions = Arc::new(TokenSessions::new(module.clone(), (slot, generation), &info, (want_label.clone(), want_serial.clone()), pin.clone(), max_sessions, config.timeout()));
                 // Log in now: a wrong PIN is reported at open, not at first use.
                 match sessions.open_session() {
                     Ok(first) => {

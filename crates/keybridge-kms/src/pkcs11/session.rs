@@ -301,9 +301,10 @@ fn worker(jobs: Arc<Mutex<mpsc::Receiver<Job>>>, stopped: Arc<Stopped>) {
 
 impl TokenSessions {
     /// Sessions of the token `info` found in `slot`.
+    /// `slot`: the token's slot and the module generation it was listed in.
     pub(super) fn new(
         module: Arc<Module>,
-        slot: Slot,
+        slot: (Slot, u64),
         info: &TokenInfo,
         wanted: (Option<String>, Option<String>),
         pin: SecretString,
@@ -314,10 +315,9 @@ impl TokenSessions {
         let objects = super::module::token_objects(&format!("{}\u{0}{}\u{0}{}", info.manufacturer_id().trim_end(), info.model().trim_end(), info.serial_number().trim_end()));
         let softhsm = is_softhsm(info);
         let (tx, rx) = mpsc::channel();
-        let generation = module.generation();
         TokenSessions {
             module,
-            slot: Mutex::new((slot, generation)),
+            slot: Mutex::new(slot),
             wanted,
             token_label,
             pin,
