@@ -196,6 +196,8 @@ pub(super) struct TokenSessions {
     queue: Mutex<mpsc::Sender<Job>>,
     jobs: Arc<Mutex<mpsc::Receiver<Job>>>,
     workers: AtomicUsize,
+    /// The worker threads, joined when the sessions are dropped.
+    threads: Mutex<Vec<std::thread::JoinHandle<()>>>,
     /// Calls queued or running. A worker is started only when there are more
     /// calls in flight than workers (a call is counted out just before its
     /// result is sent, so back-to-back calls reuse the same worker).
@@ -205,9 +207,13 @@ pub(super) struct TokenSessions {
 
 impl Drop for TokenSessions {
     /// Stop the workers and wait (at most [`WORKERS_STOP`]) until they have
-    /// closed their sessions. A process that exits right after dropping a
-    /// backend (the CLI) must not unload the module while a worker is still
-    /// inside C_CloseSession: SoftHSM2 crashed that way.
+    /// closed their sessions and their threads have ended. A process that
+    /// exits right after dropping a backend (the CLI) must not unload the
+    /// module while a worker is still inside C_CloseSession (SoftHSM2
+    /// crashed that way), nor run its exit handlers while a worker thread
+    /// is still running the module's per-thread destructors: Kryoptic's
+    /// OpenSSL freed a worker's thread state while `exit` ran OpenSSL's
+    /// cleanup, and the CLI aborted with a double free.
     fn drop(&mut self) {
         *self.queue.get_mut().unwrap_or_else(|e| e.into_inner()) = mpsc::channel().0;
         let expected = self.workers.load(Ordering::SeqCst) - usize::from(ON_WORKER.with(|w| w.get()));
@@ -220,6 +226,16 @@ impl Drop for TokenSessions {
                 break;
             }
             stopped = self.stopped.changed.wait_timeout(stopped, left).unwrap_or_else(|e| e.into_inner()).0;
+        }
+        let all_stopped = *stopped >= expected;
+        drop(stopped);
+        // A worker counted out has only its thread's destructors left to
+        // run; one still busy in a call is left behind, like its call.
+        let me = std::thread::current().id();
+        for thread in self.threads.get_mut().unwrap_or_else(|e| e.into_inner()).drain(..) {
+            if thread.thread().id() != me && (all_stopped || thread.is_finished()) {
+                let _ = thread.join();
+            }
         }
     }
 }
@@ -330,6 +346,7 @@ impl TokenSessions {
             queue: Mutex::new(tx),
             jobs: Arc::new(Mutex::new(rx)),
             workers: AtomicUsize::new(0),
+            threads: Mutex::default(),
             in_flight: AtomicUsize::new(0),
             stopped: Arc::default(),
         }
@@ -558,10 +575,14 @@ impl TokenSessions {
         if more {
             let jobs = self.jobs.clone();
             let stopped = self.stopped.clone();
-            std::thread::Builder::new()
+            let thread = std::thread::Builder::new()
                 .name(format!("keybridge-pkcs11-{}", self.token_label))
                 .spawn(move || worker(jobs, stopped))
-                .map_err(|e| BackendError::Other(format!("cannot start a PKCS#11 worker thread: {e}")))?;
+                .map_err(|e| {
+                    self.workers.fetch_sub(1, Ordering::SeqCst);
+                    BackendError::Other(format!("cannot start a PKCS#11 worker thread: {e}"))
+                })?;
+            self.threads.lock().unwrap_or_else(|e| e.into_inner()).push(thread);
         }
         Ok(())
     }
@@ -599,6 +620,13 @@ impl TokenSessions {
         let job: Job = Box::new(move |slot| {
             let result = this.run_on(slot, &op, writes, f);
             this.in_flight.fetch_sub(1, Ordering::SeqCst);
+            // Let go of the sessions before the caller hears back: a caller
+            // that then drops the backend must be the one that drops them
+            // last, so that it waits for the workers; dropped last here, on
+            // a worker, nobody would, and a CLI could exit while this worker
+            // was still in C_CloseSession (SoftHSM2 crashed so, 2 of 40
+            // probes beside other logins).
+            drop(this);
             let _ = tx.send(result);
         });
         let in_flight = self.in_flight.fetch_add(1, Ordering::SeqCst) + 1;
@@ -615,5 +643,74 @@ impl TokenSessions {
             Ok(Err(_)) => Err(BackendError::Other(format!("{operation}: the PKCS#11 worker stopped"))),
             Ok(Ok(r)) => r,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::AtomicBool;
+
+    use super::*;
+    use crate::config::Pkcs11Config;
+
+    /// Set by [`Slow`]'s drop, at the very end of a worker thread.
+    static DESTRUCTOR_DONE: AtomicBool = AtomicBool::new(false);
+
+    /// A thread-local whose destructor takes a while, like a module's
+    /// per-thread state (Kryoptic's OpenSSL random generator).
+    struct Slow;
+
+    impl Drop for Slow {
+        fn drop(&mut self) {
+            std::thread::sleep(Duration::from_millis(300));
+            DESTRUCTOR_DONE.store(true, Ordering::SeqCst);
+        }
+    }
+
+    thread_local! {
+        static SLOW: std::cell::RefCell<Option<Slow>> = const { std::cell::RefCell::new(None) };
+    }
+
+    /// The caller, not a worker, drops a token's sessions last, and the
+    /// drop returns only after every worker thread has ended, its
+    /// thread-local destructors included: a process exiting next runs its
+    /// exit handlers (the module's static destructors, OpenSSL's cleanup)
+    /// beside none of them.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn dropping_the_sessions_waits_for_the_worker_threads_to_end() {
+        let Some(module) = std::env::var_os("KEYBRIDGE_TEST_SOFTHSM_MODULE").filter(|_| std::env::var_os("KEYBRIDGE_TEST_PIN").is_some()) else {
+            let msg = "SoftHSM2 is not available (KEYBRIDGE_TEST_SOFTHSM_MODULE or KEYBRIDGE_TEST_PIN unset); run scripts/test, which installs and initialises the tokens";
+            assert_ne!(std::env::var("CI").as_deref(), Ok("true"), "CI=true: {msg}");
+            eprintln!("\n!!!!!!!! SKIPPED: {msg} !!!!!!!!\n");
+            return;
+        };
+        let config = Pkcs11Config {
+            name: "softhsm".into(),
+            module: module.into(),
+            token: Some(std::env::var("KEYBRIDGE_TEST_TOKEN").unwrap_or_else(|_| "keybridge".into())),
+            uri: None,
+            pin_env: Some("KEYBRIDGE_TEST_PIN".into()),
+            pin_file: None,
+            max_sessions: Some(2),
+            timeout_secs: 30,
+            kek_cache_ttl_secs: 300,
+        };
+        let sessions = super::super::Pkcs11Backend::open(&config).await.unwrap().sessions;
+        sessions
+            .run("setting a thread-local", |_| {
+                SLOW.with(|s| *s.borrow_mut() = Some(Slow));
+                Ok(())
+            })
+            .await
+            .unwrap();
+        // A job lets go of the sessions before its result arrives, so the
+        // caller drops them last (and waits for the workers). Calls back to
+        // back, to catch a job that still holds them.
+        for _ in 0..200 {
+            sessions.run("nothing", |_| Ok(())).await.unwrap();
+            assert_eq!(Arc::strong_count(&sessions), 1, "a worker still held the sessions when its result arrived");
+        }
+        drop(sessions);
+        assert!(DESTRUCTOR_DONE.load(Ordering::SeqCst), "the worker's thread-local destructor had not run when the drop returned");
     }
 }
