@@ -290,9 +290,25 @@ fn p11kit_client_probe_and_refused_pool() {
 /// again (p11-kit's client needs a C_Finalize/C_Initialize for that).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn p11kit_server_restart_under_serve() {
+    serve_through_p11kit_server_outage("e2e-restart", false).await;
+}
+
+/// The same with the `p11-kit server` down when the service starts (a
+/// host whose network HSM is not up yet): the client module, initialised
+/// then, lists no token until it is initialised again, and the service
+/// reaches the token once the server is up.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn p11kit_server_down_when_serve_starts() {
+    serve_through_p11kit_server_outage("e2e-late", true).await;
+}
+
+/// `keybridge serve` through a `p11-kit server` that goes away and comes
+/// back: after the service reached the token once, or (`down_at_start`)
+/// before the service started.
+async fn serve_through_p11kit_server_outage(name: &str, down_at_start: bool) {
     let Some(rig) = Rig::new(Kind::P11KitClient) else { return };
     let conf = common::p11kit::fresh_softhsm_token(rig.dir.path());
-    let server = common::p11kit::Server::start("e2e-restart", &conf);
+    let server = common::p11kit::Server::start(name, &conf);
     let port = free_port();
     let mut cfg = std::fs::OpenOptions::new().append(true).open(&rig.config_path).unwrap();
     write!(
@@ -308,6 +324,9 @@ async fn p11kit_server_restart_under_serve() {
         cmd
     };
     assert!(run(&["init"]).output().unwrap().status.success());
+    if down_at_start {
+        server.kill();
+    }
     let log = std::fs::File::create(rig.dir.path().join("service.log")).unwrap();
     let mut service = Proc(run(&["serve"]).stdout(Stdio::null()).stderr(log).spawn().unwrap());
     let http = keybridge_client::http_client(Some(&rig.dir.path().join("service.crt"))).unwrap();
@@ -321,7 +340,9 @@ async fn p11kit_server_restart_under_serve() {
         };
         let m = http.get(format!("{url}/metrics")).send().await.unwrap().text().await.unwrap();
         let reachable = m.lines().any(|l| l == "keybridge_kms_reachable{kms=\"kms\"} 1");
-        Some((reachable, h["kms"][0]["detail"].as_str().unwrap_or_default().to_owned()))
+        // Before the first probe the KMS is reported unreachable, unprobed.
+        let probed = !h["kms"][0]["checked_at"].is_null();
+        probed.then(|| (reachable, h["kms"][0]["detail"].as_str().unwrap_or_default().to_owned()))
     };
     let wait_for = |want: bool, within: Duration| {
         let health = &health;
@@ -338,9 +359,11 @@ async fn p11kit_server_restart_under_serve() {
             }
         }
     };
-    let up = wait_for(true, Duration::from_secs(15)).await;
-    assert!(up.contains("pkcs11:token=keybridge"), "{up}");
-    server.kill();
+    if !down_at_start {
+        let up = wait_for(true, Duration::from_secs(15)).await;
+        assert!(up.contains("pkcs11:token=keybridge"), "{up}");
+        server.kill();
+    }
     let down = wait_for(false, Duration::from_secs(10)).await;
     // The probe's own error (the service reopens a backend it found
     // unusable, and a module with its server gone shows no token).

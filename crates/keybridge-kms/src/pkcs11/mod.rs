@@ -529,14 +529,15 @@ impl Pkcs11Backend {
         }
         // Initialising the module again cures what opening may meet: a
         // module whose far end was gone (a p11-kit server, a network HSM),
-        // and SoftHSM2, which reads a token once, at C_Initialize: a token
+        // when it was first initialised or since, and SoftHSM2, which reads a token once, at C_Initialize: a token
         // whose file another process was rewriting then (a login there)
         // stays unreadable until the module is initialised again, left out
         // of the list, which then shows only the spare slot (an
         // uninitialised token), or with its user PIN "not set". Each is
         // met by initialising the module again, up to three times, at most
         // once a second. A wrong label on a SoftHSM2 that lists nothing but
-        // its spare slot is reported about two seconds later.
+        // its spare slot, and a module that lists no token, are reported
+        // about two seconds later.
         // Four attempts: with two processes logging in without pause,
         // about one open in ten met it, and three attempts failed one
         // probe in 330 (tests/cli.rs::softhsm_open_beside_logins_elsewhere).
@@ -563,11 +564,15 @@ impl Pkcs11Backend {
                         module: module_name.clone(),
                         present: if present.is_empty() { "none".into() } else { present.join(", ") },
                     };
-                    // Only SoftHSM2's spare slot listed: perhaps it could
-                    // not read this token. Otherwise the label is wrong,
-                    // and the module is left alone (initialising it again
-                    // would end the sessions of the tokens listed).
-                    if !tokens.is_empty() && tokens.iter().all(|(_, info)| !info.token_initialized() && session::is_softhsm(info)) {
+                    // No token at all: the module's far end (a p11-kit
+                    // server, a network HSM) may have been gone when the
+                    // module was first initialised in this process, and it
+                    // lists nothing until it is initialised again. Only
+                    // SoftHSM2's spare slot listed: perhaps it could not
+                    // read this token. Otherwise the label is wrong, and
+                    // the module is left alone (initialising it again would
+                    // end the sessions of the tokens listed).
+                    if tokens.iter().all(|(_, info)| !info.token_initialized() && session::is_softhsm(info)) {
                         break 'attempt missing;
                     }
                     return Err(missing);
