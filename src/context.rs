@@ -199,7 +199,13 @@ impl Keybridge {
     /// Forget an opened backend (after a failed health probe), so the next
     /// use opens it afresh.
     pub async fn forget_backend(&self, name: &str) {
-        self.backends().remove(name);
+        let forgotten = self.backends().remove(name);
+        // Dropping a PKCS#11 backend's last reference waits for its workers
+        // to close their sessions (seconds, at worst): neither under the
+        // lock every backend lookup takes nor on a runtime thread.
+        if let Some(cell) = forgotten {
+            drop(tokio::task::spawn_blocking(move || drop(cell)));
+        }
     }
 
     /// The backends opened so far, by name.

@@ -536,8 +536,8 @@ impl Pkcs11Backend {
         // uninitialised token), or with its user PIN "not set". Each is
         // met by initialising the module again, up to three times, at most
         // once a second. A wrong label on a SoftHSM2 that lists nothing but
-        // its spare slot, and a module that lists no token, are reported
-        // about two seconds later.
+        // its spare slot, and a module that lists no token (then as down),
+        // are reported about two seconds later.
         // Four attempts: with two processes logging in without pause,
         // about one open in ten met it, and three attempts failed one
         // probe in 330 (tests/cli.rs::softhsm_open_beside_logins_elsewhere).
@@ -550,10 +550,13 @@ impl Pkcs11Backend {
                 let down = |reason: String| BackendError::ModuleDown { module: module_name.clone(), since_secs: 0, reason };
                 let mut tokens = match list(&ctx) {
                     Err(CkError::Pkcs11(rv, _)) if session::module_gone_rv(rv) => break 'attempt down(format!("listing slots: {}", rv::ckr_name(rv))),
-                    // A module initialised again while its far end (a p11-kit
-                    // server, a network HSM) was still gone lists no token at
-                    // all until it is initialised once more.
-                    Ok(t) if generation > 0 && t.is_empty() => break 'attempt down("the token was missing after the module was initialised again".into()),
+                    // A module initialised while its far end (a p11-kit
+                    // server, a network HSM) was gone, at first or since,
+                    // lists no token at all until it is initialised once
+                    // more. Reported as down (a restore may wait it out).
+                    Ok(t) if t.is_empty() => {
+                        break 'attempt down(format!("it lists no token (wanted: {wanted}): its far end (a p11-kit server, a network HSM) may not be up, or this is not the token's module"))
+                    }
                     other => other,
                 }
                 .map_err(|e| ck_to_backend(e, "listing tokens"))?;
@@ -564,15 +567,12 @@ impl Pkcs11Backend {
                         module: module_name.clone(),
                         present: if present.is_empty() { "none".into() } else { present.join(", ") },
                     };
-                    // No token at all: the module's far end (a p11-kit
-                    // server, a network HSM) may have been gone when the
-                    // module was first initialised in this process, and it
-                    // lists nothing until it is initialised again. Only
-                    // SoftHSM2's spare slot listed: perhaps it could not
-                    // read this token. Otherwise the label is wrong, and
-                    // the module is left alone (initialising it again would
-                    // end the sessions of the tokens listed).
-                    if tokens.iter().all(|(_, info)| !info.token_initialized() && session::is_softhsm(info)) {
+                    // Only SoftHSM2 slots showing no readable token listed:
+                    // perhaps it could not read this one. Otherwise the
+                    // label is wrong, and the module is left alone
+                    // (initialising it again would end the sessions of the
+                    // tokens listed).
+                    if tokens.iter().all(|(_, info)| session::softhsm_unread(info)) {
                         break 'attempt missing;
                     }
                     return Err(missing);
@@ -591,6 +591,9 @@ impl Pkcs11Backend {
                         break 'open (slot, info, sessions);
                     }
                     Err(OpError::Backend(down @ BackendError::ModuleDown { .. })) => break 'attempt down,
+                    // The module went between the listing and the session
+                    // or its login (a p11-kit server, a network HSM).
+                    Err(e) if session::module_gone(&e) => break 'attempt down(e.into_backend().to_string()),
                     Err(OpError::Backend(b)) => return Err(b),
                     Err(OpError::Ck { err, doing }) => return Err(ck_to_backend(err, &doing)),
                 }

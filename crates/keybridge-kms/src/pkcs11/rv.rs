@@ -172,6 +172,17 @@ pub(crate) fn is_transient(rv: RvError) -> bool {
     disposition(rv) != Disposition::Permanent
 }
 
+/// Whether C_Login answering `rv` refused the PIN or the user, or may
+/// have: the process never logs in with that PIN again (each try may count
+/// towards locking it; `context.rs` keeps the refusal until a restart).
+/// The transient codes (a device, session or memory in trouble, a module
+/// gone) and CKR_GENERAL_ERROR say nothing about the PIN: a wrong PIN is
+/// answered CKR_PIN_INCORRECT, so after them the next call logs in again.
+/// Vendor-defined and unknown codes may be a PIN policy's, so they refuse.
+pub(crate) fn refuses_login(rv: RvError) -> bool {
+    !(is_transient(rv) || rv == RvError::GeneralError)
+}
+
 /// The `CKR_*` name of a return value, e.g. `CKR_PIN_INCORRECT`.
 pub(crate) fn ckr_name(rv: RvError) -> String {
     match rv {
@@ -251,6 +262,29 @@ mod tests {
         ];
         for (rv, transient) in table {
             assert_eq!(is_transient(rv), transient, "{}", ckr_name(rv));
+        }
+    }
+
+    #[test]
+    fn login_refusals() {
+        let table = [
+            (RvError::PinIncorrect, true),
+            (RvError::PinLocked, true),
+            (RvError::PinExpired, true),
+            (RvError::PinLenRange, true),
+            (RvError::UserPinNotInitialized, true),
+            (RvError::UserTypeInvalid, true),
+            (RvError::VendorDefined(0x8000_0001), true),
+            (RvError::GeneralError, false),
+            (RvError::DeviceError, false),
+            (RvError::DeviceRemoved, false),
+            (RvError::TokenNotPresent, false),
+            (RvError::SessionHandleInvalid, false),
+            (RvError::FunctionFailed, false),
+            (RvError::CryptokiNotInitialized, false),
+        ];
+        for (rv, refuses) in table {
+            assert_eq!(refuses_login(rv), refuses, "{}", ckr_name(rv));
         }
     }
 
