@@ -211,8 +211,9 @@ pub enum BackendError {
     /// The PKCS#11 module could not be loaded or initialised.
     #[error("PKCS#11 module {module}: {reason}")]
     Module { module: String, reason: String },
-    /// The PKCS#11 module went away (its sessions could not be reopened)
-    /// and initialising it again failed; tried again at most once a second.
+    /// The PKCS#11 module went away (its sessions could not be reopened,
+    /// or it lists no token) and initialising it again failed or did not
+    /// bring the token back; tried again at most once a second.
     #[error("PKCS#11 module {module} is down ({reason}, {since_secs} s ago); keybridge initialises it again on the next call, at most once a second")]
     ModuleDown { module: String, since_secs: u64, reason: String },
     /// No token matches the configuration.

@@ -592,7 +592,8 @@ impl Pkcs11Backend {
                     }
                     Err(OpError::Backend(down @ BackendError::ModuleDown { .. })) => break 'attempt down,
                     // The module went between the listing and the session
-                    // or its login (a p11-kit server, a network HSM).
+                    // (a p11-kit server, a network HSM). A failed login is
+                    // a backend error, returned next: never tried again.
                     Err(e) if session::module_gone(&e) => break 'attempt down(e.into_backend().to_string()),
                     Err(OpError::Backend(b)) => return Err(b),
                     Err(OpError::Ck { err, doing }) => return Err(ck_to_backend(err, &doing)),

@@ -159,10 +159,10 @@ pub(super) fn disposition(rv: RvError) -> Disposition {
 /// The doubtful ones:
 /// - CKR_FUNCTION_FAILED is transient: the standard says the same call may
 ///   succeed again, unlike CKR_GENERAL_ERROR, which it calls unrecoverable.
-/// - CKR_CRYPTOKI_NOT_INITIALIZED is not: keybridge initialises each module
-///   once per process and never again, so a module that says it is not
+/// - CKR_CRYPTOKI_NOT_INITIALIZED is: a module that says it is not
 ///   initialised (something finalised it, or a proxy handed out a function
-///   list of its own) answers the same until the process restarts.
+///   list of its own) is gone, and keybridge initialises it again (at most
+///   once a second, `module.rs`).
 /// - CKR_DEVICE_ERROR is transient, but where C_Decrypt of a DEK or
 ///   C_UnwrapKey of a KEK returns it, the backend reports a ciphertext or
 ///   wrapped key that does not decrypt (some tokens answer bad data with
@@ -176,11 +176,13 @@ pub(crate) fn is_transient(rv: RvError) -> bool {
 /// have: the process never logs in with that PIN again (each try may count
 /// towards locking it; `context.rs` keeps the refusal until a restart).
 /// The transient codes (a device, session or memory in trouble, a module
-/// gone) and CKR_GENERAL_ERROR say nothing about the PIN: a wrong PIN is
-/// answered CKR_PIN_INCORRECT, so after them the next call logs in again.
-/// Vendor-defined and unknown codes may be a PIN policy's, so they refuse.
+/// gone) say nothing about the PIN: the call fails, without trying the
+/// login again, and the next call logs in afresh. CKR_GENERAL_ERROR
+/// refuses (a token may have counted the try before failing; SoftHSM2's,
+/// which fails before it looks at the PIN, is the caller's exception), and
+/// so do vendor-defined and unknown codes, which may be a PIN policy's.
 pub(crate) fn refuses_login(rv: RvError) -> bool {
-    !(is_transient(rv) || rv == RvError::GeneralError)
+    !is_transient(rv)
 }
 
 /// The `CKR_*` name of a return value, e.g. `CKR_PIN_INCORRECT`.
@@ -275,7 +277,7 @@ mod tests {
             (RvError::UserPinNotInitialized, true),
             (RvError::UserTypeInvalid, true),
             (RvError::VendorDefined(0x8000_0001), true),
-            (RvError::GeneralError, false),
+            (RvError::GeneralError, true),
             (RvError::DeviceError, false),
             (RvError::DeviceRemoved, false),
             (RvError::TokenNotPresent, false),

@@ -449,11 +449,13 @@ impl TokenSessions {
                     reason: format!("token '{}' says its user PIN is set, C_Login that it is not (SoftHSM2 read the token while another process rewrote it)", self.token_label),
                 }))
             }
-            // Trouble that says nothing about the PIN: handled like any
-            // failed call (a module gone is initialised again), and never
-            // kept as a refused login.
-            Err(CkError::Pkcs11(rv, function)) if !refuses_login(rv) => {
-                Err(OpError::Ck { err: CkError::Pkcs11(rv, function), doing: format!("logging in to token '{}'", self.token_label) })
+            // Trouble that says nothing about the PIN (and SoftHSM2's
+            // lasting CKR_GENERAL_ERROR, above): the call fails without
+            // trying the login again (a backend error is not retried), and
+            // it is not kept as a refused login: the next call logs in
+            // afresh.
+            Err(CkError::Pkcs11(rv, function)) if !refuses_login(rv) || (rv == RvError::GeneralError && self.softhsm) => {
+                Err(OpError::Backend(BackendError::Pkcs11 { function, rv, doing: format!("logging in to token '{}'", self.token_label) }))
             }
             Err(CkError::Pkcs11(rv, _)) => Err(OpError::Backend(BackendError::Login {
                 token: self.token_label.clone(),
