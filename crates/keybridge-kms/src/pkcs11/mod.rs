@@ -529,11 +529,12 @@ impl Pkcs11Backend {
         }
         // Initialising the module again cures what opening may meet: a
         // module whose far end was gone (a p11-kit server, a network HSM),
-        // when it was first initialised or since, and SoftHSM2, which reads a token once, at C_Initialize: a token
-        // whose file another process was rewriting then (a login there)
-        // stays unreadable until the module is initialised again, left out
-        // of the list, which then shows only the spare slot (an
-        // uninitialised token), or with its user PIN "not set". Each is
+        // when it was first initialised or since, and SoftHSM2, which reads
+        // a token once, at C_Initialize: a token whose file another process
+        // was rewriting then (a login there) stays unreadable until the
+        // module is initialised again, left out of the list (which then
+        // shows only the spare slot, an uninitialised token), listed blank,
+        // or with its user PIN "not set". Each is
         // met by initialising the module again, up to three times, at most
         // once a second. A wrong label on a SoftHSM2 that lists nothing but
         // its spare slot, and a module that lists no token (then as down),

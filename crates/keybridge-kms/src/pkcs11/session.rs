@@ -646,8 +646,8 @@ impl TokenSessions {
             // that then drops the backend must be the one that drops them
             // last, so that it waits for the workers; dropped last here, on
             // a worker, nobody would, and a CLI could exit while this worker
-            // was still in C_CloseSession (SoftHSM2 crashed so, 2 of 40
-            // probes beside other logins).
+            // was still in C_CloseSession (SoftHSM2 crashed so: 3 cores in
+            // 9 runs of tests/cli.rs).
             drop(this);
             let _ = tx.send(result);
         });
