@@ -285,8 +285,10 @@ impl BackendError {
     /// ([`kmip::client::KmipError::is_transient`]), and a timeout. Everything
     /// else is not: configuration and module loading; a token no slot holds
     /// (an absent token cannot be told from a wrong label); a refused login
-    /// whatever its code (retrying a PIN only burns tries, and keybridge
-    /// does not retry one); missing or unfit keys; data that does not
+    /// whatever code refused it (retrying a PIN only burns tries, and
+    /// keybridge does not retry one; a login that failed with a transient
+    /// code is a failed call instead, `pkcs11::rv::refuses_login`); missing
+    /// or unfit keys; data that does not
     /// decrypt; and messages keybridge cannot classify.
     pub fn is_transient(&self) -> bool {
         match self {
